@@ -1,0 +1,353 @@
+//! Avro single-object encoding (`C3 01` + 8-byte CRC-64-AVRO fingerprint, little-endian, +
+//! body) for every record banter puts on Kafka.
+//!
+//! Two paths produce and accept the same bytes:
+//!
+//! * the **fast path** ([`Codec::encode`], [`Codec::decode`]) serializes the Rust types directly
+//!   with `serde_avro_fast`, no intermediate value tree;
+//! * the **generic path** ([`Codec::encode_generic`], [`Codec::decode_generic`]) goes through
+//!   `apache-avro`'s `Value` and its schema resolution; it is the reference the fast path is
+//!   tested against, and what `apache-avro` users would write.
+//!
+//! `apache-avro` also parses the schemas for the generic path and its resolution. The wire
+//! fingerprint is computed by `serde_avro_fast`, whose canonical form follows the spec where
+//! `apache-avro` 0.21 does not (see [`Codec::fingerprint`]).
+//!
+//! A consumer finds the writer schema from the fingerprint. A [`Codec`] knows the current schema
+//! and any number of other versions ([`Codec::register_writer_schema`]); bytes written with an
+//! older or newer version are read by Avro's resolution rules: fields the reader does not know
+//! are skipped, fields the writer did not have take the reader's default. Bytes that are not a
+//! valid record of a known schema give a [`CodecError`], never a panic.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::LazyLock;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::event::EngagementEvent;
+use crate::records::{DeadLetter, FunnelRollup, Rollup, SpikeAlert};
+
+/// The two magic bytes that start an Avro single-object encoded message.
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+
+/// Length of the single-object header: magic + fingerprint.
+pub const HEADER_LEN: usize = 10;
+
+/// A CRC-64-AVRO (Rabin) schema fingerprint, in the byte order of the wire header.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 8]);
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why bytes could not be encoded or decoded.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// The schema text is not a valid Avro schema.
+    #[error("invalid avro schema: {0}")]
+    Schema(String),
+    /// Fewer bytes than a single-object header.
+    #[error("message is {len} bytes, shorter than the {HEADER_LEN}-byte single-object header")]
+    TooShort {
+        /// The message length.
+        len: usize,
+    },
+    /// The message does not start with `C3 01`.
+    #[error(
+        "message does not start with the avro single-object marker c3 01 (got {0:02x} {1:02x})"
+    )]
+    BadMagic(u8, u8),
+    /// The fingerprint names a schema this codec does not know.
+    #[error("unknown writer schema fingerprint {fingerprint} for {record}")]
+    UnknownSchema {
+        /// The fingerprint in the message.
+        fingerprint: Fingerprint,
+        /// The record type expected.
+        record: &'static str,
+    },
+    /// The body is not a valid record of the writer schema.
+    #[error("invalid {record} body: {detail}")]
+    Body {
+        /// The record type expected.
+        record: &'static str,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// Bytes left after a complete record.
+    #[error("{trailing} trailing bytes after a complete {record}")]
+    Trailing {
+        /// How many.
+        trailing: usize,
+        /// The record type.
+        record: &'static str,
+    },
+    /// The value does not fit the schema (encoding).
+    #[error("cannot encode {record}: {detail}")]
+    Encode {
+        /// The record type.
+        record: &'static str,
+        /// What the encoder said.
+        detail: String,
+    },
+}
+
+/// One version of a record's schema, parsed for both paths.
+struct SchemaVersion {
+    fingerprint: Fingerprint,
+    fast: serde_avro_fast::Schema,
+    apache: apache_avro::Schema,
+}
+
+impl SchemaVersion {
+    fn parse(json: &str) -> Result<Self, CodecError> {
+        let apache =
+            apache_avro::Schema::parse_str(json).map_err(|e| CodecError::Schema(e.to_string()))?;
+        let fast: serde_avro_fast::Schema = json
+            .parse()
+            .map_err(|e: serde_avro_fast::schema::SchemaError| CodecError::Schema(e.to_string()))?;
+        // The fingerprint comes from serde_avro_fast's Parsing Canonical Form: apache-avro 0.21
+        // strips `logicalType` but leaves `{"type":"long"}` where the spec (and fastavro, and
+        // Java) collapse it to `"long"`, so its fingerprint differs for every schema with a
+        // timestamp. The interop test checks ours against fastavro's.
+        let bytes = *fast.rabin_fingerprint();
+        Ok(SchemaVersion {
+            fingerprint: Fingerprint(bytes),
+            fast,
+            apache,
+        })
+    }
+}
+
+/// A Rust type with an Avro schema in `schemas/avro/`.
+pub trait AvroRecord: Serialize + DeserializeOwned + Sized + 'static {
+    /// The record's name, for error messages.
+    const NAME: &'static str;
+    /// The current schema (JSON), used for writing.
+    const SCHEMA: &'static str;
+
+    /// The process-wide codec for this type, built on first use.
+    fn codec() -> &'static Codec<Self>;
+}
+
+/// Encoder and decoder of one record type; see the module docs.
+pub struct Codec<T> {
+    current: SchemaVersion,
+    others: HashMap<Fingerprint, SchemaVersion>,
+    _record: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Codec<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Codec")
+            .field("fingerprint", &self.current.fingerprint)
+            .field("other_versions", &self.others.len())
+            .finish()
+    }
+}
+
+impl<T: AvroRecord> Codec<T> {
+    /// A codec writing `T::SCHEMA` and reading it.
+    pub fn new() -> Result<Self, CodecError> {
+        Ok(Codec {
+            current: SchemaVersion::parse(T::SCHEMA)?,
+            others: HashMap::new(),
+            _record: PhantomData,
+        })
+    }
+
+    /// Also accept bytes written with this schema version (older or newer), resolved to `T`.
+    /// Returns the version's fingerprint.
+    pub fn register_writer_schema(&mut self, json: &str) -> Result<Fingerprint, CodecError> {
+        let v = SchemaVersion::parse(json)?;
+        let fp = v.fingerprint;
+        if fp != self.current.fingerprint {
+            self.others.insert(fp, v);
+        }
+        Ok(fp)
+    }
+
+    /// The fingerprint of the schema this codec writes: CRC-64-AVRO of the schema's Parsing
+    /// Canonical Form, as fastavro and the Java library compute it. (`apache-avro` 0.21's
+    /// `Schema::fingerprint` differs for schemas with logical types; do not use it for headers.)
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.current.fingerprint
+    }
+
+    /// The parsed current schema (`apache-avro`).
+    pub fn schema(&self) -> &apache_avro::Schema {
+        &self.current.apache
+    }
+
+    /// An encoder that reuses its buffers across calls (the fastest way to encode many).
+    pub fn encoder(&self) -> Encoder<'_, T> {
+        Encoder {
+            config: serde_avro_fast::ser::SerializerConfig::new(&self.current.fast),
+            _record: PhantomData,
+        }
+    }
+
+    /// Encodes one record (fast path) into a new vector.
+    pub fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(128);
+        self.encoder().encode_into(value, &mut out)?;
+        Ok(out)
+    }
+
+    fn split<'b>(&self, bytes: &'b [u8]) -> Result<(&SchemaVersion, &'b [u8]), CodecError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(CodecError::TooShort { len: bytes.len() });
+        }
+        if bytes[..2] != SINGLE_OBJECT_MAGIC {
+            return Err(CodecError::BadMagic(bytes[0], bytes[1]));
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+        let fp = Fingerprint(fp);
+        let version = if fp == self.current.fingerprint {
+            &self.current
+        } else {
+            self.others.get(&fp).ok_or(CodecError::UnknownSchema {
+                fingerprint: fp,
+                record: T::NAME,
+            })?
+        };
+        Ok((version, &bytes[HEADER_LEN..]))
+    }
+
+    /// The fingerprint in a message's header, if it has a valid one.
+    pub fn peek_fingerprint(bytes: &[u8]) -> Option<Fingerprint> {
+        if bytes.len() < HEADER_LEN || bytes[..2] != SINGLE_OBJECT_MAGIC {
+            return None;
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+        Some(Fingerprint(fp))
+    }
+
+    /// Decodes one single-object message (fast path). Any writer schema version registered
+    /// with this codec is accepted; fields are matched by name.
+    pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let (version, body) = self.split(bytes)?;
+        let mut state = serde_avro_fast::de::DeserializerState::from_slice(body, &version.fast);
+        let value = T::deserialize(state.deserializer()).map_err(|e| CodecError::Body {
+            record: T::NAME,
+            detail: e.to_string(),
+        })?;
+        let mut rest = state.into_reader();
+        let trailing = std::io::BufRead::fill_buf(&mut rest)
+            .map(|r| r.len())
+            .unwrap_or(0);
+        if trailing != 0 {
+            return Err(CodecError::Trailing {
+                trailing,
+                record: T::NAME,
+            });
+        }
+        Ok(value)
+    }
+
+    /// Encodes one record through `apache-avro`'s `Value` (generic path).
+    pub fn encode_generic(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let enc = |detail: String| CodecError::Encode {
+            record: T::NAME,
+            detail,
+        };
+        let v = apache_avro::to_value(value).map_err(|e| enc(e.to_string()))?;
+        let v = v
+            .resolve(&self.current.apache)
+            .map_err(|e| enc(e.to_string()))?;
+        let body =
+            apache_avro::to_avro_datum(&self.current.apache, v).map_err(|e| enc(e.to_string()))?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+        out.extend_from_slice(&self.current.fingerprint.0);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decodes one message through `apache-avro` (generic path), resolving the writer schema to
+    /// the current one by Avro's rules.
+    pub fn decode_generic(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let (version, mut body) = self.split(bytes)?;
+        let err = |detail: String| CodecError::Body {
+            record: T::NAME,
+            detail,
+        };
+        let value =
+            apache_avro::from_avro_datum(&version.apache, &mut body, Some(&self.current.apache))
+                .map_err(|e| err(e.to_string()))?;
+        if !body.is_empty() {
+            return Err(CodecError::Trailing {
+                trailing: body.len(),
+                record: T::NAME,
+            });
+        }
+        apache_avro::from_value::<T>(&value).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// A reusable encoder; see [`Codec::encoder`].
+pub struct Encoder<'c, T> {
+    config: serde_avro_fast::ser::SerializerConfig<'c>,
+    _record: PhantomData<fn(&T)>,
+}
+
+impl<T: AvroRecord> Encoder<'_, T> {
+    /// Appends one single-object message to `out`.
+    pub fn encode_into(&mut self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        serde_avro_fast::to_single_object(value, out, &mut self.config)
+            .map(|_| ())
+            .map_err(|e| CodecError::Encode {
+                record: T::NAME,
+                detail: e.to_string(),
+            })
+    }
+}
+
+macro_rules! avro_record {
+    ($ty:ty, $name:literal, $file:literal) => {
+        impl AvroRecord for $ty {
+            const NAME: &'static str = $name;
+            const SCHEMA: &'static str = include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../schemas/avro/",
+                $file
+            ));
+
+            fn codec() -> &'static Codec<Self> {
+                static CODEC: LazyLock<Codec<$ty>> = LazyLock::new(|| {
+                    // The schema is compiled in and checked by this crate's tests.
+                    #[allow(clippy::expect_used)]
+                    Codec::new().expect(concat!("schemas/avro/", $file, " is valid"))
+                });
+                &CODEC
+            }
+        }
+    };
+}
+
+avro_record!(
+    EngagementEvent,
+    "EngagementEvent",
+    "engagement_event.v1.avsc"
+);
+avro_record!(Rollup, "Rollup", "rollup.v1.avsc");
+avro_record!(FunnelRollup, "FunnelRollup", "funnel_rollup.v1.avsc");
+avro_record!(SpikeAlert, "SpikeAlert", "spike_alert.v1.avsc");
+avro_record!(DeadLetter, "DeadLetter", "dead_letter.v1.avsc");

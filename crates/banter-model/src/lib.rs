@@ -1,0 +1,34 @@
+//! banter's event model: the normalized [`EngagementEvent`], the records later stages emit
+//! ([`Rollup`], [`FunnelRollup`], [`SpikeAlert`], [`DeadLetter`]), validation with precise
+//! errors, and Avro single-object codecs ([`codec`]).
+//!
+//! This crate has no async runtime and no Kafka dependency: ingest, stream and sink all build on
+//! it, and so can any other consumer of banter's topics.
+
+pub mod codec;
+pub mod event;
+pub mod records;
+pub mod sample;
+pub mod validate;
+
+pub use codec::{AvroRecord, Codec, CodecError, Fingerprint};
+pub use event::{
+    Action, ContentType, EngagementEvent, EventTimeSource, Kind, Platform, TimestampMillis,
+};
+pub use records::{AlertState, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage, WindowKind};
+pub use validate::{ValidationContext, ValidationError};
+
+/// The Avro schemas of this version, by file name, as shipped in `schemas/avro/`.
+pub const SCHEMAS: &[(&str, &str)] = &[
+    (
+        "engagement_event.v1.avsc",
+        <EngagementEvent as AvroRecord>::SCHEMA,
+    ),
+    ("rollup.v1.avsc", <Rollup as AvroRecord>::SCHEMA),
+    (
+        "funnel_rollup.v1.avsc",
+        <FunnelRollup as AvroRecord>::SCHEMA,
+    ),
+    ("spike_alert.v1.avsc", <SpikeAlert as AvroRecord>::SCHEMA),
+    ("dead_letter.v1.avsc", <DeadLetter as AvroRecord>::SCHEMA),
+];

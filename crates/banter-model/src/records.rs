@@ -1,0 +1,221 @@
+//! The records the later stages write: rollups (`banter.rollups.v1`), CTA funnel rollups,
+//! spike alerts (`banter.alerts.v1`) and dead letters (`banter.dlq.v1`).
+//!
+//! Their Avro schemas live beside the event's in `schemas/avro/`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::TimestampMillis;
+
+/// The window a rollup covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WindowKind {
+    /// 1-minute tumbling window.
+    Minute,
+    /// 5-minute window hopping every minute, built from 1-minute panes.
+    #[serde(rename = "VELOCITY_5M")]
+    Velocity5m,
+    /// The first 15 minutes after publication.
+    #[serde(rename = "FIRST_15M")]
+    First15m,
+    /// The first 60 minutes after publication.
+    #[serde(rename = "FIRST_60M")]
+    First60m,
+    /// 1-hour tumbling window.
+    Hour,
+    /// 1-day tumbling window.
+    Day,
+}
+
+/// Aggregates of one account (`content_id` = None) or one post in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollup {
+    /// The brand's account.
+    pub account_id: String,
+    /// The post; None for the account-level rollup.
+    #[serde(default)]
+    pub content_id: Option<String>,
+    /// Which window.
+    pub window: WindowKind,
+    /// Window start (inclusive).
+    pub window_start: TimestampMillis,
+    /// Window end (exclusive).
+    pub window_end: TimestampMillis,
+    /// Grows with every re-emission of the same key.
+    pub revision: i64,
+    /// Interactions (adds minus removes) from non-brand actors.
+    pub interactions: i64,
+    /// COMMENT count.
+    #[serde(default)]
+    pub comments: i64,
+    /// LIVE_COMMENT count.
+    #[serde(default)]
+    pub live_comments: i64,
+    /// POST_REACTION count (adds minus removes).
+    #[serde(default)]
+    pub reactions: i64,
+    /// SHARE count.
+    #[serde(default)]
+    pub shares: i64,
+    /// STORY_REPLY count.
+    #[serde(default)]
+    pub story_replies: i64,
+    /// DM_IN count.
+    #[serde(default)]
+    pub dms_in: i64,
+    /// MENTION count.
+    #[serde(default)]
+    pub mentions: i64,
+    /// BRAND_REPLY count.
+    #[serde(default)]
+    pub brand_replies: i64,
+    /// Interactions per minute (VELOCITY_5M).
+    #[serde(default)]
+    pub velocity: Option<f64>,
+    /// first_15m / first_60m (FIRST_60M).
+    #[serde(default)]
+    pub early_accel: Option<f64>,
+    /// Minutes from publication to interaction N.
+    #[serde(default)]
+    pub time_to_n_minutes: Option<f64>,
+    /// Approximate distinct actors.
+    #[serde(default)]
+    pub unique_engagers: Option<i64>,
+    /// Events that arrived after the window was first emitted.
+    #[serde(default)]
+    pub late_events: i64,
+    /// When this revision was emitted (event-time derived, deterministic).
+    pub emitted_at: TimestampMillis,
+}
+
+/// A CTA funnel of one campaign in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunnelRollup {
+    /// The brand's account.
+    pub account_id: String,
+    /// The campaign.
+    pub campaign_id: String,
+    /// Which window (HOUR or DAY).
+    pub window: WindowKind,
+    /// Window start (inclusive).
+    pub window_start: TimestampMillis,
+    /// Window end (exclusive).
+    pub window_end: TimestampMillis,
+    /// Grows with every re-emission of the same key.
+    pub revision: i64,
+    /// Distinct (actor, campaign) that triggered.
+    pub triggered: i64,
+    /// … that were sent the private reply.
+    pub private_reply_sent: i64,
+    /// … that read it.
+    pub dm_read: i64,
+    /// … that engaged (postback, quick reply, DM).
+    pub engaged: i64,
+    /// … that clicked the link.
+    pub link_clicked: i64,
+    /// … that converted.
+    pub converted: i64,
+    /// Sum of attributed conversion values.
+    #[serde(default)]
+    pub conversion_value: f64,
+    /// Currency of `conversion_value`.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Median seconds from trigger to private reply.
+    #[serde(default)]
+    pub median_trigger_to_reply_s: Option<f64>,
+    /// Median seconds from private reply to click.
+    #[serde(default)]
+    pub median_reply_to_click_s: Option<f64>,
+    /// Median seconds from click to conversion.
+    #[serde(default)]
+    pub median_click_to_conversion_s: Option<f64>,
+    /// When this revision was emitted.
+    pub emitted_at: TimestampMillis,
+}
+
+/// Spike alert state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertState {
+    /// The spike is on.
+    Firing,
+    /// It fell back.
+    Resolved,
+}
+
+/// An engagement spike of one account or one post.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpikeAlert {
+    /// Stable for one spike: account, content and onset minute.
+    pub alert_id: String,
+    /// FIRING or RESOLVED.
+    pub state: AlertState,
+    /// The brand's account.
+    pub account_id: String,
+    /// The post; None for an account-level spike.
+    #[serde(default)]
+    pub content_id: Option<String>,
+    /// The minute that decided the state.
+    pub window_start: TimestampMillis,
+    /// Its end.
+    pub window_end: TimestampMillis,
+    /// Interactions observed in that minute.
+    pub observed: i64,
+    /// EWMA mean.
+    pub baseline_mean: f64,
+    /// EWMA standard deviation.
+    pub baseline_stddev: f64,
+    /// (observed − mean) / max(σ, √mean, 1).
+    pub z_score: f64,
+    /// Onset of the spike.
+    pub started_at: TimestampMillis,
+    /// End of the spike, once resolved.
+    #[serde(default)]
+    pub ended_at: Option<TimestampMillis>,
+    /// Grows with every re-emission.
+    pub revision: i64,
+    /// When this revision was emitted.
+    pub emitted_at: TimestampMillis,
+}
+
+/// The stage that dead-lettered a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Stage {
+    /// Ingest (HTTP, webhooks, replay).
+    Ingest,
+    /// The stream processor (too-late events, undecodable records).
+    Stream,
+    /// The ClickHouse sink (rows rejected by ClickHouse).
+    Sink,
+}
+
+/// Input that could not be processed, kept with its cause and original bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Which stage rejected it.
+    pub stage: Stage,
+    /// Machine-readable cause (`invalid`, `late`, `unknown_change`, …).
+    pub reason: String,
+    /// Human-readable error text.
+    pub detail: String,
+    /// Route, topic or table it came from.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Kafka partition it came from.
+    #[serde(default)]
+    pub source_partition: Option<i32>,
+    /// Kafka offset it came from.
+    #[serde(default)]
+    pub source_offset: Option<i64>,
+    /// Account, when known.
+    #[serde(default)]
+    pub account_id: Option<String>,
+    /// The original input, unchanged.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// When it was dead-lettered.
+    pub failed_at: TimestampMillis,
+}

@@ -1,0 +1,389 @@
+//! Codec properties: the fast and generic paths agree byte for byte, schema versions resolve,
+//! and no input makes the decoder panic.
+
+use banter_model::codec::{CodecError, HEADER_LEN};
+use banter_model::sample::sample_events;
+use banter_model::*;
+use proptest::prelude::*;
+use serde::Serialize;
+
+const V0: &str = include_str!("schemas/engagement_event.v0.avsc");
+/// `fastavro.schema.fingerprint(to_parsing_canonical_form(v1), "CRC-64-AVRO")`: fastavro's hex
+/// string is already in wire (little-endian) byte order.
+const FASTAVRO_FINGERPRINT_V1: &str = "517cc246cf4c25df";
+const V2: &str = include_str!("schemas/engagement_event.v2.avsc");
+
+fn opt_string() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(any::<String>())
+}
+
+fn event_strategy() -> impl Strategy<Value = EngagementEvent> {
+    let ids = (
+        any::<String>(),
+        any::<String>(),
+        opt_string(),
+        opt_string(),
+        opt_string(),
+        opt_string(),
+    );
+    let enums = (
+        prop::sample::select(Platform::ALL),
+        prop::sample::select(Kind::ALL),
+        prop::sample::select(Action::ALL),
+        prop::option::of(prop::sample::select(ContentType::ALL)),
+        prop::sample::select(EventTimeSource::ALL),
+    );
+    let more = (
+        opt_string(),
+        opt_string(),
+        opt_string(),
+        opt_string(),
+        opt_string(),
+        opt_string(),
+    );
+    let nums = (
+        any::<i64>(),
+        any::<i64>(),
+        prop::option::of(any::<i64>()),
+        prop::option::of(any::<f64>().prop_filter("NaN never equals itself", |v| !v.is_nan())),
+        any::<bool>(),
+        opt_string(),
+    );
+    (ids, enums, more, nums).prop_map(
+        |(
+            (event_id, account_id, content_id, object_id, parent_id, thread_id),
+            (platform, kind, action, content_type, event_time_source),
+            (actor_id, text, reaction, cta_campaign_id, cta_keyword, ref_),
+            (event_time, received_at, content_published_at, value, is_brand_actor, click_id),
+        )| EngagementEvent {
+            event_id,
+            platform,
+            kind,
+            action,
+            account_id,
+            content_id,
+            content_type,
+            content_published_at,
+            object_id,
+            parent_id,
+            thread_id,
+            actor_id,
+            is_brand_actor,
+            text,
+            reaction,
+            cta_campaign_id,
+            cta_keyword,
+            ref_,
+            click_id,
+            value,
+            currency: cta_keyword_currency(&value),
+            event_time,
+            event_time_source,
+            received_at,
+        },
+    )
+}
+
+fn cta_keyword_currency(value: &Option<f64>) -> Option<String> {
+    value.map(|_| "EUR".to_owned())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn fast_and_generic_paths_write_the_same_bytes_and_read_each_other(e in event_strategy()) {
+        let codec = EngagementEvent::codec();
+        let fast = codec.encode(&e).unwrap();
+        let generic = codec.encode_generic(&e).unwrap();
+        prop_assert_eq!(&fast, &generic);
+        prop_assert_eq!(codec.decode(&generic).unwrap(), e.clone());
+        prop_assert_eq!(codec.decode_generic(&fast).unwrap(), e);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let codec = EngagementEvent::codec();
+        let mut msg = vec![0xC3, 0x01];
+        msg.extend_from_slice(&codec.fingerprint().0);
+        msg.extend_from_slice(&body);
+        let _ = codec.decode(&msg);
+        let _ = codec.decode_generic(&msg);
+        let _ = codec.decode(&body);
+    }
+
+    #[test]
+    fn truncated_messages_are_errors(e in event_strategy(), cut in 0usize..1000) {
+        let codec = EngagementEvent::codec();
+        let bytes = codec.encode(&e).unwrap();
+        let cut = cut % bytes.len();
+        prop_assert!(codec.decode(&bytes[..cut]).is_err());
+        prop_assert!(codec.decode_generic(&bytes[..cut]).is_err());
+    }
+}
+
+#[test]
+fn wire_header_is_magic_and_little_endian_rabin_of_canonical_form() {
+    let codec = EngagementEvent::codec();
+    let e = &sample_events(3, 1, 1, 1_764_000_000_000)[0];
+    let bytes = codec.encode(e).unwrap();
+    assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+    assert_eq!(&bytes[2..HEADER_LEN], &codec.fingerprint().0);
+    // The Parsing Canonical Form drops docs, defaults and logical types: a schema that differs
+    // only in those has the same fingerprint.
+    let mut relaxed = Codec::<EngagementEvent>::new().unwrap();
+    let stripped = EngagementEvent::SCHEMA
+        .replace(r#""doc": "Stable id"#, r#""x-note": "Stable id"#)
+        .replace(
+            r#"{"type": "long", "logicalType": "timestamp-millis"}"#,
+            r#""long""#,
+        );
+    assert_ne!(stripped, EngagementEvent::SCHEMA);
+    assert_eq!(
+        relaxed.register_writer_schema(&stripped).unwrap(),
+        codec.fingerprint()
+    );
+    // The CRC-64-AVRO of the canonical form, as fastavro computes it (tests/interop checks the
+    // same against fastavro at run time).
+    assert_eq!(codec.fingerprint().to_string(), FASTAVRO_FINGERPRINT_V1);
+}
+
+#[test]
+fn every_record_type_round_trips_on_both_paths() {
+    fn check<T: AvroRecord + PartialEq + std::fmt::Debug>(v: T) {
+        let c = T::codec();
+        let fast = c.encode(&v).unwrap();
+        assert_eq!(fast, c.encode_generic(&v).unwrap(), "{}", T::NAME);
+        assert_eq!(c.decode(&fast).unwrap(), v);
+        assert_eq!(c.decode_generic(&fast).unwrap(), v);
+    }
+    check(Rollup {
+        account_id: "acct".into(),
+        content_id: Some("post".into()),
+        window: WindowKind::Velocity5m,
+        window_start: 1_764_000_000_000,
+        window_end: 1_764_000_300_000,
+        revision: 42,
+        interactions: 17,
+        comments: 5,
+        live_comments: 0,
+        reactions: 11,
+        shares: 1,
+        story_replies: 0,
+        dms_in: 0,
+        mentions: 0,
+        brand_replies: 2,
+        velocity: Some(3.4),
+        early_accel: None,
+        time_to_n_minutes: Some(12.5),
+        unique_engagers: Some(15),
+        late_events: 1,
+        emitted_at: 1_764_000_360_000,
+    });
+    check(FunnelRollup {
+        account_id: "acct".into(),
+        campaign_id: "spring".into(),
+        window: WindowKind::Day,
+        window_start: 1_764_000_000_000,
+        window_end: 1_764_086_400_000,
+        revision: 7,
+        triggered: 100,
+        private_reply_sent: 95,
+        dm_read: 66,
+        engaged: 40,
+        link_clicked: 25,
+        converted: 5,
+        conversion_value: 149.5,
+        currency: Some("EUR".into()),
+        median_trigger_to_reply_s: Some(2.0),
+        median_reply_to_click_s: None,
+        median_click_to_conversion_s: Some(600.0),
+        emitted_at: 1_764_086_460_000,
+    });
+    check(SpikeAlert {
+        alert_id: "acct/post/1764000000000".into(),
+        state: AlertState::Firing,
+        account_id: "acct".into(),
+        content_id: None,
+        window_start: 1_764_000_000_000,
+        window_end: 1_764_000_060_000,
+        observed: 120,
+        baseline_mean: 8.5,
+        baseline_stddev: 3.1,
+        z_score: 13.1,
+        started_at: 1_764_000_000_000,
+        ended_at: None,
+        revision: 1,
+        emitted_at: 1_764_000_060_000,
+    });
+    check(DeadLetter {
+        stage: Stage::Ingest,
+        reason: "invalid".into(),
+        detail: "missing account_id".into(),
+        source: Some("/v1/events".into()),
+        source_partition: None,
+        source_offset: None,
+        account_id: None,
+        payload: b"{\"kind\":\"COMMENT\"}\x00\xff".to_vec(),
+        failed_at: 1_764_000_000_000,
+    });
+}
+
+/// Writes `value` with another writer schema, through apache-avro, as a producer on that
+/// version would.
+fn write_with(schema_json: &str, value: &impl Serialize) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(schema_json).unwrap();
+    let fingerprint = Codec::<EngagementEvent>::new()
+        .unwrap()
+        .register_writer_schema(schema_json)
+        .unwrap();
+    let v = apache_avro::to_value(value)
+        .unwrap()
+        .resolve(&schema)
+        .unwrap();
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&fingerprint.0);
+    out.extend(apache_avro::to_avro_datum(&schema, v).unwrap());
+    out
+}
+
+#[derive(Serialize)]
+struct V0Event {
+    event_id: String,
+    platform: Platform,
+    kind: Kind,
+    action: Action,
+    account_id: String,
+    content_id: Option<String>,
+    actor_id: Option<String>,
+    text: Option<String>,
+    event_time: i64,
+    event_time_source: EventTimeSource,
+    received_at: i64,
+}
+
+#[test]
+fn older_writer_schema_resolves_with_defaults() {
+    let old = V0Event {
+        event_id: "ev-old".into(),
+        platform: Platform::Instagram,
+        kind: Kind::Comment,
+        action: Action::Add,
+        account_id: "acct".into(),
+        content_id: Some("post".into()),
+        actor_id: None,
+        text: Some("info please".into()),
+        event_time: 1_764_000_000_000,
+        event_time_source: EventTimeSource::PlatformDelivery,
+        received_at: 1_764_000_000_500,
+    };
+    let bytes = write_with(V0, &old);
+
+    let mut codec = Codec::<EngagementEvent>::new().unwrap();
+    // Not registered yet: a clear error naming the fingerprint.
+    let err = codec.decode(&bytes).unwrap_err();
+    assert!(matches!(err, CodecError::UnknownSchema { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("unknown writer schema fingerprint "),
+        "{err}"
+    );
+
+    codec.register_writer_schema(V0).unwrap();
+    let mut expected = EngagementEvent::new(
+        "ev-old",
+        Platform::Instagram,
+        Kind::Comment,
+        Action::Add,
+        "acct",
+        1_764_000_000_000,
+    );
+    expected.content_id = Some("post".into());
+    expected.text = Some("info please".into());
+    expected.event_time_source = EventTimeSource::PlatformDelivery;
+    expected.received_at = 1_764_000_000_500;
+    assert_eq!(codec.decode(&bytes).unwrap(), expected);
+    assert_eq!(codec.decode_generic(&bytes).unwrap(), expected);
+}
+
+#[derive(Serialize)]
+struct Sentiment {
+    score: f32,
+    labels: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct V2Event {
+    #[serde(flatten)]
+    v1: EngagementEvent,
+    language: Option<String>,
+    sentiment: Option<Sentiment>,
+}
+
+#[test]
+fn newer_writer_schema_resolves_by_skipping_unknown_fields() {
+    let events = sample_events(11, 20, 3, 1_764_000_000_000);
+    let mut codec = Codec::<EngagementEvent>::new().unwrap();
+    codec.register_writer_schema(V2).unwrap();
+    for (i, e) in events.into_iter().enumerate() {
+        let newer = V2Event {
+            v1: e.clone(),
+            language: Some("en".into()),
+            sentiment: (i % 2 == 0).then(|| Sentiment {
+                score: 0.75,
+                labels: vec!["positive".into(), "purchase-intent".into()],
+            }),
+        };
+        let bytes = write_with(V2, &newer);
+        assert_eq!(codec.decode(&bytes).unwrap(), e);
+        assert_eq!(codec.decode_generic(&bytes).unwrap(), e);
+    }
+}
+
+#[test]
+fn malformed_messages_give_precise_errors() {
+    let codec = EngagementEvent::codec();
+    let good = codec
+        .encode(&sample_events(5, 1, 1, 1_764_000_000_000)[0])
+        .unwrap();
+
+    assert_eq!(
+        codec.decode(&good[..4]).unwrap_err().to_string(),
+        "message is 4 bytes, shorter than the 10-byte single-object header"
+    );
+
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'{';
+    assert_eq!(
+        codec.decode(&bad_magic).unwrap_err().to_string(),
+        "message does not start with the avro single-object marker c3 01 (got 7b 01)"
+    );
+
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0, 0]);
+    assert_eq!(
+        codec.decode(&trailing).unwrap_err().to_string(),
+        "2 trailing bytes after a complete EngagementEvent"
+    );
+    assert!(matches!(
+        codec.decode_generic(&trailing),
+        Err(CodecError::Trailing { trailing: 2, .. })
+    ));
+
+    // An enum index past the last symbol.
+    let mut bad_enum = vec![0xC3, 0x01];
+    bad_enum.extend_from_slice(&codec.fingerprint().0);
+    bad_enum.extend_from_slice(&[2, b'e', 99]);
+    let err = codec.decode(&bad_enum).unwrap_err();
+    assert!(matches!(err, CodecError::Body { .. }), "{err}");
+    assert!(codec.decode_generic(&bad_enum).is_err());
+}
+
+#[test]
+fn sample_events_are_about_120_bytes() {
+    let codec = EngagementEvent::codec();
+    let events = sample_events(1, 10_000, 1000, 1_764_000_000_000);
+    let total: usize = events.iter().map(|e| codec.encode(e).unwrap().len()).sum();
+    let mean = total / events.len();
+    assert!((80..=200).contains(&mean), "mean encoded size {mean}");
+}
