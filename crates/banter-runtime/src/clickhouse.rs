@@ -1,0 +1,177 @@
+//! ClickHouse client set up for the server it talks to.
+//!
+//! banter runs against the ClickHouse Debian ships (18.16) and current releases (25.x). The
+//! server version is detected, not configured: 18.16 rejects LZ4-compressed responses from the
+//! `clickhouse` crate and has no `RowBinaryWithNamesAndTypes`, so the client uses no
+//! compression and plain `RowBinary` (schema validation off) on servers older than 24.
+
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use thiserror::Error;
+
+use crate::config::ClickHouseConfig;
+
+/// The first major version on which the client's `RowBinaryWithNamesAndTypes` validation is
+/// used.
+pub const VALIDATION_MIN_MAJOR: u32 = 24;
+
+/// A ClickHouse problem.
+#[derive(Debug, Error)]
+pub enum ClickHouseSetupError {
+    /// The server did not answer within the deadline.
+    #[error("clickhouse at {url} did not answer within {waited_secs} s: {detail} (is it running? `scripts/stack.sh up clickhouse` starts the local one)")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// How long we waited.
+        waited_secs: u64,
+        /// The last error.
+        detail: String,
+    },
+    /// The server answered with an error.
+    #[error("clickhouse {what}: {source}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: clickhouse::error::Error,
+    },
+    /// `version()` returned something unexpected.
+    #[error("cannot parse clickhouse version `{0}`")]
+    Version(String),
+}
+
+/// The server's version and what follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    /// Major version (18, 24, 25, …).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Parses `version()` output such as `18.16.1` or `25.3.2.39`.
+    pub fn parse(s: &str) -> Result<Self, ClickHouseSetupError> {
+        let mut it = s.trim().split('.');
+        let mut num = || it.next().and_then(|p| p.parse::<u32>().ok());
+        match (num(), num()) {
+            (Some(major), Some(minor)) => Ok(ServerVersion { major, minor }),
+            _ => Err(ClickHouseSetupError::Version(s.to_owned())),
+        }
+    }
+
+    /// Whether the client can validate rows with `RowBinaryWithNamesAndTypes`.
+    pub fn supports_validation(self) -> bool {
+        self.major >= VALIDATION_MIN_MAJOR
+    }
+
+    /// Whether `LowCardinality` works without `allow_experimental_low_cardinality_type`
+    /// (19.9+).
+    pub fn has_low_cardinality(self) -> bool {
+        (self.major, self.minor) >= (19, 9)
+    }
+
+    /// Whether `DateTime64` exists (20.1+).
+    pub fn has_datetime64(self) -> bool {
+        self.major >= 20
+    }
+}
+
+/// A client without a database selected (for `CREATE DATABASE`), compression off.
+pub fn server_client(cfg: &ClickHouseConfig) -> Client {
+    let mut c = Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_compression(clickhouse::Compression::None)
+        .with_validation(false);
+    if !cfg.password.is_empty() {
+        c = c.with_password(cfg.password.expose());
+    }
+    c
+}
+
+/// A connected ClickHouse: the client for the configured database, and the server version.
+#[derive(Clone)]
+pub struct ClickHouse {
+    /// The client, set up for this server.
+    pub client: Client,
+    /// The server's version.
+    pub version: ServerVersion,
+}
+
+impl std::fmt::Debug for ClickHouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouse")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Asks the server for its version.
+///
+/// # Errors
+/// The server is unreachable or answers with an error.
+pub async fn server_version(client: &Client) -> Result<ServerVersion, ClickHouseSetupError> {
+    let v: String = client
+        .query("SELECT version()")
+        .fetch_one()
+        .await
+        .map_err(|source| ClickHouseSetupError::Query {
+            what: "version()",
+            source,
+        })?;
+    ServerVersion::parse(&v)
+}
+
+/// Waits until the server answers (polling until `timeout`), detects its version and returns a
+/// client for `cfg.database` suited to it. The database itself is not created here.
+///
+/// # Errors
+/// [`ClickHouseSetupError::Unreachable`] when the deadline passes.
+pub async fn connect(
+    cfg: &ClickHouseConfig,
+    timeout: Duration,
+) -> Result<ClickHouse, ClickHouseSetupError> {
+    let probe = server_client(cfg);
+    let deadline = Instant::now() + timeout;
+    let version = loop {
+        match server_version(&probe).await {
+            Ok(v) => break v,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(ClickHouseSetupError::Unreachable {
+                    url: cfg.url.clone(),
+                    waited_secs: timeout.as_secs(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let client = server_client(cfg)
+        .with_database(&cfg.database)
+        .with_validation(version.supports_validation());
+    tracing::debug!(
+        major = version.major,
+        minor = version.minor,
+        "clickhouse version detected"
+    );
+    Ok(ClickHouse { client, version })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        assert!(!old.supports_validation());
+        assert!(!old.has_low_cardinality());
+        assert!(!old.has_datetime64());
+        let new = ServerVersion::parse("25.3.2.39\n").unwrap();
+        assert!(new.supports_validation() && new.has_low_cardinality() && new.has_datetime64());
+        assert!(ServerVersion::parse("head").is_err());
+    }
+}

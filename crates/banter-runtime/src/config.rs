@@ -1,0 +1,504 @@
+//! Configuration: one TOML file plus `BANTER_<SECTION>__<KEY>` environment overrides.
+//!
+//! * Unknown keys are errors, in the file and in the environment, and the error names the key.
+//! * `validate()` runs before anything starts: a bad value fails start-up with the key named.
+//! * Secrets ([`Secret`]) never print.
+//!
+//! Environment overrides use a double underscore between levels:
+//! `BANTER_KAFKA__BROKERS=broker:9092`, `BANTER_KAFKA__TOPICS__PARTITIONS=12`,
+//! `BANTER_CLICKHOUSE__PASSWORD=…`. Variables without a double underscore (`BANTER_CONFIG`,
+//! the stack scripts' `BANTER_KAFKA_PORT`, …) are not configuration keys and are ignored here.
+//! Later roles add their own sections to [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::secret::Secret;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "BANTER_";
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML (after environment overrides) does not fit the schema.
+    #[error("invalid config{origin}: {message}")]
+    Parse {
+        /// " in <file>" and/or the environment variables applied.
+        origin: String,
+        /// serde's message, which names the key.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// Logs and metrics.
+    pub telemetry: TelemetryConfig,
+    /// The ops HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub http: HttpConfig,
+}
+
+/// Kafka connection and topics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Client id prefix; the role name is appended.
+    pub client_id: String,
+    /// Topic names and layout.
+    pub topics: TopicsConfig,
+    /// Extra librdkafka properties passed to every client (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+    /// How long a role waits for the broker at start-up before failing, in seconds.
+    pub connect_timeout_secs: u64,
+}
+
+/// Topic names and layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Normalized engagement events, keyed by account_id.
+    pub events: String,
+    /// Rollups emitted by the stream processor.
+    pub rollups: String,
+    /// Spike alerts.
+    pub alerts: String,
+    /// Dead letters from every stage.
+    pub dlq: String,
+    /// Partitions of each topic created by `banter topics`.
+    pub partitions: i32,
+    /// Replication factor of each topic created by `banter topics`.
+    pub replication_factor: i32,
+    /// Retention of the dead-letter topic, in days.
+    pub dlq_retention_days: u32,
+}
+
+/// ClickHouse connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface URL.
+    pub url: String,
+    /// Database banter's tables live in.
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// Password: `{ env = "VAR" }`, `{ file = "/path" }` or `BANTER_CLICKHOUSE__PASSWORD`.
+    pub password: Secret,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `banter=debug,rdkafka=warn`.
+    pub log_level: String,
+}
+
+/// The ops HTTP server every role runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: String,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            client_id: "banter".into(),
+            topics: TopicsConfig::default(),
+            properties: BTreeMap::new(),
+            connect_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            events: "banter.events.v1".into(),
+            rollups: "banter.rollups.v1".into(),
+            alerts: "banter.alerts.v1".into(),
+            dlq: "banter.dlq.v1".into(),
+            partitions: 6,
+            replication_factor: 1,
+            dlq_retention_days: 30,
+        }
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "banter".into(),
+            user: "default".into(),
+            password: Secret::default(),
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Converts one override value to TOML: typed like the default at the same path (so a numeric
+/// password stays a string), otherwise a string.
+fn env_value(default_at_path: Option<&toml::Value>, raw: &str) -> toml::Value {
+    let as_string = || toml::Value::String(raw.to_owned());
+    match default_at_path {
+        Some(toml::Value::String(_)) | None => as_string(),
+        Some(_) => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(as_string),
+    }
+}
+
+fn lookup<'a>(mut v: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
+    for p in path {
+        v = v.as_table()?.get(p)?;
+    }
+    Some(v)
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when None), applies the environment overrides from
+    /// `vars`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut origin = String::new();
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                origin = format!(" in {}", p.display());
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults =
+            toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+                origin: String::new(),
+                message: e.to_string(),
+            })?;
+
+        let mut applied = Vec::new();
+        let mut vars: Vec<_> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        vars.sort();
+        for (name, raw) in vars {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::Parse {
+                    origin: format!(" from environment variable {name}"),
+                    message: "empty key segment".into(),
+                });
+            }
+            let value = env_value(lookup(&defaults, &path), &raw);
+            let mut table = &mut root;
+            for seg in &path[..path.len() - 1] {
+                let entry = table
+                    .entry(seg.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry.as_table_mut().ok_or_else(|| ConfigError::Parse {
+                    origin: format!(" from environment variable {name}"),
+                    message: format!("`{seg}` is not a section"),
+                })?;
+            }
+            table.insert(path[path.len() - 1].clone(), value);
+            applied.push(name);
+        }
+        if !applied.is_empty() {
+            origin.push_str(&format!(
+                " (with environment overrides {})",
+                applied.join(", ")
+            ));
+        }
+        let config: Config =
+            toml::Value::Table(root)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin,
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the process environment: the file named by `path` or `BANTER_CONFIG`.
+    pub fn from_env(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_var = std::env::var_os("BANTER_CONFIG").map(std::path::PathBuf::from);
+        Config::load(path.or(from_var.as_deref()), std::env::vars())
+    }
+
+    /// Checks values; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.brokers.split(',').any(|b| {
+            let b = b.trim();
+            b.is_empty()
+                || b.rsplit_once(':')
+                    .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        }) {
+            return Err(invalid(
+                "kafka.brokers",
+                format!("`{}` is not a comma-separated list of host:port", k.brokers),
+            ));
+        }
+        if k.client_id.is_empty() {
+            return Err(invalid("kafka.client_id", "must not be empty"));
+        }
+        for (key, name) in [
+            ("kafka.topics.events", &k.topics.events),
+            ("kafka.topics.rollups", &k.topics.rollups),
+            ("kafka.topics.alerts", &k.topics.alerts),
+            ("kafka.topics.dlq", &k.topics.dlq),
+        ] {
+            let legal = !name.is_empty()
+                && name.len() <= 249
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !legal {
+                return Err(invalid(
+                    key,
+                    format!("`{name}` is not a legal Kafka topic name"),
+                ));
+            }
+        }
+        if k.topics.partitions < 1 {
+            return Err(invalid("kafka.topics.partitions", "must be at least 1"));
+        }
+        if k.topics.replication_factor < 1 {
+            return Err(invalid(
+                "kafka.topics.replication_factor",
+                "must be at least 1",
+            ));
+        }
+        if k.connect_timeout_secs == 0 {
+            return Err(invalid("kafka.connect_timeout_secs", "must be at least 1"));
+        }
+        let c = &self.clickhouse;
+        if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+            return Err(invalid(
+                "clickhouse.url",
+                format!("`{}` is not an http(s) URL", c.url),
+            ));
+        }
+        if c.database.is_empty()
+            || !c
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || c.database.as_bytes()[0].is_ascii_digit()
+        {
+            return Err(invalid(
+                "clickhouse.database",
+                format!(
+                    "`{}` must be letters, digits and underscores, not starting with a digit",
+                    c.database
+                ),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
+            return Err(invalid("telemetry.log_level", e.to_string()));
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("`{}` is not an ip:port address", self.http.listen),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "banter-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.kafka.topics.events, "banter.events.v1");
+        assert_eq!(c.kafka.topics.partitions, 6);
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let p = write("[kafka]\nbrokers = \"k1:9092,k2:9092\"\n[kafka.topics]\npartitions = 3\n");
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("BANTER_KAFKA__TOPICS__PARTITIONS", "12"),
+                ("BANTER_CLICKHOUSE__PASSWORD", "123456"),
+                ("BANTER_KAFKA_PORT", "19092"), // a script variable, not a key
+                ("BANTER_CONFIG", "/elsewhere"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.topics.partitions, 12);
+        assert_eq!(c.clickhouse.password.expose(), "123456");
+        assert!(!c.to_redacted_toml().contains("123456"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let p = write("[kafka]\nbrokerz = \"k:9092\"\n");
+        let err = Config::load(Some(&p), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("brokerz"), "{err}");
+
+        let err = Config::load(None, env(&[("BANTER_KAFKA__TOPICZ__EVENTS", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topicz"), "{err}");
+        assert!(err.contains("BANTER_KAFKA__TOPICZ__EVENTS"), "{err}");
+
+        let err = Config::load(None, env(&[("BANTER_NOPE__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("BANTER_KAFKA__BROKERS", "localhost", "kafka.brokers"),
+            (
+                "BANTER_KAFKA__TOPICS__PARTITIONS",
+                "0",
+                "kafka.topics.partitions",
+            ),
+            (
+                "BANTER_KAFKA__TOPICS__EVENTS",
+                "bad topic",
+                "kafka.topics.events",
+            ),
+            ("BANTER_CLICKHOUSE__URL", "127.0.0.1:8123", "clickhouse.url"),
+            (
+                "BANTER_CLICKHOUSE__DATABASE",
+                "drop table",
+                "clickhouse.database",
+            ),
+            ("BANTER_HTTP__LISTEN", "nowhere", "http.listen"),
+            (
+                "BANTER_TELEMETRY__LOG_LEVEL",
+                "info,[",
+                "telemetry.log_level",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let err = Config::load(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{key}`")), "{var}={value}: {err}");
+        }
+        let err = Config::load(None, env(&[("BANTER_KAFKA__TOPICS__PARTITIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partitions"), "{err}");
+    }
+}
