@@ -17,18 +17,3 @@ pub use event::{
 };
 pub use records::{AlertState, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage, WindowKind};
 pub use validate::{ValidationContext, ValidationError};
-
-/// The Avro schemas of this version, by file name, as shipped in `schemas/avro/`.
-pub const SCHEMAS: &[(&str, &str)] = &[
-    (
-        "engagement_event.v1.avsc",
-        <EngagementEvent as AvroRecord>::SCHEMA,
-    ),
-    ("rollup.v1.avsc", <Rollup as AvroRecord>::SCHEMA),
-    (
-        "funnel_rollup.v1.avsc",
-        <FunnelRollup as AvroRecord>::SCHEMA,
-    ),
-    ("spike_alert.v1.avsc", <SpikeAlert as AvroRecord>::SCHEMA),
-    ("dead_letter.v1.avsc", <DeadLetter as AvroRecord>::SCHEMA),
-];

@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# The local stack without Docker: Apache Kafka (KRaft, jars from Maven Central), ClickHouse,
+# Prometheus and Alertmanager (Debian packages), as plain processes with their data under
+# .stack/ (git-ignored). Every command is idempotent.
+#
+#   scripts/stack.sh up [SERVICE...]      install what is missing, start what is not running, wait
+#   scripts/stack.sh down [SERVICE...]    stop (data is kept)
+#   scripts/stack.sh status               one line per service
+#   scripts/stack.sh logs SERVICE [N]     the last N lines of a service's log
+#   scripts/stack.sh wipe                 stop everything and delete .stack/ data (keeps the jar cache)
+#
+# SERVICE is kafka, clickhouse, prometheus or alertmanager (default: all).
+# Ports (environment): BANTER_KAFKA_PORT=9092 BANTER_KAFKA_CONTROLLER_PORT=9095
+#   BANTER_CLICKHOUSE_HTTP_PORT=8123 BANTER_CLICKHOUSE_TCP_PORT=9000
+#   BANTER_PROMETHEUS_PORT=9090 BANTER_ALERTMANAGER_PORT=9093
+# Other: BANTER_STACK_DIR (default <repo>/.stack), BANTER_KAFKA_VERSION (default 4.1.1),
+#   BANTER_STACK_TIMEOUT (seconds to wait for a service, default 120).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK="${BANTER_STACK_DIR:-$ROOT/.stack}"
+KAFKA_VERSION="${BANTER_KAFKA_VERSION:-4.1.1}"
+KAFKA_PORT="${BANTER_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${BANTER_KAFKA_CONTROLLER_PORT:-9095}"
+CH_HTTP_PORT="${BANTER_CLICKHOUSE_HTTP_PORT:-8123}"
+CH_TCP_PORT="${BANTER_CLICKHOUSE_TCP_PORT:-9000}"
+PROM_PORT="${BANTER_PROMETHEUS_PORT:-9090}"
+AM_PORT="${BANTER_ALERTMANAGER_PORT:-9093}"
+TIMEOUT="${BANTER_STACK_TIMEOUT:-120}"
+ALL=(kafka clickhouse prometheus alertmanager)
+
+say() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
+
+pidfile() { echo "$STACK/run/$1.pid"; }
+running() {
+  local f; f="$(pidfile "$1")"
+  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# Installs Debian packages that are missing (needs root or sudo, and apt).
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
+  local sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  say "installing ${missing[*]} (apt)"
+  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$STACK/logs/apt.log" 2>&1; then
+    $sudo apt-get update -qq >>"$STACK/logs/apt.log" 2>&1 || true
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$STACK/logs/apt.log" 2>&1 \
+      || die "cannot install ${missing[*]}: see $STACK/logs/apt.log"
+  fi
+}
+
+wait_until() { # name, check command...
+  local name="$1"; shift
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@"; do
+    if ! running "$name"; then
+      die "$name exited while starting; last log lines:
+$(tail -n 25 "$STACK/logs/$name.log" 2>/dev/null)"
+    fi
+    (( SECONDS < deadline )) || die "$name did not answer within ${TIMEOUT}s; see scripts/stack.sh logs $name"
+    sleep 0.5
+  done
+}
+
+start_bg() { # name, command...
+  local name="$1"; shift
+  mkdir -p "$STACK/run" "$STACK/logs"
+  nohup setsid "$@" >>"$STACK/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$name")"
+}
+
+# ---------------------------------------------------------------- kafka
+KAFKA_HOME="$STACK/cache/kafka-$KAFKA_VERSION"
+
+kafka_install() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  [[ -f "$KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ]] && return 0
+  command -v mvn >/dev/null || apt_install maven
+  mkdir -p "$KAFKA_HOME"
+  cat >"$KAFKA_HOME/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>banter.local</groupId><artifactId>kafka-dist</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+EOF
+  say "fetching Apache Kafka $KAFKA_VERSION from Maven Central"
+  (cd "$KAFKA_HOME" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=libs -DincludeScope=runtime) \
+    >"$STACK/logs/kafka-fetch.log" 2>&1 || die "cannot fetch Kafka jars: see $STACK/logs/kafka-fetch.log"
+}
+
+kafka_up() {
+  if running kafka && port_open "$KAFKA_PORT"; then say "kafka already running on :$KAFKA_PORT"; return 0; fi
+  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set BANTER_KAFKA_PORT)"
+  kafka_install
+  local dir="$STACK/kafka"; mkdir -p "$dir/data" "$STACK/logs"
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+log.segment.bytes=104857600
+EOF
+  cat >"$dir/log4j2.properties" <<EOF
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+EOF
+  local cp="$KAFKA_HOME/libs/*"
+  if [[ ! -f "$dir/data/meta.properties" ]]; then
+    local id; id="$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+    say "formatting kafka storage (cluster $id)"
+    java -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$cp" kafka.tools.StorageTool format \
+      --standalone -t "$id" -c "$dir/server.properties" >>"$STACK/logs/kafka.log" 2>&1 \
+      || die "kafka storage format failed: see $STACK/logs/kafka.log"
+  fi
+  say "starting kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT"
+  start_bg kafka java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$cp" kafka.Kafka "$dir/server.properties"
+  wait_until kafka kafka_ready
+  say "kafka ready"
+}
+
+kafka_ready() {
+  port_open "$KAFKA_PORT" && grep -q "Kafka Server started\|\[KafkaRaftServer nodeId=1\] Kafka Server started" "$STACK/logs/kafka.log"
+}
+
+# ---------------------------------------------------------------- clickhouse
+clickhouse_up() {
+  if running clickhouse && http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"; then say "clickhouse already running on :$CH_HTTP_PORT"; return 0; fi
+  port_open "$CH_HTTP_PORT" && die "port $CH_HTTP_PORT is taken by another process (set BANTER_CLICKHOUSE_HTTP_PORT)"
+  command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+  local dir="$STACK/clickhouse"; mkdir -p "$dir"/{data,tmp,user_files,format_schemas,log}
+  # <yandex> is the root element 18.16 needs; current releases accept it too.
+  cat >"$dir/config.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+  <logger>
+    <level>information</level>
+    <log>$dir/log/clickhouse-server.log</log>
+    <errorlog>$dir/log/clickhouse-server.err.log</errorlog>
+    <size>100M</size>
+    <count>3</count>
+  </logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>$CH_HTTP_PORT</http_port>
+  <tcp_port>$CH_TCP_PORT</tcp_port>
+  <path>$dir/data/</path>
+  <tmp_path>$dir/tmp/</tmp_path>
+  <user_files_path>$dir/user_files/</user_files_path>
+  <format_schema_path>$dir/format_schemas/</format_schema_path>
+  <users_config>$dir/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>268435456</mark_cache_size>
+  <uncompressed_cache_size>268435456</uncompressed_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+EOF
+  cat >"$dir/users.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+EOF
+  say "starting clickhouse on 127.0.0.1:$CH_HTTP_PORT"
+  start_bg clickhouse clickhouse-server --config-file="$dir/config.xml"
+  wait_until clickhouse http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"
+  say "clickhouse ready ($(curl -fsS -m 2 "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()" 2>/dev/null))"
+}
+
+# ---------------------------------------------------------------- prometheus + alertmanager
+prometheus_up() {
+  if running prometheus && http_ok "http://127.0.0.1:$PROM_PORT/-/ready"; then say "prometheus already running on :$PROM_PORT"; return 0; fi
+  port_open "$PROM_PORT" && die "port $PROM_PORT is taken by another process (set BANTER_PROMETHEUS_PORT)"
+  command -v prometheus >/dev/null || apt_install prometheus
+  local dir="$STACK/prometheus"; mkdir -p "$dir/data"
+  cat >"$dir/prometheus.yml" <<EOF
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["127.0.0.1:$AM_PORT"]
+rule_files:
+  - "$ROOT/docker/prometheus/rules/*.yml"
+scrape_configs:
+  - job_name: banter
+    static_configs:
+      - targets: ["127.0.0.1:9464", "127.0.0.1:9465", "127.0.0.1:9466", "127.0.0.1:9467"]
+EOF
+  say "starting prometheus on 127.0.0.1:$PROM_PORT"
+  start_bg prometheus prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" --web.enable-lifecycle
+  wait_until prometheus http_ok "http://127.0.0.1:$PROM_PORT/-/ready"
+  say "prometheus ready"
+}
+
+alertmanager_up() {
+  if running alertmanager && http_ok "http://127.0.0.1:$AM_PORT/-/ready"; then say "alertmanager already running on :$AM_PORT"; return 0; fi
+  port_open "$AM_PORT" && die "port $AM_PORT is taken by another process (set BANTER_ALERTMANAGER_PORT)"
+  command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
+  local dir="$STACK/alertmanager"; mkdir -p "$dir/data"
+  cat >"$dir/alertmanager.yml" <<EOF
+route:
+  receiver: log
+  group_by: [alertname, account]
+  group_wait: 5s
+  group_interval: 30s
+  repeat_interval: 1h
+receivers:
+  - name: log
+EOF
+  say "starting alertmanager on 127.0.0.1:$AM_PORT"
+  start_bg alertmanager prometheus-alertmanager --config.file="$dir/alertmanager.yml" \
+    --storage.path="$dir/data" --web.listen-address="127.0.0.1:$AM_PORT" --cluster.listen-address=
+  wait_until alertmanager http_ok "http://127.0.0.1:$AM_PORT/-/ready"
+  say "alertmanager ready"
+}
+
+# ---------------------------------------------------------------- commands
+svc_port() {
+  case "$1" in
+    kafka) echo "$KAFKA_PORT" ;; clickhouse) echo "$CH_HTTP_PORT" ;;
+    prometheus) echo "$PROM_PORT" ;; alertmanager) echo "$AM_PORT" ;;
+    *) die "unknown service $1 (kafka, clickhouse, prometheus, alertmanager)" ;;
+  esac
+}
+
+down_one() {
+  local name="$1" f; f="$(pidfile "$name")"
+  if running "$name"; then
+    local pid; pid="$(cat "$f")"
+    say "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.3; done
+    kill -0 "$pid" 2>/dev/null && { say "$name did not stop in 30s, killing"; kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+  fi
+  rm -f "$f"
+}
+
+cmd="${1:-status}"; shift || true
+services=("$@"); [[ ${#services[@]} -eq 0 ]] && services=("${ALL[@]}")
+mkdir -p "$STACK/run" "$STACK/logs"
+
+case "$cmd" in
+  up)
+    for s in "${services[@]}"; do svc_port "$s" >/dev/null; "${s}_up"; done ;;
+  down)
+    for s in "${services[@]}"; do svc_port "$s" >/dev/null; down_one "$s"; done ;;
+  status)
+    for s in "${ALL[@]}"; do
+      p="$(svc_port "$s")"
+      if running "$s" && port_open "$p"; then st="up (pid $(cat "$(pidfile "$s")"), 127.0.0.1:$p)"
+      elif running "$s"; then st="starting (pid $(cat "$(pidfile "$s")"), 127.0.0.1:$p not answering)"
+      else st="down"; fi
+      printf '%-13s %s\n' "$s" "$st"
+    done ;;
+  logs)
+    s="${services[0]}"; n="${2:-100}"; svc_port "$s" >/dev/null
+    tail -n "$n" "$STACK/logs/$s.log" ;;
+  wipe)
+    for s in "${ALL[@]}"; do down_one "$s"; done
+    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,run}
+    say "wiped stack data (jar cache kept in $STACK/cache)" ;;
+  *) die "usage: scripts/stack.sh up|down|status|logs|wipe [SERVICE...]" ;;
+esac
