@@ -17,8 +17,9 @@
 #   BANTER_STACK_TIMEOUT (seconds to wait for a service, default 120).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STACK="${BANTER_STACK_DIR:-$ROOT/.stack}"
+BANTER_SCRIPT=stack
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 KAFKA_VERSION="${BANTER_KAFKA_VERSION:-4.1.1}"
 KAFKA_PORT="${BANTER_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${BANTER_KAFKA_CONTROLLER_PORT:-9095}"
@@ -29,9 +30,6 @@ AM_PORT="${BANTER_ALERTMANAGER_PORT:-9093}"
 TIMEOUT="${BANTER_STACK_TIMEOUT:-120}"
 ALL=(kafka clickhouse prometheus alertmanager)
 
-say() { printf '[stack] %s\n' "$*" >&2; }
-die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
-
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
 
@@ -39,21 +37,6 @@ pidfile() { echo "$STACK/run/$1.pid"; }
 running() {
   local f; f="$(pidfile "$1")"
   [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
-}
-
-# Installs Debian packages that are missing (needs root or sudo, and apt).
-apt_install() {
-  local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
-  local sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  say "installing ${missing[*]} (apt)"
-  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$STACK/logs/apt.log" 2>&1; then
-    $sudo apt-get update -qq >>"$STACK/logs/apt.log" 2>&1 || true
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$STACK/logs/apt.log" 2>&1 \
-      || die "cannot install ${missing[*]}: see $STACK/logs/apt.log"
-  fi
 }
 
 wait_until() { # name, check command...

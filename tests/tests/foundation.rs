@@ -1,6 +1,8 @@
 //! The foundation works end to end with the real services: Avro events through a real Kafka
 //! broker, a table in a real ClickHouse, topic creation.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Codec throughput on generated events: fast (serde_avro_fast) and generic (apache-avro)
 //! paths, encode and decode. Run with `cargo bench -p banter-model --bench codec`.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
 

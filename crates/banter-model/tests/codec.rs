@@ -1,6 +1,8 @@
 //! Codec properties: the fast and generic paths agree byte for byte, schema versions resolve,
 //! and no input makes the decoder panic.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use banter_model::codec::{CodecError, HEADER_LEN};
 use banter_model::sample::sample_events;
 use banter_model::*;

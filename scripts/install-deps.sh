@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing banter needs on a fresh Debian/Ubuntu machine:
+# the C toolchain pieces librdkafka's cmake build uses, the services' Debian packages
+# (ClickHouse, Prometheus, Alertmanager), Java and Maven for Kafka, and a Python venv with
+# fastavro for the cross-implementation codec test. Idempotent; quick when all is there.
+set -euo pipefail
+BANTER_SCRIPT=install-deps
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+apt_install build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev curl \
+  python3 python3-venv openjdk-17-jre-headless maven \
+  clickhouse-server clickhouse-client prometheus prometheus-alertmanager
+
+command -v cargo >/dev/null || die "no cargo: install Rust with rustup (the toolchain is pinned in rust-toolchain.toml)"
+
+venv="$STACK/venv"
+if ! "$venv/bin/python" -c 'import fastavro' 2>/dev/null; then
+  say "creating $venv with fastavro"
+  python3 -m venv "$venv" || die "cannot create a Python venv (python3-venv)"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'fastavro>=1.9,<2' >"$STACK/logs/pip.log" 2>&1 \
+    || die "cannot install fastavro: see $STACK/logs/pip.log"
+fi
+say "dependencies are installed"
