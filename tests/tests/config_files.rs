@@ -1,0 +1,100 @@
+//! The configuration shipped for Docker users parses, and docker/ stays in step with the
+//! scripts CI runs (same Kafka version, same topics, same broker settings).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use banter_runtime::Config;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap()
+}
+
+#[test]
+fn docker_config_parses_and_matches_the_defaults() {
+    // The file takes its password from $CLICKHOUSE_PASSWORD, which compose sets; here the
+    // secret is pointed at a file instead, leaving every other key as shipped.
+    let dir = std::env::temp_dir().join(format!("banter-docker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pw"), "banter\n").unwrap();
+    let text = read("docker/banter.toml").replace(
+        r#"{ env = "CLICKHOUSE_PASSWORD" }"#,
+        &format!("{{ file = {:?} }}", dir.join("pw")),
+    );
+    assert_ne!(text, read("docker/banter.toml"));
+    std::fs::write(dir.join("banter.toml"), text).unwrap();
+    let cfg = Config::load(Some(&dir.join("banter.toml")), Vec::new()).unwrap();
+    let defaults = Config::default();
+    assert_eq!(cfg.kafka.topics.events, defaults.kafka.topics.events);
+    assert_eq!(cfg.kafka.topics.rollups, defaults.kafka.topics.rollups);
+    assert_eq!(cfg.kafka.topics.alerts, defaults.kafka.topics.alerts);
+    assert_eq!(cfg.kafka.topics.dlq, defaults.kafka.topics.dlq);
+    assert_eq!(
+        cfg.kafka.topics.partitions,
+        defaults.kafka.topics.partitions
+    );
+    assert_eq!(cfg.clickhouse.password.expose(), "banter");
+    assert_eq!(cfg.clickhouse.url, "http://clickhouse:8123");
+}
+
+#[test]
+fn compose_and_stack_script_agree() {
+    let compose = read("docker/compose.yml");
+    let stack = read("scripts/stack.sh");
+    let version = stack
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION=\"${BANTER_KAFKA_VERSION:-"))
+        .and_then(|l| l.strip_suffix("}\""))
+        .expect("KAFKA_VERSION default in scripts/stack.sh");
+    assert!(
+        compose.contains(&format!("image: apache/kafka:{version}")),
+        "compose uses Kafka {version}"
+    );
+    for (script_key, compose_key) in [
+        (
+            "group.initial.rebalance.delay.ms=0",
+            "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS: 0",
+        ),
+        (
+            "auto.create.topics.enable=false",
+            "KAFKA_AUTO_CREATE_TOPICS_ENABLE: \"false\"",
+        ),
+        (
+            "offsets.topic.num.partitions=6",
+            "KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS: 6",
+        ),
+        (
+            "transaction.state.log.num.partitions=6",
+            "KAFKA_TRANSACTION_STATE_LOG_NUM_PARTITIONS: 6",
+        ),
+        ("log.retention.hours=168", "KAFKA_LOG_RETENTION_HOURS: 168"),
+    ] {
+        assert!(
+            stack.contains(script_key),
+            "scripts/stack.sh sets {script_key}"
+        );
+        assert!(
+            compose.contains(compose_key),
+            "docker/compose.yml sets {compose_key}"
+        );
+    }
+    let am_docker = read("docker/alertmanager/alertmanager.yml");
+    for line in [
+        "group_by: [alertname, account]",
+        "group_wait: 5s",
+        "repeat_interval: 1h",
+    ] {
+        assert!(
+            am_docker.contains(line) && stack.contains(line),
+            "alertmanager {line}"
+        );
+    }
+}
