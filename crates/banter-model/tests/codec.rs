@@ -94,12 +94,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn fast_and_generic_paths_write_the_same_bytes_and_read_each_other(e in event_strategy()) {
+    fn all_paths_write_the_same_bytes_and_read_each_other(e in event_strategy()) {
         let codec = EngagementEvent::codec();
         let fast = codec.encode(&e).unwrap();
+        let serde = codec.encode_serde(&e).unwrap();
         let generic = codec.encode_generic(&e).unwrap();
         prop_assert_eq!(&fast, &generic);
+        prop_assert_eq!(&serde, &generic);
         prop_assert_eq!(codec.decode(&generic).unwrap(), e.clone());
+        prop_assert_eq!(codec.decode_serde(&fast).unwrap(), e.clone());
         prop_assert_eq!(codec.decode_generic(&fast).unwrap(), e);
     }
 
@@ -109,7 +112,10 @@ proptest! {
         let mut msg = vec![0xC3, 0x01];
         msg.extend_from_slice(&codec.fingerprint().0);
         msg.extend_from_slice(&body);
-        let _ = codec.decode(&msg);
+        let fast = codec.decode(&msg).ok();
+        let serde = codec.decode_serde(&msg).ok();
+        // The hand-written and serde decoders accept exactly the same bodies.
+        prop_assert_eq!(&fast, &serde);
         let _ = codec.decode_generic(&msg);
         let _ = codec.decode(&body);
     }
@@ -120,8 +126,70 @@ proptest! {
         let bytes = codec.encode(&e).unwrap();
         let cut = cut % bytes.len();
         prop_assert!(codec.decode(&bytes[..cut]).is_err());
+        prop_assert!(codec.decode_serde(&bytes[..cut]).is_err());
         prop_assert!(codec.decode_generic(&bytes[..cut]).is_err());
     }
+}
+
+#[test]
+fn specialized_codec_matches_the_schema() {
+    let codec = EngagementEvent::codec();
+    assert!(
+        codec.is_specialized(),
+        "engagement_event.v1.avsc changed: update codec/event_v1.rs (its FINGERPRINT and field order)"
+    );
+    // Enum indexes on the wire are the position in ALL: it must be the schema's symbol order.
+    let schema: serde_json::Value = serde_json::from_str(EngagementEvent::SCHEMA).unwrap();
+    let symbols = |field: &str| -> Vec<String> {
+        let f = schema["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == field)
+            .unwrap();
+        let t = if f["type"].is_array() {
+            &f["type"][1]
+        } else {
+            &f["type"]
+        };
+        t["symbols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let names = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        symbols("platform"),
+        names(&Platform::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        symbols("kind"),
+        names(&Kind::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        symbols("action"),
+        names(&Action::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        symbols("content_type"),
+        names(
+            &ContentType::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!(
+        symbols("event_time_source"),
+        names(
+            &EventTimeSource::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
 }
 
 #[test]
@@ -156,7 +224,9 @@ fn every_record_type_round_trips_on_both_paths() {
         let c = T::codec();
         let fast = c.encode(&v).unwrap();
         assert_eq!(fast, c.encode_generic(&v).unwrap(), "{}", T::NAME);
+        assert_eq!(fast, c.encode_serde(&v).unwrap(), "{}", T::NAME);
         assert_eq!(c.decode(&fast).unwrap(), v);
+        assert_eq!(c.decode_serde(&fast).unwrap(), v);
         assert_eq!(c.decode_generic(&fast).unwrap(), v);
     }
     check(Rollup {
@@ -340,6 +410,19 @@ fn newer_writer_schema_resolves_by_skipping_unknown_fields() {
         assert_eq!(codec.decode(&bytes).unwrap(), e);
         assert_eq!(codec.decode_generic(&bytes).unwrap(), e);
     }
+}
+
+#[test]
+fn hand_written_decoder_reports_where_a_body_is_bad() {
+    let codec = EngagementEvent::codec();
+    // A kind index past the last symbol, right after a 1-byte event id and the platform.
+    let mut bad_enum = vec![0xC3, 0x01];
+    bad_enum.extend_from_slice(&codec.fingerprint().0);
+    bad_enum.extend_from_slice(&[2, b'e', 0, 99]);
+    assert_eq!(
+        codec.decode(&bad_enum).unwrap_err().to_string(),
+        "invalid EngagementEvent body: kind index -50 out of range 0..19 at byte 4"
+    );
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! Avro single-object encoding (`C3 01` + 8-byte CRC-64-AVRO fingerprint, little-endian, +
 //! body) for every record banter puts on Kafka.
 //!
-//! Two paths produce and accept the same bytes:
+//! Three paths produce and accept the same bytes:
 //!
-//! * the **fast path** ([`Codec::encode`], [`Codec::decode`]) serializes the Rust types directly
-//!   with `serde_avro_fast`, no intermediate value tree;
+//! * the **fast path** ([`Codec::encode`], [`Codec::decode`]): for the hot `EngagementEvent`
+//!   with the current schema, a hand-written codec ([`event_v1`]); for the other records and
+//!   other schema versions, `serde_avro_fast`;
+//! * the **serde path** ([`Codec::encode_serde`], [`Codec::decode_serde`]): `serde_avro_fast`
+//!   always, serializing the Rust types with no intermediate value tree;
 //! * the **generic path** ([`Codec::encode_generic`], [`Codec::decode_generic`]) goes through
-//!   `apache-avro`'s `Value` and its schema resolution; it is the reference the fast path is
+//!   `apache-avro`'s `Value` and its schema resolution; it is the reference the others are
 //!   tested against, and what `apache-avro` users would write.
 //!
 //! `apache-avro` also parses the schemas for the generic path and its resolution. The wire
@@ -27,6 +30,9 @@ use std::sync::LazyLock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
+
+pub mod binary;
+pub mod event_v1;
 
 use crate::event::EngagementEvent;
 use crate::records::{DeadLetter, FunnelRollup, Rollup, SpikeAlert};
@@ -143,11 +149,28 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Sized + 'static {
 
     /// The process-wide codec for this type, built on first use.
     fn codec() -> &'static Codec<Self>;
+
+    /// A hand-written codec of the current schema, for hot types.
+    fn specialized() -> Option<&'static Specialized<Self>> {
+        None
+    }
+}
+
+/// A hand-written Avro body codec of one schema version, identified by its fingerprint.
+#[derive(Debug)]
+pub struct Specialized<T> {
+    /// The fingerprint of the schema it implements.
+    pub fingerprint: [u8; 8],
+    /// Appends the body of `value`.
+    pub encode: fn(&T, &mut Vec<u8>),
+    /// Reads a body; returns the value and how many bytes were left over.
+    pub decode: fn(&[u8]) -> Result<(T, usize), binary::ReadError>,
 }
 
 /// Encoder and decoder of one record type; see the module docs.
-pub struct Codec<T> {
+pub struct Codec<T: 'static> {
     current: SchemaVersion,
+    specialized: Option<&'static Specialized<T>>,
     others: HashMap<Fingerprint, SchemaVersion>,
     _record: PhantomData<fn() -> T>,
 }
@@ -164,8 +187,11 @@ impl<T> fmt::Debug for Codec<T> {
 impl<T: AvroRecord> Codec<T> {
     /// A codec writing `T::SCHEMA` and reading it.
     pub fn new() -> Result<Self, CodecError> {
+        let current = SchemaVersion::parse(T::SCHEMA)?;
+        let specialized = T::specialized().filter(|s| s.fingerprint == current.fingerprint.0);
         Ok(Codec {
-            current: SchemaVersion::parse(T::SCHEMA)?,
+            current,
+            specialized,
             others: HashMap::new(),
             _record: PhantomData,
         })
@@ -194,19 +220,34 @@ impl<T: AvroRecord> Codec<T> {
         &self.current.apache
     }
 
+    /// Whether the hand-written codec is in use for the current schema.
+    pub fn is_specialized(&self) -> bool {
+        self.specialized.is_some()
+    }
+
     /// An encoder that reuses its buffers across calls (the fastest way to encode many).
     pub fn encoder(&self) -> Encoder<'_, T> {
         Encoder {
+            specialized: self.specialized,
+            fingerprint: self.current.fingerprint,
             config: serde_avro_fast::ser::SerializerConfig::new(&self.current.fast),
-            _record: PhantomData,
         }
     }
 
     /// Encodes one record (fast path) into a new vector.
     pub fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::with_capacity(128);
+        let mut out = Vec::with_capacity(160);
         self.encoder().encode_into(value, &mut out)?;
         Ok(out)
+    }
+
+    /// Encodes one record with `serde_avro_fast` (serde path) into a new vector.
+    pub fn encode_serde(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.current.fast);
+        serde_avro_fast::to_single_object_vec(value, &mut config).map_err(|e| CodecError::Encode {
+            record: T::NAME,
+            detail: e.to_string(),
+        })
     }
 
     fn split<'b>(&self, bytes: &'b [u8]) -> Result<(&SchemaVersion, &'b [u8]), CodecError> {
@@ -243,6 +284,28 @@ impl<T: AvroRecord> Codec<T> {
     /// Decodes one single-object message (fast path). Any writer schema version registered
     /// with this codec is accepted; fields are matched by name.
     pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        if let Some(s) = self.specialized {
+            if Self::peek_fingerprint(bytes) == Some(self.current.fingerprint) {
+                let (value, trailing) =
+                    (s.decode)(&bytes[HEADER_LEN..]).map_err(|e| CodecError::Body {
+                        record: T::NAME,
+                        detail: e.to_string(),
+                    })?;
+                if trailing != 0 {
+                    return Err(CodecError::Trailing {
+                        trailing,
+                        record: T::NAME,
+                    });
+                }
+                return Ok(value);
+            }
+        }
+        self.decode_serde(bytes)
+    }
+
+    /// Decodes one message with `serde_avro_fast` (serde path), from any registered writer
+    /// schema version.
+    pub fn decode_serde(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let (version, body) = self.split(bytes)?;
         let mut state = serde_avro_fast::de::DeserializerState::from_slice(body, &version.fast);
         let value = T::deserialize(state.deserializer()).map_err(|e| CodecError::Body {
@@ -303,14 +366,21 @@ impl<T: AvroRecord> Codec<T> {
 }
 
 /// A reusable encoder; see [`Codec::encoder`].
-pub struct Encoder<'c, T> {
+pub struct Encoder<'c, T: 'static> {
+    specialized: Option<&'static Specialized<T>>,
+    fingerprint: Fingerprint,
     config: serde_avro_fast::ser::SerializerConfig<'c>,
-    _record: PhantomData<fn(&T)>,
 }
 
 impl<T: AvroRecord> Encoder<'_, T> {
     /// Appends one single-object message to `out`.
     pub fn encode_into(&mut self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        if let Some(s) = self.specialized {
+            out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+            out.extend_from_slice(&self.fingerprint.0);
+            (s.encode)(value, out);
+            return Ok(());
+        }
         serde_avro_fast::to_single_object(value, out, &mut self.config)
             .map(|_| ())
             .map_err(|e| CodecError::Encode {
@@ -322,6 +392,9 @@ impl<T: AvroRecord> Encoder<'_, T> {
 
 macro_rules! avro_record {
     ($ty:ty, $name:literal, $file:literal) => {
+        avro_record!($ty, $name, $file, None);
+    };
+    ($ty:ty, $name:literal, $file:literal, $specialized:expr) => {
         impl AvroRecord for $ty {
             const NAME: &'static str = $name;
             const SCHEMA: &'static str = include_str!(concat!(
@@ -338,6 +411,10 @@ macro_rules! avro_record {
                 });
                 &CODEC
             }
+
+            fn specialized() -> Option<&'static Specialized<Self>> {
+                $specialized
+            }
         }
     };
 }
@@ -345,7 +422,8 @@ macro_rules! avro_record {
 avro_record!(
     EngagementEvent,
     "EngagementEvent",
-    "engagement_event.v1.avsc"
+    "engagement_event.v1.avsc",
+    Some(&event_v1::SPECIALIZED)
 );
 avro_record!(Rollup, "Rollup", "rollup.v1.avsc");
 avro_record!(FunnelRollup, "FunnelRollup", "funnel_rollup.v1.avsc");

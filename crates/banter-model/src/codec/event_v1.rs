@@ -1,0 +1,104 @@
+//! Hand-written Avro body codec of `EngagementEvent` for `engagement_event.v1.avsc`: the hot
+//! record of the pipeline (every event is encoded once by ingest and decoded by the stream
+//! processor). It writes and reads fields in schema order with no intermediate value and no
+//! per-field name matching.
+//!
+//! It is bound to the v1 fingerprint: if the schema file changes, [`Codec`](super::Codec) stops
+//! using it (falling back to `serde_avro_fast`, which is correct but slower) and the test
+//! `specialized_codec_matches_the_schema` fails until this file is updated. The property tests
+//! check it byte for byte against the two library paths.
+
+use super::binary::{
+    write_long, write_opt_double, write_opt_long, write_opt_str, write_str, ReadError, Reader,
+};
+use super::Specialized;
+use crate::event::{Action, ContentType, EngagementEvent, EventTimeSource, Kind, Platform};
+
+/// Fingerprint of the schema this codec implements (`engagement_event.v1.avsc`).
+pub const FINGERPRINT: [u8; 8] = [0x51, 0x7c, 0xc2, 0x46, 0xcf, 0x4c, 0x25, 0xdf];
+
+/// The specialization, for [`AvroRecord::specialized`](super::AvroRecord::specialized).
+pub static SPECIALIZED: Specialized<EngagementEvent> = Specialized {
+    fingerprint: FINGERPRINT,
+    encode,
+    decode,
+};
+
+fn index_of<T: PartialEq>(all: &[T], v: &T) -> i64 {
+    all.iter().position(|x| x == v).unwrap_or(0) as i64
+}
+
+fn encode(e: &EngagementEvent, out: &mut Vec<u8>) {
+    out.reserve(
+        64 + e.event_id.len() + e.account_id.len() + e.text.as_ref().map_or(0, String::len),
+    );
+    write_str(out, &e.event_id);
+    write_long(out, index_of(Platform::ALL, &e.platform));
+    write_long(out, index_of(Kind::ALL, &e.kind));
+    write_long(out, index_of(Action::ALL, &e.action));
+    write_str(out, &e.account_id);
+    write_opt_str(out, e.content_id.as_deref());
+    match e.content_type {
+        None => out.push(0),
+        Some(c) => {
+            out.push(2);
+            write_long(out, index_of(ContentType::ALL, &c));
+        }
+    }
+    write_opt_long(out, e.content_published_at);
+    write_opt_str(out, e.object_id.as_deref());
+    write_opt_str(out, e.parent_id.as_deref());
+    write_opt_str(out, e.thread_id.as_deref());
+    write_opt_str(out, e.actor_id.as_deref());
+    out.push(u8::from(e.is_brand_actor));
+    write_opt_str(out, e.text.as_deref());
+    write_opt_str(out, e.reaction.as_deref());
+    write_opt_str(out, e.cta_campaign_id.as_deref());
+    write_opt_str(out, e.cta_keyword.as_deref());
+    write_opt_str(out, e.ref_.as_deref());
+    write_opt_str(out, e.click_id.as_deref());
+    write_opt_double(out, e.value);
+    write_opt_str(out, e.currency.as_deref());
+    write_long(out, e.event_time);
+    write_long(out, index_of(EventTimeSource::ALL, &e.event_time_source));
+    write_long(out, e.received_at);
+}
+
+fn owned(s: Option<&str>) -> Option<String> {
+    s.map(str::to_owned)
+}
+
+fn decode(body: &[u8]) -> Result<(EngagementEvent, usize), ReadError> {
+    let mut r = Reader::new(body);
+    let e = EngagementEvent {
+        event_id: r.str()?.to_owned(),
+        platform: r.enumeration("platform", Platform::ALL)?,
+        kind: r.enumeration("kind", Kind::ALL)?,
+        action: r.enumeration("action", Action::ALL)?,
+        account_id: r.str()?.to_owned(),
+        content_id: owned(r.opt_str()?),
+        content_type: if r.nullable()? {
+            Some(r.enumeration("content_type", ContentType::ALL)?)
+        } else {
+            None
+        },
+        content_published_at: r.opt_long()?,
+        object_id: owned(r.opt_str()?),
+        parent_id: owned(r.opt_str()?),
+        thread_id: owned(r.opt_str()?),
+        actor_id: owned(r.opt_str()?),
+        is_brand_actor: r.boolean()?,
+        text: owned(r.opt_str()?),
+        reaction: owned(r.opt_str()?),
+        cta_campaign_id: owned(r.opt_str()?),
+        cta_keyword: owned(r.opt_str()?),
+        ref_: owned(r.opt_str()?),
+        click_id: owned(r.opt_str()?),
+        value: r.opt_double()?,
+        currency: owned(r.opt_str()?),
+        event_time: r.long()?,
+        event_time_source: r.enumeration("event_time_source", EventTimeSource::ALL)?,
+        received_at: r.long()?,
+    };
+    Ok((e, r.remaining()))
+}
