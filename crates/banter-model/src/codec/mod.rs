@@ -156,6 +156,9 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Sized + 'static {
     }
 }
 
+/// Reads one body: the value and how many bytes were left over.
+pub type BodyDecoder<T> = fn(&[u8]) -> Result<(T, usize), binary::ReadError>;
+
 /// A hand-written Avro body codec of one schema version, identified by its fingerprint.
 #[derive(Debug)]
 pub struct Specialized<T> {
@@ -164,7 +167,7 @@ pub struct Specialized<T> {
     /// Appends the body of `value`.
     pub encode: fn(&T, &mut Vec<u8>),
     /// Reads a body; returns the value and how many bytes were left over.
-    pub decode: fn(&[u8]) -> Result<(T, usize), binary::ReadError>,
+    pub decode: BodyDecoder<T>,
 }
 
 /// Encoder and decoder of one record type; see the module docs.
