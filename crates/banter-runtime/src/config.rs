@@ -70,6 +70,96 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The ops HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub http: HttpConfig,
+    /// `banter ingest`: the HTTP API, webhooks and publishing.
+    pub ingest: IngestConfig,
+}
+
+/// `banter ingest`: the HTTP API, webhooks and publishing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Listen address of the ingest API (`/v1/events`, `/webhooks/meta`) and its ops routes.
+    pub listen: String,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most events (or webhook updates) in one request (413 above).
+    pub max_events_per_request: usize,
+    /// How long a request waits for the broker to acknowledge before answering 503.
+    pub publish_timeout_ms: u64,
+    /// How far in the future an event time may be, in seconds (clock skew).
+    pub max_future_skew_secs: u64,
+    /// Most events in one Kafka transaction (requests arriving together share one).
+    pub max_batch_events: usize,
+    /// Kafka transactional id prefix; the process id is appended.
+    pub transactional_id: String,
+    /// Meta app secret: verifies `X-Hub-Signature-256`. Webhooks answer 503 while unset.
+    pub meta_app_secret: Secret,
+    /// Meta subscription verify token (`hub.verify_token`).
+    pub meta_verify_token: Secret,
+    /// Key of the hash that replaces actor ids; required. Changing it breaks distinct counts.
+    pub actor_salt: Secret,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_events_per_request: 1000,
+            publish_timeout_ms: 5000,
+            max_future_skew_secs: 300,
+            max_batch_events: 10_000,
+            transactional_id: "banter-ingest".into(),
+            meta_app_secret: Secret::default(),
+            meta_verify_token: Secret::default(),
+            actor_salt: Secret::default(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks the values that do not depend on the role being started.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "ingest.listen",
+                format!("`{}` is not an ip:port address", self.listen),
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("ingest.max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_events_per_request == 0 {
+            return Err(invalid(
+                "ingest.max_events_per_request",
+                "must be at least 1",
+            ));
+        }
+        if self.publish_timeout_ms < 100 {
+            return Err(invalid("ingest.publish_timeout_ms", "must be at least 100"));
+        }
+        if self.max_batch_events < self.max_events_per_request {
+            return Err(invalid(
+                "ingest.max_batch_events",
+                "must be at least ingest.max_events_per_request",
+            ));
+        }
+        if self.transactional_id.is_empty() {
+            return Err(invalid("ingest.transactional_id", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// What `banter ingest` needs on top of [`Config::validate`].
+    pub fn validate_for_ingest(&self) -> Result<(), ConfigError> {
+        if self.actor_salt.expose().len() < 16 {
+            return Err(invalid(
+                "ingest.actor_salt",
+                "must be set, at least 16 characters (e.g. BANTER_INGEST__ACTOR_SALT)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Kafka connection and topics.
@@ -388,6 +478,7 @@ impl Config {
                 format!("`{}` is not an ip:port address", self.http.listen),
             ));
         }
+        self.ingest.validate()?;
         Ok(())
     }
 
@@ -484,6 +575,12 @@ mod tests {
                 "clickhouse.database",
             ),
             ("BANTER_HTTP__LISTEN", "nowhere", "http.listen"),
+            (
+                "BANTER_INGEST__MAX_EVENTS_PER_REQUEST",
+                "0",
+                "ingest.max_events_per_request",
+            ),
+            ("BANTER_INGEST__LISTEN", "8080", "ingest.listen"),
             (
                 "BANTER_TELEMETRY__LOG_LEVEL",
                 "info,[",
