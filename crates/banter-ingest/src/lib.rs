@@ -7,3 +7,123 @@
 //! the request, in one Kafka transaction: a request is published entirely or not at all (503).
 
 pub mod normalize;
+pub mod publisher;
+pub mod replay;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use banter_runtime::config::ConfigError;
+use banter_runtime::http::Readiness;
+use banter_runtime::Config;
+use prometheus_client::registry::Registry;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::normalize::Normalizer;
+use crate::publisher::{Publisher, PublisherMetrics};
+use crate::server::{IngestMetrics, IngestState};
+
+/// Why ingest could not start.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    /// Configuration (the key is named).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The Kafka client could not be created.
+    #[error("kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running ingest server.
+#[derive(Debug)]
+pub struct Ingest {
+    /// Where the API listens.
+    pub local_addr: SocketAddr,
+    /// The HTTP server; finishes after shutdown once in-flight requests are answered.
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The publishing thread; finishes once the server and every publisher handle are gone.
+    pub publisher_thread: std::thread::JoinHandle<()>,
+}
+
+/// Builds the shared state: normalizer, metrics (registered into `registry`) and publisher.
+/// Readiness check `kafka` follows the publisher.
+///
+/// # Errors
+/// Invalid configuration or Kafka client creation.
+pub fn build_state(
+    cfg: &Config,
+    registry: &mut Registry,
+    readiness: &Readiness,
+    role: &str,
+) -> Result<(IngestState, std::thread::JoinHandle<()>), IngestError> {
+    cfg.ingest.validate_for_ingest()?;
+    let normalizer = Normalizer::new(
+        cfg.ingest.actor_salt.expose().as_bytes(),
+        (cfg.ingest.max_future_skew_secs * 1000) as i64,
+    );
+    let publisher_metrics = PublisherMetrics::register(registry);
+    let metrics = IngestMetrics::register(registry);
+    readiness.register("kafka");
+    let ready = readiness.clone();
+    let (publisher, thread) = Publisher::start(
+        &cfg.kafka,
+        &cfg.ingest,
+        role,
+        publisher_metrics,
+        move |ok| ready.set("kafka", ok),
+    )?;
+    let state = IngestState {
+        normalizer: Arc::new(normalizer),
+        publisher,
+        metrics,
+        config: Arc::new(cfg.ingest.clone()),
+        events_topic: cfg.kafka.topics.events.as_str().into(),
+        dlq_topic: cfg.kafka.topics.dlq.as_str().into(),
+    };
+    Ok((state, thread))
+}
+
+/// Starts the ingest API on `ingest.listen` until `shutdown` is cancelled.
+///
+/// # Errors
+/// Invalid configuration, Kafka client creation, or the address cannot be bound.
+pub async fn start(
+    cfg: &Config,
+    registry: &mut Registry,
+    readiness: &Readiness,
+    shutdown: CancellationToken,
+) -> Result<Ingest, IngestError> {
+    let (state, publisher_thread) = build_state(cfg, registry, readiness, "ingest")?;
+    let addr = cfg.ingest.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| IngestError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| IngestError::Bind { addr, source })?;
+    let app = server::router(state);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    tracing::info!(%local_addr, "ingest listening");
+    Ok(Ingest {
+        local_addr,
+        server,
+        publisher_thread,
+    })
+}

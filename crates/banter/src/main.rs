@@ -1,16 +1,19 @@
 //! `banter`: one binary, one subcommand per role of the pipeline.
 //!
-//! Roles land as they are built (ingest, stream, sink, alert delivery, `run` for all of them);
-//! what is here today: configuration checks, topic creation and the schema listing.
+//! Roles land as they are built (stream, sink, alert delivery, `run` for all of them follow);
+//! what is here today: ingest and replay, configuration checks, topic creation and the schema
+//! listing.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use banter_runtime::http::{serve_ops, Readiness};
 use banter_runtime::kafka::{ensure_topics, pipeline_topics, wait_for_broker, TopicOutcome};
-use banter_runtime::telemetry::init_logging;
+use banter_runtime::telemetry::{init_logging, Metrics};
 use banter_runtime::Config;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 /// banter: social-media micro-conversation analytics on Kafka and ClickHouse.
 #[derive(Debug, Parser)]
@@ -35,6 +38,19 @@ enum Command {
     Topics,
     /// Print the Avro schemas with their single-object fingerprints.
     Schemas,
+    /// Run the ingest API: Meta webhooks and first-party events to Kafka.
+    Ingest,
+    /// Publish an NDJSON file of events or captured webhook bodies (resumable backfill).
+    Replay {
+        /// The file.
+        file: PathBuf,
+        /// Ignore the checkpoint and start from the first line.
+        #[arg(long)]
+        restart: bool,
+        /// Attempts per batch while Kafka is unavailable.
+        #[arg(long, default_value_t = 20)]
+        retries: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,15 +92,89 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             schemas();
             Ok(())
         }
-        Command::Topics => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(topics(&config))
-        }
+        Command::Topics => runtime()?.block_on(topics(&config)),
+        Command::Ingest => runtime()?.block_on(ingest(&config)),
+        Command::Replay {
+            file,
+            restart,
+            retries,
+        } => runtime()?.block_on(replay(&config, &file, restart, retries)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+async fn ingest(config: &Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut metrics = Metrics::new("ingest");
+    let readiness = Readiness::default();
+    let ingest =
+        banter_ingest::start(config, metrics.registry_mut(), &readiness, shutdown.clone()).await?;
+    let listen = config.http.listen.parse().context("http.listen")?;
+    let ops = serve_ops(listen, metrics.into_shared(), readiness, shutdown.clone()).await?;
+    ingest.server.await.context("ingest server task")??;
+    ops.task.await.context("ops server task")??;
+    tokio::task::spawn_blocking(move || ingest.publisher_thread.join())
+        .await
+        .context("publisher thread")?
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
+    tracing::info!("ingest stopped");
+    Ok(())
+}
+
+async fn replay(
+    config: &Config,
+    file: &std::path::Path,
+    restart: bool,
+    retries: u32,
+) -> anyhow::Result<()> {
+    let mut metrics = Metrics::new("replay");
+    let readiness = Readiness::default();
+    let (state, thread) =
+        banter_ingest::build_state(config, metrics.registry_mut(), &readiness, "replay")?;
+    let summary = banter_ingest::replay::replay(&state, file, restart, retries).await;
+    drop(state);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let s = summary?;
+    println!(
+        "replayed {} lines: {} events, {} dead letters",
+        s.lines, s.events, s.dead_letters
+    );
+    Ok(())
 }
 
 fn schemas() {

@@ -1,0 +1,367 @@
+//! Transactional publishing with group commit.
+//!
+//! Every request hands its records (events and dead letters) to [`Publisher::publish`]. A
+//! dedicated thread gathers the requests that arrive together (up to
+//! `ingest.max_batch_events` records) into **one Kafka transaction**, commits it, and answers
+//! each request. Consumers read committed data only, so a request is published entirely or not
+//! at all; a request that gets `Ok` was acknowledged by the broker (`acks=all`, idempotent).
+//!
+//! When the broker is unreachable the commit times out within the request's deadline
+//! (`ingest.publish_timeout_ms`), the transaction is aborted and every request in it gets
+//! [`PublishError::Unavailable`] (the HTTP layer answers 503 with `Retry-After`). If the broker
+//! acknowledged the commit but the answer came too late, the client sees 503 while the events
+//! are in the topic; its retry carries the same `event_id`s, which the stream processor
+//! de-duplicates.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use banter_runtime::config::{IngestConfig, KafkaConfig};
+use banter_runtime::kafka::base_config;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+/// One record to publish.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The key (`account_id` for events).
+    pub key: Option<Vec<u8>>,
+    /// The Avro single-object bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Why a publish did not happen.
+#[derive(Debug, Clone, Error)]
+pub enum PublishError {
+    /// Kafka did not acknowledge within the deadline, or is unreachable: retry later.
+    #[error("kafka unavailable: {0}")]
+    Unavailable(String),
+    /// The publisher has stopped (shutdown).
+    #[error("publisher stopped")]
+    Stopped,
+}
+
+/// Publisher metrics.
+#[derive(Debug, Clone)]
+pub struct PublisherMetrics {
+    transactions: Family<Vec<(String, String)>, Counter>,
+    records: Counter,
+    commit_seconds: Histogram,
+}
+
+impl PublisherMetrics {
+    /// Registers `banter_ingest_transactions_total{outcome}`,
+    /// `banter_ingest_published_records_total` and `banter_ingest_commit_duration_seconds`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = PublisherMetrics {
+            transactions: Family::default(),
+            records: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+        };
+        registry.register(
+            "ingest_transactions",
+            "Kafka transactions by outcome (committed, aborted)",
+            m.transactions.clone(),
+        );
+        registry.register(
+            "ingest_published_records",
+            "Records (events and dead letters) in committed transactions",
+            m.records.clone(),
+        );
+        registry.register(
+            "ingest_commit_duration_seconds",
+            "Time from the first send of a transaction to its commit",
+            m.commit_seconds.clone(),
+        );
+        m
+    }
+
+    fn outcome(&self, outcome: &str) {
+        self.transactions
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+    }
+}
+
+struct Request {
+    records: Vec<Record>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// Handle to the publishing thread; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Request>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Starts the publishing thread. `on_ready` is called with true once transactions are
+    /// initialized (the broker answered) and false when the broker is lost.
+    ///
+    /// # Errors
+    /// librdkafka rejects the configuration.
+    pub fn start(
+        kafka: &KafkaConfig,
+        ingest: &IngestConfig,
+        role: &str,
+        metrics: PublisherMetrics,
+        on_ready: impl Fn(bool) + Send + 'static,
+    ) -> Result<(Publisher, std::thread::JoinHandle<()>), KafkaError> {
+        let transactional_id = format!(
+            "{}-{}-{}",
+            ingest.transactional_id,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(0)
+        );
+        let mut cfg = base_config(kafka, role);
+        cfg.set("transactional.id", &transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "2")
+            .set("transaction.timeout.ms", "60000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576");
+        let producer: ThreadedProducer<DefaultProducerContext> = cfg.create()?;
+        let timeout = Duration::from_millis(ingest.publish_timeout_ms);
+        // Bounded: a slow broker slows the HTTP handlers instead of growing a queue.
+        let (tx, rx) = mpsc::channel(1024);
+        let max_batch = ingest.max_batch_events;
+        let handle = std::thread::Builder::new()
+            .name("banter-publisher".into())
+            .spawn(move || {
+                Worker {
+                    producer,
+                    metrics,
+                    max_batch,
+                    state: TxState::Uninitialized,
+                }
+                .run(rx, on_ready)
+            })
+            .map_err(|e| {
+                KafkaError::ClientCreation(format!("cannot start publisher thread: {e}"))
+            })?;
+        Ok((Publisher { tx, timeout }, handle))
+    }
+
+    /// Publishes `records` atomically, waiting at most `ingest.publish_timeout_ms`.
+    ///
+    /// # Errors
+    /// [`PublishError::Unavailable`] when the broker did not acknowledge in time (nothing of the
+    /// request is visible to read-committed consumers).
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves leaves the records in flight: they may or may not
+    /// be committed.
+    pub async fn publish(&self, records: Vec<Record>) -> Result<(), PublishError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.timeout;
+        let (reply, rx) = oneshot::channel();
+        let req = Request {
+            records,
+            deadline,
+            reply,
+        };
+        match tokio::time::timeout(self.timeout, self.tx.send(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(PublishError::Stopped),
+            Err(_) => return Err(PublishError::Unavailable("publisher queue is full".into())),
+        }
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline) + Duration::from_millis(500),
+            rx,
+        )
+        .await
+        {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PublishError::Stopped),
+            Err(_) => Err(PublishError::Unavailable(format!(
+                "no acknowledgement within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum TxState {
+    Uninitialized,
+    Ready,
+    NeedsAbort,
+}
+
+struct Worker {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    metrics: PublisherMetrics,
+    max_batch: usize,
+    state: TxState,
+}
+
+fn unavailable(e: &KafkaError) -> PublishError {
+    PublishError::Unavailable(e.to_string())
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>, on_ready: impl Fn(bool)) {
+        // Initialize eagerly so readiness reflects the broker before the first request.
+        if self
+            .ensure_ready(Instant::now() + Duration::from_secs(10))
+            .is_ok()
+        {
+            on_ready(true);
+        }
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            let mut n = batch[0].records.len();
+            while n < self.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        n += r.records.len();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Requests already past their deadline get no transaction.
+            let now = Instant::now();
+            let (live, expired): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|r| r.deadline > now);
+            for r in expired {
+                let _ = r.reply.send(Err(PublishError::Unavailable(
+                    "deadline passed before publishing".into(),
+                )));
+            }
+            if live.is_empty() {
+                continue;
+            }
+            let deadline = live.iter().map(|r| r.deadline).min().unwrap_or(now);
+            let result = self.transaction(&live, deadline);
+            on_ready(result.is_ok());
+            for r in live {
+                let _ = r.reply.send(result.clone());
+            }
+        }
+        if self.state == TxState::NeedsAbort {
+            let _ = self.producer.abort_transaction(Duration::from_secs(5));
+        }
+    }
+
+    fn ensure_ready(&mut self, deadline: Instant) -> Result<(), PublishError> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        match self.state {
+            TxState::Ready => Ok(()),
+            TxState::Uninitialized => match self.producer.init_transactions(left) {
+                Ok(()) => {
+                    self.state = TxState::Ready;
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot initialize kafka transactions");
+                    Err(unavailable(&e))
+                }
+            },
+            TxState::NeedsAbort => match self.producer.abort_transaction(left) {
+                Ok(()) => {
+                    self.state = TxState::Ready;
+                    Ok(())
+                }
+                Err(e) => {
+                    self.on_error(&e);
+                    Err(unavailable(&e))
+                }
+            },
+        }
+    }
+
+    fn on_error(&mut self, e: &KafkaError) {
+        let fatal = matches!(e, KafkaError::Transaction(t) if t.is_fatal());
+        if fatal {
+            tracing::error!(error = %e, "fatal kafka transaction error; re-initializing");
+            self.state = TxState::Uninitialized;
+        } else if self.state != TxState::Uninitialized {
+            self.state = TxState::NeedsAbort;
+        }
+    }
+
+    fn transaction(&mut self, batch: &[Request], deadline: Instant) -> Result<(), PublishError> {
+        self.ensure_ready(deadline)?;
+        let started = Instant::now();
+        if let Err(e) = self.producer.begin_transaction() {
+            self.on_error(&e);
+            return Err(unavailable(&e));
+        }
+        let mut count = 0u64;
+        for r in batch.iter().flat_map(|b| &b.records) {
+            let mut rec = BaseRecord::to(&r.topic).payload(&r.payload);
+            if let Some(k) = &r.key {
+                rec = rec.key(k);
+            }
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((e, _)) => {
+                        self.state = TxState::NeedsAbort;
+                        self.metrics.outcome("aborted");
+                        let _ = self.ensure_ready(deadline);
+                        return Err(unavailable(&e));
+                    }
+                }
+            }
+            count += 1;
+        }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        match self.producer.commit_transaction(left) {
+            Ok(()) => {
+                self.metrics.outcome("committed");
+                self.metrics.records.inc_by(count);
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, records = count, "kafka transaction not committed");
+                self.metrics.outcome("aborted");
+                self.on_error(&e);
+                // Abort right away when the broker is still there; otherwise before the next.
+                if self.state == TxState::NeedsAbort {
+                    let _ = self.ensure_ready(Instant::now() + Duration::from_millis(500));
+                }
+                Err(unavailable(&e))
+            }
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! The ingest HTTP API (axum).
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /webhooks/meta` | subscription handshake: echoes `hub.challenge` when `hub.verify_token` matches (else 403) |
+//! | `POST /webhooks/meta` | Meta updates, signed (`X-Hub-Signature-256`, else 401) |
+//! | `POST /v1/events` | first-party events, a JSON array (or one object) or NDJSON; per-event results |
+//!
+//! Statuses: 200 all accepted; 207 some rejected (they are in the dead-letter topic); 422 all
+//! rejected; 400 malformed JSON (with line and column) or not a webhook envelope; 401 bad
+//! signature; 403 bad verify token; 413 body or event count over the limit; 415 content type;
+//! 503 with `Retry-After` when Kafka did not acknowledge in time (nothing was published).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use banter_model::{AvroRecord, DeadLetter, Stage};
+use banter_runtime::config::IngestConfig;
+use banter_runtime::Secret;
+use hmac::{Hmac, Mac};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::normalize::{first_party, meta, Item, Normalizer};
+use crate::publisher::{PublishError, Publisher, Record};
+
+/// Ingest metrics (`banter_ingest_*`). Labels are bounded: routes, statuses, reasons.
+#[derive(Debug, Clone)]
+pub struct IngestMetrics {
+    requests: Family<Vec<(String, String)>, Counter>,
+    accepted: Family<Vec<(String, String)>, Counter>,
+    rejected: Family<Vec<(String, String)>, Counter>,
+    publish_seconds: Histogram,
+    in_flight: Gauge,
+}
+
+impl IngestMetrics {
+    /// Registers the ingest metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = IngestMetrics {
+            requests: Family::default(),
+            accepted: Family::default(),
+            rejected: Family::default(),
+            publish_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "ingest_requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "ingest_events_accepted",
+            "Events accepted and published, by source",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "ingest_events_rejected",
+            "Events and updates dead-lettered, by reason (invalid, malformed, unknown_change, unknown_field)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "ingest_publish_duration_seconds",
+            "Time from handing a request's records to the publisher to the broker's acknowledgement",
+            m.publish_seconds.clone(),
+        );
+        registry.register(
+            "ingest_in_flight_requests",
+            "Requests being handled",
+            m.in_flight.clone(),
+        );
+        m
+    }
+
+    fn label(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(k.to_owned(), v.to_owned())]
+    }
+
+    /// Counts accepted events from `source`.
+    pub fn accepted(&self, source: &str, n: u64) {
+        if n > 0 {
+            self.accepted
+                .get_or_create(&Self::label("source", source))
+                .inc_by(n);
+        }
+    }
+
+    /// Counts one rejection.
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&Self::label("reason", reason))
+            .inc();
+    }
+
+    /// Observes a publish.
+    pub fn published(&self, started: Instant) {
+        self.publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn request(&self, route: &str, status: StatusCode) {
+        self.requests
+            .get_or_create(&vec![
+                ("route".to_owned(), route.to_owned()),
+                ("status".to_owned(), status.as_u16().to_string()),
+            ])
+            .inc();
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct IngestState {
+    /// Normalization settings.
+    pub normalizer: Arc<Normalizer>,
+    /// The publisher.
+    pub publisher: Publisher,
+    /// Metrics.
+    pub metrics: IngestMetrics,
+    /// Limits and secrets.
+    pub config: Arc<IngestConfig>,
+    /// `banter.events.v1`.
+    pub events_topic: Arc<str>,
+    /// `banter.dlq.v1`.
+    pub dlq_topic: Arc<str>,
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Turns normalized items into Kafka records: events keyed by account to the events topic,
+/// rejections as [`DeadLetter`]s to the dead-letter topic. Returns (records, accepted,
+/// rejected reasons).
+pub fn to_records(
+    state: &IngestState,
+    items: &[Item],
+    source: &str,
+    now: i64,
+) -> (Vec<Record>, usize, Vec<&'static str>) {
+    let mut out = Vec::with_capacity(items.len());
+    let mut enc = banter_model::EngagementEvent::codec().encoder();
+    let mut accepted = 0;
+    let mut reasons = Vec::new();
+    for item in items {
+        match item {
+            Item::Event(e) => {
+                let mut payload = Vec::with_capacity(160);
+                // Validated events always encode (the codec has no failure for them).
+                if enc.encode_into(e, &mut payload).is_ok() {
+                    out.push(Record {
+                        topic: state.events_topic.clone(),
+                        key: Some(e.account_id.as_bytes().to_vec()),
+                        payload,
+                    });
+                    accepted += 1;
+                }
+            }
+            Item::Rejected(r) => {
+                let dl = DeadLetter {
+                    stage: Stage::Ingest,
+                    reason: r.reason.to_owned(),
+                    detail: r.detail.clone(),
+                    source: Some(source.to_owned()),
+                    source_partition: None,
+                    source_offset: None,
+                    account_id: r.account_id.clone(),
+                    payload: r.payload.clone(),
+                    failed_at: now,
+                };
+                if let Ok(payload) = DeadLetter::codec().encode(&dl) {
+                    out.push(Record {
+                        topic: state.dlq_topic.clone(),
+                        key: r.account_id.as_ref().map(|a| a.as_bytes().to_vec()),
+                        payload,
+                    });
+                }
+                reasons.push(r.reason);
+            }
+        }
+    }
+    (out, accepted, reasons)
+}
+
+/// The router of the ingest API.
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/webhooks/meta", get(handshake).post(meta_webhook))
+        .route("/v1/events", post(events))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unavailable(e: &PublishError) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{e}; nothing was published, retry later"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct HandshakeQuery {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+async fn handshake(State(s): State<IngestState>, q: Query<HandshakeQuery>) -> Response {
+    let r = handshake_inner(&s.config.meta_verify_token, &q);
+    s.metrics.request("webhooks_meta_handshake", r.status());
+    r
+}
+
+fn handshake_inner(token: &Secret, q: &HandshakeQuery) -> Response {
+    let (Some(mode), Some(given), Some(challenge)) = (&q.mode, &q.verify_token, &q.challenge)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected hub.mode, hub.verify_token and hub.challenge",
+        );
+    };
+    if mode != "subscribe" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unsupported hub.mode `{mode}`"),
+        );
+    }
+    if token.is_empty() || !constant_time_eq(token.expose().as_bytes(), given.as_bytes()) {
+        return error(StatusCode::FORBIDDEN, "hub.verify_token does not match");
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain")],
+        challenge.clone(),
+    )
+        .into_response()
+}
+
+/// Reads the body within the size limit; 413 otherwise.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    })
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+fn malformed(e: &serde_json::Error, line_offset: usize) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "malformed JSON at line {} column {}: {}",
+            e.line() + line_offset,
+            e.column(),
+            e.to_string().split(" at line ").next().unwrap_or_default()
+        ),
+    )
+}
+
+async fn meta_webhook(State(s): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
+    s.metrics.in_flight.inc();
+    let r = meta_webhook_inner(&s, &headers, body).await;
+    s.metrics.in_flight.dec();
+    s.metrics.request("webhooks_meta", r.status());
+    r
+}
+
+async fn meta_webhook_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Response {
+    if s.config.meta_app_secret.is_empty() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook app secret is not configured (ingest.meta_app_secret)",
+        );
+    }
+    if media_type(headers).as_deref() != Some("application/json") {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "webhooks must be application/json",
+        );
+    }
+    let bytes = match read_body(body, s.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(sig) = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return error(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+    };
+    if !signature_ok(s.config.meta_app_secret.expose().as_bytes(), &bytes, sig) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "X-Hub-Signature-256 does not match the body",
+        );
+    }
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return malformed(&e, 0),
+    };
+    let updates: usize = value
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(|es| {
+            es.iter()
+                .map(|e| {
+                    e.get("changes")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                        + e.get("messaging")
+                            .and_then(Value::as_array)
+                            .map_or(0, Vec::len)
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    if updates > s.config.max_events_per_request {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{updates} updates in one request, more than the limit of {}",
+                s.config.max_events_per_request
+            ),
+        );
+    }
+    let now = now_ms();
+    let items = match meta::normalize(&s.normalizer, &value, now) {
+        Ok(items) => items,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let (records, accepted, reasons) = to_records(s, &items, "/webhooks/meta", now);
+    let started = Instant::now();
+    if let Err(e) = s.publisher.publish(records).await {
+        return unavailable(&e);
+    }
+    s.metrics.published(started);
+    s.metrics.accepted("webhook", accepted as u64);
+    for r in &reasons {
+        s.metrics.rejected(r);
+    }
+    // Meta retries anything but 200: dead-lettered updates are kept, not retried.
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "accepted": accepted, "dead_lettered": reasons.len() })),
+    )
+        .into_response()
+}
+
+/// Checks `sha256=<hex>` against HMAC-SHA256(secret, body), in constant time.
+pub fn signature_ok(secret: &[u8], body: &[u8], header: &str) -> bool {
+    let Some(hex) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    if hex.len() != 64 {
+        return false;
+    }
+    let mut expected = [0u8; 32];
+    for (i, b) in expected.iter_mut().enumerate() {
+        match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
+            Ok(v) => *b = v,
+            Err(_) => return false,
+        }
+    }
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// `sha256=<hex>` of `body`, as Meta signs it (for tests, the generator and replays).
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    #[allow(clippy::expect_used)]
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("hmac takes any key length");
+    mac.update(body);
+    let d = mac.finalize().into_bytes();
+    let mut out = String::from("sha256=");
+    for b in d {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Splits a first-party body into raw events: a JSON array, one JSON object, or NDJSON.
+///
+/// # Errors
+/// A 400 response naming the line and column of the first syntax error.
+#[allow(clippy::result_large_err)]
+pub fn split_events(bytes: &[u8], ndjson: bool) -> Result<Vec<Box<RawValue>>, Response> {
+    if ndjson {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")))?;
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            out.push(serde_json::from_str::<Box<RawValue>>(line).map_err(|e| malformed(&e, i))?);
+        }
+        return Ok(out);
+    }
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        serde_json::from_slice::<Box<RawValue>>(bytes)
+            .map(|v| vec![v])
+            .map_err(|e| malformed(&e, 0))
+    } else {
+        serde_json::from_slice::<Vec<Box<RawValue>>>(bytes).map_err(|e| malformed(&e, 0))
+    }
+}
+
+async fn events(State(s): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
+    s.metrics.in_flight.inc();
+    let r = events_inner(&s, &headers, body).await;
+    s.metrics.in_flight.dec();
+    s.metrics.request("v1_events", r.status());
+    r
+}
+
+async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Response {
+    let ndjson = match media_type(headers).as_deref() {
+        Some("application/json") => false,
+        Some("application/x-ndjson") | Some("application/jsonl") => true,
+        other => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "content type {} is not application/json or application/x-ndjson",
+                    other.map_or("(none)".to_owned(), |o| format!("`{o}`"))
+                ),
+            )
+        }
+    };
+    let bytes = match read_body(body, s.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let raws = match split_events(&bytes, ndjson) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if raws.len() > s.config.max_events_per_request {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} events in one request, more than the limit of {}",
+                raws.len(),
+                s.config.max_events_per_request
+            ),
+        );
+    }
+    if raws.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no events in the body");
+    }
+    let now = now_ms();
+    let items: Vec<Item> = raws
+        .iter()
+        .map(|r| first_party::normalize(&s.normalizer, r, now))
+        .collect();
+    let (records, accepted, reasons) = to_records(s, &items, "/v1/events", now);
+    let started = Instant::now();
+    if let Err(e) = s.publisher.publish(records).await {
+        return unavailable(&e);
+    }
+    s.metrics.published(started);
+    s.metrics.accepted("first_party", accepted as u64);
+    for r in &reasons {
+        s.metrics.rejected(r);
+    }
+    let results: Vec<Value> = items
+        .iter()
+        .map(|i| match i {
+            Item::Event(e) => json!({ "status": "accepted", "event_id": e.event_id }),
+            Item::Rejected(r) => {
+                json!({ "status": "rejected", "reason": r.reason, "error": r.detail })
+            }
+        })
+        .collect();
+    let status = match (accepted, reasons.len()) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    (
+        status,
+        axum::Json(json!({ "accepted": accepted, "rejected": reasons.len(), "results": results })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let body = br#"{"object":"page","entry":[]}"#;
+        let sig = sign(b"app-secret", body);
+        assert!(signature_ok(b"app-secret", body, &sig));
+        assert!(!signature_ok(b"other-secret", body, &sig));
+        assert!(!signature_ok(b"app-secret", b"{}", &sig));
+        assert!(!signature_ok(b"app-secret", body, "sha1=abc"));
+        assert!(!signature_ok(b"app-secret", body, "sha256=zz"));
+        assert!(!signature_ok(
+            b"app-secret",
+            body,
+            &sig.replace("sha256=", "sha256=0")
+        ));
+    }
+
+    #[test]
+    fn split_reports_positions() {
+        assert_eq!(
+            split_events(b"[{\"a\":1},{\"b\":2}]", false)
+                .map(|v| v.len())
+                .ok(),
+            Some(2)
+        );
+        assert_eq!(
+            split_events(b" {\"a\":1}", false).map(|v| v.len()).ok(),
+            Some(1)
+        );
+        assert_eq!(
+            split_events(b"{\"a\":1}\n\n{\"b\":2}\n", true)
+                .map(|v| v.len())
+                .ok(),
+            Some(2)
+        );
+        assert!(split_events(b"[{\"a\":1},]", false).is_err());
+        assert!(split_events(b"{\"a\":1}\n{\"b\":", true).is_err());
+    }
+}
