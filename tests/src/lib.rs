@@ -146,3 +146,59 @@ pub async fn consume(
     }
     out
 }
+
+/// A configuration whose pipeline topics are fresh (created now) and whose ingest listens on a
+/// free port with test secrets.
+pub async fn fresh_pipeline_config(name: &str) -> Config {
+    let mut cfg = config();
+    cfg.kafka.topics.events = fresh_topic(&cfg, &format!("{name}.events"), 3).await;
+    cfg.kafka.topics.dlq = fresh_topic(&cfg, &format!("{name}.dlq"), 1).await;
+    cfg.kafka.topics.rollups = fresh_topic(&cfg, &format!("{name}.rollups"), 3).await;
+    cfg.kafka.topics.alerts = fresh_topic(&cfg, &format!("{name}.alerts"), 1).await;
+    cfg.ingest.listen = "127.0.0.1:0".into();
+    cfg.ingest.actor_salt = banter_runtime::Secret::new("integration-test-salt");
+    cfg.ingest.meta_app_secret = banter_runtime::Secret::new(META_APP_SECRET);
+    cfg.ingest.meta_verify_token = banter_runtime::Secret::new(META_VERIFY_TOKEN);
+    cfg
+}
+
+/// The Meta app secret tests sign webhooks with.
+pub const META_APP_SECRET: &str = "test-app-secret";
+/// The Meta verify token tests use.
+pub const META_VERIFY_TOKEN: &str = "test-verify-token";
+
+/// An ingest server running in this process; stops when dropped.
+pub struct TestIngest {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for TestIngest {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts ingest with `cfg` and waits until its publisher is ready.
+pub async fn start_ingest(cfg: &Config) -> TestIngest {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let readiness = banter_runtime::http::Readiness::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ingest = banter_ingest::start(cfg, &mut registry, &readiness, shutdown.clone())
+        .await
+        .unwrap_or_else(|e| panic!("cannot start ingest: {e}"));
+    wait_for(
+        "the ingest publisher to be ready",
+        Duration::from_secs(30),
+        || {
+            let r = readiness.clone();
+            async move { r.not_ready().is_empty().then_some(()) }
+        },
+    )
+    .await;
+    TestIngest {
+        base: format!("http://{}", ingest.local_addr),
+        shutdown,
+    }
+}

@@ -6,9 +6,10 @@
 //! each request. Consumers read committed data only, so a request is published entirely or not
 //! at all; a request that gets `Ok` was acknowledged by the broker (`acks=all`, idempotent).
 //!
-//! When the broker is unreachable the commit times out within the request's deadline
-//! (`ingest.publish_timeout_ms`), the transaction is aborted and every request in it gets
-//! [`PublishError::Unavailable`] (the HTTP layer answers 503 with `Retry-After`). If the broker
+//! When the broker is unreachable the commit times out (`ingest.publish_timeout_ms`), the
+//! transaction is aborted and every request in it gets [`PublishError::Unavailable`] (the HTTP
+//! layer answers 503 with `Retry-After`); a request also answers 503 by itself when its own
+//! deadline passes while the publisher is busy. If the broker
 //! acknowledged the commit but the answer came too late, the client sees 503 while the events
 //! are in the topic; its retry carries the same `event_id`s, which the stream processor
 //! de-duplicates.
@@ -22,6 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use thiserror::Error;
@@ -68,7 +70,7 @@ impl PublisherMetrics {
         };
         registry.register(
             "ingest_transactions",
-            "Kafka transactions by outcome (committed, aborted)",
+            "Kafka transactions by outcome: committed, failed (answered 503), committed_late (a failed commit that went through on retry), aborted",
             m.transactions.clone(),
         );
         registry.register(
@@ -152,9 +154,11 @@ impl Publisher {
             .name("banter-publisher".into())
             .spawn(move || {
                 Worker {
+                    config: cfg,
                     producer,
                     metrics,
                     max_batch,
+                    timeout,
                     state: TxState::Uninitialized,
                 }
                 .run(rx, on_ready)
@@ -206,17 +210,51 @@ impl Publisher {
     }
 }
 
-#[derive(Debug, PartialEq)]
+/// Where the producer's transaction machinery stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum TxState {
+    /// `init_transactions` has not succeeded yet (or the producer was recreated).
     Uninitialized,
+    /// No transaction open; the next batch can begin one.
     Ready,
+    /// A commit timed out: librdkafka requires the same commit call to be retried (an abort
+    /// now is refused as conflicting). When it finally succeeds, that batch is in the topic
+    /// even though its requests were answered 503: their retries de-duplicate by `event_id`.
+    CommitPending,
+    /// The open transaction must be aborted before the next one.
     NeedsAbort,
 }
 
+/// What an error means for the transaction.
+enum Next {
+    /// Call the same operation again later.
+    Retry,
+    /// Abort the transaction.
+    Abort,
+    /// The producer is unusable: create a new one (same transactional id, which fences the
+    /// old one and aborts its open transaction).
+    Recreate,
+}
+
+fn classify(e: &KafkaError) -> Next {
+    match e {
+        KafkaError::Transaction(t) if t.is_fatal() => Next::Recreate,
+        KafkaError::Transaction(t) if t.txn_requires_abort() => Next::Abort,
+        KafkaError::Transaction(t) if t.is_retriable() => Next::Retry,
+        KafkaError::Transaction(_) => Next::Abort,
+        _ => Next::Retry,
+    }
+}
+
 struct Worker {
+    config: ClientConfig,
     producer: ThreadedProducer<DefaultProducerContext>,
     metrics: PublisherMetrics,
     max_batch: usize,
+    /// Budget of each step (init, abort, commit). Not the earliest request's deadline: after
+    /// an outage the queued requests have little time left, and commits that short would fail
+    /// forever. A request whose deadline passes answers 503 by itself.
+    timeout: Duration,
     state: TxState,
 }
 
@@ -227,10 +265,7 @@ fn unavailable(e: &KafkaError) -> PublishError {
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Request>, on_ready: impl Fn(bool)) {
         // Initialize eagerly so readiness reflects the broker before the first request.
-        if self
-            .ensure_ready(Instant::now() + Duration::from_secs(10))
-            .is_ok()
-        {
+        if self.ensure_ready().is_ok() {
             on_ready(true);
         }
         while let Some(first) = rx.blocking_recv() {
@@ -257,62 +292,82 @@ impl Worker {
             if live.is_empty() {
                 continue;
             }
-            let deadline = live.iter().map(|r| r.deadline).min().unwrap_or(now);
-            let result = self.transaction(&live, deadline);
+            let result = self.transaction(&live);
             on_ready(result.is_ok());
             for r in live {
                 let _ = r.reply.send(result.clone());
             }
         }
-        if self.state == TxState::NeedsAbort {
-            let _ = self.producer.abort_transaction(Duration::from_secs(5));
-        }
+        // Shutdown: finish or abort whatever is open.
+        let _ = self.ensure_ready();
     }
 
-    fn ensure_ready(&mut self, deadline: Instant) -> Result<(), PublishError> {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        match self.state {
-            TxState::Ready => Ok(()),
-            TxState::Uninitialized => match self.producer.init_transactions(left) {
+    /// Moves the state to Ready, doing what the current state requires.
+    fn ensure_ready(&mut self) -> Result<(), PublishError> {
+        loop {
+            let (result, on_ok) = match self.state {
+                TxState::Ready => return Ok(()),
+                TxState::Uninitialized => {
+                    (self.producer.init_transactions(self.timeout), "initialized")
+                }
+                TxState::CommitPending => (
+                    self.producer.commit_transaction(self.timeout),
+                    "committed late",
+                ),
+                TxState::NeedsAbort => (self.producer.abort_transaction(self.timeout), "aborted"),
+            };
+            match result {
                 Ok(()) => {
+                    if self.state == TxState::CommitPending {
+                        self.metrics.outcome("committed_late");
+                    }
+                    tracing::debug!(from = ?self.state, "kafka transaction {on_ok}");
                     self.state = TxState::Ready;
-                    Ok(())
+                    return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot initialize kafka transactions");
-                    Err(unavailable(&e))
+                    tracing::debug!(state = ?self.state, error = %e, "kafka transaction not ready");
+                    match (classify(&e), self.state) {
+                        (Next::Retry, _) => return Err(unavailable(&e)),
+                        (Next::Abort, TxState::CommitPending) => self.state = TxState::NeedsAbort,
+                        // An abort or init that fails for good: start over with a new producer.
+                        (Next::Abort, _) | (Next::Recreate, _) => self.recreate(&e)?,
+                    }
                 }
-            },
-            TxState::NeedsAbort => match self.producer.abort_transaction(left) {
-                Ok(()) => {
-                    self.state = TxState::Ready;
-                    Ok(())
-                }
-                Err(e) => {
-                    self.on_error(&e);
-                    Err(unavailable(&e))
-                }
-            },
+            }
         }
     }
 
-    fn on_error(&mut self, e: &KafkaError) {
-        let fatal = matches!(e, KafkaError::Transaction(t) if t.is_fatal());
-        if fatal {
-            tracing::error!(error = %e, "fatal kafka transaction error; re-initializing");
-            self.state = TxState::Uninitialized;
-        } else if self.state != TxState::Uninitialized {
-            self.state = TxState::NeedsAbort;
-        }
+    fn recreate(&mut self, cause: &KafkaError) -> Result<(), PublishError> {
+        tracing::warn!(error = %cause, "recreating the kafka producer");
+        self.producer = self
+            .config
+            .create()
+            .map_err(|e| PublishError::Unavailable(format!("cannot recreate the producer: {e}")))?;
+        self.state = TxState::Uninitialized;
+        Ok(())
     }
 
-    fn transaction(&mut self, batch: &[Request], deadline: Instant) -> Result<(), PublishError> {
-        self.ensure_ready(deadline)?;
+    fn after_error(&mut self, e: &KafkaError, during_commit: bool) {
+        self.state = match classify(e) {
+            Next::Retry if during_commit => TxState::CommitPending,
+            Next::Retry | Next::Abort => TxState::NeedsAbort,
+            Next::Recreate => {
+                if self.recreate(e).is_err() {
+                    TxState::Uninitialized
+                } else {
+                    self.state
+                }
+            }
+        };
+    }
+
+    fn transaction(&mut self, batch: &[Request]) -> Result<(), PublishError> {
+        self.ensure_ready()?;
         let started = Instant::now();
+        let deadline = started + self.timeout;
         if let Err(e) = self.producer.begin_transaction() {
-            self.on_error(&e);
+            self.after_error(&e, false);
             return Err(unavailable(&e));
         }
         let mut count = 0u64;
@@ -331,19 +386,16 @@ impl Worker {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err((e, _)) => {
-                        self.state = TxState::NeedsAbort;
                         self.metrics.outcome("aborted");
-                        let _ = self.ensure_ready(deadline);
+                        self.after_error(&e, false);
+                        let _ = self.ensure_ready();
                         return Err(unavailable(&e));
                     }
                 }
             }
             count += 1;
         }
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        match self.producer.commit_transaction(left) {
+        match self.producer.commit_transaction(self.timeout) {
             Ok(()) => {
                 self.metrics.outcome("committed");
                 self.metrics.records.inc_by(count);
@@ -354,12 +406,8 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, records = count, "kafka transaction not committed");
-                self.metrics.outcome("aborted");
-                self.on_error(&e);
-                // Abort right away when the broker is still there; otherwise before the next.
-                if self.state == TxState::NeedsAbort {
-                    let _ = self.ensure_ready(Instant::now() + Duration::from_millis(500));
-                }
+                self.metrics.outcome("failed");
+                self.after_error(&e, true);
                 Err(unavailable(&e))
             }
         }

@@ -1,0 +1,350 @@
+//! Ingest against the real broker: every Meta fixture arrives normalized and decodable, bad
+//! input gets the documented statuses, rejected input lands in the dead-letter topic with its
+//! cause and original payload.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use banter_ingest::server::sign;
+use banter_integration::*;
+use banter_model::{AvroRecord, DeadLetter, EngagementEvent, Kind, Stage};
+use rdkafka::Message;
+use serde_json::{json, Value};
+
+fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/banter-ingest/tests/fixtures/meta");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A webhook POST signed with the test app secret.
+fn post_webhook(http: &reqwest::Client, base: &str, body: &[u8]) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/webhooks/meta"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            sign(META_APP_SECRET.as_bytes(), body),
+        )
+        .body(body.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_meta_fixture_arrives_normalized_and_decodable() {
+    let cfg = fresh_pipeline_config("ingest-fixtures").await;
+    let ingest = start_ingest(&cfg).await;
+    let http = reqwest::Client::new();
+    let (mut accepted, mut dead) = (0u64, 0u64);
+    for (name, body) in fixtures() {
+        let r = post_webhook(&http, &ingest.base, &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let v: Value = r.json().await.unwrap();
+        accepted += v["accepted"].as_u64().unwrap();
+        dead += v["dead_lettered"].as_u64().unwrap();
+    }
+    assert_eq!(
+        (accepted, dead),
+        (26, 4),
+        "fixture totals (see the golden files)"
+    );
+
+    let events = consume(
+        &cfg,
+        &cfg.kafka.topics.events,
+        accepted as usize,
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut kinds = BTreeMap::new();
+    for m in &events {
+        let e = EngagementEvent::codec()
+            .decode(m.payload().unwrap())
+            .unwrap();
+        assert_eq!(m.key().unwrap(), e.account_id.as_bytes());
+        assert!(e
+            .actor_id
+            .as_deref()
+            .is_none_or(|a| a.len() == 32 && !a.contains("1122334455")));
+        *kinds.entry(e.kind).or_insert(0) += 1;
+    }
+    for k in [
+        Kind::Comment,
+        Kind::BrandReply,
+        Kind::LiveComment,
+        Kind::Mention,
+        Kind::DmIn,
+        Kind::DmOut,
+        Kind::StoryReply,
+        Kind::DmReaction,
+        Kind::DmRead,
+        Kind::DmPostback,
+        Kind::PostReaction,
+        Kind::Share,
+        Kind::PostPublished,
+    ] {
+        assert!(kinds.contains_key(&k), "no {k} among {kinds:?}");
+    }
+
+    let dlq = consume(
+        &cfg,
+        &cfg.kafka.topics.dlq,
+        dead as usize,
+        Duration::from_secs(30),
+    )
+    .await;
+    let letters: Vec<DeadLetter> = dlq
+        .iter()
+        .map(|m| DeadLetter::codec().decode(m.payload().unwrap()).unwrap())
+        .collect();
+    assert!(letters
+        .iter()
+        .all(|d| d.stage == Stage::Ingest && d.source.as_deref() == Some("/webhooks/meta")));
+    let unknown: Vec<_> = letters
+        .iter()
+        .filter(|d| d.reason == "unknown_change")
+        .collect();
+    assert_eq!(unknown.len(), 3, "{letters:#?}");
+    assert_eq!(
+        letters.iter().filter(|d| d.reason == "malformed").count(),
+        1
+    );
+    let ratings = unknown
+        .iter()
+        .find(|d| d.detail.contains("ratings"))
+        .unwrap();
+    let original: Value = serde_json::from_slice(&ratings.payload).unwrap();
+    assert_eq!(
+        original["value"]["rating"], 5,
+        "the original change is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_auth_and_malformed_bodies_get_clear_statuses() {
+    let mut cfg = fresh_pipeline_config("ingest-auth").await;
+    cfg.ingest.max_body_bytes = 64 * 1024;
+    cfg.ingest.max_events_per_request = 50;
+    let ingest = start_ingest(&cfg).await;
+    let http = reqwest::Client::new();
+    let base = &ingest.base;
+
+    let ok = http
+        .get(format!("{base}/webhooks/meta?hub.mode=subscribe&hub.verify_token={META_VERIFY_TOKEN}&hub.challenge=1158201444"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    let bad = http
+        .get(format!(
+            "{base}/webhooks/meta?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 403);
+    let missing = http
+        .get(format!("{base}/webhooks/meta?hub.mode=subscribe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+
+    let body = br#"{"object":"instagram","entry":[]}"#;
+    let unsigned = http
+        .post(format!("{base}/webhooks/meta"))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert!(unsigned
+        .text()
+        .await
+        .unwrap()
+        .contains("missing X-Hub-Signature-256"));
+    let forged = http
+        .post(format!("{base}/webhooks/meta"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sign(b"wrong-secret", body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    let malformed = post_webhook(&http, base, b"{\"object\":\"page\",\n \"entry\": [}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    let text = malformed.text().await.unwrap();
+    assert!(text.contains("malformed JSON at line 2 column"), "{text}");
+
+    let not_envelope = post_webhook(&http, base, br#"{"hello":"world"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_envelope.status(), 400);
+
+    let big = vec![b' '; 70 * 1024];
+    let too_big = post_webhook(&http, base, &big).send().await.unwrap();
+    assert_eq!(too_big.status(), 413);
+
+    let many: Vec<Value> = (0..60)
+        .map(|i| json!({"field": "comments", "value": {"id": format!("c{i}"), "media": {"id": "m"}}}))
+        .collect();
+    let body = serde_json::to_vec(
+        &json!({"object": "instagram", "entry": [{"id": "a", "time": 1, "changes": many}]}),
+    )
+    .unwrap();
+    let too_many = post_webhook(&http, base, &body).send().await.unwrap();
+    assert_eq!(too_many.status(), 413);
+    assert!(too_many.text().await.unwrap().contains("60 updates"));
+
+    let wrong_type = http
+        .post(format!("{base}/webhooks/meta"))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 415);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_party_events_answer_per_event_and_dead_letter_rejects() {
+    let mut cfg = fresh_pipeline_config("ingest-first-party").await;
+    cfg.ingest.max_events_per_request = 100;
+    let ingest = start_ingest(&cfg).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/events", ingest.base);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+
+    let body = json!([
+        {"event_id": "vote-1", "kind": "POLL_VOTE", "account_id": "acct-1", "content_id": "poll-post", "actor_id": "u1", "event_time": now - 1000},
+        {"kind": "CONVERSION", "account_id": "acct-1", "actor_id": "u1", "click_id": "clk-9", "value": 49.0, "currency": "EUR", "event_time": now - 500},
+        {"kind": "LINK_CLICK", "account_id": "acct-1", "event_time": now / 1000},
+        {"kind": "POLL_VOTE", "acount_id": "acct-1", "content_id": "p", "event_time": now}
+    ]);
+    let r = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 207);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["accepted"], 2);
+    assert_eq!(v["rejected"], 2);
+    assert_eq!(
+        v["results"][0],
+        json!({"status": "accepted", "event_id": "vote-1"})
+    );
+    assert_eq!(v["results"][2]["reason"], "invalid");
+    assert!(v["results"][2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("before 2000-01-01"));
+    assert_eq!(v["results"][3]["reason"], "unknown_field");
+    assert!(v["results"][3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("acount_id"));
+
+    let ndjson = format!(
+        "{}\n\n{}\n",
+        json!({"event_id": "pub-1", "kind": "POST_PUBLISHED", "account_id": "acct-2", "content_id": "post-7", "event_time": now - 60_000}),
+        json!({"event_id": "click-1", "kind": "LINK_CLICK", "account_id": "acct-2", "click_id": "c1", "event_time": now - 30_000})
+    );
+    let r = http
+        .post(&url)
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let all_bad = http
+        .post(&url)
+        .json(&json!([{"kind": "NOPE", "account_id": "a", "event_time": now}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all_bad.status(), 422);
+
+    let broken = http
+        .post(&url)
+        .header("content-type", "application/x-ndjson")
+        .body("{\"kind\":\"LINK_CLICK\"}\n{\"kind\": }\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), 400);
+    assert!(broken.text().await.unwrap().contains("line 2 column"));
+
+    let too_many: Vec<Value> = (0..101).map(|_| json!({})).collect();
+    assert_eq!(
+        http.post(&url)
+            .json(&too_many)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    assert_eq!(
+        http.post(&url)
+            .header("content-type", "text/csv")
+            .body("a,b")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        415
+    );
+
+    let events = consume(&cfg, &cfg.kafka.topics.events, 4, Duration::from_secs(30)).await;
+    let ids: Vec<String> = events
+        .iter()
+        .map(|m| {
+            EngagementEvent::codec()
+                .decode(m.payload().unwrap())
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    for id in ["vote-1", "pub-1", "click-1"] {
+        assert!(ids.iter().any(|i| i == id), "{id} in {ids:?}");
+    }
+    let dlq = consume(&cfg, &cfg.kafka.topics.dlq, 3, Duration::from_secs(30)).await;
+    let letters: Vec<DeadLetter> = dlq
+        .iter()
+        .map(|m| DeadLetter::codec().decode(m.payload().unwrap()).unwrap())
+        .collect();
+    let typo = letters
+        .iter()
+        .find(|d| d.reason == "unknown_field")
+        .unwrap();
+    assert_eq!(typo.source.as_deref(), Some("/v1/events"));
+    let original: Value = serde_json::from_slice(&typo.payload).unwrap();
+    assert_eq!(original["acount_id"], "acct-1");
+}
