@@ -90,8 +90,10 @@ pub struct IngestConfig {
     pub max_future_skew_secs: u64,
     /// Most events in one Kafka transaction (requests arriving together share one).
     pub max_batch_events: usize,
-    /// Kafka transactional id prefix; the process id is appended.
+    /// Kafka transactional id prefix; the process id and worker number are appended.
     pub transactional_id: String,
+    /// Publisher threads, each with its own transactional producer (commits overlap).
+    pub publisher_workers: usize,
     /// Meta app secret: verifies `X-Hub-Signature-256`. Webhooks answer 503 while unset.
     pub meta_app_secret: Secret,
     /// Meta subscription verify token (`hub.verify_token`).
@@ -110,6 +112,7 @@ impl Default for IngestConfig {
             max_future_skew_secs: 300,
             max_batch_events: 10_000,
             transactional_id: "banter-ingest".into(),
+            publisher_workers: 8,
             meta_app_secret: Secret::default(),
             meta_verify_token: Secret::default(),
             actor_salt: Secret::default(),
@@ -142,6 +145,12 @@ impl IngestConfig {
             return Err(invalid(
                 "ingest.max_batch_events",
                 "must be at least ingest.max_events_per_request",
+            ));
+        }
+        if !(1..=64).contains(&self.publisher_workers) {
+            return Err(invalid(
+                "ingest.publisher_workers",
+                "must be between 1 and 64",
             ));
         }
         if self.transactional_id.is_empty() {

@@ -4,6 +4,8 @@
 //! what is here today: ingest and replay, configuration checks, topic creation and the schema
 //! listing.
 
+mod generate;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +42,8 @@ enum Command {
     Schemas,
     /// Run the ingest API: Meta webhooks and first-party events to Kafka.
     Ingest,
+    /// Generate the seeded workload, publish it and write its expected aggregates.
+    Generate(generate::GenerateArgs),
     /// Publish an NDJSON file of events or captured webhook bodies (resumable backfill).
     Replay {
         /// The file.
@@ -94,6 +98,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Topics => runtime()?.block_on(topics(&config)),
         Command::Ingest => runtime()?.block_on(ingest(&config)),
+        Command::Generate(args) => runtime()?.block_on(generate::run(&config, args)),
         Command::Replay {
             file,
             restart,

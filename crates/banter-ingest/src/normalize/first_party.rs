@@ -109,7 +109,7 @@ pub fn normalize(n: &Normalizer, raw: &RawValue, now_ms: TimestampMillis) -> Ite
     e.object_id = incoming.object_id;
     e.parent_id = incoming.parent_id;
     e.thread_id = incoming.thread_id;
-    e.actor_id = incoming.actor_id.map(|a| n.actor(platform, &a));
+    e.actor_id = incoming.actor_id.map(|a| n.actor(&a));
     e.is_brand_actor = incoming.is_brand_actor;
     e.text = incoming.text;
     e.reaction = incoming.reaction;
@@ -162,10 +162,7 @@ mod tests {
         assert_eq!(e.platform, Platform::FirstParty);
         assert_eq!(e.action, Action::Add);
         assert_eq!(e.event_time_source, EventTimeSource::FirstParty);
-        assert_eq!(
-            e.actor_id.as_deref(),
-            Some(n().actor(Platform::FirstParty, "u1").as_str())
-        );
+        assert_eq!(e.actor_id.as_deref(), Some(n().actor("u1").as_str()));
         assert_eq!(e.received_at, NOW);
         assert!(e.event_id.starts_with("fp:"));
         // The same content gives the same id.

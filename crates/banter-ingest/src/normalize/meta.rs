@@ -237,7 +237,7 @@ fn ig_comment(
     e.thread_id = Some(parent.clone().unwrap_or_else(|| comment_id.clone()));
     e.parent_id = parent;
     e.object_id = Some(comment_id);
-    e.actor_id = from.map(|f| n.actor(Platform::Instagram, &f));
+    e.actor_id = from.map(|f| n.actor(&f));
     e.is_brand_actor = brand;
     e.text = s(v, &["text"]).map(str::to_owned);
     e.event_time_source = EventTimeSource::PlatformDelivery;
@@ -317,7 +317,7 @@ fn fb_feed(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -> I
     let post = id(v, &["post_id"]);
     let from = id(v, &["from", "id"]);
     let brand = from.as_deref() == Some(page);
-    let actor = from.as_deref().map(|f| n.actor(Platform::Facebook, f));
+    let actor = from.as_deref().map(|f| n.actor(f));
     let (kind, native) = match item {
         "comment" => {
             let Some(c) = id(v, &["comment_id"]) else {
@@ -429,7 +429,7 @@ fn fb_mention(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -
     );
     e.content_id = post;
     e.object_id = comment;
-    e.actor_id = id(v, &["sender_id"]).map(|a| n.actor(Platform::Facebook, &a));
+    e.actor_id = id(v, &["sender_id"]).map(|a| n.actor(&a));
     e.received_at = now_ms;
     n.finish(e, now_ms, raw)
 }
@@ -461,7 +461,7 @@ fn messaging_item(
     // The user is whichever side is not the brand's page or account.
     let brand_sent = sender == account;
     let user = if brand_sent { &recipient } else { &sender };
-    let user_hash = n.actor(platform, user);
+    let user_hash = n.actor(user);
 
     let (kind, action, native, text, reaction, reference) = if let Some(msg) = m.get("message") {
         let mid = id(msg, &["mid"]).unwrap_or_else(|| format!("{sender}/{ts}"));

@@ -10,7 +10,7 @@
 pub mod first_party;
 pub mod meta;
 
-use banter_model::{EngagementEvent, Platform, TimestampMillis, ValidationContext};
+use banter_model::{EngagementEvent, TimestampMillis, ValidationContext};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -82,13 +82,13 @@ impl Normalizer {
     }
 
     /// The stored form of a platform-scoped user id: the first 16 bytes of
-    /// HMAC-SHA256(salt, "<PLATFORM>:<id>"), hex. The same user on the same platform always
-    /// hashes the same, so distinct counts and funnels work; the raw id cannot be recovered
-    /// without the salt.
-    pub fn actor(&self, platform: Platform, raw_id: &str) -> String {
+    /// HMAC-SHA256(salt, id), hex. The same id always hashes the same, whichever route it came
+    /// by (an Instagram comment, the DM that answered it, the brand's click tracking), so
+    /// distinct counts and funnels join; the raw id cannot be recovered without the salt.
+    /// Platform ids are already scoped (an Instagram id is not a Messenger id), so the platform
+    /// is not part of the hash.
+    pub fn actor(&self, raw_id: &str) -> String {
         let mut mac = self.actor_key.clone();
-        mac.update(platform.as_str().as_bytes());
-        mac.update(b":");
         mac.update(raw_id.as_bytes());
         let digest = mac.finalize().into_bytes();
         let mut out = String::with_capacity(32);
@@ -138,11 +138,11 @@ mod tests {
     fn actor_hash_is_keyed_and_stable() {
         let a = Normalizer::new(b"salt-one-0123456789", 300_000);
         let b = Normalizer::new(b"salt-two-0123456789", 300_000);
-        let h = a.actor(Platform::Instagram, "17841400000000001");
+        let h = a.actor("17841400000000001");
         assert_eq!(h.len(), 32);
-        assert_eq!(h, a.actor(Platform::Instagram, "17841400000000001"));
-        assert_ne!(h, b.actor(Platform::Instagram, "17841400000000001"));
-        assert_ne!(h, a.actor(Platform::Facebook, "17841400000000001"));
+        assert_eq!(h, a.actor("17841400000000001"));
+        assert_ne!(h, b.actor("17841400000000001"));
+        assert_ne!(h, a.actor("17841400000000002"));
         assert!(!h.contains("1784140"));
     }
 

@@ -1,0 +1,385 @@
+//! `banter generate`: publishes the seeded workload of [`banter_workload`] and writes the exact
+//! aggregates of what it generated.
+//!
+//! Outputs: straight to Kafka (`--to kafka`), to the ingest API as first-party events
+//! (`--to http`), as signed Meta webhooks where Meta would deliver the kind (comments, DMs,
+//! reactions, shares) and first-party events for the rest (`--to webhook`), or to an NDJSON
+//! file for `banter replay` (`--to file`). Event time is compressed history ending now (the
+//! default) or live (`--live`: each event is sent when its time comes). `--rate` caps events
+//! per second; 0 sends as fast as the output takes them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use banter_model::{AvroRecord, EngagementEvent, Kind};
+use banter_runtime::Config;
+use banter_workload::{Workload, WorkloadConfig, MINUTE};
+use clap::{Args, ValueEnum};
+use rdkafka::producer::FutureRecord;
+use serde_json::{json, Value};
+
+/// Where generated events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Straight to the events topic (Avro, keyed by account).
+    Kafka,
+    /// POST /v1/events in batches.
+    Http,
+    /// Signed Meta webhooks (and /v1/events for first-party kinds).
+    Webhook,
+    /// An NDJSON file for `banter replay`.
+    File,
+}
+
+/// `banter generate` options.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Seed: the same seed and options give the same events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Number of accounts.
+    #[arg(long, default_value_t = 50)]
+    accounts: u32,
+    /// Event-time span, in minutes.
+    #[arg(long, default_value_t = 360)]
+    minutes: i64,
+    /// Posts per account per day.
+    #[arg(long, default_value_t = 4.0)]
+    posts_per_day: f64,
+    /// Event time of the first event, ms (default: the span ends now, or starts now with --live).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// Live event time: send each event when its time comes (the span starts now).
+    #[arg(long)]
+    live: bool,
+    /// Most events per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Where to send events.
+    #[arg(long, value_enum, default_value_t = Output::Kafka)]
+    to: Output,
+    /// Ingest base URL for --to http and --to webhook.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Meta app secret to sign webhooks with (default: ingest.meta_app_secret).
+    #[arg(long)]
+    app_secret: Option<String>,
+    /// Output file for --to file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the expected aggregates (JSON) here.
+    #[arg(long)]
+    expected: Option<PathBuf>,
+    /// Events per HTTP request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The first-party JSON form of an event (what /v1/events and `banter replay` take).
+pub fn first_party_json(e: &EngagementEvent) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.remove("received_at");
+        m.retain(|_, v| !v.is_null());
+    }
+    v
+}
+
+/// A Meta webhook body delivering `e`, or None when Meta does not deliver its kind.
+pub fn webhook_json(e: &EngagementEvent) -> Option<Value> {
+    let actor = e.actor_id.clone().unwrap_or_default();
+    let time = e.event_time;
+    match e.kind {
+        Kind::Comment | Kind::BrandReply if e.action == banter_model::Action::Add => {
+            let from = if e.is_brand_actor {
+                e.account_id.clone()
+            } else {
+                actor
+            };
+            let mut value = json!({
+                "from": {"id": from, "username": "generated"},
+                "media": {"id": e.content_id, "media_product_type": e.content_type.map(|c| c.as_str())},
+                "id": e.object_id,
+                "text": e.text,
+            });
+            if let Some(p) = &e.parent_id {
+                value["parent_id"] = json!(p);
+            }
+            Some(
+                json!({"object": "instagram", "entry": [{"id": e.account_id, "time": time, "changes": [{"field": "comments", "value": value}]}]}),
+            )
+        }
+        Kind::PostReaction | Kind::Share => {
+            let verb = match e.action {
+                banter_model::Action::Remove => "remove",
+                _ => "add",
+            };
+            let item = if e.kind == Kind::Share {
+                "share"
+            } else {
+                "reaction"
+            };
+            Some(
+                json!({"object": "page", "entry": [{"id": e.account_id, "time": time, "changes": [{"field": "feed", "value": {
+                    "item": item, "verb": verb, "post_id": e.content_id, "from": {"id": actor},
+                    "reaction_type": e.reaction.as_deref().map(str::to_lowercase), "created_time": time / 1000,
+                }}]}]}),
+            )
+        }
+        Kind::DmIn | Kind::DmOut | Kind::StoryReply => {
+            let (sender, recipient) = if e.kind == Kind::DmOut {
+                (e.account_id.clone(), actor)
+            } else {
+                (actor, e.account_id.clone())
+            };
+            let mut message = json!({"mid": e.object_id, "text": e.text});
+            if e.kind == Kind::DmOut {
+                message["is_echo"] = json!(true);
+            }
+            if e.kind == Kind::StoryReply {
+                message["reply_to"] =
+                    json!({"story": {"id": e.content_id, "url": "https://example.invalid/story"}});
+            }
+            Some(
+                json!({"object": "instagram", "entry": [{"id": e.account_id, "time": time, "messaging": [{
+                    "sender": {"id": sender}, "recipient": {"id": recipient}, "timestamp": time, "message": message,
+                }]}]}),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Paces sending: `--rate` events per second, or live event time.
+struct Pacer {
+    started: Instant,
+    sent: u64,
+    rate: u64,
+    live_origin: Option<(i64, Instant)>,
+}
+
+impl Pacer {
+    async fn before(&mut self, w: &Workload, i: usize) {
+        if let Some((t0, wall0)) = self.live_origin {
+            let due = wall0 + Duration::from_millis((w.deliver_at(i) - t0).max(0) as u64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        if self.rate > 0 {
+            let due = self.started + Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        self.sent += 1;
+    }
+}
+
+/// Runs `banter generate`.
+pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
+    if args.minutes <= 0 {
+        bail!("--minutes must be positive");
+    }
+    let duration_ms = args.minutes * MINUTE;
+    let now = now_ms();
+    let start_ms = args.start_ms.unwrap_or(if args.live {
+        now
+    } else {
+        now - duration_ms - MINUTE
+    });
+    let wc = WorkloadConfig {
+        seed: args.seed,
+        accounts: args.accounts,
+        posts_per_account_per_day: args.posts_per_day,
+        start_ms,
+        duration_ms,
+        ..Default::default()
+    };
+    let generated = Instant::now();
+    let w = Workload::generate(wc);
+    eprintln!(
+        "generate: {} posts, {} deliveries ({} duplicates, {} too late), {} spikes, {} campaigns in {:.1} s",
+        w.posts.len(),
+        w.len(),
+        w.expected.duplicates,
+        w.expected.too_late.len(),
+        w.expected.spikes.len(),
+        w.expected.funnels.len(),
+        generated.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.expected {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        serde_json::to_writer(
+            std::io::BufWriter::new(file),
+            &json!({"config": w.config, "posts": w.posts, "expected": w.expected}),
+        )?;
+    }
+    let mut pacer = Pacer {
+        started: Instant::now(),
+        sent: 0,
+        rate: args.rate,
+        live_origin: args.live.then(|| {
+            (
+                w.deliver_at(0.min(w.len().saturating_sub(1))),
+                Instant::now(),
+            )
+        }),
+    };
+    let began = Instant::now();
+    match args.to {
+        Output::Kafka => to_kafka(config, &w, &mut pacer).await?,
+        Output::File => {
+            let path = args.out.as_ref().context("--to file needs --out PATH")?;
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+            );
+            for i in 0..w.len() {
+                pacer.before(&w, i).await;
+                serde_json::to_writer(&mut f, &first_party_json(&w.event(i)))?;
+                f.write_all(b"\n")?;
+            }
+            f.flush()?;
+        }
+        Output::Http | Output::Webhook => to_http(config, &args, &w, &mut pacer).await?,
+    }
+    let secs = began.elapsed().as_secs_f64();
+    eprintln!(
+        "generate: sent {} deliveries in {:.1} s ({:.0} events/s)",
+        w.len(),
+        secs,
+        w.len() as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+async fn to_kafka(config: &Config, w: &Workload, pacer: &mut Pacer) -> anyhow::Result<()> {
+    banter_runtime::kafka::wait_for_broker(
+        &config.kafka,
+        Duration::from_secs(config.kafka.connect_timeout_secs),
+    )
+    .await?;
+    let producer = banter_runtime::kafka::producer(&config.kafka, "generate")?;
+    let topic = &config.kafka.topics.events;
+    let codec = EngagementEvent::codec();
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..w.len() {
+        pacer.before(w, i).await;
+        let e = w.event(i);
+        let payload = codec.encode(&e)?;
+        let record = FutureRecord::to(topic)
+            .key(e.account_id.as_bytes())
+            .payload(&payload);
+        pending.push(producer.send_result(record).map_err(|(err, _)| err)?);
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                d.await
+                    .context("producer dropped")?
+                    .map_err(|(err, _)| err)?;
+            }
+        }
+    }
+    for d in pending {
+        d.await
+            .context("producer dropped")?
+            .map_err(|(err, _)| err)?;
+    }
+    Ok(())
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut req = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(s) = &signature {
+            req = req.header("x-hub-signature-256", s);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 207 => return Ok(()),
+            Ok(r) if r.status().as_u16() == 503 && attempt < 30 => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Ok(r) => {
+                let status = r.status();
+                bail!(
+                    "{url} answered {status}: {}",
+                    r.text().await.unwrap_or_default()
+                )
+            }
+            Err(e) if attempt < 30 => {
+                tracing::warn!(error = %e, "ingest not reachable, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("cannot reach {url}: {e}"),
+        }
+    }
+}
+
+async fn to_http(
+    config: &Config,
+    args: &GenerateArgs,
+    w: &Workload,
+    pacer: &mut Pacer,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let events_url = format!("{}/v1/events", args.url.trim_end_matches('/'));
+    let hook_url = format!("{}/webhooks/meta", args.url.trim_end_matches('/'));
+    let secret = args
+        .app_secret
+        .clone()
+        .unwrap_or_else(|| config.ingest.meta_app_secret.expose().to_owned());
+    if args.to == Output::Webhook && secret.is_empty() {
+        bail!("--to webhook needs --app-secret or ingest.meta_app_secret");
+    }
+    let mut batch: Vec<Value> = Vec::with_capacity(args.batch);
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in 0..w.len() {
+        pacer.before(w, i).await;
+        let e = w.event(i);
+        let hook = if args.to == Output::Webhook {
+            webhook_json(&e)
+        } else {
+            None
+        };
+        match hook {
+            Some(body) => {
+                let body = serde_json::to_vec(&body)?;
+                let sig = banter_ingest::server::sign(secret.as_bytes(), &body);
+                let (http, url) = (http.clone(), hook_url.clone());
+                inflight.spawn(async move { post(&http, &url, body, Some(sig)).await });
+            }
+            None => batch.push(first_party_json(&e)),
+        }
+        if batch.len() >= args.batch || (i + 1 == w.len() && !batch.is_empty()) {
+            let body = serde_json::to_vec(&Value::Array(std::mem::take(&mut batch)))?;
+            let (http, url) = (http.clone(), events_url.clone());
+            inflight.spawn(async move { post(&http, &url, body, None).await });
+        }
+        // Bounded concurrency; order across requests is loose, as real deliveries are.
+        while inflight.len() >= 32 {
+            if let Some(r) = inflight.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    Ok(())
+}
