@@ -225,12 +225,8 @@ pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         started: Instant::now(),
         sent: 0,
         rate: args.rate,
-        live_origin: args.live.then(|| {
-            (
-                w.deliver_at(0.min(w.len().saturating_sub(1))),
-                Instant::now(),
-            )
-        }),
+        // Live: event time `start_ms` is now, and each delivery is sent when its time comes.
+        live_origin: args.live.then(|| (w.config.start_ms, Instant::now())),
     };
     let began = Instant::now();
     match args.to {
