@@ -344,6 +344,8 @@ async fn to_http(
         bail!("--to webhook needs --app-secret or ingest.meta_app_secret");
     }
     let mut batch: Vec<Value> = Vec::with_capacity(args.batch);
+    // Meta batches updates too (up to 1000 per request): entries per webhook object.
+    let mut hooks: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
     let mut inflight = tokio::task::JoinSet::new();
     for i in 0..w.len() {
         pacer.before(w, i).await;
@@ -354,15 +356,27 @@ async fn to_http(
             None
         };
         match hook {
-            Some(body) => {
-                let body = serde_json::to_vec(&body)?;
+            Some(mut body) => {
+                let object = body["object"].as_str().unwrap_or("page").to_owned();
+                let entries = hooks.entry(object).or_default();
+                if let Some(Value::Array(es)) = body.get_mut("entry").map(Value::take) {
+                    entries.extend(es);
+                }
+            }
+            None => batch.push(first_party_json(&e)),
+        }
+        let last = i + 1 == w.len();
+        for (object, entries) in hooks.iter_mut() {
+            if entries.len() >= args.batch || (last && !entries.is_empty()) {
+                let body = serde_json::to_vec(
+                    &json!({"object": object, "entry": std::mem::take(entries)}),
+                )?;
                 let sig = banter_ingest::server::sign(secret.as_bytes(), &body);
                 let (http, url) = (http.clone(), hook_url.clone());
                 inflight.spawn(async move { post(&http, &url, body, Some(sig)).await });
             }
-            None => batch.push(first_party_json(&e)),
         }
-        if batch.len() >= args.batch || (i + 1 == w.len() && !batch.is_empty()) {
+        if batch.len() >= args.batch || (last && !batch.is_empty()) {
             let body = serde_json::to_vec(&Value::Array(std::mem::take(&mut batch)))?;
             let (http, url) = (http.clone(), events_url.clone());
             inflight.spawn(async move { post(&http, &url, body, None).await });
