@@ -2,8 +2,10 @@
 //!
 //! Envelope: `{"object": "instagram" | "page", "entry": [{"id", "time", "changes": [...],
 //! "messaging": [...]}]}`; an entry carries `changes` (comments, mentions, feed) or
-//! `messaging` (DMs, echoes, story replies, reactions, reads, postbacks, referrals), both
-//! shapes are handled for both objects. `entry.time` may be in seconds or milliseconds.
+//! `messaging` (DMs, echoes, story replies, reactions, reads, postbacks, referrals). Instagram
+//! also delivers DMs in the other shape, as `changes` with field `messages` (and
+//! `messaging_postbacks`, `message_reactions`, `messaging_seen`, `messaging_referral`) whose
+//! value is a messaging item with a timestamp in seconds, often as a string; both are handled. `entry.time` may be in seconds or milliseconds.
 //! Unknown fields are ignored; an unknown change type or messaging item becomes a dead letter
 //! (`unknown_change`), never an error for the whole request.
 //!
@@ -178,6 +180,16 @@ fn change_item(
             Kind::LiveComment,
             now_ms,
         ),
+        // Instagram API with Instagram Login (and Meta's test tool) delivers DMs as changes
+        // whose value has the shape of a `messaging` item.
+        (
+            Platform::Instagram,
+            "messages"
+            | "messaging_postbacks"
+            | "message_reactions"
+            | "messaging_seen"
+            | "messaging_referral",
+        ) => messaging_item(n, Platform::Instagram, account, value, now_ms),
         (Platform::Instagram, "mentions") => {
             ig_mention(n, account, entry_time, value, change, now_ms)
         }
