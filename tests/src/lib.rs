@@ -16,6 +16,14 @@ use banter_runtime::Config;
 
 const HINT: &str = "start the local stack with `scripts/stack.sh up`, or run the whole suite with `scripts/test.sh`";
 
+/// The repository's root folder (scripts, schemas, fixtures).
+pub fn repo_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
+}
+
 /// The configuration tests use: defaults plus `BANTER_*` overrides from the environment.
 pub fn config() -> Config {
     Config::load(None, std::env::vars())

@@ -3,19 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-
+use banter_integration::repo_root;
 use banter_runtime::Config;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn read(rel: &str) -> String {
-    std::fs::read_to_string(root().join(rel)).unwrap()
+    std::fs::read_to_string(repo_root().join(rel)).unwrap()
 }
 
 #[test]

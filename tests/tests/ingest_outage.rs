@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,12 +18,8 @@ use rdkafka::Message;
 use serde_json::json;
 
 fn stack(args: &[&str]) {
-    let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let out = Command::new("bash")
-        .arg(root.join("scripts/stack.sh"))
+        .arg(repo_root().join("scripts/stack.sh"))
         .args(args)
         .output()
         .unwrap();

@@ -6,24 +6,17 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use banter_integration::unique;
+use banter_integration::{repo_root, unique};
 use banter_model::sample::sample_events;
 use banter_model::*;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn python() -> PathBuf {
     let p = std::env::var_os("BANTER_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".stack/venv/bin/python"));
+        .unwrap_or_else(|| repo_root().join(".stack/venv/bin/python"));
     let ok = Command::new(&p)
         .args(["-c", "import fastavro"])
         .output()
@@ -38,7 +31,7 @@ fn python() -> PathBuf {
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(python())
-        .arg(root().join("tests/interop/fastavro_check.py"))
+        .arg(repo_root().join("tests/interop/fastavro_check.py"))
         .args(args)
         .output()
         .unwrap();
@@ -91,7 +84,7 @@ fn events() -> Vec<EngagementEvent> {
 #[test]
 fn fastavro_reads_what_banter_writes_and_banter_reads_what_fastavro_writes() {
     let codec = EngagementEvent::codec();
-    let schema = root().join("schemas/avro/engagement_event.v1.avsc");
+    let schema = repo_root().join("schemas/avro/engagement_event.v1.avsc");
     let dir = std::env::temp_dir().join(unique("banter-interop"));
     std::fs::create_dir_all(&dir).unwrap();
     let events = events();

@@ -95,18 +95,22 @@ pub fn consumer_config(cfg: &KafkaConfig, role: &str, group: &str) -> ClientConf
     c
 }
 
+/// A client for metadata requests only.
+fn probe(cfg: &KafkaConfig) -> Result<BaseConsumer, KafkaSetupError> {
+    base_config(cfg, "probe")
+        .create()
+        .map_err(|source| KafkaSetupError::Client {
+            what: "probe config",
+            source,
+        })
+}
+
 /// Waits until the cluster answers a metadata request, polling until `timeout`.
 ///
 /// # Errors
 /// [`KafkaSetupError::Unreachable`] with the last error when the deadline passes.
 pub async fn wait_for_broker(cfg: &KafkaConfig, timeout: Duration) -> Result<(), KafkaSetupError> {
-    let probe: BaseConsumer =
-        base_config(cfg, "probe")
-            .create()
-            .map_err(|source| KafkaSetupError::Client {
-                what: "probe config",
-                source,
-            })?;
+    let probe = probe(cfg)?;
     let deadline = Instant::now() + timeout;
     let brokers = cfg.brokers.clone();
     tokio::task::spawn_blocking(move || loop {
@@ -250,13 +254,7 @@ pub async fn ensure_topics(
 /// # Errors
 /// The broker did not answer.
 pub fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaSetupError> {
-    let c: BaseConsumer =
-        base_config(cfg, "probe")
-            .create()
-            .map_err(|source| KafkaSetupError::Client {
-                what: "probe config",
-                source,
-            })?;
+    let c = probe(cfg)?;
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|source| KafkaSetupError::Client {
