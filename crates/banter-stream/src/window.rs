@@ -1,0 +1,503 @@
+//! The event-time windowing engine of one partition: pure, no Kafka, no clock.
+//!
+//! * **Watermark** = highest event time seen − `out_of_orderness_ms`. A window is emitted when
+//!   the watermark passes its end.
+//! * **Panes.** Every event updates exactly one 1-minute pane (per account, and per post when it
+//!   has one). MINUTE rollups are panes; VELOCITY_5M windows (5 minutes hopping every minute)
+//!   are sums of five panes computed when a window closes, never updated per event.
+//! * **Lateness.** An event for a window already emitted, but within `allowed_lateness_ms`,
+//!   corrects it: the affected rows are emitted again with a higher revision and a
+//!   `late_events` count. Later than that, the event is returned as [`Output::TooLate`] (the
+//!   caller dead-letters it as `late`).
+//! * **Duplicates** (same `event_id`) are counted once while their window can still change.
+//! * **First hour.** Per post, interactions within 15 and 60 minutes of `content_published_at`
+//!   (or a POST_PUBLISHED event), emitted when the watermark passes publication + 15 / 60 min;
+//!   early acceleration and time-to-N (minute resolution: the end of the minute in which the
+//!   running count reached N) come with the 60-minute row.
+//! * **Determinism.** Every row is a function of the inputs: `revision` is the highest input
+//!   offset that contributed to it, `emitted_at` is the watermark that closed or corrected it.
+//!   Replaying the same partition from the same offset emits the same rows, which is what
+//!   exactly-once delivery into `ReplacingMergeTree(revision)` builds on.
+//! * **Idle partitions**: [`Engine::advance_watermark`] moves the watermark without events (the
+//!   caller decides when a partition is idle).
+//!
+//! Not yet here (issue 4 continues): unique-engager sketches, the changelog of long-lived
+//! state, the Kafka loop.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
+
+/// One minute, in ms.
+pub const MINUTE: i64 = 60_000;
+
+/// Engine parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowConfig {
+    /// How far out of order events may arrive without being late (default 60 s).
+    pub out_of_orderness_ms: i64,
+    /// How long after a window's end a late event still corrects it (default 1 h).
+    pub allowed_lateness_ms: i64,
+    /// N of time-to-N (default 50).
+    pub time_to_n: i64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            out_of_orderness_ms: 60_000,
+            allowed_lateness_ms: 3_600_000,
+            time_to_n: 50,
+        }
+    }
+}
+
+/// What the engine produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A rollup row (new, or a correction with a higher revision).
+    Rollup(Rollup),
+    /// An event later than the allowed lateness; the caller dead-letters it.
+    TooLate {
+        /// The event's id.
+        event_id: String,
+        /// Its offset.
+        offset: i64,
+    },
+}
+
+/// Counters of what the engine saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events processed (including duplicates and late ones).
+    pub events: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Late events that corrected an emitted window.
+    pub late: u64,
+    /// Events later than the allowed lateness.
+    pub too_late: u64,
+    /// Rollup rows emitted (including corrections).
+    pub rows: u64,
+}
+
+/// (account, content); content None is the account-level key.
+type Key = (String, Option<String>);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Counts {
+    interactions: i64,
+    comments: i64,
+    live_comments: i64,
+    reactions: i64,
+    shares: i64,
+    story_replies: i64,
+    dms_in: i64,
+    mentions: i64,
+    brand_replies: i64,
+    late_events: i64,
+    revision: i64,
+}
+
+impl Counts {
+    fn add(&mut self, e: &EngagementEvent, offset: i64, late: bool) {
+        let d = e.action.count_delta();
+        self.interactions += e.interaction_delta();
+        match e.kind {
+            Kind::Comment => self.comments += d,
+            Kind::LiveComment => self.live_comments += d,
+            Kind::PostReaction => self.reactions += d,
+            Kind::Share => self.shares += d,
+            Kind::StoryReply => self.story_replies += d,
+            Kind::DmIn => self.dms_in += d,
+            Kind::Mention => self.mentions += d,
+            Kind::BrandReply => self.brand_replies += d,
+            _ => {}
+        }
+        self.late_events += i64::from(late);
+        self.revision = self.revision.max(offset);
+    }
+
+    fn merge(&mut self, o: &Counts) {
+        self.interactions += o.interactions;
+        self.comments += o.comments;
+        self.live_comments += o.live_comments;
+        self.reactions += o.reactions;
+        self.shares += o.shares;
+        self.story_replies += o.story_replies;
+        self.dms_in += o.dms_in;
+        self.mentions += o.mentions;
+        self.brand_replies += o.brand_replies;
+        self.late_events += o.late_events;
+        self.revision = self.revision.max(o.revision);
+    }
+
+    fn rollup(
+        &self,
+        key: &Key,
+        window: WindowKind,
+        start: i64,
+        end: i64,
+        emitted_at: i64,
+    ) -> Rollup {
+        Rollup {
+            account_id: key.0.clone(),
+            content_id: key.1.clone(),
+            window,
+            window_start: start,
+            window_end: end,
+            revision: self.revision,
+            interactions: self.interactions,
+            comments: self.comments,
+            live_comments: self.live_comments,
+            reactions: self.reactions,
+            shares: self.shares,
+            story_replies: self.story_replies,
+            dms_in: self.dms_in,
+            mentions: self.mentions,
+            brand_replies: self.brand_replies,
+            velocity: None,
+            early_accel: None,
+            time_to_n_minutes: None,
+            unique_engagers: None,
+            late_events: self.late_events,
+            emitted_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Post {
+    account_id: String,
+    published_at: Option<i64>,
+    first_15m: i64,
+    first_60m: i64,
+    late_events: i64,
+    revision: i64,
+    /// Interactions per minute in the first hour (for time-to-N).
+    minutes: BTreeMap<i64, i64>,
+    emitted_15: bool,
+    emitted_60: bool,
+}
+
+/// The windowing state of one partition.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    cfg: WindowConfig,
+    max_event_time: i64,
+    watermark: i64,
+    /// Minute start -> key -> counts.
+    panes: BTreeMap<i64, HashMap<Key, Counts>>,
+    /// Minutes whose MINUTE rows have been emitted at least once (all below this are).
+    closed_below: i64,
+    /// event_id -> event time, while the event's window can change.
+    seen: HashMap<String, i64>,
+    posts: HashMap<String, Post>,
+    stats: Stats,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(cfg: WindowConfig) -> Self {
+        Engine {
+            cfg,
+            max_event_time: i64::MIN,
+            watermark: i64::MIN,
+            panes: BTreeMap::new(),
+            closed_below: i64::MIN,
+            seen: HashMap::new(),
+            posts: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The current watermark (i64::MIN before the first event).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// What the engine has seen.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Approximate state size: panes' keys, dedup entries, posts.
+    pub fn state_entries(&self) -> usize {
+        self.panes.values().map(HashMap::len).sum::<usize>() + self.seen.len() + self.posts.len()
+    }
+
+    fn minute_of(t: i64) -> i64 {
+        t - t.rem_euclid(MINUTE)
+    }
+
+    /// Processes one event read at `offset`; appends what it causes to `out`.
+    pub fn process(&mut self, e: &EngagementEvent, offset: i64, out: &mut Vec<Output>) {
+        self.stats.events += 1;
+        let minute = Self::minute_of(e.event_time);
+        if minute + MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
+            self.stats.too_late += 1;
+            out.push(Output::TooLate {
+                event_id: e.event_id.clone(),
+                offset,
+            });
+            return;
+        }
+        if self.seen.insert(e.event_id.clone(), e.event_time).is_some() {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let late = minute < self.closed_below;
+        if late {
+            self.stats.late += 1;
+        }
+        let mut keys: Vec<Key> = vec![(e.account_id.clone(), None)];
+        if let Some(c) = &e.content_id {
+            keys.push((e.account_id.clone(), Some(c.clone())));
+        }
+        let pane = self.panes.entry(minute).or_default();
+        for k in &keys {
+            pane.entry(k.clone()).or_default().add(e, offset, late);
+        }
+        self.first_hour(e, offset, minute, late, out);
+        if late {
+            let emitted_at = self.watermark;
+            for k in &keys {
+                self.emit_minute(k, minute, emitted_at, out);
+                // Velocity windows already closed that contain this minute.
+                for end in (minute + MINUTE..=minute + 5 * MINUTE).step_by(MINUTE as usize) {
+                    if end <= self.closed_below {
+                        self.emit_velocity(k, end, emitted_at, out);
+                    }
+                }
+            }
+        }
+        if e.event_time > self.max_event_time {
+            self.max_event_time = e.event_time;
+            let wm = e.event_time.saturating_sub(self.cfg.out_of_orderness_ms);
+            self.advance_watermark(wm, out);
+        }
+    }
+
+    fn first_hour(
+        &mut self,
+        e: &EngagementEvent,
+        offset: i64,
+        minute: i64,
+        late: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(content) = &e.content_id else { return };
+        let published = if e.kind == Kind::PostPublished {
+            e.content_published_at.or(Some(e.event_time))
+        } else {
+            e.content_published_at
+        };
+        // Only posts whose publication time is known get first-hour state.
+        if !self.posts.contains_key(content) && published.is_none() {
+            return;
+        }
+        let post = self.posts.entry(content.clone()).or_insert_with(|| Post {
+            account_id: e.account_id.clone(),
+            ..Default::default()
+        });
+        if post.published_at.is_none() {
+            post.published_at = published;
+        }
+        let Some(p) = post.published_at else { return };
+        let d = e.interaction_delta();
+        if d == 0 || e.event_time < p || e.event_time >= p + 60 * MINUTE {
+            return;
+        }
+        post.revision = post.revision.max(offset);
+        post.first_60m += d;
+        *post.minutes.entry(minute).or_default() += d;
+        if e.event_time < p + 15 * MINUTE {
+            post.first_15m += d;
+        }
+        if late {
+            post.late_events += 1;
+        }
+        // A correction of a first-hour row already emitted.
+        let (re15, re60) = (
+            post.emitted_15 && e.event_time < p + 15 * MINUTE,
+            post.emitted_60,
+        );
+        let emitted_at = self.watermark;
+        if re15 {
+            self.emit_first(content, WindowKind::First15m, emitted_at, out);
+        }
+        if re60 {
+            self.emit_first(content, WindowKind::First60m, emitted_at, out);
+        }
+    }
+
+    /// Moves the watermark to `wm` (if higher) and emits the windows it closes. Callers use it
+    /// for idle partitions; [`Engine::process`] calls it as events arrive.
+    pub fn advance_watermark(&mut self, wm: i64, out: &mut Vec<Output>) {
+        if wm <= self.watermark {
+            return;
+        }
+        self.watermark = wm;
+        // Close every minute whose end the watermark passed. Only minutes whose MINUTE or
+        // VELOCITY windows contain a pane matter: a pane at p is in the velocity windows ending
+        // at p + 1 .. p + 5 minutes. An idle jump of hours costs nothing for empty minutes.
+        let closed_to = wm - wm.rem_euclid(MINUTE);
+        let from = if self.closed_below == i64::MIN {
+            i64::MIN
+        } else {
+            self.closed_below - 4 * MINUTE
+        };
+        let mut to_close: BTreeSet<i64> = BTreeSet::new();
+        for &p in self.panes.range(from..closed_to).map(|(p, _)| p) {
+            for m in (p..=p + 4 * MINUTE).step_by(MINUTE as usize) {
+                if m < closed_to && (self.closed_below == i64::MIN || m >= self.closed_below) {
+                    to_close.insert(m);
+                }
+            }
+        }
+        for m in to_close {
+            let mut keys: Vec<Key> = self
+                .panes
+                .get(&m)
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            keys.sort();
+            for k in &keys {
+                self.emit_minute(k, m, wm, out);
+            }
+            // The velocity window ending at m + 1 min covers the panes m - 4 .. m.
+            let mut vkeys: BTreeSet<Key> = BTreeSet::new();
+            for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
+                vkeys.extend(pane.keys().cloned());
+            }
+            for k in &vkeys {
+                self.emit_velocity(k, m + MINUTE, wm, out);
+            }
+        }
+        if closed_to > self.closed_below {
+            self.closed_below = closed_to;
+        }
+        // First-hour rows.
+        let mut due: Vec<(String, WindowKind)> = Vec::new();
+        for (c, p) in &self.posts {
+            let Some(published) = p.published_at else {
+                continue;
+            };
+            if !p.emitted_15 && published + 15 * MINUTE <= wm {
+                due.push((c.clone(), WindowKind::First15m));
+            }
+            if !p.emitted_60 && published + 60 * MINUTE <= wm {
+                due.push((c.clone(), WindowKind::First60m));
+            }
+        }
+        due.sort();
+        for (c, w) in due {
+            if let Some(p) = self.posts.get_mut(&c) {
+                match w {
+                    WindowKind::First15m => p.emitted_15 = true,
+                    _ => p.emitted_60 = true,
+                }
+            }
+            self.emit_first(&c, w, wm, out);
+        }
+        self.evict();
+    }
+
+    fn emit_minute(&mut self, k: &Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
+        if let Some(c) = self.panes.get(&minute).and_then(|p| p.get(k)) {
+            out.push(Output::Rollup(c.rollup(
+                k,
+                WindowKind::Minute,
+                minute,
+                minute + MINUTE,
+                emitted_at,
+            )));
+            self.stats.rows += 1;
+        }
+    }
+
+    fn emit_velocity(&mut self, k: &Key, end: i64, emitted_at: i64, out: &mut Vec<Output>) {
+        let mut sum = Counts::default();
+        let mut any = false;
+        for p in (end - 5 * MINUTE..end).step_by(MINUTE as usize) {
+            if let Some(c) = self.panes.get(&p).and_then(|pane| pane.get(k)) {
+                sum.merge(c);
+                any = true;
+            }
+        }
+        if any {
+            let mut r = sum.rollup(k, WindowKind::Velocity5m, end - 5 * MINUTE, end, emitted_at);
+            r.velocity = Some(sum.interactions as f64 / 5.0);
+            out.push(Output::Rollup(r));
+            self.stats.rows += 1;
+        }
+    }
+
+    fn emit_first(&mut self, content: &str, w: WindowKind, emitted_at: i64, out: &mut Vec<Output>) {
+        let Some(p) = self.posts.get(content) else {
+            return;
+        };
+        let Some(published) = p.published_at else {
+            return;
+        };
+        let span = if w == WindowKind::First15m { 15 } else { 60 };
+        let interactions = if w == WindowKind::First15m {
+            p.first_15m
+        } else {
+            p.first_60m
+        };
+        let mut r = Counts {
+            interactions,
+            late_events: p.late_events,
+            revision: p.revision,
+            ..Default::default()
+        }
+        .rollup(
+            &(p.account_id.clone(), Some(content.to_owned())),
+            w,
+            published,
+            published + span * MINUTE,
+            emitted_at,
+        );
+        if w == WindowKind::First60m {
+            r.early_accel = (p.first_60m > 0).then(|| p.first_15m as f64 / p.first_60m as f64);
+            let mut running = 0;
+            for (m, n) in &p.minutes {
+                running += n;
+                if running >= self.cfg.time_to_n {
+                    r.time_to_n_minutes =
+                        Some(((m + MINUTE - published) as f64 / MINUTE as f64).max(0.0));
+                    break;
+                }
+            }
+        }
+        out.push(Output::Rollup(r));
+        self.stats.rows += 1;
+    }
+
+    fn evict(&mut self) {
+        // A pane is needed while a late event can still correct it or a velocity window
+        // containing it (5 minutes): minute end + lateness + 5 minutes.
+        let horizon = self
+            .watermark
+            .saturating_sub(self.cfg.allowed_lateness_ms + 6 * MINUTE);
+        while let Some((&m, _)) = self.panes.first_key_value() {
+            if m >= horizon || m >= self.closed_below {
+                break;
+            }
+            self.panes.remove(&m);
+        }
+        let seen_horizon = self
+            .watermark
+            .saturating_sub(self.cfg.allowed_lateness_ms + MINUTE);
+        if self.seen.len() > 1024 {
+            self.seen.retain(|_, t| *t >= seen_horizon);
+        }
+        let lateness = self.cfg.allowed_lateness_ms;
+        let wm = self.watermark;
+        self.posts.retain(|_, p| match p.published_at {
+            Some(published) => !(p.emitted_60 && published + 60 * MINUTE + lateness + MINUTE < wm),
+            None => true,
+        });
+    }
+}
