@@ -24,7 +24,7 @@
 //! Not yet here (issue 4 continues): unique-engager sketches, the changelog of long-lived
 //! state, the Kafka loop.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
 
@@ -79,6 +79,14 @@ pub struct Stats {
     pub too_late: u64,
     /// Rollup rows emitted (including corrections).
     pub rows: u64,
+}
+
+/// What a timer does when the watermark reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    First15m,
+    First60m,
+    Forget,
 }
 
 /// (account, content); content None is the account-level key.
@@ -191,8 +199,13 @@ pub struct Engine {
     /// Minutes whose MINUTE rows have been emitted at least once (all below this are).
     closed_below: i64,
     /// event_id -> event time, while the event's window can change.
-    seen: HashMap<String, i64>,
+    seen: HashSet<String>,
+    /// The ids of `seen` by event minute, to forget them a minute at a time.
+    seen_by_minute: BTreeMap<i64, Vec<String>>,
     posts: HashMap<String, Post>,
+    /// (due watermark, what, post): first-hour rows to emit and posts to forget, so a
+    /// watermark advance never scans every post.
+    timers: BTreeSet<(i64, Timer, String)>,
     stats: Stats,
 }
 
@@ -205,8 +218,10 @@ impl Engine {
             watermark: i64::MIN,
             panes: BTreeMap::new(),
             closed_below: i64::MIN,
-            seen: HashMap::new(),
+            seen: HashSet::new(),
+            seen_by_minute: BTreeMap::new(),
             posts: HashMap::new(),
+            timers: BTreeSet::new(),
             stats: Stats::default(),
         }
     }
@@ -242,10 +257,14 @@ impl Engine {
             });
             return;
         }
-        if self.seen.insert(e.event_id.clone(), e.event_time).is_some() {
+        if !self.seen.insert(e.event_id.clone()) {
             self.stats.duplicates += 1;
             return;
         }
+        self.seen_by_minute
+            .entry(minute)
+            .or_default()
+            .push(e.event_id.clone());
         let late = minute < self.closed_below;
         if late {
             self.stats.late += 1;
@@ -302,6 +321,14 @@ impl Engine {
         });
         if post.published_at.is_none() {
             post.published_at = published;
+            if let Some(p) = published {
+                let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
+                self.timers
+                    .insert((p + 15 * MINUTE, Timer::First15m, content.clone()));
+                self.timers
+                    .insert((p + 60 * MINUTE, Timer::First60m, content.clone()));
+                self.timers.insert((forget, Timer::Forget, content.clone()));
+            }
         }
         let Some(p) = post.published_at else { return };
         let d = e.interaction_delta();
@@ -377,28 +404,33 @@ impl Engine {
         if closed_to > self.closed_below {
             self.closed_below = closed_to;
         }
-        // First-hour rows.
-        let mut due: Vec<(String, WindowKind)> = Vec::new();
-        for (c, p) in &self.posts {
-            let Some(published) = p.published_at else {
-                continue;
+        // First-hour rows and forgotten posts, in due order.
+        while let Some(first) = self.timers.first() {
+            if first.0 > wm {
+                break;
+            }
+            let Some((_, timer, content)) = self.timers.pop_first() else {
+                break;
             };
-            if !p.emitted_15 && published + 15 * MINUTE <= wm {
-                due.push((c.clone(), WindowKind::First15m));
-            }
-            if !p.emitted_60 && published + 60 * MINUTE <= wm {
-                due.push((c.clone(), WindowKind::First60m));
-            }
-        }
-        due.sort();
-        for (c, w) in due {
-            if let Some(p) = self.posts.get_mut(&c) {
-                match w {
-                    WindowKind::First15m => p.emitted_15 = true,
-                    _ => p.emitted_60 = true,
+            match timer {
+                Timer::First15m | Timer::First60m => {
+                    let w = if timer == Timer::First15m {
+                        WindowKind::First15m
+                    } else {
+                        WindowKind::First60m
+                    };
+                    if let Some(p) = self.posts.get_mut(&content) {
+                        match w {
+                            WindowKind::First15m => p.emitted_15 = true,
+                            _ => p.emitted_60 = true,
+                        }
+                    }
+                    self.emit_first(&content, w, wm, out);
+                }
+                Timer::Forget => {
+                    self.posts.remove(&content);
                 }
             }
-            self.emit_first(&c, w, wm, out);
         }
         self.evict();
     }
@@ -490,14 +522,15 @@ impl Engine {
         let seen_horizon = self
             .watermark
             .saturating_sub(self.cfg.allowed_lateness_ms + MINUTE);
-        if self.seen.len() > 1024 {
-            self.seen.retain(|_, t| *t >= seen_horizon);
+        while let Some((&m, _)) = self.seen_by_minute.first_key_value() {
+            if m + MINUTE > seen_horizon {
+                break;
+            }
+            if let Some((_, ids)) = self.seen_by_minute.pop_first() {
+                for id in ids {
+                    self.seen.remove(&id);
+                }
+            }
         }
-        let lateness = self.cfg.allowed_lateness_ms;
-        let wm = self.watermark;
-        self.posts.retain(|_, p| match p.published_at {
-            Some(published) => !(p.emitted_60 && published + 60 * MINUTE + lateness + MINUTE < wm),
-            None => true,
-        });
     }
 }

@@ -1,0 +1,91 @@
+//! The stream hot path in one process: decode the Avro event, update its window, emit what
+//! closes, for 100,000 active posts. Run with `cargo bench -p banter-stream --bench engine`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use banter_model::{Action, AvroRecord, ContentType, EngagementEvent, Kind, Platform};
+use banter_stream::{Engine, WindowConfig};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const T0: i64 = 1_764_000_000_000;
+const POSTS: u64 = 100_000;
+const ACCOUNTS: u64 = 1_000;
+/// 200,000 events per minute of event time: every post gets two a minute.
+const EVENTS_PER_MINUTE: u64 = 200_000;
+
+fn stream(n: u64) -> Vec<Vec<u8>> {
+    let codec = EngagementEvent::codec();
+    (0..n)
+        .map(|i| {
+            let post = (i * 7_919) % POSTS;
+            let account = post % ACCOUNTS;
+            let kind = match i % 20 {
+                0..=11 => Kind::PostReaction,
+                12..=16 => Kind::Comment,
+                17 => Kind::StoryReply,
+                18 => Kind::DmIn,
+                _ => Kind::Mention,
+            };
+            let t = T0 + (i * 60_000 / EVENTS_PER_MINUTE) as i64 + (i % 37) as i64 * 1000;
+            let mut e = EngagementEvent::new(
+                format!("ev-{i}"),
+                Platform::Instagram,
+                kind,
+                Action::Add,
+                format!("acct-{account}"),
+                t,
+            );
+            if kind != Kind::DmIn {
+                e.content_id = Some(format!("post-{post}"));
+                e.content_type = Some(ContentType::Reels);
+                e.content_published_at = Some(T0 - 30 * 60_000 + (post % 3_600) as i64 * 1000);
+            }
+            e.actor_id = Some(format!("{:032x}", i * 2_654_435_761 % 1_000_003));
+            codec.encode(&e).unwrap()
+        })
+        .collect()
+}
+
+fn engine(c: &mut Criterion) {
+    // Ten minutes of event time: 2,000,000 events over 100,000 posts.
+    let n = 10 * EVENTS_PER_MINUTE;
+    let encoded = stream(n);
+    let codec = EngagementEvent::codec();
+    let mut g = c.benchmark_group("stream");
+    g.throughput(Throughput::Elements(n));
+    g.sample_size(10);
+    g.bench_function("decode+window+emit/100k-posts", |b| {
+        b.iter(|| {
+            let mut engine = Engine::new(WindowConfig::default());
+            let mut out = Vec::with_capacity(1 << 16);
+            let mut rows = 0usize;
+            for (offset, bytes) in encoded.iter().enumerate() {
+                let e = codec.decode(bytes).unwrap();
+                engine.process(&e, offset as i64, &mut out);
+                rows += out.len();
+                out.clear();
+            }
+            black_box((rows, engine.state_entries()))
+        })
+    });
+    g.finish();
+
+    // State per post after the run (entries, not bytes: see the closing note).
+    let mut engine = Engine::new(WindowConfig::default());
+    let mut out = Vec::new();
+    for (offset, bytes) in encoded.iter().enumerate() {
+        engine.process(&codec.decode(bytes).unwrap(), offset as i64, &mut out);
+        out.clear();
+    }
+    eprintln!(
+        "after {n} events: {} state entries for {POSTS} posts ({:.1} per post), {} rows emitted",
+        engine.state_entries(),
+        engine.state_entries() as f64 / POSTS as f64,
+        engine.stats().rows
+    );
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);
