@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banter_runtime::config::{IngestConfig, KafkaConfig};
-use banter_runtime::kafka::base_config;
+use banter_runtime::kafka::producer_config;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -143,11 +143,8 @@ impl Publisher {
                 ingest.transactional_id,
                 std::process::id()
             );
-            let mut cfg = base_config(kafka, role);
+            let mut cfg = producer_config(kafka, role);
             cfg.set("transactional.id", &transactional_id)
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("compression.type", "lz4")
                 .set("linger.ms", "2")
                 .set("transaction.timeout.ms", "60000")
                 .set("queue.buffering.max.messages", "1000000")

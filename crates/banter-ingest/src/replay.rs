@@ -89,20 +89,18 @@ pub fn normalize_line(state: &IngestState, line: &str, line_no: u64, now: i64) -
         Ok(r) => r,
         Err(e) => return bad(format!("line {line_no}: malformed JSON: {e}")),
     };
-    let is_webhook = raw.get().contains("\"entry\"")
-        && serde_json::from_str::<Value>(raw.get())
-            .is_ok_and(|v| v.get("object").is_some() && v.get("entry").is_some());
-    if is_webhook {
-        let Ok(v) = serde_json::from_str::<Value>(raw.get()) else {
-            return bad(format!("line {line_no}: malformed JSON"));
-        };
-        match meta::normalize(&state.normalizer, &v, now) {
-            Ok(items) => items,
-            Err(e) => bad(format!("line {line_no}: {e}")),
+    // Only lines that mention `entry` can be webhook bodies; they are parsed into a tree once.
+    if raw.get().contains("\"entry\"") {
+        if let Ok(v) = serde_json::from_str::<Value>(raw.get()) {
+            if v.get("object").is_some() && v.get("entry").is_some() {
+                return match meta::normalize(&state.normalizer, &v, now) {
+                    Ok(items) => items,
+                    Err(e) => bad(format!("line {line_no}: {e}")),
+                };
+            }
         }
-    } else {
-        vec![first_party::normalize(&state.normalizer, &raw, now)]
     }
+    vec![first_party::normalize(&state.normalizer, &raw, now)]
 }
 
 /// Replays `file`; `restart` ignores the checkpoint.

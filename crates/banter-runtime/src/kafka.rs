@@ -66,15 +66,23 @@ pub fn base_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
     c
 }
 
-/// An idempotent producer: `acks=all`, `enable.idempotence=true`, lz4, bounded in-flight.
+/// The durability settings every banter producer shares: `acks=all`,
+/// `enable.idempotence=true`, lz4. Roles add their own (transactions, linger).
+pub fn producer_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
+    let mut c = base_config(cfg, role);
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4");
+    c
+}
+
+/// An idempotent producer ([`producer_config`]) with a short linger and a 30 s delivery
+/// timeout.
 ///
 /// # Errors
 /// librdkafka rejects the configuration.
 pub fn producer(cfg: &KafkaConfig, role: &str) -> Result<FutureProducer, KafkaSetupError> {
-    base_config(cfg, role)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
+    producer_config(cfg, role)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
         .create()
