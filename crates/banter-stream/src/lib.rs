@@ -7,4 +7,4 @@
 
 pub mod window;
 
-pub use window::{Engine, Output, Stats, WindowConfig};
+pub use window::{Checkpoint, Engine, Mark, Output, Stats, WindowConfig};

@@ -21,12 +21,45 @@
 //! * **Idle partitions**: [`Engine::advance_watermark`] moves the watermark without events (the
 //!   caller decides when a partition is idle).
 //!
-//! Not yet here (issue 4 continues): unique-engager sketches, the changelog of long-lived
-//! state, the Kafka loop.
+//! * **Restore point.** Every piece of state remembers the input offset that created it and the
+//!   watermark just before that offset ([`Mark`]). The oldest one is the partition's restore
+//!   point: replaying the input from there with the watermark it had gives back exactly the
+//!   state held now (see [`Checkpoint`]). Idle advances are recorded with the offset they
+//!   happened before, so a replay repeats them at the same place.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
+use serde::{Deserialize, Serialize};
+
+/// Where the engine stood just before it processed an input offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mark {
+    /// The input offset.
+    pub offset: i64,
+    /// The watermark before it.
+    pub watermark: i64,
+    /// The highest event time before it.
+    pub max_event_time: i64,
+}
+
+/// What it takes to rebuild a partition's engine after a restart or a move to another
+/// instance: replay the input from `restore.offset` (outputs discarded) up to `next_offset`,
+/// starting from the watermark in `restore`, repeating the recorded idle advances. Written in
+/// the same Kafka transaction as the outputs and input offsets it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The next input offset to process.
+    pub next_offset: i64,
+    /// The oldest state still held; None when the engine holds no state.
+    pub restore: Option<Mark>,
+    /// Idle watermark advances after the restore point: (next offset at the time, watermark).
+    pub idle: Vec<(i64, i64)>,
+    /// Watermark at `next_offset`.
+    pub watermark: i64,
+    /// Highest event time at `next_offset`.
+    pub max_event_time: i64,
+}
 
 /// One minute, in ms.
 pub const MINUTE: i64 = 60_000;
@@ -177,7 +210,7 @@ impl Counts {
 #[derive(Debug, Clone, Default)]
 struct Post {
     account_id: String,
-    published_at: Option<i64>,
+    published_at: i64,
     first_15m: i64,
     first_60m: i64,
     late_events: i64,
@@ -186,6 +219,22 @@ struct Post {
     minutes: BTreeMap<i64, i64>,
     emitted_15: bool,
     emitted_60: bool,
+    /// The offset that created this post's state (a key of `Engine::post_marks`).
+    created: i64,
+}
+
+/// One minute of panes: the counts per key and the mark of the event that created it.
+#[derive(Debug, Clone)]
+struct Pane {
+    counts: HashMap<Key, Counts>,
+    mark: Mark,
+}
+
+/// The dedup ids of one event minute.
+#[derive(Debug, Clone)]
+struct SeenBucket {
+    ids: Vec<String>,
+    mark: Mark,
 }
 
 /// The windowing state of one partition.
@@ -195,17 +244,26 @@ pub struct Engine {
     max_event_time: i64,
     watermark: i64,
     /// Minute start -> key -> counts.
-    panes: BTreeMap<i64, HashMap<Key, Counts>>,
+    panes: BTreeMap<i64, Pane>,
     /// Minutes whose MINUTE rows have been emitted at least once (all below this are).
     closed_below: i64,
     /// event_id -> event time, while the event's window can change.
     seen: HashSet<String>,
     /// The ids of `seen` by event minute, to forget them a minute at a time.
-    seen_by_minute: BTreeMap<i64, Vec<String>>,
-    posts: HashMap<String, Post>,
+    seen_by_minute: BTreeMap<i64, SeenBucket>,
+    /// content -> first-hour state per publication time (normally exactly one).
+    posts: HashMap<String, Vec<Post>>,
+    /// Creation marks of the posts in `posts`, with how many posts share each.
+    post_marks: BTreeMap<i64, (Mark, usize)>,
+    /// Idle advances since the restore point: next offset at the time -> watermark.
+    idle: BTreeMap<i64, i64>,
+    /// Idle advances still to repeat while replaying after a restore.
+    replay_idle: Vec<(i64, i64)>,
+    /// The next input offset (one past the last processed).
+    next_offset: i64,
     /// (due watermark, what, post): first-hour rows to emit and posts to forget, so a
     /// watermark advance never scans every post.
-    timers: BTreeSet<(i64, Timer, String)>,
+    timers: BTreeSet<(i64, Timer, String, i64)>,
     stats: Stats,
 }
 
@@ -221,6 +279,10 @@ impl Engine {
             seen: HashSet::new(),
             seen_by_minute: BTreeMap::new(),
             posts: HashMap::new(),
+            post_marks: BTreeMap::new(),
+            idle: BTreeMap::new(),
+            replay_idle: Vec::new(),
+            next_offset: 0,
             timers: BTreeSet::new(),
             stats: Stats::default(),
         }
@@ -238,7 +300,108 @@ impl Engine {
 
     /// Approximate state size: panes' keys, dedup entries, posts.
     pub fn state_entries(&self) -> usize {
-        self.panes.values().map(HashMap::len).sum::<usize>() + self.seen.len() + self.posts.len()
+        self.panes.values().map(|p| p.counts.len()).sum::<usize>()
+            + self.seen.len()
+            + self.posts.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Posts with first-hour state.
+    pub fn posts(&self) -> usize {
+        self.posts.values().map(Vec::len).sum()
+    }
+
+    /// The next input offset this engine expects (one past the last processed).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// An engine that continues from `cp`: feed it the input from `cp.restore.offset` (or
+    /// `cp.next_offset` when there is no restore point) with [`Engine::process`] and discard
+    /// the outputs of offsets below `cp.next_offset`; from there it emits exactly what the
+    /// engine that wrote `cp` would have.
+    pub fn restored(cfg: WindowConfig, cp: &Checkpoint) -> Self {
+        let mut e = Engine::new(cfg);
+        let (wm, met, from) = match cp.restore {
+            Some(m) => (m.watermark, m.max_event_time, m.offset),
+            None => (cp.watermark, cp.max_event_time, cp.next_offset),
+        };
+        e.watermark = wm;
+        e.max_event_time = met;
+        e.closed_below = if wm == i64::MIN {
+            i64::MIN
+        } else {
+            wm - wm.rem_euclid(MINUTE)
+        };
+        e.next_offset = from;
+        e.replay_idle = cp.idle.iter().rev().copied().collect();
+        e
+    }
+
+    /// The offset replay starts from after a restore from `cp`.
+    pub fn replay_from(cp: &Checkpoint) -> i64 {
+        cp.restore.map_or(cp.next_offset, |m| m.offset)
+    }
+
+    /// The checkpoint of the current state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let restore = self
+            .panes
+            .values()
+            .map(|p| p.mark)
+            .chain(self.seen_by_minute.values().map(|b| b.mark))
+            .chain(self.post_marks.values().map(|(m, _)| *m))
+            .min();
+        let idle = match restore {
+            Some(m) => self.idle.range(m.offset..).map(|(k, v)| (*k, *v)).collect(),
+            None => Vec::new(),
+        };
+        Checkpoint {
+            next_offset: self.next_offset,
+            restore,
+            idle,
+            watermark: self.watermark,
+            max_event_time: self.max_event_time,
+        }
+    }
+
+    /// Moves the watermark of an idle partition to `wm` and records the move, so that a replay
+    /// after a restore repeats it at the same place in the input.
+    pub fn idle_advance(&mut self, wm: i64, out: &mut Vec<Output>) {
+        if wm <= self.watermark {
+            return;
+        }
+        // Advances with no input in between collapse into one: same state either way.
+        self.idle.insert(self.next_offset, wm);
+        self.advance_watermark(wm, out);
+        // Forget marks older than anything a restore could need.
+        if let Some(r) = self.checkpoint().restore {
+            while let Some((&k, _)) = self.idle.first_key_value() {
+                if k >= r.offset {
+                    break;
+                }
+                self.idle.pop_first();
+            }
+        }
+    }
+
+    /// Ends a replay after a restore: repeats the idle advances recorded up to the checkpoint.
+    /// Call it once the input before the checkpoint's `next_offset` has been fed, and discard
+    /// what it outputs (it was emitted before the restart).
+    pub fn finish_replay(&mut self, out: &mut Vec<Output>) {
+        self.repeat_idle(i64::MAX, out);
+    }
+
+    fn repeat_idle(&mut self, upto: i64, out: &mut Vec<Output>) {
+        while let Some(&(k, wm)) = self.replay_idle.last() {
+            if k > upto {
+                break;
+            }
+            self.replay_idle.pop();
+            // Recorded before the restart: record it again even when the restored watermark
+            // already includes it.
+            self.idle.insert(k, wm);
+            self.advance_watermark(wm, out);
+        }
     }
 
     fn minute_of(t: i64) -> i64 {
@@ -247,6 +410,15 @@ impl Engine {
 
     /// Processes one event read at `offset`; appends what it causes to `out`.
     pub fn process(&mut self, e: &EngagementEvent, offset: i64, out: &mut Vec<Output>) {
+        if !self.replay_idle.is_empty() {
+            self.repeat_idle(offset, out);
+        }
+        let mark = Mark {
+            offset,
+            watermark: self.watermark,
+            max_event_time: self.max_event_time,
+        };
+        self.next_offset = offset + 1;
         self.stats.events += 1;
         let minute = Self::minute_of(e.event_time);
         if minute + MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
@@ -263,7 +435,11 @@ impl Engine {
         }
         self.seen_by_minute
             .entry(minute)
-            .or_default()
+            .or_insert_with(|| SeenBucket {
+                ids: Vec::new(),
+                mark,
+            })
+            .ids
             .push(e.event_id.clone());
         let late = minute < self.closed_below;
         if late {
@@ -273,11 +449,14 @@ impl Engine {
         if let Some(c) = &e.content_id {
             keys.push((e.account_id.clone(), Some(c.clone())));
         }
-        let pane = self.panes.entry(minute).or_default();
+        let pane = self.panes.entry(minute).or_insert_with(|| Pane {
+            counts: HashMap::new(),
+            mark,
+        });
         for k in &keys {
-            pane.entry(k.clone()).or_default().add(e, offset, late);
+            pane.counts.entry(k.clone()).or_default().add(e, offset, late);
         }
-        self.first_hour(e, offset, minute, late, out);
+        self.first_hour(e, mark, minute, late, out);
         if late {
             let emitted_at = self.watermark;
             for k in &keys {
@@ -300,41 +479,63 @@ impl Engine {
     fn first_hour(
         &mut self,
         e: &EngagementEvent,
-        offset: i64,
+        mark: Mark,
         minute: i64,
         late: bool,
         out: &mut Vec<Output>,
     ) {
+        let offset = mark.offset;
         let Some(content) = &e.content_id else { return };
         let published = if e.kind == Kind::PostPublished {
             e.content_published_at.or(Some(e.event_time))
         } else {
             e.content_published_at
         };
-        // Only posts whose publication time is known get first-hour state.
-        if !self.posts.contains_key(content) && published.is_none() {
-            return;
-        }
-        let post = self.posts.entry(content.clone()).or_insert_with(|| Post {
-            account_id: e.account_id.clone(),
-            ..Default::default()
-        });
-        if post.published_at.is_none() {
-            post.published_at = published;
-            if let Some(p) = published {
-                let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
-                self.timers
-                    .insert((p + 15 * MINUTE, Timer::First15m, content.clone()));
-                self.timers
-                    .insert((p + 60 * MINUTE, Timer::First60m, content.clone()));
-                self.timers.insert((forget, Timer::Forget, content.clone()));
+        // A post's first-hour state is identified by (content, publication time), so that an
+        // inconsistent publication time cannot make a replay differ. Events without one
+        // count toward the post's latest known publication.
+        let incarnations = self.posts.get(content);
+        let p = match (published, incarnations.and_then(|v| v.last())) {
+            (Some(p), _) => p,
+            (None, Some(post)) => post.published_at,
+            (None, None) => return,
+        };
+        let known = incarnations.is_some_and(|v| v.iter().any(|x| x.published_at == p));
+        if !known {
+            // Only posts whose first hour can still change get state.
+            if p + 60 * MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
+                return;
+            }
+            self.post_marks
+                .entry(offset)
+                .or_insert((mark, 0))
+                .1 += 1;
+            self.posts.entry(content.clone()).or_default().push(Post {
+                account_id: e.account_id.clone(),
+                published_at: p,
+                created: offset,
+                ..Default::default()
+            });
+            let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
+            for (due, t) in [
+                (p + 15 * MINUTE, Timer::First15m),
+                (p + 60 * MINUTE, Timer::First60m),
+                (forget, Timer::Forget),
+            ] {
+                self.timers.insert((due, t, content.clone(), p));
             }
         }
-        let Some(p) = post.published_at else { return };
         let d = e.interaction_delta();
         if d == 0 || e.event_time < p || e.event_time >= p + 60 * MINUTE {
             return;
         }
+        let Some(post) = self
+            .posts
+            .get_mut(content)
+            .and_then(|v| v.iter_mut().find(|x| x.published_at == p))
+        else {
+            return;
+        };
         post.revision = post.revision.max(offset);
         post.first_60m += d;
         *post.minutes.entry(minute).or_default() += d;
@@ -351,10 +552,10 @@ impl Engine {
         );
         let emitted_at = self.watermark;
         if re15 {
-            self.emit_first(content, WindowKind::First15m, emitted_at, out);
+            self.emit_first(content, p, WindowKind::First15m, emitted_at, out);
         }
         if re60 {
-            self.emit_first(content, WindowKind::First60m, emitted_at, out);
+            self.emit_first(content, p, WindowKind::First60m, emitted_at, out);
         }
     }
 
@@ -390,7 +591,7 @@ impl Engine {
             let mut keys: Vec<Key> = self
                 .panes
                 .get(&m)
-                .map(|p| p.keys().cloned().collect())
+                .map(|p| p.counts.keys().cloned().collect())
                 .unwrap_or_default();
             keys.sort();
             for k in &keys {
@@ -399,7 +600,7 @@ impl Engine {
             // The velocity window ending at m + 1 min covers the panes m - 4 .. m.
             let mut vkeys: BTreeSet<Key> = BTreeSet::new();
             for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
-                vkeys.extend(pane.keys().cloned());
+                vkeys.extend(pane.counts.keys().cloned());
             }
             for k in &vkeys {
                 self.emit_velocity(k, m + MINUTE, wm, out);
@@ -413,7 +614,7 @@ impl Engine {
             if first.0 > wm {
                 break;
             }
-            let Some((_, timer, content)) = self.timers.pop_first() else {
+            let Some((_, timer, content, published)) = self.timers.pop_first() else {
                 break;
             };
             match timer {
@@ -423,16 +624,32 @@ impl Engine {
                     } else {
                         WindowKind::First60m
                     };
-                    if let Some(p) = self.posts.get_mut(&content) {
+                    if let Some(p) = self.post_mut(&content, published) {
                         match w {
                             WindowKind::First15m => p.emitted_15 = true,
                             _ => p.emitted_60 = true,
                         }
                     }
-                    self.emit_first(&content, w, wm, out);
+                    self.emit_first(&content, published, w, wm, out);
                 }
                 Timer::Forget => {
-                    self.posts.remove(&content);
+                    let mut removed = None;
+                    if let Some(v) = self.posts.get_mut(&content) {
+                        if let Some(i) = v.iter().position(|x| x.published_at == published) {
+                            removed = Some(v.remove(i));
+                        }
+                        if v.is_empty() {
+                            self.posts.remove(&content);
+                        }
+                    }
+                    if let Some(p) = removed {
+                        if let Some((_, n)) = self.post_marks.get_mut(&p.created) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.post_marks.remove(&p.created);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -440,7 +657,7 @@ impl Engine {
     }
 
     fn emit_minute(&mut self, k: &Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
-        if let Some(c) = self.panes.get(&minute).and_then(|p| p.get(k)) {
+        if let Some(c) = self.panes.get(&minute).and_then(|p| p.counts.get(k)) {
             out.push(Output::Rollup(c.rollup(
                 k,
                 WindowKind::Minute,
@@ -456,7 +673,7 @@ impl Engine {
         let mut sum = Counts::default();
         let mut any = false;
         for p in (end - 5 * MINUTE..end).step_by(MINUTE as usize) {
-            if let Some(c) = self.panes.get(&p).and_then(|pane| pane.get(k)) {
+            if let Some(c) = self.panes.get(&p).and_then(|pane| pane.counts.get(k)) {
                 sum.merge(c);
                 any = true;
             }
@@ -469,11 +686,25 @@ impl Engine {
         }
     }
 
-    fn emit_first(&mut self, content: &str, w: WindowKind, emitted_at: i64, out: &mut Vec<Output>) {
-        let Some(p) = self.posts.get(content) else {
-            return;
-        };
-        let Some(published) = p.published_at else {
+    fn post_mut(&mut self, content: &str, published: i64) -> Option<&mut Post> {
+        self.posts
+            .get_mut(content)
+            .and_then(|v| v.iter_mut().find(|x| x.published_at == published))
+    }
+
+    fn emit_first(
+        &mut self,
+        content: &str,
+        published: i64,
+        w: WindowKind,
+        emitted_at: i64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(p) = self
+            .posts
+            .get(content)
+            .and_then(|v| v.iter().find(|x| x.published_at == published))
+        else {
             return;
         };
         let span = if w == WindowKind::First15m { 15 } else { 60 };
@@ -530,8 +761,8 @@ impl Engine {
             if m + MINUTE > seen_horizon {
                 break;
             }
-            if let Some((_, ids)) = self.seen_by_minute.pop_first() {
-                for id in ids {
+            if let Some((_, b)) = self.seen_by_minute.pop_first() {
+                for id in b.ids {
                     self.seen.remove(&id);
                 }
             }
