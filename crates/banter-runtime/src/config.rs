@@ -72,6 +72,118 @@ pub struct Config {
     pub http: HttpConfig,
     /// `banter ingest`: the HTTP API, webhooks and publishing.
     pub ingest: IngestConfig,
+    /// `banter stream`: windows, lateness and exactly-once output.
+    pub stream: StreamConfig,
+}
+
+/// `banter stream`: windows, lateness and exactly-once output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Kafka consumer group of the stream processors.
+    pub group_id: String,
+    /// This instance's name, unique within the group and stable across restarts: the Kafka
+    /// transactional id is `<group_id>-<instance_id>`, so a restarted instance fences its
+    /// previous life at once. Default: the host name.
+    pub instance_id: String,
+    /// How far out of order events may arrive without being late, in ms.
+    pub out_of_orderness_ms: i64,
+    /// How long after a window's end a late event still corrects it, in ms.
+    pub allowed_lateness_ms: i64,
+    /// N of time-to-N.
+    pub time_to_n: i64,
+    /// A caught-up partition without input for this long is idle: its watermark follows the
+    /// wall clock from its highest event time, closing its windows.
+    pub idle_timeout_ms: u64,
+    /// Most input records in one transaction.
+    pub max_batch_events: usize,
+    /// Longest a batch waits for input before it is processed, in ms.
+    pub max_batch_ms: u64,
+    /// Kafka `transaction.timeout.ms`: how long a crashed instance's open transaction can
+    /// hold back readers before the broker aborts it.
+    pub transaction_timeout_ms: u64,
+    /// Kafka `session.timeout.ms`: how long the partitions of an instance that stopped (or
+    /// died and did not come back) wait before the group gives them to the others. A
+    /// restarted instance with the same `instance_id` gets them back at once.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            group_id: "banter-stream".into(),
+            instance_id: String::new(),
+            out_of_orderness_ms: 60_000,
+            allowed_lateness_ms: 3_600_000,
+            time_to_n: 50,
+            idle_timeout_ms: 30_000,
+            max_batch_events: 20_000,
+            max_batch_ms: 250,
+            transaction_timeout_ms: 10_000,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl StreamConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.group_id.is_empty() {
+            return Err(invalid("stream.group_id", "must not be empty"));
+        }
+        if self.out_of_orderness_ms < 0 {
+            return Err(invalid(
+                "stream.out_of_orderness_ms",
+                "must not be negative",
+            ));
+        }
+        if self.allowed_lateness_ms < 0 {
+            return Err(invalid(
+                "stream.allowed_lateness_ms",
+                "must not be negative",
+            ));
+        }
+        if self.time_to_n < 1 {
+            return Err(invalid("stream.time_to_n", "must be at least 1"));
+        }
+        if self.idle_timeout_ms < 100 {
+            return Err(invalid("stream.idle_timeout_ms", "must be at least 100"));
+        }
+        if self.max_batch_events == 0 {
+            return Err(invalid("stream.max_batch_events", "must be at least 1"));
+        }
+        if !(1..=60_000).contains(&self.max_batch_ms) {
+            return Err(invalid(
+                "stream.max_batch_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if !(6000..=300_000).contains(&self.session_timeout_ms) {
+            return Err(invalid(
+                "stream.session_timeout_ms",
+                "must be between 6000 and 300000 (the broker's group limits)",
+            ));
+        }
+        if !(1000..=900_000).contains(&self.transaction_timeout_ms) {
+            return Err(invalid(
+                "stream.transaction_timeout_ms",
+                "must be between 1000 and 900000",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The instance id, or the host name when unset.
+    pub fn instance(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "local".into())
+    }
 }
 
 /// `banter ingest`: the HTTP API, webhooks and publishing.
@@ -199,6 +311,8 @@ pub struct TopicsConfig {
     pub alerts: String,
     /// Dead letters from every stage.
     pub dlq: String,
+    /// The stream processor's checkpoints (compacted; one record per input partition).
+    pub checkpoints: String,
     /// Partitions of each topic created by `banter topics`.
     pub partitions: i32,
     /// Replication factor of each topic created by `banter topics`.
@@ -272,6 +386,7 @@ impl Default for TopicsConfig {
             rollups: "banter.rollups.v1".into(),
             alerts: "banter.alerts.v1".into(),
             dlq: "banter.dlq.v1".into(),
+            checkpoints: "banter.stream-checkpoints.v1".into(),
             partitions: 6,
             replication_factor: 1,
             dlq_retention_days: 30,
@@ -431,6 +546,7 @@ impl Config {
             ("kafka.topics.rollups", &k.topics.rollups),
             ("kafka.topics.alerts", &k.topics.alerts),
             ("kafka.topics.dlq", &k.topics.dlq),
+            ("kafka.topics.checkpoints", &k.topics.checkpoints),
         ] {
             let legal = !name.is_empty()
                 && name.len() <= 249
@@ -488,6 +604,7 @@ impl Config {
             ));
         }
         self.ingest.validate()?;
+        self.stream.validate()?;
         Ok(())
     }
 

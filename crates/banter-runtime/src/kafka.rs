@@ -188,6 +188,15 @@ pub fn pipeline_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
         spec(&t.rollups, vec![]),
         spec(&t.alerts, vec![]),
         spec(&t.dlq, vec![("retention.ms".into(), dlq_ms)]),
+        // One record per input partition and transaction; only the latest matters.
+        spec(
+            &t.checkpoints,
+            vec![
+                ("cleanup.policy".into(), "compact".into()),
+                ("segment.ms".into(), "600000".into()),
+                ("min.cleanable.dirty.ratio".into(), "0.1".into()),
+            ],
+        ),
     ]
 }
 

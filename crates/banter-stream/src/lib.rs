@@ -1,10 +1,13 @@
 //! `banter stream`: aggregates `banter.events.v1` in event-time windows per partition and
-//! emits rollups.
+//! emits rollups, exactly once.
 //!
-//! Today this crate holds the windowing engine ([`window`]), pure and tested on its own; the
-//! Kafka consumer loop, exactly-once output and the changelog of long-lived state build on it
-//! (issue 4, in progress).
+//! * [`window`]: the windowing engine of one partition, pure (no Kafka, no clock), with its
+//!   checkpoints.
+//! * [`runner`]: the Kafka loop: consumer group, one engine per assigned partition,
+//!   transactions, restore on assignment, idle partitions, metrics.
 
+pub mod runner;
 pub mod window;
 
+pub use runner::{run, StreamError, StreamMetrics};
 pub use window::{Checkpoint, Engine, Mark, Output, Stats, WindowConfig};

@@ -305,6 +305,48 @@ impl Engine {
             + self.posts.values().map(Vec::len).sum::<usize>()
     }
 
+    /// The highest event time seen (i64::MIN before the first event).
+    pub fn max_event_time(&self) -> i64 {
+        self.max_event_time
+    }
+
+    /// Estimated heap bytes of the state: keys and counts of panes, dedup ids (held twice:
+    /// set and minute bucket), posts and their per-minute counts, timers. Walks the whole
+    /// state: call it for metrics, not per event.
+    pub fn state_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // Hash tables and B-trees cost about one word per entry on top of the entry.
+        let key = |k: &Key| k.0.capacity() + k.1.as_ref().map_or(0, String::capacity);
+        let panes: usize = self
+            .panes
+            .values()
+            .flat_map(|p| p.counts.keys())
+            .map(|k| key(k) + size_of::<Key>() + size_of::<Counts>() + 8)
+            .sum();
+        let seen: usize = self
+            .seen
+            .iter()
+            .map(|id| 2 * (id.capacity() + size_of::<String>()) + 8)
+            .sum();
+        let posts: usize = self
+            .posts
+            .iter()
+            .map(|(c, v)| {
+                c.capacity()
+                    + size_of::<String>()
+                    + v.iter()
+                        .map(|p| {
+                            size_of::<Post>()
+                                + p.account_id.capacity()
+                                + p.minutes.len() * 24
+                                + 3 * (size_of::<(i64, Timer, String, i64)>() + c.capacity())
+                        })
+                        .sum::<usize>()
+            })
+            .sum();
+        panes + seen + posts
+    }
+
     /// Posts with first-hour state.
     pub fn posts(&self) -> usize {
         self.posts.values().map(Vec::len).sum()
@@ -454,7 +496,10 @@ impl Engine {
             mark,
         });
         for k in &keys {
-            pane.counts.entry(k.clone()).or_default().add(e, offset, late);
+            pane.counts
+                .entry(k.clone())
+                .or_default()
+                .add(e, offset, late);
         }
         self.first_hour(e, mark, minute, late, out);
         if late {
@@ -506,10 +551,7 @@ impl Engine {
             if p + 60 * MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
                 return;
             }
-            self.post_marks
-                .entry(offset)
-                .or_insert((mark, 0))
-                .1 += 1;
+            self.post_marks.entry(offset).or_insert((mark, 0)).1 += 1;
             self.posts.entry(content.clone()).or_default().push(Post {
                 account_id: e.account_id.clone(),
                 published_at: p,

@@ -42,6 +42,8 @@ enum Command {
     Schemas,
     /// Run the ingest API: Meta webhooks and first-party events to Kafka.
     Ingest,
+    /// Run the stream processor: events to rollups in event-time windows, exactly once.
+    Stream,
     /// Generate the seeded workload, publish it and write its expected aggregates.
     Generate(generate::GenerateArgs),
     /// Publish an NDJSON file of events or captured webhook bodies (resumable backfill).
@@ -98,6 +100,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Topics => runtime()?.block_on(topics(&config)),
         Command::Ingest => runtime()?.block_on(ingest(&config)),
+        Command::Stream => runtime()?.block_on(stream(&config)),
         Command::Generate(args) => runtime()?.block_on(generate::run(&config, args)),
         Command::Replay {
             file,
@@ -158,6 +161,45 @@ async fn ingest(config: &Config) -> anyhow::Result<()> {
         .context("publisher thread")?
         .map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
     tracing::info!("ingest stopped");
+    Ok(())
+}
+
+async fn stream(config: &Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut metrics = Metrics::new("stream");
+    let stream_metrics = banter_stream::StreamMetrics::register(metrics.registry_mut());
+    let readiness = Readiness::default();
+    readiness.register("stream");
+    let listen = config.http.listen.parse().context("http.listen")?;
+    let ops = serve_ops(
+        listen,
+        metrics.into_shared(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    wait_for_broker(
+        &config.kafka,
+        Duration::from_secs(config.kafka.connect_timeout_secs),
+    )
+    .await?;
+    let cfg = config.clone();
+    let stop = shutdown.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        banter_stream::run(
+            &cfg,
+            &stream_metrics,
+            &|ok| readiness.set("stream", ok),
+            &|| stop.is_cancelled(),
+        )
+    })
+    .await
+    .context("stream thread")?;
+    shutdown.cancel();
+    ops.task.await.context("ops server task")??;
+    result?;
+    tracing::info!("stream stopped");
     Ok(())
 }
 
