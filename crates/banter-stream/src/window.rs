@@ -27,7 +27,14 @@
 //!   state held now (see [`Checkpoint`]). Idle advances are recorded with the offset they
 //!   happened before, so a replay repeats them at the same place.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashbrown::{Equivalent, HashMap, HashSet};
+
+/// Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
+/// emits rows in the same order.
+type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
 use serde::{Deserialize, Serialize};
@@ -123,7 +130,64 @@ enum Timer {
 }
 
 /// (account, content); content None is the account-level key.
-type Key = (String, Option<String>);
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    account: String,
+    content: Option<String>,
+}
+
+/// A [`Key`] borrowed from an event: looks up without allocating.
+#[derive(Clone, Copy)]
+struct KeyRef<'a> {
+    account: &'a str,
+    content: Option<&'a str>,
+}
+
+fn hash_key<H: Hasher>(account: &str, content: Option<&str>, h: &mut H) {
+    h.write(account.as_bytes());
+    h.write_u8(0xff);
+    match content {
+        Some(c) => {
+            h.write_u8(1);
+            h.write(c.as_bytes());
+        }
+        None => h.write_u8(0),
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_key(&self.account, self.content.as_deref(), h);
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_key(self.account, self.content, h);
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        self.account == k.account && self.content == k.content.as_deref()
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Key {
+        Key {
+            account: k.account.to_owned(),
+            content: k.content.map(str::to_owned),
+        }
+    }
+}
+
+/// Dedup keeps a 64-bit hash of each `event_id` (fixed seed, so runs are reproducible); two
+/// distinct ids collide with probability ~n²/2⁶⁵ (n = ids within the horizon: 1 in 10¹⁰ at a
+/// million), and a collision drops one event as a duplicate.
+fn id_hash(id: &str) -> u64 {
+    foldhash::quality::FixedState::with_seed(0x6261_6e74_6572).hash_one(id)
+}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Counts {
@@ -182,8 +246,8 @@ impl Counts {
         emitted_at: i64,
     ) -> Rollup {
         Rollup {
-            account_id: key.0.clone(),
-            content_id: key.1.clone(),
+            account_id: key.account.clone(),
+            content_id: key.content.clone(),
             window,
             window_start: start,
             window_end: end,
@@ -207,6 +271,13 @@ impl Counts {
     }
 }
 
+/// The VELOCITY_5M row of `k` ending at `end` from the sum of its five panes.
+fn velocity(k: &Key, sum: &Counts, end: i64, emitted_at: i64) -> Rollup {
+    let mut r = sum.rollup(k, WindowKind::Velocity5m, end - 5 * MINUTE, end, emitted_at);
+    r.velocity = Some(sum.interactions as f64 / 5.0);
+    r
+}
+
 #[derive(Debug, Clone, Default)]
 struct Post {
     account_id: String,
@@ -226,14 +297,14 @@ struct Post {
 /// One minute of panes: the counts per key and the mark of the event that created it.
 #[derive(Debug, Clone)]
 struct Pane {
-    counts: HashMap<Key, Counts>,
+    counts: Map<Key, Counts>,
     mark: Mark,
 }
 
 /// The dedup ids of one event minute.
 #[derive(Debug, Clone)]
 struct SeenBucket {
-    ids: Vec<String>,
+    ids: Vec<u64>,
     mark: Mark,
 }
 
@@ -248,7 +319,7 @@ pub struct Engine {
     /// Minutes whose MINUTE rows have been emitted at least once (all below this are).
     closed_below: i64,
     /// event_id -> event time, while the event's window can change.
-    seen: HashSet<String>,
+    seen: HashSet<u64>,
     /// The ids of `seen` by event minute, to forget them a minute at a time.
     seen_by_minute: BTreeMap<i64, SeenBucket>,
     /// content -> first-hour state per publication time (normally exactly one).
@@ -316,18 +387,15 @@ impl Engine {
     pub fn state_bytes(&self) -> usize {
         use std::mem::size_of;
         // Hash tables and B-trees cost about one word per entry on top of the entry.
-        let key = |k: &Key| k.0.capacity() + k.1.as_ref().map_or(0, String::capacity);
+        let key = |k: &Key| k.account.capacity() + k.content.as_ref().map_or(0, String::capacity);
         let panes: usize = self
             .panes
             .values()
             .flat_map(|p| p.counts.keys())
             .map(|k| key(k) + size_of::<Key>() + size_of::<Counts>() + 8)
             .sum();
-        let seen: usize = self
-            .seen
-            .iter()
-            .map(|id| 2 * (id.capacity() + size_of::<String>()) + 8)
-            .sum();
+        // Set entry + bucket entry.
+        let seen = self.seen.len() * (2 * size_of::<u64>() + 8);
         let posts: usize = self
             .posts
             .iter()
@@ -471,7 +539,8 @@ impl Engine {
             });
             return;
         }
-        if !self.seen.insert(e.event_id.clone()) {
+        let id = id_hash(&e.event_id);
+        if !self.seen.insert(id) {
             self.stats.duplicates += 1;
             return;
         }
@@ -482,37 +551,48 @@ impl Engine {
                 mark,
             })
             .ids
-            .push(e.event_id.clone());
+            .push(id);
         let late = minute < self.closed_below;
         if late {
             self.stats.late += 1;
         }
-        let mut keys: Vec<Key> = vec![(e.account_id.clone(), None)];
-        if let Some(c) = &e.content_id {
-            keys.push((e.account_id.clone(), Some(c.clone())));
-        }
+        let account = KeyRef {
+            account: &e.account_id,
+            content: None,
+        };
+        let post = e.content_id.as_deref().map(|c| KeyRef {
+            account: &e.account_id,
+            content: Some(c),
+        });
         let pane = self.panes.entry(minute).or_insert_with(|| Pane {
-            counts: HashMap::new(),
+            counts: Map::default(),
             mark,
         });
-        for k in &keys {
-            pane.counts
-                .entry(k.clone())
-                .or_default()
-                .add(e, offset, late);
+        for k in std::iter::once(&account).chain(post.as_ref()) {
+            match pane.counts.get_mut(k) {
+                Some(c) => c.add(e, offset, late),
+                None => {
+                    let mut c = Counts::default();
+                    c.add(e, offset, late);
+                    pane.counts.insert(Key::from(k), c);
+                }
+            }
         }
         self.first_hour(e, mark, minute, late, out);
         if late {
             let emitted_at = self.watermark;
-            for k in &keys {
-                self.emit_minute(k, minute, emitted_at, out);
+            let before = out.len();
+            for k in std::iter::once(&account).chain(post.as_ref()) {
+                let k = Key::from(k);
+                self.minute_row(&k, minute, emitted_at, out);
                 // Velocity windows already closed that contain this minute.
                 for end in (minute + MINUTE..=minute + 5 * MINUTE).step_by(MINUTE as usize) {
                     if end <= self.closed_below {
-                        self.emit_velocity(k, end, emitted_at, out);
+                        self.velocity_row(&k, end, emitted_at, out);
                     }
                 }
             }
+            self.stats.rows += (out.len() - before) as u64;
         }
         if e.event_time > self.max_event_time {
             self.max_event_time = e.event_time;
@@ -629,25 +709,33 @@ impl Engine {
                 }
             }
         }
+        let before = out.len();
         for m in to_close {
-            let mut keys: Vec<Key> = self
-                .panes
-                .get(&m)
-                .map(|p| p.counts.keys().cloned().collect())
-                .unwrap_or_default();
-            keys.sort();
-            for k in &keys {
-                self.emit_minute(k, m, wm, out);
+            // Rows come in the maps' order: deterministic (fixed hasher seed, same inserts in a
+            // replay), not sorted, which would cost more than the rest of the close.
+            if let Some(pane) = self.panes.get(&m) {
+                for (k, c) in &pane.counts {
+                    out.push(Output::Rollup(c.rollup(
+                        k,
+                        WindowKind::Minute,
+                        m,
+                        m + MINUTE,
+                        wm,
+                    )));
+                }
             }
-            // The velocity window ending at m + 1 min covers the panes m - 4 .. m.
-            let mut vkeys: BTreeSet<Key> = BTreeSet::new();
+            // The velocity window ending at m + 1 min sums the panes m - 4 .. m.
+            let mut sums: Map<&Key, Counts> = Map::default();
             for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
-                vkeys.extend(pane.counts.keys().cloned());
+                for (k, c) in &pane.counts {
+                    sums.entry(k).or_default().merge(c);
+                }
             }
-            for k in &vkeys {
-                self.emit_velocity(k, m + MINUTE, wm, out);
+            for (k, sum) in &sums {
+                out.push(Output::Rollup(velocity(k, sum, m + MINUTE, wm)));
             }
         }
+        self.stats.rows += (out.len() - before) as u64;
         if closed_to > self.closed_below {
             self.closed_below = closed_to;
         }
@@ -698,7 +786,7 @@ impl Engine {
         self.evict();
     }
 
-    fn emit_minute(&mut self, k: &Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
+    fn minute_row(&self, k: &Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
         if let Some(c) = self.panes.get(&minute).and_then(|p| p.counts.get(k)) {
             out.push(Output::Rollup(c.rollup(
                 k,
@@ -707,24 +795,20 @@ impl Engine {
                 minute + MINUTE,
                 emitted_at,
             )));
-            self.stats.rows += 1;
         }
     }
 
-    fn emit_velocity(&mut self, k: &Key, end: i64, emitted_at: i64, out: &mut Vec<Output>) {
+    fn velocity_row(&self, k: &Key, end: i64, emitted_at: i64, out: &mut Vec<Output>) {
         let mut sum = Counts::default();
         let mut any = false;
-        for p in (end - 5 * MINUTE..end).step_by(MINUTE as usize) {
-            if let Some(c) = self.panes.get(&p).and_then(|pane| pane.counts.get(k)) {
+        for (_, pane) in self.panes.range(end - 5 * MINUTE..end) {
+            if let Some(c) = pane.counts.get(k) {
                 sum.merge(c);
                 any = true;
             }
         }
         if any {
-            let mut r = sum.rollup(k, WindowKind::Velocity5m, end - 5 * MINUTE, end, emitted_at);
-            r.velocity = Some(sum.interactions as f64 / 5.0);
-            out.push(Output::Rollup(r));
-            self.stats.rows += 1;
+            out.push(Output::Rollup(velocity(k, &sum, end, emitted_at)));
         }
     }
 
@@ -762,7 +846,10 @@ impl Engine {
             ..Default::default()
         }
         .rollup(
-            &(p.account_id.clone(), Some(content.to_owned())),
+            &Key {
+                account: p.account_id.clone(),
+                content: Some(content.to_owned()),
+            },
             w,
             published,
             published + span * MINUTE,
