@@ -72,7 +72,7 @@ fn engine(c: &mut Criterion) {
     });
     g.finish();
 
-    // State per post after the run (entries, not bytes: see the closing note).
+    // State per post after the run.
     let mut engine = Engine::new(WindowConfig::default());
     let mut out = Vec::new();
     for (offset, bytes) in encoded.iter().enumerate() {
@@ -80,9 +80,10 @@ fn engine(c: &mut Criterion) {
         out.clear();
     }
     eprintln!(
-        "after {n} events: {} state entries for {POSTS} posts ({:.1} per post), {} rows emitted",
+        "after {n} events: {} state entries for {POSTS} posts ({:.1} per post), ~{} bytes of state per post, {} rows emitted",
         engine.state_entries(),
         engine.state_entries() as f64 / POSTS as f64,
+        engine.state_bytes() / POSTS as usize,
         engine.stats().rows
     );
 }
