@@ -39,6 +39,8 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
 use serde::{Deserialize, Serialize};
 
+use crate::sketch::{actor_hash, Sketch};
+
 /// Where the engine stood just before it processed an input offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Mark {
@@ -202,12 +204,26 @@ struct Counts {
     brand_replies: i64,
     late_events: i64,
     revision: i64,
+    /// Distinct non-brand actors with an interaction that adds.
+    engagers: Sketch,
+}
+
+/// The actor of an event that counts as an engager: a non-brand actor whose interaction adds.
+fn engager(e: &EngagementEvent) -> Option<u64> {
+    if e.interaction_delta() > 0 {
+        e.actor_id.as_deref().map(actor_hash)
+    } else {
+        None
+    }
 }
 
 impl Counts {
-    fn add(&mut self, e: &EngagementEvent, offset: i64, late: bool) {
+    fn add(&mut self, e: &EngagementEvent, actor: Option<u64>, offset: i64, late: bool) {
         let d = e.action.count_delta();
         self.interactions += e.interaction_delta();
+        if let Some(a) = actor {
+            self.engagers.insert(a);
+        }
         match e.kind {
             Kind::Comment => self.comments += d,
             Kind::LiveComment => self.live_comments += d,
@@ -235,6 +251,7 @@ impl Counts {
         self.brand_replies += o.brand_replies;
         self.late_events += o.late_events;
         self.revision = self.revision.max(o.revision);
+        self.engagers.merge(&o.engagers);
     }
 
     fn rollup(
@@ -264,7 +281,7 @@ impl Counts {
             velocity: None,
             early_accel: None,
             time_to_n_minutes: None,
-            unique_engagers: None,
+            unique_engagers: Some(self.engagers.estimate()),
             late_events: self.late_events,
             emitted_at,
         }
@@ -292,6 +309,8 @@ struct Post {
     emitted_60: bool,
     /// The offset that created this post's state (a key of `Engine::post_marks`).
     created: i64,
+    engagers_15: Sketch,
+    engagers_60: Sketch,
 }
 
 /// One minute of panes: the counts per key and the mark of the event that created it.
@@ -391,8 +410,10 @@ impl Engine {
         let panes: usize = self
             .panes
             .values()
-            .flat_map(|p| p.counts.keys())
-            .map(|k| key(k) + size_of::<Key>() + size_of::<Counts>() + 8)
+            .flat_map(|p| p.counts.iter())
+            .map(|(k, c)| {
+                key(k) + size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8
+            })
             .sum();
         // Set entry + bucket entry.
         let seen = self.seen.len() * (2 * size_of::<u64>() + 8);
@@ -564,21 +585,22 @@ impl Engine {
             account: &e.account_id,
             content: Some(c),
         });
+        let actor = engager(e);
         let pane = self.panes.entry(minute).or_insert_with(|| Pane {
             counts: Map::default(),
             mark,
         });
         for k in std::iter::once(&account).chain(post.as_ref()) {
             match pane.counts.get_mut(k) {
-                Some(c) => c.add(e, offset, late),
+                Some(c) => c.add(e, actor, offset, late),
                 None => {
                     let mut c = Counts::default();
-                    c.add(e, offset, late);
+                    c.add(e, actor, offset, late);
                     pane.counts.insert(Key::from(k), c);
                 }
             }
         }
-        self.first_hour(e, mark, minute, late, out);
+        self.first_hour(e, actor, mark, minute, late, out);
         if late {
             let emitted_at = self.watermark;
             let before = out.len();
@@ -604,6 +626,7 @@ impl Engine {
     fn first_hour(
         &mut self,
         e: &EngagementEvent,
+        actor: Option<u64>,
         mark: Mark,
         minute: i64,
         late: bool,
@@ -663,6 +686,12 @@ impl Engine {
         *post.minutes.entry(minute).or_default() += d;
         if e.event_time < p + 15 * MINUTE {
             post.first_15m += d;
+        }
+        if let Some(a) = actor {
+            post.engagers_60.insert(a);
+            if e.event_time < p + 15 * MINUTE {
+                post.engagers_15.insert(a);
+            }
         }
         if late {
             post.late_events += 1;
@@ -855,6 +884,11 @@ impl Engine {
             published + span * MINUTE,
             emitted_at,
         );
+        r.unique_engagers = Some(if w == WindowKind::First15m {
+            p.engagers_15.estimate()
+        } else {
+            p.engagers_60.estimate()
+        });
         if w == WindowKind::First60m {
             r.early_accel = (p.first_60m > 0).then(|| p.first_15m as f64 / p.first_60m as f64);
             let mut running = 0;

@@ -65,6 +65,7 @@ fn event(v: &Value) -> EngagementEvent {
     e.content_id = v.get("post").and_then(Value::as_str).map(str::to_owned);
     e.content_published_at = v.get("pub").and_then(Value::as_str).map(at);
     e.is_brand_actor = v.get("brand").and_then(Value::as_bool).unwrap_or(false);
+    e.actor_id = v.get("actor").and_then(Value::as_str).map(str::to_owned);
     e
 }
 
@@ -98,6 +99,9 @@ fn render(o: &Output) -> Value {
             }
             if let Some(x) = r.velocity {
                 m.insert("velocity".into(), json!(x));
+            }
+            if let Some(x) = r.unique_engagers.filter(|n| *n > 0) {
+                m.insert("engagers".into(), json!(x));
             }
             if let Some(x) = r.early_accel {
                 m.insert("early_accel".into(), json!(x));
