@@ -219,3 +219,38 @@ pub struct DeadLetter {
     /// When it was dead-lettered.
     pub failed_at: TimestampMillis,
 }
+
+impl WindowKind {
+    /// The Avro symbol (`MINUTE`, `VELOCITY_5M`, …), also the ClickHouse `window_kind` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowKind::Minute => "MINUTE",
+            WindowKind::Velocity5m => "VELOCITY_5M",
+            WindowKind::First15m => "FIRST_15M",
+            WindowKind::First60m => "FIRST_60M",
+            WindowKind::Hour => "HOUR",
+            WindowKind::Day => "DAY",
+        }
+    }
+}
+
+impl AlertState {
+    /// The Avro symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "FIRING",
+            AlertState::Resolved => "RESOLVED",
+        }
+    }
+}
+
+impl Stage {
+    /// The Avro symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingest => "INGEST",
+            Stage::Stream => "STREAM",
+            Stage::Sink => "SINK",
+        }
+    }
+}

@@ -74,6 +74,54 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// `banter stream`: windows, lateness and exactly-once output.
     pub stream: StreamConfig,
+    /// `banter sink`: rollups, alerts and dead letters into ClickHouse.
+    pub sink: SinkConfig,
+}
+
+/// `banter sink`: rollups, alerts and dead letters into ClickHouse.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Kafka consumer group of the sinks.
+    pub group_id: String,
+    /// Most rows in one insert (ClickHouse prefers thousands of rows per insert).
+    pub max_batch_rows: usize,
+    /// Longest a batch waits before it is inserted, in ms (about one insert per second).
+    pub max_batch_ms: u64,
+    /// Longest wait between retries of an insert ClickHouse could not take, in ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            group_id: "banter-sink".into(),
+            max_batch_rows: 10_000,
+            max_batch_ms: 1000,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl SinkConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.group_id.is_empty() {
+            return Err(invalid("sink.group_id", "must not be empty"));
+        }
+        if !(1..=1_000_000).contains(&self.max_batch_rows) {
+            return Err(invalid(
+                "sink.max_batch_rows",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(10..=60_000).contains(&self.max_batch_ms) {
+            return Err(invalid("sink.max_batch_ms", "must be between 10 and 60000"));
+        }
+        if self.max_backoff_ms < 100 {
+            return Err(invalid("sink.max_backoff_ms", "must be at least 100"));
+        }
+        Ok(())
+    }
 }
 
 /// `banter stream`: windows, lateness and exactly-once output.
@@ -605,6 +653,7 @@ impl Config {
         }
         self.ingest.validate()?;
         self.stream.validate()?;
+        self.sink.validate()?;
         Ok(())
     }
 

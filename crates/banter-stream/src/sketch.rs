@@ -80,6 +80,7 @@ impl Sketch {
     pub fn merge(&mut self, other: &Sketch) {
         match (&mut self.0, &other.0) {
             (_, Repr::Sparse(o)) if o.is_empty() => {}
+            (Repr::Sparse(v), _) if v.is_empty() => *self = other.clone(),
             (Repr::Sparse(_), Repr::Sparse(o)) => {
                 for &h in o {
                     self.insert(h);

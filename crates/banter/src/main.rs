@@ -44,6 +44,10 @@ enum Command {
     Ingest,
     /// Run the stream processor: events to rollups in event-time windows, exactly once.
     Stream,
+    /// Create or upgrade banter's ClickHouse database and tables (re-runnable).
+    Migrate,
+    /// Run the ClickHouse sink: rollups, alerts and dead letters into ClickHouse.
+    Sink,
     /// Generate the seeded workload, publish it and write its expected aggregates.
     Generate(generate::GenerateArgs),
     /// Publish an NDJSON file of events or captured webhook bodies (resumable backfill).
@@ -101,6 +105,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Topics => runtime()?.block_on(topics(&config)),
         Command::Ingest => runtime()?.block_on(ingest(&config)),
         Command::Stream => runtime()?.block_on(stream(&config)),
+        Command::Migrate => runtime()?.block_on(migrate(&config)),
+        Command::Sink => runtime()?.block_on(sink(&config)),
         Command::Generate(args) => runtime()?.block_on(generate::run(&config, args)),
         Command::Replay {
             file,
@@ -200,6 +206,65 @@ async fn stream(config: &Config) -> anyhow::Result<()> {
     ops.task.await.context("ops server task")??;
     result?;
     tracing::info!("stream stopped");
+    Ok(())
+}
+
+async fn clickhouse(config: &Config) -> anyhow::Result<banter_runtime::clickhouse::ClickHouse> {
+    Ok(banter_runtime::clickhouse::connect(
+        &config.clickhouse,
+        Duration::from_secs(config.kafka.connect_timeout_secs),
+    )
+    .await?)
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let ch = clickhouse(config).await?;
+    let db = &config.clickhouse.database;
+    for o in banter_sink::migrate(&ch, db).await? {
+        println!(
+            "{:04} {:<24} {}",
+            o.version,
+            o.name,
+            if o.applied {
+                "applied"
+            } else {
+                "already applied"
+            }
+        );
+    }
+    println!(
+        "database {db} is up to date (ClickHouse {}.{})",
+        ch.version.major, ch.version.minor
+    );
+    Ok(())
+}
+
+async fn sink(config: &Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut metrics = Metrics::new("sink");
+    let sink_metrics = banter_sink::SinkMetrics::register(metrics.registry_mut());
+    let readiness = Readiness::default();
+    readiness.register("clickhouse");
+    let listen = config.http.listen.parse().context("http.listen")?;
+    let ops = serve_ops(
+        listen,
+        metrics.into_shared(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    wait_for_broker(
+        &config.kafka,
+        Duration::from_secs(config.kafka.connect_timeout_secs),
+    )
+    .await?;
+    let ch = clickhouse(config).await?;
+    readiness.set("clickhouse", true);
+    let result = banter_sink::run(config, ch, sink_metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    ops.task.await.context("ops server task")??;
+    result?;
     Ok(())
 }
 

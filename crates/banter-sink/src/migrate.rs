@@ -1,0 +1,242 @@
+//! `banter migrate`: versioned, re-runnable DDL from `schemas/clickhouse/`, recorded in
+//! `<db>.banter_migrations`.
+//!
+//! The files are templates adapted to the server's version:
+//!
+//! | placeholder | ClickHouse ≥ 20 | 18.16 – 19.x |
+//! |---|---|---|
+//! | `{lc_string}` | `LowCardinality(String)` (≥ 19.9) | `String` |
+//! | `{datetime}` | `DateTime64(3)` | `DateTime` (seconds) |
+//! | `{to_datetime}(x)` | `fromUnixTimestamp64Milli(x)` | `toDateTime(intDiv(x, 1000))` |
+//! | `{check:EXPR:WHAT}` | `CONSTRAINT … CHECK EXPR` | a `MATERIALIZED throwIf(NOT EXPR)` column |
+//!
+//! Times are stored as epoch milliseconds (`*_ms Int64`, what the Avro records carry) with
+//! materialized date-time columns for dashboards, so one row layout serves every version.
+
+use banter_runtime::clickhouse::{ClickHouse, ServerVersion};
+use thiserror::Error;
+
+/// One migration file.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The number the file name starts with.
+    pub version: u32,
+    /// The file name.
+    pub name: &'static str,
+    /// The template.
+    pub sql: &'static str,
+}
+
+/// The migrations, in order (embedded: the binary carries its schema).
+pub fn migrations() -> Vec<Migration> {
+    let files: [(&'static str, &'static str); 4] = [
+        (
+            "0001_rollups.sql",
+            include_str!("../../../schemas/clickhouse/0001_rollups.sql"),
+        ),
+        (
+            "0002_alerts.sql",
+            include_str!("../../../schemas/clickhouse/0002_alerts.sql"),
+        ),
+        (
+            "0003_dead_letters.sql",
+            include_str!("../../../schemas/clickhouse/0003_dead_letters.sql"),
+        ),
+        (
+            "0004_views.sql",
+            include_str!("../../../schemas/clickhouse/0004_views.sql"),
+        ),
+    ];
+    files
+        .into_iter()
+        .map(|(name, sql)| Migration {
+            version: name
+                .split('_')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            name,
+            sql,
+        })
+        .collect()
+}
+
+/// A migration problem.
+#[derive(Debug, Error)]
+pub enum MigrateError {
+    /// ClickHouse refused a statement.
+    #[error("migration {name}: {source}\n{sql}")]
+    Statement {
+        /// The file.
+        name: String,
+        /// The rendered statement.
+        sql: String,
+        /// ClickHouse's error.
+        source: clickhouse::error::Error,
+    },
+    /// Bookkeeping failed.
+    #[error("clickhouse {what}: {source}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// ClickHouse's error.
+        source: clickhouse::error::Error,
+    },
+}
+
+fn to_datetime(v: ServerVersion, arg: &str) -> String {
+    if v.has_datetime64() {
+        format!("fromUnixTimestamp64Milli({arg})")
+    } else {
+        format!("toDateTime(intDiv({arg}, 1000))")
+    }
+}
+
+/// Renders a template for database `db` on a server of version `v`.
+pub fn render(sql: &str, db: &str, v: ServerVersion) -> String {
+    let lc = if v.has_low_cardinality() {
+        "LowCardinality(String)"
+    } else {
+        "String"
+    };
+    let dt = if v.has_datetime64() {
+        "DateTime64(3)"
+    } else {
+        "DateTime"
+    };
+    let mut out = sql
+        .replace("{db}", db)
+        .replace("{lc_string}", lc)
+        .replace("{datetime}", dt);
+    // {to_datetime}(column)
+    while let Some(i) = out.find("{to_datetime}(") {
+        let rest = &out[i + "{to_datetime}(".len()..];
+        let Some(j) = rest.find(')') else { break };
+        let arg = rest[..j].to_owned();
+        out = format!("{}{}{}", &out[..i], to_datetime(v, &arg), &rest[j + 1..]);
+    }
+    // {check:EXPR:WHAT}
+    while let Some(i) = out.find("{check:") {
+        let rest = &out[i + "{check:".len()..];
+        let Some(j) = rest.find('}') else { break };
+        let (expr, what) = rest[..j].split_once(':').unwrap_or((&rest[..j], "check"));
+        let name: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let clause = if (v.major, v.minor) >= (19, 14) {
+            format!(",\n    CONSTRAINT {name} CHECK {expr}")
+        } else {
+            format!(",\n    check_{name} UInt8 MATERIALIZED throwIf(NOT ({expr}))")
+        };
+        out = format!("{}{}{}", &out[..i], clause, &rest[j + 1..]);
+    }
+    out
+}
+
+/// What `migrate` did with one migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Its version.
+    pub version: u32,
+    /// Its file.
+    pub name: String,
+    /// Applied now (false: it was already).
+    pub applied: bool,
+}
+
+/// Creates the database if needed and applies the migrations not yet recorded. Re-running it
+/// applies nothing new.
+///
+/// # Errors
+/// ClickHouse refuses a statement (the error names the file and shows the statement).
+pub async fn migrate(ch: &ClickHouse, db: &str) -> Result<Vec<Outcome>, MigrateError> {
+    let q = |what: &'static str| move |source| MigrateError::Query { what, source };
+    // Every statement names its database; the session must not need it to exist.
+    let client = ch.client.clone().with_database("system");
+    client
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .execute()
+        .await
+        .map_err(q("create database"))?;
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.banter_migrations \
+             (version UInt32, name String, applied_at DateTime) ENGINE = TinyLog"
+        ))
+        .execute()
+        .await
+        .map_err(q("create banter_migrations"))?;
+    let applied: Vec<u32> = client
+        .query(&format!("SELECT version FROM {db}.banter_migrations"))
+        .fetch_all()
+        .await
+        .map_err(q("read banter_migrations"))?;
+    let mut out = Vec::new();
+    for m in migrations() {
+        if applied.contains(&m.version) {
+            out.push(Outcome {
+                version: m.version,
+                name: m.name.into(),
+                applied: false,
+            });
+            continue;
+        }
+        let sql = render(m.sql, db, ch.version);
+        client
+            .query(&sql)
+            .execute()
+            .await
+            .map_err(|source| MigrateError::Statement {
+                name: m.name.into(),
+                sql: sql.clone(),
+                source,
+            })?;
+        client
+            .query(&format!(
+                "INSERT INTO {db}.banter_migrations (version, name, applied_at) \
+                 SELECT {}, '{}', now()",
+                m.version, m.name
+            ))
+            .execute()
+            .await
+            .map_err(q("record migration"))?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        out.push(Outcome {
+            version: m.version,
+            name: m.name.into(),
+            applied: true,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_adapt_to_the_server() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        let new = ServerVersion::parse("25.3").unwrap();
+        for m in migrations() {
+            for v in [old, new] {
+                let sql = render(m.sql, "db1", v);
+                assert!(!sql.contains('{'), "{} left a placeholder:\n{sql}", m.name);
+            }
+        }
+        let r = migrations()[0].sql;
+        let o = render(r, "db1", old);
+        assert!(o.contains("toDateTime(intDiv(window_start_ms, 1000))"));
+        assert!(o.contains("MATERIALIZED throwIf(NOT (window_end_ms >= window_start_ms))"));
+        assert!(!o.contains("LowCardinality"));
+        let n = render(r, "db1", new);
+        assert!(n.contains("DateTime64(3) MATERIALIZED fromUnixTimestamp64Milli(window_start_ms)"));
+        assert!(n.contains(
+            "CONSTRAINT window_ends_before_it_starts CHECK window_end_ms >= window_start_ms"
+        ));
+        assert!(n.contains("account_id LowCardinality(String)"));
+        let versions: Vec<u32> = migrations().iter().map(|m| m.version).collect();
+        assert_eq!(versions, vec![1, 2, 3, 4]);
+    }
+}

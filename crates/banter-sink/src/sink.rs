@@ -1,0 +1,638 @@
+//! `banter sink`: `banter.rollups.v1`, `banter.alerts.v1` and `banter.dlq.v1` into ClickHouse.
+//!
+//! * Batches by rows (`sink.max_batch_rows`) and time (`sink.max_batch_ms`): thousands of rows
+//!   and about one insert per second per table, as ClickHouse recommends.
+//! * Offsets are committed only after ClickHouse acknowledged every insert of the batch (and
+//!   the dead letters of rejected rows are in Kafka). A crash in between inserts the batch
+//!   again: rollups are idempotent (`ReplacingMergeTree(revision)`, same key and revision), so
+//!   nothing is lost and deduplicated reads count nothing twice.
+//! * Retryable failures (network, server down, too many parts, timeouts) retry with
+//!   exponential backoff up to `sink.max_backoff_ms`, holding the batch: consumption pauses,
+//!   memory stays bounded by one batch.
+//! * A row ClickHouse rejects for its content is found by splitting the failed insert in halves
+//!   and goes to the dead-letter topic with ClickHouse's error text; the other rows are
+//!   inserted.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use banter_model::{AvroRecord, DeadLetter, Rollup, SpikeAlert, Stage};
+use banter_runtime::clickhouse::ClickHouse;
+use banter_runtime::config::Config;
+use banter_runtime::kafka::{consumer_config, producer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+/// Why the sink stopped.
+#[derive(Debug, Error)]
+pub enum SinkError {
+    /// A Kafka client could not be created or used.
+    #[error("kafka {what}: {detail}")]
+    Kafka {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        detail: String,
+    },
+    /// ClickHouse answered with an error that retrying cannot fix (missing table: run
+    /// `banter migrate`; authentication).
+    #[error("clickhouse refuses inserts into {table}: {detail}")]
+    Fatal {
+        /// The table.
+        table: &'static str,
+        /// ClickHouse's error.
+        detail: String,
+    },
+}
+
+/// The sink's metrics.
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    rows: Family<Vec<(String, String)>, Counter>,
+    rejected: Family<Vec<(String, String)>, Counter>,
+    retries: Family<Vec<(String, String)>, Counter>,
+    insert_seconds: Histogram,
+    batch_rows: Histogram,
+    undecodable: Counter,
+}
+
+impl SinkMetrics {
+    /// Registers the metrics under `banter_sink_…`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = SinkMetrics {
+            rows: Family::default(),
+            rejected: Family::default(),
+            retries: Family::default(),
+            insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            undecodable: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sink");
+        r.register(
+            "rows_written",
+            "Rows ClickHouse acknowledged, by table",
+            m.rows.clone(),
+        );
+        r.register(
+            "rows_rejected",
+            "Rows ClickHouse rejected for their content (dead-lettered), by table",
+            m.rejected.clone(),
+        );
+        r.register(
+            "insert_retries",
+            "Inserts retried after a retryable failure, by table",
+            m.retries.clone(),
+        );
+        r.register(
+            "insert_seconds",
+            "Duration of one successful insert",
+            m.insert_seconds.clone(),
+        );
+        r.register("batch_rows", "Rows per insert", m.batch_rows.clone());
+        r.register(
+            "undecodable_records",
+            "Kafka records that could not be decoded (dead-lettered)",
+            m.undecodable.clone(),
+        );
+        m
+    }
+
+    fn inc(family: &Family<Vec<(String, String)>, Counter>, table: &str, n: u64) {
+        family
+            .get_or_create(&vec![("table".to_owned(), table.to_owned())])
+            .inc_by(n);
+    }
+}
+
+/// A `rollups` row.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct RollupRow {
+    account_id: String,
+    content_id: String,
+    window_kind: &'static str,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    revision: i64,
+    interactions: i64,
+    comments: i64,
+    live_comments: i64,
+    reactions: i64,
+    shares: i64,
+    story_replies: i64,
+    dms_in: i64,
+    mentions: i64,
+    brand_replies: i64,
+    velocity: Option<f64>,
+    early_accel: Option<f64>,
+    time_to_n_minutes: Option<f64>,
+    unique_engagers: Option<i64>,
+    late_events: i64,
+    emitted_at_ms: i64,
+}
+
+impl From<Rollup> for RollupRow {
+    fn from(r: Rollup) -> Self {
+        RollupRow {
+            account_id: r.account_id,
+            content_id: r.content_id.unwrap_or_default(),
+            window_kind: r.window.as_str(),
+            window_start_ms: r.window_start,
+            window_end_ms: r.window_end,
+            revision: r.revision,
+            interactions: r.interactions,
+            comments: r.comments,
+            live_comments: r.live_comments,
+            reactions: r.reactions,
+            shares: r.shares,
+            story_replies: r.story_replies,
+            dms_in: r.dms_in,
+            mentions: r.mentions,
+            brand_replies: r.brand_replies,
+            velocity: r.velocity,
+            early_accel: r.early_accel,
+            time_to_n_minutes: r.time_to_n_minutes,
+            unique_engagers: r.unique_engagers,
+            late_events: r.late_events,
+            emitted_at_ms: r.emitted_at,
+        }
+    }
+}
+
+/// An `alerts` row.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct AlertRow {
+    alert_id: String,
+    state: &'static str,
+    account_id: String,
+    content_id: String,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    observed: i64,
+    baseline_mean: f64,
+    baseline_stddev: f64,
+    z_score: f64,
+    started_at_ms: i64,
+    ended_at_ms: Option<i64>,
+    revision: i64,
+    emitted_at_ms: i64,
+}
+
+impl From<SpikeAlert> for AlertRow {
+    fn from(a: SpikeAlert) -> Self {
+        AlertRow {
+            alert_id: a.alert_id,
+            state: a.state.as_str(),
+            account_id: a.account_id,
+            content_id: a.content_id.unwrap_or_default(),
+            window_start_ms: a.window_start,
+            window_end_ms: a.window_end,
+            observed: a.observed,
+            baseline_mean: a.baseline_mean,
+            baseline_stddev: a.baseline_stddev,
+            z_score: a.z_score,
+            started_at_ms: a.started_at,
+            ended_at_ms: a.ended_at,
+            revision: a.revision,
+            emitted_at_ms: a.emitted_at,
+        }
+    }
+}
+
+/// A `dead_letters` row.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct DeadLetterRow {
+    stage: &'static str,
+    reason: String,
+    detail: String,
+    source: String,
+    source_partition: i32,
+    source_offset: i64,
+    account_id: String,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+    failed_at_ms: i64,
+}
+
+impl From<DeadLetter> for DeadLetterRow {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterRow {
+            stage: d.stage.as_str(),
+            reason: d.reason,
+            detail: d.detail,
+            source: d.source.unwrap_or_default(),
+            source_partition: d.source_partition.unwrap_or(-1),
+            source_offset: d.source_offset.unwrap_or(-1),
+            account_id: d.account_id.unwrap_or_default(),
+            payload: d.payload,
+            failed_at_ms: d.failed_at,
+        }
+    }
+}
+
+/// A row with where it came from, for dead-lettering it.
+struct Pending<T> {
+    row: T,
+    account_id: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+}
+
+/// What ClickHouse's error means for the insert.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// Try again later (network, server down, overload).
+    Retry,
+    /// The data: find the row and dead-letter it.
+    Content,
+    /// Configuration (missing table, authentication): stop.
+    Fatal,
+}
+
+fn classify(e: &clickhouse::error::Error) -> Failure {
+    use clickhouse::error::Error as E;
+    match e {
+        E::BadResponse(text) => {
+            let code = text
+                .split("Code: ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|c| c.parse::<u32>().ok());
+            match code {
+                // throwIf (18.16 checks), VIOLATED_CONSTRAINT, parse/type/size errors.
+                Some(395 | 469 | 6 | 26 | 27 | 33 | 38 | 41 | 53 | 69 | 70 | 72 | 117 | 131) => {
+                    Failure::Content
+                }
+                // UNKNOWN_TABLE, UNKNOWN_DATABASE, NO_SUCH_COLUMN, auth.
+                Some(16 | 47 | 60 | 81 | 192 | 193 | 194 | 516) => Failure::Fatal,
+                _ => Failure::Retry,
+            }
+        }
+        _ => Failure::Retry,
+    }
+}
+
+async fn insert_rows<T: clickhouse::Row + Serialize + Send + Sync + 'static>(
+    ch: &ClickHouse,
+    table: &str,
+    rows: &[Pending<T>],
+) -> Result<(), clickhouse::error::Error>
+where
+    for<'a> T: clickhouse::RowWrite<Value<'a> = T>,
+{
+    let mut insert = ch.client.insert::<T>(table).await?;
+    for p in rows {
+        insert.write(&p.row).await?;
+    }
+    insert.end().await
+}
+
+struct Writer<'a> {
+    ch: &'a ClickHouse,
+    metrics: &'a SinkMetrics,
+    producer: &'a FutureProducer,
+    dlq: &'a str,
+    max_backoff: Duration,
+    shutdown: &'a CancellationToken,
+}
+
+impl Writer<'_> {
+    /// Inserts `rows`, retrying what can be retried and dead-lettering rows ClickHouse
+    /// rejects. Returns when everything is either in ClickHouse or in the dead-letter topic.
+    async fn write<T>(&self, table: &'static str, rows: Vec<Pending<T>>) -> Result<(), SinkError>
+    where
+        T: clickhouse::Row + Serialize + Send + Sync + 'static,
+        for<'b> T: clickhouse::RowWrite<Value<'b> = T>,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Ranges still to insert; a content failure splits its range in halves.
+        let mut todo: Vec<std::ops::Range<usize>> = vec![0..rows.len()];
+        let mut backoff = Duration::from_millis(100);
+        while let Some(r) = todo.pop() {
+            let started = Instant::now();
+            match insert_rows(self.ch, table, &rows[r.clone()]).await {
+                Ok(()) => {
+                    self.metrics
+                        .insert_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.batch_rows.observe(r.len() as f64);
+                    SinkMetrics::inc(&self.metrics.rows, table, r.len() as u64);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => match classify(&e) {
+                    Failure::Retry => {
+                        SinkMetrics::inc(&self.metrics.retries, table, 1);
+                        tracing::warn!(table, rows = r.len(), error = %e, ?backoff, "insert failed; retrying");
+                        todo.push(r);
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = self.shutdown.cancelled() => {
+                                return Err(SinkError::Fatal { table, detail: format!("stopped while ClickHouse was failing: {e}") });
+                            }
+                        }
+                        backoff = (backoff * 2).min(self.max_backoff);
+                    }
+                    Failure::Fatal => {
+                        return Err(SinkError::Fatal {
+                            table,
+                            detail: e.to_string(),
+                        })
+                    }
+                    Failure::Content if r.len() == 1 => {
+                        let p = &rows[r.start];
+                        tracing::warn!(table, topic = %p.topic, partition = p.partition, offset = p.offset, error = %e, "row rejected; dead-lettered");
+                        self.dead_letter(
+                            p,
+                            "rejected",
+                            format!("clickhouse rejected the row for {table}: {e}"),
+                        )
+                        .await?;
+                        SinkMetrics::inc(&self.metrics.rejected, table, 1);
+                    }
+                    Failure::Content => {
+                        let mid = r.start + r.len() / 2;
+                        todo.push(mid..r.end);
+                        todo.push(r.start..mid);
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter<T>(
+        &self,
+        p: &Pending<T>,
+        reason: &str,
+        detail: String,
+    ) -> Result<(), SinkError> {
+        send_dead_letter(
+            self.producer,
+            self.dlq,
+            DeadLetter {
+                stage: Stage::Sink,
+                reason: reason.to_owned(),
+                detail,
+                source: Some(p.topic.clone()),
+                source_partition: Some(p.partition),
+                source_offset: Some(p.offset),
+                account_id: (!p.account_id.is_empty()).then(|| p.account_id.clone()),
+                payload: p.payload.clone(),
+                failed_at: now_ms(),
+            },
+        )
+        .await
+    }
+}
+
+async fn send_dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    dl: DeadLetter,
+) -> Result<(), SinkError> {
+    let bytes = DeadLetter::codec()
+        .encode(&dl)
+        .map_err(|e| SinkError::Kafka {
+            what: "encode dead letter",
+            detail: e.to_string(),
+        })?;
+    let key = dl.account_id.clone().unwrap_or_default();
+    producer
+        .send(
+            FutureRecord::to(topic).key(&key).payload(&bytes),
+            Duration::from_secs(60),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| SinkError::Kafka {
+            what: "dead letter",
+            detail: e.to_string(),
+        })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Batch {
+    rollups: Vec<Pending<RollupRow>>,
+    alerts: Vec<Pending<AlertRow>>,
+    dead_letters: Vec<Pending<DeadLetterRow>>,
+    /// (topic, partition) -> next offset.
+    offsets: BTreeMap<(String, i32), i64>,
+    records: usize,
+}
+
+/// Runs the sink until `shutdown`: the batch in hand is written and committed first.
+///
+/// # Errors
+/// Kafka clients cannot be created, or ClickHouse refuses inserts for a reason retrying cannot
+/// fix (the error names the table; run `banter migrate`).
+pub async fn run(
+    config: &Config,
+    ch: ClickHouse,
+    metrics: SinkMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), SinkError> {
+    let k = &config.kafka;
+    let sc = &config.sink;
+    let consumer: StreamConsumer = consumer_config(k, "sink", &sc.group_id)
+        // Retrying ClickHouse holds the batch without polling; stay in the group meanwhile.
+        .set("max.poll.interval.ms", "3600000")
+        .create()
+        .map_err(|e| SinkError::Kafka {
+            what: "consumer config",
+            detail: e.to_string(),
+        })?;
+    let topics = [
+        k.topics.rollups.as_str(),
+        k.topics.alerts.as_str(),
+        k.topics.dlq.as_str(),
+    ];
+    consumer.subscribe(&topics).map_err(|e| SinkError::Kafka {
+        what: "subscribe",
+        detail: e.to_string(),
+    })?;
+    let producer = producer(k, "sink").map_err(|e| SinkError::Kafka {
+        what: "producer",
+        detail: e.to_string(),
+    })?;
+    let writer = Writer {
+        ch: &ch,
+        metrics: &metrics,
+        producer: &producer,
+        dlq: &k.topics.dlq,
+        max_backoff: Duration::from_millis(sc.max_backoff_ms),
+        shutdown: &shutdown,
+    };
+    tracing::info!(group = %sc.group_id, ?topics, database = %config.clickhouse.database, "sink started");
+    loop {
+        let mut batch = Batch::default();
+        let started = Instant::now();
+        let max_wait = Duration::from_millis(sc.max_batch_ms);
+        while batch.records < sc.max_batch_rows {
+            let left = max_wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let m = tokio::select! {
+                m = consumer.recv() => m,
+                () = tokio::time::sleep(left) => break,
+                () = shutdown.cancelled() => break,
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer");
+                    continue;
+                }
+            };
+            let topic = m.topic().to_owned();
+            let (partition, offset) = (m.partition(), m.offset());
+            let payload = m.payload().unwrap_or_default().to_vec();
+            batch.offsets.insert((topic.clone(), partition), offset + 1);
+            batch.records += 1;
+            let undecodable = |e: String| (topic.clone(), partition, offset, payload.clone(), e);
+            let bad = if topic == k.topics.rollups {
+                match Rollup::codec().decode(&payload) {
+                    Ok(r) => {
+                        batch.rollups.push(Pending {
+                            account_id: r.account_id.clone(),
+                            row: r.into(),
+                            topic,
+                            partition,
+                            offset,
+                            payload,
+                        });
+                        None
+                    }
+                    Err(e) => Some(undecodable(e.to_string())),
+                }
+            } else if topic == k.topics.alerts {
+                match SpikeAlert::codec().decode(&payload) {
+                    Ok(a) => {
+                        batch.alerts.push(Pending {
+                            account_id: a.account_id.clone(),
+                            row: a.into(),
+                            topic,
+                            partition,
+                            offset,
+                            payload,
+                        });
+                        None
+                    }
+                    Err(e) => Some(undecodable(e.to_string())),
+                }
+            } else {
+                match DeadLetter::codec().decode(&payload) {
+                    Ok(d) => {
+                        batch.dead_letters.push(Pending {
+                            account_id: d.account_id.clone().unwrap_or_default(),
+                            row: d.into(),
+                            topic,
+                            partition,
+                            offset,
+                            payload: Vec::new(),
+                        });
+                        None
+                    }
+                    // An undecodable dead letter is not sent back to the dead-letter topic
+                    // (it would loop); it is counted and logged.
+                    Err(e) => {
+                        metrics.undecodable.inc();
+                        tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
+                        None
+                    }
+                }
+            };
+            if let Some((topic, partition, offset, payload, e)) = bad {
+                metrics.undecodable.inc();
+                send_dead_letter(
+                    &producer,
+                    &k.topics.dlq,
+                    DeadLetter {
+                        stage: Stage::Sink,
+                        reason: "undecodable".into(),
+                        detail: e,
+                        source: Some(topic),
+                        source_partition: Some(partition),
+                        source_offset: Some(offset),
+                        account_id: None,
+                        payload,
+                        failed_at: now_ms(),
+                    },
+                )
+                .await?;
+            }
+        }
+        if batch.records > 0 {
+            writer
+                .write("rollups", std::mem::take(&mut batch.rollups))
+                .await?;
+            writer
+                .write("alerts", std::mem::take(&mut batch.alerts))
+                .await?;
+            writer
+                .write("dead_letters", std::mem::take(&mut batch.dead_letters))
+                .await?;
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), o) in &batch.offsets {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                    .map_err(|e| SinkError::Kafka {
+                        what: "offsets",
+                        detail: e.to_string(),
+                    })?;
+            }
+            // A failed commit (a rebalance) re-reads the batch elsewhere: idempotent rows.
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(error = %e, "offset commit failed; the batch may be written again");
+            }
+        }
+        if shutdown.is_cancelled() {
+            tracing::info!("sink stopped");
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_clickhouse_errors() {
+        use clickhouse::error::Error as E;
+        let bad = |s: &str| E::BadResponse(s.to_owned());
+        assert_eq!(
+            classify(&bad("Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero")),
+            Failure::Content
+        );
+        assert_eq!(
+            classify(&bad("Code: 252. DB::Exception: Too many parts")),
+            Failure::Retry
+        );
+        assert_eq!(
+            classify(&bad(
+                "Code: 60. DB::Exception: Table x.rollups doesn't exist"
+            )),
+            Failure::Fatal
+        );
+        assert_eq!(classify(&E::TimedOut), Failure::Retry);
+    }
+}

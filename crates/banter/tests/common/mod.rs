@@ -1,0 +1,473 @@
+//! Helpers shared by the tests that run `banter` roles as processes: starting them, the
+//! generated workload, and comparing rollups with the generator's expected aggregates.
+
+#![allow(dead_code)] // each test binary uses a part
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banter_integration::*;
+use banter_model::{AvroRecord, Rollup, WindowKind};
+use banter_runtime::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::Value;
+
+pub const MINUTE: i64 = 60_000;
+
+pub fn banter_cmd(cfg: &Config) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_banter"));
+    let t = &cfg.kafka.topics;
+    c.env("BANTER_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env("BANTER_KAFKA__TOPICS__EVENTS", &t.events)
+        .env("BANTER_KAFKA__TOPICS__ROLLUPS", &t.rollups)
+        .env("BANTER_KAFKA__TOPICS__DLQ", &t.dlq)
+        .env("BANTER_KAFKA__TOPICS__CHECKPOINTS", &t.checkpoints)
+        .env("BANTER_STREAM__GROUP_ID", &cfg.stream.group_id)
+        .env("BANTER_SINK__GROUP_ID", &cfg.sink.group_id)
+        .env("BANTER_SINK__MAX_BATCH_MS", "300")
+        .env("BANTER_SINK__MAX_BACKOFF_MS", "2000")
+        .env("BANTER_CLICKHOUSE__URL", &cfg.clickhouse.url)
+        .env("BANTER_CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
+        .env("BANTER_STREAM__IDLE_TIMEOUT_MS", "1000")
+        .env("BANTER_STREAM__MAX_BATCH_EVENTS", "500")
+        .env("BANTER_INGEST__ACTOR_SALT", "integration-test-salt")
+        .env("BANTER_HTTP__LISTEN", "127.0.0.1:0")
+        .env("BANTER_TELEMETRY__LOG_LEVEL", "info");
+    c
+}
+
+/// Starts `banter stream` as instance `instance`; its log goes to a file in `dir`.
+pub fn start_stream(cfg: &Config, instance: &str, dir: &Path) -> Child {
+    start_role(cfg, "stream", instance, dir)
+}
+
+/// Starts `banter <role>`; its log goes to `<dir>/<instance>.log`.
+pub fn start_role(cfg: &Config, role: &str, instance: &str, dir: &Path) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap();
+    banter_cmd(cfg)
+        .arg(role)
+        .env("BANTER_STREAM__INSTANCE_ID", instance)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `banter generate --to kafka` (paced at `rate` events/s when > 0) and returns the
+/// path of its expected aggregates.
+pub fn generate(cfg: &Config, dir: &Path, rate: u64) -> Child {
+    let exp = dir.join("expected.json");
+    banter_cmd(cfg)
+        .args([
+            "generate",
+            "--to",
+            "kafka",
+            "--accounts",
+            "24",
+            "--minutes",
+            "240",
+            "--seed",
+            "1",
+            "--rate",
+            &rate.to_string(),
+            "--expected",
+            exp.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn finish(mut child: Child, what: &str) {
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{what} failed: {status}");
+}
+
+pub fn stop(mut child: Child) {
+    // SIGTERM: a clean stop.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("banter stream did not stop within 30 s of SIGTERM");
+}
+
+/// Latest committed row per key, read with `read_committed` like the sink.
+pub struct Rollups {
+    consumer: BaseConsumer,
+    pub rows: BTreeMap<(String, Option<String>, WindowKind, i64), Rollup>,
+    pub seen: usize,
+}
+
+impl Rollups {
+    pub fn new(cfg: &Config) -> Self {
+        let consumer: BaseConsumer =
+            banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &unique("rollups"))
+                .create()
+                .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(&cfg.kafka.topics.rollups), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(&cfg.kafka.topics.rollups, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        Rollups {
+            consumer,
+            rows: BTreeMap::new(),
+            seen: 0,
+        }
+    }
+
+    pub fn poll(&mut self) {
+        while let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let r = Rollup::codec().decode(m.payload().unwrap()).unwrap();
+            self.seen += 1;
+            let key = (
+                r.account_id.clone(),
+                r.content_id.clone(),
+                r.window,
+                r.window_start,
+            );
+            match self.rows.get(&key) {
+                Some(old) if old.revision > r.revision => {}
+                _ => {
+                    self.rows.insert(key, r);
+                }
+            }
+        }
+    }
+}
+
+pub fn read_expected(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap()
+}
+
+/// Differences between the rollups and the generator's expected aggregates (empty: equal).
+/// Compared: the windows that event time closes (the watermark reaches the last event time
+/// minus the out-of-orderness; the last minutes close only when the partitions go idle, which
+/// follows the wall clock and is covered by the engine's golden tests): every MINUTE row of
+/// accounts and posts (interactions), VELOCITY_5M rows, and the first-hour rows (first 15 /
+/// 60 minutes, time-to-N at the engine's minute resolution).
+pub fn differences(
+    x: &Value,
+    rows: &BTreeMap<(String, Option<String>, WindowKind, i64), Rollup>,
+) -> Vec<String> {
+    let e = &x["expected"];
+    let last_minute = e["account_minutes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|m| m.as_object().unwrap().keys())
+        .map(|m| m.parse::<i64>().unwrap())
+        .max()
+        .unwrap();
+    // Windows ending by here are closed by event time alone.
+    let end = last_minute - MINUTE;
+    let mut diffs = Vec::new();
+    let minutes = |v: &Value| -> BTreeMap<i64, i64> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(m, n)| (m.parse().unwrap(), n.as_i64().unwrap()))
+            .filter(|(m, n)| *n != 0 && m + MINUTE <= end)
+            .collect()
+    };
+    let mut want: BTreeMap<(String, Option<String>), BTreeMap<i64, i64>> = BTreeMap::new();
+    for (a, m) in e["account_minutes"].as_object().unwrap() {
+        want.insert((a.clone(), None), minutes(m));
+    }
+    // content_minutes is keyed by post; the rows carry the account too.
+    let post_account: BTreeMap<String, String> = x["posts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["content_id"].as_str().unwrap().to_owned(),
+                p["account_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (c, m) in e["content_minutes"].as_object().unwrap() {
+        let a = post_account.get(c).cloned().unwrap_or_default();
+        want.insert((a, Some(c.clone())), minutes(m));
+    }
+    let mut got: BTreeMap<(String, Option<String>), BTreeMap<i64, i64>> = BTreeMap::new();
+    for ((a, c, w, s), r) in rows {
+        if *w == WindowKind::Minute && r.interactions != 0 && s + MINUTE <= end {
+            got.entry((a.clone(), c.clone()))
+                .or_default()
+                .insert(*s, r.interactions);
+        }
+    }
+    want.retain(|_, m| !m.is_empty());
+    for k in want.keys().chain(got.keys()).collect::<BTreeSet<_>>() {
+        let (w, g) = (want.get(k), got.get(k));
+        if w != g {
+            let empty = BTreeMap::new();
+            let (w, g) = (w.unwrap_or(&empty), g.unwrap_or(&empty));
+            let bad: Vec<_> = w
+                .keys()
+                .chain(g.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|m| w.get(m) != g.get(m))
+                .take(3)
+                .map(|m| format!("minute {m}: expected {:?}, got {:?}", w.get(m), g.get(m)))
+                .collect();
+            diffs.push(format!("MINUTE {k:?}: {bad:?}"));
+        }
+    }
+    // Velocity: the sum of the five minutes, for windows closed by event time.
+    for ((a, c, w, s), r) in rows {
+        if *w != WindowKind::Velocity5m || r.window_end > end {
+            continue;
+        }
+        let m = want.get(&(a.clone(), c.clone()));
+        let sum: i64 = (0..5)
+            .map(|i| {
+                m.and_then(|m| m.get(&(s + i * MINUTE)))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        if sum != r.interactions {
+            diffs.push(format!(
+                "VELOCITY_5M {a}/{c:?}@{s}: expected {sum}, got {}",
+                r.interactions
+            ));
+        }
+    }
+    // First hour.
+    for (c, fh) in e["first_hour"].as_object().unwrap() {
+        let a = post_account.get(c).cloned().unwrap_or_default();
+        let find = |w: WindowKind| {
+            rows.iter()
+                .find(|((ra, rc, rw, _), _)| *ra == a && rc.as_deref() == Some(c) && *rw == w)
+                .map(|(_, r)| r)
+        };
+        let (Some(r15), Some(r60)) = (find(WindowKind::First15m), find(WindowKind::First60m))
+        else {
+            let published = x["posts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["content_id"] == c.as_str())
+                .and_then(|p| p["published_at"].as_i64())
+                .unwrap_or(i64::MAX);
+            if published + 60 * MINUTE <= end {
+                diffs.push(format!("first-hour rows of {c} missing"));
+            }
+            continue;
+        };
+        let p = r60.window_start;
+        if r15.interactions != fh["first_15m"].as_i64().unwrap() {
+            diffs.push(format!(
+                "FIRST_15M {c}: expected {}, got {}",
+                fh["first_15m"], r15.interactions
+            ));
+        }
+        if r60.interactions != fh["first_60m"].as_i64().unwrap() {
+            diffs.push(format!(
+                "FIRST_60M {c}: expected {}, got {}",
+                fh["first_60m"], r60.interactions
+            ));
+        }
+        // The generator is exact to the ms; the engine reports the end of the minute in
+        // which the count reached N.
+        let want_ttn = fh["time_to_n_minutes"].as_f64().map(|t| {
+            let at = p + (t * MINUTE as f64).round() as i64;
+            let minute = at - at.rem_euclid(MINUTE);
+            (minute + MINUTE - p) as f64 / MINUTE as f64
+        });
+        let close = match (want_ttn, r60.time_to_n_minutes) {
+            (Some(w), Some(g)) => (w - g).abs() < 1e-6,
+            (None, None) => true,
+            _ => false,
+        };
+        if !close {
+            diffs.push(format!(
+                "time to N of {c}: expected {want_ttn:?}, got {:?}",
+                r60.time_to_n_minutes
+            ));
+        }
+    }
+    diffs
+}
+
+/// Polls the rollups until they equal the expected aggregates.
+pub async fn rollups_match(cfg: &Config, dir: &Path, timeout: Duration) -> Rollups {
+    let x = read_expected(dir);
+    let mut rollups = Rollups::new(cfg);
+    let t0 = Instant::now();
+    let deadline = t0 + timeout;
+    loop {
+        rollups.poll();
+        let d = differences(&x, &rollups.rows);
+        if d.is_empty() {
+            eprintln!(
+                "rollups equal the expected aggregates after {:?} ({} rows read)",
+                t0.elapsed(),
+                rollups.seen
+            );
+            return rollups;
+        }
+        if std::env::var_os("BANTER_TEST_TRACE").is_some() {
+            eprintln!(
+                "{:?}: {} rows, {} differences, e.g. {:?}",
+                t0.elapsed(),
+                rollups.seen,
+                d.len(),
+                d.first()
+            );
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "rollups ({} rows read, {} keys) differ from the expected aggregates after {timeout:?}; logs in {}:\n{}",
+                rollups.seen,
+                rollups.rows.len(),
+                dir.display(),
+                d.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `banter migrate` for the configured database.
+pub fn migrate(cfg: &Config) {
+    let out = banter_cmd(cfg).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "banter migrate failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `rollups_final` row.
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+pub struct FinalRow {
+    pub account_id: String,
+    pub content_id: String,
+    pub window_kind: String,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub revision: i64,
+    pub interactions: i64,
+    pub time_to_n_minutes: Option<f64>,
+    pub unique_engagers: Option<i64>,
+    pub late_events: i64,
+}
+
+/// The deduplicated rollups in ClickHouse, keyed like [`Rollups::rows`].
+pub async fn clickhouse_rollups(
+    ch: &banter_runtime::clickhouse::ClickHouse,
+) -> BTreeMap<(String, Option<String>, WindowKind, i64), Rollup> {
+    let rows: Vec<FinalRow> = ch
+        .client
+        .query(
+            "SELECT account_id, content_id, window_kind, window_start_ms, window_end_ms, revision, \
+             interactions, time_to_n_minutes, unique_engagers, late_events FROM rollups_final",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let window = match r.window_kind.as_str() {
+            "MINUTE" => WindowKind::Minute,
+            "VELOCITY_5M" => WindowKind::Velocity5m,
+            "FIRST_15M" => WindowKind::First15m,
+            "FIRST_60M" => WindowKind::First60m,
+            "HOUR" => WindowKind::Hour,
+            other => panic!("unexpected window_kind {other}"),
+        };
+        let content = (!r.content_id.is_empty()).then_some(r.content_id);
+        let key = (
+            r.account_id.clone(),
+            content.clone(),
+            window,
+            r.window_start_ms,
+        );
+        let prev = out.insert(
+            key,
+            Rollup {
+                account_id: r.account_id,
+                content_id: content,
+                window,
+                window_start: r.window_start_ms,
+                window_end: r.window_end_ms,
+                revision: r.revision,
+                interactions: r.interactions,
+                comments: 0,
+                live_comments: 0,
+                reactions: 0,
+                shares: 0,
+                story_replies: 0,
+                dms_in: 0,
+                mentions: 0,
+                brand_replies: 0,
+                velocity: None,
+                early_accel: None,
+                time_to_n_minutes: r.time_to_n_minutes,
+                unique_engagers: r.unique_engagers,
+                late_events: r.late_events,
+                emitted_at: 0,
+            },
+        );
+        assert!(prev.is_none(), "rollups_final returned a key twice");
+    }
+    out
+}
+
+/// Polls ClickHouse until its deduplicated rollups equal the expected aggregates.
+pub async fn clickhouse_matches(
+    ch: &banter_runtime::clickhouse::ClickHouse,
+    dir: &Path,
+    timeout: Duration,
+) -> BTreeMap<(String, Option<String>, WindowKind, i64), Rollup> {
+    let x = read_expected(dir);
+    let t0 = Instant::now();
+    loop {
+        let rows = clickhouse_rollups(ch).await;
+        let d = differences(&x, &rows);
+        if d.is_empty() {
+            eprintln!(
+                "ClickHouse equals the expected aggregates after {:?} ({} keys)",
+                t0.elapsed(),
+                rows.len()
+            );
+            return rows;
+        }
+        if t0.elapsed() > timeout {
+            panic!(
+                "ClickHouse rollups ({} keys) differ from the expected aggregates after {timeout:?}; logs in {}:\n{}",
+                rows.len(),
+                dir.display(),
+                d.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
