@@ -282,12 +282,13 @@ fn classify(e: &clickhouse::error::Error) -> Failure {
     }
 }
 
-async fn insert_rows<T: clickhouse::Row + Serialize + Send + Sync + 'static>(
+async fn insert_rows<T>(
     ch: &ClickHouse,
     table: &str,
     rows: &[Pending<T>],
 ) -> Result<(), clickhouse::error::Error>
 where
+    T: clickhouse::Row + Serialize + Send + Sync + 'static,
     for<'a> T: clickhouse::RowWrite<Value<'a> = T>,
 {
     let mut insert = ch.client.insert::<T>(table).await?;
@@ -318,7 +319,8 @@ impl Writer<'_> {
             return Ok(());
         }
         // Ranges still to insert; a content failure splits its range in halves.
-        let mut todo: Vec<std::ops::Range<usize>> = vec![0..rows.len()];
+        let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+        todo.push(0..rows.len());
         let mut backoff = Duration::from_millis(100);
         while let Some(r) = todo.pop() {
             let started = Instant::now();
