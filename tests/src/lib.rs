@@ -213,3 +213,19 @@ pub async fn start_ingest(cfg: &Config) -> TestIngest {
         shutdown,
     }
 }
+
+/// Runs `scripts/stack.sh ARGS` (e.g. `["down", "clickhouse"]`); panics with its output on
+/// failure. Tests that stop a service live in their own test binary.
+pub fn stack(args: &[&str]) {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/stack.sh"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/stack.sh: {e}"));
+    assert!(
+        out.status.success(),
+        "stack.sh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

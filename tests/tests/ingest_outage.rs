@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,19 +15,6 @@ use banter_model::{AvroRecord, EngagementEvent};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use serde_json::json;
-
-fn stack(args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/stack.sh"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stack.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Restarts Kafka when dropped, so a failed test does not leave the broker down.
 struct KafkaBack;
