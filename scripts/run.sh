@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The main job: brings the local stack up, builds banter, and runs the pipeline on a generated
-# workload.
+# The main job: the whole pipeline on a generated workload, ending with a summary read back
+# from ClickHouse.
 #
-# What exists today: ingest (webhooks, first-party API, replay) and the workload generator.
-# This script starts `banter ingest`, sends it a few hours of generated engagement (as signed
-# Meta webhooks where Meta would deliver them, first-party events otherwise), and prints what
-# was published. The stream processor, the ClickHouse sink and its summary are not built yet;
-# the script says so rather than printing a summary it does not have.
+#   local stack up → banter topics → banter migrate → banter ingest + stream + sink
+#   → banter generate (signed Meta webhooks and first-party events into ingest)
+#   → wait until everything is in ClickHouse → summary from ClickHouse
 #
+# Each run gets its own topics (banter.<run>.*), consumer groups and ClickHouse database
+# (banter_<run>), so the summary is this run's alone; the names are printed at the end.
 # Options (environment): BANTER_RUN_ACCOUNTS (default 50), BANTER_RUN_MINUTES (default 360),
-# BANTER_RUN_SEED (default 42).
+# BANTER_RUN_SEED (default 42), BANTER_RUN_KEEP=1 to leave the roles running afterwards.
 set -euo pipefail
 BANTER_SCRIPT=run
 # shellcheck source=scripts/lib.sh
@@ -21,52 +21,120 @@ scripts/stack.sh up
 say "building banter (release)"
 cargo build --release --locked -p banter
 bin="$ROOT/target/release/banter"
-"$bin" topics
 
+run="run$(date +%Y%m%d%H%M%S)"
+run_dir="$STACK/$run"; mkdir -p "$run_dir"
+export BANTER_KAFKA__TOPICS__EVENTS="banter.$run.events.v1" BANTER_KAFKA__TOPICS__ROLLUPS="banter.$run.rollups.v1" \
+  BANTER_KAFKA__TOPICS__ALERTS="banter.$run.alerts.v1" BANTER_KAFKA__TOPICS__DLQ="banter.$run.dlq.v1" \
+  BANTER_KAFKA__TOPICS__CHECKPOINTS="banter.$run.stream-checkpoints.v1" \
+  BANTER_STREAM__GROUP_ID="banter-stream-$run" BANTER_SINK__GROUP_ID="banter-sink-$run" \
+  BANTER_CLICKHOUSE__DATABASE="banter_$run" \
+  BANTER_STREAM__IDLE_TIMEOUT_MS=2000
 export BANTER_INGEST__ACTOR_SALT="${BANTER_INGEST__ACTOR_SALT:-local-run-salt-$(hostname)}"
 export BANTER_INGEST__META_APP_SECRET="${BANTER_INGEST__META_APP_SECRET:-local-run-app-secret}"
 export BANTER_INGEST__LISTEN="${BANTER_INGEST__LISTEN:-127.0.0.1:8080}"
-export BANTER_HTTP__LISTEN="${BANTER_HTTP__LISTEN:-127.0.0.1:9464}"
 export BANTER_TELEMETRY__LOG_LEVEL="${BANTER_TELEMETRY__LOG_LEVEL:-warn}"
-run_dir="$STACK/run-$(date +%Y%m%d-%H%M%S)"; mkdir -p "$run_dir"
+ch_url="http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/"
+ops_ingest=127.0.0.1:9464 ops_stream=127.0.0.1:9465 ops_sink=127.0.0.1:9466
 
-"$bin" ingest >"$run_dir/ingest.log" 2>&1 & ingest_pid=$!
-trap 'kill $ingest_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 150); do
-  curl -fsS -o /dev/null "http://$BANTER_HTTP__LISTEN/readyz" 2>/dev/null && break
-  kill -0 $ingest_pid 2>/dev/null || die "banter ingest exited: $(tail -5 "$run_dir/ingest.log")"
-  sleep 0.2
-done
-curl -fsS -o /dev/null "http://$BANTER_HTTP__LISTEN/readyz" || die "banter ingest is not ready: $(curl -s "http://$BANTER_HTTP__LISTEN/readyz")"
+"$bin" topics >"$run_dir/topics.log"
+"$bin" migrate | tee "$run_dir/migrate.log" | tail -1
 
-say "generating ${BANTER_RUN_MINUTES:-360} minutes of engagement for ${BANTER_RUN_ACCOUNTS:-50} accounts"
+pids=()
+cleanup() { [ "${BANTER_RUN_KEEP:-0}" = 1 ] || for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+start() { # role ops-address
+  BANTER_HTTP__LISTEN="$2" "$bin" "$1" >"$run_dir/$1.log" 2>&1 & pids+=($!)
+  local pid=$!
+  for _ in $(seq 1 300); do
+    curl -fsS -o /dev/null "http://$2/readyz" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || die "banter $1 exited: $(tail -5 "$run_dir/$1.log")"
+    sleep 0.2
+  done
+  die "banter $1 is not ready: $(curl -s "http://$2/readyz")"
+}
+start ingest "$ops_ingest"
+start stream "$ops_stream"
+start sink "$ops_sink"
+metric() { curl -fsS "http://$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d", s}'; }
+
+say "generating ${BANTER_RUN_MINUTES:-360} minutes of engagement for ${BANTER_RUN_ACCOUNTS:-50} accounts into ingest"
+started=$(date +%s)
 "$bin" generate --to webhook --url "http://$BANTER_INGEST__LISTEN" \
   --accounts "${BANTER_RUN_ACCOUNTS:-50}" --minutes "${BANTER_RUN_MINUTES:-360}" --seed "${BANTER_RUN_SEED:-42}" \
-  --expected "$run_dir/expected.json"
+  --expected "$run_dir/expected.json" 2>&1 | tee "$run_dir/generate.log" | tail -1
 
-curl -fsS "http://$BANTER_HTTP__LISTEN/metrics" >"$run_dir/metrics.txt"
-python3 - "$run_dir/expected.json" "$run_dir/metrics.txt" <<'PY'
-import json, sys
-metrics = open(sys.argv[2]).read().splitlines()
-def total(prefix):
-    return int(sum(float(l.rsplit(" ", 1)[1]) for l in metrics if l.startswith(prefix)))
-x = json.load(open(sys.argv[1]))["expected"]
-committed = total('banter_ingest_transactions_total{outcome="committed"')
-print()
-print("== banter run: ingest summary ==")
-print(f"generated    {x['unique_events']} events, {x['duplicates']} duplicate deliveries, "
-      f"{len(x['spikes'])} injected spikes, {len(x['funnels'])} CTA campaigns")
-print(f"accepted     {total('banter_ingest_events_accepted_total')} events published to banter.events.v1")
-print(f"dead letters {total('banter_ingest_events_rejected_total')} records in banter.dlq.v1")
-print(f"requests     {total('banter_ingest_requests_total')} HTTP requests in {committed} Kafka transactions")
-print("top posts by first-15-minute interactions (generator ground truth):")
-for cid, fh in sorted(x["first_hour"].items(), key=lambda kv: -kv[1]["first_15m"])[:5]:
-    print(f"  {cid:<16} first_15m={fh['first_15m']:<5} first_60m={fh['first_60m']}")
+say "waiting for the stream and the sink to drain into ClickHouse"
+accepted=$(metric "$ops_ingest" banter_ingest_events_accepted_total)
+q() { curl -fsS "$ch_url" --data-binary "$1"; }
+deadline=$(( $(date +%s) + 300 )); last=-1; stable=0
+while :; do
+  processed=$(metric "$ops_stream" banter_stream_events_total)
+  rows=$(q "SELECT count() FROM banter_$run.rollups" 2>/dev/null || echo 0)
+  if [ "$processed" -ge "$accepted" ] && [ "$rows" = "$last" ] && [ "$rows" -gt 0 ]; then
+    stable=$((stable + 1)); [ $stable -ge 3 ] && break
+  else
+    stable=0
+  fi
+  last=$rows
+  [ "$(date +%s)" -lt $deadline ] || die "the pipeline did not drain within 300 s (stream processed $processed of $accepted events, $rows rows in ClickHouse); logs in $run_dir"
+  sleep 2
+done
+elapsed=$(( $(date +%s) - started ))
+for role in ingest stream sink; do
+  eval "curl -fsS \"http://\$ops_$role/metrics\"" >"$run_dir/$role.metrics.txt"
+done
+
+db="banter_$run"
+echo
+echo "== banter run $run: summary from ClickHouse (database $db) =="
+python3 - "$run_dir" "$accepted" "$elapsed" <<'PY'
+import json, sys, os
+d, accepted, elapsed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def total(role, prefix):
+    lines = open(os.path.join(d, f"{role}.metrics.txt")).read().splitlines()
+    return int(sum(float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith(prefix)))
+x = json.load(open(os.path.join(d, "expected.json")))["expected"]
+print(f"workload     {x['unique_events']} events + {x['duplicates']} duplicate deliveries, "
+      f"{len(x['spikes'])} injected spikes, {len(x['funnels'])} CTA campaigns; {elapsed} s from first request to ClickHouse")
+print(f"ingest       {accepted} events accepted, {total('ingest', 'banter_ingest_events_rejected_total')} dead-lettered")
+print(f"stream       {total('stream', 'banter_stream_events_total')} events, "
+      f"{total('stream', 'banter_stream_duplicate_events_total')} duplicates dropped, "
+      f"{total('stream', 'banter_stream_late_events_total')} late corrections, "
+      f"{total('stream', 'banter_stream_too_late_events_total')} too late (dead-lettered), "
+      f"{total('stream', 'banter_stream_rows_emitted_total')} rollup rows")
+print(f"sink         {total('sink', 'banter_sink_rows_written_total')} rows written, "
+      f"{total('sink', 'banter_sink_rows_rejected_total')} rejected, {total('sink', 'banter_sink_insert_retries_total')} retries")
 PY
-cat >&2 <<MSG
+echo
+echo "Top posts by first-15-minute velocity (interactions per minute in the first 15 minutes):"
+q "SELECT f15.content_id AS post, f15.account_id AS account, round(f15.interactions / 15, 2) AS per_min_15m,
+         f15.interactions AS first_15m, f60.interactions AS first_60m, round(f60.early_accel, 2) AS accel,
+         f60.time_to_n_minutes AS minutes_to_50, f60.unique_engagers AS engagers_60m
+   FROM (SELECT * FROM $db.rollups_final WHERE window_kind = 'FIRST_15M') AS f15
+   ANY LEFT JOIN (SELECT content_id, interactions, early_accel, time_to_n_minutes, unique_engagers
+                  FROM $db.rollups_final WHERE window_kind = 'FIRST_60M') AS f60 USING content_id
+   ORDER BY first_15m DESC, post LIMIT 10 FORMAT PrettyCompactMonoBlock"
+echo
+echo "Busiest 5-minute windows (velocity = interactions per minute):"
+q "SELECT content_id AS post, account_id AS account, window_start, velocity, interactions, unique_engagers AS engagers
+   FROM $db.rollups_final WHERE window_kind = 'VELOCITY_5M' AND content_id != ''
+   ORDER BY velocity DESC, post LIMIT 5 FORMAT PrettyCompactMonoBlock"
+echo
+echo "Dead letters by stage and reason:"
+q "SELECT stage, reason, count() AS n FROM $db.dead_letters GROUP BY stage, reason ORDER BY n DESC FORMAT PrettyCompactMonoBlock"
+echo
+echo "Alerts fired: $(q "SELECT count() FROM $db.alerts WHERE state = 'FIRING'")"
+echo
+python3 - "$run_dir/expected.json" <<'PY'
+import json, sys
+x = json.load(open(sys.argv[1]))["expected"]
+top = sorted(x["first_hour"].items(), key=lambda kv: (-kv[1]["first_15m"], kv[0]))[:3]
+print("generator ground truth, top first_15m: " + ", ".join(f"{c}={v['first_15m']}" for c, v in top))
+PY
+cat <<MSG
 
-[run] Ingest and the generator ran; expected aggregates are in $run_dir/expected.json.
-[run] Not built yet: the stream processor (issue 4), conversations and funnels (issue 5), the
-[run] ClickHouse sink with its summary (issue 6) and spike alerts (issue 7). Until they land
-[run] there are no rollups and no ClickHouse summary to print.
+Not built yet, so not in the summary: CTA funnels per campaign (issue 5) and spike alerts to
+Alertmanager (issue 7; the alerts table exists and is empty). Grafana dashboards: issue 6.
+Topics banter.$run.*, database $db, logs and metrics in $run_dir.
 MSG

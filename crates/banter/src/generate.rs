@@ -75,6 +75,11 @@ pub struct GenerateArgs {
     /// Events per HTTP request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// HTTP outputs: most delivery time (ms) between the oldest and newest event in flight.
+    /// Concurrent requests commit in any order; compressed history sent faster than real time
+    /// would otherwise arrive hours out of order. Keep it under the stream's out-of-orderness.
+    #[arg(long, default_value_t = 20_000)]
+    max_disorder_ms: i64,
 }
 
 fn now_ms() -> i64 {
@@ -343,13 +348,21 @@ async fn to_http(
     if args.to == Output::Webhook && secret.is_empty() {
         bail!("--to webhook needs --app-secret or ingest.meta_app_secret");
     }
-    let mut batch: Vec<Value> = Vec::with_capacity(args.batch);
-    // Meta batches updates too (up to 1000 per request): entries per webhook object.
-    let mut hooks: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
-    let mut inflight = tokio::task::JoinSet::new();
+    // (first delivery time, body) buffers: first-party events, and entries per webhook object
+    // (Meta batches updates too, up to 1000 per request).
+    let mut batch: (i64, Vec<Value>) = (i64::MAX, Vec::with_capacity(args.batch));
+    let mut hooks: std::collections::BTreeMap<String, (i64, Vec<Value>)> = Default::default();
+    // In flight, oldest first: (first delivery time, request).
+    let mut inflight: std::collections::VecDeque<(
+        i64,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )> = Default::default();
+    // A buffer is sent when full, or when it holds events older than half the disorder bound.
+    let hold = (args.max_disorder_ms / 2).max(1);
     for i in 0..w.len() {
         pacer.before(w, i).await;
         let e = w.event(i);
+        let t = w.deliver_at(i);
         let hook = if args.to == Output::Webhook {
             webhook_json(&e)
         } else {
@@ -358,38 +371,55 @@ async fn to_http(
         match hook {
             Some(mut body) => {
                 let object = body["object"].as_str().unwrap_or("page").to_owned();
-                let entries = hooks.entry(object).or_default();
+                let (first, entries) = hooks.entry(object).or_insert((i64::MAX, Vec::new()));
+                *first = (*first).min(t);
                 if let Some(Value::Array(es)) = body.get_mut("entry").map(Value::take) {
                     entries.extend(es);
                 }
             }
-            None => batch.push(first_party_json(&e)),
+            None => {
+                batch.0 = batch.0.min(t);
+                batch.1.push(first_party_json(&e));
+            }
         }
         let last = i + 1 == w.len();
-        for (object, entries) in hooks.iter_mut() {
-            if entries.len() >= args.batch || (last && !entries.is_empty()) {
+        let due =
+            |first: i64, len: usize| len > 0 && (len >= args.batch || last || t - first >= hold);
+        let mut requests: Vec<(i64, String, Vec<u8>, Option<String>)> = Vec::new();
+        for (object, (first, entries)) in hooks.iter_mut() {
+            if due(*first, entries.len()) {
                 let body = serde_json::to_vec(
                     &json!({"object": object, "entry": std::mem::take(entries)}),
                 )?;
                 let sig = banter_ingest::server::sign(secret.as_bytes(), &body);
-                let (http, url) = (http.clone(), hook_url.clone());
-                inflight.spawn(async move { post(&http, &url, body, Some(sig)).await });
+                requests.push((*first, hook_url.clone(), body, Some(sig)));
+                *first = i64::MAX;
             }
         }
-        if batch.len() >= args.batch || (last && !batch.is_empty()) {
-            let body = serde_json::to_vec(&Value::Array(std::mem::take(&mut batch)))?;
-            let (http, url) = (http.clone(), events_url.clone());
-            inflight.spawn(async move { post(&http, &url, body, None).await });
+        if due(batch.0, batch.1.len()) {
+            let body = serde_json::to_vec(&Value::Array(std::mem::take(&mut batch.1)))?;
+            requests.push((batch.0, events_url.clone(), body, None));
+            batch.0 = i64::MAX;
         }
-        // Bounded concurrency; order across requests is loose, as real deliveries are.
-        while inflight.len() >= 32 {
-            if let Some(r) = inflight.join_next().await {
-                r??;
+        for (first, url, body, sig) in requests {
+            // Bounded concurrency and bounded disorder: wait for the oldest requests first.
+            while let Some((oldest, _)) = inflight.front() {
+                if inflight.len() < 32 && first - oldest < args.max_disorder_ms {
+                    break;
+                }
+                if let Some((_, h)) = inflight.pop_front() {
+                    h.await??;
+                }
             }
+            let http = http.clone();
+            inflight.push_back((
+                first,
+                tokio::spawn(async move { post(&http, &url, body, sig).await }),
+            ));
         }
     }
-    while let Some(r) = inflight.join_next().await {
-        r??;
+    for (_, h) in inflight {
+        h.await??;
     }
     Ok(())
 }
