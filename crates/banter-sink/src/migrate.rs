@@ -29,7 +29,7 @@ pub struct Migration {
 
 /// The migrations, in order (embedded: the binary carries its schema).
 pub fn migrations() -> Vec<Migration> {
-    let files: [(&'static str, &'static str); 4] = [
+    let files: [(&'static str, &'static str); 5] = [
         (
             "0001_rollups.sql",
             include_str!("../../../schemas/clickhouse/0001_rollups.sql"),
@@ -45,6 +45,10 @@ pub fn migrations() -> Vec<Migration> {
         (
             "0004_views.sql",
             include_str!("../../../schemas/clickhouse/0004_views.sql"),
+        ),
+        (
+            "0005_inserted_at.sql",
+            include_str!("../../../schemas/clickhouse/0005_inserted_at.sql"),
         ),
     ];
     files
@@ -237,6 +241,6 @@ mod tests {
         ));
         assert!(n.contains("account_id LowCardinality(String)"));
         let versions: Vec<u32> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     }
 }

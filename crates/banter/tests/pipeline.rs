@@ -10,10 +10,11 @@ mod common;
 use std::time::Duration;
 
 use banter_integration::*;
-use banter_model::{AvroRecord, DeadLetter, Rollup, WindowKind};
+use banter_model::{AlertState, AvroRecord, DeadLetter, Rollup, SpikeAlert, WindowKind};
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_workload_lands_in_clickhouse_as_expected() {
@@ -32,6 +33,51 @@ async fn generated_workload_lands_in_clickhouse_as_expected() {
     assert!(rows
         .values()
         .all(|r| r.unique_engagers.is_some_and(|n| n >= 0)));
+
+    // An alert through the sink, so the alert panels have something to show.
+    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let t = rows.keys().map(|k| k.3).max().unwrap();
+    let alert = SpikeAlert {
+        alert_id: "acct-0/post-0-0/spike".into(),
+        state: AlertState::Firing,
+        account_id: "acct-0".into(),
+        content_id: Some("post-0-0".into()),
+        window_start: t,
+        window_end: t + 60_000,
+        observed: 120,
+        baseline_mean: 10.0,
+        baseline_stddev: 3.0,
+        z_score: 12.5,
+        started_at: t,
+        ended_at: None,
+        revision: 1,
+        emitted_at: t + 60_000,
+    };
+    producer
+        .send(
+            FutureRecord::to(&cfg.kafka.topics.alerts)
+                .key("acct-0")
+                .payload(&SpikeAlert::codec().encode(&alert).unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the alert in ClickHouse",
+        Duration::from_secs(60),
+        || async {
+            let n: u64 = db
+                .ch
+                .client
+                .query("SELECT count() FROM alerts")
+                .fetch_one()
+                .await
+                .unwrap();
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    dashboards_run_and_return_rows(&db, t).await;
     stop(sink);
     stop(stream);
     db.drop_now(&cfg).await;
@@ -130,4 +176,97 @@ async fn a_rejected_row_is_dead_lettered_and_the_others_land() {
     .await;
     stop(sink);
     db.drop_now(&cfg).await;
+}
+
+/// The ClickHouse datasource plugin's macros, for the time range [from, to] in seconds.
+fn expand_macros(sql: &str, from: i64, to: i64) -> String {
+    let mut out = sql
+        .replace("$__fromTime", &format!("toDateTime({from})"))
+        .replace("$__toTime", &format!("toDateTime({to})"));
+    while let Some(i) = out.find("$__timeFilter(") {
+        let rest = &out[i + "$__timeFilter(".len()..];
+        let j = rest.find(')').unwrap();
+        let col = rest[..j].to_owned();
+        out = format!(
+            "{}{col} >= toDateTime({from}) AND {col} <= toDateTime({to}){}",
+            &out[..i],
+            &rest[j + 1..]
+        );
+    }
+    assert!(!out.contains("$__"), "unexpanded macro in {out}");
+    out
+}
+
+/// Every dashboard in docker/grafana/dashboards is valid for provisioning; every ClickHouse
+/// query (panels and annotations), macros expanded, runs against the real ClickHouse and
+/// returns rows; every Prometheus expression is accepted by the real Prometheus.
+async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
+    let dir = repo_root().join("docker/grafana/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    let (from, to) = (last_ms / 1000 - 8 * 3600, last_ms / 1000 + 3600);
+    let http = reqwest::Client::new();
+    let prometheus = format!(
+        "http://127.0.0.1:{}/api/v1/query",
+        std::env::var("BANTER_PROMETHEUS_PORT").unwrap_or_else(|_| "9090".into())
+    );
+    let mut checked = 0;
+    for f in files {
+        let d: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        for key in ["uid", "title", "panels", "schemaVersion"] {
+            assert!(d.get(key).is_some(), "{name}: no {key}");
+        }
+        let mut targets: Vec<(String, Value)> = Vec::new();
+        for p in d["panels"].as_array().unwrap() {
+            let title = p["title"].as_str().unwrap().to_owned();
+            assert!(
+                p["gridPos"]["w"].as_i64().is_some(),
+                "{name}/{title}: gridPos"
+            );
+            for t in p["targets"].as_array().unwrap() {
+                assert!(t["refId"].is_string(), "{name}/{title}: refId");
+                targets.push((title.clone(), t.clone()));
+            }
+        }
+        for a in d["annotations"]["list"].as_array().unwrap() {
+            targets.push((format!("annotation {}", a["name"]), a["target"].clone()));
+        }
+        for (title, t) in targets {
+            match t["datasource"]["uid"].as_str().unwrap() {
+                "banter-clickhouse" => {
+                    let sql = expand_macros(t["rawSql"].as_str().unwrap(), from, to);
+                    let n: u64 = db
+                        .ch
+                        .client
+                        .query(&format!("SELECT count() FROM ({sql})"))
+                        .fetch_one()
+                        .await
+                        .unwrap_or_else(|e| panic!("{name}/{title}: {e}\n{sql}"));
+                    assert!(n > 0, "{name}/{title} returned no rows:\n{sql}");
+                }
+                "banter-prometheus" => {
+                    let expr = t["expr"].as_str().unwrap();
+                    let r: Value = http
+                        .get(&prometheus)
+                        .query(&[("query", expr)])
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    assert_eq!(r["status"], "success", "{name}/{title}: {expr}: {r}");
+                }
+                other => panic!("{name}/{title}: unknown datasource {other}"),
+            }
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} dashboard queries checked");
 }

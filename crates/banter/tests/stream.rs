@@ -70,8 +70,7 @@ async fn kill_9_mid_stream_changes_nothing() {
         std::future::ready((rollups.seen > 2500).then_some(()))
     })
     .await;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill9();
     let log = std::fs::read_to_string(dir.join("a.log")).unwrap();
     std::fs::rename(dir.join("a.log"), dir.join("a-killed.log")).unwrap();
     assert!(log.contains("stream started"), "{log}");

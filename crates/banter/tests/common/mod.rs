@@ -24,6 +24,7 @@ pub fn banter_cmd(cfg: &Config) -> Command {
         .env("BANTER_KAFKA__TOPICS__EVENTS", &t.events)
         .env("BANTER_KAFKA__TOPICS__ROLLUPS", &t.rollups)
         .env("BANTER_KAFKA__TOPICS__DLQ", &t.dlq)
+        .env("BANTER_KAFKA__TOPICS__ALERTS", &t.alerts)
         .env("BANTER_KAFKA__TOPICS__CHECKPOINTS", &t.checkpoints)
         .env("BANTER_STREAM__GROUP_ID", &cfg.stream.group_id)
         .env("BANTER_SINK__GROUP_ID", &cfg.sink.group_id)
@@ -40,12 +41,12 @@ pub fn banter_cmd(cfg: &Config) -> Command {
 }
 
 /// Starts `banter stream` as instance `instance`; its log goes to a file in `dir`.
-pub fn start_stream(cfg: &Config, instance: &str, dir: &Path) -> Child {
+pub fn start_stream(cfg: &Config, instance: &str, dir: &Path) -> Proc {
     start_role(cfg, "stream", instance, dir)
 }
 
 /// Starts `banter <role>`; its log goes to `<dir>/<instance>.log`.
-pub fn start_role(cfg: &Config, role: &str, instance: &str, dir: &Path) -> Child {
+pub fn start_role(cfg: &Config, role: &str, instance: &str, dir: &Path) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap();
     banter_cmd(cfg)
         .arg(role)
@@ -53,12 +54,13 @@ pub fn start_role(cfg: &Config, role: &str, instance: &str, dir: &Path) -> Child
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Proc::new)
         .unwrap()
 }
 
 /// Runs `banter generate --to kafka` (paced at `rate` events/s when > 0) and returns the
 /// path of its expected aggregates.
-pub fn generate(cfg: &Config, dir: &Path, rate: u64) -> Child {
+pub fn generate(cfg: &Config, dir: &Path, rate: u64) -> Proc {
     let exp = dir.join("expected.json");
     banter_cmd(cfg)
         .args([
@@ -79,15 +81,46 @@ pub fn generate(cfg: &Config, dir: &Path, rate: u64) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Proc::new)
         .unwrap()
 }
 
-pub fn finish(mut child: Child, what: &str) {
-    let status = child.wait().unwrap();
+/// A child process that is killed when dropped, so a failing test leaves nothing running.
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    fn new(c: Child) -> Self {
+        Proc(Some(c))
+    }
+
+    fn take(&mut self) -> Child {
+        self.0.take().unwrap()
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill9(&mut self) {
+        let mut c = self.take();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn finish(mut p: Proc, what: &str) {
+    let status = p.take().wait().unwrap();
     assert!(status.success(), "{what} failed: {status}");
 }
 
-pub fn stop(mut child: Child) {
+pub fn stop(mut p: Proc) {
+    let mut child = p.take();
     // SIGTERM: a clean stop.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sink benchmark against the real broker and ClickHouse.
+#  1. Throughput: a generated workload goes through a release `banter stream` into a rollups
+#     topic; then `banter sink` starts on a fresh database and we time it until every rollup
+#     row is acknowledged by ClickHouse (rows/s).
+#  2. Latency: a live run (events at wall-clock time through ingest → stream → sink) for a few
+#     minutes; per MINUTE row, inserted_at - window_end: how long after a minute ends its
+#     numbers are visible in ClickHouse (includes the stream's 60 s out-of-orderness).
+#   benches/sink/run.sh [ACCOUNTS] [MINUTES] [LIVE_MINUTES]      (defaults 2000, 360, 4)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+accounts="${1:-2000}"; minutes="${2:-360}"; live="${3:-4}"
+scripts/stack.sh up >/dev/null
+cargo build --release --locked -p banter 2>&1 | tail -1
+bin=target/release/banter
+ch=http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/
+metric() { curl -fsS "localhost:$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d", s}'; }
+setup() { # run-name
+  export BANTER_KAFKA__TOPICS__EVENTS="$1.events" BANTER_KAFKA__TOPICS__ROLLUPS="$1.rollups" \
+    BANTER_KAFKA__TOPICS__DLQ="$1.dlq" BANTER_KAFKA__TOPICS__ALERTS="$1.alerts" \
+    BANTER_KAFKA__TOPICS__CHECKPOINTS="$1.checkpoints" BANTER_STREAM__GROUP_ID="$1" BANTER_SINK__GROUP_ID="$1-sink" \
+    BANTER_STREAM__INSTANCE_ID=bench BANTER_CLICKHOUSE__DATABASE="$1" \
+    BANTER_INGEST__ACTOR_SALT=benchmark-salt-0123456789 BANTER_INGEST__META_APP_SECRET=bench-secret \
+    BANTER_INGEST__LISTEN=127.0.0.1:8082 BANTER_TELEMETRY__LOG_LEVEL=warn
+  $bin topics >/dev/null; $bin migrate >/dev/null
+}
+pids=(); trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done' EXIT
+role() { BANTER_HTTP__LISTEN="127.0.0.1:$2" $bin "$1" & pids+=($!); for _ in $(seq 1 100); do curl -fsS -o /dev/null "localhost:$2/readyz" 2>/dev/null && return; sleep 0.1; done; }
+
+echo "== throughput =="
+run="sinkbench$(date +%s)"; setup "$run"
+$bin generate --to kafka --accounts "$accounts" --minutes "$minutes" --seed 5 2>&1 | tail -1
+role stream 9476
+# Let the stream finish: its row counter stops moving.
+last=-1; while :; do sleep 2; r=$(metric 9476 banter_stream_rows_emitted_total); [ "$r" = "$last" ] && [ "$r" -gt 0 ] && break; last=$r; done
+echo "stream wrote $r rollup rows"
+start=$(date +%s.%N); role sink 9477
+while [ "$(metric 9477 banter_sink_rows_written_total)" -lt "$r" ]; do sleep 0.2; done
+end=$(date +%s.%N)
+python3 -c "import sys; r,s,e=int(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]); print(f'sink: {r} rows in {e-s:.2f} s from process start: {r/(e-s):,.0f} rows/s')" "$r" "$start" "$end"
+curl -fsS localhost:9477/metrics | grep -E '^banter_sink_(insert_seconds|batch_rows)_(sum|count)'
+for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; pids=()
+
+echo "== latency (live, $live minutes) =="
+run="sinklive$(date +%s)"; setup "$run"
+export BANTER_STREAM__IDLE_TIMEOUT_MS=5000
+BANTER_HTTP__LISTEN=127.0.0.1:9478 $bin ingest & pids+=($!)
+role stream 9476; role sink 9477
+sleep 1
+$bin generate --to webhook --url http://127.0.0.1:8082 --live --accounts 200 --minutes "$live" --seed 9 2>&1 | tail -1
+sleep 75 # the last minutes close (out-of-orderness + idle timeout)
+curl -fsS "$ch" --data-binary "SELECT count() AS rows, quantiles(0.5, 0.9, 0.99)(toInt64(inserted_at) - intDiv(window_end_ms, 1000)) AS p50_p90_p99_s FROM $run.rollups WHERE window_kind = 'MINUTE' AND revision = (SELECT max(revision) FROM $run.rollups) * 0 + revision FORMAT PrettyCompactMonoBlock"
