@@ -133,7 +133,8 @@ pub fn stop(mut p: Proc) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
-    panic!("banter stream did not stop within 30 s of SIGTERM");
+    let _ = child.wait();
+    panic!("banter did not stop within 30 s of SIGTERM");
 }
 
 /// Latest committed row per key, read with `read_committed` like the sink.
