@@ -48,6 +48,9 @@ enum Command {
     Migrate,
     /// Run the ClickHouse sink: rollups, alerts and dead letters into ClickHouse.
     Sink,
+    /// Everything in one process: topics, migrations, ingest, stream and sink (the simplest
+    /// way to try banter; in production run the roles separately and scale them).
+    Run,
     /// Generate the seeded workload, publish it and write its expected aggregates.
     Generate(generate::GenerateArgs),
     /// Publish an NDJSON file of events or captured webhook bodies (resumable backfill).
@@ -107,6 +110,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Stream => runtime()?.block_on(stream(&config)),
         Command::Migrate => runtime()?.block_on(migrate(&config)),
         Command::Sink => runtime()?.block_on(sink(&config)),
+        Command::Run => runtime()?.block_on(run_all(&config)),
         Command::Generate(args) => runtime()?.block_on(generate::run(&config, args)),
         Command::Replay {
             file,
@@ -265,6 +269,69 @@ async fn sink(config: &Config) -> anyhow::Result<()> {
     shutdown.cancel();
     ops.task.await.context("ops server task")??;
     result?;
+    Ok(())
+}
+
+async fn run_all(config: &Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let connect = Duration::from_secs(config.kafka.connect_timeout_secs);
+    wait_for_broker(&config.kafka, connect).await?;
+    for (topic, outcome) in ensure_topics(&config.kafka, &pipeline_topics(&config.kafka)).await? {
+        match outcome {
+            TopicOutcome::Exists { partitions } if partitions != config.kafka.topics.partitions => {
+                tracing::warn!(%topic, partitions, "topic exists with another partition count");
+            }
+            _ => {}
+        }
+    }
+    let ch = clickhouse(config).await?;
+    banter_sink::migrate(&ch, &config.clickhouse.database).await?;
+
+    let mut metrics = Metrics::new("run");
+    let stream_metrics = banter_stream::StreamMetrics::register(metrics.registry_mut());
+    let sink_metrics = banter_sink::SinkMetrics::register(metrics.registry_mut());
+    let readiness = Readiness::default();
+    readiness.register("stream");
+    let ingest =
+        banter_ingest::start(config, metrics.registry_mut(), &readiness, shutdown.clone()).await?;
+    let listen = config.http.listen.parse().context("http.listen")?;
+    let ops = serve_ops(
+        listen,
+        metrics.into_shared(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let (cfg, stop, ready) = (config.clone(), shutdown.clone(), readiness.clone());
+    let mut stream = tokio::task::spawn_blocking(move || {
+        banter_stream::run(
+            &cfg,
+            &stream_metrics,
+            &|ok| ready.set("stream", ok),
+            &|| stop.is_cancelled(),
+        )
+    });
+    let mut sink = tokio::spawn({
+        let (cfg, stop) = (config.clone(), shutdown.clone());
+        async move { banter_sink::run(&cfg, ch, sink_metrics, stop).await }
+    });
+    tracing::info!(ingest = %ingest.local_addr, "banter run: ingest, stream and sink running");
+    let mut server = ingest.server;
+    // The first role to stop (an error, or the signal) stops the others.
+    let first: anyhow::Result<()> = tokio::select! {
+        r = &mut server => r.context("ingest server task")?.context("ingest server"),
+        r = &mut stream => r.context("stream thread")?.context("stream"),
+        r = &mut sink => r.context("sink task")?.context("sink"),
+    };
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = stream.await;
+    let _ = sink.await;
+    let _ = ops.task.await;
+    let _ = tokio::task::spawn_blocking(move || ingest.publisher_thread.join()).await;
+    first?;
+    tracing::info!("banter run stopped");
     Ok(())
 }
 

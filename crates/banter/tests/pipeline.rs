@@ -83,6 +83,40 @@ async fn generated_workload_lands_in_clickhouse_as_expected() {
     db.drop_now(&cfg).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banter_run_does_it_all_in_one_process() {
+    let mut cfg = fresh_pipeline_config("run").await;
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.ingest.listen = format!("127.0.0.1:{port}");
+    let dir = test_dir("banter-run");
+    // No migrate, no topics: `banter run` does both.
+    let run = {
+        let log = std::fs::File::create(dir.join("run.log")).unwrap();
+        let child = banter_cmd(&cfg)
+            .arg("run")
+            .env("BANTER_INGEST__LISTEN", &cfg.ingest.listen)
+            .env("BANTER_INGEST__ACTOR_SALT", "integration-test-salt")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc::from_child(child)
+    };
+    // First-party events through the HTTP API (ms-precise times: the expected aggregates hold).
+    finish(
+        generate_to(&cfg, &dir, 0, "http"),
+        "banter generate --to http",
+    );
+    clickhouse_matches(&db.ch, &dir, Duration::from_secs(120)).await;
+    stop(run);
+    db.drop_now(&cfg).await;
+}
+
 fn rollup(account: &str, start: i64, end: i64, revision: i64) -> Rollup {
     Rollup {
         account_id: account.into(),

@@ -61,12 +61,19 @@ pub fn start_role(cfg: &Config, role: &str, instance: &str, dir: &Path) -> Proc 
 /// Runs `banter generate --to kafka` (paced at `rate` events/s when > 0) and returns the
 /// path of its expected aggregates.
 pub fn generate(cfg: &Config, dir: &Path, rate: u64) -> Proc {
+    generate_to(cfg, dir, rate, "kafka")
+}
+
+/// [`generate`] to another output (`http` posts to `ingest.listen`).
+pub fn generate_to(cfg: &Config, dir: &Path, rate: u64, to: &str) -> Proc {
     let exp = dir.join("expected.json");
     banter_cmd(cfg)
         .args([
             "generate",
+            "--url",
+            &format!("http://{}", cfg.ingest.listen),
             "--to",
-            "kafka",
+            to,
             "--accounts",
             "24",
             "--minutes",
@@ -90,6 +97,11 @@ pub struct Proc(Option<Child>);
 
 impl Proc {
     fn new(c: Child) -> Self {
+        Proc(Some(c))
+    }
+
+    /// Takes charge of a process started elsewhere.
+    pub fn from_child(c: Child) -> Self {
         Proc(Some(c))
     }
 
