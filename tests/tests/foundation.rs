@@ -134,11 +134,19 @@ async fn pipeline_topics_are_created_once() {
     cfg.kafka.topics.rollups = format!("{prefix}.rollups");
     cfg.kafka.topics.alerts = format!("{prefix}.alerts");
     cfg.kafka.topics.dlq = format!("{prefix}.dlq");
+    cfg.kafka.topics.checkpoints = format!("{prefix}.checkpoints");
     cfg.kafka.topics.partitions = 4;
     let specs = pipeline_topics(&cfg.kafka);
+    let checkpoints = specs
+        .iter()
+        .find(|s| s.name == cfg.kafka.topics.checkpoints)
+        .unwrap();
+    assert!(checkpoints
+        .config
+        .contains(&("cleanup.policy".into(), "compact".into())));
 
     let first = ensure_topics(&cfg.kafka, &specs).await.unwrap();
-    assert_eq!(first.len(), 4);
+    assert_eq!(first.len(), 5);
     assert!(
         first.iter().all(|(_, o)| *o == TopicOutcome::Created),
         "{first:?}"

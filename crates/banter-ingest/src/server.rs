@@ -12,7 +12,7 @@
 //! 503 with `Retry-After` when Kafka did not acknowledge in time (nothing was published).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -139,12 +139,7 @@ pub struct IngestState {
 }
 
 /// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use banter_runtime::now_ms;
 
 /// Turns normalized items into Kafka records: events keyed by account to the events topic,
 /// rejections as [`DeadLetter`]s to the dead-letter topic. Returns (records, accepted,

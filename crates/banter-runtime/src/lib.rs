@@ -11,3 +11,11 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use secret::Secret;
+
+/// Wall-clock milliseconds since the Unix epoch (0 before 1970, saturating far ahead).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -238,6 +238,31 @@ impl From<DeadLetter> for DeadLetterRow {
     }
 }
 
+/// Where a Kafka record came from.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+/// Decodes an Avro record into the row of its table, keeping where it came from.
+fn decode<R: AvroRecord, T: From<R>>(
+    payload: &[u8],
+    src: Source<'_>,
+    account: impl Fn(&R) -> String,
+) -> Result<Pending<T>, String> {
+    let r = R::codec().decode(payload).map_err(|e| e.to_string())?;
+    Ok(Pending {
+        account_id: account(&r),
+        row: r.into(),
+        topic: src.topic.to_owned(),
+        partition: src.partition,
+        offset: src.offset,
+        payload: payload.to_vec(),
+    })
+}
+
 /// A row with where it came from, for dead-lettering it.
 struct Pending<T> {
     row: T,
@@ -392,7 +417,7 @@ impl Writer<'_> {
                 source_offset: Some(p.offset),
                 account_id: (!p.account_id.is_empty()).then(|| p.account_id.clone()),
                 payload: p.payload.clone(),
-                failed_at: now_ms(),
+                failed_at: banter_runtime::now_ms(),
             },
         )
         .await
@@ -422,13 +447,6 @@ async fn send_dead_letter(
             what: "dead letter",
             detail: e.to_string(),
         })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -507,61 +525,41 @@ pub async fn run(
             };
             let topic = m.topic().to_owned();
             let (partition, offset) = (m.partition(), m.offset());
-            let payload = m.payload().unwrap_or_default().to_vec();
+            let payload = m.payload().unwrap_or_default();
             batch.offsets.insert((topic.clone(), partition), offset + 1);
             batch.records += 1;
-            let undecodable = |e: String| (topic.clone(), partition, offset, payload.clone(), e);
+            let undecodable = |e: String| (topic.clone(), partition, offset, payload.to_vec(), e);
+            let src = Source {
+                topic: &topic,
+                partition,
+                offset,
+            };
             let bad = if topic == k.topics.rollups {
-                match Rollup::codec().decode(&payload) {
-                    Ok(r) => {
-                        batch.rollups.push(Pending {
-                            account_id: r.account_id.clone(),
-                            row: r.into(),
-                            topic,
-                            partition,
-                            offset,
-                            payload,
-                        });
-                        None
-                    }
-                    Err(e) => Some(undecodable(e.to_string())),
-                }
+                decode::<Rollup, _>(payload, src, |r| r.account_id.clone())
+                    .map(|p| batch.rollups.push(p))
+                    .err()
+                    .map(undecodable)
             } else if topic == k.topics.alerts {
-                match SpikeAlert::codec().decode(&payload) {
-                    Ok(a) => {
-                        batch.alerts.push(Pending {
-                            account_id: a.account_id.clone(),
-                            row: a.into(),
-                            topic,
-                            partition,
-                            offset,
-                            payload,
-                        });
-                        None
-                    }
-                    Err(e) => Some(undecodable(e.to_string())),
-                }
+                decode::<SpikeAlert, _>(payload, src, |a| a.account_id.clone())
+                    .map(|p| batch.alerts.push(p))
+                    .err()
+                    .map(undecodable)
             } else {
-                match DeadLetter::codec().decode(&payload) {
-                    Ok(d) => {
-                        batch.dead_letters.push(Pending {
-                            account_id: d.account_id.clone().unwrap_or_default(),
-                            row: d.into(),
-                            topic,
-                            partition,
-                            offset,
-                            payload: Vec::new(),
-                        });
-                        None
+                match decode::<DeadLetter, _>(payload, src, |d| {
+                    d.account_id.clone().unwrap_or_default()
+                }) {
+                    Ok(mut p) => {
+                        p.payload = Vec::new(); // the row holds it; no second copy
+                        batch.dead_letters.push(p);
                     }
                     // An undecodable dead letter is not sent back to the dead-letter topic
                     // (it would loop); it is counted and logged.
                     Err(e) => {
                         metrics.undecodable.inc();
                         tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
-                        None
                     }
                 }
+                None
             };
             if let Some((topic, partition, offset, payload, e)) = bad {
                 metrics.undecodable.inc();
@@ -577,7 +575,7 @@ pub async fn run(
                         source_offset: Some(offset),
                         account_id: None,
                         payload,
-                        failed_at: now_ms(),
+                        failed_at: banter_runtime::now_ms(),
                     },
                 )
                 .await?;

@@ -658,7 +658,7 @@ fn rewind(
 }
 
 fn gauges(consumer: &BaseConsumer<Ctx>, parts: &Parts, out: &Outputs, metrics: &StreamMetrics) {
-    let now = now_ms();
+    let now = banter_runtime::now_ms();
     let (mut entries, mut bytes, mut posts) = (0, 0, 0);
     for (p, part) in &parts.active {
         let label = vec![("partition".to_owned(), p.to_string())];
@@ -683,13 +683,6 @@ fn gauges(consumer: &BaseConsumer<Ctx>, parts: &Parts, out: &Outputs, metrics: &
     metrics.state_bytes.set(bytes as i64);
     metrics.posts.set(posts as i64);
     metrics.partitions.set(parts.active.len() as i64);
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 struct Tx<'a> {
@@ -938,6 +931,6 @@ fn dead_letter(
         source_offset: Some(offset),
         account_id,
         payload,
-        failed_at: now_ms(),
+        failed_at: banter_runtime::now_ms(),
     }
 }

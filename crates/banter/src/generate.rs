@@ -82,13 +82,6 @@ pub struct GenerateArgs {
     max_disorder_ms: i64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The first-party JSON form of an event (what /v1/events and `banter replay` take).
 pub fn first_party_json(e: &EngagementEvent) -> Value {
     let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
@@ -192,7 +185,7 @@ pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         bail!("--minutes must be positive");
     }
     let duration_ms = args.minutes * MINUTE;
-    let now = now_ms();
+    let now = banter_runtime::now_ms();
     let start_ms = args.start_ms.unwrap_or(if args.live {
         now
     } else {

@@ -174,13 +174,14 @@ async fn ingest(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stream(config: &Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    let mut metrics = Metrics::new("stream");
-    let stream_metrics = banter_stream::StreamMetrics::register(metrics.registry_mut());
-    let readiness = Readiness::default();
-    readiness.register("stream");
+/// What a long-running role starts with: its ops server (metrics and readiness, frozen now)
+/// and a broker that answers.
+async fn serve_role(
+    config: &Config,
+    metrics: Metrics,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<banter_runtime::http::OpsServer> {
     let listen = config.http.listen.parse().context("http.listen")?;
     let ops = serve_ops(
         listen,
@@ -194,6 +195,17 @@ async fn stream(config: &Config) -> anyhow::Result<()> {
         Duration::from_secs(config.kafka.connect_timeout_secs),
     )
     .await?;
+    Ok(ops)
+}
+
+async fn stream(config: &Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut metrics = Metrics::new("stream");
+    let stream_metrics = banter_stream::StreamMetrics::register(metrics.registry_mut());
+    let readiness = Readiness::default();
+    readiness.register("stream");
+    let ops = serve_role(config, metrics, &readiness, &shutdown).await?;
     let cfg = config.clone();
     let stop = shutdown.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -250,19 +262,7 @@ async fn sink(config: &Config) -> anyhow::Result<()> {
     let sink_metrics = banter_sink::SinkMetrics::register(metrics.registry_mut());
     let readiness = Readiness::default();
     readiness.register("clickhouse");
-    let listen = config.http.listen.parse().context("http.listen")?;
-    let ops = serve_ops(
-        listen,
-        metrics.into_shared(),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    wait_for_broker(
-        &config.kafka,
-        Duration::from_secs(config.kafka.connect_timeout_secs),
-    )
-    .await?;
+    let ops = serve_role(config, metrics, &readiness, &shutdown).await?;
     let ch = clickhouse(config).await?;
     readiness.set("clickhouse", true);
     let result = banter_sink::run(config, ch, sink_metrics, shutdown.clone()).await;
