@@ -28,9 +28,9 @@
 //!   happened before, so a replay repeats them at the same place.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
-use hashbrown::{Equivalent, HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 
 /// Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
 /// emits rows in the same order.
@@ -131,56 +131,90 @@ enum Timer {
     Forget,
 }
 
-/// (account, content); content None is the account-level key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    account: String,
-    content: Option<String>,
+/// (account, content) as interned name ids: account in the high 32 bits, content + 1 in the low
+/// ones (0: the account-level key). Hashing and comparing keys costs an integer.
+type Key = u64;
+
+fn key(account: u32, content: Option<u32>) -> Key {
+    (u64::from(account) << 32) | content.map_or(0, |c| u64::from(c) + 1)
 }
 
-/// A [`Key`] borrowed from an event: looks up without allocating.
-#[derive(Clone, Copy)]
-struct KeyRef<'a> {
-    account: &'a str,
-    content: Option<&'a str>,
+/// Account and post names, interned while some state refers to them. Each pane entry and each
+/// post holds a reference to its names; a name nobody refers to is forgotten.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    ids: HashMap<String, u32, foldhash::fast::FixedState>,
+    names: Vec<String>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
 }
 
-fn hash_key<H: Hasher>(account: &str, content: Option<&str>, h: &mut H) {
-    h.write(account.as_bytes());
-    h.write_u8(0xff);
-    match content {
-        Some(c) => {
-            h.write_u8(1);
-            h.write(c.as_bytes());
+impl Names {
+    /// The id of `name`, interning it (with no reference yet) when new.
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
         }
-        None => h.write_u8(0),
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = name.to_owned();
+                id
+            }
+            None => {
+                self.names.push(name.to_owned());
+                self.refs.push(0);
+                u32::try_from(self.names.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.ids.insert(name.to_owned(), id);
+        id
     }
-}
 
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        hash_key(&self.account, self.content.as_deref(), h);
+    fn retain(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
     }
-}
 
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        hash_key(self.account, self.content, h);
-    }
-}
-
-impl Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, k: &Key) -> bool {
-        self.account == k.account && self.content == k.content.as_deref()
-    }
-}
-
-impl From<&KeyRef<'_>> for Key {
-    fn from(k: &KeyRef<'_>) -> Key {
-        Key {
-            account: k.account.to_owned(),
-            content: k.content.map(str::to_owned),
+    fn release(&mut self, id: u32) {
+        let r = &mut self.refs[id as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            let name = std::mem::take(&mut self.names[id as usize]);
+            self.ids.remove(&name);
+            self.free.push(id);
         }
+    }
+
+    fn retain_key(&mut self, k: Key) {
+        self.retain((k >> 32) as u32);
+        if k & 0xffff_ffff != 0 {
+            self.retain(((k & 0xffff_ffff) - 1) as u32);
+        }
+    }
+
+    fn release_key(&mut self, k: Key) {
+        self.release((k >> 32) as u32);
+        if k & 0xffff_ffff != 0 {
+            self.release(((k & 0xffff_ffff) - 1) as u32);
+        }
+    }
+
+    fn account(&self, k: Key) -> String {
+        self.names[(k >> 32) as usize].clone()
+    }
+
+    fn content(&self, k: Key) -> Option<String> {
+        match k & 0xffff_ffff {
+            0 => None,
+            c => Some(self.names[(c - 1) as usize].clone()),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.names
+            .iter()
+            .map(|n| 2 * n.capacity() + 48)
+            .sum::<usize>()
+            + self.refs.len() * 4
     }
 }
 
@@ -254,17 +288,38 @@ impl Counts {
         self.engagers.merge(&o.engagers);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rollup(
         &self,
-        key: &Key,
+        names: &Names,
+        key: Key,
+        window: WindowKind,
+        start: i64,
+        end: i64,
+        emitted_at: i64,
+    ) -> Rollup {
+        self.row(
+            names.account(key),
+            names.content(key),
+            window,
+            start,
+            end,
+            emitted_at,
+        )
+    }
+
+    fn row(
+        &self,
+        account_id: String,
+        content_id: Option<String>,
         window: WindowKind,
         start: i64,
         end: i64,
         emitted_at: i64,
     ) -> Rollup {
         Rollup {
-            account_id: key.account.clone(),
-            content_id: key.content.clone(),
+            account_id,
+            content_id,
             window,
             window_start: start,
             window_end: end,
@@ -289,8 +344,15 @@ impl Counts {
 }
 
 /// The VELOCITY_5M row of `k` ending at `end` from the sum of its five panes.
-fn velocity(k: &Key, sum: &Counts, end: i64, emitted_at: i64) -> Rollup {
-    let mut r = sum.rollup(k, WindowKind::Velocity5m, end - 5 * MINUTE, end, emitted_at);
+fn velocity(names: &Names, k: Key, sum: &Counts, end: i64, emitted_at: i64) -> Rollup {
+    let mut r = sum.rollup(
+        names,
+        k,
+        WindowKind::Velocity5m,
+        end - 5 * MINUTE,
+        end,
+        emitted_at,
+    );
     r.velocity = Some(sum.interactions as f64 / 5.0);
     r
 }
@@ -335,6 +397,8 @@ pub struct Engine {
     watermark: i64,
     /// Minute start -> key -> counts.
     panes: BTreeMap<i64, Pane>,
+    /// The account and post names the panes' keys refer to.
+    names: Names,
     /// Minutes whose MINUTE rows have been emitted at least once (all below this are).
     closed_below: i64,
     /// event_id -> event time, while the event's window can change.
@@ -365,6 +429,7 @@ impl Engine {
             max_event_time: i64::MIN,
             watermark: i64::MIN,
             panes: BTreeMap::new(),
+            names: Names::default(),
             closed_below: i64::MIN,
             seen: HashSet::new(),
             seen_by_minute: BTreeMap::new(),
@@ -406,13 +471,13 @@ impl Engine {
     pub fn state_bytes(&self) -> usize {
         use std::mem::size_of;
         // Hash tables and B-trees cost about one word per entry on top of the entry.
-        let key = |k: &Key| k.account.capacity() + k.content.as_ref().map_or(0, String::capacity);
         let panes: usize = self
             .panes
             .values()
             .flat_map(|p| p.counts.iter())
             .map(|(k, c)| {
-                key(k) + size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8
+                let _ = k;
+                size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8
             })
             .sum();
         // Set entry + bucket entry.
@@ -433,7 +498,12 @@ impl Engine {
                         .sum::<usize>()
             })
             .sum();
-        panes + seen + posts
+        panes + seen + posts + self.names.heap_bytes()
+    }
+
+    /// Account and post names currently interned (referred to by some pane).
+    pub fn interned_names(&self) -> usize {
+        self.names.ids.len()
     }
 
     /// Posts with first-hour state.
@@ -577,26 +647,25 @@ impl Engine {
         if late {
             self.stats.late += 1;
         }
-        let account = KeyRef {
-            account: &e.account_id,
-            content: None,
-        };
-        let post = e.content_id.as_deref().map(|c| KeyRef {
-            account: &e.account_id,
-            content: Some(c),
+        let a = self.names.intern(&e.account_id);
+        let account = key(a, None);
+        let post = e.content_id.as_deref().map(|c| {
+            let c = self.names.intern(c);
+            key(a, Some(c))
         });
         let actor = engager(e);
         let pane = self.panes.entry(minute).or_insert_with(|| Pane {
             counts: Map::default(),
             mark,
         });
-        for k in std::iter::once(&account).chain(post.as_ref()) {
-            match pane.counts.get_mut(k) {
+        for k in std::iter::once(account).chain(post) {
+            match pane.counts.get_mut(&k) {
                 Some(c) => c.add(e, actor, offset, late),
                 None => {
                     let mut c = Counts::default();
                     c.add(e, actor, offset, late);
-                    pane.counts.insert(Key::from(k), c);
+                    pane.counts.insert(k, c);
+                    self.names.retain_key(k);
                 }
             }
         }
@@ -604,13 +673,12 @@ impl Engine {
         if late {
             let emitted_at = self.watermark;
             let before = out.len();
-            for k in std::iter::once(&account).chain(post.as_ref()) {
-                let k = Key::from(k);
-                self.minute_row(&k, minute, emitted_at, out);
+            for k in std::iter::once(account).chain(post) {
+                self.minute_row(k, minute, emitted_at, out);
                 // Velocity windows already closed that contain this minute.
                 for end in (minute + MINUTE..=minute + 5 * MINUTE).step_by(MINUTE as usize) {
                     if end <= self.closed_below {
-                        self.velocity_row(&k, end, emitted_at, out);
+                        self.velocity_row(k, end, emitted_at, out);
                     }
                 }
             }
@@ -740,11 +808,13 @@ impl Engine {
         }
         let before = out.len();
         for m in to_close {
-            // Rows come in the maps' order: deterministic (fixed hasher seed, same inserts in a
-            // replay), not sorted, which would cost more than the rest of the close.
+            // Rows come in the maps' order, not sorted (sorting would cost more than the rest of
+            // the close): the same rows in every run; after a restore, names may be interned
+            // under other ids and one watermark step's rows come in another order.
             if let Some(pane) = self.panes.get(&m) {
-                for (k, c) in &pane.counts {
+                for (&k, c) in &pane.counts {
                     out.push(Output::Rollup(c.rollup(
+                        &self.names,
                         k,
                         WindowKind::Minute,
                         m,
@@ -754,14 +824,20 @@ impl Engine {
                 }
             }
             // The velocity window ending at m + 1 min sums the panes m - 4 .. m.
-            let mut sums: Map<&Key, Counts> = Map::default();
+            let mut sums: Map<Key, Counts> = Map::default();
             for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
-                for (k, c) in &pane.counts {
+                for (&k, c) in &pane.counts {
                     sums.entry(k).or_default().merge(c);
                 }
             }
-            for (k, sum) in &sums {
-                out.push(Output::Rollup(velocity(k, sum, m + MINUTE, wm)));
+            for (&k, sum) in &sums {
+                out.push(Output::Rollup(velocity(
+                    &self.names,
+                    k,
+                    sum,
+                    m + MINUTE,
+                    wm,
+                )));
             }
         }
         self.stats.rows += (out.len() - before) as u64;
@@ -815,9 +891,10 @@ impl Engine {
         self.evict();
     }
 
-    fn minute_row(&self, k: &Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
-        if let Some(c) = self.panes.get(&minute).and_then(|p| p.counts.get(k)) {
+    fn minute_row(&self, k: Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
+        if let Some(c) = self.panes.get(&minute).and_then(|p| p.counts.get(&k)) {
             out.push(Output::Rollup(c.rollup(
+                &self.names,
                 k,
                 WindowKind::Minute,
                 minute,
@@ -827,17 +904,23 @@ impl Engine {
         }
     }
 
-    fn velocity_row(&self, k: &Key, end: i64, emitted_at: i64, out: &mut Vec<Output>) {
+    fn velocity_row(&self, k: Key, end: i64, emitted_at: i64, out: &mut Vec<Output>) {
         let mut sum = Counts::default();
         let mut any = false;
         for (_, pane) in self.panes.range(end - 5 * MINUTE..end) {
-            if let Some(c) = pane.counts.get(k) {
+            if let Some(c) = pane.counts.get(&k) {
                 sum.merge(c);
                 any = true;
             }
         }
         if any {
-            out.push(Output::Rollup(velocity(k, &sum, end, emitted_at)));
+            out.push(Output::Rollup(velocity(
+                &self.names,
+                k,
+                &sum,
+                end,
+                emitted_at,
+            )));
         }
     }
 
@@ -874,11 +957,9 @@ impl Engine {
             revision: p.revision,
             ..Default::default()
         }
-        .rollup(
-            &Key {
-                account: p.account_id.clone(),
-                content: Some(content.to_owned()),
-            },
+        .row(
+            p.account_id.clone(),
+            Some(content.to_owned()),
             w,
             published,
             published + span * MINUTE,
@@ -915,7 +996,11 @@ impl Engine {
             if m >= horizon || m >= self.closed_below {
                 break;
             }
-            self.panes.remove(&m);
+            if let Some(pane) = self.panes.remove(&m) {
+                for &k in pane.counts.keys() {
+                    self.names.release_key(k);
+                }
+            }
         }
         let seen_horizon = self
             .watermark
