@@ -3,10 +3,12 @@
 //!
 //! * [`window`]: the windowing engine of one partition, pure (no Kafka, no clock), with its
 //!   checkpoints.
+//! * [`cta`]: CTA keyword triggers (the matcher the funnels of issue 5 start from).
 //! * [`sketch`]: the distinct-engager sketch (exact up to 32, then HyperLogLog, 4.6 %).
 //! * [`runner`]: the Kafka loop: consumer group, one engine per assigned partition,
 //!   transactions, restore on assignment, idle partitions, metrics.
 
+pub mod cta;
 pub mod runner;
 pub mod sketch;
 pub mod window;

@@ -231,7 +231,8 @@ const COMMENT_TEXTS: &[&str] = &[
     "when is the restock?",
     "amazing colours",
     "tag a friend",
-    "price?",
+    // No plain comment may contain a CTA keyword (KEYWORDS): it would be a trigger.
+    "how much is it?",
 ];
 const KEYWORDS: &[&str] = &["INFO", "LINK", "PRICE", "GUIDE"];
 
