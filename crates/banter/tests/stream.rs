@@ -19,10 +19,24 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
     let cfg = fresh_pipeline_config("stream").await;
     let dir = test_dir("banter-stream");
     finish(generate(&cfg, &dir, 0), "banter generate");
+    // A record that is not an EngagementEvent among them.
+    let garbage = b"not avro at all".to_vec();
+    let producer: rdkafka::producer::FutureProducer =
+        banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&cfg.kafka.topics.events)
+                .key("acct-0")
+                .payload(&garbage),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     let stream = start_stream(&cfg, "a", &dir);
     rollups_match(&cfg, &dir, Duration::from_secs(120)).await;
 
-    // Events later than the allowed lateness are dead-lettered as `late`, with the event.
+    // Events later than the allowed lateness are dead-lettered as `late`, with the event; the
+    // record that is not an event as `undecodable`, with its bytes.
     let x = read_expected(&dir);
     let too_late: BTreeSet<String> = x["expected"]["too_late"]
         .as_array()
@@ -37,13 +51,21 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
     let dlq = consume(
         &cfg,
         &cfg.kafka.topics.dlq,
-        too_late.len(),
+        too_late.len() + 1,
         Duration::from_secs(30),
     )
     .await;
     let mut ids = BTreeSet::new();
+    let mut undecodable = 0;
     for m in dlq {
         let dl = DeadLetter::codec().decode(m.payload().unwrap()).unwrap();
+        if dl.reason == "undecodable" {
+            assert_eq!(dl.payload, garbage);
+            assert_eq!(dl.source.as_deref(), Some(cfg.kafka.topics.events.as_str()));
+            assert!(dl.source_offset.is_some());
+            undecodable += 1;
+            continue;
+        }
         assert_eq!(dl.reason, "late", "{dl:?}");
         assert!(dl.detail.contains("allowed lateness"), "{}", dl.detail);
         ids.insert(
@@ -54,6 +76,7 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
         );
     }
     assert_eq!(ids, too_late);
+    assert_eq!(undecodable, 1);
     stop(stream);
 }
 
