@@ -65,6 +65,8 @@ enum BatchError {
     Kafka(#[from] KafkaError),
     #[error("the consumer has no group metadata (not in a group)")]
     NoGroup,
+    #[error("cannot encode a rollup: {0}")]
+    Encode(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
@@ -214,17 +216,41 @@ struct Part {
     replay_until: i64,
     replaying: bool,
     last_arrival: Instant,
+    /// When a quiet partition last asked the broker whether it is caught up.
+    idle_checked: Instant,
     /// Changed in the open batch: its checkpoint and offset go into the transaction.
     dirty: bool,
 }
 
+/// The engine parameters of `stream.*`.
+fn window_config(sc: &StreamConfig) -> WindowConfig {
+    WindowConfig {
+        out_of_orderness_ms: sc.out_of_orderness_ms,
+        allowed_lateness_ms: sc.allowed_lateness_ms,
+        time_to_n: sc.time_to_n,
+    }
+}
+
 impl Part {
+    /// The partition's state from its latest checkpoint and the input offset to read from;
+    /// `none` when it has no checkpoint.
+    fn from_checkpoint(cfg: WindowConfig, cp: Option<&Checkpoint>, none: Offset) -> (Self, Offset) {
+        match cp {
+            Some(cp) => (
+                Part::restored(cfg, cp),
+                Offset::Offset(Engine::replay_from(cp)),
+            ),
+            None => (Part::fresh(cfg), none),
+        }
+    }
+
     fn fresh(cfg: WindowConfig) -> Self {
         Part {
             engine: Engine::new(cfg),
             replay_until: 0,
             replaying: false,
             last_arrival: Instant::now(),
+            idle_checked: Instant::now(),
             dirty: false,
         }
     }
@@ -241,6 +267,7 @@ impl Part {
             replay_until: cp.next_offset,
             replaying,
             last_arrival: Instant::now(),
+            idle_checked: Instant::now(),
             dirty: false,
         }
     }
@@ -299,12 +326,15 @@ impl ConsumerContext for Ctx {
                         {
                             (part, Offset::Offset(cp.next_offset), "kept")
                         }
-                        (_, Some(cp)) => (
-                            Part::restored(self.window, cp),
-                            Offset::Offset(Engine::replay_from(cp)),
-                            "replayed",
-                        ),
-                        (_, None) => (Part::fresh(self.window), Offset::Stored, "fresh"),
+                        (_, cp) => {
+                            let (part, offset) =
+                                Part::from_checkpoint(self.window, cp, Offset::Stored);
+                            (
+                                part,
+                                offset,
+                                if cp.is_some() { "replayed" } else { "fresh" },
+                            )
+                        }
                     };
                     tracing::info!(partition = p, ?offset, how, "partition assigned");
                     self.metrics.outcome(&self.metrics.restores, "how", how);
@@ -474,11 +504,7 @@ pub fn run(
     let sc: &StreamConfig = &config.stream;
     let k = &config.kafka;
     let instance = sc.instance();
-    let window = WindowConfig {
-        out_of_orderness_ms: sc.out_of_orderness_ms,
-        allowed_lateness_ms: sc.allowed_lateness_ms,
-        time_to_n: sc.time_to_n,
-    };
+    let window = window_config(sc);
     let parts = Arc::new(Mutex::new(Parts::default()));
     let reader = CheckpointReader {
         consumer: base_config(k, "stream-checkpoints")
@@ -635,19 +661,13 @@ fn rewind(
 ) -> Result<(), StreamError> {
     let ids: Vec<i32> = parts.active.keys().copied().collect();
     let cps = reader.read(&ids).map_err(StreamError::Restore)?;
-    let window = WindowConfig {
-        out_of_orderness_ms: sc.out_of_orderness_ms,
-        allowed_lateness_ms: sc.allowed_lateness_ms,
-        time_to_n: sc.time_to_n,
-    };
     let mut tpl = TopicPartitionList::new();
     for p in ids {
-        let (part, offset) = match cps.get(&p) {
-            Some(cp) => (Part::restored(window, cp), Engine::replay_from(cp)),
-            None => (Part::fresh(window), 0),
-        };
+        // Without a checkpoint nothing of this partition was ever committed.
+        let (part, offset) =
+            Part::from_checkpoint(window_config(sc), cps.get(&p), Offset::Beginning);
         parts.active.insert(p, part);
-        tpl.add_partition_offset(&out.input, p, Offset::Offset(offset))
+        tpl.add_partition_offset(&out.input, p, offset)
             .map_err(kafka("rewind"))?;
     }
     consumer
@@ -724,6 +744,24 @@ impl Tx<'_> {
     }
 }
 
+/// Writes one rollup into the open transaction. A row that cannot be encoded fails the batch
+/// (it is retried from the checkpoint) rather than vanishing.
+fn send_rollup(
+    tx: &mut Tx<'_>,
+    enc: &mut banter_model::codec::Encoder<'_, Rollup>,
+    buf: &mut Vec<u8>,
+    out: &Outputs,
+    metrics: &StreamMetrics,
+    r: &Rollup,
+) -> Result<(), BatchError> {
+    buf.clear();
+    enc.encode_into(r, buf)
+        .map_err(|e| BatchError::Encode(e.to_string()))?;
+    metrics.rows.inc();
+    tx.send(&out.rollups, None, r.account_id.as_bytes(), buf)?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn process_batch(
     consumer: &BaseConsumer<Ctx>,
@@ -797,11 +835,7 @@ fn process_batch(
         for o in outputs.drain(..) {
             match o {
                 Output::Rollup(r) => {
-                    buf.clear();
-                    if rollup_enc.encode_into(&r, &mut buf).is_ok() {
-                        metrics.rows.inc();
-                        tx.send(&out.rollups, None, r.account_id.as_bytes(), &buf)?;
-                    }
+                    send_rollup(&mut tx, &mut rollup_enc, &mut buf, out, metrics, &r)?;
                 }
                 Output::TooLate { event_id, offset } => {
                     metrics.too_late.inc();
@@ -852,9 +886,14 @@ fn process_batch(
         }
         let quiet = part.last_arrival.elapsed();
         let met = part.engine.max_event_time();
-        if part.replaying || quiet < idle_after || met == i64::MIN {
+        if part.replaying
+            || quiet < idle_after
+            || met == i64::MIN
+            || part.idle_checked.elapsed() < Duration::from_secs(1)
+        {
             continue;
         }
+        part.idle_checked = Instant::now();
         // Quiet: is it caught up (nothing left to read), or just not fetched yet? Without a
         // message since the assignment the consumer has no position; then the next offset
         // to process may trail the end by one transaction marker.
@@ -876,11 +915,7 @@ fn process_batch(
             }
             for o in outputs.drain(..) {
                 if let Output::Rollup(r) = o {
-                    buf.clear();
-                    if rollup_enc.encode_into(&r, &mut buf).is_ok() {
-                        metrics.rows.inc();
-                        tx.send(&out.rollups, None, r.account_id.as_bytes(), &buf)?;
-                    }
+                    send_rollup(&mut tx, &mut rollup_enc, &mut buf, out, metrics, &r)?;
                 }
             }
         }

@@ -475,10 +475,7 @@ impl Engine {
             .panes
             .values()
             .flat_map(|p| p.counts.iter())
-            .map(|(k, c)| {
-                let _ = k;
-                size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8
-            })
+            .map(|(_, c)| size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8)
             .sum();
         // Set entry + bucket entry.
         let seen = self.seen.len() * (2 * size_of::<u64>() + 8);
@@ -550,7 +547,8 @@ impl Engine {
             .values()
             .map(|p| p.mark)
             .chain(self.seen_by_minute.values().map(|b| b.mark))
-            .chain(self.post_marks.values().map(|(m, _)| *m))
+            // Post marks are ordered by offset: the first is the oldest.
+            .chain(self.post_marks.first_key_value().map(|(_, (m, _))| *m))
             .min();
         let idle = match restore {
             Some(m) => self.idle.range(m.offset..).map(|(k, v)| (*k, *v)).collect(),

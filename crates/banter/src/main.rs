@@ -162,8 +162,7 @@ async fn ingest(config: &Config) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let ingest =
         banter_ingest::start(config, metrics.registry_mut(), &readiness, shutdown.clone()).await?;
-    let listen = config.http.listen.parse().context("http.listen")?;
-    let ops = serve_ops(listen, metrics.into_shared(), readiness, shutdown.clone()).await?;
+    let ops = serve(config, metrics, &readiness, &shutdown).await?;
     ingest.server.await.context("ingest server task")??;
     ops.task.await.context("ops server task")??;
     tokio::task::spawn_blocking(move || ingest.publisher_thread.join())
@@ -174,22 +173,31 @@ async fn ingest(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a long-running role starts with: its ops server (metrics and readiness, frozen now)
-/// and a broker that answers.
-async fn serve_role(
+/// The ops server on `http.listen` (the registry is frozen now).
+async fn serve(
     config: &Config,
     metrics: Metrics,
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<banter_runtime::http::OpsServer> {
     let listen = config.http.listen.parse().context("http.listen")?;
-    let ops = serve_ops(
+    Ok(serve_ops(
         listen,
         metrics.into_shared(),
         readiness.clone(),
         shutdown.clone(),
     )
-    .await?;
+    .await?)
+}
+
+/// What a long-running role starts with: its ops server and a broker that answers.
+async fn serve_role(
+    config: &Config,
+    metrics: Metrics,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<banter_runtime::http::OpsServer> {
+    let ops = serve(config, metrics, readiness, shutdown).await?;
     wait_for_broker(
         &config.kafka,
         Duration::from_secs(config.kafka.connect_timeout_secs),
@@ -295,14 +303,7 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
     readiness.register("stream");
     let ingest =
         banter_ingest::start(config, metrics.registry_mut(), &readiness, shutdown.clone()).await?;
-    let listen = config.http.listen.parse().context("http.listen")?;
-    let ops = serve_ops(
-        listen,
-        metrics.into_shared(),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let ops = serve(config, metrics, &readiness, &shutdown).await?;
     let (cfg, stop, ready) = (config.clone(), shutdown.clone(), readiness.clone());
     let mut stream = tokio::task::spawn_blocking(move || {
         banter_stream::run(
