@@ -76,6 +76,182 @@ pub struct Config {
     pub stream: StreamConfig,
     /// `banter sink`: rollups, alerts and dead letters into ClickHouse.
     pub sink: SinkConfig,
+    /// Spike detection in `banter stream`.
+    pub spike: SpikeConfig,
+    /// `banter alert`: spike alerts to Alertmanager.
+    pub alerting: AlertingConfig,
+}
+
+/// Spike detection in `banter stream` (DESIGN.md, "Spike alerts"), on the 1-minute
+/// interaction counts of every account and post.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpikeConfig {
+    /// Detect spikes at all.
+    pub enabled: bool,
+    /// Judge accounts.
+    pub accounts: bool,
+    /// Judge posts.
+    pub posts: bool,
+    /// EWMA weight of the newest minute (0 < λ ≤ 1).
+    pub lambda: f64,
+    /// z = (x − mean) / max(σ, √mean, 1) that makes a minute a hit.
+    pub z_threshold: f64,
+    /// Fewest interactions in a hit minute.
+    pub min_count: i64,
+    /// Hits among the last `window_minutes` that fire an alert.
+    pub fire_hits: u32,
+    /// See `fire_hits` (1 to 8).
+    pub window_minutes: u32,
+    /// Minutes in a row without a hit that resolve an alert.
+    pub resolve_minutes: u32,
+    /// After a resolve, minutes in which the same account or post cannot fire again.
+    pub cooldown_minutes: i64,
+    /// Minutes of a post's life in which it is judged against the account's recent posts at
+    /// the same age rather than against its own (still empty) trend.
+    pub young_minutes: i64,
+    /// Minutes of history a baseline needs before it is used.
+    pub min_history_minutes: u32,
+    /// Earlier posts of the account seen at an age before a young post of that age is judged.
+    pub young_min_posts: u32,
+    /// Young posts are compared in log space, ln(1 + x), across the account's posts (reach is
+    /// heavy-tailed); this is the least spread assumed (0.75: at z = 3 a young post fires at
+    /// about 9.5 times the account's typical post of that age).
+    pub young_log_spread: f64,
+    /// After firing this long, the level becomes the new baseline.
+    pub max_firing_minutes: i64,
+    /// An account or post quiet for this long is forgotten.
+    pub forget_after_minutes: i64,
+}
+
+impl Default for SpikeConfig {
+    fn default() -> Self {
+        SpikeConfig {
+            enabled: true,
+            accounts: true,
+            posts: true,
+            lambda: 0.2,
+            z_threshold: 3.0,
+            min_count: 10,
+            fire_hits: 2,
+            window_minutes: 3,
+            resolve_minutes: 3,
+            cooldown_minutes: 15,
+            young_minutes: 15,
+            min_history_minutes: 10,
+            young_min_posts: 3,
+            young_log_spread: 0.75,
+            max_firing_minutes: 60,
+            forget_after_minutes: 24 * 60,
+        }
+    }
+}
+
+impl SpikeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.lambda > 0.0 && self.lambda <= 1.0) {
+            return Err(invalid("spike.lambda", "must be in (0, 1]"));
+        }
+        if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
+            return Err(invalid("spike.z_threshold", "must be a positive number"));
+        }
+        if !(1..=8).contains(&self.window_minutes) {
+            return Err(invalid("spike.window_minutes", "must be between 1 and 8"));
+        }
+        if self.fire_hits == 0 || self.fire_hits > self.window_minutes {
+            return Err(invalid(
+                "spike.fire_hits",
+                "must be between 1 and spike.window_minutes",
+            ));
+        }
+        if self.resolve_minutes == 0 {
+            return Err(invalid("spike.resolve_minutes", "must be at least 1"));
+        }
+        if !(self.young_log_spread.is_finite() && self.young_log_spread > 0.0) {
+            return Err(invalid(
+                "spike.young_log_spread",
+                "must be a positive number",
+            ));
+        }
+        for (key, v) in [
+            ("spike.cooldown_minutes", self.cooldown_minutes),
+            ("spike.young_minutes", self.young_minutes),
+            ("spike.max_firing_minutes", self.max_firing_minutes),
+            ("spike.min_count", self.min_count),
+        ] {
+            if !(0..=7 * 24 * 60).contains(&v) {
+                return Err(invalid(key, "must be between 0 and 10080"));
+            }
+        }
+        if self.forget_after_minutes < 60 {
+            return Err(invalid("spike.forget_after_minutes", "must be at least 60"));
+        }
+        Ok(())
+    }
+}
+
+/// `banter alert`: pushes spike alerts from `banter.alerts.v1` to Alertmanager.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// Alertmanager's base URL; empty: alerts are not pushed (they still reach ClickHouse).
+    pub alertmanager_url: String,
+    /// How often a firing alert is sent again, in ms (Alertmanager forgets alerts that are not
+    /// re-sent before their `endsAt`).
+    pub resend_interval_ms: u64,
+    /// Longest wait between retries while Alertmanager does not answer, in ms.
+    pub max_backoff_ms: u64,
+    /// On start, alerts of this much of the topic's recent past are read back, in ms: firing
+    /// ones are sent again, resolved ones once more.
+    pub lookback_ms: i64,
+    /// Grafana link put into the alerts' `dashboard` annotation; `{account}` and `{content}`
+    /// are replaced.
+    pub dashboard_url: String,
+    /// `severity` label: `critical` from this z-score up, `warning` below.
+    pub critical_z: f64,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            alertmanager_url: String::new(),
+            resend_interval_ms: 60_000,
+            max_backoff_ms: 30_000,
+            lookback_ms: 24 * 3_600_000,
+            dashboard_url:
+                "http://localhost:3000/d/banter-alerts/alerts?var-account={account}&var-content={content}"
+                    .into(),
+            critical_z: 10.0,
+        }
+    }
+}
+
+impl AlertingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.alertmanager_url.trim();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "alerting.alertmanager_url",
+                "must start with http:// or https:// (or be empty to disable)",
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.resend_interval_ms) {
+            return Err(invalid(
+                "alerting.resend_interval_ms",
+                "must be between 1000 and 3600000",
+            ));
+        }
+        if self.max_backoff_ms < 100 {
+            return Err(invalid("alerting.max_backoff_ms", "must be at least 100"));
+        }
+        if self.lookback_ms < 0 {
+            return Err(invalid("alerting.lookback_ms", "must not be negative"));
+        }
+        if !(self.critical_z.is_finite() && self.critical_z > 0.0) {
+            return Err(invalid("alerting.critical_z", "must be a positive number"));
+        }
+        Ok(())
+    }
 }
 
 /// `banter sink`: rollups, alerts and dead letters into ClickHouse.
@@ -654,6 +830,8 @@ impl Config {
         self.ingest.validate()?;
         self.stream.validate()?;
         self.sink.validate()?;
+        self.spike.validate()?;
+        self.alerting.validate()?;
         Ok(())
     }
 

@@ -5,13 +5,16 @@
 //!   checkpoints.
 //! * [`cta`]: CTA keyword triggers (the matcher the funnels of issue 5 start from).
 //! * [`sketch`]: the distinct-engager sketch (exact up to 32, then HyperLogLog, 4.6 %).
+//! * [`spike`]: spike detection on the minute counts (EWMA, Poisson floor, 2 of 3 minutes).
 //! * [`runner`]: the Kafka loop: consumer group, one engine per assigned partition,
 //!   transactions, restore on assignment, idle partitions, metrics.
 
 pub mod cta;
 pub mod runner;
 pub mod sketch;
+pub mod spike;
 pub mod window;
 
 pub use runner::{run, StreamError, StreamMetrics};
+pub use spike::{Detector, SpikeConfig};
 pub use window::{Checkpoint, Engine, Mark, Output, Stats, WindowConfig};

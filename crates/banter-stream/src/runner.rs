@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use banter_model::{AvroRecord, DeadLetter, EngagementEvent, Rollup, Stage};
+use banter_model::{AvroRecord, DeadLetter, EngagementEvent, Rollup, SpikeAlert, Stage};
 use banter_runtime::config::{Config, StreamConfig};
 use banter_runtime::kafka::{base_config, consumer_config, producer_config};
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +40,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use thiserror::Error;
 
+use crate::spike::{Detector, SpikeConfig};
 use crate::window::{Checkpoint, Engine, Output, WindowConfig};
 
 /// Why the stream loop stopped.
@@ -67,6 +68,8 @@ enum BatchError {
     NoGroup,
     #[error("cannot encode a rollup: {0}")]
     Encode(String),
+    #[error("cannot encode an alert: {0}")]
+    EncodeAlert(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
@@ -93,6 +96,9 @@ pub struct StreamMetrics {
     state_bytes: Gauge,
     posts: Gauge,
     partitions: Gauge,
+    alerts: Family<Vec<(String, String)>, Counter>,
+    spike_keys: Gauge,
+    alerts_firing: Gauge,
 }
 
 impl StreamMetrics {
@@ -116,6 +122,9 @@ impl StreamMetrics {
             state_bytes: Gauge::default(),
             posts: Gauge::default(),
             partitions: Gauge::default(),
+            alerts: Family::default(),
+            spike_keys: Gauge::default(),
+            alerts_firing: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("stream");
         r.register(
@@ -199,6 +208,21 @@ impl StreamMetrics {
             "Input partitions assigned to this instance",
             m.partitions.clone(),
         );
+        r.register(
+            "alerts",
+            "Spike alerts written, by state (FIRING, RESOLVED)",
+            m.alerts.clone(),
+        );
+        r.register(
+            "spike_keys",
+            "Accounts and posts with a spike baseline",
+            m.spike_keys.clone(),
+        );
+        r.register(
+            "alerts_firing",
+            "Spike alerts firing now",
+            m.alerts_firing.clone(),
+        );
         m
     }
 
@@ -212,6 +236,7 @@ impl StreamMetrics {
 /// One assigned input partition.
 struct Part {
     engine: Engine,
+    detector: Detector,
     /// Outputs of offsets below this were emitted before the restore: discard them.
     replay_until: i64,
     replaying: bool,
@@ -220,6 +245,28 @@ struct Part {
     idle_checked: Instant,
     /// Changed in the open batch: its checkpoint and offset go into the transaction.
     dirty: bool,
+}
+
+/// The detector parameters of `spike.*`.
+fn spike_config(config: &Config) -> SpikeConfig {
+    let s = &config.spike;
+    SpikeConfig {
+        lambda: s.lambda,
+        z_threshold: s.z_threshold,
+        min_count: s.min_count,
+        fire_hits: s.fire_hits,
+        window_minutes: s.window_minutes,
+        resolve_minutes: s.resolve_minutes,
+        cooldown_minutes: s.cooldown_minutes,
+        young_minutes: s.young_minutes,
+        min_history_minutes: s.min_history_minutes,
+        young_min_posts: s.young_min_posts,
+        young_log_spread: s.young_log_spread,
+        max_firing_minutes: s.max_firing_minutes,
+        forget_after_minutes: s.forget_after_minutes,
+        accounts: s.enabled && s.accounts,
+        posts: s.enabled && s.posts,
+    }
 }
 
 /// The engine parameters of `stream.*`.
@@ -234,19 +281,32 @@ fn window_config(sc: &StreamConfig) -> WindowConfig {
 impl Part {
     /// The partition's state from its latest checkpoint and the input offset to read from;
     /// `none` when it has no checkpoint.
-    fn from_checkpoint(cfg: WindowConfig, cp: Option<&Checkpoint>, none: Offset) -> (Self, Offset) {
-        match cp {
-            Some(cp) => (
-                Part::restored(cfg, cp),
-                Offset::Offset(Engine::replay_from(cp)),
-            ),
-            None => (Part::fresh(cfg), none),
-        }
+    fn from_checkpoint(
+        cfg: WindowConfig,
+        spike: SpikeConfig,
+        saved: Option<&Saved>,
+        none: Offset,
+    ) -> Result<(Self, Offset), String> {
+        Ok(match saved {
+            Some(Saved {
+                checkpoint: Some(cp),
+                spike: entries,
+            }) => {
+                let mut part = Part::restored(cfg, spike, cp);
+                for (name, value) in entries {
+                    part.detector.restore(name, value)?;
+                }
+                part.detector.clean();
+                (part, Offset::Offset(Engine::replay_from(cp)))
+            }
+            _ => (Part::fresh(cfg, spike), none),
+        })
     }
 
-    fn fresh(cfg: WindowConfig) -> Self {
+    fn fresh(cfg: WindowConfig, spike: SpikeConfig) -> Self {
         Part {
             engine: Engine::new(cfg),
+            detector: Detector::new(spike),
             replay_until: 0,
             replaying: false,
             last_arrival: Instant::now(),
@@ -255,7 +315,7 @@ impl Part {
         }
     }
 
-    fn restored(cfg: WindowConfig, cp: &Checkpoint) -> Self {
+    fn restored(cfg: WindowConfig, spike: SpikeConfig, cp: &Checkpoint) -> Self {
         let mut engine = Engine::restored(cfg, cp);
         let from = Engine::replay_from(cp);
         let replaying = from < cp.next_offset;
@@ -264,6 +324,7 @@ impl Part {
         }
         Part {
             engine,
+            detector: Detector::new(spike),
             replay_until: cp.next_offset,
             replaying,
             last_arrival: Instant::now(),
@@ -287,6 +348,7 @@ struct Ctx {
     parts: Arc<Mutex<Parts>>,
     reader: CheckpointReader,
     window: WindowConfig,
+    spike: SpikeConfig,
     input: String,
     metrics: StreamMetrics,
 }
@@ -320,20 +382,32 @@ impl ConsumerContext for Ctx {
                 let mut assign = TopicPartitionList::new();
                 for p in ids {
                     let parked = parts.parked.remove(&p);
-                    let (part, offset, how) = match (parked, cps.get(&p)) {
+                    let saved = cps.get(&p);
+                    let cp = saved.and_then(|s| s.checkpoint.as_ref());
+                    let (part, offset, how) = match (parked, cp) {
                         (Some(part), Some(cp))
                             if !part.replaying && part.engine.next_offset() == cp.next_offset =>
                         {
                             (part, Offset::Offset(cp.next_offset), "kept")
                         }
                         (_, cp) => {
-                            let (part, offset) =
-                                Part::from_checkpoint(self.window, cp, Offset::Stored);
-                            (
-                                part,
-                                offset,
-                                if cp.is_some() { "replayed" } else { "fresh" },
-                            )
+                            match Part::from_checkpoint(
+                                self.window,
+                                self.spike,
+                                saved,
+                                Offset::Stored,
+                            ) {
+                                Ok((part, offset)) => (
+                                    part,
+                                    offset,
+                                    if cp.is_some() { "replayed" } else { "fresh" },
+                                ),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot restore partition {p}");
+                                    parts.error = Some(e);
+                                    return;
+                                }
+                            }
                         }
                     };
                     tracing::info!(partition = p, ?offset, how, "partition assigned");
@@ -384,8 +458,19 @@ fn checkpoint_key(input: &str, partition: i32) -> String {
     format!("{input}/{partition}")
 }
 
+/// The changelog entries of the spike detector sit beside the checkpoint.
+const SPIKE_INFIX: &str = "/spike/";
+
+/// What the checkpoint topic holds for one input partition.
+#[derive(Debug, Default)]
+struct Saved {
+    checkpoint: Option<Checkpoint>,
+    /// Spike detector state by entry name.
+    spike: BTreeMap<String, Vec<u8>>,
+}
+
 impl CheckpointReader {
-    fn read(&self, partitions: &[i32]) -> Result<HashMap<i32, Checkpoint>, String> {
+    fn read(&self, partitions: &[i32]) -> Result<HashMap<i32, Saved>, String> {
         let deadline = Instant::now() + self.timeout;
         let md = self
             .consumer
@@ -440,10 +525,23 @@ impl CheckpointReader {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-                    if let (Some(p), Some(v)) = (key.and_then(|k| wanted.get(k)), m.payload()) {
+                    let spike = key.and_then(|k| {
+                        let i = k.find(SPIKE_INFIX)?;
+                        Some((wanted.get(&k[..i])?, &k[i + SPIKE_INFIX.len()..]))
+                    });
+                    if let Some((p, name)) = spike {
+                        let entries = &mut found.entry(*p).or_insert_with(Saved::default).spike;
+                        match m.payload() {
+                            Some(v) => entries.insert(name.to_owned(), v.to_vec()),
+                            None => entries.remove(name),
+                        };
+                    } else if let (Some(p), Some(v)) =
+                        (key.and_then(|k| wanted.get(k)), m.payload())
+                    {
                         match serde_json::from_slice::<Checkpoint>(v) {
                             Ok(cp) => {
-                                found.insert(*p, cp);
+                                found.entry(*p).or_insert_with(Saved::default).checkpoint =
+                                    Some(cp);
                             }
                             Err(e) => {
                                 return Err(format!(
@@ -485,6 +583,7 @@ fn checkpoint_partition(input_partition: i32, checkpoint_partitions: usize) -> i
 struct Outputs {
     input: String,
     rollups: String,
+    alerts: String,
     dlq: String,
     checkpoints: String,
     checkpoint_partitions: usize,
@@ -536,6 +635,7 @@ pub fn run(
         parts: parts.clone(),
         reader,
         window,
+        spike: spike_config(config),
         input: k.topics.events.clone(),
         metrics: metrics.clone(),
     };
@@ -576,6 +676,7 @@ pub fn run(
     let out = Outputs {
         input: k.topics.events.clone(),
         rollups: k.topics.rollups.clone(),
+        alerts: k.topics.alerts.clone(),
         dlq: k.topics.dlq.clone(),
         checkpoints: k.topics.checkpoints.clone(),
         checkpoint_partitions,
@@ -634,7 +735,7 @@ pub fn run(
                 if !aborted {
                     producer = make_producer()?;
                 }
-                rewind(&consumer, ctx_reader(&consumer), &mut guard, sc, &out)?;
+                rewind(&consumer, &mut guard, sc, &out)?;
             }
         }
         if last_gauges.elapsed() >= Duration::from_secs(5) {
@@ -646,26 +747,23 @@ pub fn run(
     Ok(())
 }
 
-fn ctx_reader(consumer: &BaseConsumer<Ctx>) -> &CheckpointReader {
-    &consumer.context().reader
-}
-
 /// After a failed transaction the engines of the partitions it touched are ahead of what is
 /// committed: rebuild them from their checkpoints and move the consumer back.
 fn rewind(
     consumer: &BaseConsumer<Ctx>,
-    reader: &CheckpointReader,
     parts: &mut Parts,
     sc: &StreamConfig,
     out: &Outputs,
 ) -> Result<(), StreamError> {
+    let ctx = consumer.context();
     let ids: Vec<i32> = parts.active.keys().copied().collect();
-    let cps = reader.read(&ids).map_err(StreamError::Restore)?;
+    let cps = ctx.reader.read(&ids).map_err(StreamError::Restore)?;
     let mut tpl = TopicPartitionList::new();
     for p in ids {
         // Without a checkpoint nothing of this partition was ever committed.
         let (part, offset) =
-            Part::from_checkpoint(window_config(sc), cps.get(&p), Offset::Beginning);
+            Part::from_checkpoint(window_config(sc), ctx.spike, cps.get(&p), Offset::Beginning)
+                .map_err(StreamError::Restore)?;
         parts.active.insert(p, part);
         tpl.add_partition_offset(&out.input, p, offset)
             .map_err(kafka("rewind"))?;
@@ -679,7 +777,7 @@ fn rewind(
 
 fn gauges(consumer: &BaseConsumer<Ctx>, parts: &Parts, out: &Outputs, metrics: &StreamMetrics) {
     let now = banter_runtime::now_ms();
-    let (mut entries, mut bytes, mut posts) = (0, 0, 0);
+    let (mut entries, mut bytes, mut posts, mut spike_keys, mut firing) = (0, 0, 0, 0, 0);
     for (p, part) in &parts.active {
         let label = vec![("partition".to_owned(), p.to_string())];
         let wm = part.engine.watermark();
@@ -698,7 +796,11 @@ fn gauges(consumer: &BaseConsumer<Ctx>, parts: &Parts, out: &Outputs, metrics: &
         entries += part.engine.state_entries();
         bytes += part.engine.state_bytes();
         posts += part.engine.posts();
+        spike_keys += part.detector.keys();
+        firing += part.detector.firing();
     }
+    metrics.spike_keys.set(spike_keys as i64);
+    metrics.alerts_firing.set(firing as i64);
     metrics.state_entries.set(entries as i64);
     metrics.state_bytes.set(bytes as i64);
     metrics.posts.set(posts as i64);
@@ -726,8 +828,22 @@ impl Tx<'_> {
         key: &[u8],
         value: &[u8],
     ) -> Result<(), KafkaError> {
+        self.send_opt(topic, partition, key, Some(value))
+    }
+
+    /// Sends a record; no value is a tombstone.
+    fn send_opt(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), KafkaError> {
         self.begin()?;
-        let mut rec = BaseRecord::to(topic).key(key).payload(value);
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
         if let Some(p) = partition {
             rec = rec.partition(p);
         }
@@ -759,6 +875,43 @@ fn send_rollup(
         .map_err(|e| BatchError::Encode(e.to_string()))?;
     metrics.rows.inc();
     tx.send(&out.rollups, None, r.account_id.as_bytes(), buf)?;
+    Ok(())
+}
+
+/// Feeds the rollups of one engine call to the detector and writes them, then judges the minutes
+/// the engine closed and writes the alerts.
+fn emit(
+    tx: &mut Tx<'_>,
+    enc: &mut banter_model::codec::Encoder<'_, Rollup>,
+    buf: &mut Vec<u8>,
+    out: &Outputs,
+    metrics: &StreamMetrics,
+    part: &mut Part,
+    rollups: impl Iterator<Item = Rollup>,
+) -> Result<(), BatchError> {
+    for r in rollups {
+        if r.window == banter_model::WindowKind::Minute {
+            let published = r
+                .content_id
+                .as_deref()
+                .and_then(|c| part.engine.published_at(c));
+            part.detector.observe(&r, published);
+        }
+        send_rollup(tx, enc, buf, out, metrics, &r)?;
+    }
+    let mut alerts: Vec<SpikeAlert> = Vec::new();
+    part.detector.close(part.engine.closed_below(), &mut alerts);
+    if !alerts.is_empty() {
+        part.dirty = true;
+    }
+    for a in alerts {
+        let value = SpikeAlert::codec()
+            .encode(&a)
+            .map_err(|e| BatchError::EncodeAlert(e.to_string()))?;
+        tracing::info!(alert = %a.alert_id, state = a.state.as_str(), observed = a.observed, z = a.z_score, "spike alert");
+        metrics.outcome(&metrics.alerts, "state", a.state.as_str());
+        tx.send(&out.alerts, None, a.account_id.as_bytes(), &value)?;
+    }
     Ok(())
 }
 
@@ -832,11 +985,10 @@ fn process_batch(
             .inc_by(after.duplicates - before.duplicates);
         metrics.late.inc_by(after.late - before.late);
         part.dirty = true;
+        let mut rollups = Vec::new();
         for o in outputs.drain(..) {
             match o {
-                Output::Rollup(r) => {
-                    send_rollup(&mut tx, &mut rollup_enc, &mut buf, out, metrics, &r)?;
-                }
+                Output::Rollup(r) => rollups.push(r),
                 Output::TooLate { event_id, offset } => {
                     metrics.too_late.inc();
                     let dl = dead_letter(
@@ -862,6 +1014,15 @@ fn process_batch(
                 }
             }
         }
+        emit(
+            &mut tx,
+            &mut rollup_enc,
+            &mut buf,
+            out,
+            metrics,
+            part,
+            rollups.into_iter(),
+        )?;
     }
     // Replays that reached their end without input past it; idle partitions.
     let positions = consumer.position().ok();
@@ -913,11 +1074,22 @@ fn process_batch(
             if !outputs.is_empty() {
                 part.dirty = true;
             }
-            for o in outputs.drain(..) {
-                if let Output::Rollup(r) = o {
-                    send_rollup(&mut tx, &mut rollup_enc, &mut buf, out, metrics, &r)?;
-                }
-            }
+            let rollups: Vec<Rollup> = outputs
+                .drain(..)
+                .filter_map(|o| match o {
+                    Output::Rollup(r) => Some(r),
+                    Output::TooLate { .. } => None,
+                })
+                .collect();
+            emit(
+                &mut tx,
+                &mut rollup_enc,
+                &mut buf,
+                out,
+                metrics,
+                part,
+                rollups.into_iter(),
+            )?;
         }
     }
     // Checkpoints and offsets of what changed, in the same transaction.
@@ -929,6 +1101,16 @@ fn process_batch(
         part.dirty = false;
         let cp = part.engine.checkpoint();
         let value = serde_json::to_vec(&cp).unwrap_or_default();
+        let cp_partition = Some(checkpoint_partition(*p, out.checkpoint_partitions));
+        let base = checkpoint_key(&out.input, *p);
+        for (name, v) in part.detector.changes() {
+            tx.send_opt(
+                &out.checkpoints,
+                cp_partition,
+                format!("{base}{SPIKE_INFIX}{name}").as_bytes(),
+                v.as_deref(),
+            )?;
+        }
         tx.send(
             &out.checkpoints,
             Some(checkpoint_partition(*p, out.checkpoint_partitions)),

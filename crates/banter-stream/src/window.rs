@@ -508,6 +508,18 @@ impl Engine {
         self.posts.values().map(Vec::len).sum()
     }
 
+    /// Every minute before this one is closed: its MINUTE row was emitted.
+    pub fn closed_below(&self) -> i64 {
+        self.closed_below
+    }
+
+    /// The publication time of a post with first-hour state (its latest incarnation).
+    pub fn published_at(&self, content: &str) -> Option<i64> {
+        self.posts
+            .get(content)
+            .and_then(|v| v.iter().map(|p| p.published_at).max())
+    }
+
     /// The next input offset this engine expects (one past the last processed).
     pub fn next_offset(&self) -> i64 {
         self.next_offset

@@ -1,6 +1,7 @@
 //! `banter stream` against the real broker: generated workload in, rollups out equal to the
-//! generator's expected aggregates — also after a kill -9 in the middle, and when a second
-//! instance joins and the first one leaves.
+//! generator's expected aggregates and one spike alert (FIRING, then RESOLVED) per injected
+//! spike — also after a kill -9 in the middle, and when a second instance joins and the first
+//! one leaves.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -34,6 +35,7 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
         .unwrap();
     let stream = start_stream(&cfg, "a", &dir);
     rollups_match(&cfg, &dir, Duration::from_secs(120)).await;
+    alerts_match(&cfg, &dir, Duration::from_secs(120)).await;
 
     // Events later than the allowed lateness are dead-lettered as `late`, with the event; the
     // record that is not an event as `undecodable`, with its bytes.
@@ -102,6 +104,7 @@ async fn kill_9_mid_stream_changes_nothing() {
     let second = start_stream(&cfg, "a", &dir);
     finish(gen, "banter generate");
     rollups_match(&cfg, &dir, Duration::from_secs(120)).await;
+    alerts_match(&cfg, &dir, Duration::from_secs(120)).await;
     stop(second);
     let log = std::fs::read_to_string(dir.join("a.log")).unwrap();
     assert!(
@@ -136,5 +139,6 @@ async fn a_second_instance_joining_and_the_first_leaving_change_nothing() {
     stop(a);
     finish(gen, "banter generate");
     rollups_match(&cfg, &dir, Duration::from_secs(120)).await;
+    alerts_match(&cfg, &dir, Duration::from_secs(120)).await;
     stop(b);
 }

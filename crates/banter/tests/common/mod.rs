@@ -517,3 +517,117 @@ pub async fn clickhouse_matches(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Every spike alert record on the alerts topic, read with `read_committed`.
+pub struct Alerts {
+    consumer: BaseConsumer,
+    pub records: Vec<banter_model::SpikeAlert>,
+}
+
+impl Alerts {
+    pub fn new(cfg: &Config) -> Self {
+        let consumer: BaseConsumer =
+            banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &unique("alerts"))
+                .create()
+                .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(&cfg.kafka.topics.alerts), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(&cfg.kafka.topics.alerts, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        Alerts {
+            consumer,
+            records: Vec::new(),
+        }
+    }
+
+    pub fn poll(&mut self) {
+        while let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            self.records.push(
+                banter_model::SpikeAlert::codec()
+                    .decode(m.payload().unwrap())
+                    .unwrap(),
+            );
+        }
+    }
+}
+
+/// What is wrong with the alerts against the generator's injected spikes (empty: nothing):
+/// every spike has exactly one FIRING post alert starting within 2 minutes of its onset, and
+/// one RESOLVED of it after the spike; every post alert belongs to a spike; no record is
+/// written twice (exactly once across restarts and rebalances).
+pub fn alert_differences(x: &Value, records: &[banter_model::SpikeAlert]) -> Vec<String> {
+    use banter_model::AlertState;
+    let mut diffs = Vec::new();
+    let mut seen = BTreeSet::new();
+    for a in records {
+        if !seen.insert((a.alert_id.clone(), a.state.as_str())) {
+            diffs.push(format!("written twice: {} {:?}", a.alert_id, a.state));
+        }
+    }
+    let spikes = x["expected"]["spikes"].as_array().unwrap();
+    let belongs = |a: &banter_model::SpikeAlert, s: &Value| {
+        a.content_id.as_deref() == s["content_id"].as_str()
+            && a.account_id == s["account_id"].as_str().unwrap()
+            && a.started_at >= s["start_ms"].as_i64().unwrap() - 2 * MINUTE
+            && a.started_at < s["end_ms"].as_i64().unwrap()
+    };
+    for s in spikes {
+        let firing: Vec<_> = records
+            .iter()
+            .filter(|a| a.state == AlertState::Firing && belongs(a, s))
+            .collect();
+        if firing.len() != 1 {
+            diffs.push(format!("{} FIRING alerts for spike {s}", firing.len()));
+            continue;
+        }
+        let resolved = records
+            .iter()
+            .find(|a| a.state == AlertState::Resolved && a.alert_id == firing[0].alert_id);
+        match resolved.and_then(|r| r.ended_at) {
+            Some(end) if end >= s["end_ms"].as_i64().unwrap() - MINUTE => {}
+            other => diffs.push(format!(
+                "spike {s} not resolved after its end (ended_at {other:?})"
+            )),
+        }
+    }
+    for a in records.iter().filter(|a| a.content_id.is_some()) {
+        if !spikes.iter().any(|s| belongs(a, s)) {
+            diffs.push(format!("post alert without an injected spike: {a:?}"));
+        }
+    }
+    diffs
+}
+
+/// Waits until the alerts topic holds what the injected spikes call for.
+pub async fn alerts_match(cfg: &Config, dir: &Path, timeout: Duration) {
+    let x = read_expected(dir);
+    assert!(
+        !x["expected"]["spikes"].as_array().unwrap().is_empty(),
+        "the workload should inject spikes"
+    );
+    let mut alerts = Alerts::new(cfg);
+    let deadline = Instant::now() + timeout;
+    loop {
+        alerts.poll();
+        let diffs = alert_differences(&x, &alerts.records);
+        if diffs.is_empty() {
+            // Anything written twice would follow its first copy closely.
+            std::thread::sleep(Duration::from_secs(1));
+            alerts.poll();
+            let diffs = alert_differences(&x, &alerts.records);
+            assert!(diffs.is_empty(), "{diffs:#?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerts do not match the injected spikes after {timeout:?}:\n{diffs:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,225 @@
+//! Spike detection against the generator's injected spikes: the engine and the detector run
+//! in-process over a long seeded workload (hours of event time, delivered with the generator's
+//! faults), and every alert is matched against the spikes the generator injected.
+//!
+//! Figures (precision, recall, time to fire) are printed; run with `--nocapture` to see them.
+
+use std::collections::BTreeMap;
+
+use banter_model::{AlertState, SpikeAlert};
+use banter_stream::spike::{Detector, SpikeConfig};
+use banter_stream::window::{Engine, Output, WindowConfig, MINUTE};
+use banter_workload::{Spike, Workload, WorkloadConfig};
+
+/// Runs the engine and detector over the workload; returns the alerts.
+fn detect(w: &Workload) -> Vec<SpikeAlert> {
+    let mut engine = Engine::new(WindowConfig::default());
+    let mut det = Detector::new(SpikeConfig::default());
+    let mut out = Vec::new();
+    let mut alerts = Vec::new();
+    let mut feed = |engine: &mut Engine, det: &mut Detector, out: &mut Vec<Output>| {
+        for o in out.drain(..) {
+            if let Output::Rollup(r) = o {
+                let published = r.content_id.as_deref().and_then(|c| engine.published_at(c));
+                det.observe(&r, published);
+            }
+        }
+        det.close(engine.closed_below(), &mut alerts);
+    };
+    for i in 0..w.len() {
+        engine.process(&w.event(i), i as i64, &mut out);
+        feed(&mut engine, &mut det, &mut out);
+    }
+    let end = engine.max_event_time() + 3 * 3_600_000;
+    engine.advance_watermark(end, &mut out);
+    feed(&mut engine, &mut det, &mut out);
+    alerts
+}
+
+struct Score {
+    spikes: usize,
+    detected: usize,
+    once: usize,
+    resolved_after: usize,
+    within_3: usize,
+    post_alerts: usize,
+    post_true: usize,
+    account_alerts: usize,
+    account_true: usize,
+    latencies: Vec<i64>,
+}
+
+fn score(spikes: &[Spike], alerts: &[SpikeAlert]) -> Score {
+    let firing: Vec<&SpikeAlert> = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .collect();
+    let resolved: BTreeMap<&str, &SpikeAlert> = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Resolved)
+        .map(|a| (a.alert_id.as_str(), a))
+        .collect();
+    let overlaps = |a: &SpikeAlert, s: &Spike| {
+        a.account_id == s.account_id
+            && a.started_at >= s.start_ms - 2 * MINUTE
+            && a.started_at < s.end_ms
+    };
+    let mut sc = Score {
+        spikes: spikes.len(),
+        detected: 0,
+        once: 0,
+        resolved_after: 0,
+        within_3: 0,
+        post_alerts: 0,
+        post_true: 0,
+        account_alerts: 0,
+        account_true: 0,
+        latencies: Vec::new(),
+    };
+    for s in spikes {
+        let mine: Vec<&&SpikeAlert> = firing
+            .iter()
+            .filter(|a| a.content_id.as_deref() == Some(s.content_id.as_str()) && overlaps(a, s))
+            .collect();
+        if let Some(first) = mine.first() {
+            sc.detected += 1;
+            let latency = first.window_end - s.start_ms;
+            sc.latencies.push(latency);
+            if latency <= 3 * MINUTE {
+                sc.within_3 += 1;
+            } else {
+                eprintln!("slow ({} min) {s:?}", latency / MINUTE);
+            }
+            if mine.len() == 1 {
+                sc.once += 1;
+            }
+            if resolved
+                .get(first.alert_id.as_str())
+                .and_then(|r| r.ended_at)
+                .is_some_and(|e| e >= s.end_ms - MINUTE)
+            {
+                sc.resolved_after += 1;
+            } else {
+                eprintln!(
+                    "resolved early {:?} {s:?}",
+                    resolved
+                        .get(first.alert_id.as_str())
+                        .map(|r| (r.ended_at, r.window_start))
+                );
+            }
+        } else {
+            eprintln!("missed {s:?}");
+        }
+    }
+    for a in &firing {
+        let hit = spikes
+            .iter()
+            .any(|s| overlaps(a, s) && a.content_id.as_deref().is_none_or(|c| c == s.content_id));
+        if a.content_id.is_some() {
+            sc.post_alerts += 1;
+            sc.post_true += usize::from(hit);
+        } else {
+            sc.account_alerts += 1;
+            sc.account_true += usize::from(hit);
+        }
+        if !hit {
+            eprintln!(
+                "false alarm {} z={:.1} x={} mean={:.1} sd={:.1}",
+                a.alert_id, a.z_score, a.observed, a.baseline_mean, a.baseline_stddev
+            );
+        }
+    }
+    sc
+}
+
+#[test]
+fn injected_spikes_fire_once_and_resolve() {
+    // Longer runs for the figures: BANTER_SPIKE_ACCOUNTS=400 BANTER_SPIKE_HOURS=24.
+    let env = |k: &str, d: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let w = Workload::generate(WorkloadConfig {
+        seed: u64::from(env("BANTER_SPIKE_SEED", 7)),
+        accounts: env("BANTER_SPIKE_ACCOUNTS", 120),
+        duration_ms: i64::from(env("BANTER_SPIKE_HOURS", 12)) * 60 * MINUTE,
+        spike_share: 0.3,
+        ..WorkloadConfig::default()
+    });
+    let alerts = detect(&w);
+    let sc = score(&w.expected.spikes, &alerts);
+    if std::env::var("BANTER_SPIKE_AGES").is_ok() {
+        for a in alerts.iter().filter(|a| a.state == AlertState::Firing) {
+            if let Some(p) = w
+                .posts
+                .iter()
+                .find(|p| Some(&p.content_id) == a.content_id.as_ref())
+            {
+                let hit = w.expected.spikes.iter().any(|s| {
+                    s.content_id == p.content_id
+                        && a.started_at >= s.start_ms - 2 * MINUTE
+                        && a.started_at < s.end_ms
+                });
+                println!(
+                    "age {} min amplitude {:.0} true {hit} z {:.1} x {} mean {:.1}",
+                    (a.started_at - p.published_at) / MINUTE,
+                    p.amplitude,
+                    a.z_score,
+                    a.observed,
+                    a.baseline_mean
+                );
+            }
+        }
+    }
+    let mut lat = sc.latencies.clone();
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 60_000.0
+    };
+    let precision = sc.post_true as f64 / sc.post_alerts.max(1) as f64;
+    let recall = sc.detected as f64 / sc.spikes.max(1) as f64;
+    println!(
+        "deliveries {} spikes {} detected {} (recall {:.3}) once {} within 3 min {} resolved after end {}; post alerts {} true {} (precision {:.3}); account alerts {} true {}; minutes to fire p50 {:.0} p90 {:.0} max {:.0}",
+        w.len(), sc.spikes, sc.detected, recall, sc.once, sc.within_3, sc.resolved_after,
+        sc.post_alerts, sc.post_true, precision, sc.account_alerts, sc.account_true,
+        pct(0.5), pct(0.9), pct(1.0)
+    );
+    assert!(
+        sc.spikes >= 50,
+        "too few injected spikes to judge: {}",
+        sc.spikes
+    );
+    assert!(recall >= 0.95, "recall {recall:.3}");
+    assert!(precision >= 0.95, "precision of post alerts {precision:.3}");
+    assert_eq!(
+        sc.once, sc.detected,
+        "a detected spike fired more than once"
+    );
+    assert!(
+        sc.within_3 as f64 >= 0.9 * sc.detected as f64,
+        "only {} of {} spikes fired within 3 minutes",
+        sc.within_3,
+        sc.detected
+    );
+    assert!(
+        sc.resolved_after as f64 >= 0.9 * sc.detected as f64,
+        "only {} of {} alerts resolved at the end of their spike",
+        sc.resolved_after,
+        sc.detected
+    );
+    // Every FIRING has its RESOLVED (the run ends hours after the last event).
+    let firing = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .count();
+    let resolved = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Resolved)
+        .count();
+    assert_eq!(firing, resolved);
+}
