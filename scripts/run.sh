@@ -2,9 +2,9 @@
 # The main job: the whole pipeline on a generated workload, ending with a summary read back
 # from ClickHouse.
 #
-#   local stack up → banter topics → banter migrate → banter ingest + stream + sink
+#   local stack up → banter topics → banter migrate → banter ingest + stream + sink + alert
 #   → banter generate (signed Meta webhooks and first-party events into ingest)
-#   → wait until everything is in ClickHouse → summary from ClickHouse
+#   → wait until everything is in ClickHouse → summary from ClickHouse (and Alertmanager)
 #
 # Each run gets its own topics (banter.<run>.*), consumer groups and ClickHouse database
 # (banter_<run>), so the summary is this run's alone; the names are printed at the end.
@@ -35,7 +35,9 @@ export BANTER_INGEST__META_APP_SECRET="${BANTER_INGEST__META_APP_SECRET:-local-r
 export BANTER_INGEST__LISTEN="${BANTER_INGEST__LISTEN:-127.0.0.1:8080}"
 export BANTER_TELEMETRY__LOG_LEVEL="${BANTER_TELEMETRY__LOG_LEVEL:-warn}"
 ch_url="http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/"
-ops_ingest=127.0.0.1:9464 ops_stream=127.0.0.1:9465 ops_sink=127.0.0.1:9466
+ops_ingest=127.0.0.1:9464 ops_stream=127.0.0.1:9465 ops_sink=127.0.0.1:9466 ops_alert=127.0.0.1:9467
+am_url="http://127.0.0.1:${BANTER_ALERTMANAGER_PORT:-9093}"
+export BANTER_ALERTING__ALERTMANAGER_URL="${BANTER_ALERTING__ALERTMANAGER_URL:-$am_url}"
 
 "$bin" topics >"$run_dir/topics.log"
 "$bin" migrate | tee "$run_dir/migrate.log" | tail -1
@@ -56,6 +58,7 @@ start() { # role ops-address
 start ingest "$ops_ingest"
 start stream "$ops_stream"
 start sink "$ops_sink"
+start alert "$ops_alert"
 metric() { curl -fsS "http://$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d", s}'; }
 
 say "generating ${BANTER_RUN_MINUTES:-360} minutes of engagement for ${BANTER_RUN_ACCOUNTS:-50} accounts into ingest"
@@ -81,7 +84,8 @@ while :; do
   sleep 2
 done
 elapsed=$(( $(date +%s) - started ))
-for role in ingest stream sink; do
+sleep 3 # alert delivery sends what the last transactions fired and resolved
+for role in ingest stream sink alert; do
   eval "curl -fsS \"http://\$ops_$role/metrics\"" >"$run_dir/$role.metrics.txt"
 done
 
@@ -105,6 +109,11 @@ print(f"stream       {total('stream', 'banter_stream_events_total')} events, "
       f"{total('stream', 'banter_stream_rows_emitted_total')} rollup rows")
 print(f"sink         {total('sink', 'banter_sink_rows_written_total')} rows written, "
       f"{total('sink', 'banter_sink_rows_rejected_total')} rejected, {total('sink', 'banter_sink_insert_retries_total')} retries")
+fired, resolved = (total('stream', f'banter_stream_alerts_total{{state="{s}"') for s in ("FIRING", "RESOLVED"))
+sent_f, sent_r = (total('alert', f'banter_alert_sent_total{{state="{s}"') for s in ("firing", "resolved"))
+failed = total('alert', 'banter_alert_posts_total{outcome="error"')
+print(f"alerts       {fired} fired, {resolved} resolved; to Alertmanager: {sent_f} firing sends, "
+      f"{sent_r} resolved, {failed} failed posts")
 PY
 echo
 echo "Top posts by first-15-minute velocity (interactions per minute in the first 15 minutes):"
@@ -124,17 +133,39 @@ echo
 echo "Dead letters by stage and reason:"
 q "SELECT stage, reason, count() AS n FROM $db.dead_letters GROUP BY stage, reason ORDER BY n DESC FORMAT PrettyCompactMonoBlock"
 echo
-echo "Alerts fired: $(q "SELECT count() FROM $db.alerts WHERE state = 'FIRING'")"
+echo "Spike alerts (first 12 by onset; observed and z of the minute that fired):"
+q "SELECT account_id AS account, if(content_id = '', '(account)', content_id) AS post,
+         toDateTime(intDiv(started_at_ms, 1000)) AS onset,
+         round((max(ifNull(ended_at_ms, 0)) - started_at_ms) / 60000) AS minutes,
+         minIf(observed, state = 'FIRING') AS observed, round(minIf(baseline_mean, state = 'FIRING'), 1) AS baseline,
+         round(minIf(z_score, state = 'FIRING'), 1) AS z, argMax(state, revision) AS latest
+   FROM $db.alerts GROUP BY alert_id, account_id, content_id, started_at_ms
+   ORDER BY onset, account, post LIMIT 12 FORMAT PrettyCompactMonoBlock"
+q "SELECT alert_id, state, account_id, content_id, started_at_ms, window_end_ms FROM $db.alerts FORMAT JSONEachRow" >"$run_dir/alerts.jsonl"
 echo
-python3 - "$run_dir/expected.json" <<'PY'
+python3 - "$run_dir/expected.json" "$run_dir/alerts.jsonl" <<'PY'
 import json, sys
 x = json.load(open(sys.argv[1]))["expected"]
+alerts = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+firing = [a for a in alerts if a["state"] == "FIRING"]
+def belongs(a, s):
+    return (a["account_id"] == s["account_id"] and a["content_id"] in ("", s["content_id"])
+            and s["start_ms"] - 120000 <= int(a["started_at_ms"]) < s["end_ms"])
+posts = [a for a in firing if a["content_id"]]
+detected = [s for s in x["spikes"] if any(belongs(a, s) and a["content_id"] for a in posts)]
+fast = [s for s in x["spikes"] if any(belongs(a, s) and a["content_id"] and int(a["window_end_ms"]) - s["start_ms"] <= 180000 for a in posts)]
+true_posts = [a for a in posts if any(belongs(a, s) for s in x["spikes"])]
+accounts = [a for a in firing if not a["content_id"]]
+true_accounts = [a for a in accounts if any(belongs(a, s) for s in x["spikes"])]
+print(f"spikes vs the generator's injected ones: {len(detected)} of {len(x['spikes'])} detected "
+      f"({len(fast)} within 3 minutes of onset); {len(true_posts)} of {len(posts)} post alerts match an injected spike; "
+      f"{len(true_accounts)} of {len(accounts)} account alerts overlap one")
 top = sorted(x["first_hour"].items(), key=lambda kv: (-kv[1]["first_15m"], kv[0]))[:3]
 print("generator ground truth, top first_15m: " + ", ".join(f"{c}={v['first_15m']}" for c, v in top))
 PY
 cat <<MSG
 
-Not built yet, so not in the summary: CTA funnels per campaign (issue 5) and spike alerts to
-Alertmanager (issue 7; the alerts table exists and is empty). Grafana dashboards: issue 6.
-Topics banter.$run.*, database $db, logs and metrics in $run_dir.
+Not built yet, so not in the summary: CTA funnels per campaign (issue 5).
+Alertmanager ($BANTER_ALERTING__ALERTMANAGER_URL) received the spike alerts: curl $BANTER_ALERTING__ALERTMANAGER_URL/api/v2/alerts
+shows those still firing. Topics banter.$run.*, database $db, logs and metrics in $run_dir.
 MSG

@@ -27,7 +27,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn rules_are_valid_and_their_tests_pass() {
     let out = promtool(&["check", "rules", "docker/prometheus/rules/banter.yml"]);
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
     let out = promtool(&["test", "rules", "docker/prometheus/tests/banter.test.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
 }
@@ -58,7 +58,7 @@ async fn the_local_prometheus_loads_the_rules() {
                     .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
                     .filter_map(|r| r["name"].as_str().map(str::to_owned))
                     .collect();
-                (names.len() >= 6).then_some(names)
+                (names.len() >= 7).then_some(names)
             }
         },
     )
@@ -70,6 +70,7 @@ async fn the_local_prometheus_loads_the_rules() {
         "BanterSinkInsertFailures",
         "BanterSinkRejectedRows",
         "BanterIngest5xxRate",
+        "BanterAlertDeliveryFailing",
     ] {
         assert!(
             names.iter().any(|n| n == rule),

@@ -1,8 +1,8 @@
 //! `banter`: one binary, one subcommand per role of the pipeline.
 //!
-//! Roles land as they are built (stream, sink, alert delivery, `run` for all of them follow);
-//! what is here today: ingest and replay, configuration checks, topic creation and the schema
-//! listing.
+//! Roles: ingest (and replay), stream, sink, alert delivery, and `run` for all of them in one
+//! process; tools: configuration checks, topic creation, migrations, the schema listing and
+//! the workload generator.
 
 mod generate;
 
@@ -48,8 +48,11 @@ enum Command {
     Migrate,
     /// Run the ClickHouse sink: rollups, alerts and dead letters into ClickHouse.
     Sink,
-    /// Everything in one process: topics, migrations, ingest, stream and sink (the simplest
-    /// way to try banter; in production run the roles separately and scale them).
+    /// Run alert delivery: spike alerts to Alertmanager (`alerting.alertmanager_url`).
+    Alert,
+    /// Everything in one process: topics, migrations, ingest, stream, sink and, when
+    /// `alerting.alertmanager_url` is set, alert delivery (the simplest way to try banter; in
+    /// production run the roles separately and scale them).
     Run,
     /// Generate the seeded workload, publish it and write its expected aggregates.
     Generate(generate::GenerateArgs),
@@ -110,6 +113,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Stream => runtime()?.block_on(stream(&config)),
         Command::Migrate => runtime()?.block_on(migrate(&config)),
         Command::Sink => runtime()?.block_on(sink(&config)),
+        Command::Alert => runtime()?.block_on(alert(&config)),
         Command::Run => runtime()?.block_on(run_all(&config)),
         Command::Generate(args) => runtime()?.block_on(generate::run(&config, args)),
         Command::Replay {
@@ -280,6 +284,20 @@ async fn sink(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn alert(config: &Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut metrics = Metrics::new("alert");
+    let alert_metrics = banter_alert::AlertMetrics::register(metrics.registry_mut());
+    let readiness = Readiness::default();
+    let ops = serve_role(config, metrics, &readiness, &shutdown).await?;
+    let result = banter_alert::run(config, alert_metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    ops.task.await.context("ops server task")??;
+    result?;
+    Ok(())
+}
+
 async fn run_all(config: &Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
@@ -299,6 +317,7 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
     let mut metrics = Metrics::new("run");
     let stream_metrics = banter_stream::StreamMetrics::register(metrics.registry_mut());
     let sink_metrics = banter_sink::SinkMetrics::register(metrics.registry_mut());
+    let alert_metrics = banter_alert::AlertMetrics::register(metrics.registry_mut());
     let readiness = Readiness::default();
     readiness.register("stream");
     let ingest =
@@ -317,18 +336,37 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
         let (cfg, stop) = (config.clone(), shutdown.clone());
         async move { banter_sink::run(&cfg, ch, sink_metrics, stop).await }
     });
-    tracing::info!(ingest = %ingest.local_addr, "banter run: ingest, stream and sink running");
+    let deliver = !config.alerting.alertmanager_url.trim().is_empty();
+    if !deliver {
+        tracing::info!(
+            "alerting.alertmanager_url is empty: spike alerts reach ClickHouse, not Alertmanager"
+        );
+    }
+    let mut alerts = tokio::spawn({
+        let (cfg, stop) = (config.clone(), shutdown.clone());
+        async move {
+            if deliver {
+                banter_alert::run(&cfg, alert_metrics, stop).await
+            } else {
+                stop.cancelled().await;
+                Ok(())
+            }
+        }
+    });
+    tracing::info!(ingest = %ingest.local_addr, alert_delivery = deliver, "banter run: ingest, stream, sink and alert delivery running");
     let mut server = ingest.server;
     // The first role to stop (an error, or the signal) stops the others.
     let first: anyhow::Result<()> = tokio::select! {
         r = &mut server => r.context("ingest server task")?.context("ingest server"),
         r = &mut stream => r.context("stream thread")?.context("stream"),
         r = &mut sink => r.context("sink task")?.context("sink"),
+        r = &mut alerts => r.context("alert task")?.context("alert delivery"),
     };
     shutdown.cancel();
     let _ = server.await;
     let _ = stream.await;
     let _ = sink.await;
+    let _ = alerts.await;
     let _ = ops.task.await;
     let _ = tokio::task::spawn_blocking(move || ingest.publisher_thread.join()).await;
     first?;

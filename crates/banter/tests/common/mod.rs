@@ -631,3 +631,66 @@ pub async fn alerts_match(cfg: &Config, dir: &Path, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Waits until ClickHouse's `alerts` table holds one FIRING and one RESOLVED post alert per
+/// injected spike, each belonging to its spike.
+pub async fn clickhouse_alerts_match(
+    ch: &banter_runtime::clickhouse::ClickHouse,
+    dir: &Path,
+    timeout: Duration,
+) {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Row {
+        alert_id: String,
+        state: String,
+        account_id: String,
+        content_id: String,
+        started_at_ms: i64,
+        ended_at_ms: Option<i64>,
+    }
+    let x = read_expected(dir);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows: Vec<Row> = ch
+            .client
+            .query(
+                "SELECT alert_id, state, account_id, content_id, started_at_ms, ended_at_ms \
+                 FROM alerts WHERE content_id != ''",
+            )
+            .fetch_all()
+            .await
+            .unwrap();
+        let records: Vec<banter_model::SpikeAlert> = rows
+            .into_iter()
+            .map(|r| banter_model::SpikeAlert {
+                alert_id: r.alert_id,
+                state: if r.state == "FIRING" {
+                    banter_model::AlertState::Firing
+                } else {
+                    banter_model::AlertState::Resolved
+                },
+                account_id: r.account_id,
+                content_id: Some(r.content_id),
+                window_start: 0,
+                window_end: 0,
+                observed: 0,
+                baseline_mean: 0.0,
+                baseline_stddev: 0.0,
+                z_score: 0.0,
+                started_at: r.started_at_ms,
+                ended_at: r.ended_at_ms,
+                revision: 0,
+                emitted_at: 0,
+            })
+            .collect();
+        let diffs = alert_differences(&x, &records);
+        if diffs.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerts in ClickHouse do not match the injected spikes after {timeout:?}:\n{diffs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,594 @@
+//! `banter alert`: spike alerts from `banter.alerts.v1` to Alertmanager.
+//!
+//! * **What is sent.** `POST /api/v2/alerts` with `alertname=EngagementSpike` and the labels
+//!   `account`, `content` (posts only), `level` (`post` or `account`) and `severity`
+//!   (`critical` from `alerting.critical_z`, else `warning`); annotations `summary`,
+//!   `description`, `dashboard` and `alert_id`; `startsAt` the spike's onset.
+//! * **Firing** alerts are sent again every `alerting.resend_interval_ms` with `endsAt` five
+//!   intervals ahead (Alertmanager resolves an alert that stops being sent once `endsAt` passes,
+//!   as it does for Prometheus). **Resolved** ones are sent once with `endsAt` = the end of the
+//!   spike, then forgotten.
+//! * **Alertmanager down**: the batch is kept and retried with exponential backoff up to
+//!   `alerting.max_backoff_ms`; nothing is dropped; `banter_alert_alertmanager_up` is 0 and
+//!   `banter_alert_posts_total{outcome="error"}` grows.
+//! * **Restarts**: no offsets are committed. On start the alerts of the last
+//!   `alerting.lookback_ms` are read again: firing ones are sent (Alertmanager deduplicates by
+//!   labels), resolved ones once more. An alert is never lost to a restart.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use banter_model::{AlertState, AvroRecord, SpikeAlert};
+use banter_runtime::config::{AlertingConfig, Config};
+use banter_runtime::kafka::consumer_config;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+/// Why delivery stopped.
+#[derive(Debug, Error)]
+pub enum AlertError {
+    /// Configuration that delivery cannot run with.
+    #[error("config {key}: {message}")]
+    Config {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Kafka refused something we cannot go on without.
+    #[error("kafka {what}: {detail}")]
+    Kafka {
+        /// What was being done.
+        what: &'static str,
+        /// The client error.
+        detail: String,
+    },
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> AlertError {
+    move |e| AlertError::Kafka {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// The delivery role's metrics (`banter_alert_…`).
+#[derive(Debug, Clone)]
+pub struct AlertMetrics {
+    records: Family<Vec<(String, String)>, Counter>,
+    sent: Family<Vec<(String, String)>, Counter>,
+    posts: Family<Vec<(String, String)>, Counter>,
+    post_seconds: Histogram,
+    firing: Gauge,
+    pending: Gauge,
+    up: Gauge,
+}
+
+impl AlertMetrics {
+    /// Registers the metrics under `banter_alert_…`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = AlertMetrics {
+            records: Family::default(),
+            sent: Family::default(),
+            posts: Family::default(),
+            post_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            firing: Gauge::default(),
+            pending: Gauge::default(),
+            up: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("alert");
+        r.register(
+            "records",
+            "Alert records read from the alerts topic, by state",
+            m.records.clone(),
+        );
+        r.register(
+            "sent",
+            "Alerts accepted by Alertmanager, by state (firing ones count every re-send)",
+            m.sent.clone(),
+        );
+        r.register(
+            "posts",
+            "POST /api/v2/alerts requests by outcome (ok, error)",
+            m.posts.clone(),
+        );
+        r.register(
+            "post_seconds",
+            "Duration of a POST to Alertmanager",
+            m.post_seconds.clone(),
+        );
+        r.register("firing", "Spike alerts firing", m.firing.clone());
+        r.register(
+            "pending",
+            "Alerts due for sending that Alertmanager has not accepted yet",
+            m.pending.clone(),
+        );
+        r.register(
+            "alertmanager_up",
+            "1 when the last POST to Alertmanager succeeded",
+            m.up.clone(),
+        );
+        m
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// One alert in Alertmanager's v2 API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmAlert {
+    /// Identifying labels.
+    pub labels: BTreeMap<String, String>,
+    /// Text for people.
+    pub annotations: BTreeMap<String, String>,
+    /// Onset.
+    #[serde(rename = "startsAt")]
+    pub starts_at: String,
+    /// When Alertmanager considers it resolved.
+    #[serde(rename = "endsAt")]
+    pub ends_at: String,
+    /// Link back.
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+/// A spike alert as Alertmanager gets it. `severity` is decided when it fired; `ends_at` is
+/// the spike's end for a resolved alert, else `firing_until`.
+pub fn to_alertmanager(
+    a: &SpikeAlert,
+    severity: &str,
+    cfg: &AlertingConfig,
+    firing_until: i64,
+) -> AmAlert {
+    let content = a.content_id.as_deref().unwrap_or("");
+    let mut labels = BTreeMap::new();
+    labels.insert("alertname".to_owned(), "EngagementSpike".to_owned());
+    labels.insert("account".to_owned(), a.account_id.clone());
+    if !content.is_empty() {
+        labels.insert("content".to_owned(), content.to_owned());
+    }
+    labels.insert(
+        "level".to_owned(),
+        if content.is_empty() {
+            "account"
+        } else {
+            "post"
+        }
+        .to_owned(),
+    );
+    labels.insert("severity".to_owned(), severity.to_owned());
+    let what = if content.is_empty() {
+        format!("account {}", a.account_id)
+    } else {
+        format!("post {content} of account {}", a.account_id)
+    };
+    let dashboard = cfg
+        .dashboard_url
+        .replace("{account}", &a.account_id)
+        .replace("{content}", content);
+    let mut annotations = BTreeMap::new();
+    annotations.insert("summary".to_owned(), format!("Engagement spike on {what}"));
+    annotations.insert(
+        "description".to_owned(),
+        format!(
+            "{} interactions in the minute from {} against a baseline of {:.1} ± {:.1} (z = {:.1}); spike since {}",
+            a.observed,
+            rfc3339(a.window_start),
+            a.baseline_mean,
+            a.baseline_stddev,
+            a.z_score,
+            rfc3339(a.started_at)
+        ),
+    );
+    annotations.insert("dashboard".to_owned(), dashboard.clone());
+    annotations.insert("alert_id".to_owned(), a.alert_id.clone());
+    let ends = match (a.state, a.ended_at) {
+        (AlertState::Resolved, Some(end)) => end.min(firing_until),
+        (AlertState::Resolved, None) => a.window_end.min(firing_until),
+        (AlertState::Firing, _) => firing_until,
+    };
+    AmAlert {
+        labels,
+        annotations,
+        starts_at: rfc3339(a.started_at),
+        ends_at: rfc3339(ends.max(a.started_at)),
+        generator_url: dashboard,
+    }
+}
+
+/// An alert delivery keeps track of.
+#[derive(Debug, Clone)]
+struct Tracked {
+    alert: SpikeAlert,
+    severity: &'static str,
+    /// Firing: next re-send; resolved: due at once.
+    due: Instant,
+}
+
+/// What delivery holds: firing alerts and resolved ones not yet accepted.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    alerts: BTreeMap<String, Tracked>,
+}
+
+impl Tracker {
+    /// Takes one record of the alerts topic.
+    pub fn take(&mut self, a: SpikeAlert, critical_z: f64, now: Instant) {
+        match a.state {
+            AlertState::Firing => {
+                // A RESOLVED may have come first (another partition is not involved: the key
+                // is the account, so this is a re-read): keep the later state.
+                if self.alerts.contains_key(&a.alert_id) {
+                    return;
+                }
+                let severity = if a.z_score >= critical_z {
+                    "critical"
+                } else {
+                    "warning"
+                };
+                self.alerts.insert(
+                    a.alert_id.clone(),
+                    Tracked {
+                        alert: a,
+                        severity,
+                        due: now,
+                    },
+                );
+            }
+            AlertState::Resolved => {
+                let severity = self
+                    .alerts
+                    .get(&a.alert_id)
+                    .map_or("warning", |t| t.severity);
+                self.alerts.insert(
+                    a.alert_id.clone(),
+                    Tracked {
+                        alert: a,
+                        severity,
+                        due: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Alerts due at `now`, as Alertmanager gets them, with their ids.
+    pub fn due(&self, now: Instant, now_ms: i64, cfg: &AlertingConfig) -> Vec<(String, AmAlert)> {
+        let until = now_ms + 5 * i64::try_from(cfg.resend_interval_ms).unwrap_or(60_000);
+        self.alerts
+            .iter()
+            .filter(|(_, t)| t.due <= now)
+            .map(|(id, t)| {
+                (
+                    id.clone(),
+                    to_alertmanager(&t.alert, t.severity, cfg, until.max(now_ms)),
+                )
+            })
+            .collect()
+    }
+
+    /// Alertmanager accepted these: firing ones are due again after the resend interval,
+    /// resolved ones are done.
+    pub fn sent(&mut self, ids: &[String], next: Instant, metrics: Option<&AlertMetrics>) {
+        for id in ids {
+            let resolved = match self.alerts.get_mut(id) {
+                Some(t) if t.alert.state == AlertState::Firing => {
+                    t.due = next;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
+            if let Some(m) = metrics {
+                let state = if resolved { "resolved" } else { "firing" };
+                m.sent
+                    .get_or_create(&vec![("state".to_owned(), state.to_owned())])
+                    .inc();
+            }
+            if resolved {
+                self.alerts.remove(id);
+            }
+        }
+    }
+
+    /// Firing alerts held.
+    pub fn firing(&self) -> usize {
+        self.alerts
+            .values()
+            .filter(|t| t.alert.state == AlertState::Firing)
+            .count()
+    }
+
+    /// Alerts held.
+    pub fn len(&self) -> usize {
+        self.alerts.len()
+    }
+
+    /// Nothing held.
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+    }
+}
+
+/// Reads the alerts topic from `lookback_ms` ago.
+fn consumer(config: &Config) -> Result<StreamConsumer, AlertError> {
+    let k = &config.kafka;
+    let topic = &k.topics.alerts;
+    let c: StreamConsumer = consumer_config(k, "alert", "banter-alert")
+        .create()
+        .map_err(kafka("consumer config"))?;
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka("alerts topic metadata"))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if parts.is_empty() {
+        return Err(AlertError::Kafka {
+            what: "alerts topic",
+            detail: format!("{topic} does not exist (run `banter topics`)"),
+        });
+    }
+    let since = banter_runtime::now_ms() - config.alerting.lookback_ms;
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(since))
+            .map_err(kafka("lookback"))?;
+    }
+    let found = c
+        .offsets_for_times(tpl, Duration::from_secs(10))
+        .map_err(kafka("offsets for the lookback"))?;
+    let mut assign = TopicPartitionList::new();
+    for e in found.elements() {
+        // No record since then: start at the end.
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::End,
+        };
+        assign
+            .add_partition_offset(topic, e.partition(), offset)
+            .map_err(kafka("assign"))?;
+    }
+    c.assign(&assign).map_err(kafka("assign"))?;
+    Ok(c)
+}
+
+/// Runs delivery until `shutdown`.
+///
+/// # Errors
+/// `alerting.alertmanager_url` is empty, or Kafka clients cannot be created.
+pub async fn run(
+    config: &Config,
+    metrics: AlertMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), AlertError> {
+    let cfg = &config.alerting;
+    let base = cfg.alertmanager_url.trim().trim_end_matches('/');
+    if base.is_empty() {
+        return Err(AlertError::Config {
+            key: "alerting.alertmanager_url",
+            message: "must be set for alert delivery (e.g. http://127.0.0.1:9093)".into(),
+        });
+    }
+    let url = format!("{base}/api/v2/alerts");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| AlertError::Config {
+            key: "alerting.alertmanager_url",
+            message: e.to_string(),
+        })?;
+    let consumer = consumer(config)?;
+    let resend = Duration::from_millis(cfg.resend_interval_ms);
+    let max_backoff = Duration::from_millis(cfg.max_backoff_ms);
+    let mut tracker = Tracker::default();
+    let mut backoff = Duration::ZERO;
+    let mut retry_at = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let codec = SpikeAlert::codec();
+    tracing::info!(alertmanager = %url, topic = %config.kafka.topics.alerts, "alert delivery started");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = consumer.recv() => {
+                match m {
+                    Ok(m) => match m.payload().map(|p| codec.decode(p)) {
+                        Some(Ok(a)) => {
+                            metrics
+                                .records
+                                .get_or_create(&vec![("state".to_owned(), a.state.as_str().to_owned())])
+                                .inc();
+                            tracker.take(a, cfg.critical_z, Instant::now());
+                        }
+                        Some(Err(e)) => tracing::warn!(
+                            partition = m.partition(), offset = m.offset(), error = %e,
+                            "alert record that is not a SpikeAlert; skipped"
+                        ),
+                        None => {}
+                    },
+                    Err(e) => tracing::warn!(error = %e, "consumer"),
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        metrics.firing.set(tracker.firing() as i64);
+        if now < retry_at {
+            continue;
+        }
+        let due = tracker.due(now, banter_runtime::now_ms(), cfg);
+        metrics.pending.set(due.len() as i64);
+        if due.is_empty() {
+            continue;
+        }
+        let (ids, body): (Vec<String>, Vec<AmAlert>) = due.into_iter().unzip();
+        let t0 = Instant::now();
+        let result = http.post(&url).json(&body).send().await;
+        metrics.post_seconds.observe(t0.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                Err(format!("{status}: {}", text.trim()))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                metrics
+                    .posts
+                    .get_or_create(&vec![("outcome".to_owned(), "ok".to_owned())])
+                    .inc();
+                metrics.up.set(1);
+                if !backoff.is_zero() {
+                    tracing::info!("alertmanager accepts alerts again");
+                }
+                backoff = Duration::ZERO;
+                tracker.sent(&ids, Instant::now() + resend, Some(&metrics));
+                metrics.pending.set(0);
+                tracing::debug!(alerts = ids.len(), "sent to alertmanager");
+            }
+            Err(e) => {
+                metrics
+                    .posts
+                    .get_or_create(&vec![("outcome".to_owned(), "error".to_owned())])
+                    .inc();
+                metrics.up.set(0);
+                backoff = (backoff * 2).clamp(Duration::from_millis(500), max_backoff);
+                retry_at = Instant::now() + backoff;
+                tracing::warn!(error = %e, alerts = ids.len(), retry_in = ?backoff, "alertmanager did not take the alerts; retrying");
+            }
+        }
+    }
+    tracing::info!(held = tracker.len(), "alert delivery stopping");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(state: AlertState) -> SpikeAlert {
+        SpikeAlert {
+            alert_id: "acct-1/post-1/1764000000000".into(),
+            state,
+            account_id: "acct-1".into(),
+            content_id: Some("post-1".into()),
+            window_start: 1_764_000_060_000,
+            window_end: 1_764_000_120_000,
+            observed: 45,
+            baseline_mean: 3.0,
+            baseline_stddev: 1.5,
+            z_score: 24.2,
+            started_at: 1_764_000_000_000,
+            ended_at: (state == AlertState::Resolved).then_some(1_764_000_600_000),
+            revision: 1,
+            emitted_at: 1_764_000_120_000,
+        }
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_764_000_000_000), "2025-11-24T16:00:00.000Z");
+        assert_eq!(rfc3339(951_868_799_123), "2000-02-29T23:59:59.123Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn alertmanager_payload_has_the_labels_and_annotations() {
+        let cfg = AlertingConfig::default();
+        let a = to_alertmanager(
+            &alert(AlertState::Firing),
+            "critical",
+            &cfg,
+            1_764_000_900_000,
+        );
+        let json = serde_json::to_value(&a).unwrap_or_default();
+        assert_eq!(json["labels"]["alertname"], "EngagementSpike");
+        assert_eq!(json["labels"]["account"], "acct-1");
+        assert_eq!(json["labels"]["content"], "post-1");
+        assert_eq!(json["labels"]["level"], "post");
+        assert_eq!(json["labels"]["severity"], "critical");
+        assert_eq!(json["startsAt"], "2025-11-24T16:00:00.000Z");
+        assert_eq!(json["endsAt"], "2025-11-24T16:15:00.000Z");
+        assert!(json["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("post-1")));
+        assert!(json["annotations"]["dashboard"]
+            .as_str()
+            .is_some_and(|s| s.contains("var-account=acct-1") && s.contains("var-content=post-1")));
+        let r = to_alertmanager(
+            &alert(AlertState::Resolved),
+            "critical",
+            &cfg,
+            1_764_009_999_000,
+        );
+        assert_eq!(r.ends_at, "2025-11-24T16:10:00.000Z");
+        assert_eq!(r.labels, a.labels, "the same alert for Alertmanager");
+    }
+
+    #[test]
+    fn tracker_resends_firing_and_forgets_resolved_once_sent() {
+        let cfg = AlertingConfig::default();
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        t.take(alert(AlertState::Firing), 10.0, now);
+        let due = t.due(now, 0, &cfg);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.labels["severity"], "critical");
+        // Not accepted: still due.
+        assert_eq!(t.due(now, 0, &cfg).len(), 1);
+        let later = now + Duration::from_secs(60);
+        t.sent(&[due[0].0.clone()], later, None);
+        assert!(t.due(now, 0, &cfg).is_empty());
+        assert_eq!(t.due(later, 0, &cfg).len(), 1, "re-sent after the interval");
+        // Resolved: due at once, keeps the severity it fired with, gone once accepted.
+        let mut r = alert(AlertState::Resolved);
+        r.z_score = 0.5;
+        t.take(r, 10.0, now);
+        let due = t.due(now, 0, &cfg);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.labels["severity"], "critical");
+        // A FIRING read again after its RESOLVED (a re-read) does not revive it.
+        t.take(alert(AlertState::Firing), 10.0, now);
+        t.sent(&[due[0].0.clone()], later, None);
+        assert!(t.is_empty());
+    }
+}
