@@ -78,6 +78,8 @@ pub struct Config {
     pub sink: SinkConfig,
     /// Spike detection in `banter stream`.
     pub spike: SpikeConfig,
+    /// CTA campaigns and funnels in `banter stream`.
+    pub cta: CtaConfig,
     /// `banter alert`: spike alerts to Alertmanager.
     pub alerting: AlertingConfig,
 }
@@ -185,6 +187,42 @@ impl SpikeConfig {
         }
         if self.forget_after_minutes < 60 {
             return Err(invalid("spike.forget_after_minutes", "must be at least 60"));
+        }
+        Ok(())
+    }
+}
+
+/// CTA campaigns and funnels in `banter stream`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CtaConfig {
+    /// A TOML file of `[[campaign]]` tables (id, account_id, keywords, scope, active_from,
+    /// active_until); empty: no campaigns. A missing or invalid file at start-up is an error.
+    pub campaigns_file: String,
+    /// How often the file is checked for changes, in ms: a changed file applies without a
+    /// restart (an invalid one is refused and the previous campaigns stay).
+    pub reload_interval_ms: u64,
+    /// Days after a trigger within which later stages are attributed to it.
+    pub attribution_days: i64,
+}
+
+impl Default for CtaConfig {
+    fn default() -> Self {
+        CtaConfig {
+            campaigns_file: String::new(),
+            reload_interval_ms: 10_000,
+            attribution_days: 7,
+        }
+    }
+}
+
+impl CtaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.reload_interval_ms < 100 {
+            return Err(invalid("cta.reload_interval_ms", "must be at least 100"));
+        }
+        if !(1..=90).contains(&self.attribution_days) {
+            return Err(invalid("cta.attribution_days", "must be between 1 and 90"));
         }
         Ok(())
     }
@@ -831,6 +869,7 @@ impl Config {
         self.stream.validate()?;
         self.sink.validate()?;
         self.spike.validate()?;
+        self.cta.validate()?;
         self.alerting.validate()?;
         Ok(())
     }

@@ -29,7 +29,7 @@ pub struct Migration {
 
 /// The migrations, in order (embedded: the binary carries its schema).
 pub fn migrations() -> Vec<Migration> {
-    let files: [(&'static str, &'static str); 5] = [
+    let files: [(&'static str, &'static str); 7] = [
         (
             "0001_rollups.sql",
             include_str!("../../../schemas/clickhouse/0001_rollups.sql"),
@@ -49,6 +49,14 @@ pub fn migrations() -> Vec<Migration> {
         (
             "0005_inserted_at.sql",
             include_str!("../../../schemas/clickhouse/0005_inserted_at.sql"),
+        ),
+        (
+            "0006_funnels.sql",
+            include_str!("../../../schemas/clickhouse/0006_funnels.sql"),
+        ),
+        (
+            "0007_funnels_final.sql",
+            include_str!("../../../schemas/clickhouse/0007_funnels_final.sql"),
         ),
     ];
     files
@@ -241,6 +249,6 @@ mod tests {
         ));
         assert!(n.contains("account_id LowCardinality(String)"));
         let versions: Vec<u32> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     }
 }

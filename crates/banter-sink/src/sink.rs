@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use banter_model::{AvroRecord, DeadLetter, Rollup, SpikeAlert, Stage};
+use banter_model::{AvroRecord, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage};
 use banter_runtime::clickhouse::ClickHouse;
 use banter_runtime::config::Config;
 use banter_runtime::kafka::{consumer_config, producer};
@@ -163,6 +163,54 @@ impl From<Rollup> for RollupRow {
             unique_engagers: r.unique_engagers,
             late_events: r.late_events,
             emitted_at_ms: r.emitted_at,
+        }
+    }
+}
+
+/// A `funnels` row.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct FunnelRow {
+    account_id: String,
+    campaign_id: String,
+    window_kind: &'static str,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    revision: i64,
+    triggered: i64,
+    private_reply_sent: i64,
+    dm_read: i64,
+    engaged: i64,
+    link_clicked: i64,
+    converted: i64,
+    conversion_value: f64,
+    currency: Option<String>,
+    median_trigger_to_reply_s: Option<f64>,
+    median_reply_to_click_s: Option<f64>,
+    median_click_to_conversion_s: Option<f64>,
+    emitted_at_ms: i64,
+}
+
+impl From<FunnelRollup> for FunnelRow {
+    fn from(f: FunnelRollup) -> Self {
+        FunnelRow {
+            account_id: f.account_id,
+            campaign_id: f.campaign_id,
+            window_kind: f.window.as_str(),
+            window_start_ms: f.window_start,
+            window_end_ms: f.window_end,
+            revision: f.revision,
+            triggered: f.triggered,
+            private_reply_sent: f.private_reply_sent,
+            dm_read: f.dm_read,
+            engaged: f.engaged,
+            link_clicked: f.link_clicked,
+            converted: f.converted,
+            conversion_value: f.conversion_value,
+            currency: f.currency,
+            median_trigger_to_reply_s: f.median_trigger_to_reply_s,
+            median_reply_to_click_s: f.median_reply_to_click_s,
+            median_click_to_conversion_s: f.median_click_to_conversion_s,
+            emitted_at_ms: f.emitted_at,
         }
     }
 }
@@ -452,6 +500,7 @@ async fn send_dead_letter(
 #[derive(Default)]
 struct Batch {
     rollups: Vec<Pending<RollupRow>>,
+    funnels: Vec<Pending<FunnelRow>>,
     alerts: Vec<Pending<AlertRow>>,
     dead_letters: Vec<Pending<DeadLetterRow>>,
     /// (topic, partition) -> next offset.
@@ -534,7 +583,17 @@ pub async fn run(
                 partition,
                 offset,
             };
-            let bad = if topic == k.topics.rollups {
+            // The rollups topic carries Rollup and FunnelRollup records: the single-object
+            // header's fingerprint says which.
+            let funnel = topic == k.topics.rollups
+                && banter_model::codec::Codec::<FunnelRollup>::peek_fingerprint(payload)
+                    == Some(FunnelRollup::codec().fingerprint());
+            let bad = if funnel {
+                decode::<FunnelRollup, _>(payload, src, |f| f.account_id.clone())
+                    .map(|p| batch.funnels.push(p))
+                    .err()
+                    .map(undecodable)
+            } else if topic == k.topics.rollups {
                 decode::<Rollup, _>(payload, src, |r| r.account_id.clone())
                     .map(|p| batch.rollups.push(p))
                     .err()
@@ -584,6 +643,9 @@ pub async fn run(
         if batch.records > 0 {
             writer
                 .write("rollups", std::mem::take(&mut batch.rollups))
+                .await?;
+            writer
+                .write("funnels", std::mem::take(&mut batch.funnels))
                 .await?;
             writer
                 .write("alerts", std::mem::take(&mut batch.alerts))

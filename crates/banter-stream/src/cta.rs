@@ -44,6 +44,30 @@ pub struct Campaign {
     pub active_until: Option<i64>,
 }
 
+/// A campaigns file: `[[campaign]]` tables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignsFile {
+    /// The campaigns.
+    #[serde(default)]
+    pub campaign: Vec<Campaign>,
+}
+
+/// Reads and checks a campaigns file (TOML, `[[campaign]]` tables); the error names the file,
+/// and the campaign or the TOML problem.
+///
+/// # Errors
+/// The file cannot be read or parsed, or a campaign is invalid (see [`Matcher::new`]).
+pub fn load_campaigns(path: &std::path::Path) -> Result<(Vec<Campaign>, Matcher), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("campaigns file {}: {e}", path.display()))?;
+    let file: CampaignsFile =
+        toml::from_str(&text).map_err(|e| format!("campaigns file {}: {e}", path.display()))?;
+    let matcher = Matcher::new(&file.campaign)
+        .map_err(|e| format!("campaigns file {}: {e}", path.display()))?;
+    Ok((file.campaign, matcher))
+}
+
 /// The words of `text`: lower-cased, split at every character that is not alphanumeric.
 pub fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())

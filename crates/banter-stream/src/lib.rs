@@ -4,12 +4,16 @@
 //! * [`window`]: the windowing engine of one partition, pure (no Kafka, no clock), with its
 //!   checkpoints.
 //! * [`cta`]: CTA keyword triggers (the matcher the funnels of issue 5 start from).
+//! * [`funnel`]: CTA funnels per campaign (triggers, stages, attribution), state in a changelog.
+//! * [`quantile`]: a mergeable quantile sketch (1 % relative error) for durations.
 //! * [`sketch`]: the distinct-engager sketch (exact up to 32, then HyperLogLog, 4.6 %).
 //! * [`spike`]: spike detection on the minute counts (EWMA, Poisson floor, 2 of 3 minutes).
 //! * [`runner`]: the Kafka loop: consumer group, one engine per assigned partition,
 //!   transactions, restore on assignment, idle partitions, metrics.
 
 pub mod cta;
+pub mod funnel;
+pub mod quantile;
 pub mod runner;
 pub mod sketch;
 pub mod spike;

@@ -23,7 +23,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use banter_model::{AvroRecord, DeadLetter, EngagementEvent, Rollup, SpikeAlert, Stage};
+use banter_model::{
+    AvroRecord, DeadLetter, EngagementEvent, FunnelRollup, Rollup, SpikeAlert, Stage,
+};
 use banter_runtime::config::{Config, StreamConfig};
 use banter_runtime::kafka::{base_config, consumer_config, producer_config};
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +42,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use thiserror::Error;
 
+use crate::cta::Matcher;
+use crate::funnel::{FunnelConfig, Funnels};
 use crate::spike::{Detector, SpikeConfig};
 use crate::window::{Checkpoint, Engine, Output, WindowConfig};
 
@@ -57,6 +61,9 @@ pub enum StreamError {
     /// Checkpoints could not be read when partitions were assigned.
     #[error("cannot restore partitions: {0}")]
     Restore(String),
+    /// The campaigns file (`cta.campaigns_file`) cannot be used.
+    #[error("cta.campaigns_file: {0}")]
+    Campaigns(String),
 }
 
 /// Why a batch was not committed.
@@ -70,6 +77,8 @@ enum BatchError {
     Encode(String),
     #[error("cannot encode an alert: {0}")]
     EncodeAlert(String),
+    #[error("cannot encode a funnel row: {0}")]
+    EncodeFunnel(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
@@ -99,6 +108,12 @@ pub struct StreamMetrics {
     alerts: Family<Vec<(String, String)>, Counter>,
     spike_keys: Gauge,
     alerts_firing: Gauge,
+    funnel_rows: Counter,
+    triggers: Counter,
+    unattributed: Counter,
+    campaign_reloads: Family<Vec<(String, String)>, Counter>,
+    campaigns: Gauge,
+    funnel_entries: Gauge,
 }
 
 impl StreamMetrics {
@@ -125,6 +140,12 @@ impl StreamMetrics {
             alerts: Family::default(),
             spike_keys: Gauge::default(),
             alerts_firing: Gauge::default(),
+            funnel_rows: Counter::default(),
+            triggers: Counter::default(),
+            unattributed: Counter::default(),
+            campaign_reloads: Family::default(),
+            campaigns: Gauge::default(),
+            funnel_entries: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("stream");
         r.register(
@@ -223,6 +244,32 @@ impl StreamMetrics {
             "Spike alerts firing now",
             m.alerts_firing.clone(),
         );
+        r.register(
+            "funnel_rows",
+            "CTA funnel rows written (corrections included)",
+            m.funnel_rows.clone(),
+        );
+        r.register(
+            "cta_triggers",
+            "Inbound messages that matched a campaign keyword",
+            m.triggers.clone(),
+        );
+        r.register(
+            "cta_unattributed",
+            "Funnel stage events without a campaign to attribute them to",
+            m.unattributed.clone(),
+        );
+        r.register(
+            "campaign_reloads",
+            "Reloads of the campaigns file by outcome (ok, error)",
+            m.campaign_reloads.clone(),
+        );
+        r.register("campaigns", "CTA campaigns configured", m.campaigns.clone());
+        r.register(
+            "funnel_state_entries",
+            "Funnel (actor, campaign) states and open windows held",
+            m.funnel_entries.clone(),
+        );
         m
     }
 
@@ -237,6 +284,7 @@ impl StreamMetrics {
 struct Part {
     engine: Engine,
     detector: Detector,
+    funnels: Funnels,
     /// Outputs of offsets below this were emitted before the restore: discard them.
     replay_until: i64,
     replaying: bool,
@@ -245,6 +293,51 @@ struct Part {
     idle_checked: Instant,
     /// Changed in the open batch: its checkpoint and offset go into the transaction.
     dirty: bool,
+}
+
+/// The campaigns file and what was loaded from it.
+struct CampaignsFile {
+    path: String,
+    modified: Option<std::time::SystemTime>,
+    matcher: Matcher,
+    count: usize,
+}
+
+impl CampaignsFile {
+    /// Loads `path` (empty: no campaigns).
+    fn open(path: &str) -> Result<Self, StreamError> {
+        let mut f = CampaignsFile {
+            path: path.to_owned(),
+            modified: None,
+            matcher: Matcher::default(),
+            count: 0,
+        };
+        if !path.is_empty() {
+            f.reload().map_err(StreamError::Campaigns)?;
+            tracing::info!(campaigns = f.count, file = %path, "campaigns loaded");
+        }
+        Ok(f)
+    }
+
+    /// Loads the file again when it changed; true when it did.
+    fn reload(&mut self) -> Result<bool, String> {
+        if self.path.is_empty() {
+            return Ok(false);
+        }
+        let path = std::path::Path::new(&self.path);
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("campaigns file {}: {e}", self.path))?;
+        if self.modified == Some(modified) {
+            return Ok(false);
+        }
+        // Marked as seen even when refused: the same broken file is reported once.
+        self.modified = Some(modified);
+        let (campaigns, matcher) = crate::cta::load_campaigns(path)?;
+        self.count = campaigns.len();
+        self.matcher = matcher;
+        Ok(true)
+    }
 }
 
 /// The detector parameters of `spike.*`.
@@ -282,31 +375,36 @@ impl Part {
     /// The partition's state from its latest checkpoint and the input offset to read from;
     /// `none` when it has no checkpoint.
     fn from_checkpoint(
-        cfg: WindowConfig,
-        spike: SpikeConfig,
+        setup: &Setup,
         saved: Option<&Saved>,
         none: Offset,
     ) -> Result<(Self, Offset), String> {
         Ok(match saved {
             Some(Saved {
                 checkpoint: Some(cp),
-                spike: entries,
+                spike,
+                funnel,
             }) => {
-                let mut part = Part::restored(cfg, spike, cp);
-                for (name, value) in entries {
+                let mut part = Part::restored(setup, cp);
+                for (name, value) in spike {
                     part.detector.restore(name, value)?;
                 }
                 part.detector.clean();
+                for (name, value) in funnel {
+                    part.funnels.restore(name, value)?;
+                }
+                part.funnels.clean();
                 (part, Offset::Offset(Engine::replay_from(cp)))
             }
-            _ => (Part::fresh(cfg, spike), none),
+            _ => (Part::fresh(setup), none),
         })
     }
 
-    fn fresh(cfg: WindowConfig, spike: SpikeConfig) -> Self {
+    fn fresh(setup: &Setup) -> Self {
         Part {
-            engine: Engine::new(cfg),
-            detector: Detector::new(spike),
+            engine: Engine::new(setup.window),
+            detector: Detector::new(setup.spike),
+            funnels: Funnels::new(setup.funnel, setup.matcher.clone()),
             replay_until: 0,
             replaying: false,
             last_arrival: Instant::now(),
@@ -315,8 +413,8 @@ impl Part {
         }
     }
 
-    fn restored(cfg: WindowConfig, spike: SpikeConfig, cp: &Checkpoint) -> Self {
-        let mut engine = Engine::restored(cfg, cp);
+    fn restored(setup: &Setup, cp: &Checkpoint) -> Self {
+        let mut engine = Engine::restored(setup.window, cp);
         let from = Engine::replay_from(cp);
         let replaying = from < cp.next_offset;
         if !replaying {
@@ -324,7 +422,8 @@ impl Part {
         }
         Part {
             engine,
-            detector: Detector::new(spike),
+            detector: Detector::new(setup.spike),
+            funnels: Funnels::new(setup.funnel, setup.matcher.clone()),
             replay_until: cp.next_offset,
             replaying,
             last_arrival: Instant::now(),
@@ -344,11 +443,19 @@ struct Parts {
     error: Option<String>,
 }
 
+/// What a partition's processors are built from; the campaigns change on reload.
+#[derive(Clone)]
+struct Setup {
+    window: WindowConfig,
+    spike: SpikeConfig,
+    funnel: FunnelConfig,
+    matcher: Matcher,
+}
+
 struct Ctx {
     parts: Arc<Mutex<Parts>>,
     reader: CheckpointReader,
-    window: WindowConfig,
-    spike: SpikeConfig,
+    setup: Mutex<Setup>,
     input: String,
     metrics: StreamMetrics,
 }
@@ -391,12 +498,12 @@ impl ConsumerContext for Ctx {
                             (part, Offset::Offset(cp.next_offset), "kept")
                         }
                         (_, cp) => {
-                            match Part::from_checkpoint(
-                                self.window,
-                                self.spike,
-                                saved,
-                                Offset::Stored,
-                            ) {
+                            let setup = self
+                                .setup
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .clone();
+                            match Part::from_checkpoint(&setup, saved, Offset::Stored) {
                                 Ok((part, offset)) => (
                                     part,
                                     offset,
@@ -458,8 +565,9 @@ fn checkpoint_key(input: &str, partition: i32) -> String {
     format!("{input}/{partition}")
 }
 
-/// The changelog entries of the spike detector sit beside the checkpoint.
+/// The changelog entries of the spike detector and the funnels sit beside the checkpoint.
 const SPIKE_INFIX: &str = "/spike/";
+const FUNNEL_INFIX: &str = "/funnel/";
 
 /// What the checkpoint topic holds for one input partition.
 #[derive(Debug, Default)]
@@ -467,6 +575,8 @@ struct Saved {
     checkpoint: Option<Checkpoint>,
     /// Spike detector state by entry name.
     spike: BTreeMap<String, Vec<u8>>,
+    /// Funnel state by entry name.
+    funnel: BTreeMap<String, Vec<u8>>,
 }
 
 impl CheckpointReader {
@@ -525,12 +635,21 @@ impl CheckpointReader {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-                    let spike = key.and_then(|k| {
-                        let i = k.find(SPIKE_INFIX)?;
-                        Some((wanted.get(&k[..i])?, &k[i + SPIKE_INFIX.len()..]))
+                    let store = key.and_then(|k| {
+                        [(SPIKE_INFIX, false), (FUNNEL_INFIX, true)]
+                            .into_iter()
+                            .find_map(|(infix, funnel)| {
+                                let i = k.find(infix)?;
+                                Some((wanted.get(&k[..i])?, &k[i + infix.len()..], funnel))
+                            })
                     });
-                    if let Some((p, name)) = spike {
-                        let entries = &mut found.entry(*p).or_insert_with(Saved::default).spike;
+                    if let Some((p, name, funnel)) = store {
+                        let saved = found.entry(*p).or_insert_with(Saved::default);
+                        let entries = if funnel {
+                            &mut saved.funnel
+                        } else {
+                            &mut saved.spike
+                        };
                         match m.payload() {
                             Some(v) => entries.insert(name.to_owned(), v.to_vec()),
                             None => entries.remove(name),
@@ -631,11 +750,21 @@ pub fn run(
             k.topics.checkpoints
         )));
     }
+    let mut campaigns = CampaignsFile::open(&config.cta.campaigns_file)?;
+    metrics.campaigns.set(campaigns.count as i64);
+    let setup = Setup {
+        window,
+        spike: spike_config(config),
+        funnel: FunnelConfig {
+            attribution_ms: config.cta.attribution_days * 86_400_000,
+            allowed_lateness_ms: sc.allowed_lateness_ms,
+        },
+        matcher: campaigns.matcher.clone(),
+    };
     let ctx = Ctx {
         parts: parts.clone(),
         reader,
-        window,
-        spike: spike_config(config),
+        setup: Mutex::new(setup),
         input: k.topics.events.clone(),
         metrics: metrics.clone(),
     };
@@ -682,8 +811,36 @@ pub fn run(
         checkpoint_partitions,
     };
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
+    let reload_every = Duration::from_millis(config.cta.reload_interval_ms);
+    let mut last_reload_check = Instant::now();
     ready(true);
     while !stop() {
+        if last_reload_check.elapsed() >= reload_every {
+            last_reload_check = Instant::now();
+            match campaigns.reload() {
+                Ok(false) => {}
+                Ok(true) => {
+                    metrics.outcome(&metrics.campaign_reloads, "outcome", "ok");
+                    metrics.campaigns.set(campaigns.count as i64);
+                    tracing::info!(campaigns = campaigns.count, file = %config.cta.campaigns_file, "campaigns reloaded");
+                    consumer
+                        .context()
+                        .setup
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .matcher = campaigns.matcher.clone();
+                    let mut guard = lock(&parts);
+                    let guard = &mut *guard;
+                    for part in guard.active.values_mut().chain(guard.parked.values_mut()) {
+                        part.funnels.set_matcher(campaigns.matcher.clone());
+                    }
+                }
+                Err(e) => {
+                    metrics.outcome(&metrics.campaign_reloads, "outcome", "error");
+                    tracing::error!(error = %e, "campaigns file refused; the previous campaigns stay");
+                }
+            }
+        }
         // Collect a batch; a rebalance in the middle makes what was collected stale.
         let started = Instant::now();
         let mut batch: Vec<(i32, i64, Vec<u8>)> = Vec::new();
@@ -735,7 +892,7 @@ pub fn run(
                 if !aborted {
                     producer = make_producer()?;
                 }
-                rewind(&consumer, &mut guard, sc, &out)?;
+                rewind(&consumer, &mut guard, &out)?;
             }
         }
         if last_gauges.elapsed() >= Duration::from_secs(5) {
@@ -752,18 +909,21 @@ pub fn run(
 fn rewind(
     consumer: &BaseConsumer<Ctx>,
     parts: &mut Parts,
-    sc: &StreamConfig,
     out: &Outputs,
 ) -> Result<(), StreamError> {
     let ctx = consumer.context();
+    let setup = ctx
+        .setup
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let ids: Vec<i32> = parts.active.keys().copied().collect();
     let cps = ctx.reader.read(&ids).map_err(StreamError::Restore)?;
     let mut tpl = TopicPartitionList::new();
     for p in ids {
         // Without a checkpoint nothing of this partition was ever committed.
-        let (part, offset) =
-            Part::from_checkpoint(window_config(sc), ctx.spike, cps.get(&p), Offset::Beginning)
-                .map_err(StreamError::Restore)?;
+        let (part, offset) = Part::from_checkpoint(&setup, cps.get(&p), Offset::Beginning)
+            .map_err(StreamError::Restore)?;
         parts.active.insert(p, part);
         tpl.add_partition_offset(&out.input, p, offset)
             .map_err(kafka("rewind"))?;
@@ -778,6 +938,7 @@ fn rewind(
 fn gauges(consumer: &BaseConsumer<Ctx>, parts: &Parts, out: &Outputs, metrics: &StreamMetrics) {
     let now = banter_runtime::now_ms();
     let (mut entries, mut bytes, mut posts, mut spike_keys, mut firing) = (0, 0, 0, 0, 0);
+    let mut funnel_entries = 0;
     for (p, part) in &parts.active {
         let label = vec![("partition".to_owned(), p.to_string())];
         let wm = part.engine.watermark();
@@ -798,7 +959,9 @@ fn gauges(consumer: &BaseConsumer<Ctx>, parts: &Parts, out: &Outputs, metrics: &
         posts += part.engine.posts();
         spike_keys += part.detector.keys();
         firing += part.detector.firing();
+        funnel_entries += part.funnels.state_entries();
     }
+    metrics.funnel_entries.set(funnel_entries as i64);
     metrics.spike_keys.set(spike_keys as i64);
     metrics.alerts_firing.set(firing as i64);
     metrics.state_entries.set(entries as i64);
@@ -904,6 +1067,19 @@ fn emit(
     if !alerts.is_empty() {
         part.dirty = true;
     }
+    let mut funnel_rows = Vec::new();
+    part.funnels
+        .advance(part.engine.watermark(), &mut funnel_rows);
+    if !funnel_rows.is_empty() {
+        part.dirty = true;
+    }
+    for f in funnel_rows {
+        let value = FunnelRollup::codec()
+            .encode(&f)
+            .map_err(|e| BatchError::EncodeFunnel(e.to_string()))?;
+        metrics.funnel_rows.inc();
+        tx.send(&out.rollups, None, f.account_id.as_bytes(), &value)?;
+    }
     for a in alerts {
         let value = SpikeAlert::codec()
             .encode(&a)
@@ -985,6 +1161,18 @@ fn process_batch(
             .inc_by(after.duplicates - before.duplicates);
         metrics.late.inc_by(after.late - before.late);
         part.dirty = true;
+        // The funnels see what the windows counted: no duplicates, nothing too late.
+        let counted = after.duplicates == before.duplicates
+            && !outputs.iter().any(|o| matches!(o, Output::TooLate { .. }));
+        if counted {
+            let fs = part.funnels.stats().clone();
+            part.funnels.process(&event, offset);
+            let fa = part.funnels.stats();
+            metrics.triggers.inc_by(fa.triggers - fs.triggers);
+            metrics
+                .unattributed
+                .inc_by(fa.unattributed - fs.unattributed);
+        }
         let mut rollups = Vec::new();
         for o in outputs.drain(..) {
             match o {
@@ -1108,6 +1296,14 @@ fn process_batch(
                 &out.checkpoints,
                 cp_partition,
                 format!("{base}{SPIKE_INFIX}{name}").as_bytes(),
+                v.as_deref(),
+            )?;
+        }
+        for (name, v) in part.funnels.changes() {
+            tx.send_opt(
+                &out.checkpoints,
+                cp_partition,
+                format!("{base}{FUNNEL_INFIX}{name}").as_bytes(),
                 v.as_deref(),
             )?;
         }

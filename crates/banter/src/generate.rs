@@ -72,6 +72,13 @@ pub struct GenerateArgs {
     /// Write the expected aggregates (JSON) here.
     #[arg(long)]
     expected: Option<PathBuf>,
+    /// Write the CTA campaigns of the generated CTA posts here (TOML for
+    /// `cta.campaigns_file`).
+    #[arg(long)]
+    campaigns: Option<PathBuf>,
+    /// Only write --campaigns (and --expected), send nothing.
+    #[arg(long)]
+    only_campaigns: bool,
     /// Events per HTTP request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -179,6 +186,37 @@ impl Pacer {
     }
 }
 
+/// The generated CTA posts as campaigns (one post each), written atomically.
+fn write_campaigns(w: &Workload, path: &std::path::Path) -> anyhow::Result<()> {
+    use banter_stream::cta::{Campaign, CampaignsFile, Scope};
+    let file = CampaignsFile {
+        campaign: w
+            .posts
+            .iter()
+            .filter_map(|p| {
+                p.cta.as_ref().map(|(id, kw)| Campaign {
+                    id: id.clone(),
+                    account_id: p.account_id.clone(),
+                    keywords: vec![kw.clone()],
+                    scope: Scope::Post(p.content_id.clone()),
+                    active_from: None,
+                    active_until: None,
+                })
+            })
+            .collect(),
+    };
+    let text = format!(
+        "# CTA campaigns of the generated workload (banter generate --seed {} --accounts {})\n{}",
+        w.config.seed,
+        w.config.accounts,
+        toml::to_string(&file).context("campaigns as TOML")?
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 /// Runs `banter generate`.
 pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     if args.minutes <= 0 {
@@ -218,6 +256,12 @@ pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
             std::io::BufWriter::new(file),
             &json!({"config": w.config, "posts": w.posts, "expected": w.expected}),
         )?;
+    }
+    if let Some(path) = &args.campaigns {
+        write_campaigns(&w, path)?;
+    }
+    if args.only_campaigns {
+        return Ok(());
     }
     let mut pacer = Pacer {
         started: Instant::now(),

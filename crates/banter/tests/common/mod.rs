@@ -48,7 +48,7 @@ pub fn start_stream(cfg: &Config, instance: &str, dir: &Path) -> Proc {
 /// Starts `banter <role>`; its log goes to `<dir>/<instance>.log`.
 pub fn start_role(cfg: &Config, role: &str, instance: &str, dir: &Path) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap();
-    banter_cmd(cfg)
+    with_campaigns(&mut banter_cmd(cfg), dir)
         .arg(role)
         .env("BANTER_STREAM__INSTANCE_ID", instance)
         .stdout(Stdio::null())
@@ -64,9 +64,35 @@ pub fn generate(cfg: &Config, dir: &Path, rate: u64) -> Proc {
     generate_to(cfg, dir, rate, "kafka")
 }
 
-/// [`generate`] to another output (`http` posts to `ingest.listen`).
+/// Points a command at the campaigns file of `dir` (written by [`generate`]), reloaded
+/// every 500 ms.
+pub fn with_campaigns<'a>(c: &'a mut Command, dir: &Path) -> &'a mut Command {
+    let file = dir.join("campaigns.toml");
+    if file.exists() {
+        c.env("BANTER_CTA__CAMPAIGNS_FILE", file)
+            .env("BANTER_CTA__RELOAD_INTERVAL_MS", "500");
+    }
+    c
+}
+
+/// The workload options every test uses.
+const WORKLOAD: [&str; 6] = ["--accounts", "24", "--minutes", "240", "--seed", "1"];
+
+/// [`generate`] to another output (`http` posts to `ingest.listen`). The campaigns of the
+/// workload's CTA posts are written to `dir/campaigns.toml` first, before anything is sent.
 pub fn generate_to(cfg: &Config, dir: &Path, rate: u64, to: &str) -> Proc {
     let exp = dir.join("expected.json");
+    let campaigns = dir.join("campaigns.toml");
+    let status = banter_cmd(cfg)
+        .arg("generate")
+        .args(WORKLOAD)
+        .arg("--campaigns")
+        .arg(&campaigns)
+        .arg("--only-campaigns")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "banter generate --only-campaigns failed");
     banter_cmd(cfg)
         .args([
             "generate",
@@ -74,17 +100,12 @@ pub fn generate_to(cfg: &Config, dir: &Path, rate: u64, to: &str) -> Proc {
             &format!("http://{}", cfg.ingest.listen),
             "--to",
             to,
-            "--accounts",
-            "24",
-            "--minutes",
-            "240",
-            "--seed",
-            "1",
             "--rate",
             &rate.to_string(),
             "--expected",
             exp.to_str().unwrap(),
         ])
+        .args(WORKLOAD)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -153,6 +174,8 @@ pub fn stop(mut p: Proc) {
 pub struct Rollups {
     consumer: BaseConsumer,
     pub rows: BTreeMap<(String, Option<String>, WindowKind, i64), Rollup>,
+    /// Funnel rows (the same topic): latest per (campaign, window, start).
+    pub funnels: BTreeMap<(String, WindowKind, i64), banter_model::FunnelRollup>,
     pub seen: usize,
 }
 
@@ -174,6 +197,7 @@ impl Rollups {
         Rollups {
             consumer,
             rows: BTreeMap::new(),
+            funnels: BTreeMap::new(),
             seen: 0,
         }
     }
@@ -181,7 +205,23 @@ impl Rollups {
     pub fn poll(&mut self) {
         while let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
-            let r = Rollup::codec().decode(m.payload().unwrap()).unwrap();
+            let payload = m.payload().unwrap();
+            let funnel = banter_model::FunnelRollup::codec();
+            if banter_model::codec::Codec::<banter_model::FunnelRollup>::peek_fingerprint(payload)
+                == Some(funnel.fingerprint())
+            {
+                let f = funnel.decode(payload).unwrap();
+                let key = (f.campaign_id.clone(), f.window, f.window_start);
+                if self
+                    .funnels
+                    .get(&key)
+                    .is_none_or(|o| o.revision <= f.revision)
+                {
+                    self.funnels.insert(key, f);
+                }
+                continue;
+            }
+            let r = Rollup::codec().decode(payload).unwrap();
             self.seen += 1;
             let key = (
                 r.account_id.clone(),
@@ -364,7 +404,8 @@ pub async fn rollups_match(cfg: &Config, dir: &Path, timeout: Duration) -> Rollu
     let deadline = t0 + timeout;
     loop {
         rollups.poll();
-        let d = differences(&x, &rollups.rows);
+        let mut d = differences(&x, &rollups.rows);
+        d.extend(funnel_differences(&x, &rollups.funnels));
         if d.is_empty() {
             eprintln!(
                 "rollups equal the expected aggregates after {:?} ({} rows read)",
@@ -693,4 +734,57 @@ pub async fn clickhouse_alerts_match(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Differences between the funnel rows and the generator's expected funnels (empty: equal):
+/// per campaign, each stage summed over its DAY windows, and over its HOUR windows, equals the
+/// distinct actors the generator sent through that stage; the conversion value too.
+pub fn funnel_differences(
+    x: &Value,
+    funnels: &BTreeMap<(String, WindowKind, i64), banter_model::FunnelRollup>,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let expected = x["expected"]["funnels"].as_object().unwrap();
+    for kind in [WindowKind::Day, WindowKind::Hour] {
+        let mut got: BTreeMap<&str, [i64; 7]> = BTreeMap::new();
+        for f in funnels.values().filter(|f| f.window == kind) {
+            let t = got.entry(f.campaign_id.as_str()).or_default();
+            for (i, v) in [
+                f.triggered,
+                f.private_reply_sent,
+                f.dm_read,
+                f.engaged,
+                f.link_clicked,
+                f.converted,
+                (f.conversion_value * 100.0).round() as i64,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                t[i] += v;
+            }
+        }
+        for (campaign, e) in expected {
+            let want = [
+                "triggered",
+                "private_reply_sent",
+                "dm_read",
+                "engaged",
+                "link_clicked",
+                "converted",
+                "conversion_value_cents",
+            ]
+            .map(|k| e[k].as_i64().unwrap());
+            let have = got.remove(campaign.as_str()).unwrap_or_default();
+            if have != want {
+                diffs.push(format!(
+                    "funnel {campaign} ({kind:?} windows): {have:?}, expected {want:?}"
+                ));
+            }
+        }
+        for (campaign, have) in got {
+            diffs.push(format!("funnel {campaign} not generated: {have:?}"));
+        }
+    }
+    diffs
 }

@@ -1,0 +1,111 @@
+//! CTA funnels on the generated workload, engine and funnels in-process on the delivered order
+//! (duplicates, disorder, late and too-late events): the funnel of every campaign, summed over
+//! its DAY windows (and over its HOUR windows), equals the generator's expected funnel.
+
+use std::collections::BTreeMap;
+
+use banter_model::{FunnelRollup, WindowKind};
+use banter_stream::cta::{Campaign, Matcher, Scope};
+use banter_stream::funnel::{FunnelConfig, Funnels};
+use banter_stream::window::{Engine, Output, WindowConfig};
+use banter_workload::{Workload, WorkloadConfig};
+
+/// The generator's CTA posts as campaigns.
+fn campaigns(w: &Workload) -> Vec<Campaign> {
+    w.posts
+        .iter()
+        .filter_map(|p| {
+            p.cta.as_ref().map(|(id, kw)| Campaign {
+                id: id.clone(),
+                account_id: p.account_id.clone(),
+                keywords: vec![kw.clone()],
+                scope: Scope::Post(p.content_id.clone()),
+                active_from: None,
+                active_until: None,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn generated_funnels_equal_the_expected_ones() {
+    let w = Workload::generate(WorkloadConfig {
+        seed: 5,
+        accounts: 40,
+        duration_ms: 8 * 3_600_000,
+        ..WorkloadConfig::default()
+    });
+    let mut engine = Engine::new(WindowConfig::default());
+    let mut funnels = Funnels::new(
+        FunnelConfig::default(),
+        Matcher::new(&campaigns(&w)).unwrap(),
+    );
+    let mut out = Vec::new();
+    let mut rows: Vec<FunnelRollup> = Vec::new();
+    for i in 0..w.len() {
+        let e = w.event(i);
+        let dups = engine.stats().duplicates;
+        engine.process(&e, i as i64, &mut out);
+        let too_late = out.iter().any(|o| matches!(o, Output::TooLate { .. }));
+        out.clear();
+        if engine.stats().duplicates == dups && !too_late {
+            funnels.process(&e, i as i64);
+        }
+        funnels.advance(engine.watermark(), &mut rows);
+    }
+    funnels.advance(engine.watermark() + 10 * 86_400_000, &mut rows);
+    let mut last: BTreeMap<(String, WindowKind, i64), FunnelRollup> = BTreeMap::new();
+    for r in rows {
+        let k = (r.campaign_id.clone(), r.window, r.window_start);
+        if last.get(&k).is_none_or(|o| o.revision <= r.revision) {
+            last.insert(k, r);
+        }
+    }
+    assert!(!w.expected.funnels.is_empty());
+    for kind in [WindowKind::Hour, WindowKind::Day] {
+        let mut got: BTreeMap<String, [i64; 7]> = BTreeMap::new();
+        for r in last.values().filter(|r| r.window == kind) {
+            let t = got.entry(r.campaign_id.clone()).or_default();
+            for (i, v) in [
+                r.triggered,
+                r.private_reply_sent,
+                r.dm_read,
+                r.engaged,
+                r.link_clicked,
+                r.converted,
+                (r.conversion_value * 100.0).round() as i64,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                t[i] += v;
+            }
+        }
+        let want: BTreeMap<String, [i64; 7]> = w
+            .expected
+            .funnels
+            .iter()
+            .map(|(c, f)| {
+                (
+                    c.clone(),
+                    [
+                        f.triggered,
+                        f.private_reply_sent,
+                        f.dm_read,
+                        f.engaged,
+                        f.link_clicked,
+                        f.converted,
+                        f.conversion_value_cents,
+                    ]
+                    .map(|v| v as i64),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{kind:?} windows");
+    }
+    println!(
+        "{} campaigns, {} funnel rows",
+        w.expected.funnels.len(),
+        last.len()
+    );
+}
