@@ -37,6 +37,8 @@ async fn generated_workload_lands_in_clickhouse_as_expected() {
     // The stream's spike alerts (one per injected spike, each resolved) through the sink: the
     // alert panels have something to show.
     clickhouse_alerts_match(&db.ch, &dir, Duration::from_secs(60)).await;
+    // The CTA funnels (on the rollups topic) in their own table.
+    clickhouse_funnels_match(&db.ch, &dir, Duration::from_secs(60)).await;
     let t = rows.keys().map(|k| k.3).max().unwrap();
     dashboards_run_and_return_rows(&db, t).await;
     stop(sink);
@@ -56,11 +58,14 @@ async fn banter_run_does_it_all_in_one_process() {
         .port();
     cfg.ingest.listen = format!("127.0.0.1:{port}");
     let dir = test_dir("banter-run");
+    write_campaigns(&cfg, &dir);
     // No migrate, no topics: `banter run` does both.
     let run = {
         let log = std::fs::File::create(dir.join("run.log")).unwrap();
         let child = banter_cmd(&cfg)
             .arg("run")
+            .env("BANTER_CTA__CAMPAIGNS_FILE", dir.join("campaigns.toml"))
+            .env("BANTER_CTA__RELOAD_INTERVAL_MS", "500")
             .env("BANTER_INGEST__LISTEN", &cfg.ingest.listen)
             .env("BANTER_INGEST__ACTOR_SALT", "integration-test-salt")
             .env(
@@ -81,8 +86,9 @@ async fn banter_run_does_it_all_in_one_process() {
         "banter generate --to http",
     );
     clickhouse_matches(&db.ch, &dir, Duration::from_secs(120)).await;
-    // Spike alerts; alert delivery ran in the same process.
+    // Spike alerts (alert delivery ran in the same process) and CTA funnels.
     clickhouse_alerts_match(&db.ch, &dir, Duration::from_secs(60)).await;
+    clickhouse_funnels_match(&db.ch, &dir, Duration::from_secs(60)).await;
     stop(run);
     let log = std::fs::read_to_string(dir.join("run.log")).unwrap();
     assert!(log.contains("alert delivery started"), "{log}");
@@ -200,7 +206,7 @@ fn expand_macros(sql: &str, from: i64, to: i64) -> String {
         );
     }
     // Dashboard variables at their defaults (textboxes, empty: everything).
-    for var in ["${account}", "${content}"] {
+    for var in ["${account}", "${content}", "${campaign}"] {
         out = out.replace(var, "");
     }
     assert!(!out.contains("$__"), "unexpanded macro in {out}");

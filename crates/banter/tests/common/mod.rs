@@ -75,6 +75,21 @@ pub fn with_campaigns<'a>(c: &'a mut Command, dir: &Path) -> &'a mut Command {
     c
 }
 
+/// Writes the campaigns of the workload's CTA posts to `dir/campaigns.toml` (what
+/// [`generate_to`] will send), before anything is sent.
+pub fn write_campaigns(cfg: &Config, dir: &Path) {
+    let status = banter_cmd(cfg)
+        .arg("generate")
+        .args(WORKLOAD)
+        .arg("--campaigns")
+        .arg(dir.join("campaigns.toml"))
+        .arg("--only-campaigns")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "banter generate --only-campaigns failed");
+}
+
 /// The workload options every test uses.
 const WORKLOAD: [&str; 6] = ["--accounts", "24", "--minutes", "240", "--seed", "1"];
 
@@ -82,17 +97,7 @@ const WORKLOAD: [&str; 6] = ["--accounts", "24", "--minutes", "240", "--seed", "
 /// workload's CTA posts are written to `dir/campaigns.toml` first, before anything is sent.
 pub fn generate_to(cfg: &Config, dir: &Path, rate: u64, to: &str) -> Proc {
     let exp = dir.join("expected.json");
-    let campaigns = dir.join("campaigns.toml");
-    let status = banter_cmd(cfg)
-        .arg("generate")
-        .args(WORKLOAD)
-        .arg("--campaigns")
-        .arg(&campaigns)
-        .arg("--only-campaigns")
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "banter generate --only-campaigns failed");
+    write_campaigns(cfg, dir);
     banter_cmd(cfg)
         .args([
             "generate",
@@ -787,4 +792,84 @@ pub fn funnel_differences(
         }
     }
     diffs
+}
+
+/// Waits until ClickHouse's `funnels_final` holds the generator's expected funnels.
+pub async fn clickhouse_funnels_match(
+    ch: &banter_runtime::clickhouse::ClickHouse,
+    dir: &Path,
+    timeout: Duration,
+) {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Row {
+        account_id: String,
+        campaign_id: String,
+        window_kind: String,
+        window_start_ms: i64,
+        window_end_ms: i64,
+        revision: i64,
+        triggered: i64,
+        private_reply_sent: i64,
+        dm_read: i64,
+        engaged: i64,
+        link_clicked: i64,
+        converted: i64,
+        conversion_value: f64,
+    }
+    let x = read_expected(dir);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows: Vec<Row> = ch
+            .client
+            .query(
+                "SELECT account_id, campaign_id, window_kind, window_start_ms, window_end_ms, \
+                 revision, triggered, private_reply_sent, dm_read, engaged, link_clicked, \
+                 converted, conversion_value FROM funnels_final",
+            )
+            .fetch_all()
+            .await
+            .unwrap();
+        let funnels: BTreeMap<_, _> = rows
+            .into_iter()
+            .map(|r| {
+                let window = if r.window_kind == "HOUR" {
+                    WindowKind::Hour
+                } else {
+                    WindowKind::Day
+                };
+                (
+                    (r.campaign_id.clone(), window, r.window_start_ms),
+                    banter_model::FunnelRollup {
+                        account_id: r.account_id,
+                        campaign_id: r.campaign_id,
+                        window,
+                        window_start: r.window_start_ms,
+                        window_end: r.window_end_ms,
+                        revision: r.revision,
+                        triggered: r.triggered,
+                        private_reply_sent: r.private_reply_sent,
+                        dm_read: r.dm_read,
+                        engaged: r.engaged,
+                        link_clicked: r.link_clicked,
+                        converted: r.converted,
+                        conversion_value: r.conversion_value,
+                        currency: None,
+                        median_trigger_to_reply_s: None,
+                        median_reply_to_click_s: None,
+                        median_click_to_conversion_s: None,
+                        emitted_at: 0,
+                    },
+                )
+            })
+            .collect();
+        let diffs = funnel_differences(&x, &funnels);
+        if diffs.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "funnels in ClickHouse differ from the expected ones after {timeout:?}:\n{diffs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
