@@ -15,5 +15,7 @@ pub use codec::{AvroRecord, Codec, CodecError, Fingerprint};
 pub use event::{
     Action, ContentType, EngagementEvent, EventTimeSource, Kind, Platform, TimestampMillis,
 };
-pub use records::{AlertState, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage, WindowKind};
+pub use records::{
+    AlertState, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage, WindowKind,
+};
 pub use validate::{ValidationContext, ValidationError};

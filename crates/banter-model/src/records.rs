@@ -135,6 +135,60 @@ pub struct FunnelRollup {
     pub emitted_at: TimestampMillis,
 }
 
+/// Brand responsiveness of one account (`content_id` None) or one post in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRollup {
+    /// The brand's account.
+    pub account_id: String,
+    /// The post; None for the account-level row.
+    #[serde(default)]
+    pub content_id: Option<String>,
+    /// Which window (HOUR or DAY).
+    pub window: WindowKind,
+    /// Window start (inclusive).
+    pub window_start: TimestampMillis,
+    /// Window end (exclusive).
+    pub window_end: TimestampMillis,
+    /// Grows with every re-emission of the same key.
+    pub revision: i64,
+    /// Inbound items: comments, story replies, conversation-opening DMs.
+    pub inbound: i64,
+    /// Inbound items the brand answered.
+    pub answered: i64,
+    /// Inbound comments.
+    pub inbound_comments: i64,
+    /// Inbound comments the brand answered.
+    pub answered_comments: i64,
+    /// Inbound story replies.
+    pub inbound_story_replies: i64,
+    /// Conversation-opening DMs.
+    pub inbound_dms: i64,
+    /// answered / inbound.
+    #[serde(default)]
+    pub response_rate: Option<f64>,
+    /// Median seconds from an item to the brand's answer.
+    #[serde(default)]
+    pub median_response_s: Option<f64>,
+    /// 90th percentile of the same.
+    #[serde(default)]
+    pub p90_response_s: Option<f64>,
+    /// Median seconds from a thread's root to the brand's first response in it.
+    #[serde(default)]
+    pub median_first_response_s: Option<f64>,
+    /// Comments that start a thread.
+    pub root_comments: i64,
+    /// Comments that reply to a comment.
+    pub reply_comments: i64,
+    /// reply_comments / root_comments.
+    #[serde(default)]
+    pub thread_depth: Option<f64>,
+    /// reply_comments / all comments.
+    #[serde(default)]
+    pub reply_share: Option<f64>,
+    /// When this revision was emitted.
+    pub emitted_at: TimestampMillis,
+}
+
 /// Spike alert state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -80,6 +80,8 @@ pub struct Config {
     pub spike: SpikeConfig,
     /// CTA campaigns and funnels in `banter stream`.
     pub cta: CtaConfig,
+    /// Conversation metrics (response times and rates, threads) in `banter stream`.
+    pub conversation: ConversationConfig,
     /// `banter alert`: spike alerts to Alertmanager.
     pub alerting: AlertingConfig,
 }
@@ -187,6 +189,43 @@ impl SpikeConfig {
         }
         if self.forget_after_minutes < 60 {
             return Err(invalid("spike.forget_after_minutes", "must be at least 60"));
+        }
+        Ok(())
+    }
+}
+
+/// Conversation metrics in `banter stream`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationConfig {
+    /// How long after its hour or day an inbound item's answer still counts, in ms.
+    pub answer_horizon_ms: i64,
+    /// Silence after which a DM opens a new conversation (an inbound item), in ms.
+    pub dm_silence_ms: i64,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        ConversationConfig {
+            answer_horizon_ms: 86_400_000,
+            dm_silence_ms: 86_400_000,
+        }
+    }
+}
+
+impl ConversationConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(60_000..=7 * 86_400_000).contains(&self.answer_horizon_ms) {
+            return Err(invalid(
+                "conversation.answer_horizon_ms",
+                "must be between 60000 (a minute) and 604800000 (a week)",
+            ));
+        }
+        if self.dm_silence_ms < 60_000 {
+            return Err(invalid(
+                "conversation.dm_silence_ms",
+                "must be at least 60000 (a minute)",
+            ));
         }
         Ok(())
     }
@@ -870,6 +909,7 @@ impl Config {
         self.sink.validate()?;
         self.spike.validate()?;
         self.cta.validate()?;
+        self.conversation.validate()?;
         self.alerting.validate()?;
         Ok(())
     }

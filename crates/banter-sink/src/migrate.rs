@@ -29,7 +29,7 @@ pub struct Migration {
 
 /// The migrations, in order (embedded: the binary carries its schema).
 pub fn migrations() -> Vec<Migration> {
-    let files: [(&'static str, &'static str); 7] = [
+    let files: [(&'static str, &'static str); 9] = [
         (
             "0001_rollups.sql",
             include_str!("../../../schemas/clickhouse/0001_rollups.sql"),
@@ -57,6 +57,14 @@ pub fn migrations() -> Vec<Migration> {
         (
             "0007_funnels_final.sql",
             include_str!("../../../schemas/clickhouse/0007_funnels_final.sql"),
+        ),
+        (
+            "0008_conversations.sql",
+            include_str!("../../../schemas/clickhouse/0008_conversations.sql"),
+        ),
+        (
+            "0009_conversations_final.sql",
+            include_str!("../../../schemas/clickhouse/0009_conversations_final.sql"),
         ),
     ];
     files
@@ -249,6 +257,6 @@ mod tests {
         ));
         assert!(n.contains("account_id LowCardinality(String)"));
         let versions: Vec<u32> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     }
 }

@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use banter_model::{AvroRecord, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage};
+use banter_model::{
+    AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage,
+};
 use banter_runtime::clickhouse::ClickHouse;
 use banter_runtime::config::Config;
 use banter_runtime::kafka::{consumer_config, producer};
@@ -211,6 +213,60 @@ impl From<FunnelRollup> for FunnelRow {
             median_reply_to_click_s: f.median_reply_to_click_s,
             median_click_to_conversion_s: f.median_click_to_conversion_s,
             emitted_at_ms: f.emitted_at,
+        }
+    }
+}
+
+/// A `conversations` row.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct ConversationRow {
+    account_id: String,
+    content_id: String,
+    window_kind: &'static str,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    revision: i64,
+    inbound: i64,
+    answered: i64,
+    inbound_comments: i64,
+    answered_comments: i64,
+    inbound_story_replies: i64,
+    inbound_dms: i64,
+    response_rate: Option<f64>,
+    median_response_s: Option<f64>,
+    p90_response_s: Option<f64>,
+    median_first_response_s: Option<f64>,
+    root_comments: i64,
+    reply_comments: i64,
+    thread_depth: Option<f64>,
+    reply_share: Option<f64>,
+    emitted_at_ms: i64,
+}
+
+impl From<ConversationRollup> for ConversationRow {
+    fn from(c: ConversationRollup) -> Self {
+        ConversationRow {
+            account_id: c.account_id,
+            content_id: c.content_id.unwrap_or_default(),
+            window_kind: c.window.as_str(),
+            window_start_ms: c.window_start,
+            window_end_ms: c.window_end,
+            revision: c.revision,
+            inbound: c.inbound,
+            answered: c.answered,
+            inbound_comments: c.inbound_comments,
+            answered_comments: c.answered_comments,
+            inbound_story_replies: c.inbound_story_replies,
+            inbound_dms: c.inbound_dms,
+            response_rate: c.response_rate,
+            median_response_s: c.median_response_s,
+            p90_response_s: c.p90_response_s,
+            median_first_response_s: c.median_first_response_s,
+            root_comments: c.root_comments,
+            reply_comments: c.reply_comments,
+            thread_depth: c.thread_depth,
+            reply_share: c.reply_share,
+            emitted_at_ms: c.emitted_at,
         }
     }
 }
@@ -501,6 +557,7 @@ async fn send_dead_letter(
 struct Batch {
     rollups: Vec<Pending<RollupRow>>,
     funnels: Vec<Pending<FunnelRow>>,
+    conversations: Vec<Pending<ConversationRow>>,
     alerts: Vec<Pending<AlertRow>>,
     dead_letters: Vec<Pending<DeadLetterRow>>,
     /// (topic, partition) -> next offset.
@@ -583,12 +640,19 @@ pub async fn run(
                 partition,
                 offset,
             };
-            // The rollups topic carries Rollup and FunnelRollup records: the single-object
-            // header's fingerprint says which.
-            let funnel = topic == k.topics.rollups
-                && banter_model::codec::Codec::<FunnelRollup>::peek_fingerprint(payload)
-                    == Some(FunnelRollup::codec().fingerprint());
-            let bad = if funnel {
+            // The rollups topic carries Rollup, FunnelRollup and ConversationRollup records:
+            // the single-object header's fingerprint says which.
+            let fingerprint = (topic == k.topics.rollups)
+                .then(|| banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload))
+                .flatten();
+            let funnel = fingerprint == Some(FunnelRollup::codec().fingerprint());
+            let conversation = fingerprint == Some(ConversationRollup::codec().fingerprint());
+            let bad = if conversation {
+                decode::<ConversationRollup, _>(payload, src, |c| c.account_id.clone())
+                    .map(|p| batch.conversations.push(p))
+                    .err()
+                    .map(undecodable)
+            } else if funnel {
                 decode::<FunnelRollup, _>(payload, src, |f| f.account_id.clone())
                     .map(|p| batch.funnels.push(p))
                     .err()
@@ -646,6 +710,9 @@ pub async fn run(
                 .await?;
             writer
                 .write("funnels", std::mem::take(&mut batch.funnels))
+                .await?;
+            writer
+                .write("conversations", std::mem::take(&mut batch.conversations))
                 .await?;
             writer
                 .write("alerts", std::mem::take(&mut batch.alerts))

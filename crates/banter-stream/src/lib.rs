@@ -4,6 +4,7 @@
 //! * [`window`]: the windowing engine of one partition, pure (no Kafka, no clock), with its
 //!   checkpoints.
 //! * [`cta`]: CTA keyword triggers (the matcher the funnels of issue 5 start from).
+//! * [`conversation`]: response times and rates, threads, per account and post.
 //! * [`funnel`]: CTA funnels per campaign (triggers, stages, attribution), state in a changelog.
 //! * [`quantile`]: a mergeable quantile sketch (1 % relative error) for durations.
 //! * [`sketch`]: the distinct-engager sketch (exact up to 32, then HyperLogLog, 4.6 %).
@@ -11,6 +12,7 @@
 //! * [`runner`]: the Kafka loop: consumer group, one engine per assigned partition,
 //!   transactions, restore on assignment, idle partitions, metrics.
 
+pub mod conversation;
 pub mod cta;
 pub mod funnel;
 pub mod quantile;

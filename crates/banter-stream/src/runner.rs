@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use banter_model::{
-    AvroRecord, DeadLetter, EngagementEvent, FunnelRollup, Rollup, SpikeAlert, Stage,
+    AvroRecord, ConversationRollup, DeadLetter, EngagementEvent, FunnelRollup, Rollup, SpikeAlert,
+    Stage,
 };
 use banter_runtime::config::{Config, StreamConfig};
 use banter_runtime::kafka::{base_config, consumer_config, producer_config};
@@ -42,6 +43,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use thiserror::Error;
 
+use crate::conversation::{ConversationConfig, Conversations};
 use crate::cta::Matcher;
 use crate::funnel::{FunnelConfig, Funnels};
 use crate::spike::{Detector, SpikeConfig};
@@ -79,6 +81,8 @@ enum BatchError {
     EncodeAlert(String),
     #[error("cannot encode a funnel row: {0}")]
     EncodeFunnel(String),
+    #[error("cannot encode a conversation row: {0}")]
+    EncodeConversation(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
@@ -109,6 +113,7 @@ pub struct StreamMetrics {
     spike_keys: Gauge,
     alerts_firing: Gauge,
     funnel_rows: Counter,
+    conversation_rows: Counter,
     triggers: Counter,
     unattributed: Counter,
     campaign_reloads: Family<Vec<(String, String)>, Counter>,
@@ -141,6 +146,7 @@ impl StreamMetrics {
             spike_keys: Gauge::default(),
             alerts_firing: Gauge::default(),
             funnel_rows: Counter::default(),
+            conversation_rows: Counter::default(),
             triggers: Counter::default(),
             unattributed: Counter::default(),
             campaign_reloads: Family::default(),
@@ -250,6 +256,11 @@ impl StreamMetrics {
             m.funnel_rows.clone(),
         );
         r.register(
+            "conversation_rows",
+            "Conversation rows written (updates included)",
+            m.conversation_rows.clone(),
+        );
+        r.register(
             "cta_triggers",
             "Inbound messages that matched a campaign keyword",
             m.triggers.clone(),
@@ -285,6 +296,7 @@ struct Part {
     engine: Engine,
     detector: Detector,
     funnels: Funnels,
+    conversations: Conversations,
     /// Outputs of offsets below this were emitted before the restore: discard them.
     replay_until: i64,
     replaying: bool,
@@ -384,6 +396,7 @@ impl Part {
                 checkpoint: Some(cp),
                 spike,
                 funnel,
+                conversation,
             }) => {
                 let mut part = Part::restored(setup, cp);
                 for (name, value) in spike {
@@ -394,6 +407,10 @@ impl Part {
                     part.funnels.restore(name, value)?;
                 }
                 part.funnels.clean();
+                for (name, value) in conversation {
+                    part.conversations.restore(name, value)?;
+                }
+                part.conversations.clean();
                 (part, Offset::Offset(Engine::replay_from(cp)))
             }
             _ => (Part::fresh(setup), none),
@@ -405,6 +422,7 @@ impl Part {
             engine: Engine::new(setup.window),
             detector: Detector::new(setup.spike),
             funnels: Funnels::new(setup.funnel, setup.matcher.clone()),
+            conversations: Conversations::new(setup.conversation),
             replay_until: 0,
             replaying: false,
             last_arrival: Instant::now(),
@@ -424,6 +442,7 @@ impl Part {
             engine,
             detector: Detector::new(setup.spike),
             funnels: Funnels::new(setup.funnel, setup.matcher.clone()),
+            conversations: Conversations::new(setup.conversation),
             replay_until: cp.next_offset,
             replaying,
             last_arrival: Instant::now(),
@@ -449,6 +468,7 @@ struct Setup {
     window: WindowConfig,
     spike: SpikeConfig,
     funnel: FunnelConfig,
+    conversation: ConversationConfig,
     matcher: Matcher,
 }
 
@@ -568,6 +588,7 @@ fn checkpoint_key(input: &str, partition: i32) -> String {
 /// The changelog entries of the spike detector and the funnels sit beside the checkpoint.
 const SPIKE_INFIX: &str = "/spike/";
 const FUNNEL_INFIX: &str = "/funnel/";
+const CONVERSATION_INFIX: &str = "/conversation/";
 
 /// What the checkpoint topic holds for one input partition.
 #[derive(Debug, Default)]
@@ -577,6 +598,8 @@ struct Saved {
     spike: BTreeMap<String, Vec<u8>>,
     /// Funnel state by entry name.
     funnel: BTreeMap<String, Vec<u8>>,
+    /// Conversation state by entry name.
+    conversation: BTreeMap<String, Vec<u8>>,
 }
 
 impl CheckpointReader {
@@ -636,19 +659,19 @@ impl CheckpointReader {
                 Some(Ok(m)) => {
                     let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
                     let store = key.and_then(|k| {
-                        [(SPIKE_INFIX, false), (FUNNEL_INFIX, true)]
+                        [(SPIKE_INFIX, 0), (FUNNEL_INFIX, 1), (CONVERSATION_INFIX, 2)]
                             .into_iter()
-                            .find_map(|(infix, funnel)| {
+                            .find_map(|(infix, store)| {
                                 let i = k.find(infix)?;
-                                Some((wanted.get(&k[..i])?, &k[i + infix.len()..], funnel))
+                                Some((wanted.get(&k[..i])?, &k[i + infix.len()..], store))
                             })
                     });
-                    if let Some((p, name, funnel)) = store {
+                    if let Some((p, name, store)) = store {
                         let saved = found.entry(*p).or_insert_with(Saved::default);
-                        let entries = if funnel {
-                            &mut saved.funnel
-                        } else {
-                            &mut saved.spike
+                        let entries = match store {
+                            0 => &mut saved.spike,
+                            1 => &mut saved.funnel,
+                            _ => &mut saved.conversation,
                         };
                         match m.payload() {
                             Some(v) => entries.insert(name.to_owned(), v.to_vec()),
@@ -758,6 +781,10 @@ pub fn run(
         funnel: FunnelConfig {
             attribution_ms: config.cta.attribution_days * 86_400_000,
             allowed_lateness_ms: sc.allowed_lateness_ms,
+        },
+        conversation: ConversationConfig {
+            answer_horizon_ms: config.conversation.answer_horizon_ms,
+            dm_silence_ms: config.conversation.dm_silence_ms,
         },
         matcher: campaigns.matcher.clone(),
     };
@@ -959,7 +986,7 @@ fn gauges(consumer: &BaseConsumer<Ctx>, parts: &Parts, out: &Outputs, metrics: &
         posts += part.engine.posts();
         spike_keys += part.detector.keys();
         firing += part.detector.firing();
-        funnel_entries += part.funnels.state_entries();
+        funnel_entries += part.funnels.state_entries() + part.conversations.state_entries();
     }
     metrics.funnel_entries.set(funnel_entries as i64);
     metrics.spike_keys.set(spike_keys as i64);
@@ -1073,6 +1100,19 @@ fn emit(
     if !funnel_rows.is_empty() {
         part.dirty = true;
     }
+    let mut conversation_rows = Vec::new();
+    part.conversations
+        .advance(part.engine.watermark(), &mut conversation_rows);
+    if !conversation_rows.is_empty() {
+        part.dirty = true;
+    }
+    for c in conversation_rows {
+        let value = ConversationRollup::codec()
+            .encode(&c)
+            .map_err(|e| BatchError::EncodeConversation(e.to_string()))?;
+        metrics.conversation_rows.inc();
+        tx.send(&out.rollups, None, c.account_id.as_bytes(), &value)?;
+    }
     for f in funnel_rows {
         let value = FunnelRollup::codec()
             .encode(&f)
@@ -1167,6 +1207,7 @@ fn process_batch(
         if counted {
             let fs = part.funnels.stats().clone();
             part.funnels.process(&event, offset);
+            part.conversations.process(&event, offset);
             let fa = part.funnels.stats();
             metrics.triggers.inc_by(fa.triggers - fs.triggers);
             metrics
@@ -1304,6 +1345,14 @@ fn process_batch(
                 &out.checkpoints,
                 cp_partition,
                 format!("{base}{FUNNEL_INFIX}{name}").as_bytes(),
+                v.as_deref(),
+            )?;
+        }
+        for (name, v) in part.conversations.changes() {
+            tx.send_opt(
+                &out.checkpoints,
+                cp_partition,
+                format!("{base}{CONVERSATION_INFIX}{name}").as_bytes(),
                 v.as_deref(),
             )?;
         }

@@ -173,6 +173,9 @@ pub struct Expected {
     pub funnels: BTreeMap<String, Funnel>,
     /// Injected spikes.
     pub spikes: Vec<Spike>,
+    /// Per account: inbound comments (not by the brand, not removed) and how many of them got a
+    /// brand reply.
+    pub comments_answered: BTreeMap<String, (u64, u64)>,
     /// Totals per kind (signed).
     pub kinds: BTreeMap<String, i64>,
 }
@@ -676,6 +679,9 @@ impl Workload {
             ..Default::default()
         };
         let mut post_times: BTreeMap<u32, Vec<(i64, i64)>> = BTreeMap::new();
+        // Comments by serial: (account, removed); serials of comments the brand replied to.
+        let mut comments: BTreeMap<u64, (String, bool)> = BTreeMap::new();
+        let mut replied: BTreeSet<u64> = BTreeSet::new();
         let mut funnel_actors: BTreeMap<String, [BTreeSet<u32>; 6]> = BTreeMap::new();
         for d in self.drafts.iter().filter(|d| !d.duplicate) {
             let id = self.event_id(d);
@@ -684,6 +690,23 @@ impl Workload {
             }
             let post = &self.posts[d.post as usize];
             let sign = d.action.count_delta();
+            match (d.kind, d.action) {
+                (Kind::Comment, Action::Add) if d.actor != u32::MAX => {
+                    comments
+                        .entry(d.serial)
+                        .or_insert((post.account_id.clone(), false));
+                }
+                (Kind::Comment, Action::Remove) => {
+                    comments
+                        .entry(d.serial)
+                        .or_insert((post.account_id.clone(), false))
+                        .1 = true;
+                }
+                (Kind::BrandReply, Action::Add) => {
+                    replied.insert(d.parent);
+                }
+                _ => {}
+            }
             *x.kinds.entry(d.kind.to_string()).or_default() += sign;
             let minute = d.event_time - d.event_time.rem_euclid(MINUTE);
             let brand = d.actor == u32::MAX
@@ -749,6 +772,14 @@ impl Workload {
                     }
                 }
             }
+        }
+        for (serial, (account, removed)) in &comments {
+            if *removed {
+                continue;
+            }
+            let e = x.comments_answered.entry(account.clone()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(replied.contains(serial));
         }
         for (campaign, stages) in funnel_actors {
             let account = self

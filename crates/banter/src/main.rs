@@ -407,6 +407,7 @@ fn schemas() {
     line::<EngagementEvent>("engagement_event.v1.avsc");
     line::<Rollup>("rollup.v1.avsc");
     line::<FunnelRollup>("funnel_rollup.v1.avsc");
+    line::<ConversationRollup>("conversation_rollup.v1.avsc");
     line::<SpikeAlert>("spike_alert.v1.avsc");
     line::<DeadLetter>("dead_letter.v1.avsc");
 }

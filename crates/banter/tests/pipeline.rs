@@ -37,8 +37,9 @@ async fn generated_workload_lands_in_clickhouse_as_expected() {
     // The stream's spike alerts (one per injected spike, each resolved) through the sink: the
     // alert panels have something to show.
     clickhouse_alerts_match(&db.ch, &dir, Duration::from_secs(60)).await;
-    // The CTA funnels (on the rollups topic) in their own table.
+    // The CTA funnels and conversation metrics (on the rollups topic) in their own tables.
     clickhouse_funnels_match(&db.ch, &dir, Duration::from_secs(60)).await;
+    clickhouse_conversations_match(&db.ch, &dir, Duration::from_secs(60)).await;
     let t = rows.keys().map(|k| k.3).max().unwrap();
     dashboards_run_and_return_rows(&db, t).await;
     stop(sink);

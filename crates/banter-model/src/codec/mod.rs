@@ -35,7 +35,7 @@ pub mod binary;
 pub mod event_v1;
 
 use crate::event::EngagementEvent;
-use crate::records::{DeadLetter, FunnelRollup, Rollup, SpikeAlert};
+use crate::records::{ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert};
 
 /// The two magic bytes that start an Avro single-object encoded message.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -430,5 +430,10 @@ avro_record!(
 );
 avro_record!(Rollup, "Rollup", "rollup.v1.avsc");
 avro_record!(FunnelRollup, "FunnelRollup", "funnel_rollup.v1.avsc");
+avro_record!(
+    ConversationRollup,
+    "ConversationRollup",
+    "conversation_rollup.v1.avsc"
+);
 avro_record!(SpikeAlert, "SpikeAlert", "spike_alert.v1.avsc");
 avro_record!(DeadLetter, "DeadLetter", "dead_letter.v1.avsc");

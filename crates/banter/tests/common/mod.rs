@@ -181,6 +181,9 @@ pub struct Rollups {
     pub rows: BTreeMap<(String, Option<String>, WindowKind, i64), Rollup>,
     /// Funnel rows (the same topic): latest per (campaign, window, start).
     pub funnels: BTreeMap<(String, WindowKind, i64), banter_model::FunnelRollup>,
+    /// Conversation rows (the same topic): latest per (account, content, window, start).
+    pub conversations:
+        BTreeMap<(String, Option<String>, WindowKind, i64), banter_model::ConversationRollup>,
     pub seen: usize,
 }
 
@@ -203,6 +206,7 @@ impl Rollups {
             consumer,
             rows: BTreeMap::new(),
             funnels: BTreeMap::new(),
+            conversations: BTreeMap::new(),
             seen: 0,
         }
     }
@@ -211,6 +215,26 @@ impl Rollups {
         while let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             let payload = m.payload().unwrap();
+            let conv = banter_model::ConversationRollup::codec();
+            if banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload)
+                == Some(conv.fingerprint())
+            {
+                let c = conv.decode(payload).unwrap();
+                let key = (
+                    c.account_id.clone(),
+                    c.content_id.clone(),
+                    c.window,
+                    c.window_start,
+                );
+                if self
+                    .conversations
+                    .get(&key)
+                    .is_none_or(|o| o.revision <= c.revision)
+                {
+                    self.conversations.insert(key, c);
+                }
+                continue;
+            }
             let funnel = banter_model::FunnelRollup::codec();
             if banter_model::codec::Codec::<banter_model::FunnelRollup>::peek_fingerprint(payload)
                 == Some(funnel.fingerprint())
@@ -411,6 +435,7 @@ pub async fn rollups_match(cfg: &Config, dir: &Path, timeout: Duration) -> Rollu
         rollups.poll();
         let mut d = differences(&x, &rollups.rows);
         d.extend(funnel_differences(&x, &rollups.funnels));
+        d.extend(conversation_differences(&x, rollups.conversations.values()));
         if d.is_empty() {
             eprintln!(
                 "rollups equal the expected aggregates after {:?} ({} rows read)",
@@ -869,6 +894,115 @@ pub async fn clickhouse_funnels_match(
         assert!(
             Instant::now() < deadline,
             "funnels in ClickHouse differ from the expected ones after {timeout:?}:\n{diffs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Differences between the conversation rows and the generator's (empty: equal): per account,
+/// inbound comments and the ones the brand answered, summed over the account's HOUR windows
+/// and over its DAY windows.
+pub fn conversation_differences<'a>(
+    x: &Value,
+    rows: impl Iterator<Item = &'a banter_model::ConversationRollup> + Clone,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let want: BTreeMap<String, (i64, i64)> = x["expected"]["comments_answered"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(a, v)| (a.clone(), (v[0].as_i64().unwrap(), v[1].as_i64().unwrap())))
+        .collect();
+    for kind in [WindowKind::Hour, WindowKind::Day] {
+        let mut got: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for r in rows
+            .clone()
+            .filter(|r| r.window == kind && r.content_id.is_none())
+        {
+            let g = got.entry(r.account_id.clone()).or_default();
+            g.0 += r.inbound_comments;
+            g.1 += r.answered_comments;
+        }
+        got.retain(|_, v| v.0 != 0);
+        if got != want {
+            let wrong: Vec<String> = want
+                .iter()
+                .filter(|(a, v)| got.get(*a) != Some(v))
+                .take(5)
+                .map(|(a, v)| format!("{a}: {:?}, expected {v:?}", got.get(a)))
+                .collect();
+            diffs.push(format!(
+                "answered comments ({kind:?} windows) differ: {}",
+                wrong.join("; ")
+            ));
+        }
+    }
+    diffs
+}
+
+/// Waits until ClickHouse's `conversations_final` holds the generator's answered comments.
+pub async fn clickhouse_conversations_match(
+    ch: &banter_runtime::clickhouse::ClickHouse,
+    dir: &Path,
+    timeout: Duration,
+) {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Row {
+        account_id: String,
+        window_kind: String,
+        window_start_ms: i64,
+        inbound_comments: i64,
+        answered_comments: i64,
+    }
+    let x = read_expected(dir);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows: Vec<Row> = ch
+            .client
+            .query(
+                "SELECT account_id, window_kind, window_start_ms, inbound_comments, \
+                 answered_comments FROM conversations_final WHERE content_id = ''",
+            )
+            .fetch_all()
+            .await
+            .unwrap();
+        let rows: Vec<banter_model::ConversationRollup> = rows
+            .into_iter()
+            .map(|r| banter_model::ConversationRollup {
+                account_id: r.account_id,
+                content_id: None,
+                window: if r.window_kind == "HOUR" {
+                    WindowKind::Hour
+                } else {
+                    WindowKind::Day
+                },
+                window_start: r.window_start_ms,
+                window_end: 0,
+                revision: 0,
+                inbound: 0,
+                answered: 0,
+                inbound_comments: r.inbound_comments,
+                answered_comments: r.answered_comments,
+                inbound_story_replies: 0,
+                inbound_dms: 0,
+                response_rate: None,
+                median_response_s: None,
+                p90_response_s: None,
+                median_first_response_s: None,
+                root_comments: 0,
+                reply_comments: 0,
+                thread_depth: None,
+                reply_share: None,
+                emitted_at: 0,
+            })
+            .collect();
+        let diffs = conversation_differences(&x, rows.iter());
+        if diffs.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conversations in ClickHouse differ from the generator's after {timeout:?}:\n{diffs:#?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -1,0 +1,65 @@
+//! Conversation metrics on the generated workload, engine and processor in-process on the
+//! delivered order (duplicates, disorder, late and too-late events): per account, the inbound
+//! comments and the ones the brand answered, summed over the account's HOUR windows (and over
+//! its DAY windows), equal the generator's.
+
+use std::collections::BTreeMap;
+
+use banter_model::{ConversationRollup, WindowKind};
+use banter_stream::conversation::{ConversationConfig, Conversations};
+use banter_stream::window::{Engine, Output, WindowConfig};
+use banter_workload::{Workload, WorkloadConfig};
+
+#[test]
+fn answered_comments_equal_the_generated_ones() {
+    let w = Workload::generate(WorkloadConfig {
+        seed: 9,
+        accounts: 40,
+        duration_ms: 8 * 3_600_000,
+        ..WorkloadConfig::default()
+    });
+    let mut engine = Engine::new(WindowConfig::default());
+    let mut conv = Conversations::new(ConversationConfig::default());
+    let mut out = Vec::new();
+    let mut rows: Vec<ConversationRollup> = Vec::new();
+    for i in 0..w.len() {
+        let e = w.event(i);
+        let dups = engine.stats().duplicates;
+        engine.process(&e, i as i64, &mut out);
+        let too_late = out.iter().any(|o| matches!(o, Output::TooLate { .. }));
+        out.clear();
+        if engine.stats().duplicates == dups && !too_late {
+            conv.process(&e, i as i64);
+        }
+        conv.advance(engine.watermark(), &mut rows);
+    }
+    conv.advance(engine.watermark() + 3 * 86_400_000, &mut rows);
+    let mut last: BTreeMap<(String, Option<String>, WindowKind, i64), ConversationRollup> =
+        BTreeMap::new();
+    for r in rows {
+        let k = (
+            r.account_id.clone(),
+            r.content_id.clone(),
+            r.window,
+            r.window_start,
+        );
+        last.insert(k, r);
+    }
+    let want: BTreeMap<String, (u64, u64)> = w.expected.comments_answered.clone();
+    assert!(want.values().any(|v| v.1 > 0));
+    for kind in [WindowKind::Hour, WindowKind::Day] {
+        let mut got: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for r in last
+            .values()
+            .filter(|r| r.window == kind && r.content_id.is_none())
+        {
+            let g = got.entry(r.account_id.clone()).or_default();
+            g.0 += r.inbound_comments as u64;
+            g.1 += r.answered_comments as u64;
+        }
+        got.retain(|_, v| v.0 > 0);
+        assert_eq!(got, want, "{kind:?}");
+    }
+    let (inbound, answered): (u64, u64) = want.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
+    println!("{inbound} inbound comments, {answered} answered");
+}
