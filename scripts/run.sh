@@ -137,6 +137,16 @@ echo
 echo "Dead letters by stage and reason:"
 q "SELECT stage, reason, count() AS n FROM $db.dead_letters GROUP BY stage, reason ORDER BY n DESC FORMAT PrettyCompactMonoBlock"
 echo
+echo "Conversations: most-addressed accounts (inbound items, brand answers, response times):"
+q "SELECT account_id AS account, sum(inbound) AS items, sum(inbound_comments) AS comments, sum(inbound_story_replies) AS story_replies,
+         sum(inbound_dms) AS dms, sum(answered) AS answers, round(100 * sum(answered) / greatest(sum(inbound), 1), 1) AS rate_pct,
+         round(avg(median_response_s) / 60, 1) AS median_min, round(avg(p90_response_s) / 60, 1) AS p90_min,
+         round(sum(reply_comments) / greatest(sum(root_comments), 1), 2) AS replies_per_root
+   FROM $db.conversations_final WHERE window_kind = 'HOUR' AND content_id = ''
+   GROUP BY account ORDER BY items DESC, account LIMIT 8 FORMAT PrettyCompactMonoBlock"
+q "SELECT account_id, sum(inbound_comments) AS i, sum(answered_comments) AS a FROM $db.conversations_final
+   WHERE window_kind = 'HOUR' AND content_id = '' GROUP BY account_id FORMAT JSONEachRow" >"$run_dir/conversations.jsonl"
+echo
 echo "CTA funnel per campaign (distinct actors per stage; value of attributed conversions):"
 q "SELECT campaign_id AS campaign, any(account_id) AS account, sum(triggered) AS triggers, sum(private_reply_sent) AS replied,
          sum(dm_read) AS read, sum(engaged) AS engaged, sum(link_clicked) AS clicks, sum(converted) AS conversions,
@@ -184,6 +194,16 @@ for l in open(fpath):
 keys = ("triggered", "private_reply_sent", "dm_read", "engaged", "link_clicked", "converted", "conversion_value_cents")
 same = sum(1 for c, f in x["funnels"].items() if funnels.get(c) == [f[k] for k in keys])
 print(f"funnels vs the generator's: {same} of {len(x['funnels'])} campaigns equal at every stage and in value")
+conv = {}
+for l in open(os.path.join(os.path.dirname(sys.argv[2]), "conversations.jsonl")):
+    if l.strip():
+        r = json.loads(l)
+        if int(r["i"]):
+            conv[r["account_id"]] = [int(r["i"]), int(r["a"])]
+want = x["comments_answered"]
+same = sum(1 for a, v in want.items() if conv.get(a) == list(v))
+print(f"answered comments vs the generator's: {same} of {len(want)} accounts equal "
+      f"({sum(v[1] for v in want.values())} of {sum(v[0] for v in want.values())} comments answered)")
 top = sorted(x["first_hour"].items(), key=lambda kv: (-kv[1]["first_15m"], kv[0]))[:3]
 print("generator ground truth, top first_15m: " + ", ".join(f"{c}={v['first_15m']}" for c, v in top))
 PY
