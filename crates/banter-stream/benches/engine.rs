@@ -1,12 +1,18 @@
 //! The stream hot path in one process: decode the Avro event, update its window, emit what
-//! closes, for 100,000 active posts. Run with `cargo bench -p banter-stream --bench engine`.
+//! closes, for 100,000 active posts; and the same with the processors that follow the windows
+//! (spike detection, CTA funnels with a campaign per account, conversation metrics), as
+//! `banter stream` runs them. Run with `cargo bench -p banter-stream --bench engine`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
 
 use banter_model::{Action, AvroRecord, ContentType, EngagementEvent, Kind, Platform};
-use banter_stream::{Engine, WindowConfig};
+use banter_stream::conversation::{ConversationConfig, Conversations};
+use banter_stream::cta::{Campaign, Matcher, Scope};
+use banter_stream::funnel::{FunnelConfig, Funnels};
+use banter_stream::window::Output;
+use banter_stream::{Detector, Engine, SpikeConfig, WindowConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const T0: i64 = 1_764_000_000_000;
@@ -43,6 +49,29 @@ fn stream(n: u64) -> Vec<Vec<u8>> {
                 e.content_published_at = Some(T0 - 30 * 60_000 + (post % 3_600) as i64 * 1000);
             }
             e.actor_id = Some(format!("{:032x}", i * 2_654_435_761 % 1_000_003));
+            match kind {
+                Kind::Comment => {
+                    // One comment in five replies to an earlier one; one in ten asks for the
+                    // CTA link.
+                    e.object_id = Some(format!("c{i}"));
+                    let root = if i % 5 == 0 { i.saturating_sub(100) } else { i };
+                    e.parent_id = (root != i).then(|| format!("c{root}"));
+                    e.thread_id = Some(format!("c{root}"));
+                    e.text = Some(
+                        if i % 10 == 2 {
+                            "INFO please!"
+                        } else {
+                            "love this 😍"
+                        }
+                        .into(),
+                    );
+                }
+                Kind::StoryReply | Kind::DmIn => {
+                    e.object_id = Some(format!("m{i}"));
+                    e.text = Some("where can I buy it?".into());
+                }
+                _ => {}
+            }
             codec.encode(&e).unwrap()
         })
         .collect()
@@ -70,6 +99,61 @@ fn engine(c: &mut Criterion) {
             black_box((rows, engine.state_entries()))
         })
     });
+    let campaigns: Vec<Campaign> = (0..ACCOUNTS)
+        .map(|a| Campaign {
+            id: format!("camp-{a}"),
+            account_id: format!("acct-{a}"),
+            keywords: vec!["info".into()],
+            scope: Scope::Account,
+            active_from: None,
+            active_until: None,
+        })
+        .collect();
+    let matcher = Matcher::new(&campaigns).unwrap();
+    g.bench_function(
+        "decode+window+emit+spikes+funnels+conversations/100k-posts",
+        |b| {
+            b.iter(|| {
+                let mut engine = Engine::new(WindowConfig::default());
+                let mut detector = Detector::new(SpikeConfig::default());
+                let mut funnels = Funnels::new(FunnelConfig::default(), matcher.clone());
+                let mut conversations = Conversations::new(ConversationConfig::default());
+                let mut out = Vec::with_capacity(1 << 16);
+                let (mut alerts, mut funnel_rows, mut conversation_rows) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                let mut rows = 0usize;
+                for (offset, bytes) in encoded.iter().enumerate() {
+                    let e = codec.decode(bytes).unwrap();
+                    let dups = engine.stats().duplicates;
+                    engine.process(&e, offset as i64, &mut out);
+                    let mut counted = engine.stats().duplicates == dups;
+                    for o in out.drain(..) {
+                        match o {
+                            Output::Rollup(r) => {
+                                let published =
+                                    r.content_id.as_deref().and_then(|c| engine.published_at(c));
+                                detector.observe(&r, published);
+                                rows += 1;
+                            }
+                            Output::TooLate { .. } => counted = false,
+                        }
+                    }
+                    detector.close(engine.closed_below(), &mut alerts);
+                    if counted {
+                        funnels.process(&e, offset as i64);
+                        conversations.process(&e, offset as i64);
+                    }
+                    funnels.advance(engine.watermark(), &mut funnel_rows);
+                    conversations.advance(engine.watermark(), &mut conversation_rows);
+                    rows += alerts.len() + funnel_rows.len() + conversation_rows.len();
+                    alerts.clear();
+                    funnel_rows.clear();
+                    conversation_rows.clear();
+                }
+                black_box((rows, engine.state_entries(), funnels.state_entries()))
+            })
+        },
+    );
     g.finish();
 
     // State per post after the run.

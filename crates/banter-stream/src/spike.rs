@@ -18,12 +18,23 @@
 //!   is a changelog ([`Detector::changes`]) written in the transaction of the outputs it belongs
 //!   to; minutes before [`Detector::done_below`] were judged before a restore and are skipped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use banter_model::{AlertState, Rollup, SpikeAlert, WindowKind};
 use serde::{Deserialize, Serialize};
 
 use crate::window::MINUTE;
+
+/// Hash maps with a fixed seed.
+type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
+type Set<K> = hashbrown::HashSet<K, foldhash::fast::FixedState>;
+
+/// One minute's rows of one account: its posts' and its own.
+#[derive(Debug, Clone, Default)]
+struct AccountRows {
+    posts: Vec<(String, Pending)>,
+    account: Option<Pending>,
+}
 
 /// Detection parameters (`spike.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -187,19 +198,20 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Detector {
     cfg: SpikeConfig,
-    keys: BTreeMap<Key, KeyState>,
+    keys: Map<Key, KeyState>,
     /// Per account: the EWMA across posts of the count in each minute of age.
-    profiles: BTreeMap<String, Vec<Ewma>>,
-    pending: BTreeMap<i64, BTreeMap<Key, Pending>>,
+    profiles: Map<String, Vec<Ewma>>,
+    /// Rows by minute and account.
+    pending: BTreeMap<i64, Map<String, AccountRows>>,
     /// Keys judged every minute, with or without a row: firing or with recent hits.
-    hot: BTreeSet<Key>,
+    hot: Set<Key>,
     /// Within one minute: the baselines of the account's posts that leave their young period.
-    joining: BTreeMap<(String, i64), Ewma>,
+    joining: Map<(String, i64), Ewma>,
     done_below: i64,
     /// The first minute judged: a key first seen later had no interactions before.
     first_minute: i64,
-    dirty_keys: BTreeSet<Key>,
-    dirty_profiles: BTreeSet<String>,
+    dirty_keys: Set<Key>,
+    dirty_profiles: Set<String>,
     forgotten: Vec<Key>,
     meta_dirty: bool,
 }
@@ -225,15 +237,15 @@ impl Detector {
     pub fn new(cfg: SpikeConfig) -> Self {
         Detector {
             cfg,
-            keys: BTreeMap::new(),
-            profiles: BTreeMap::new(),
+            keys: Map::default(),
+            profiles: Map::default(),
             pending: BTreeMap::new(),
-            hot: BTreeSet::new(),
-            joining: BTreeMap::new(),
+            hot: Set::default(),
+            joining: Map::default(),
             done_below: NONE,
             first_minute: NONE,
-            dirty_keys: BTreeSet::new(),
-            dirty_profiles: BTreeSet::new(),
+            dirty_keys: Set::default(),
+            dirty_profiles: Set::default(),
             forgotten: Vec::new(),
             meta_dirty: false,
         }
@@ -261,18 +273,24 @@ impl Detector {
         if r.window != WindowKind::Minute || r.late_events > 0 || r.window_start < self.done_below {
             return;
         }
-        let key = match &r.content_id {
-            None if self.cfg.accounts => (true, r.account_id.clone(), String::new()),
-            Some(c) if self.cfg.posts => (false, r.account_id.clone(), c.clone()),
-            _ => return,
+        let p = Pending {
+            x: r.interactions,
+            published,
         };
-        self.pending.entry(r.window_start).or_default().insert(
-            key,
-            Pending {
-                x: r.interactions,
-                published,
-            },
-        );
+        let minute = self.pending.entry(r.window_start).or_default();
+        match &r.content_id {
+            None if self.cfg.accounts => {
+                minute.entry_ref(r.account_id.as_str()).or_default().account = Some(p);
+            }
+            Some(c) if self.cfg.posts => {
+                minute
+                    .entry_ref(r.account_id.as_str())
+                    .or_default()
+                    .posts
+                    .push((c.clone(), p));
+            }
+            _ => {}
+        }
     }
 
     /// Judges every minute before `closed_below` (the engine's: all their rows were observed).
@@ -306,27 +324,44 @@ impl Detector {
         self.meta_dirty = true;
     }
 
-    fn judge_minute(&mut self, m: i64, rows: BTreeMap<Key, Pending>, out: &mut Vec<SpikeAlert>) {
-        // Posts in their young period, per account: left out of the account's series.
-        let mut young_sum: BTreeMap<String, i64> = BTreeMap::new();
-        let mut judged: BTreeSet<Key> = BTreeSet::new();
-        for (key, p) in rows {
-            let mut x = p.x;
-            if key.0 {
-                x -= young_sum.get(&key.1).copied().unwrap_or(0);
-            }
-            match self.judge(&key, m, x, p.published, out) {
-                Judged::Young => *young_sum.entry(key.1.clone()).or_default() += p.x,
-                Judged::Joins(b) => {
-                    let e = self.joining.entry((key.1.clone(), m)).or_default();
-                    e.mean += b.mean;
-                    e.var += b.var;
+    fn judge_minute(&mut self, m: i64, rows: Map<String, AccountRows>, out: &mut Vec<SpikeAlert>) {
+        // Accounts are independent; within one, its posts (in a fixed order) come before the
+        // account row: young posts are left out of the account's series.
+        let mut judged: Set<Key> = Set::default();
+        for (account, mut a) in rows {
+            a.posts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+            let mut young_sum = 0i64;
+            for (content, p) in a.posts {
+                let key = (false, account.clone(), content);
+                match self.judge(&key, m, p.x, p.published, out) {
+                    Judged::Young => young_sum += p.x,
+                    Judged::Joins(b) => {
+                        let e = self.joining.entry((account.clone(), m)).or_default();
+                        e.mean += b.mean;
+                        e.var += b.var;
+                    }
+                    Judged::Other => {}
                 }
-                Judged::Other => {}
+                if !self.hot.is_empty() {
+                    judged.insert(key);
+                }
             }
-            judged.insert(key);
+            if let Some(p) = a.account {
+                let key = (true, account.clone(), String::new());
+                self.judge(&key, m, p.x - young_sum, p.published, out);
+                if !self.hot.is_empty() {
+                    judged.insert(key);
+                }
+            }
         }
-        let hot: Vec<Key> = self.hot.difference(&judged).cloned().collect();
+        // Hot keys without a row count 0, in a fixed order.
+        let mut hot: Vec<Key> = self
+            .hot
+            .iter()
+            .filter(|k| !judged.contains(*k))
+            .cloned()
+            .collect();
+        hot.sort_unstable();
         for key in hot {
             self.judge(&key, m, 0, None, out);
         }
