@@ -427,7 +427,12 @@ impl Conversations {
                         continue; // final
                     }
                     let wk = (it.account.clone(), content.clone(), kind, start);
-                    let w = self.windows.entry(wk.clone()).or_default();
+                    if !self.windows.contains_key(&wk) {
+                        self.windows.insert(wk.clone(), Agg::default());
+                    }
+                    let Some(w) = self.windows.get_mut(&wk) else {
+                        continue;
+                    };
                     w.inbound += sign;
                     w.answered += sign * i64::from(c.answered);
                     match c.kind {

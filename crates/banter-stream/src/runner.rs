@@ -1396,3 +1396,58 @@ fn dead_letter(
         failed_at: banter_runtime::now_ms(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"
+[[campaign]]
+id = "spring"
+account_id = "acct"
+keywords = ["info"]
+scope = "account"
+"#;
+
+    #[test]
+    fn a_changed_campaigns_file_is_reloaded_and_a_broken_one_refused() {
+        let dir = std::env::temp_dir().join(format!("banter-campaigns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("campaigns.toml");
+        std::fs::write(&path, ONE).unwrap();
+        let mut f = CampaignsFile::open(path.to_str().unwrap()).unwrap();
+        assert_eq!(f.count, 1);
+        assert!(!f.reload().unwrap(), "unchanged");
+        // A second campaign, scoped to one post (mtime must move on coarse file systems).
+        std::thread::sleep(Duration::from_millis(20));
+        let two = format!(
+            "{ONE}\n[[campaign]]\nid = \"summer\"\naccount_id = \"acct\"\nkeywords = [\"sun hat\"]\nscope = {{ post = \"p1\" }}\n"
+        );
+        std::fs::write(&path, two).unwrap();
+        filetime_bump(&path);
+        assert!(f.reload().unwrap());
+        assert_eq!(f.count, 2);
+        // Broken: refused with the file and campaign named; the previous campaigns stay.
+        std::fs::write(&path, format!("{ONE}\n[[campaign]]\nid = \"x\"\naccount_id = \"acct\"\nkeywords = [\"!!\"]\nscope = \"account\"\n")).unwrap();
+        filetime_bump(&path);
+        let err = f.reload().unwrap_err();
+        assert!(
+            err.contains("campaigns.toml") && err.contains("campaign `x`"),
+            "{err}"
+        );
+        assert_eq!(f.count, 2);
+        // Unknown keys are errors too.
+        std::fs::write(&path, "[[campaign]]\nid = \"y\"\nacount_id = \"acct\"\n").unwrap();
+        filetime_bump(&path);
+        assert!(f.reload().unwrap_err().contains("acount_id"));
+        assert!(CampaignsFile::open(dir.join("missing.toml").to_str().unwrap()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Moves the file's modification time forward by a second.
+    fn filetime_bump(path: &std::path::Path) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        let m = std::fs::metadata(path).unwrap().modified().unwrap();
+        f.set_modified(m + Duration::from_secs(1)).unwrap();
+    }
+}

@@ -174,6 +174,26 @@ struct KeyState {
     quiet_until: i64,
 }
 
+impl KeyState {
+    /// A key first seen now, after `quiet` judged minutes without interactions.
+    fn new(quiet: u32) -> Self {
+        KeyState {
+            baseline: Ewma {
+                mean: 0.0,
+                var: 0.0,
+                n: quiet,
+            },
+            last_minute: NONE,
+            published: None,
+            hits: 0,
+            hit_minutes: Vec::new(),
+            firing: None,
+            quiet_until: NONE,
+            joined: false,
+        }
+    }
+}
+
 /// (is an account, account, content): posts sort before their accounts' rows within a minute.
 type Key = (bool, String, String);
 
@@ -388,20 +408,12 @@ impl Detector {
         }
         // A key seen for the first time had no interactions in the minutes judged before.
         let quiet = u32::try_from((m - self.first_minute) / MINUTE).unwrap_or(u32::MAX);
-        let st = self.keys.entry(key.clone()).or_insert_with(|| KeyState {
-            baseline: Ewma {
-                mean: 0.0,
-                var: 0.0,
-                n: quiet,
-            },
-            last_minute: NONE,
-            published: None,
-            hits: 0,
-            hit_minutes: Vec::new(),
-            firing: None,
-            quiet_until: NONE,
-            joined: false,
-        });
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.clone(), KeyState::new(quiet));
+        }
+        let Some(st) = self.keys.get_mut(key) else {
+            return Judged::Other;
+        };
         if st.published.is_none() {
             st.published = published;
         }
@@ -542,11 +554,15 @@ impl Detector {
             self.dirty_profiles.insert(key.1.clone());
         }
         if st.firing.is_some() || st.hits != 0 {
-            self.hot.insert(key.clone());
-        } else {
+            if !self.hot.contains(key) {
+                self.hot.insert(key.clone());
+            }
+        } else if !self.hot.is_empty() {
             self.hot.remove(key);
         }
-        self.dirty_keys.insert(key.clone());
+        if !self.dirty_keys.contains(key) {
+            self.dirty_keys.insert(key.clone());
+        }
         if young {
             Judged::Young
         } else if let Some(b) = joining {
