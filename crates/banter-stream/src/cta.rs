@@ -8,8 +8,8 @@
 //!   "FREE-guide" and "free, guide" but not "free the guide".
 //! * A campaign applies to one post or to every post of its account, within its active period.
 //!
-//! The funnel that follows a trigger (private reply, read, engaged, click, conversion) is not
-//! built yet (issue 5); this is the matcher it starts from.
+//! The funnel that follows a trigger (private reply, read, engaged, click, conversion) is in
+//! [`crate::funnel`]; campaigns come from a TOML file ([`load_campaigns`]).
 
 use banter_model::{EngagementEvent, Kind};
 use serde::{Deserialize, Serialize};

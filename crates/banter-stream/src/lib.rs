@@ -1,9 +1,9 @@
 //! `banter stream`: aggregates `banter.events.v1` in event-time windows per partition and
-//! emits rollups, exactly once.
+//! emits rollups, conversation and funnel rows and spike alerts, exactly once.
 //!
 //! * [`window`]: the windowing engine of one partition, pure (no Kafka, no clock), with its
 //!   checkpoints.
-//! * [`cta`]: CTA keyword triggers (the matcher the funnels of issue 5 start from).
+//! * [`cta`]: CTA campaigns and keyword triggers (the matcher the funnels start from).
 //! * [`conversation`]: response times and rates, threads, per account and post.
 //! * [`funnel`]: CTA funnels per campaign (triggers, stages, attribution), state in a changelog.
 //! * [`quantile`]: a mergeable quantile sketch (1 % relative error) for durations.
