@@ -8,10 +8,14 @@
 //!   (`send_offsets_to_transaction`, fenced by the group generation, KIP-447). Either all of it
 //!   is visible to `read_committed` readers or none of it.
 //! * **Restore.** When a partition is assigned, its latest committed checkpoint names the
-//!   oldest input offset still held in state (bounded by the lateness horizon and the first
-//!   hour of posts, about two hours of event time). The input is replayed from there with the
+//!   oldest input offset still held in window state (bounded by the lateness horizon plus the
+//!   out-of-orderness, about an hour of event time). The input is replayed from there with the
 //!   outputs discarded up to the checkpoint's offset; from then on the engine emits exactly
-//!   what the previous owner would have. A partition that comes back to the instance that
+//!   what the previous owner would have. State that lives longer — first-hour post state
+//!   (up to two hours), spike baselines, funnels (7 days), conversations (a day) — is not
+//!   replayed: it is a changelog in the same compacted topic (`<input>/<partition>/post/…`,
+//!   `…/spike/…`, `…/funnel/…`, `…/conversation/…`), written in the transaction it belongs to
+//!   and read back with the checkpoint. A partition that comes back to the instance that
 //!   already holds its state at the committed offset is not replayed.
 //! * **Idle partitions**: a partition that is caught up and quiet for `stream.idle_timeout_ms`
 //!   moves its watermark to the highest watermark of this instance's partitions, or with the
@@ -397,8 +401,9 @@ impl Part {
                 spike,
                 funnel,
                 conversation,
+                posts,
             }) => {
-                let mut part = Part::restored(setup, cp);
+                let mut part = Part::restored(setup, cp, posts)?;
                 for (name, value) in spike {
                     part.detector.restore(name, value)?;
                 }
@@ -431,14 +436,23 @@ impl Part {
         }
     }
 
-    fn restored(setup: &Setup, cp: &Checkpoint) -> Self {
+    fn restored(
+        setup: &Setup,
+        cp: &Checkpoint,
+        posts: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, String> {
         let mut engine = Engine::restored(setup.window, cp);
+        for (name, value) in posts {
+            engine.restore_post(name, value)?;
+        }
+        // Restored first-hour state is not written back unchanged.
+        engine.post_changes();
         let from = Engine::replay_from(cp);
         let replaying = from < cp.next_offset;
         if !replaying {
             engine.finish_replay(&mut Vec::new());
         }
-        Part {
+        Ok(Part {
             engine,
             detector: Detector::new(setup.spike),
             funnels: Funnels::new(setup.funnel, setup.matcher.clone()),
@@ -448,7 +462,7 @@ impl Part {
             last_arrival: Instant::now(),
             idle_checked: Instant::now(),
             dirty: false,
-        }
+        })
     }
 }
 
@@ -589,6 +603,7 @@ fn checkpoint_key(input: &str, partition: i32) -> String {
 const SPIKE_INFIX: &str = "/spike/";
 const FUNNEL_INFIX: &str = "/funnel/";
 const CONVERSATION_INFIX: &str = "/conversation/";
+const POST_INFIX: &str = "/post/";
 
 /// What the checkpoint topic holds for one input partition.
 #[derive(Debug, Default)]
@@ -600,6 +615,8 @@ struct Saved {
     funnel: BTreeMap<String, Vec<u8>>,
     /// Conversation state by entry name.
     conversation: BTreeMap<String, Vec<u8>>,
+    /// First-hour post state by entry name.
+    posts: BTreeMap<String, Vec<u8>>,
 }
 
 impl CheckpointReader {
@@ -659,7 +676,12 @@ impl CheckpointReader {
                 Some(Ok(m)) => {
                     let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
                     let store = key.and_then(|k| {
-                        [(SPIKE_INFIX, 0), (FUNNEL_INFIX, 1), (CONVERSATION_INFIX, 2)]
+                        [
+                            (SPIKE_INFIX, 0),
+                            (FUNNEL_INFIX, 1),
+                            (CONVERSATION_INFIX, 2),
+                            (POST_INFIX, 3),
+                        ]
                             .into_iter()
                             .find_map(|(infix, store)| {
                                 let i = k.find(infix)?;
@@ -671,7 +693,8 @@ impl CheckpointReader {
                         let entries = match store {
                             0 => &mut saved.spike,
                             1 => &mut saved.funnel,
-                            _ => &mut saved.conversation,
+                            2 => &mut saved.conversation,
+                            _ => &mut saved.posts,
                         };
                         match m.payload() {
                             Some(v) => entries.insert(name.to_owned(), v.to_vec()),
@@ -1345,6 +1368,14 @@ fn process_batch(
                 &out.checkpoints,
                 cp_partition,
                 format!("{base}{FUNNEL_INFIX}{name}").as_bytes(),
+                v.as_deref(),
+            )?;
+        }
+        for (name, v) in part.engine.post_changes() {
+            tx.send_opt(
+                &out.checkpoints,
+                cp_partition,
+                format!("{base}{POST_INFIX}{name}").as_bytes(),
                 v.as_deref(),
             )?;
         }

@@ -29,6 +29,38 @@ enum Repr {
     Dense(Box<[u8; M]>),
 }
 
+/// A sketch as stored in a changelog: the sorted hashes, or the 512 registers.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Stored {
+    Sparse(Vec<u64>),
+    Dense(Vec<u8>),
+}
+
+impl serde::Serialize for Sketch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Repr::Sparse(v) => Stored::Sparse(v.clone()),
+            Repr::Dense(d) => Stored::Dense(d.to_vec()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sketch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Sketch(match Stored::deserialize(d)? {
+            Stored::Sparse(v) => Repr::Sparse(v),
+            Stored::Dense(v) => {
+                let regs: Box<[u8; M]> = v
+                    .into_boxed_slice()
+                    .try_into()
+                    .map_err(|_| serde::de::Error::custom("a dense sketch has 512 registers"))?;
+                Repr::Dense(regs)
+            }
+        }))
+    }
+}
+
 impl Default for Repr {
     fn default() -> Self {
         Repr::Sparse(Vec::new())

@@ -21,9 +21,10 @@
 //! * **Idle partitions**: [`Engine::advance_watermark`] moves the watermark without events (the
 //!   caller decides when a partition is idle).
 //!
-//! * **Restore point.** Every piece of state remembers the input offset that created it and the
-//!   watermark just before that offset ([`Mark`]). The oldest one is the partition's restore
-//!   point: replaying the input from there with the watermark it had gives back exactly the
+//! * **Restore point.** Every pane and dedup bucket remembers the input offset that created it
+//!   and the watermark just before that offset ([`Mark`]). The oldest one is the partition's
+//!   restore point (first-hour post state, which outlives the lateness horizon, is a changelog
+//!   instead: [`Engine::post_changes`], [`Engine::restore_post`]): replaying the input from there with the watermark it had gives back exactly the
 //!   state held now (see [`Checkpoint`]). Idle advances are recorded with the offset they
 //!   happened before, so a replay repeats them at the same place.
 
@@ -357,7 +358,7 @@ fn velocity(names: &Names, k: Key, sum: &Counts, end: i64, emitted_at: i64) -> R
     r
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Post {
     account_id: String,
     published_at: i64,
@@ -369,7 +370,7 @@ struct Post {
     minutes: BTreeMap<i64, i64>,
     emitted_15: bool,
     emitted_60: bool,
-    /// The offset that created this post's state (a key of `Engine::post_marks`).
+    /// The offset that created this post's state.
     created: i64,
     engagers_15: Sketch,
     engagers_60: Sketch,
@@ -407,8 +408,14 @@ pub struct Engine {
     seen_by_minute: BTreeMap<i64, SeenBucket>,
     /// content -> first-hour state per publication time (normally exactly one).
     posts: HashMap<String, Vec<Post>>,
-    /// Creation marks of the posts in `posts`, with how many posts share each.
-    post_marks: BTreeMap<i64, (Mark, usize)>,
+    /// Posts changed since the last [`Engine::post_changes`], and posts forgotten.
+    dirty_posts: HashSet<(String, i64)>,
+    forgotten_posts: Vec<(String, i64)>,
+    /// After a restore: first-hour state comes from the changelog as of this offset; the
+    /// replayed input before it does not touch it.
+    skip_posts_below: i64,
+    /// Timers of restored posts, armed when the replay ends (they had not fired by then).
+    restored_timers: Vec<(i64, Timer, String, i64)>,
     /// Idle advances since the restore point: next offset at the time -> watermark.
     idle: BTreeMap<i64, i64>,
     /// Idle advances still to repeat while replaying after a restore.
@@ -434,7 +441,10 @@ impl Engine {
             seen: HashSet::new(),
             seen_by_minute: BTreeMap::new(),
             posts: HashMap::new(),
-            post_marks: BTreeMap::new(),
+            dirty_posts: HashSet::new(),
+            forgotten_posts: Vec::new(),
+            skip_posts_below: i64::MIN,
+            restored_timers: Vec::new(),
             idle: BTreeMap::new(),
             replay_idle: Vec::new(),
             next_offset: 0,
@@ -544,7 +554,55 @@ impl Engine {
         };
         e.next_offset = from;
         e.replay_idle = cp.idle.iter().rev().copied().collect();
+        e.skip_posts_below = cp.next_offset;
         e
+    }
+
+    /// First-hour state changed since the last call, as changelog entries (name, value; None:
+    /// forgotten). Write them with the checkpoint; give them back with [`Engine::restore_post`]
+    /// after [`Engine::restored`], before the replay.
+    pub fn post_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut out: Vec<(String, Option<Vec<u8>>)> = std::mem::take(&mut self.forgotten_posts)
+            .into_iter()
+            .map(|(c, p)| (format!("{c}\u{1f}{p}"), None))
+            .collect();
+        for (c, p) in std::mem::take(&mut self.dirty_posts) {
+            let post = self
+                .posts
+                .get(&c)
+                .and_then(|v| v.iter().find(|x| x.published_at == p));
+            if let Some(v) = post.and_then(|post| serde_json::to_vec(post).ok()) {
+                out.push((format!("{c}\u{1f}{p}"), Some(v)));
+            }
+        }
+        out
+    }
+
+    /// Takes back one first-hour changelog entry (the latest per name).
+    pub fn restore_post(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        let (content, _) = name
+            .rsplit_once('\u{1f}')
+            .ok_or_else(|| format!("post state {name}: no publication time"))?;
+        let post: Post =
+            serde_json::from_slice(value).map_err(|e| format!("post state {name}: {e}"))?;
+        let p = post.published_at;
+        // Timers that have not fired yet (a fired one set its emitted flag).
+        let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
+        let mut timers = vec![(forget, Timer::Forget)];
+        if !post.emitted_15 {
+            timers.push((p + 15 * MINUTE, Timer::First15m));
+        }
+        if !post.emitted_60 {
+            timers.push((p + 60 * MINUTE, Timer::First60m));
+        }
+        for (due, t) in timers {
+            self.restored_timers.push((due, t, content.to_owned(), p));
+        }
+        let v = self.posts.entry(content.to_owned()).or_default();
+        v.retain(|x| x.published_at != p);
+        v.push(post);
+        v.sort_by_key(|x| x.published_at);
+        Ok(())
     }
 
     /// The offset replay starts from after a restore from `cp`.
@@ -559,8 +617,7 @@ impl Engine {
             .values()
             .map(|p| p.mark)
             .chain(self.seen_by_minute.values().map(|b| b.mark))
-            // Post marks are ordered by offset: the first is the oldest.
-            .chain(self.post_marks.first_key_value().map(|(_, (m, _))| *m))
+            // First-hour state is not here: it is a changelog (`post_changes`).
             .min();
         let idle = match restore {
             Some(m) => self.idle.range(m.offset..).map(|(k, v)| (*k, *v)).collect(),
@@ -600,6 +657,9 @@ impl Engine {
     /// what it outputs (it was emitted before the restart).
     pub fn finish_replay(&mut self, out: &mut Vec<Output>) {
         self.repeat_idle(i64::MAX, out);
+        // Restored posts' timers fire at the first watermark move after the checkpoint, as
+        // they would have in the engine that wrote it.
+        self.timers.extend(std::mem::take(&mut self.restored_timers));
     }
 
     fn repeat_idle(&mut self, upto: i64, out: &mut Vec<Output>) {
@@ -711,6 +771,9 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let offset = mark.offset;
+        if offset < self.skip_posts_below {
+            return; // the restored first-hour state already holds it
+        }
         let Some(content) = &e.content_id else { return };
         let published = if e.kind == Kind::PostPublished {
             e.content_published_at.or(Some(e.event_time))
@@ -732,13 +795,13 @@ impl Engine {
             if p + 60 * MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
                 return;
             }
-            self.post_marks.entry(offset).or_insert((mark, 0)).1 += 1;
             self.posts.entry(content.clone()).or_default().push(Post {
                 account_id: e.account_id.clone(),
                 published_at: p,
                 created: offset,
                 ..Default::default()
             });
+            self.dirty_posts.insert((content.clone(), p));
             let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
             for (due, t) in [
                 (p + 15 * MINUTE, Timer::First15m),
@@ -760,6 +823,7 @@ impl Engine {
             return;
         };
         post.revision = post.revision.max(offset);
+        self.dirty_posts.insert((content.clone(), p));
         post.first_60m += d;
         *post.minutes.entry(minute).or_default() += d;
         if e.event_time < p + 15 * MINUTE {
@@ -874,6 +938,7 @@ impl Engine {
                             WindowKind::First15m => p.emitted_15 = true,
                             _ => p.emitted_60 = true,
                         }
+                        self.dirty_posts.insert((content.clone(), published));
                     }
                     self.emit_first(&content, published, w, wm, out);
                 }
@@ -887,13 +952,10 @@ impl Engine {
                             self.posts.remove(&content);
                         }
                     }
-                    if let Some(p) = removed {
-                        if let Some((_, n)) = self.post_marks.get_mut(&p.created) {
-                            *n -= 1;
-                            if *n == 0 {
-                                self.post_marks.remove(&p.created);
-                            }
-                        }
+                    if removed.is_some() {
+                        let k = (content.clone(), published);
+                        self.dirty_posts.remove(&k);
+                        self.forgotten_posts.push(k);
                     }
                 }
             }

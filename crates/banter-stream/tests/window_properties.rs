@@ -245,12 +245,20 @@ proptest! {
         let mut before = Vec::new();
         run(&mut whole, &evs[..k], 0, &idle_at, &mut before);
         let cp = whole.checkpoint();
+        // The first-hour changelog up to k (latest value per name).
+        let posts: std::collections::BTreeMap<String, Option<Vec<u8>>> =
+            whole.post_changes().into_iter().collect();
         let mut after = Vec::new();
         run(&mut whole, &evs, k, &idle_at, &mut after);
         whole.advance_watermark(i64::MAX / 2, &mut after);
 
         // Restored at k: replay [restore point, k) discarding outputs, then continue.
         let mut restored = Engine::restored(cfg, &cp);
+        for (name, v) in &posts {
+            if let Some(v) = v {
+                restored.restore_post(name, v).unwrap();
+            }
+        }
         let from = Engine::replay_from(&cp) as usize;
         prop_assert!(from <= k);
         let mut discarded = Vec::new();
