@@ -682,11 +682,11 @@ impl CheckpointReader {
                             (CONVERSATION_INFIX, 2),
                             (POST_INFIX, 3),
                         ]
-                            .into_iter()
-                            .find_map(|(infix, store)| {
-                                let i = k.find(infix)?;
-                                Some((wanted.get(&k[..i])?, &k[i + infix.len()..], store))
-                            })
+                        .into_iter()
+                        .find_map(|(infix, store)| {
+                            let i = k.find(infix)?;
+                            Some((wanted.get(&k[..i])?, &k[i + infix.len()..], store))
+                        })
                     });
                     if let Some((p, name, store)) = store {
                         let saved = found.entry(*p).or_insert_with(Saved::default);

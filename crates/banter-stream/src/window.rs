@@ -659,7 +659,8 @@ impl Engine {
         self.repeat_idle(i64::MAX, out);
         // Restored posts' timers fire at the first watermark move after the checkpoint, as
         // they would have in the engine that wrote it.
-        self.timers.extend(std::mem::take(&mut self.restored_timers));
+        self.timers
+            .extend(std::mem::take(&mut self.restored_timers));
     }
 
     fn repeat_idle(&mut self, upto: i64, out: &mut Vec<Output>) {
