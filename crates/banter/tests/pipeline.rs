@@ -81,6 +81,19 @@ async fn banter_run_does_it_all_in_one_process() {
             .unwrap();
         Proc::from_child(child)
     };
+    // Ready when ingest listens (topics and migrations come first; slow under a loaded suite).
+    wait_for(
+        "banter run's ingest to listen",
+        Duration::from_secs(120),
+        || {
+            std::future::ready(
+                std::net::TcpStream::connect(&cfg.ingest.listen)
+                    .is_ok()
+                    .then_some(()),
+            )
+        },
+    )
+    .await;
     // First-party events through the HTTP API (ms-precise times: the expected aggregates hold).
     finish(
         generate_to(&cfg, &dir, 0, "http"),

@@ -112,7 +112,7 @@ pub fn generate_to(cfg: &Config, dir: &Path, rate: u64, to: &str) -> Proc {
         ])
         .args(WORKLOAD)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("generate.log")).unwrap())
         .spawn()
         .map(Proc::new)
         .unwrap()
@@ -154,7 +154,10 @@ impl Drop for Proc {
 
 pub fn finish(mut p: Proc, what: &str) {
     let status = p.take().wait().unwrap();
-    assert!(status.success(), "{what} failed: {status}");
+    assert!(
+        status.success(),
+        "{what} failed: {status} (`banter generate` logs to generate.log in the test's directory)"
+    );
 }
 
 pub fn stop(mut p: Proc) {
