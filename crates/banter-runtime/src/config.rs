@@ -88,7 +88,7 @@ pub struct Config {
 
 /// Spike detection in `banter stream` (DESIGN.md, "Spike alerts"), on the 1-minute
 /// interaction counts of every account and post.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpikeConfig {
     /// Detect spikes at all.
@@ -195,7 +195,7 @@ impl SpikeConfig {
 }
 
 /// Conversation metrics in `banter stream`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConversationConfig {
     /// How long after its hour or day an inbound item's answer still counts, in ms.

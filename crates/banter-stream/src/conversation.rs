@@ -28,33 +28,14 @@ use banter_model::{Action, ConversationRollup, EngagementEvent, Kind, WindowKind
 use serde::{Deserialize, Serialize};
 
 use crate::quantile::Quantiles;
+use crate::store::{window_len, window_start, Map, Progress, Set, DAY};
+#[cfg(test)]
+use crate::store::{HOUR, NONE};
+#[cfg(test)]
+use crate::window::MINUTE;
 
-/// Hash maps with a fixed seed (deterministic iteration for the same inserts).
-type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
-type Set<K> = hashbrown::HashSet<K, foldhash::fast::FixedState>;
-
-const MINUTE: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
-const DAY: i64 = 24 * HOUR;
-const NONE: i64 = i64::MIN;
-
-/// Parameters.
-#[derive(Debug, Clone, Copy)]
-pub struct ConversationConfig {
-    /// How long after its window's end an item's answer still counts (24 h).
-    pub answer_horizon_ms: i64,
-    /// Silence after which a DM opens a new conversation (24 h).
-    pub dm_silence_ms: i64,
-}
-
-impl Default for ConversationConfig {
-    fn default() -> Self {
-        ConversationConfig {
-            answer_horizon_ms: DAY,
-            dm_silence_ms: DAY,
-        }
-    }
-}
+/// Parameters: the `conversation.*` section of the configuration, used as it is.
+pub use banter_runtime::config::ConversationConfig;
 
 /// What an inbound item is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,12 +117,6 @@ struct Agg {
 /// (account, content or "", kind, start).
 type WindowKey = (String, String, WindowKind, i64);
 
-#[derive(Serialize, Deserialize)]
-struct Meta {
-    next_offset: i64,
-    watermark: i64,
-}
-
 /// Conversation metrics of one partition.
 #[derive(Debug, Clone)]
 pub struct Conversations {
@@ -153,21 +128,16 @@ pub struct Conversations {
     /// Comment-thread replies seen before their root: (account, thread) → earliest reply time.
     early_roots: Map<(String, String), (i64, i64)>,
     windows: Map<WindowKey, Agg>,
-    next_offset: i64,
-    watermark: i64,
+    progress: Progress,
+    /// Windows changed since they were last emitted (their `pending` flag, indexed).
+    pending: Set<WindowKey>,
+    /// `early` or `early_roots` changed since the last changelog write.
+    early_dirty: bool,
     dirty_items: Set<String>,
     dirty_threads: Set<(String, String)>,
     dirty_windows: Set<WindowKey>,
     removed: Vec<String>,
     meta_dirty: bool,
-}
-
-fn window_len(kind: WindowKind) -> i64 {
-    if kind == WindowKind::Hour {
-        HOUR
-    } else {
-        DAY
-    }
 }
 
 /// What an item adds to its windows.
@@ -206,8 +176,9 @@ impl Conversations {
             early: Map::default(),
             early_roots: Map::default(),
             windows: Map::default(),
-            next_offset: NONE,
-            watermark: NONE,
+            progress: Progress::default(),
+            pending: Set::default(),
+            early_dirty: false,
             dirty_items: Set::default(),
             dirty_threads: Set::default(),
             dirty_windows: Set::default(),
@@ -218,7 +189,7 @@ impl Conversations {
 
     /// Inputs before this offset were applied.
     pub fn next_offset(&self) -> i64 {
-        self.next_offset
+        self.progress.next_offset
     }
 
     /// Items, threads and windows held.
@@ -232,10 +203,9 @@ impl Conversations {
 
     /// Applies one event the engine counted (not a duplicate, not too late).
     pub fn process(&mut self, e: &EngagementEvent, offset: i64) {
-        if offset < self.next_offset {
+        if !self.progress.accept(offset) {
             return;
         }
-        self.next_offset = offset + 1;
         self.meta_dirty = true;
         let t = e.event_time;
         let account = e.account_id.clone();
@@ -270,10 +240,12 @@ impl Conversations {
                 };
                 if let Some((a, _)) = self.early.remove(&id) {
                     it.answered = Some(a);
+                    self.early_dirty = true;
                 }
                 if !reply {
                     if let Some((a, _)) = self.early_roots.remove(&(it.account.clone(), thread)) {
                         it.first_response = Some(a);
+                        self.early_dirty = true;
                     }
                 }
                 self.change(id, None, Some(it), offset);
@@ -372,6 +344,7 @@ impl Conversations {
                             let v = self.early.entry(parent).or_insert((t, t));
                             v.0 = v.0.min(t);
                             v.1 = v.1.max(t);
+                            self.early_dirty = true;
                         }
                     }
                 }
@@ -390,6 +363,7 @@ impl Conversations {
                                 let v = self.early_roots.entry((account, root)).or_insert((t, t));
                                 v.0 = v.0.min(t);
                                 v.1 = v.1.max(t);
+                                self.early_dirty = true;
                             }
                         }
                     }
@@ -420,9 +394,10 @@ impl Conversations {
             let Some(c) = c else { continue };
             for content in &keys {
                 for kind in [WindowKind::Hour, WindowKind::Day] {
-                    let start = c.time - c.time.rem_euclid(window_len(kind));
-                    let end = start + window_len(kind);
-                    if self.watermark != NONE && end.saturating_add(self.horizon()) < self.watermark
+                    let start = window_start(kind, c.time);
+                    if self
+                        .progress
+                        .is_final(start + window_len(kind), self.horizon())
                     {
                         continue; // final
                     }
@@ -462,6 +437,7 @@ impl Conversations {
                     }
                     w.revision = w.revision.max(offset);
                     w.pending = true;
+                    self.pending.insert(wk.clone());
                     self.dirty_windows.insert(wk);
                 }
             }
@@ -495,31 +471,37 @@ impl Conversations {
         }
     }
 
-    /// Moves the watermark: entering a new minute, emits the windows that changed; forgets
-    /// what can no longer change.
+    /// Moves the watermark: entering a new minute, emits the windows that changed; entering
+    /// a new hour, forgets what can no longer change.
     pub fn advance(&mut self, wm: i64, out: &mut Vec<ConversationRollup>) {
-        if wm <= self.watermark {
+        let Some(moved) = self.progress.advance(wm) else {
             return;
-        }
-        let new_minute =
-            self.watermark == NONE || wm.div_euclid(MINUTE) > self.watermark.div_euclid(MINUTE);
-        self.watermark = wm;
+        };
         self.meta_dirty = true;
-        if !new_minute {
-            return;
+        if moved.minute {
+            for wk in std::mem::take(&mut self.pending) {
+                if let Some(w) = self.windows.get_mut(&wk) {
+                    w.pending = false;
+                    out.push(Self::row(&wk, w, wm));
+                    self.dirty_windows.insert(wk);
+                }
+            }
         }
+        if moved.hour {
+            self.forget(wm);
+        }
+    }
+
+    /// Forgets final windows, items whose DAY window is final, silent threads, and early
+    /// answers nothing will claim.
+    fn forget(&mut self, wm: i64) {
         let horizon = self.horizon();
-        let mut gone = Vec::new();
-        for (wk, w) in &mut self.windows {
-            if w.pending {
-                w.pending = false;
-                self.dirty_windows.insert(wk.clone());
-                out.push(Self::row(wk, w, wm));
-            }
-            if (wk.3 + window_len(wk.2)).saturating_add(horizon) < wm {
-                gone.push(wk.clone());
-            }
-        }
+        let gone: Vec<WindowKey> = self
+            .windows
+            .keys()
+            .filter(|wk| self.progress.is_final(wk.3 + window_len(wk.2), horizon))
+            .cloned()
+            .collect();
         for wk in gone {
             self.windows.remove(&wk);
             self.dirty_windows.remove(&wk);
@@ -553,8 +535,12 @@ impl Conversations {
             self.removed.push(Self::thread_name(&k));
         }
         let keep_after = wm.saturating_sub(horizon.saturating_add(DAY));
+        let before = self.early.len() + self.early_roots.len();
         self.early.retain(|_, v| v.1 >= keep_after);
         self.early_roots.retain(|_, v| v.1 >= keep_after);
+        if self.early.len() + self.early_roots.len() != before {
+            self.early_dirty = true;
+        }
     }
 
     fn item_name(id: &str) -> String {
@@ -601,11 +587,9 @@ impl Conversations {
             }
         }
         if std::mem::take(&mut self.meta_dirty) {
-            let meta = Meta {
-                next_offset: self.next_offset,
-                watermark: self.watermark,
-            };
-            out.push(("m".into(), serde_json::to_vec(&meta).ok()));
+            out.push(("m".into(), serde_json::to_vec(&self.progress).ok()));
+        }
+        if std::mem::take(&mut self.early_dirty) {
             let mut early: Vec<(&String, &(i64, i64))> = self.early.iter().collect();
             early.sort();
             out.push(("e".into(), serde_json::to_vec(&early).ok()));
@@ -633,9 +617,7 @@ impl Conversations {
         let err = |e: serde_json::Error| format!("conversation state {name}: {e}");
         match name {
             "m" => {
-                let m: Meta = serde_json::from_slice(value).map_err(err)?;
-                self.next_offset = m.next_offset;
-                self.watermark = m.watermark;
+                self.progress = serde_json::from_slice(value).map_err(err)?;
             }
             "e" => {
                 let v: Vec<(String, (i64, i64))> = serde_json::from_slice(value).map_err(err)?;
@@ -659,8 +641,11 @@ impl Conversations {
                         serde_json::from_slice(value).map_err(err)?,
                     );
                 } else if let Some(k) = Self::parse_window(name) {
-                    self.windows
-                        .insert(k, serde_json::from_slice(value).map_err(err)?);
+                    let w: Agg = serde_json::from_slice(value).map_err(err)?;
+                    if w.pending {
+                        self.pending.insert(k.clone());
+                    }
+                    self.windows.insert(k, w);
                 } else {
                     return Err(format!("conversation state {name}: unknown entry"));
                 }
@@ -676,6 +661,7 @@ impl Conversations {
         self.dirty_windows.clear();
         self.removed.clear();
         self.meta_dirty = false;
+        self.early_dirty = false;
     }
 }
 

@@ -33,15 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cta::Matcher;
 use crate::quantile::Quantiles;
-
-/// Hash maps with a fixed seed.
-type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
-type Set<K> = hashbrown::HashSet<K, foldhash::fast::FixedState>;
-
-const MINUTE: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
-const DAY: i64 = 24 * HOUR;
-const NONE: i64 = i64::MIN;
+use crate::store::{window_len, window_start, Map, Progress, Set, DAY, HOUR, NONE};
 
 /// Funnel parameters.
 #[derive(Debug, Clone, Copy)]
@@ -124,12 +116,6 @@ struct WindowAgg {
 /// (campaign, kind: HOUR or DAY, window start).
 type WindowKey = (String, WindowKind, i64);
 
-#[derive(Serialize, Deserialize)]
-struct Meta {
-    next_offset: i64,
-    watermark: i64,
-}
-
 /// Counters of what the funnels saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FunnelStats {
@@ -150,26 +136,14 @@ pub struct Funnels {
     touches: Map<(String, String), BTreeSet<String>>,
     /// click id → (campaign, actor) (derived from `actors`).
     clicks: Map<String, (String, String)>,
-    next_offset: i64,
-    watermark: i64,
+    progress: Progress,
+    /// Windows changed since they were last emitted (their `pending` flag, indexed).
+    pending: Set<WindowKey>,
     dirty_actors: Set<(String, String)>,
     dirty_windows: Set<WindowKey>,
     removed: Vec<String>,
     meta_dirty: bool,
     stats: FunnelStats,
-}
-
-fn window_start(kind: WindowKind, t: i64) -> i64 {
-    let len = if kind == WindowKind::Hour { HOUR } else { DAY };
-    t - t.rem_euclid(len)
-}
-
-fn window_len(kind: WindowKind) -> i64 {
-    if kind == WindowKind::Hour {
-        HOUR
-    } else {
-        DAY
-    }
 }
 
 impl Funnels {
@@ -182,8 +156,8 @@ impl Funnels {
             windows: Map::default(),
             touches: Map::default(),
             clicks: Map::default(),
-            next_offset: NONE,
-            watermark: NONE,
+            progress: Progress::default(),
+            pending: Set::default(),
             dirty_actors: Set::default(),
             dirty_windows: Set::default(),
             removed: Vec::new(),
@@ -199,7 +173,7 @@ impl Funnels {
 
     /// Inputs before this offset were applied.
     pub fn next_offset(&self) -> i64 {
-        self.next_offset
+        self.progress.next_offset
     }
 
     /// What it saw.
@@ -282,10 +256,9 @@ impl Funnels {
     /// Applies one event the engine counted (not a duplicate, not too late) read at `offset`.
     /// The windows it changes are emitted by the next [`Funnels::advance`] into a new minute.
     pub fn process(&mut self, e: &EngagementEvent, offset: i64) {
-        if offset < self.next_offset {
+        if !self.progress.accept(offset) {
             return; // applied before the restore
         }
-        self.next_offset = offset + 1;
         self.meta_dirty = true;
         let Some(actor) = e.actor_id.as_deref().filter(|a| !a.is_empty()) else {
             return;
@@ -398,9 +371,9 @@ impl Funnels {
                 for kind in [WindowKind::Hour, WindowKind::Day] {
                     let wk = (campaign.clone(), kind, window_start(kind, c.time));
                     // A window past the lateness is final (and forgotten).
-                    let end = wk.2 + window_len(kind);
-                    if self.watermark != NONE
-                        && end.saturating_add(self.cfg.allowed_lateness_ms) < self.watermark
+                    if self
+                        .progress
+                        .is_final(wk.2 + window_len(kind), self.cfg.allowed_lateness_ms)
                     {
                         continue;
                     }
@@ -432,6 +405,7 @@ impl Funnels {
             };
             w.revision = w.revision.max(offset);
             w.pending = true;
+            self.pending.insert(wk.clone());
             self.dirty_windows.insert(wk);
         }
     }
@@ -461,31 +435,35 @@ impl Funnels {
     }
 
     /// Moves the watermark. Entering a new minute, it emits the windows that changed since
-    /// their last emission; it forgets what no event can change any more.
+    /// their last emission; entering a new hour, it forgets what no event can change any more.
     pub fn advance(&mut self, wm: i64, out: &mut Vec<FunnelRollup>) {
-        if wm <= self.watermark {
+        let Some(moved) = self.progress.advance(wm) else {
             return;
-        }
-        let new_minute =
-            self.watermark == NONE || wm.div_euclid(MINUTE) > self.watermark.div_euclid(MINUTE);
-        self.watermark = wm;
+        };
         self.meta_dirty = true;
-        if !new_minute {
-            return;
+        if moved.minute {
+            for wk in std::mem::take(&mut self.pending) {
+                if let Some(w) = self.windows.get_mut(&wk) {
+                    w.pending = false;
+                    out.push(Self::row(&wk, w, wm));
+                    self.dirty_windows.insert(wk);
+                }
+            }
         }
+        if moved.hour {
+            self.forget(wm);
+        }
+    }
+
+    /// Forgets final windows and (actor, campaign) states past their attribution.
+    fn forget(&mut self, wm: i64) {
         let lateness = self.cfg.allowed_lateness_ms;
-        let mut gone = Vec::new();
-        for (wk, w) in &mut self.windows {
-            if w.pending {
-                w.pending = false;
-                self.dirty_windows.insert(wk.clone());
-                out.push(Self::row(wk, w, wm));
-            }
-            let end = wk.2 + window_len(wk.1);
-            if end.saturating_add(lateness) < wm {
-                gone.push(wk.clone());
-            }
-        }
+        let gone: Vec<WindowKey> = self
+            .windows
+            .keys()
+            .filter(|wk| self.progress.is_final(wk.2 + window_len(wk.1), lateness))
+            .cloned()
+            .collect();
         for wk in gone {
             self.windows.remove(&wk);
             self.dirty_windows.remove(&wk);
@@ -548,11 +526,7 @@ impl Funnels {
             }
         }
         if std::mem::take(&mut self.meta_dirty) {
-            let meta = Meta {
-                next_offset: self.next_offset,
-                watermark: self.watermark,
-            };
-            out.push(("m".into(), serde_json::to_vec(&meta).ok()));
+            out.push(("m".into(), serde_json::to_vec(&self.progress).ok()));
         }
         out
     }
@@ -561,9 +535,7 @@ impl Funnels {
     pub fn restore(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
         let err = |e: serde_json::Error| format!("funnel state {name}: {e}");
         if name == "m" {
-            let m: Meta = serde_json::from_slice(value).map_err(err)?;
-            self.next_offset = m.next_offset;
-            self.watermark = m.watermark;
+            self.progress = serde_json::from_slice(value).map_err(err)?;
         } else if let Some(k) = name.strip_prefix("a/") {
             let (c, a) = k
                 .split_once('\u{1f}')
@@ -595,7 +567,11 @@ impl Funnels {
                 .parse()
                 .map_err(|_| format!("funnel state {name}: bad window start"))?;
             let w: WindowAgg = serde_json::from_slice(value).map_err(err)?;
-            self.windows.insert((c.to_owned(), kind, start), w);
+            let wk = (c.to_owned(), kind, start);
+            if w.pending {
+                self.pending.insert(wk.clone());
+            }
+            self.windows.insert(wk, w);
         } else {
             return Err(format!("funnel state {name}: unknown entry"));
         }

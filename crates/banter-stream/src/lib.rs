@@ -19,6 +19,7 @@ pub mod quantile;
 pub mod runner;
 pub mod sketch;
 pub mod spike;
+mod store;
 pub mod window;
 
 pub use runner::{run, StreamError, StreamMetrics};

@@ -356,28 +356,6 @@ impl CampaignsFile {
     }
 }
 
-/// The detector parameters of `spike.*`.
-fn spike_config(config: &Config) -> SpikeConfig {
-    let s = &config.spike;
-    SpikeConfig {
-        lambda: s.lambda,
-        z_threshold: s.z_threshold,
-        min_count: s.min_count,
-        fire_hits: s.fire_hits,
-        window_minutes: s.window_minutes,
-        resolve_minutes: s.resolve_minutes,
-        cooldown_minutes: s.cooldown_minutes,
-        young_minutes: s.young_minutes,
-        min_history_minutes: s.min_history_minutes,
-        young_min_posts: s.young_min_posts,
-        young_log_spread: s.young_log_spread,
-        max_firing_minutes: s.max_firing_minutes,
-        forget_after_minutes: s.forget_after_minutes,
-        accounts: s.enabled && s.accounts,
-        posts: s.enabled && s.posts,
-    }
-}
-
 /// The engine parameters of `stream.*`.
 fn window_config(sc: &StreamConfig) -> WindowConfig {
     WindowConfig {
@@ -398,21 +376,18 @@ impl Part {
         Ok(match saved {
             Some(Saved {
                 checkpoint: Some(cp),
-                spike,
-                funnel,
-                conversation,
-                posts,
+                stores,
             }) => {
-                let mut part = Part::restored(setup, cp, posts)?;
-                for (name, value) in spike {
+                let mut part = Part::restored(setup, cp, &stores[Store::Post as usize])?;
+                for (name, value) in &stores[Store::Spike as usize] {
                     part.detector.restore(name, value)?;
                 }
                 part.detector.clean();
-                for (name, value) in funnel {
+                for (name, value) in &stores[Store::Funnel as usize] {
                     part.funnels.restore(name, value)?;
                 }
                 part.funnels.clean();
-                for (name, value) in conversation {
+                for (name, value) in &stores[Store::Conversation as usize] {
                     part.conversations.restore(name, value)?;
                 }
                 part.conversations.clean();
@@ -420,6 +395,16 @@ impl Part {
             }
             _ => (Part::fresh(setup), none),
         })
+    }
+
+    /// The changelog entries of every store changed since the last call.
+    fn changes(&mut self) -> [(Store, Vec<Change>); 4] {
+        [
+            (Store::Post, self.engine.post_changes()),
+            (Store::Spike, self.detector.changes()),
+            (Store::Funnel, self.funnels.changes()),
+            (Store::Conversation, self.conversations.changes()),
+        ]
     }
 
     fn fresh(setup: &Setup) -> Self {
@@ -445,8 +430,6 @@ impl Part {
         for (name, value) in posts {
             engine.restore_post(name, value)?;
         }
-        // Restored first-hour state is not written back unchanged.
-        engine.post_changes();
         let from = Engine::replay_from(cp);
         let replaying = from < cp.next_offset;
         if !replaying {
@@ -599,24 +582,47 @@ fn checkpoint_key(input: &str, partition: i32) -> String {
     format!("{input}/{partition}")
 }
 
-/// The changelog entries of the spike detector and the funnels sit beside the checkpoint.
-const SPIKE_INFIX: &str = "/spike/";
-const FUNNEL_INFIX: &str = "/funnel/";
-const CONVERSATION_INFIX: &str = "/conversation/";
-const POST_INFIX: &str = "/post/";
+/// A changelog entry: name within its store, value (None: deleted).
+type Change = (String, Option<Vec<u8>>);
+
+/// The changelogs that sit beside a partition's checkpoint, keyed
+/// `<input>/<partition>/<store>/<name>`: state that outlives the replay.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    /// First-hour post state (the window engine).
+    Post,
+    /// Spike detector state.
+    Spike,
+    /// Funnel state.
+    Funnel,
+    /// Conversation state.
+    Conversation,
+}
+
+impl Store {
+    const ALL: [Store; 4] = [
+        Store::Post,
+        Store::Spike,
+        Store::Funnel,
+        Store::Conversation,
+    ];
+
+    fn infix(self) -> &'static str {
+        match self {
+            Store::Post => "/post/",
+            Store::Spike => "/spike/",
+            Store::Funnel => "/funnel/",
+            Store::Conversation => "/conversation/",
+        }
+    }
+}
 
 /// What the checkpoint topic holds for one input partition.
 #[derive(Debug, Default)]
 struct Saved {
     checkpoint: Option<Checkpoint>,
-    /// Spike detector state by entry name.
-    spike: BTreeMap<String, Vec<u8>>,
-    /// Funnel state by entry name.
-    funnel: BTreeMap<String, Vec<u8>>,
-    /// Conversation state by entry name.
-    conversation: BTreeMap<String, Vec<u8>>,
-    /// First-hour post state by entry name.
-    posts: BTreeMap<String, Vec<u8>>,
+    /// Each [`Store`]'s entries by name, indexed by the store.
+    stores: [BTreeMap<String, Vec<u8>>; 4],
 }
 
 impl CheckpointReader {
@@ -676,26 +682,15 @@ impl CheckpointReader {
                 Some(Ok(m)) => {
                     let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
                     let store = key.and_then(|k| {
-                        [
-                            (SPIKE_INFIX, 0),
-                            (FUNNEL_INFIX, 1),
-                            (CONVERSATION_INFIX, 2),
-                            (POST_INFIX, 3),
-                        ]
-                        .into_iter()
-                        .find_map(|(infix, store)| {
+                        Store::ALL.into_iter().find_map(|store| {
+                            let infix = store.infix();
                             let i = k.find(infix)?;
                             Some((wanted.get(&k[..i])?, &k[i + infix.len()..], store))
                         })
                     });
                     if let Some((p, name, store)) = store {
                         let saved = found.entry(*p).or_insert_with(Saved::default);
-                        let entries = match store {
-                            0 => &mut saved.spike,
-                            1 => &mut saved.funnel,
-                            2 => &mut saved.conversation,
-                            _ => &mut saved.posts,
-                        };
+                        let entries = &mut saved.stores[store as usize];
                         match m.payload() {
                             Some(v) => entries.insert(name.to_owned(), v.to_vec()),
                             None => entries.remove(name),
@@ -800,15 +795,12 @@ pub fn run(
     metrics.campaigns.set(campaigns.count as i64);
     let setup = Setup {
         window,
-        spike: spike_config(config),
+        spike: config.spike,
         funnel: FunnelConfig {
             attribution_ms: config.cta.attribution_days * 86_400_000,
             allowed_lateness_ms: sc.allowed_lateness_ms,
         },
-        conversation: ConversationConfig {
-            answer_horizon_ms: config.conversation.answer_horizon_ms,
-            dm_silence_ms: config.conversation.dm_silence_ms,
-        },
+        conversation: config.conversation,
         matcher: campaigns.matcher.clone(),
     };
     let ctx = Ctx {
@@ -1355,44 +1347,13 @@ fn process_batch(
         let value = serde_json::to_vec(&cp).unwrap_or_default();
         let cp_partition = Some(checkpoint_partition(*p, out.checkpoint_partitions));
         let base = checkpoint_key(&out.input, *p);
-        for (name, v) in part.detector.changes() {
-            tx.send_opt(
-                &out.checkpoints,
-                cp_partition,
-                format!("{base}{SPIKE_INFIX}{name}").as_bytes(),
-                v.as_deref(),
-            )?;
+        for (store, changes) in part.changes() {
+            for (name, v) in changes {
+                let key = format!("{base}{}{name}", store.infix());
+                tx.send_opt(&out.checkpoints, cp_partition, key.as_bytes(), v.as_deref())?;
+            }
         }
-        for (name, v) in part.funnels.changes() {
-            tx.send_opt(
-                &out.checkpoints,
-                cp_partition,
-                format!("{base}{FUNNEL_INFIX}{name}").as_bytes(),
-                v.as_deref(),
-            )?;
-        }
-        for (name, v) in part.engine.post_changes() {
-            tx.send_opt(
-                &out.checkpoints,
-                cp_partition,
-                format!("{base}{POST_INFIX}{name}").as_bytes(),
-                v.as_deref(),
-            )?;
-        }
-        for (name, v) in part.conversations.changes() {
-            tx.send_opt(
-                &out.checkpoints,
-                cp_partition,
-                format!("{base}{CONVERSATION_INFIX}{name}").as_bytes(),
-                v.as_deref(),
-            )?;
-        }
-        tx.send(
-            &out.checkpoints,
-            Some(checkpoint_partition(*p, out.checkpoint_partitions)),
-            checkpoint_key(&out.input, *p).as_bytes(),
-            &value,
-        )?;
+        tx.send(&out.checkpoints, cp_partition, base.as_bytes(), &value)?;
         offsets.add_partition_offset(&out.input, *p, Offset::Offset(cp.next_offset))?;
     }
     if !tx.open {

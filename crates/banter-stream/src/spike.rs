@@ -23,11 +23,8 @@ use std::collections::BTreeMap;
 use banter_model::{AlertState, Rollup, SpikeAlert, WindowKind};
 use serde::{Deserialize, Serialize};
 
+use crate::store::{Map, Set, NONE};
 use crate::window::MINUTE;
-
-/// Hash maps with a fixed seed.
-type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
-type Set<K> = hashbrown::HashSet<K, foldhash::fast::FixedState>;
 
 /// One minute's rows of one account: its posts' and its own.
 #[derive(Debug, Clone, Default)]
@@ -36,63 +33,8 @@ struct AccountRows {
     account: Option<Pending>,
 }
 
-/// Detection parameters (`spike.*`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SpikeConfig {
-    /// EWMA weight of the newest minute.
-    pub lambda: f64,
-    /// z-score that makes a minute a hit.
-    pub z_threshold: f64,
-    /// Fewest interactions in a hit minute.
-    pub min_count: i64,
-    /// Hits among the last `window_minutes` minutes that fire.
-    pub fire_hits: u32,
-    /// See `fire_hits` (at most 8).
-    pub window_minutes: u32,
-    /// Minutes in a row without a hit that resolve.
-    pub resolve_minutes: u32,
-    /// After a resolve, minutes in which the key cannot fire again.
-    pub cooldown_minutes: i64,
-    /// Minutes of a post's life judged against the account's posts at the same age.
-    pub young_minutes: i64,
-    /// Minutes a key needs in its own baseline before it is judged on it.
-    pub min_history_minutes: u32,
-    /// Posts of the account seen at an age before a young post of that age is judged.
-    pub young_min_posts: u32,
-    /// Least spread of ln(1 + x) across the account's posts at one age (0.75: at z = 3 a
-    /// young post fires at about 9.5 times the account's typical post of that age).
-    pub young_log_spread: f64,
-    /// After firing this long, hits feed the baseline again.
-    pub max_firing_minutes: i64,
-    /// A key without interactions for this long (and a baseline near zero) is forgotten.
-    pub forget_after_minutes: i64,
-    /// Judge accounts.
-    pub accounts: bool,
-    /// Judge posts.
-    pub posts: bool,
-}
-
-impl Default for SpikeConfig {
-    fn default() -> Self {
-        SpikeConfig {
-            lambda: 0.2,
-            z_threshold: 3.0,
-            min_count: 10,
-            fire_hits: 2,
-            window_minutes: 3,
-            resolve_minutes: 3,
-            cooldown_minutes: 15,
-            young_minutes: 15,
-            min_history_minutes: 10,
-            young_min_posts: 3,
-            young_log_spread: 0.75,
-            max_firing_minutes: 60,
-            forget_after_minutes: 24 * 60,
-            accounts: true,
-            posts: true,
-        }
-    }
-}
+/// Detection parameters: the `spike.*` section of the configuration, used as it is.
+pub use banter_runtime::config::SpikeConfig;
 
 /// An exponentially weighted mean and variance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -250,8 +192,6 @@ fn none() -> i64 {
     NONE
 }
 
-const NONE: i64 = i64::MIN;
-
 impl Detector {
     /// A detector without history.
     pub fn new(cfg: SpikeConfig) -> Self {
@@ -299,10 +239,10 @@ impl Detector {
         };
         let minute = self.pending.entry(r.window_start).or_default();
         match &r.content_id {
-            None if self.cfg.accounts => {
+            None if self.cfg.enabled && self.cfg.accounts => {
                 minute.entry_ref(r.account_id.as_str()).or_default().account = Some(p);
             }
-            Some(c) if self.cfg.posts => {
+            Some(c) if self.cfg.enabled && self.cfg.posts => {
                 minute
                     .entry_ref(r.account_id.as_str())
                     .or_default()

@@ -33,9 +33,9 @@ use std::hash::BuildHasher;
 
 use hashbrown::{HashMap, HashSet};
 
-/// Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
-/// emits rows in the same order.
-type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+// Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
+// emits rows in the same order.
+use crate::store::Map;
 
 use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
 use serde::{Deserialize, Serialize};

@@ -192,19 +192,7 @@ pub struct Rollups {
 
 impl Rollups {
     pub fn new(cfg: &Config) -> Self {
-        let consumer: BaseConsumer =
-            banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &unique("rollups"))
-                .create()
-                .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(&cfg.kafka.topics.rollups), Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(&cfg.kafka.topics.rollups, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let consumer = from_beginning(cfg, &cfg.kafka.topics.rollups);
         Rollups {
             consumer,
             rows: BTreeMap::new(),
@@ -437,8 +425,28 @@ pub async fn rollups_match(cfg: &Config, dir: &Path, timeout: Duration) -> Rollu
     loop {
         rollups.poll();
         let mut d = differences(&x, &rollups.rows);
-        d.extend(funnel_differences(&x, &rollups.funnels));
-        d.extend(conversation_differences(&x, rollups.conversations.values()));
+        d.extend(funnel_differences(
+            &x,
+            rollups
+                .funnels
+                .values()
+                .map(|f| (f.campaign_id.as_str(), f.window, funnel_counts(f))),
+        ));
+        d.extend(conversation_differences(
+            &x,
+            rollups
+                .conversations
+                .values()
+                .filter(|r| r.content_id.is_none())
+                .map(|r| {
+                    (
+                        r.account_id.as_str(),
+                        r.window,
+                        r.inbound_comments,
+                        r.answered_comments,
+                    )
+                }),
+        ));
         if d.is_empty() {
             eprintln!(
                 "rollups equal the expected aggregates after {:?} ({} rows read)",
@@ -592,29 +600,67 @@ pub async fn clickhouse_matches(
     }
 }
 
+/// A consumer of every partition of `topic` from the beginning, `read_committed`.
+fn from_beginning(cfg: &Config, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer =
+        banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &unique("reader"))
+            .create()
+            .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// Polls `check` until it finds no differences; after `timeout` fails with the last ones.
+pub async fn until_no_differences<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let diffs = check().await;
+        if diffs.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} after {timeout:?}:\n{diffs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Every spike alert record on the alerts topic, read with `read_committed`.
 pub struct Alerts {
     consumer: BaseConsumer,
-    pub records: Vec<banter_model::SpikeAlert>,
+    pub records: Vec<AlertSeen>,
+}
+
+/// What the alert checks look at, from the topic or from ClickHouse.
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+pub struct AlertSeen {
+    pub alert_id: String,
+    /// FIRING or RESOLVED.
+    pub state: String,
+    pub account_id: String,
+    /// '' for account alerts.
+    pub content_id: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
 }
 
 impl Alerts {
     pub fn new(cfg: &Config) -> Self {
-        let consumer: BaseConsumer =
-            banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &unique("alerts"))
-                .create()
-                .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(&cfg.kafka.topics.alerts), Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(&cfg.kafka.topics.alerts, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
         Alerts {
-            consumer,
+            consumer: from_beginning(cfg, &cfg.kafka.topics.alerts),
             records: Vec::new(),
         }
     }
@@ -622,11 +668,17 @@ impl Alerts {
     pub fn poll(&mut self) {
         while let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
-            self.records.push(
-                banter_model::SpikeAlert::codec()
-                    .decode(m.payload().unwrap())
-                    .unwrap(),
-            );
+            let a = banter_model::SpikeAlert::codec()
+                .decode(m.payload().unwrap())
+                .unwrap();
+            self.records.push(AlertSeen {
+                alert_id: a.alert_id,
+                state: a.state.as_str().to_owned(),
+                account_id: a.account_id,
+                content_id: a.content_id.unwrap_or_default(),
+                started_at_ms: a.started_at,
+                ended_at_ms: a.ended_at,
+            });
         }
     }
 }
@@ -635,26 +687,25 @@ impl Alerts {
 /// every spike has exactly one FIRING post alert starting within 2 minutes of its onset, and
 /// one RESOLVED of it after the spike; every post alert belongs to a spike; no record is
 /// written twice (exactly once across restarts and rebalances).
-pub fn alert_differences(x: &Value, records: &[banter_model::SpikeAlert]) -> Vec<String> {
-    use banter_model::AlertState;
+pub fn alert_differences(x: &Value, records: &[AlertSeen]) -> Vec<String> {
     let mut diffs = Vec::new();
     let mut seen = BTreeSet::new();
     for a in records {
-        if !seen.insert((a.alert_id.clone(), a.state.as_str())) {
-            diffs.push(format!("written twice: {} {:?}", a.alert_id, a.state));
+        if !seen.insert((a.alert_id.as_str(), a.state.as_str())) {
+            diffs.push(format!("written twice: {} {}", a.alert_id, a.state));
         }
     }
     let spikes = x["expected"]["spikes"].as_array().unwrap();
-    let belongs = |a: &banter_model::SpikeAlert, s: &Value| {
-        a.content_id.as_deref() == s["content_id"].as_str()
+    let belongs = |a: &AlertSeen, s: &Value| {
+        Some(a.content_id.as_str()) == s["content_id"].as_str()
             && a.account_id == s["account_id"].as_str().unwrap()
-            && a.started_at >= s["start_ms"].as_i64().unwrap() - 2 * MINUTE
-            && a.started_at < s["end_ms"].as_i64().unwrap()
+            && a.started_at_ms >= s["start_ms"].as_i64().unwrap() - 2 * MINUTE
+            && a.started_at_ms < s["end_ms"].as_i64().unwrap()
     };
     for s in spikes {
         let firing: Vec<_> = records
             .iter()
-            .filter(|a| a.state == AlertState::Firing && belongs(a, s))
+            .filter(|a| a.state == "FIRING" && belongs(a, s))
             .collect();
         if firing.len() != 1 {
             diffs.push(format!("{} FIRING alerts for spike {s}", firing.len()));
@@ -662,15 +713,15 @@ pub fn alert_differences(x: &Value, records: &[banter_model::SpikeAlert]) -> Vec
         }
         let resolved = records
             .iter()
-            .find(|a| a.state == AlertState::Resolved && a.alert_id == firing[0].alert_id);
-        match resolved.and_then(|r| r.ended_at) {
+            .find(|a| a.state == "RESOLVED" && a.alert_id == firing[0].alert_id);
+        match resolved.and_then(|r| r.ended_at_ms) {
             Some(end) if end >= s["end_ms"].as_i64().unwrap() - MINUTE => {}
             other => diffs.push(format!(
                 "spike {s} not resolved after its end (ended_at {other:?})"
             )),
         }
     }
-    for a in records.iter().filter(|a| a.content_id.is_some()) {
+    for a in records.iter().filter(|a| !a.content_id.is_empty()) {
         if !spikes.iter().any(|s| belongs(a, s)) {
             diffs.push(format!("post alert without an injected spike: {a:?}"));
         }
@@ -686,24 +737,16 @@ pub async fn alerts_match(cfg: &Config, dir: &Path, timeout: Duration) {
         "the workload should inject spikes"
     );
     let mut alerts = Alerts::new(cfg);
-    let deadline = Instant::now() + timeout;
-    loop {
+    until_no_differences("alerts do not match the injected spikes", timeout, || {
         alerts.poll();
-        let diffs = alert_differences(&x, &alerts.records);
-        if diffs.is_empty() {
-            // Anything written twice would follow its first copy closely.
-            std::thread::sleep(Duration::from_secs(1));
-            alerts.poll();
-            let diffs = alert_differences(&x, &alerts.records);
-            assert!(diffs.is_empty(), "{diffs:#?}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "alerts do not match the injected spikes after {timeout:?}:\n{diffs:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        std::future::ready(alert_differences(&x, &alerts.records))
+    })
+    .await;
+    // Anything written twice would follow its first copy closely.
+    std::thread::sleep(Duration::from_secs(1));
+    alerts.poll();
+    let diffs = alert_differences(&x, &alerts.records);
+    assert!(diffs.is_empty(), "{diffs:#?}");
 }
 
 /// Waits until ClickHouse's `alerts` table holds one FIRING and one RESOLVED post alert per
@@ -713,88 +756,55 @@ pub async fn clickhouse_alerts_match(
     dir: &Path,
     timeout: Duration,
 ) {
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct Row {
-        alert_id: String,
-        state: String,
-        account_id: String,
-        content_id: String,
-        started_at_ms: i64,
-        ended_at_ms: Option<i64>,
-    }
-    let x = read_expected(dir);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows: Vec<Row> = ch
-            .client
-            .query(
-                "SELECT alert_id, state, account_id, content_id, started_at_ms, ended_at_ms \
-                 FROM alerts WHERE content_id != ''",
-            )
-            .fetch_all()
-            .await
-            .unwrap();
-        let records: Vec<banter_model::SpikeAlert> = rows
-            .into_iter()
-            .map(|r| banter_model::SpikeAlert {
-                alert_id: r.alert_id,
-                state: if r.state == "FIRING" {
-                    banter_model::AlertState::Firing
-                } else {
-                    banter_model::AlertState::Resolved
-                },
-                account_id: r.account_id,
-                content_id: Some(r.content_id),
-                window_start: 0,
-                window_end: 0,
-                observed: 0,
-                baseline_mean: 0.0,
-                baseline_stddev: 0.0,
-                z_score: 0.0,
-                started_at: r.started_at_ms,
-                ended_at: r.ended_at_ms,
-                revision: 0,
-                emitted_at: 0,
-            })
-            .collect();
-        let diffs = alert_differences(&x, &records);
-        if diffs.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "alerts in ClickHouse do not match the injected spikes after {timeout:?}:\n{diffs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let x = &read_expected(dir);
+    until_no_differences(
+        "alerts in ClickHouse do not match the injected spikes",
+        timeout,
+        move || async move {
+            let rows: Vec<AlertSeen> = ch
+                .client
+                .query(
+                    "SELECT alert_id, state, account_id, content_id, started_at_ms, ended_at_ms \
+                     FROM alerts WHERE content_id != ''",
+                )
+                .fetch_all()
+                .await
+                .unwrap();
+            alert_differences(x, &rows)
+        },
+    )
+    .await;
 }
 
-/// Differences between the funnel rows and the generator's expected funnels (empty: equal):
-/// per campaign, each stage summed over its DAY windows, and over its HOUR windows, equals the
-/// distinct actors the generator sent through that stage; the conversion value too.
-pub fn funnel_differences(
+/// A funnel row's stage counts and conversion value in cents, as the checks compare them.
+pub fn funnel_counts(f: &banter_model::FunnelRollup) -> [i64; 7] {
+    [
+        f.triggered,
+        f.private_reply_sent,
+        f.dm_read,
+        f.engaged,
+        f.link_clicked,
+        f.converted,
+        (f.conversion_value * 100.0).round() as i64,
+    ]
+}
+
+/// Differences between funnel rows — (campaign, window kind, [`funnel_counts`]) — and the
+/// generator's expected funnels (empty: equal): per campaign, each stage summed over its DAY
+/// windows, and over its HOUR windows, equals the distinct actors the generator sent through
+/// that stage; the conversion value too.
+pub fn funnel_differences<'a>(
     x: &Value,
-    funnels: &BTreeMap<(String, WindowKind, i64), banter_model::FunnelRollup>,
+    rows: impl Iterator<Item = (&'a str, WindowKind, [i64; 7])> + Clone,
 ) -> Vec<String> {
     let mut diffs = Vec::new();
     let expected = x["expected"]["funnels"].as_object().unwrap();
     for kind in [WindowKind::Day, WindowKind::Hour] {
         let mut got: BTreeMap<&str, [i64; 7]> = BTreeMap::new();
-        for f in funnels.values().filter(|f| f.window == kind) {
-            let t = got.entry(f.campaign_id.as_str()).or_default();
-            for (i, v) in [
-                f.triggered,
-                f.private_reply_sent,
-                f.dm_read,
-                f.engaged,
-                f.link_clicked,
-                f.converted,
-                (f.conversion_value * 100.0).round() as i64,
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                t[i] += v;
+        for (campaign, _, counts) in rows.clone().filter(|r| r.1 == kind) {
+            let t = got.entry(campaign).or_default();
+            for (sum, v) in t.iter_mut().zip(counts) {
+                *sum += v;
             }
         }
         for (campaign, e) in expected {
@@ -822,6 +832,14 @@ pub fn funnel_differences(
     diffs
 }
 
+fn window_kind(s: &str) -> WindowKind {
+    if s == "HOUR" {
+        WindowKind::Hour
+    } else {
+        WindowKind::Day
+    }
+}
+
 /// Waits until ClickHouse's `funnels_final` holds the generator's expected funnels.
 pub async fn clickhouse_funnels_match(
     ch: &banter_runtime::clickhouse::ClickHouse,
@@ -830,84 +848,43 @@ pub async fn clickhouse_funnels_match(
 ) {
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct Row {
-        account_id: String,
         campaign_id: String,
         window_kind: String,
-        window_start_ms: i64,
-        window_end_ms: i64,
-        revision: i64,
-        triggered: i64,
-        private_reply_sent: i64,
-        dm_read: i64,
-        engaged: i64,
-        link_clicked: i64,
-        converted: i64,
-        conversion_value: f64,
+        counts: Vec<i64>,
     }
-    let x = read_expected(dir);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows: Vec<Row> = ch
-            .client
-            .query(
-                "SELECT account_id, campaign_id, window_kind, window_start_ms, window_end_ms, \
-                 revision, triggered, private_reply_sent, dm_read, engaged, link_clicked, \
-                 converted, conversion_value FROM funnels_final",
-            )
-            .fetch_all()
-            .await
-            .unwrap();
-        let funnels: BTreeMap<_, _> = rows
-            .into_iter()
-            .map(|r| {
-                let window = if r.window_kind == "HOUR" {
-                    WindowKind::Hour
-                } else {
-                    WindowKind::Day
-                };
-                (
-                    (r.campaign_id.clone(), window, r.window_start_ms),
-                    banter_model::FunnelRollup {
-                        account_id: r.account_id,
-                        campaign_id: r.campaign_id,
-                        window,
-                        window_start: r.window_start_ms,
-                        window_end: r.window_end_ms,
-                        revision: r.revision,
-                        triggered: r.triggered,
-                        private_reply_sent: r.private_reply_sent,
-                        dm_read: r.dm_read,
-                        engaged: r.engaged,
-                        link_clicked: r.link_clicked,
-                        converted: r.converted,
-                        conversion_value: r.conversion_value,
-                        currency: None,
-                        median_trigger_to_reply_s: None,
-                        median_reply_to_click_s: None,
-                        median_click_to_conversion_s: None,
-                        emitted_at: 0,
-                    },
+    let x = &read_expected(dir);
+    until_no_differences(
+        "funnels in ClickHouse differ from the expected ones",
+        timeout,
+        move || async move {
+            let rows: Vec<Row> = ch
+                .client
+                .query(
+                    "SELECT campaign_id, window_kind, [triggered, private_reply_sent, dm_read, \
+                     engaged, link_clicked, converted, toInt64(round(conversion_value * 100))] \
+                     FROM funnels_final",
                 )
-            })
-            .collect();
-        let diffs = funnel_differences(&x, &funnels);
-        if diffs.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "funnels in ClickHouse differ from the expected ones after {timeout:?}:\n{diffs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+                .fetch_all()
+                .await
+                .unwrap();
+            funnel_differences(
+                x,
+                rows.iter().map(|r| {
+                    let counts: [i64; 7] = r.counts.as_slice().try_into().unwrap();
+                    (r.campaign_id.as_str(), window_kind(&r.window_kind), counts)
+                }),
+            )
+        },
+    )
+    .await;
 }
 
-/// Differences between the conversation rows and the generator's (empty: equal): per account,
-/// inbound comments and the ones the brand answered, summed over the account's HOUR windows
-/// and over its DAY windows.
+/// Differences between account-level conversation rows — (account, window kind, inbound
+/// comments, answered comments) — and the generator's (empty: equal): per account, summed over
+/// the account's HOUR windows and over its DAY windows.
 pub fn conversation_differences<'a>(
     x: &Value,
-    rows: impl Iterator<Item = &'a banter_model::ConversationRollup> + Clone,
+    rows: impl Iterator<Item = (&'a str, WindowKind, i64, i64)> + Clone,
 ) -> Vec<String> {
     let mut diffs = Vec::new();
     let want: BTreeMap<String, (i64, i64)> = x["expected"]["comments_answered"]
@@ -918,13 +895,10 @@ pub fn conversation_differences<'a>(
         .collect();
     for kind in [WindowKind::Hour, WindowKind::Day] {
         let mut got: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for r in rows
-            .clone()
-            .filter(|r| r.window == kind && r.content_id.is_none())
-        {
-            let g = got.entry(r.account_id.clone()).or_default();
-            g.0 += r.inbound_comments;
-            g.1 += r.answered_comments;
+        for (account, _, inbound, answered) in rows.clone().filter(|r| r.1 == kind) {
+            let g = got.entry(account.to_owned()).or_default();
+            g.0 += inbound;
+            g.1 += answered;
         }
         got.retain(|_, v| v.0 != 0);
         if got != want {
@@ -953,60 +927,35 @@ pub async fn clickhouse_conversations_match(
     struct Row {
         account_id: String,
         window_kind: String,
-        window_start_ms: i64,
         inbound_comments: i64,
         answered_comments: i64,
     }
-    let x = read_expected(dir);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows: Vec<Row> = ch
-            .client
-            .query(
-                "SELECT account_id, window_kind, window_start_ms, inbound_comments, \
-                 answered_comments FROM conversations_final WHERE content_id = ''",
+    let x = &read_expected(dir);
+    until_no_differences(
+        "conversations in ClickHouse differ from the generator's",
+        timeout,
+        move || async move {
+            let rows: Vec<Row> = ch
+                .client
+                .query(
+                    "SELECT account_id, window_kind, inbound_comments, answered_comments \
+                     FROM conversations_final WHERE content_id = ''",
+                )
+                .fetch_all()
+                .await
+                .unwrap();
+            conversation_differences(
+                x,
+                rows.iter().map(|r| {
+                    (
+                        r.account_id.as_str(),
+                        window_kind(&r.window_kind),
+                        r.inbound_comments,
+                        r.answered_comments,
+                    )
+                }),
             )
-            .fetch_all()
-            .await
-            .unwrap();
-        let rows: Vec<banter_model::ConversationRollup> = rows
-            .into_iter()
-            .map(|r| banter_model::ConversationRollup {
-                account_id: r.account_id,
-                content_id: None,
-                window: if r.window_kind == "HOUR" {
-                    WindowKind::Hour
-                } else {
-                    WindowKind::Day
-                },
-                window_start: r.window_start_ms,
-                window_end: 0,
-                revision: 0,
-                inbound: 0,
-                answered: 0,
-                inbound_comments: r.inbound_comments,
-                answered_comments: r.answered_comments,
-                inbound_story_replies: 0,
-                inbound_dms: 0,
-                response_rate: None,
-                median_response_s: None,
-                p90_response_s: None,
-                median_first_response_s: None,
-                root_comments: 0,
-                reply_comments: 0,
-                thread_depth: None,
-                reply_share: None,
-                emitted_at: 0,
-            })
-            .collect();
-        let diffs = conversation_differences(&x, rows.iter());
-        if diffs.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "conversations in ClickHouse differ from the generator's after {timeout:?}:\n{diffs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        },
+    )
+    .await;
 }
