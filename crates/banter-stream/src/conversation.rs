@@ -436,8 +436,10 @@ impl Conversations {
                         }
                     }
                     w.revision = w.revision.max(offset);
-                    w.pending = true;
-                    self.pending.insert(wk.clone());
+                    if !w.pending {
+                        w.pending = true;
+                        self.pending.insert(wk.clone());
+                    }
                     self.dirty_windows.insert(wk);
                 }
             }

@@ -404,8 +404,10 @@ impl Funnels {
                 continue;
             };
             w.revision = w.revision.max(offset);
-            w.pending = true;
-            self.pending.insert(wk.clone());
+            if !w.pending {
+                w.pending = true;
+                self.pending.insert(wk.clone());
+            }
             self.dirty_windows.insert(wk);
         }
     }
