@@ -291,6 +291,19 @@ pub struct EngagementEvent {
 }
 
 impl EngagementEvent {
+    /// An event with empty ids, to decode into with
+    /// [`Codec::decode_into`](crate::codec::Codec::decode_into).
+    pub fn empty() -> Self {
+        Self::new(
+            String::new(),
+            Platform::ALL[0],
+            Kind::ALL[0],
+            Action::ALL[0],
+            String::new(),
+            0,
+        )
+    }
+
     /// A minimal event with every optional field empty; handy for tests and builders.
     pub fn new(
         event_id: impl Into<String>,

@@ -107,6 +107,19 @@ proptest! {
     }
 
     #[test]
+    fn decoding_into_a_used_event_equals_decoding(a in event_strategy(), b in event_strategy()) {
+        // The hot path decodes every event into the previous one's buffers.
+        let codec = EngagementEvent::codec();
+        let mut into = a.clone();
+        codec.decode_into(&codec.encode(&b).unwrap(), &mut into).unwrap();
+        prop_assert_eq!(&into, &b);
+        codec.decode_into(&codec.encode(&a).unwrap(), &mut into).unwrap();
+        prop_assert_eq!(&into, &a);
+        let bytes = codec.encode(&a).unwrap();
+        prop_assert!(codec.decode_into(&bytes[..bytes.len() - 1], &mut into).is_err());
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
         let codec = EngagementEvent::codec();
         let mut msg = vec![0xC3, 0x01];

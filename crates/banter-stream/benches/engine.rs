@@ -90,8 +90,9 @@ fn engine(c: &mut Criterion) {
             let mut engine = Engine::new(WindowConfig::default());
             let mut out = Vec::with_capacity(1 << 16);
             let mut rows = 0usize;
+            let mut e = EngagementEvent::empty();
             for (offset, bytes) in encoded.iter().enumerate() {
-                let e = codec.decode(bytes).unwrap();
+                codec.decode_into(bytes, &mut e).unwrap();
                 engine.process(&e, offset as i64, &mut out);
                 rows += out.len();
                 out.clear();
@@ -122,8 +123,9 @@ fn engine(c: &mut Criterion) {
                 let (mut alerts, mut funnel_rows, mut conversation_rows) =
                     (Vec::new(), Vec::new(), Vec::new());
                 let mut rows = 0usize;
+                let mut e = EngagementEvent::empty();
                 for (offset, bytes) in encoded.iter().enumerate() {
-                    let e = codec.decode(bytes).unwrap();
+                    codec.decode_into(bytes, &mut e).unwrap();
                     let dups = engine.stats().duplicates;
                     engine.process(&e, offset as i64, &mut out);
                     let mut counted = engine.stats().duplicates == dups;

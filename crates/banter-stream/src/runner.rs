@@ -1164,6 +1164,8 @@ fn process_batch(
     let mut outputs = Vec::new();
     let mut buf = Vec::new();
     let mut rollup_enc = Rollup::codec().encoder();
+    // Every event is decoded into the same buffers.
+    let mut event = EngagementEvent::empty();
     let now = Instant::now();
     for (p, offset, payload) in batch {
         let Some(part) = parts.active.get_mut(&p) else {
@@ -1178,8 +1180,8 @@ fn process_batch(
             outputs.clear();
             part.replaying = false;
         }
-        let event = match codec.decode(&payload) {
-            Ok(e) => e,
+        match codec.decode_into(&payload, &mut event) {
+            Ok(()) => {}
             Err(e) => {
                 if !part.replaying {
                     metrics.undecodable.inc();

@@ -22,9 +22,16 @@ const M: usize = 1 << P;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sketch(Repr);
 
+/// Up to this many hashes live inline, without an allocation: most post-minutes have one or
+/// two engagers.
+const INLINE: usize = 2;
+
+/// Each cardinality has exactly one representation, so equal sets compare equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Repr {
-    /// Sorted distinct hashes.
+    /// Up to [`INLINE`] sorted distinct hashes (the first `len`).
+    Inline(u8, [u64; INLINE]),
+    /// More than [`INLINE`], up to [`SPARSE_MAX`] sorted distinct hashes.
     Sparse(Vec<u64>),
     Dense(Box<[u8; M]>),
 }
@@ -39,8 +46,8 @@ enum Stored {
 impl serde::Serialize for Sketch {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match &self.0 {
-            Repr::Sparse(v) => Stored::Sparse(v.clone()),
             Repr::Dense(d) => Stored::Dense(d.to_vec()),
+            _ => Stored::Sparse(self.exact().unwrap_or_default().to_vec()),
         }
         .serialize(s)
     }
@@ -48,22 +55,26 @@ impl serde::Serialize for Sketch {
 
 impl<'de> serde::Deserialize<'de> for Sketch {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Sketch(match Stored::deserialize(d)? {
-            Stored::Sparse(v) => Repr::Sparse(v),
+        Ok(match Stored::deserialize(d)? {
+            Stored::Sparse(mut v) => {
+                v.sort_unstable();
+                v.dedup();
+                Sketch::from_sorted(v)
+            }
             Stored::Dense(v) => {
                 let regs: Box<[u8; M]> = v
                     .into_boxed_slice()
                     .try_into()
                     .map_err(|_| serde::de::Error::custom("a dense sketch has 512 registers"))?;
-                Repr::Dense(regs)
+                Sketch(Repr::Dense(regs))
             }
-        }))
+        })
     }
 }
 
 impl Default for Repr {
     fn default() -> Self {
-        Repr::Sparse(Vec::new())
+        Repr::Inline(0, [0; INLINE])
     }
 }
 
@@ -82,15 +93,62 @@ fn register(dense: &mut [u8; M], h: u64) {
     }
 }
 
+fn dense_of(hashes: &[u64]) -> Box<[u8; M]> {
+    let mut d = Box::new([0u8; M]);
+    for &h in hashes {
+        register(&mut d, h);
+    }
+    d
+}
+
 impl Sketch {
+    /// The sketch of sorted distinct hashes, in the representation of their count.
+    fn from_sorted(v: Vec<u64>) -> Sketch {
+        Sketch(if v.len() <= INLINE {
+            let mut a = [0; INLINE];
+            a[..v.len()].copy_from_slice(&v);
+            Repr::Inline(v.len() as u8, a)
+        } else if v.len() <= SPARSE_MAX {
+            Repr::Sparse(v)
+        } else {
+            Repr::Dense(dense_of(&v))
+        })
+    }
+
+    /// The sorted distinct hashes while the sketch is exact.
+    fn exact(&self) -> Option<&[u64]> {
+        match &self.0 {
+            Repr::Inline(n, a) => Some(&a[..*n as usize]),
+            Repr::Sparse(v) => Some(v),
+            Repr::Dense(_) => None,
+        }
+    }
+
     /// Adds one actor (by [`actor_hash`]).
     pub fn insert(&mut self, h: u64) {
         match &mut self.0 {
+            Repr::Inline(n, a) => {
+                let len = *n as usize;
+                let Err(i) = a[..len].binary_search(&h) else {
+                    return;
+                };
+                if len < INLINE {
+                    a.copy_within(i..len, i + 1);
+                    a[i] = h;
+                    *n += 1;
+                } else {
+                    let mut v = Vec::with_capacity(2 * INLINE + 2);
+                    v.extend_from_slice(&a[..i]);
+                    v.push(h);
+                    v.extend_from_slice(&a[i..]);
+                    self.0 = Repr::Sparse(v);
+                }
+            }
             Repr::Sparse(v) => {
                 if let Err(i) = v.binary_search(&h) {
                     v.insert(i, h);
                     if v.len() > SPARSE_MAX {
-                        self.densify();
+                        self.0 = Repr::Dense(dense_of(v));
                     }
                 }
             }
@@ -98,38 +156,48 @@ impl Sketch {
         }
     }
 
-    fn densify(&mut self) {
-        if let Repr::Sparse(v) = &self.0 {
-            let mut d = Box::new([0u8; M]);
-            for &h in v {
-                register(&mut d, h);
-            }
-            self.0 = Repr::Dense(d);
-        }
-    }
-
     /// Union with `other`.
     pub fn merge(&mut self, other: &Sketch) {
-        match (&mut self.0, &other.0) {
-            (_, Repr::Sparse(o)) if o.is_empty() => {}
-            (Repr::Sparse(v), _) if v.is_empty() => *self = other.clone(),
-            (Repr::Sparse(_), Repr::Sparse(o)) => {
-                for &h in o {
-                    self.insert(h);
-                }
-            }
-            (Repr::Dense(d), Repr::Sparse(o)) => {
+        if other.exact().is_some_and(<[u64]>::is_empty) {
+            return;
+        }
+        if self.exact().is_some_and(<[u64]>::is_empty) {
+            self.clone_from(other);
+            return;
+        }
+        match (&mut self.0, other.exact()) {
+            (Repr::Dense(d), Some(o)) => {
                 for &h in o {
                     register(d, h);
                 }
             }
-            (Repr::Sparse(_), Repr::Dense(_)) => {
-                self.densify();
-                self.merge(other);
+            (Repr::Dense(d), None) => {
+                if let Repr::Dense(o) = &other.0 {
+                    for (a, b) in d.iter_mut().zip(o.iter()) {
+                        *a = (*a).max(*b);
+                    }
+                }
             }
-            (Repr::Dense(d), Repr::Dense(o)) => {
-                for (a, b) in d.iter_mut().zip(o.iter()) {
-                    *a = (*a).max(*b);
+            (_, Some(o)) => {
+                // Both exact: a merge of two sorted lists.
+                let Some(mine) = self.exact() else { return };
+                let mut v = Vec::with_capacity(mine.len() + o.len());
+                let (mut i, mut j) = (0, 0);
+                while i < mine.len() && j < o.len() {
+                    let (a, b) = (mine[i], o[j]);
+                    v.push(a.min(b));
+                    i += usize::from(a <= b);
+                    j += usize::from(b <= a);
+                }
+                v.extend_from_slice(&mine[i..]);
+                v.extend_from_slice(&o[j..]);
+                *self = Sketch::from_sorted(v);
+            }
+            (_, None) => {
+                let mine = self.exact().map(dense_of);
+                if let Some(d) = mine {
+                    self.0 = Repr::Dense(d);
+                    self.merge(other);
                 }
             }
         }
@@ -138,11 +206,16 @@ impl Sketch {
     /// Distinct actors: exact while sparse, else the HyperLogLog estimate.
     pub fn estimate(&self) -> i64 {
         match &self.0 {
+            Repr::Inline(n, _) => i64::from(*n),
             Repr::Sparse(v) => v.len() as i64,
             Repr::Dense(d) => {
                 let m = M as f64;
                 let alpha = 0.7213 / (1.0 + 1.079 / m);
-                let sum: f64 = d.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
+                // 2^-r exactly, from the exponent bits (r <= 64 - P + 1).
+                let sum: f64 = d
+                    .iter()
+                    .map(|&r| f64::from_bits((1023 - u64::from(r)) << 52))
+                    .sum();
                 let raw = alpha * m * m / sum;
                 let zeros = d.iter().filter(|&&r| r == 0).count();
                 let e = if raw <= 2.5 * m && zeros > 0 {
@@ -158,6 +231,7 @@ impl Sketch {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         match &self.0 {
+            Repr::Inline(..) => 0,
             Repr::Sparse(v) => v.capacity() * 8,
             Repr::Dense(_) => M,
         }
@@ -197,6 +271,22 @@ mod tests {
                 "{n} distinct estimated {e} ({:.1} %)",
                 rel * 100.0
             );
+        }
+    }
+
+    #[test]
+    fn every_size_has_one_representation() {
+        // Inserting one by one, merging and a changelog round trip give equal sketches.
+        for n in [0u64, 1, 2, 3, 5, 32, 33, 200] {
+            let one = sketch(0..n);
+            let mut merged = sketch(0..n / 2);
+            merged.merge(&sketch(n / 3..n));
+            assert_eq!(merged, one, "{n}");
+            let json = serde_json::to_vec(&one).unwrap();
+            assert_eq!(serde_json::from_slice::<Sketch>(&json).unwrap(), one, "{n}");
+            if n <= SPARSE_MAX as u64 {
+                assert_eq!(one.estimate(), n as i64);
+            }
         }
     }
 

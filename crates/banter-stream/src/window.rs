@@ -35,7 +35,7 @@ use hashbrown::{HashMap, HashSet};
 
 // Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
 // emits rows in the same order.
-use crate::store::Map;
+use crate::store::{Map, Set};
 
 use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
 use serde::{Deserialize, Serialize};
@@ -366,8 +366,8 @@ struct Post {
     first_60m: i64,
     late_events: i64,
     revision: i64,
-    /// Interactions per minute in the first hour (for time-to-N).
-    minutes: BTreeMap<i64, i64>,
+    /// Interactions per minute in the first hour (for time-to-N), by minute start, sorted.
+    minutes: Vec<(i64, i64)>,
     emitted_15: bool,
     emitted_60: bool,
     /// The offset that created this post's state.
@@ -406,16 +406,17 @@ pub struct Engine {
     seen: HashSet<u64>,
     /// The ids of `seen` by event minute, to forget them a minute at a time.
     seen_by_minute: BTreeMap<i64, SeenBucket>,
-    /// content -> first-hour state per publication time (normally exactly one).
-    posts: HashMap<String, Vec<Post>>,
+    /// content name id -> first-hour state per publication time (normally exactly one). Each
+    /// post holds a reference to its content name, so the id stays its own until it is forgotten.
+    posts: Map<u32, Vec<Post>>,
     /// Posts changed since the last [`Engine::post_changes`], and posts forgotten.
-    dirty_posts: HashSet<(String, i64)>,
+    dirty_posts: Set<(u32, i64)>,
     forgotten_posts: Vec<(String, i64)>,
     /// After a restore: first-hour state comes from the changelog as of this offset; the
     /// replayed input before it does not touch it.
     skip_posts_below: i64,
     /// Timers of restored posts, armed when the replay ends (they had not fired by then).
-    restored_timers: Vec<(i64, Timer, String, i64)>,
+    restored_timers: Vec<(i64, Timer, u32, i64)>,
     /// Idle advances since the restore point: next offset at the time -> watermark.
     idle: BTreeMap<i64, i64>,
     /// Idle advances still to repeat while replaying after a restore.
@@ -424,7 +425,7 @@ pub struct Engine {
     next_offset: i64,
     /// (due watermark, what, post): first-hour rows to emit and posts to forget, so a
     /// watermark advance never scans every post.
-    timers: BTreeSet<(i64, Timer, String, i64)>,
+    timers: BTreeSet<(i64, Timer, u32, i64)>,
     stats: Stats,
 }
 
@@ -440,8 +441,8 @@ impl Engine {
             closed_below: i64::MIN,
             seen: HashSet::new(),
             seen_by_minute: BTreeMap::new(),
-            posts: HashMap::new(),
-            dirty_posts: HashSet::new(),
+            posts: Map::default(),
+            dirty_posts: Set::default(),
             forgotten_posts: Vec::new(),
             skip_posts_below: i64::MIN,
             restored_timers: Vec::new(),
@@ -491,16 +492,17 @@ impl Engine {
         let seen = self.seen.len() * (2 * size_of::<u64>() + 8);
         let posts: usize = self
             .posts
-            .iter()
-            .map(|(c, v)| {
-                c.capacity()
-                    + size_of::<String>()
+            .values()
+            .map(|v| {
+                size_of::<(u32, Vec<Post>)>()
                     + v.iter()
                         .map(|p| {
                             size_of::<Post>()
                                 + p.account_id.capacity()
-                                + p.minutes.len() * 24
-                                + 3 * (size_of::<(i64, Timer, String, i64)>() + c.capacity())
+                                + p.minutes.capacity() * 16
+                                + p.engagers_15.heap_bytes()
+                                + p.engagers_60.heap_bytes()
+                                + 3 * (size_of::<(i64, Timer, u32, i64)>() + 8)
                         })
                         .sum::<usize>()
             })
@@ -525,8 +527,10 @@ impl Engine {
 
     /// The publication time of a post with first-hour state (its latest incarnation).
     pub fn published_at(&self, content: &str) -> Option<i64> {
-        self.posts
+        self.names
+            .ids
             .get(content)
+            .and_then(|c| self.posts.get(c))
             .and_then(|v| v.iter().map(|p| p.published_at).max())
     }
 
@@ -572,7 +576,10 @@ impl Engine {
                 .get(&c)
                 .and_then(|v| v.iter().find(|x| x.published_at == p));
             if let Some(v) = post.and_then(|post| serde_json::to_vec(post).ok()) {
-                out.push((format!("{c}\u{1f}{p}"), Some(v)));
+                out.push((
+                    format!("{}\u{1f}{p}", self.names.names[c as usize]),
+                    Some(v),
+                ));
             }
         }
         out
@@ -595,13 +602,18 @@ impl Engine {
         if !post.emitted_60 {
             timers.push((p + 60 * MINUTE, Timer::First60m));
         }
+        let c = self.names.intern(content);
         for (due, t) in timers {
-            self.restored_timers.push((due, t, content.to_owned(), p));
+            self.restored_timers.push((due, t, c, p));
         }
-        let v = self.posts.entry(content.to_owned()).or_default();
-        v.retain(|x| x.published_at != p);
-        v.push(post);
-        v.sort_by_key(|x| x.published_at);
+        let v = self.posts.entry(c).or_default();
+        if let Some(i) = v.iter().position(|x| x.published_at == p) {
+            v[i] = post;
+        } else {
+            v.push(post);
+            v.sort_by_key(|x| x.published_at);
+            self.names.retain(c);
+        }
         Ok(())
     }
 
@@ -720,10 +732,8 @@ impl Engine {
         }
         let a = self.names.intern(&e.account_id);
         let account = key(a, None);
-        let post = e.content_id.as_deref().map(|c| {
-            let c = self.names.intern(c);
-            key(a, Some(c))
-        });
+        let content = e.content_id.as_deref().map(|c| self.names.intern(c));
+        let post = content.map(|c| key(a, Some(c)));
         let actor = engager(e);
         let pane = self.panes.entry(minute).or_insert_with(|| Pane {
             counts: Map::default(),
@@ -740,7 +750,9 @@ impl Engine {
                 }
             }
         }
-        self.first_hour(e, actor, mark, minute, late, out);
+        if let Some(c) = content {
+            self.first_hour(e, c, actor, mark, minute, late, out);
+        }
         if late {
             let emitted_at = self.watermark;
             let before = out.len();
@@ -762,9 +774,11 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn first_hour(
         &mut self,
         e: &EngagementEvent,
+        content: u32,
         actor: Option<u64>,
         mark: Mark,
         minute: i64,
@@ -775,7 +789,6 @@ impl Engine {
         if offset < self.skip_posts_below {
             return; // the restored first-hour state already holds it
         }
-        let Some(content) = &e.content_id else { return };
         let published = if e.kind == Kind::PostPublished {
             e.content_published_at.or(Some(e.event_time))
         } else {
@@ -784,7 +797,7 @@ impl Engine {
         // A post's first-hour state is identified by (content, publication time), so that an
         // inconsistent publication time cannot make a replay differ. Events without one
         // count toward the post's latest known publication.
-        let incarnations = self.posts.get(content);
+        let incarnations = self.posts.get(&content);
         let p = match (published, incarnations.and_then(|v| v.last())) {
             (Some(p), _) => p,
             (None, Some(post)) => post.published_at,
@@ -796,20 +809,23 @@ impl Engine {
             if p + 60 * MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
                 return;
             }
-            self.posts.entry(content.clone()).or_default().push(Post {
+            let v = self.posts.entry(content).or_default();
+            v.push(Post {
                 account_id: e.account_id.clone(),
                 published_at: p,
                 created: offset,
                 ..Default::default()
             });
-            self.dirty_posts.insert((content.clone(), p));
+            v.sort_by_key(|x| x.published_at);
+            self.names.retain(content);
+            self.dirty_posts.insert((content, p));
             let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
             for (due, t) in [
                 (p + 15 * MINUTE, Timer::First15m),
                 (p + 60 * MINUTE, Timer::First60m),
                 (forget, Timer::Forget),
             ] {
-                self.timers.insert((due, t, content.clone(), p));
+                self.timers.insert((due, t, content, p));
             }
         }
         let d = e.interaction_delta();
@@ -818,15 +834,18 @@ impl Engine {
         }
         let Some(post) = self
             .posts
-            .get_mut(content)
+            .get_mut(&content)
             .and_then(|v| v.iter_mut().find(|x| x.published_at == p))
         else {
             return;
         };
         post.revision = post.revision.max(offset);
-        self.dirty_posts.insert((content.clone(), p));
+        self.dirty_posts.insert((content, p));
         post.first_60m += d;
-        *post.minutes.entry(minute).or_default() += d;
+        match post.minutes.binary_search_by_key(&minute, |&(m, _)| m) {
+            Ok(i) => post.minutes[i].1 += d,
+            Err(i) => post.minutes.insert(i, (minute, d)),
+        }
         if e.event_time < p + 15 * MINUTE {
             post.first_15m += d;
         }
@@ -934,14 +953,14 @@ impl Engine {
                     } else {
                         WindowKind::First60m
                     };
-                    if let Some(p) = self.post_mut(&content, published) {
+                    if let Some(p) = self.post_mut(content, published) {
                         match w {
                             WindowKind::First15m => p.emitted_15 = true,
                             _ => p.emitted_60 = true,
                         }
-                        self.dirty_posts.insert((content.clone(), published));
+                        self.dirty_posts.insert((content, published));
                     }
-                    self.emit_first(&content, published, w, wm, out);
+                    self.emit_first(content, published, w, wm, out);
                 }
                 Timer::Forget => {
                     let mut removed = None;
@@ -954,9 +973,10 @@ impl Engine {
                         }
                     }
                     if removed.is_some() {
-                        let k = (content.clone(), published);
-                        self.dirty_posts.remove(&k);
-                        self.forgotten_posts.push(k);
+                        self.dirty_posts.remove(&(content, published));
+                        let name = self.names.names[content as usize].clone();
+                        self.forgotten_posts.push((name, published));
+                        self.names.release(content);
                     }
                 }
             }
@@ -997,15 +1017,15 @@ impl Engine {
         }
     }
 
-    fn post_mut(&mut self, content: &str, published: i64) -> Option<&mut Post> {
+    fn post_mut(&mut self, content: u32, published: i64) -> Option<&mut Post> {
         self.posts
-            .get_mut(content)
+            .get_mut(&content)
             .and_then(|v| v.iter_mut().find(|x| x.published_at == published))
     }
 
     fn emit_first(
         &mut self,
-        content: &str,
+        content: u32,
         published: i64,
         w: WindowKind,
         emitted_at: i64,
@@ -1013,7 +1033,7 @@ impl Engine {
     ) {
         let Some(p) = self
             .posts
-            .get(content)
+            .get(&content)
             .and_then(|v| v.iter().find(|x| x.published_at == published))
         else {
             return;
@@ -1032,7 +1052,7 @@ impl Engine {
         }
         .row(
             p.account_id.clone(),
-            Some(content.to_owned()),
+            Some(self.names.names[content as usize].clone()),
             w,
             published,
             published + span * MINUTE,

@@ -22,6 +22,7 @@ pub static SPECIALIZED: Specialized<EngagementEvent> = Specialized {
     fingerprint: FINGERPRINT,
     encode,
     decode,
+    decode_into: Some(decode_into),
 };
 
 fn index_of<T: PartialEq>(all: &[T], v: &T) -> i64 {
@@ -64,41 +65,58 @@ fn encode(e: &EngagementEvent, out: &mut Vec<u8>) {
     write_long(out, e.received_at);
 }
 
-fn owned(s: Option<&str>) -> Option<String> {
-    s.map(str::to_owned)
+/// Overwrites a string, keeping its buffer.
+fn set(dst: &mut String, s: &str) {
+    dst.clear();
+    dst.push_str(s);
+}
+
+/// Overwrites an optional string, keeping the buffer when both are present.
+fn set_opt(dst: &mut Option<String>, s: Option<&str>) {
+    match (dst.as_mut(), s) {
+        (Some(d), Some(s)) => set(d, s),
+        (None, Some(s)) => *dst = Some(s.to_owned()),
+        (_, None) => *dst = None,
+    }
 }
 
 fn decode(body: &[u8]) -> Result<(EngagementEvent, usize), ReadError> {
+    let mut e = EngagementEvent::empty();
+    let rest = decode_into(body, &mut e)?;
+    Ok((e, rest))
+}
+
+/// Reads a body into `e`, reusing its strings' buffers: after the first few events a stream of
+/// them decodes without allocating. On error `e` is partly overwritten.
+fn decode_into(body: &[u8], e: &mut EngagementEvent) -> Result<usize, ReadError> {
     let mut r = Reader::new(body);
-    let e = EngagementEvent {
-        event_id: r.str()?.to_owned(),
-        platform: r.enumeration("platform", Platform::ALL)?,
-        kind: r.enumeration("kind", Kind::ALL)?,
-        action: r.enumeration("action", Action::ALL)?,
-        account_id: r.str()?.to_owned(),
-        content_id: owned(r.opt_str()?),
-        content_type: if r.nullable()? {
-            Some(r.enumeration("content_type", ContentType::ALL)?)
-        } else {
-            None
-        },
-        content_published_at: r.opt_long()?,
-        object_id: owned(r.opt_str()?),
-        parent_id: owned(r.opt_str()?),
-        thread_id: owned(r.opt_str()?),
-        actor_id: owned(r.opt_str()?),
-        is_brand_actor: r.boolean()?,
-        text: owned(r.opt_str()?),
-        reaction: owned(r.opt_str()?),
-        cta_campaign_id: owned(r.opt_str()?),
-        cta_keyword: owned(r.opt_str()?),
-        ref_: owned(r.opt_str()?),
-        click_id: owned(r.opt_str()?),
-        value: r.opt_double()?,
-        currency: owned(r.opt_str()?),
-        event_time: r.long()?,
-        event_time_source: r.enumeration("event_time_source", EventTimeSource::ALL)?,
-        received_at: r.long()?,
+    set(&mut e.event_id, r.str()?);
+    e.platform = r.enumeration("platform", Platform::ALL)?;
+    e.kind = r.enumeration("kind", Kind::ALL)?;
+    e.action = r.enumeration("action", Action::ALL)?;
+    set(&mut e.account_id, r.str()?);
+    set_opt(&mut e.content_id, r.opt_str()?);
+    e.content_type = if r.nullable()? {
+        Some(r.enumeration("content_type", ContentType::ALL)?)
+    } else {
+        None
     };
-    Ok((e, r.remaining()))
+    e.content_published_at = r.opt_long()?;
+    set_opt(&mut e.object_id, r.opt_str()?);
+    set_opt(&mut e.parent_id, r.opt_str()?);
+    set_opt(&mut e.thread_id, r.opt_str()?);
+    set_opt(&mut e.actor_id, r.opt_str()?);
+    e.is_brand_actor = r.boolean()?;
+    set_opt(&mut e.text, r.opt_str()?);
+    set_opt(&mut e.reaction, r.opt_str()?);
+    set_opt(&mut e.cta_campaign_id, r.opt_str()?);
+    set_opt(&mut e.cta_keyword, r.opt_str()?);
+    set_opt(&mut e.ref_, r.opt_str()?);
+    set_opt(&mut e.click_id, r.opt_str()?);
+    e.value = r.opt_double()?;
+    set_opt(&mut e.currency, r.opt_str()?);
+    e.event_time = r.long()?;
+    e.event_time_source = r.enumeration("event_time_source", EventTimeSource::ALL)?;
+    e.received_at = r.long()?;
+    Ok(r.remaining())
 }

@@ -159,6 +159,9 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Sized + 'static {
 /// Reads one body: the value and how many bytes were left over.
 pub type BodyDecoder<T> = fn(&[u8]) -> Result<(T, usize), binary::ReadError>;
 
+/// Reads one body into an existing value; returns how many bytes were left over.
+pub type BodyDecoderInto<T> = fn(&[u8], &mut T) -> Result<usize, binary::ReadError>;
+
 /// A hand-written Avro body codec of one schema version, identified by its fingerprint.
 #[derive(Debug)]
 pub struct Specialized<T> {
@@ -168,6 +171,9 @@ pub struct Specialized<T> {
     pub encode: fn(&T, &mut Vec<u8>),
     /// Reads a body; returns the value and how many bytes were left over.
     pub decode: BodyDecoder<T>,
+    /// Reads a body into an existing value, reusing its buffers; returns how many bytes were
+    /// left over.
+    pub decode_into: Option<BodyDecoderInto<T>>,
 }
 
 /// Encoder and decoder of one record type; see the module docs.
@@ -304,6 +310,32 @@ impl<T: AvroRecord> Codec<T> {
             }
         }
         self.decode_serde(bytes)
+    }
+
+    /// Decodes one message into `value`, reusing its buffers where the hand-written codec
+    /// can (the stream processor's hot path); otherwise like [`Codec::decode`]. On error
+    /// `value` may be partly overwritten.
+    pub fn decode_into(&self, bytes: &[u8], value: &mut T) -> Result<(), CodecError> {
+        let into = self.specialized.and_then(|s| s.decode_into);
+        match into {
+            Some(into) if Self::peek_fingerprint(bytes) == Some(self.current.fingerprint) => {
+                let trailing = into(&bytes[HEADER_LEN..], value).map_err(|e| CodecError::Body {
+                    record: T::NAME,
+                    detail: e.to_string(),
+                })?;
+                if trailing != 0 {
+                    return Err(CodecError::Trailing {
+                        trailing,
+                        record: T::NAME,
+                    });
+                }
+                Ok(())
+            }
+            _ => {
+                *value = self.decode(bytes)?;
+                Ok(())
+            }
+        }
     }
 
     /// Decodes one message with `serde_avro_fast` (serde path), from any registered writer
