@@ -383,10 +383,30 @@ struct Pane {
     mark: Mark,
 }
 
-/// The dedup ids of one event minute.
+/// Hashes [`id_hash`] values (already uniform 64-bit hashes) as themselves.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// The dedup ids of one event minute. An `event_id` includes its event time, so a duplicate
+/// falls in the same minute as the original: looking only there finds it, and a minute's ids
+/// are forgotten all at once.
 #[derive(Debug, Clone)]
 struct SeenBucket {
-    ids: Vec<u64>,
+    ids: HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>,
     mark: Mark,
 }
 
@@ -402,9 +422,7 @@ pub struct Engine {
     names: Names,
     /// Minutes whose MINUTE rows have been emitted at least once (all below this are).
     closed_below: i64,
-    /// event_id -> event time, while the event's window can change.
-    seen: HashSet<u64>,
-    /// The ids of `seen` by event minute, to forget them a minute at a time.
+    /// Hashes of the event ids seen, by event minute, while the minute can change.
     seen_by_minute: BTreeMap<i64, SeenBucket>,
     /// content name id -> first-hour state per publication time (normally exactly one). Each
     /// post holds a reference to its content name, so the id stays its own until it is forgotten.
@@ -439,7 +457,6 @@ impl Engine {
             panes: BTreeMap::new(),
             names: Names::default(),
             closed_below: i64::MIN,
-            seen: HashSet::new(),
             seen_by_minute: BTreeMap::new(),
             posts: Map::default(),
             dirty_posts: Set::default(),
@@ -467,7 +484,7 @@ impl Engine {
     /// Approximate state size: panes' keys, dedup entries, posts.
     pub fn state_entries(&self) -> usize {
         self.panes.values().map(|p| p.counts.len()).sum::<usize>()
-            + self.seen.len()
+            + self.seen_entries()
             + self.posts.values().map(Vec::len).sum::<usize>()
     }
 
@@ -489,7 +506,11 @@ impl Engine {
             .map(|(_, c)| size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8)
             .sum();
         // Set entry + bucket entry.
-        let seen = self.seen.len() * (2 * size_of::<u64>() + 8);
+        let seen: usize = self
+            .seen_by_minute
+            .values()
+            .map(|b| b.ids.capacity() * (size_of::<u64>() + 1))
+            .sum();
         let posts: usize = self
             .posts
             .values()
@@ -508,6 +529,10 @@ impl Engine {
             })
             .sum();
         panes + seen + posts + self.names.heap_bytes()
+    }
+
+    fn seen_entries(&self) -> usize {
+        self.seen_by_minute.values().map(|b| b.ids.len()).sum()
     }
 
     /// Account and post names currently interned (referred to by some pane).
@@ -714,18 +739,19 @@ impl Engine {
             return;
         }
         let id = id_hash(&e.event_id);
-        if !self.seen.insert(id) {
-            self.stats.duplicates += 1;
-            return;
-        }
-        self.seen_by_minute
+        let fresh = self
+            .seen_by_minute
             .entry(minute)
             .or_insert_with(|| SeenBucket {
-                ids: Vec::new(),
+                ids: HashSet::default(),
                 mark,
             })
             .ids
-            .push(id);
+            .insert(id);
+        if !fresh {
+            self.stats.duplicates += 1;
+            return;
+        }
         let late = minute < self.closed_below;
         if late {
             self.stats.late += 1;
@@ -1102,11 +1128,7 @@ impl Engine {
             if m + MINUTE > seen_horizon {
                 break;
             }
-            if let Some((_, b)) = self.seen_by_minute.pop_first() {
-                for id in b.ids {
-                    self.seen.remove(&id);
-                }
-            }
+            self.seen_by_minute.pop_first();
         }
     }
 }
