@@ -3,6 +3,8 @@
 //!
 //! Their Avro schemas live beside the event's in `schemas/avro/`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::TimestampMillis;
@@ -31,11 +33,11 @@ pub enum WindowKind {
 /// Aggregates of one account (`content_id` = None) or one post in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollup {
-    /// The brand's account.
-    pub account_id: String,
+    /// The brand's account (shared: the stream processor emits many rows per name).
+    pub account_id: Arc<str>,
     /// The post; None for the account-level rollup.
     #[serde(default)]
-    pub content_id: Option<String>,
+    pub content_id: Option<Arc<str>>,
     /// Which window.
     pub window: WindowKind,
     /// Window start (inclusive).

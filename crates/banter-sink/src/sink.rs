@@ -144,8 +144,8 @@ pub struct RollupRow {
 impl From<Rollup> for RollupRow {
     fn from(r: Rollup) -> Self {
         RollupRow {
-            account_id: r.account_id,
-            content_id: r.content_id.unwrap_or_default(),
+            account_id: r.account_id.to_string(),
+            content_id: r.content_id.as_deref().unwrap_or_default().to_owned(),
             window_kind: r.window.as_str(),
             window_start_ms: r.window_start,
             window_end_ms: r.window_end,
@@ -658,7 +658,7 @@ pub async fn run(
                     .err()
                     .map(undecodable)
             } else if topic == k.topics.rollups {
-                decode::<Rollup, _>(payload, src, |r| r.account_id.clone())
+                decode::<Rollup, _>(payload, src, |r| r.account_id.to_string())
                     .map(|p| batch.rollups.push(p))
                     .err()
                     .map(undecodable)

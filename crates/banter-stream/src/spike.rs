@@ -19,6 +19,7 @@
 //!   to; minutes before [`Detector::done_below`] were judged before a restore and are skipped.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use banter_model::{AlertState, Rollup, SpikeAlert, WindowKind};
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ use crate::window::MINUTE;
 /// One minute's rows of one account: its posts' and its own.
 #[derive(Debug, Clone, Default)]
 struct AccountRows {
-    posts: Vec<(String, Pending)>,
+    posts: Vec<(Arc<str>, Pending)>,
     account: Option<Pending>,
 }
 
@@ -240,11 +241,11 @@ impl Detector {
         let minute = self.pending.entry(r.window_start).or_default();
         match &r.content_id {
             None if self.cfg.enabled && self.cfg.accounts => {
-                minute.entry_ref(r.account_id.as_str()).or_default().account = Some(p);
+                minute.entry_ref(&*r.account_id).or_default().account = Some(p);
             }
             Some(c) if self.cfg.enabled && self.cfg.posts => {
                 minute
-                    .entry_ref(r.account_id.as_str())
+                    .entry_ref(&*r.account_id)
                     .or_default()
                     .posts
                     .push((c.clone(), p));
@@ -292,7 +293,7 @@ impl Detector {
             a.posts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
             let mut young_sum = 0i64;
             for (content, p) in a.posts {
-                let key = (false, account.clone(), content);
+                let key = (false, account.clone(), content.to_string());
                 match self.judge(&key, m, p.x, p.published, out) {
                     Judged::Young => young_sum += p.x,
                     Judged::Joins(b) => {

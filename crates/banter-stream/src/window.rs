@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 
@@ -144,8 +145,9 @@ fn key(account: u32, content: Option<u32>) -> Key {
 /// post holds a reference to its names; a name nobody refers to is forgotten.
 #[derive(Debug, Clone, Default)]
 struct Names {
-    ids: HashMap<String, u32, foldhash::fast::FixedState>,
-    names: Vec<String>,
+    ids: HashMap<Arc<str>, u32, foldhash::fast::FixedState>,
+    /// Shared with the rows that carry them: emitting a row does not copy its names.
+    names: Vec<Arc<str>>,
     refs: Vec<u32>,
     free: Vec<u32>,
 }
@@ -156,18 +158,19 @@ impl Names {
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
+        let name: Arc<str> = Arc::from(name);
         let id = match self.free.pop() {
             Some(id) => {
-                self.names[id as usize] = name.to_owned();
+                self.names[id as usize] = Arc::clone(&name);
                 id
             }
             None => {
-                self.names.push(name.to_owned());
+                self.names.push(Arc::clone(&name));
                 self.refs.push(0);
                 u32::try_from(self.names.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.ids.insert(name.to_owned(), id);
+        self.ids.insert(name, id);
         id
     }
 
@@ -179,7 +182,7 @@ impl Names {
         let r = &mut self.refs[id as usize];
         *r = r.saturating_sub(1);
         if *r == 0 {
-            let name = std::mem::take(&mut self.names[id as usize]);
+            let name = std::mem::replace(&mut self.names[id as usize], Arc::from(""));
             self.ids.remove(&name);
             self.free.push(id);
         }
@@ -199,11 +202,11 @@ impl Names {
         }
     }
 
-    fn account(&self, k: Key) -> String {
+    fn account(&self, k: Key) -> Arc<str> {
         self.names[(k >> 32) as usize].clone()
     }
 
-    fn content(&self, k: Key) -> Option<String> {
+    fn content(&self, k: Key) -> Option<Arc<str>> {
         match k & 0xffff_ffff {
             0 => None,
             c => Some(self.names[(c - 1) as usize].clone()),
@@ -213,7 +216,7 @@ impl Names {
     fn heap_bytes(&self) -> usize {
         self.names
             .iter()
-            .map(|n| 2 * n.capacity() + 48)
+            .map(|n| 2 * (n.len() + 16) + 48)
             .sum::<usize>()
             + self.refs.len() * 4
     }
@@ -311,8 +314,8 @@ impl Counts {
 
     fn row(
         &self,
-        account_id: String,
-        content_id: Option<String>,
+        account_id: Arc<str>,
+        content_id: Option<Arc<str>>,
         window: WindowKind,
         start: i64,
         end: i64,
@@ -360,7 +363,7 @@ fn velocity(names: &Names, k: Key, sum: &Counts, end: i64, emitted_at: i64) -> R
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Post {
-    account_id: String,
+    account_id: Arc<str>,
     published_at: i64,
     first_15m: i64,
     first_60m: i64,
@@ -519,7 +522,7 @@ impl Engine {
                     + v.iter()
                         .map(|p| {
                             size_of::<Post>()
-                                + p.account_id.capacity()
+                                + p.account_id.len()
                                 + p.minutes.capacity() * 16
                                 + p.engagers_15.heap_bytes()
                                 + p.engagers_60.heap_bytes()
@@ -837,7 +840,11 @@ impl Engine {
             }
             let v = self.posts.entry(content).or_default();
             v.push(Post {
-                account_id: e.account_id.clone(),
+                account_id: self
+                    .names
+                    .ids
+                    .get_key_value(e.account_id.as_str())
+                    .map_or_else(|| Arc::from(e.account_id.as_str()), |(a, _)| Arc::clone(a)),
                 published_at: p,
                 created: offset,
                 ..Default::default()
@@ -1000,7 +1007,7 @@ impl Engine {
                     }
                     if removed.is_some() {
                         self.dirty_posts.remove(&(content, published));
-                        let name = self.names.names[content as usize].clone();
+                        let name = self.names.names[content as usize].to_string();
                         self.forgotten_posts.push((name, published));
                         self.names.release(content);
                     }
@@ -1078,7 +1085,7 @@ impl Engine {
         }
         .row(
             p.account_id.clone(),
-            Some(self.names.names[content as usize].clone()),
+            Some(Arc::clone(&self.names.names[content as usize])),
             w,
             published,
             published + span * MINUTE,

@@ -154,7 +154,7 @@ async fn a_rejected_row_is_dead_lettered_and_the_others_land() {
         producer
             .send(
                 FutureRecord::to(&cfg.kafka.topics.rollups)
-                    .key(&r.account_id)
+                    .key(r.account_id.as_bytes())
                     .payload(&bytes),
                 Duration::from_secs(10),
             )

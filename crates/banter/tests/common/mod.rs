@@ -244,8 +244,8 @@ impl Rollups {
             let r = Rollup::codec().decode(payload).unwrap();
             self.seen += 1;
             let key = (
-                r.account_id.clone(),
-                r.content_id.clone(),
+                r.account_id.to_string(),
+                r.content_id.as_deref().map(str::to_owned),
                 r.window,
                 r.window_start,
             );
@@ -541,8 +541,8 @@ pub async fn clickhouse_rollups(
         let prev = out.insert(
             key,
             Rollup {
-                account_id: r.account_id,
-                content_id: content,
+                account_id: r.account_id.into(),
+                content_id: content.map(Into::into),
                 window,
                 window_start: r.window_start_ms,
                 window_end: r.window_end_ms,
