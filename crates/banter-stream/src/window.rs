@@ -36,7 +36,7 @@ use hashbrown::{HashMap, HashSet};
 
 // Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
 // emits rows in the same order.
-use crate::store::{Map, Set};
+use crate::store::Map;
 
 use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
 use serde::{Deserialize, Serialize};
@@ -377,6 +377,9 @@ struct Post {
     created: i64,
     engagers_15: Sketch,
     engagers_60: Sketch,
+    /// Listed in `Engine::dirty_posts` (not stored).
+    #[serde(skip)]
+    dirty: bool,
 }
 
 /// One minute of panes: the counts per key and the mark of the event that created it.
@@ -427,11 +430,14 @@ pub struct Engine {
     closed_below: i64,
     /// Hashes of the event ids seen, by event minute, while the minute can change.
     seen_by_minute: BTreeMap<i64, SeenBucket>,
-    /// content name id -> first-hour state per publication time (normally exactly one). Each
-    /// post holds a reference to its content name, so the id stays its own until it is forgotten.
-    posts: Map<u32, Vec<Post>>,
-    /// Posts changed since the last [`Engine::post_changes`], and posts forgotten.
-    dirty_posts: Set<(u32, i64)>,
+    /// (content name id, publication time) -> first-hour state. Each post holds a reference to
+    /// its content name, so the id stays its own until the post is forgotten.
+    posts: Map<(u32, i64), Post>,
+    /// content name id -> the publication times with state, sorted (normally exactly one).
+    publications: Map<u32, Vec<i64>>,
+    /// Posts changed since the last [`Engine::post_changes`] (each once: `Post::dirty`), and
+    /// posts forgotten.
+    dirty_posts: Vec<(u32, i64)>,
     forgotten_posts: Vec<(String, i64)>,
     /// After a restore: first-hour state comes from the changelog as of this offset; the
     /// replayed input before it does not touch it.
@@ -462,7 +468,8 @@ impl Engine {
             closed_below: i64::MIN,
             seen_by_minute: BTreeMap::new(),
             posts: Map::default(),
-            dirty_posts: Set::default(),
+            publications: Map::default(),
+            dirty_posts: Vec::new(),
             forgotten_posts: Vec::new(),
             skip_posts_below: i64::MIN,
             restored_timers: Vec::new(),
@@ -488,7 +495,7 @@ impl Engine {
     pub fn state_entries(&self) -> usize {
         self.panes.values().map(|p| p.counts.len()).sum::<usize>()
             + self.seen_entries()
-            + self.posts.values().map(Vec::len).sum::<usize>()
+            + self.posts.len()
     }
 
     /// The highest event time seen (i64::MIN before the first event).
@@ -517,20 +524,16 @@ impl Engine {
         let posts: usize = self
             .posts
             .values()
-            .map(|v| {
-                size_of::<(u32, Vec<Post>)>()
-                    + v.iter()
-                        .map(|p| {
-                            size_of::<Post>()
-                                + p.account_id.len()
-                                + p.minutes.capacity() * 16
-                                + p.engagers_15.heap_bytes()
-                                + p.engagers_60.heap_bytes()
-                                + 3 * (size_of::<(i64, Timer, u32, i64)>() + 8)
-                        })
-                        .sum::<usize>()
+            .map(|p| {
+                size_of::<((u32, i64), Post)>()
+                    + 8
+                    + p.minutes.capacity() * 16
+                    + p.engagers_15.heap_bytes()
+                    + p.engagers_60.heap_bytes()
+                    + 3 * (size_of::<(i64, Timer, u32, i64)>() + 8)
             })
-            .sum();
+            .sum::<usize>()
+            + self.publications.len() * (size_of::<(u32, Vec<i64>)>() + 16);
         panes + seen + posts + self.names.heap_bytes()
     }
 
@@ -545,7 +548,7 @@ impl Engine {
 
     /// Posts with first-hour state.
     pub fn posts(&self) -> usize {
-        self.posts.values().map(Vec::len).sum()
+        self.posts.len()
     }
 
     /// Every minute before this one is closed: its MINUTE row was emitted.
@@ -558,8 +561,8 @@ impl Engine {
         self.names
             .ids
             .get(content)
-            .and_then(|c| self.posts.get(c))
-            .and_then(|v| v.iter().map(|p| p.published_at).max())
+            .and_then(|c| self.publications.get(c))
+            .and_then(|v| v.last().copied())
     }
 
     /// The next input offset this engine expects (one past the last processed).
@@ -599,11 +602,11 @@ impl Engine {
             .map(|(c, p)| (format!("{c}\u{1f}{p}"), None))
             .collect();
         for (c, p) in std::mem::take(&mut self.dirty_posts) {
-            let post = self
-                .posts
-                .get(&c)
-                .and_then(|v| v.iter().find(|x| x.published_at == p));
-            if let Some(v) = post.and_then(|post| serde_json::to_vec(post).ok()) {
+            let Some(post) = self.posts.get_mut(&(c, p)) else {
+                continue; // forgotten since
+            };
+            post.dirty = false;
+            if let Ok(v) = serde_json::to_vec(post) {
                 out.push((
                     format!("{}\u{1f}{p}", self.names.names[c as usize]),
                     Some(v),
@@ -631,18 +634,40 @@ impl Engine {
             timers.push((p + 60 * MINUTE, Timer::First60m));
         }
         let c = self.names.intern(content);
-        for (due, t) in timers {
-            self.restored_timers.push((due, t, c, p));
-        }
-        let v = self.posts.entry(c).or_default();
-        if let Some(i) = v.iter().position(|x| x.published_at == p) {
-            v[i] = post;
-        } else {
-            v.push(post);
-            v.sort_by_key(|x| x.published_at);
-            self.names.retain(c);
+        if self.add_post(c, post) {
+            for (due, t) in timers {
+                self.restored_timers.push((due, t, c, p));
+            }
         }
         Ok(())
+    }
+
+    /// Holds `post` as content `c`'s state for its publication time, replacing any; true when
+    /// there was none.
+    fn add_post(&mut self, c: u32, post: Post) -> bool {
+        let p = post.published_at;
+        if self.posts.insert((c, p), post).is_some() {
+            return false;
+        }
+        let v = self.publications.entry(c).or_default();
+        if let Err(i) = v.binary_search(&p) {
+            v.insert(i, p);
+        }
+        self.names.retain(c);
+        true
+    }
+
+    /// Forgets content `c`'s state for publication time `p`.
+    fn remove_post(&mut self, c: u32, p: i64) -> Option<Post> {
+        let post = self.posts.remove(&(c, p))?;
+        if let Some(v) = self.publications.get_mut(&c) {
+            v.retain(|&x| x != p);
+            if v.is_empty() {
+                self.publications.remove(&c);
+            }
+        }
+        self.names.release(c);
+        Some(post)
     }
 
     /// The offset replay starts from after a restore from `cp`.
@@ -826,32 +851,34 @@ impl Engine {
         // A post's first-hour state is identified by (content, publication time), so that an
         // inconsistent publication time cannot make a replay differ. Events without one
         // count toward the post's latest known publication.
-        let incarnations = self.posts.get(&content);
-        let p = match (published, incarnations.and_then(|v| v.last())) {
-            (Some(p), _) => p,
-            (None, Some(post)) => post.published_at,
-            (None, None) => return,
+        let p = match published {
+            Some(p) => p,
+            None => match self.publications.get(&content).and_then(|v| v.last()) {
+                Some(&p) => p,
+                None => return,
+            },
         };
-        let known = incarnations.is_some_and(|v| v.iter().any(|x| x.published_at == p));
-        if !known {
+        if !self.posts.contains_key(&(content, p)) {
             // Only posts whose first hour can still change get state.
             if p + 60 * MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
                 return;
             }
-            let v = self.posts.entry(content).or_default();
-            v.push(Post {
-                account_id: self
-                    .names
-                    .ids
-                    .get_key_value(e.account_id.as_str())
-                    .map_or_else(|| Arc::from(e.account_id.as_str()), |(a, _)| Arc::clone(a)),
-                published_at: p,
-                created: offset,
-                ..Default::default()
-            });
-            v.sort_by_key(|x| x.published_at);
-            self.names.retain(content);
-            self.dirty_posts.insert((content, p));
+            let account_id = self
+                .names
+                .ids
+                .get_key_value(e.account_id.as_str())
+                .map_or_else(|| Arc::from(e.account_id.as_str()), |(a, _)| Arc::clone(a));
+            self.add_post(
+                content,
+                Post {
+                    account_id,
+                    published_at: p,
+                    created: offset,
+                    dirty: true,
+                    ..Default::default()
+                },
+            );
+            self.dirty_posts.push((content, p));
             let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
             for (due, t) in [
                 (p + 15 * MINUTE, Timer::First15m),
@@ -865,15 +892,14 @@ impl Engine {
         if d == 0 || e.event_time < p || e.event_time >= p + 60 * MINUTE {
             return;
         }
-        let Some(post) = self
-            .posts
-            .get_mut(&content)
-            .and_then(|v| v.iter_mut().find(|x| x.published_at == p))
-        else {
+        let Some(post) = self.posts.get_mut(&(content, p)) else {
             return;
         };
         post.revision = post.revision.max(offset);
-        self.dirty_posts.insert((content, p));
+        if !post.dirty {
+            post.dirty = true;
+            self.dirty_posts.push((content, p));
+        }
         post.first_60m += d;
         match post.minutes.binary_search_by_key(&minute, |&(m, _)| m) {
             Ok(i) => post.minutes[i].1 += d,
@@ -986,30 +1012,22 @@ impl Engine {
                     } else {
                         WindowKind::First60m
                     };
-                    if let Some(p) = self.post_mut(content, published) {
+                    if let Some(p) = self.posts.get_mut(&(content, published)) {
                         match w {
                             WindowKind::First15m => p.emitted_15 = true,
                             _ => p.emitted_60 = true,
                         }
-                        self.dirty_posts.insert((content, published));
+                        if !p.dirty {
+                            p.dirty = true;
+                            self.dirty_posts.push((content, published));
+                        }
                     }
                     self.emit_first(content, published, w, wm, out);
                 }
                 Timer::Forget => {
-                    let mut removed = None;
-                    if let Some(v) = self.posts.get_mut(&content) {
-                        if let Some(i) = v.iter().position(|x| x.published_at == published) {
-                            removed = Some(v.remove(i));
-                        }
-                        if v.is_empty() {
-                            self.posts.remove(&content);
-                        }
-                    }
-                    if removed.is_some() {
-                        self.dirty_posts.remove(&(content, published));
-                        let name = self.names.names[content as usize].to_string();
+                    let name = self.names.names[content as usize].to_string();
+                    if self.remove_post(content, published).is_some() {
                         self.forgotten_posts.push((name, published));
-                        self.names.release(content);
                     }
                 }
             }
@@ -1050,12 +1068,6 @@ impl Engine {
         }
     }
 
-    fn post_mut(&mut self, content: u32, published: i64) -> Option<&mut Post> {
-        self.posts
-            .get_mut(&content)
-            .and_then(|v| v.iter_mut().find(|x| x.published_at == published))
-    }
-
     fn emit_first(
         &mut self,
         content: u32,
@@ -1064,11 +1076,7 @@ impl Engine {
         emitted_at: i64,
         out: &mut Vec<Output>,
     ) {
-        let Some(p) = self
-            .posts
-            .get(&content)
-            .and_then(|v| v.iter().find(|x| x.published_at == published))
-        else {
+        let Some(p) = self.posts.get(&(content, published)) else {
             return;
         };
         let span = if w == WindowKind::First15m { 15 } else { 60 };
