@@ -178,8 +178,13 @@ impl Sketch {
                     }
                 }
             }
+            (Repr::Sparse(_), Some(o)) => {
+                for &h in o {
+                    self.insert(h);
+                }
+            }
             (_, Some(o)) => {
-                // Both exact: a merge of two sorted lists.
+                // Inline with exact: a merge of two sorted lists.
                 let Some(mine) = self.exact() else { return };
                 let mut v = Vec::with_capacity(mine.len() + o.len());
                 let (mut i, mut j) = (0, 0);

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashSet;
 
 // Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
 // emits rows in the same order.
@@ -141,11 +141,44 @@ fn key(account: u32, content: Option<u32>) -> Key {
     (u64::from(account) << 32) | content.map_or(0, |c| u64::from(c) + 1)
 }
 
+/// Names up to this long are kept in the lookup table itself, so finding one reads no other
+/// memory (account and post ids are mostly shorter).
+const INLINE_NAME: usize = 30;
+
+/// A name as the lookup table holds it.
+#[derive(Debug, Clone)]
+enum NameKey {
+    Inline(u8, [u8; INLINE_NAME]),
+    Shared(Arc<str>),
+}
+
+impl NameKey {
+    fn new(name: &Arc<str>) -> Self {
+        let b = name.as_bytes();
+        if b.len() <= INLINE_NAME {
+            let mut a = [0; INLINE_NAME];
+            a[..b.len()].copy_from_slice(b);
+            NameKey::Inline(b.len() as u8, a)
+        } else {
+            NameKey::Shared(Arc::clone(name))
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            NameKey::Inline(n, a) => &a[..*n as usize],
+            NameKey::Shared(s) => s.as_bytes(),
+        }
+    }
+}
+
 /// Account and post names, interned while some state refers to them. Each pane entry and each
 /// post holds a reference to its names; a name nobody refers to is forgotten.
 #[derive(Debug, Clone, Default)]
 struct Names {
-    ids: HashMap<Arc<str>, u32, foldhash::fast::FixedState>,
+    /// Name -> id, hashed with `hasher`.
+    ids: hashbrown::HashTable<(NameKey, u32)>,
+    hasher: foldhash::fast::FixedState,
     /// Shared with the rows that carry them: emitting a row does not copy its names.
     names: Vec<Arc<str>>,
     refs: Vec<u32>,
@@ -153,9 +186,18 @@ struct Names {
 }
 
 impl Names {
+    /// The id of `name`, if it is interned.
+    fn lookup(&self, name: &str) -> Option<u32> {
+        let h = self.hasher.hash_one(name.as_bytes());
+        self.ids
+            .find(h, |(k, _)| k.bytes() == name.as_bytes())
+            .map(|&(_, id)| id)
+    }
+
     /// The id of `name`, interning it (with no reference yet) when new.
     fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
+        let h = self.hasher.hash_one(name.as_bytes());
+        if let Some(&(_, id)) = self.ids.find(h, |(k, _)| k.bytes() == name.as_bytes()) {
             return id;
         }
         let name: Arc<str> = Arc::from(name);
@@ -170,7 +212,11 @@ impl Names {
                 u32::try_from(self.names.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.ids.insert(name, id);
+        let hasher = &self.hasher;
+        self.ids
+            .insert_unique(h, (NameKey::new(&name), id), |(k, _)| {
+                hasher.hash_one(k.bytes())
+            });
         id
     }
 
@@ -183,7 +229,10 @@ impl Names {
         *r = r.saturating_sub(1);
         if *r == 0 {
             let name = std::mem::replace(&mut self.names[id as usize], Arc::from(""));
-            self.ids.remove(&name);
+            let h = self.hasher.hash_one(name.as_bytes());
+            if let Ok(entry) = self.ids.find_entry(h, |&(_, i)| i == id) {
+                entry.remove();
+            }
             self.free.push(id);
         }
     }
@@ -559,9 +608,8 @@ impl Engine {
     /// The publication time of a post with first-hour state (its latest incarnation).
     pub fn published_at(&self, content: &str) -> Option<i64> {
         self.names
-            .ids
-            .get(content)
-            .and_then(|c| self.publications.get(c))
+            .lookup(content)
+            .and_then(|c| self.publications.get(&c))
             .and_then(|v| v.last().copied())
     }
 
@@ -805,7 +853,7 @@ impl Engine {
             }
         }
         if let Some(c) = content {
-            self.first_hour(e, c, actor, mark, minute, late, out);
+            self.first_hour(e, a, c, actor, mark, minute, late, out);
         }
         if late {
             let emitted_at = self.watermark;
@@ -832,6 +880,7 @@ impl Engine {
     fn first_hour(
         &mut self,
         e: &EngagementEvent,
+        account: u32,
         content: u32,
         actor: Option<u64>,
         mark: Mark,
@@ -863,11 +912,7 @@ impl Engine {
             if p + 60 * MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
                 return;
             }
-            let account_id = self
-                .names
-                .ids
-                .get_key_value(e.account_id.as_str())
-                .map_or_else(|| Arc::from(e.account_id.as_str()), |(a, _)| Arc::clone(a));
+            let account_id = Arc::clone(&self.names.names[account as usize]);
             self.add_post(
                 content,
                 Post {
