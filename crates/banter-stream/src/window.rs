@@ -326,7 +326,8 @@ impl Counts {
         self.revision = self.revision.max(offset);
     }
 
-    fn merge(&mut self, o: &Counts) {
+    /// Adds `o`'s counts (not its engagers: velocity windows, the only sums, carry none).
+    fn add_counts(&mut self, o: &Counts) {
         self.interactions += o.interactions;
         self.comments += o.comments;
         self.live_comments += o.live_comments;
@@ -338,7 +339,6 @@ impl Counts {
         self.brand_replies += o.brand_replies;
         self.late_events += o.late_events;
         self.revision = self.revision.max(o.revision);
-        self.engagers.merge(&o.engagers);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -396,7 +396,9 @@ impl Counts {
     }
 }
 
-/// The VELOCITY_5M row of `k` ending at `end` from the sum of its five panes.
+/// The VELOCITY_5M row of `k` ending at `end` from the sum of its five panes. Distinct engagers
+/// are counted per minute and per first hour, not per velocity window (DESIGN.md), so the row has
+/// none: summing panes needs no sketch unions.
 fn velocity(names: &Names, k: Key, sum: &Counts, end: i64, emitted_at: i64) -> Rollup {
     let mut r = sum.rollup(
         names,
@@ -407,6 +409,7 @@ fn velocity(names: &Names, k: Key, sum: &Counts, end: i64, emitted_at: i64) -> R
         emitted_at,
     );
     r.velocity = Some(sum.interactions as f64 / 5.0);
+    r.unique_engagers = None;
     r
 }
 
@@ -1025,7 +1028,7 @@ impl Engine {
             let mut sums: Map<Key, Counts> = Map::default();
             for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
                 for (&k, c) in &pane.counts {
-                    sums.entry(k).or_default().merge(c);
+                    sums.entry(k).or_default().add_counts(c);
                 }
             }
             for (&k, sum) in &sums {
@@ -1098,7 +1101,7 @@ impl Engine {
         let mut any = false;
         for (_, pane) in self.panes.range(end - 5 * MINUTE..end) {
             if let Some(c) = pane.counts.get(&k) {
-                sum.merge(c);
+                sum.add_counts(c);
                 any = true;
             }
         }
