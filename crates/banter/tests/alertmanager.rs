@@ -21,8 +21,10 @@ fn am_port() -> u16 {
         .unwrap_or(9093)
 }
 
-fn spike(account: &str, state: AlertState) -> SpikeAlert {
-    let now = banter_runtime::now_ms();
+/// A spike alert of `account`'s post-1 that started five minutes before the minute `now` is in.
+/// The FIRING and RESOLVED records of one spike must be built from the same `now`: a minute
+/// boundary between them would make them two spikes.
+fn spike(account: &str, state: AlertState, now: i64) -> SpikeAlert {
     let onset = now - now % 60_000 - 5 * 60_000;
     SpikeAlert {
         alert_id: format!("{account}/post-1/{onset}"),
@@ -106,7 +108,8 @@ async fn a_firing_alert_shows_in_alertmanager_until_it_resolves() {
     cfg.alerting.alertmanager_url = format!("http://127.0.0.1:{port}");
     cfg.alerting.resend_interval_ms = 2_000;
     let account = unique("acct");
-    publish(&cfg, &spike(&account, AlertState::Firing)).await;
+    let now = banter_runtime::now_ms();
+    publish(&cfg, &spike(&account, AlertState::Firing, now)).await;
     let (stop, registry, task) = deliver(&cfg);
     let shown = wait_for(
         "the alert in Alertmanager",
@@ -146,7 +149,7 @@ async fn a_firing_alert_shows_in_alertmanager_until_it_resolves() {
     .await;
     assert_eq!(listed(port, &account).await.unwrap().len(), 1);
 
-    publish(&cfg, &spike(&account, AlertState::Resolved)).await;
+    publish(&cfg, &spike(&account, AlertState::Resolved, now)).await;
     wait_for(
         "the alert to leave Alertmanager's list",
         Duration::from_secs(30),
@@ -216,7 +219,8 @@ async fn alertmanager_down_is_retried_and_nothing_is_lost() {
     cfg.alerting.alertmanager_url = format!("http://127.0.0.1:{port}");
     cfg.alerting.max_backoff_ms = 1_000;
     let account = unique("acct");
-    publish(&cfg, &spike(&account, AlertState::Firing)).await;
+    let now = banter_runtime::now_ms();
+    publish(&cfg, &spike(&account, AlertState::Firing, now)).await;
     let (stop, registry, task) = deliver(&cfg);
     // Nothing listens: failures are counted, delivery keeps going.
     wait_for(
@@ -238,7 +242,7 @@ async fn alertmanager_down_is_retried_and_nothing_is_lost() {
     );
     // A second alert arrives while it is down; then Alertmanager comes up.
     let other = unique("acct");
-    publish(&cfg, &spike(&other, AlertState::Firing)).await;
+    publish(&cfg, &spike(&other, AlertState::Firing, now)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _am = start_alertmanager(port);
     for acct in [&account, &other] {
