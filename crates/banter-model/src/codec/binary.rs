@@ -101,6 +101,18 @@ impl<'a> Reader<'a> {
     /// A zig-zag varint `long` (at most 10 bytes).
     #[inline]
     pub fn long(&mut self) -> Result<i64, ReadError> {
+        // Union branches, enum symbols and short lengths are one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b & 0x80 == 0 {
+                self.pos += 1;
+                let z = u64::from(b);
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        self.long_multi_byte()
+    }
+
+    fn long_multi_byte(&mut self) -> Result<i64, ReadError> {
         let mut z: u64 = 0;
         let mut shift = 0;
         loop {
