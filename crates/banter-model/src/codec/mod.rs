@@ -290,23 +290,28 @@ impl<T: AvroRecord> Codec<T> {
         Some(Fingerprint(fp))
     }
 
+    /// A hand-written decoder's result as the codec's: a bad body, or bytes left over after
+    /// the record, is an error.
+    fn checked<R>(r: Result<(R, usize), binary::ReadError>) -> Result<R, CodecError> {
+        let (value, trailing) = r.map_err(|e| CodecError::Body {
+            record: T::NAME,
+            detail: e.to_string(),
+        })?;
+        if trailing != 0 {
+            return Err(CodecError::Trailing {
+                trailing,
+                record: T::NAME,
+            });
+        }
+        Ok(value)
+    }
+
     /// Decodes one single-object message (fast path). Any writer schema version registered
     /// with this codec is accepted; fields are matched by name.
     pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         if let Some(s) = self.specialized {
             if Self::peek_fingerprint(bytes) == Some(self.current.fingerprint) {
-                let (value, trailing) =
-                    (s.decode)(&bytes[HEADER_LEN..]).map_err(|e| CodecError::Body {
-                        record: T::NAME,
-                        detail: e.to_string(),
-                    })?;
-                if trailing != 0 {
-                    return Err(CodecError::Trailing {
-                        trailing,
-                        record: T::NAME,
-                    });
-                }
-                return Ok(value);
+                return Self::checked((s.decode)(&bytes[HEADER_LEN..]));
             }
         }
         self.decode_serde(bytes)
@@ -319,17 +324,7 @@ impl<T: AvroRecord> Codec<T> {
         let into = self.specialized.and_then(|s| s.decode_into);
         match into {
             Some(into) if Self::peek_fingerprint(bytes) == Some(self.current.fingerprint) => {
-                let trailing = into(&bytes[HEADER_LEN..], value).map_err(|e| CodecError::Body {
-                    record: T::NAME,
-                    detail: e.to_string(),
-                })?;
-                if trailing != 0 {
-                    return Err(CodecError::Trailing {
-                        trailing,
-                        record: T::NAME,
-                    });
-                }
-                Ok(())
+                Self::checked(into(&bytes[HEADER_LEN..], value).map(|trailing| ((), trailing)))
             }
             _ => {
                 *value = self.decode(bytes)?;
