@@ -28,7 +28,7 @@ use banter_model::{Action, ConversationRollup, EngagementEvent, Kind, WindowKind
 use serde::{Deserialize, Serialize};
 
 use crate::quantile::Quantiles;
-use crate::store::{window_len, window_start, Map, Progress, Set, DAY};
+use crate::store::{window_len, window_start, Map, Pending, Progress, Set, Windows, DAY};
 #[cfg(test)]
 use crate::store::{HOUR, NONE};
 #[cfg(test)]
@@ -114,6 +114,12 @@ struct Agg {
     pending: bool,
 }
 
+impl Pending for Agg {
+    fn pending(&mut self) -> &mut bool {
+        &mut self.pending
+    }
+}
+
 /// (account, content or "", kind, start).
 type WindowKey = (String, String, WindowKind, i64);
 
@@ -127,15 +133,12 @@ pub struct Conversations {
     early: Map<String, (i64, i64)>,
     /// Comment-thread replies seen before their root: (account, thread) → earliest reply time.
     early_roots: Map<(String, String), (i64, i64)>,
-    windows: Map<WindowKey, Agg>,
+    windows: Windows<WindowKey, Agg>,
     progress: Progress,
-    /// Windows changed since they were last emitted (their `pending` flag, indexed).
-    pending: Set<WindowKey>,
     /// `early` or `early_roots` changed since the last changelog write.
     early_dirty: bool,
     dirty_items: Set<String>,
     dirty_threads: Set<(String, String)>,
-    dirty_windows: Set<WindowKey>,
     removed: Vec<String>,
     meta_dirty: bool,
 }
@@ -175,13 +178,11 @@ impl Conversations {
             threads: Map::default(),
             early: Map::default(),
             early_roots: Map::default(),
-            windows: Map::default(),
+            windows: Windows::default(),
             progress: Progress::default(),
-            pending: Set::default(),
             early_dirty: false,
             dirty_items: Set::default(),
             dirty_threads: Set::default(),
-            dirty_windows: Set::default(),
             removed: Vec::new(),
             meta_dirty: false,
         }
@@ -194,7 +195,7 @@ impl Conversations {
 
     /// Items, threads and windows held.
     pub fn state_entries(&self) -> usize {
-        self.items.len() + self.threads.len() + self.windows.len()
+        self.items.len() + self.threads.len() + self.windows.map.len()
     }
 
     fn horizon(&self) -> i64 {
@@ -402,12 +403,7 @@ impl Conversations {
                         continue; // final
                     }
                     let wk = (it.account.clone(), content.clone(), kind, start);
-                    if !self.windows.contains_key(&wk) {
-                        self.windows.insert(wk.clone(), Agg::default());
-                    }
-                    let Some(w) = self.windows.get_mut(&wk) else {
-                        continue;
-                    };
+                    let w = self.windows.map.entry(wk.clone()).or_default();
                     w.inbound += sign;
                     w.answered += sign * i64::from(c.answered);
                     match c.kind {
@@ -436,11 +432,7 @@ impl Conversations {
                         }
                     }
                     w.revision = w.revision.max(offset);
-                    if !w.pending {
-                        w.pending = true;
-                        self.pending.insert(wk.clone());
-                    }
-                    self.dirty_windows.insert(wk);
+                    self.windows.changed(&wk);
                 }
             }
         }
@@ -481,13 +473,7 @@ impl Conversations {
         };
         self.meta_dirty = true;
         if moved.minute {
-            for wk in std::mem::take(&mut self.pending) {
-                if let Some(w) = self.windows.get_mut(&wk) {
-                    w.pending = false;
-                    out.push(Self::row(&wk, w, wm));
-                    self.dirty_windows.insert(wk);
-                }
-            }
+            self.windows.emit(|wk, w| Self::row(wk, w, wm), out);
         }
         if moved.hour {
             self.forget(wm);
@@ -498,17 +484,11 @@ impl Conversations {
     /// answers nothing will claim.
     fn forget(&mut self, wm: i64) {
         let horizon = self.horizon();
-        let gone: Vec<WindowKey> = self
-            .windows
-            .keys()
-            .filter(|wk| self.progress.is_final(wk.3 + window_len(wk.2), horizon))
-            .cloned()
-            .collect();
-        for wk in gone {
-            self.windows.remove(&wk);
-            self.dirty_windows.remove(&wk);
-            self.removed.push(Self::window_name(&wk));
-        }
+        let progress = &self.progress;
+        self.removed.extend(self.windows.forget(
+            |wk| progress.is_final(wk.3 + window_len(wk.2), horizon),
+            Self::window_name,
+        ));
         // Items whose DAY window is final; threads silent for longer than the silence.
         let old: Vec<String> = self
             .items
@@ -579,15 +559,7 @@ impl Conversations {
                 out.push((Self::thread_name(&k), Some(v)));
             }
         }
-        for k in std::mem::take(&mut self.dirty_windows) {
-            if let Some(v) = self
-                .windows
-                .get(&k)
-                .and_then(|v| serde_json::to_vec(v).ok())
-            {
-                out.push((Self::window_name(&k), Some(v)));
-            }
-        }
+        self.windows.changes(Self::window_name, &mut out);
         if std::mem::take(&mut self.meta_dirty) {
             out.push(("m".into(), serde_json::to_vec(&self.progress).ok()));
         }
@@ -643,11 +615,8 @@ impl Conversations {
                         serde_json::from_slice(value).map_err(err)?,
                     );
                 } else if let Some(k) = Self::parse_window(name) {
-                    let w: Agg = serde_json::from_slice(value).map_err(err)?;
-                    if w.pending {
-                        self.pending.insert(k.clone());
-                    }
-                    self.windows.insert(k, w);
+                    self.windows
+                        .restore(k, serde_json::from_slice(value).map_err(err)?);
                 } else {
                     return Err(format!("conversation state {name}: unknown entry"));
                 }
@@ -660,7 +629,7 @@ impl Conversations {
     pub fn clean(&mut self) {
         self.dirty_items.clear();
         self.dirty_threads.clear();
-        self.dirty_windows.clear();
+        self.windows.clean();
         self.removed.clear();
         self.meta_dirty = false;
         self.early_dirty = false;

@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cta::Matcher;
 use crate::quantile::Quantiles;
-use crate::store::{window_len, window_start, Map, Progress, Set, DAY, HOUR, NONE};
+use crate::store::{
+    window_len, window_start, Map, Pending, Progress, Set, Windows, DAY, HOUR, NONE,
+};
 
 /// Funnel parameters.
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +115,12 @@ struct WindowAgg {
     pending: bool,
 }
 
+impl Pending for WindowAgg {
+    fn pending(&mut self) -> &mut bool {
+        &mut self.pending
+    }
+}
+
 /// (campaign, kind: HOUR or DAY, window start).
 type WindowKey = (String, WindowKind, i64);
 
@@ -131,16 +139,13 @@ pub struct Funnels {
     cfg: FunnelConfig,
     matcher: Matcher,
     actors: Map<(String, String), ActorState>,
-    windows: Map<WindowKey, WindowAgg>,
+    windows: Windows<WindowKey, WindowAgg>,
     /// (account, actor) → campaigns it triggered (derived from `actors`).
     touches: Map<(String, String), BTreeSet<String>>,
     /// click id → (campaign, actor) (derived from `actors`).
     clicks: Map<String, (String, String)>,
     progress: Progress,
-    /// Windows changed since they were last emitted (their `pending` flag, indexed).
-    pending: Set<WindowKey>,
     dirty_actors: Set<(String, String)>,
-    dirty_windows: Set<WindowKey>,
     removed: Vec<String>,
     meta_dirty: bool,
     stats: FunnelStats,
@@ -153,13 +158,11 @@ impl Funnels {
             cfg,
             matcher,
             actors: Map::default(),
-            windows: Map::default(),
+            windows: Windows::default(),
             touches: Map::default(),
             clicks: Map::default(),
             progress: Progress::default(),
-            pending: Set::default(),
             dirty_actors: Set::default(),
-            dirty_windows: Set::default(),
             removed: Vec::new(),
             meta_dirty: false,
             stats: FunnelStats::default(),
@@ -183,7 +186,7 @@ impl Funnels {
 
     /// (actor, campaign) states and open windows held.
     pub fn state_entries(&self) -> usize {
-        self.actors.len() + self.windows.len()
+        self.actors.len() + self.windows.map.len()
     }
 
     fn contributions(&self, st: &ActorState) -> Vec<Contribution> {
@@ -377,10 +380,14 @@ impl Funnels {
                     {
                         continue;
                     }
-                    let w = self.windows.entry(wk.clone()).or_insert_with(|| WindowAgg {
-                        account: account.clone(),
-                        ..WindowAgg::default()
-                    });
+                    let w = self
+                        .windows
+                        .map
+                        .entry(wk.clone())
+                        .or_insert_with(|| WindowAgg {
+                            account: account.clone(),
+                            ..WindowAgg::default()
+                        });
                     w.counts[c.stage] += sign;
                     if c.stage == 5 {
                         w.cents += sign * c.cents;
@@ -400,15 +407,10 @@ impl Funnels {
             }
         }
         for wk in touched {
-            let Some(w) = self.windows.get_mut(&wk) else {
-                continue;
-            };
-            w.revision = w.revision.max(offset);
-            if !w.pending {
-                w.pending = true;
-                self.pending.insert(wk.clone());
+            if let Some(w) = self.windows.map.get_mut(&wk) {
+                w.revision = w.revision.max(offset);
             }
-            self.dirty_windows.insert(wk);
+            self.windows.changed(&wk);
         }
     }
 
@@ -444,13 +446,7 @@ impl Funnels {
         };
         self.meta_dirty = true;
         if moved.minute {
-            for wk in std::mem::take(&mut self.pending) {
-                if let Some(w) = self.windows.get_mut(&wk) {
-                    w.pending = false;
-                    out.push(Self::row(&wk, w, wm));
-                    self.dirty_windows.insert(wk);
-                }
-            }
+            self.windows.emit(|wk, w| Self::row(wk, w, wm), out);
         }
         if moved.hour {
             self.forget(wm);
@@ -460,17 +456,11 @@ impl Funnels {
     /// Forgets final windows and (actor, campaign) states past their attribution.
     fn forget(&mut self, wm: i64) {
         let lateness = self.cfg.allowed_lateness_ms;
-        let gone: Vec<WindowKey> = self
-            .windows
-            .keys()
-            .filter(|wk| self.progress.is_final(wk.2 + window_len(wk.1), lateness))
-            .cloned()
-            .collect();
-        for wk in gone {
-            self.windows.remove(&wk);
-            self.dirty_windows.remove(&wk);
-            self.removed.push(Self::window_name(&wk));
-        }
+        let progress = &self.progress;
+        self.removed.extend(self.windows.forget(
+            |wk| progress.is_final(wk.2 + window_len(wk.1), lateness),
+            Self::window_name,
+        ));
         let attribution = self.cfg.attribution_ms;
         let old: Vec<(String, String)> = self
             .actors
@@ -522,11 +512,7 @@ impl Funnels {
                 out.push((Self::actor_name(&k), serde_json::to_vec(st).ok()));
             }
         }
-        for k in std::mem::take(&mut self.dirty_windows) {
-            if let Some(w) = self.windows.get(&k) {
-                out.push((Self::window_name(&k), serde_json::to_vec(w).ok()));
-            }
-        }
+        self.windows.changes(Self::window_name, &mut out);
         if std::mem::take(&mut self.meta_dirty) {
             out.push(("m".into(), serde_json::to_vec(&self.progress).ok()));
         }
@@ -569,11 +555,7 @@ impl Funnels {
                 .parse()
                 .map_err(|_| format!("funnel state {name}: bad window start"))?;
             let w: WindowAgg = serde_json::from_slice(value).map_err(err)?;
-            let wk = (c.to_owned(), kind, start);
-            if w.pending {
-                self.pending.insert(wk.clone());
-            }
-            self.windows.insert(wk, w);
+            self.windows.restore((c.to_owned(), kind, start), w);
         } else {
             return Err(format!("funnel state {name}: unknown entry"));
         }
@@ -583,7 +565,7 @@ impl Funnels {
     /// Drops pending changes (after a restore).
     pub fn clean(&mut self) {
         self.dirty_actors.clear();
-        self.dirty_windows.clear();
+        self.windows.clean();
         self.removed.clear();
         self.meta_dirty = false;
     }

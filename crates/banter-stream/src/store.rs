@@ -87,3 +87,96 @@ impl Progress {
         self.watermark != NONE && end.saturating_add(keep) < self.watermark
     }
 }
+
+/// A window aggregate that remembers whether it changed since it was last emitted (stored
+/// with it, so a restored window still gets emitted).
+pub(crate) trait Pending {
+    fn pending(&mut self) -> &mut bool;
+}
+
+/// The HOUR / DAY windows of a processor with what their changelog and early emission need:
+/// which changed since they were last emitted (indexed, so a minute's emission does not scan
+/// every window) and which changed since the changelog was last written.
+#[derive(Debug, Clone)]
+pub(crate) struct Windows<K, W> {
+    pub map: Map<K, W>,
+    pending: Set<K>,
+    dirty: Set<K>,
+}
+
+impl<K, W> Default for Windows<K, W> {
+    fn default() -> Self {
+        Windows {
+            map: Map::default(),
+            pending: Set::default(),
+            dirty: Set::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, W: Pending + Serialize> Windows<K, W> {
+    /// Window `k` changed: emit it at the next minute, write it to the changelog.
+    pub fn changed(&mut self, k: &K) {
+        if let Some(w) = self.map.get_mut(k) {
+            let p = w.pending();
+            if !*p {
+                *p = true;
+                self.pending.insert(k.clone());
+            }
+            self.dirty.insert(k.clone());
+        }
+    }
+
+    /// Rows of the windows changed since their last emission.
+    pub fn emit<R>(&mut self, row: impl Fn(&K, &W) -> R, out: &mut Vec<R>) {
+        for k in std::mem::take(&mut self.pending) {
+            if let Some(w) = self.map.get_mut(&k) {
+                *w.pending() = false;
+                out.push(row(&k, w));
+                self.dirty.insert(k);
+            }
+        }
+    }
+
+    /// Forgets the windows `gone` says are final; returns their changelog names.
+    pub fn forget(
+        &mut self,
+        gone: impl Fn(&K) -> bool,
+        name: impl Fn(&K) -> String,
+    ) -> Vec<String> {
+        let keys: Vec<K> = self.map.keys().filter(|k| gone(k)).cloned().collect();
+        keys.iter()
+            .map(|k| {
+                self.map.remove(k);
+                self.dirty.remove(k);
+                name(k)
+            })
+            .collect()
+    }
+
+    /// Changelog entries of the windows changed since the last call.
+    pub fn changes(
+        &mut self,
+        name: impl Fn(&K) -> String,
+        out: &mut Vec<(String, Option<Vec<u8>>)>,
+    ) {
+        for k in std::mem::take(&mut self.dirty) {
+            if let Some(v) = self.map.get(&k).and_then(|w| serde_json::to_vec(w).ok()) {
+                out.push((name(&k), Some(v)));
+            }
+        }
+    }
+
+    /// Takes a window back from the changelog.
+    pub fn restore(&mut self, k: K, mut w: W) {
+        if *w.pending() {
+            self.pending.insert(k.clone());
+        }
+        self.map.insert(k, w);
+    }
+
+    /// Drops changes not yet written (after a restore).
+    pub fn clean(&mut self) {
+        self.dirty.clear();
+    }
+}
