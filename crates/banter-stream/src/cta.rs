@@ -44,6 +44,21 @@ pub struct Campaign {
     pub active_until: Option<i64>,
 }
 
+impl Campaign {
+    /// A campaign on one post, triggered by one keyword, always active (how the generated
+    /// workload's CTA posts run).
+    pub fn on_post(id: &str, account_id: &str, content_id: &str, keyword: &str) -> Campaign {
+        Campaign {
+            id: id.to_owned(),
+            account_id: account_id.to_owned(),
+            keywords: vec![keyword.to_owned()],
+            scope: Scope::Post(content_id.to_owned()),
+            active_from: None,
+            active_until: None,
+        }
+    }
+}
+
 /// A campaigns file: `[[campaign]]` tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,14 +286,9 @@ mod tests {
             .posts
             .iter()
             .filter_map(|p| {
-                p.cta.as_ref().map(|(id, kw)| Campaign {
-                    id: id.clone(),
-                    account_id: p.account_id.clone(),
-                    keywords: vec![kw.clone()],
-                    scope: Scope::Post(p.content_id.clone()),
-                    active_from: None,
-                    active_until: None,
-                })
+                p.cta
+                    .as_ref()
+                    .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
             })
             .collect();
         assert!(!campaigns.is_empty());

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use banter_model::{FunnelRollup, WindowKind};
-use banter_stream::cta::{Campaign, Matcher, Scope};
+use banter_stream::cta::{Campaign, Matcher};
 use banter_stream::funnel::{FunnelConfig, Funnels};
 use banter_stream::window::{Engine, Output, WindowConfig};
 use banter_workload::{Workload, WorkloadConfig};
@@ -15,14 +15,9 @@ fn campaigns(w: &Workload) -> Vec<Campaign> {
     w.posts
         .iter()
         .filter_map(|p| {
-            p.cta.as_ref().map(|(id, kw)| Campaign {
-                id: id.clone(),
-                account_id: p.account_id.clone(),
-                keywords: vec![kw.clone()],
-                scope: Scope::Post(p.content_id.clone()),
-                active_from: None,
-                active_until: None,
-            })
+            p.cta
+                .as_ref()
+                .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
         })
         .collect()
 }

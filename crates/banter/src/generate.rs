@@ -188,20 +188,15 @@ impl Pacer {
 
 /// The generated CTA posts as campaigns (one post each), written atomically.
 fn write_campaigns(w: &Workload, path: &std::path::Path) -> anyhow::Result<()> {
-    use banter_stream::cta::{Campaign, CampaignsFile, Scope};
+    use banter_stream::cta::{Campaign, CampaignsFile};
     let file = CampaignsFile {
         campaign: w
             .posts
             .iter()
             .filter_map(|p| {
-                p.cta.as_ref().map(|(id, kw)| Campaign {
-                    id: id.clone(),
-                    account_id: p.account_id.clone(),
-                    keywords: vec![kw.clone()],
-                    scope: Scope::Post(p.content_id.clone()),
-                    active_from: None,
-                    active_until: None,
-                })
+                p.cta
+                    .as_ref()
+                    .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
             })
             .collect(),
     };
