@@ -1205,7 +1205,7 @@ fn process_batch(
             }
         };
         let before = part.engine.stats().clone();
-        part.engine.process(&event, offset, &mut outputs);
+        let counted = part.engine.process(&event, offset, &mut outputs);
         if part.replaying {
             metrics.replayed.inc();
             outputs.clear();
@@ -1219,8 +1219,6 @@ fn process_batch(
         metrics.late.inc_by(after.late - before.late);
         part.dirty = true;
         // The funnels see what the windows counted: no duplicates, nothing too late.
-        let counted = after.duplicates == before.duplicates
-            && !outputs.iter().any(|o| matches!(o, Output::TooLate { .. }));
         if counted {
             let fs = part.funnels.stats().clone();
             part.funnels.process(&event, offset);

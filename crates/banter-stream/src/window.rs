@@ -798,8 +798,10 @@ impl Engine {
         t - t.rem_euclid(MINUTE)
     }
 
-    /// Processes one event read at `offset`; appends what it causes to `out`.
-    pub fn process(&mut self, e: &EngagementEvent, offset: i64, out: &mut Vec<Output>) {
+    /// Processes one event read at `offset`; appends what it causes to `out`. Returns whether
+    /// the event counted: false for a duplicate or an event too late (what follows the windows,
+    /// funnels and conversations, takes only counted events).
+    pub fn process(&mut self, e: &EngagementEvent, offset: i64, out: &mut Vec<Output>) -> bool {
         if !self.replay_idle.is_empty() {
             self.repeat_idle(offset, out);
         }
@@ -817,7 +819,7 @@ impl Engine {
                 event_id: e.event_id.clone(),
                 offset,
             });
-            return;
+            return false;
         }
         let id = id_hash(&e.event_id);
         let fresh = self
@@ -831,7 +833,7 @@ impl Engine {
             .insert(id);
         if !fresh {
             self.stats.duplicates += 1;
-            return;
+            return false;
         }
         let late = minute < self.closed_below;
         if late {
@@ -879,6 +881,7 @@ impl Engine {
             let wm = e.event_time.saturating_sub(self.cfg.out_of_orderness_ms);
             self.advance_watermark(wm, out);
         }
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
