@@ -137,6 +137,21 @@ pub struct FunnelRollup {
     pub emitted_at: TimestampMillis,
 }
 
+impl FunnelRollup {
+    /// The distinct (actor, campaign) counts of the six stages in funnel order: triggered,
+    /// private reply sent, DM read, engaged, link clicked, converted.
+    pub fn stages(&self) -> [i64; 6] {
+        [
+            self.triggered,
+            self.private_reply_sent,
+            self.dm_read,
+            self.engaged,
+            self.link_clicked,
+            self.converted,
+        ]
+    }
+}
+
 /// Brand responsiveness of one account (`content_id` None) or one post in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationRollup {

@@ -659,18 +659,8 @@ mod tests {
         let mut t = [0; 6];
         for r in rows.values() {
             if r.campaign_id == campaign && r.window == WindowKind::Day {
-                for (i, v) in [
-                    r.triggered,
-                    r.private_reply_sent,
-                    r.dm_read,
-                    r.engaged,
-                    r.link_clicked,
-                    r.converted,
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    t[i] += v;
+                for (sum, v) in t.iter_mut().zip(r.stages()) {
+                    *sum += v;
                 }
             }
         }

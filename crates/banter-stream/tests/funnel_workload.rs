@@ -59,19 +59,9 @@ fn generated_funnels_equal_the_expected_ones() {
         let mut got: BTreeMap<String, [i64; 7]> = BTreeMap::new();
         for r in last.values().filter(|r| r.window == kind) {
             let t = got.entry(r.campaign_id.clone()).or_default();
-            for (i, v) in [
-                r.triggered,
-                r.private_reply_sent,
-                r.dm_read,
-                r.engaged,
-                r.link_clicked,
-                r.converted,
-                (r.conversion_value * 100.0).round() as i64,
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                t[i] += v;
+            let cents = (r.conversion_value * 100.0).round() as i64;
+            for (sum, v) in t.iter_mut().zip(r.stages().into_iter().chain([cents])) {
+                *sum += v;
             }
         }
         let want: BTreeMap<String, [i64; 7]> = w

@@ -778,13 +778,14 @@ pub async fn clickhouse_alerts_match(
 
 /// A funnel row's stage counts and conversion value in cents, as the checks compare them.
 pub fn funnel_counts(f: &banter_model::FunnelRollup) -> [i64; 7] {
+    let s = f.stages();
     [
-        f.triggered,
-        f.private_reply_sent,
-        f.dm_read,
-        f.engaged,
-        f.link_clicked,
-        f.converted,
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        s[4],
+        s[5],
         (f.conversion_value * 100.0).round() as i64,
     ]
 }
