@@ -217,13 +217,7 @@ impl Rollups {
                     c.window,
                     c.window_start,
                 );
-                if self
-                    .conversations
-                    .get(&key)
-                    .is_none_or(|o| o.revision <= c.revision)
-                {
-                    self.conversations.insert(key, c);
-                }
+                keep_latest(&mut self.conversations, key, c, |c| c.revision);
                 continue;
             }
             let funnel = banter_model::FunnelRollup::codec();
@@ -232,13 +226,7 @@ impl Rollups {
             {
                 let f = funnel.decode(payload).unwrap();
                 let key = (f.campaign_id.clone(), f.window, f.window_start);
-                if self
-                    .funnels
-                    .get(&key)
-                    .is_none_or(|o| o.revision <= f.revision)
-                {
-                    self.funnels.insert(key, f);
-                }
+                keep_latest(&mut self.funnels, key, f, |f| f.revision);
                 continue;
             }
             let r = Rollup::codec().decode(payload).unwrap();
@@ -249,13 +237,16 @@ impl Rollups {
                 r.window,
                 r.window_start,
             );
-            match self.rows.get(&key) {
-                Some(old) if old.revision > r.revision => {}
-                _ => {
-                    self.rows.insert(key, r);
-                }
-            }
+            keep_latest(&mut self.rows, key, r, |r| r.revision);
         }
+    }
+}
+
+/// Keeps `v` under `k` unless a row with a higher revision is there (the last revision wins,
+/// as in ClickHouse's `ReplacingMergeTree(revision)`).
+fn keep_latest<K: Ord, V>(m: &mut BTreeMap<K, V>, k: K, v: V, revision: impl Fn(&V) -> i64) {
+    if m.get(&k).is_none_or(|o| revision(o) <= revision(&v)) {
+        m.insert(k, v);
     }
 }
 
