@@ -130,7 +130,7 @@ q "SELECT f15.content_id AS post, f15.account_id AS account, round(f15.interacti
    ORDER BY first_15m DESC, post LIMIT 10 FORMAT PrettyCompactMonoBlock"
 echo
 echo "Busiest 5-minute windows (velocity = interactions per minute):"
-q "SELECT content_id AS post, account_id AS account, window_start, velocity, interactions, unique_engagers AS engagers
+q "SELECT content_id AS post, account_id AS account, window_start, velocity, interactions
    FROM $db.rollups_final WHERE window_kind = 'VELOCITY_5M' AND content_id != ''
    ORDER BY velocity DESC, post LIMIT 5 FORMAT PrettyCompactMonoBlock"
 echo
