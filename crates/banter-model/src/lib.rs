@@ -18,4 +18,5 @@ pub use event::{
 pub use records::{
     AlertState, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage, WindowKind,
 };
+pub use smol_str::SmolStr;
 pub use validate::{ValidationContext, ValidationError};

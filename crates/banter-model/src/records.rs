@@ -3,8 +3,6 @@
 //!
 //! Their Avro schemas live beside the event's in `schemas/avro/`.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use crate::event::TimestampMillis;
@@ -33,11 +31,12 @@ pub enum WindowKind {
 /// Aggregates of one account (`content_id` = None) or one post in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollup {
-    /// The brand's account (shared: the stream processor emits many rows per name).
-    pub account_id: Arc<str>,
+    /// The brand's account. A [`SmolStr`](smol_str::SmolStr): ids up to 23 bytes are held inline
+    /// and longer ones shared, so the stream processor's many rows per name copy no strings.
+    pub account_id: smol_str::SmolStr,
     /// The post; None for the account-level rollup.
     #[serde(default)]
-    pub content_id: Option<Arc<str>>,
+    pub content_id: Option<smol_str::SmolStr>,
     /// Which window.
     pub window: WindowKind,
     /// Window start (inclusive).

@@ -19,9 +19,8 @@
 //!   to; minutes before [`Detector::done_below`] were judged before a restore and are skipped.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use banter_model::{AlertState, Rollup, SpikeAlert, WindowKind};
+use banter_model::{AlertState, Rollup, SmolStr, SpikeAlert, WindowKind};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Map, Set, NONE};
@@ -30,7 +29,7 @@ use crate::window::MINUTE;
 /// One minute's rows of one account: its posts' and its own.
 #[derive(Debug, Clone, Default)]
 struct AccountRows {
-    posts: Vec<(Arc<str>, Pending)>,
+    posts: Vec<(SmolStr, Pending)>,
     account: Option<Pending>,
 }
 

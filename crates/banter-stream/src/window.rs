@@ -30,7 +30,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use hashbrown::HashSet;
 
@@ -38,7 +37,7 @@ use hashbrown::HashSet;
 // emits rows in the same order.
 use crate::store::Map;
 
-use banter_model::{EngagementEvent, Kind, Rollup, WindowKind};
+use banter_model::{EngagementEvent, Kind, Rollup, SmolStr, WindowKind};
 use serde::{Deserialize, Serialize};
 
 use crate::sketch::{actor_hash, Sketch};
@@ -141,46 +140,17 @@ fn key(account: u32, content: Option<u32>) -> Key {
     (u64::from(account) << 32) | content.map_or(0, |c| u64::from(c) + 1)
 }
 
-/// Names up to this long are kept in the lookup table itself, so finding one reads no other
-/// memory (account and post ids are mostly shorter).
-const INLINE_NAME: usize = 30;
-
-/// A name as the lookup table holds it.
-#[derive(Debug, Clone)]
-enum NameKey {
-    Inline(u8, [u8; INLINE_NAME]),
-    Shared(Arc<str>),
-}
-
-impl NameKey {
-    fn new(name: &Arc<str>) -> Self {
-        let b = name.as_bytes();
-        if b.len() <= INLINE_NAME {
-            let mut a = [0; INLINE_NAME];
-            a[..b.len()].copy_from_slice(b);
-            NameKey::Inline(b.len() as u8, a)
-        } else {
-            NameKey::Shared(Arc::clone(name))
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            NameKey::Inline(n, a) => &a[..*n as usize],
-            NameKey::Shared(s) => s.as_bytes(),
-        }
-    }
-}
-
 /// Account and post names, interned while some state refers to them. Each pane entry and each
 /// post holds a reference to its names; a name nobody refers to is forgotten.
 #[derive(Debug, Clone, Default)]
 struct Names {
-    /// Name -> id, hashed with `hasher`.
-    ids: hashbrown::HashTable<(NameKey, u32)>,
+    /// Name -> id, hashed with `hasher`. Names up to 23 bytes (account and post ids mostly are)
+    /// are held in the table itself: finding one reads no other memory.
+    ids: hashbrown::HashTable<(SmolStr, u32)>,
     hasher: foldhash::fast::FixedState,
-    /// Shared with the rows that carry them: emitting a row does not copy its names.
-    names: Vec<Arc<str>>,
+    /// By id. Rows carry copies: inline, or shared when longer; either way no allocation and no
+    /// string copy per row.
+    names: Vec<SmolStr>,
     refs: Vec<u32>,
     free: Vec<u32>,
 }
@@ -190,33 +160,31 @@ impl Names {
     fn lookup(&self, name: &str) -> Option<u32> {
         let h = self.hasher.hash_one(name.as_bytes());
         self.ids
-            .find(h, |(k, _)| k.bytes() == name.as_bytes())
+            .find(h, |(k, _)| k.as_str() == name)
             .map(|&(_, id)| id)
     }
 
     /// The id of `name`, interning it (with no reference yet) when new.
     fn intern(&mut self, name: &str) -> u32 {
         let h = self.hasher.hash_one(name.as_bytes());
-        if let Some(&(_, id)) = self.ids.find(h, |(k, _)| k.bytes() == name.as_bytes()) {
+        if let Some(&(_, id)) = self.ids.find(h, |(k, _)| k.as_str() == name) {
             return id;
         }
-        let name: Arc<str> = Arc::from(name);
+        let name = SmolStr::new(name);
         let id = match self.free.pop() {
             Some(id) => {
-                self.names[id as usize] = Arc::clone(&name);
+                self.names[id as usize] = name.clone();
                 id
             }
             None => {
-                self.names.push(Arc::clone(&name));
+                self.names.push(name.clone());
                 self.refs.push(0);
                 u32::try_from(self.names.len() - 1).unwrap_or(u32::MAX)
             }
         };
         let hasher = &self.hasher;
         self.ids
-            .insert_unique(h, (NameKey::new(&name), id), |(k, _)| {
-                hasher.hash_one(k.bytes())
-            });
+            .insert_unique(h, (name, id), |(k, _)| hasher.hash_one(k.as_bytes()));
         id
     }
 
@@ -228,7 +196,7 @@ impl Names {
         let r = &mut self.refs[id as usize];
         *r = r.saturating_sub(1);
         if *r == 0 {
-            let name = std::mem::replace(&mut self.names[id as usize], Arc::from(""));
+            let name = std::mem::take(&mut self.names[id as usize]);
             let h = self.hasher.hash_one(name.as_bytes());
             if let Ok(entry) = self.ids.find_entry(h, |&(_, i)| i == id) {
                 entry.remove();
@@ -251,11 +219,11 @@ impl Names {
         }
     }
 
-    fn account(&self, k: Key) -> Arc<str> {
+    fn account(&self, k: Key) -> SmolStr {
         self.names[(k >> 32) as usize].clone()
     }
 
-    fn content(&self, k: Key) -> Option<Arc<str>> {
+    fn content(&self, k: Key) -> Option<SmolStr> {
         match k & 0xffff_ffff {
             0 => None,
             c => Some(self.names[(c - 1) as usize].clone()),
@@ -265,7 +233,16 @@ impl Names {
     fn heap_bytes(&self) -> usize {
         self.names
             .iter()
-            .map(|n| 2 * (n.len() + 16) + 48)
+            // The table's entry and the vector's; a long name's shared allocation.
+            .map(|n| {
+                2 * 24
+                    + 8
+                    + if n.is_heap_allocated() {
+                        n.len() + 16
+                    } else {
+                        0
+                    }
+            })
             .sum::<usize>()
             + self.refs.len() * 4
     }
@@ -365,8 +342,8 @@ impl Counts {
 
     fn row(
         &self,
-        account_id: Arc<str>,
-        content_id: Option<Arc<str>>,
+        account_id: SmolStr,
+        content_id: Option<SmolStr>,
         window: WindowKind,
         start: i64,
         end: i64,
@@ -415,16 +392,106 @@ fn velocity(names: &Names, k: Key, sum: &Counts, end: i64, emitted_at: i64) -> R
     r
 }
 
+/// The minutes a first hour touches: from the minute of publication, 61 (a publication time
+/// inside a minute makes the hour end inside the 61st).
+const FIRST_HOUR_MINUTES: usize = 61;
+
+/// A post's interactions per minute of its first hour, kept in the post itself (no allocation,
+/// no search: the minute is an index). Stored in the changelog as (minute start, count) pairs
+/// of the minutes with a count.
+#[derive(Debug, Clone, PartialEq)]
+struct FirstHourMinutes {
+    /// Start of the minute of index 0.
+    base: i64,
+    counts: [i32; FIRST_HOUR_MINUTES],
+}
+
+impl Default for FirstHourMinutes {
+    fn default() -> Self {
+        FirstHourMinutes {
+            base: 0,
+            counts: [0; FIRST_HOUR_MINUTES],
+        }
+    }
+}
+
+impl FirstHourMinutes {
+    fn starting(minute: i64) -> Self {
+        FirstHourMinutes {
+            base: minute,
+            ..Default::default()
+        }
+    }
+
+    fn index(&self, minute: i64) -> Option<usize> {
+        usize::try_from((minute - self.base) / MINUTE)
+            .ok()
+            .filter(|&i| minute >= self.base && i < FIRST_HOUR_MINUTES)
+    }
+
+    /// Adds `d` to the minute starting at `minute`; false when it is outside the first hour.
+    fn add(&mut self, minute: i64, d: i64) -> bool {
+        match self.index(minute) {
+            Some(i) => {
+                self.counts[i] += d as i32;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// (minute start, count) of the minutes with a count, in order.
+    fn iter(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        (0..FIRST_HOUR_MINUTES as i64)
+            .zip(self.counts.iter())
+            .filter(|(_, &n)| n != 0)
+            .map(|(i, &n)| (self.base + i * MINUTE, i64::from(n)))
+    }
+
+    /// The same counts indexed from `minute` (after reading them back from the changelog, where
+    /// the first stored minute need not be the minute of publication).
+    fn rebased(&self, minute: i64) -> Result<Self, String> {
+        let mut r = FirstHourMinutes::starting(minute);
+        for (m, n) in self.iter() {
+            if !r.add(m, n) {
+                return Err(format!("minute {m} is not in the first hour from {minute}"));
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl Serialize for FirstHourMinutes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for FirstHourMinutes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(i64, i64)>::deserialize(d)?;
+        let mut r = FirstHourMinutes::starting(pairs.first().map_or(0, |&(m, _)| m));
+        for (m, n) in pairs {
+            if !r.add(m, n) {
+                return Err(serde::de::Error::custom(format!(
+                    "first-hour minute {m} more than an hour after the first"
+                )));
+            }
+        }
+        Ok(r)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Post {
-    account_id: Arc<str>,
+    account_id: SmolStr,
     published_at: i64,
     first_15m: i64,
     first_60m: i64,
     late_events: i64,
     revision: i64,
-    /// Interactions per minute in the first hour (for time-to-N), by minute start, sorted.
-    minutes: Vec<(i64, i64)>,
+    /// Interactions per minute in the first hour (for time-to-N).
+    minutes: FirstHourMinutes,
     emitted_15: bool,
     emitted_60: bool,
     /// The offset that created this post's state.
@@ -581,7 +648,6 @@ impl Engine {
             .map(|p| {
                 size_of::<((u32, i64), Post)>()
                     + 8
-                    + p.minutes.capacity() * 16
                     + p.engagers_15.heap_bytes()
                     + p.engagers_60.heap_bytes()
                     + 3 * (size_of::<(i64, Timer, u32, i64)>() + 8)
@@ -674,9 +740,13 @@ impl Engine {
         let (content, _) = name
             .rsplit_once('\u{1f}')
             .ok_or_else(|| format!("post state {name}: no publication time"))?;
-        let post: Post =
+        let mut post: Post =
             serde_json::from_slice(value).map_err(|e| format!("post state {name}: {e}"))?;
         let p = post.published_at;
+        post.minutes = post
+            .minutes
+            .rebased(Self::minute_of(p))
+            .map_err(|e| format!("post state {name}: {e}"))?;
         // Timers that have not fired yet (a fired one set its emitted flag).
         let forget = p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1;
         let mut timers = vec![(forget, Timer::Forget)];
@@ -794,6 +864,17 @@ impl Engine {
         }
     }
 
+    /// The larger size of the two latest minutes in `by_minute`.
+    fn recent_size<T>(by_minute: &BTreeMap<i64, T>, size: impl Fn(&T) -> usize) -> usize {
+        by_minute
+            .values()
+            .rev()
+            .take(2)
+            .map(size)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn minute_of(t: i64) -> i64 {
         t - t.rem_euclid(MINUTE)
     }
@@ -822,15 +903,16 @@ impl Engine {
             return false;
         }
         let id = id_hash(&e.event_id);
+        if !self.seen_by_minute.contains_key(&minute) {
+            // Sized like the latest minutes: no growing step by step as the minute fills.
+            let size = Self::recent_size(&self.seen_by_minute, |b| b.ids.len());
+            let ids = HashSet::with_capacity_and_hasher(size, Default::default());
+            self.seen_by_minute.insert(minute, SeenBucket { ids, mark });
+        }
         let fresh = self
             .seen_by_minute
-            .entry(minute)
-            .or_insert_with(|| SeenBucket {
-                ids: HashSet::default(),
-                mark,
-            })
-            .ids
-            .insert(id);
+            .get_mut(&minute)
+            .is_some_and(|b| b.ids.insert(id));
         if !fresh {
             self.stats.duplicates += 1;
             return false;
@@ -844,10 +926,14 @@ impl Engine {
         let content = e.content_id.as_deref().map(|c| self.names.intern(c));
         let post = content.map(|c| key(a, Some(c)));
         let actor = engager(e);
-        let pane = self.panes.entry(minute).or_insert_with(|| Pane {
-            counts: Map::default(),
-            mark,
-        });
+        if !self.panes.contains_key(&minute) {
+            let size = Self::recent_size(&self.panes, |p| p.counts.len());
+            let counts = Map::with_capacity_and_hasher(size, Default::default());
+            self.panes.insert(minute, Pane { counts, mark });
+        }
+        let Some(pane) = self.panes.get_mut(&minute) else {
+            return true;
+        };
         for k in std::iter::once(account).chain(post) {
             match pane.counts.get_mut(&k) {
                 Some(c) => c.add(e, actor, offset, late),
@@ -885,6 +971,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn first_hour(
         &mut self,
         e: &EngagementEvent,
@@ -920,12 +1007,13 @@ impl Engine {
             if p + 60 * MINUTE + self.cfg.allowed_lateness_ms <= self.watermark {
                 return;
             }
-            let account_id = Arc::clone(&self.names.names[account as usize]);
+            let account_id = self.names.names[account as usize].clone();
             self.add_post(
                 content,
                 Post {
                     account_id,
                     published_at: p,
+                    minutes: FirstHourMinutes::starting(Self::minute_of(p)),
                     created: offset,
                     dirty: true,
                     ..Default::default()
@@ -954,10 +1042,7 @@ impl Engine {
             self.dirty_posts.push((content, p));
         }
         post.first_60m += d;
-        match post.minutes.binary_search_by_key(&minute, |&(m, _)| m) {
-            Ok(i) => post.minutes[i].1 += d,
-            Err(i) => post.minutes.insert(i, (minute, d)),
-        }
+        post.minutes.add(minute, d);
         if e.event_time < p + 15 * MINUTE {
             post.first_15m += d;
         }
@@ -1144,7 +1229,7 @@ impl Engine {
         }
         .row(
             p.account_id.clone(),
-            Some(Arc::clone(&self.names.names[content as usize])),
+            Some(self.names.names[content as usize].clone()),
             w,
             published,
             published + span * MINUTE,
@@ -1161,7 +1246,7 @@ impl Engine {
         if w == WindowKind::First60m {
             r.early_accel = (p.first_60m > 0).then(|| p.first_15m as f64 / p.first_60m as f64);
             let mut running = 0;
-            for (m, n) in &p.minutes {
+            for (m, n) in p.minutes.iter() {
                 running += n;
                 if running >= self.cfg.time_to_n {
                     r.time_to_n_minutes =
@@ -1199,5 +1284,34 @@ impl Engine {
             }
             self.seen_by_minute.pop_first();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_hour_minutes_are_stored_as_pairs_and_read_back_from_any_first_minute() {
+        let base = 1_764_000_000_000 - 1_764_000_000_000 % MINUTE;
+        let mut m = FirstHourMinutes::starting(base);
+        assert!(m.add(base + 3 * MINUTE, 4));
+        assert!(m.add(base + 60 * MINUTE, -1));
+        assert!(m.add(base + 7 * MINUTE, 1));
+        assert!(m.add(base + 7 * MINUTE, -1)); // back to nothing: not stored
+        assert!(!m.add(base + 61 * MINUTE, 1));
+        assert!(!m.add(base - MINUTE, 1));
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            format!("[[{},4],[{},-1]]", base + 3 * MINUTE, base + 60 * MINUTE)
+        );
+        // Read back, the first stored minute is index 0 until the post rebases it.
+        let read: FirstHourMinutes = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.base, base + 3 * MINUTE);
+        assert_eq!(read.rebased(base).unwrap(), m);
+        assert!(read.rebased(base + 4 * MINUTE).is_err());
+        let too_long = format!("[[{base},1],[{},1]]", base + 61 * MINUTE);
+        assert!(serde_json::from_str::<FirstHourMinutes>(&too_long).is_err());
     }
 }
