@@ -7,6 +7,10 @@
 
 use std::hint::black_box;
 
+/// As in the `banter` binary: large blocks on transparent huge pages.
+#[global_allocator]
+static ALLOC: banter_alloc::HugePages = banter_alloc::HugePages;
+
 use banter_model::{Action, AvroRecord, ContentType, EngagementEvent, Kind, Platform};
 use banter_stream::conversation::{ConversationConfig, Conversations};
 use banter_stream::cta::{Campaign, Matcher, Scope};
