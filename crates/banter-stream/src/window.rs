@@ -574,7 +574,16 @@ pub struct Engine {
     /// (due watermark, what, post): first-hour rows to emit and posts to forget, so a
     /// watermark advance never scans every post.
     timers: BTreeSet<(i64, Timer, u32, i64)>,
+    /// The size of the last minute closed: what a new minute's tables start with.
+    sizes: MinuteSizes,
     stats: Stats,
+}
+
+/// How many keys and dedup ids a minute held.
+#[derive(Debug, Clone, Copy, Default)]
+struct MinuteSizes {
+    pane: usize,
+    seen: usize,
 }
 
 impl Engine {
@@ -598,6 +607,7 @@ impl Engine {
             replay_idle: Vec::new(),
             next_offset: 0,
             timers: BTreeSet::new(),
+            sizes: MinuteSizes::default(),
             stats: Stats::default(),
         }
     }
@@ -864,17 +874,6 @@ impl Engine {
         }
     }
 
-    /// The larger size of the two latest minutes in `by_minute`.
-    fn recent_size<T>(by_minute: &BTreeMap<i64, T>, size: impl Fn(&T) -> usize) -> usize {
-        by_minute
-            .values()
-            .rev()
-            .take(2)
-            .map(size)
-            .max()
-            .unwrap_or(0)
-    }
-
     fn minute_of(t: i64) -> i64 {
         t - t.rem_euclid(MINUTE)
     }
@@ -903,16 +902,17 @@ impl Engine {
             return false;
         }
         let id = id_hash(&e.event_id);
-        if !self.seen_by_minute.contains_key(&minute) {
-            // Sized like the latest minutes: no growing step by step as the minute fills.
-            let size = Self::recent_size(&self.seen_by_minute, |b| b.ids.len());
-            let ids = HashSet::with_capacity_and_hasher(size, Default::default());
-            self.seen_by_minute.insert(minute, SeenBucket { ids, mark });
-        }
+        // A new minute's set is sized like the last closed minute's: no growing step by step.
+        let size = self.sizes.seen;
         let fresh = self
             .seen_by_minute
-            .get_mut(&minute)
-            .is_some_and(|b| b.ids.insert(id));
+            .entry(minute)
+            .or_insert_with(|| SeenBucket {
+                ids: HashSet::with_capacity_and_hasher(size, Default::default()),
+                mark,
+            })
+            .ids
+            .insert(id);
         if !fresh {
             self.stats.duplicates += 1;
             return false;
@@ -926,14 +926,11 @@ impl Engine {
         let content = e.content_id.as_deref().map(|c| self.names.intern(c));
         let post = content.map(|c| key(a, Some(c)));
         let actor = engager(e);
-        if !self.panes.contains_key(&minute) {
-            let size = Self::recent_size(&self.panes, |p| p.counts.len());
-            let counts = Map::with_capacity_and_hasher(size, Default::default());
-            self.panes.insert(minute, Pane { counts, mark });
-        }
-        let Some(pane) = self.panes.get_mut(&minute) else {
-            return true;
-        };
+        let size = self.sizes.pane;
+        let pane = self.panes.entry(minute).or_insert_with(|| Pane {
+            counts: Map::with_capacity_and_hasher(size, Default::default()),
+            mark,
+        });
         for k in std::iter::once(account).chain(post) {
             match pane.counts.get_mut(&k) {
                 Some(c) => c.add(e, actor, offset, late),
@@ -1098,6 +1095,12 @@ impl Engine {
             }
         }
         let before = out.len();
+        if let Some(&m) = to_close.last() {
+            self.sizes = MinuteSizes {
+                pane: self.panes.get(&m).map_or(0, |p| p.counts.len()),
+                seen: self.seen_by_minute.get(&m).map_or(0, |b| b.ids.len()),
+            };
+        }
         for m in to_close {
             // Rows come in the maps' order, not sorted (sorting would cost more than the rest of
             // the close): the same rows in every run; after a restore, names may be interned
