@@ -44,25 +44,25 @@ fn advise(p: *mut u8, size: usize) {
 #[cfg(not(target_os = "linux"))]
 fn advise(_: *mut u8, _: usize) {}
 
+/// `p`, a block of `size` bytes from the system allocator (or null), advised when large.
+fn advised(p: *mut u8, size: usize) -> *mut u8 {
+    if !p.is_null() && size >= HUGE_PAGE {
+        advise(p, size);
+    }
+    p
+}
+
 // SAFETY: every call is forwarded to `System` with the same arguments; `advise` only gives the
 // kernel a hint about memory inside the returned block.
 unsafe impl GlobalAlloc for HugePages {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() && layout.size() >= HUGE_PAGE {
-            advise(p, layout.size());
-        }
-        p
+        advised(unsafe { System.alloc(layout) }, layout.size())
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() && layout.size() >= HUGE_PAGE {
-            advise(p, layout.size());
-        }
-        p
+        advised(unsafe { System.alloc_zeroed(layout) }, layout.size())
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -72,11 +72,7 @@ unsafe impl GlobalAlloc for HugePages {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() && new_size >= HUGE_PAGE {
-            advise(p, new_size);
-        }
-        p
+        advised(unsafe { System.realloc(ptr, layout, new_size) }, new_size)
     }
 }
 

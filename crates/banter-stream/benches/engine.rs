@@ -7,10 +7,6 @@
 
 use std::hint::black_box;
 
-/// As in the `banter` binary: large blocks on transparent huge pages.
-#[global_allocator]
-static ALLOC: banter_alloc::HugePages = banter_alloc::HugePages;
-
 use banter_model::{Action, AvroRecord, ContentType, EngagementEvent, Kind, Platform};
 use banter_stream::conversation::{ConversationConfig, Conversations};
 use banter_stream::cta::{Campaign, Matcher, Scope};
@@ -18,6 +14,10 @@ use banter_stream::funnel::{FunnelConfig, Funnels};
 use banter_stream::window::Output;
 use banter_stream::{Detector, Engine, SpikeConfig, WindowConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// As in the `banter` binary: large blocks on transparent huge pages.
+#[global_allocator]
+static ALLOC: banter_alloc::HugePages = banter_alloc::HugePages;
 
 const T0: i64 = 1_764_000_000_000;
 const POSTS: u64 = 100_000;

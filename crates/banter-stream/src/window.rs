@@ -233,10 +233,12 @@ impl Names {
     fn heap_bytes(&self) -> usize {
         self.names
             .iter()
-            // The table's entry and the vector's; a long name's shared allocation.
+            // The table's entry and control byte, the vector's entry, a long name's shared
+            // allocation.
             .map(|n| {
-                2 * 24
-                    + 8
+                size_of::<(SmolStr, u32)>()
+                    + 1
+                    + size_of::<SmolStr>()
                     + if n.is_heap_allocated() {
                         n.len() + 16
                     } else {
@@ -244,7 +246,7 @@ impl Names {
                     }
             })
             .sum::<usize>()
-            + self.refs.len() * 4
+            + self.refs.len() * size_of::<u32>()
     }
 }
 
@@ -448,16 +450,22 @@ impl FirstHourMinutes {
             .map(|(i, &n)| (self.base + i * MINUTE, i64::from(n)))
     }
 
-    /// The same counts indexed from `minute` (after reading them back from the changelog, where
-    /// the first stored minute need not be the minute of publication).
-    fn rebased(&self, minute: i64) -> Result<Self, String> {
+    /// The counts of `pairs` indexed from `minute`; Err(the first minute outside the hour).
+    fn from_pairs(minute: i64, pairs: impl IntoIterator<Item = (i64, i64)>) -> Result<Self, i64> {
         let mut r = FirstHourMinutes::starting(minute);
-        for (m, n) in self.iter() {
+        for (m, n) in pairs {
             if !r.add(m, n) {
-                return Err(format!("minute {m} is not in the first hour from {minute}"));
+                return Err(m);
             }
         }
         Ok(r)
+    }
+
+    /// The same counts indexed from `minute` (after reading them back from the changelog, where
+    /// the first stored minute need not be the minute of publication).
+    fn rebased(&self, minute: i64) -> Result<Self, String> {
+        Self::from_pairs(minute, self.iter())
+            .map_err(|m| format!("minute {m} is not in the first hour from {minute}"))
     }
 }
 
@@ -470,15 +478,12 @@ impl Serialize for FirstHourMinutes {
 impl<'de> Deserialize<'de> for FirstHourMinutes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let pairs = Vec::<(i64, i64)>::deserialize(d)?;
-        let mut r = FirstHourMinutes::starting(pairs.first().map_or(0, |&(m, _)| m));
-        for (m, n) in pairs {
-            if !r.add(m, n) {
-                return Err(serde::de::Error::custom(format!(
-                    "first-hour minute {m} more than an hour after the first"
-                )));
-            }
-        }
-        Ok(r)
+        let first = pairs.first().map_or(0, |&(m, _)| m);
+        Self::from_pairs(first, pairs).map_err(|m| {
+            serde::de::Error::custom(format!(
+                "first-hour minute {m} more than an hour after the first"
+            ))
+        })
     }
 }
 
@@ -967,7 +972,6 @@ impl Engine {
         true
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::too_many_arguments)]
     fn first_hour(
         &mut self,
