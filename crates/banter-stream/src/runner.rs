@@ -1146,6 +1146,9 @@ fn emit(
     Ok(())
 }
 
+/// Events decoded and prefetched together ([`Engine::prefetch`]) before they are processed.
+const PREFETCH: usize = 64;
+
 #[allow(clippy::too_many_arguments)]
 fn process_batch(
     consumer: &BaseConsumer<Ctx>,
@@ -1164,109 +1167,139 @@ fn process_batch(
     let mut outputs = Vec::new();
     let mut buf = Vec::new();
     let mut rollup_enc = Rollup::codec().encoder();
-    // Every event is decoded into the same buffers.
-    let mut event = EngagementEvent::empty();
+    // Events are decoded PREFETCH at a time, each into the same buffers every time, and each
+    // partition's engine starts fetching the state of its events before processing them.
+    let mut events: Vec<EngagementEvent> = Vec::new();
+    let mut decoded = Vec::new();
+    let mut chunk = Vec::with_capacity(PREFETCH);
+    let mut batch = batch.into_iter().peekable();
     let now = Instant::now();
-    for (p, offset, payload) in batch {
-        let Some(part) = parts.active.get_mut(&p) else {
-            continue;
-        };
-        if offset < part.engine.next_offset() {
-            continue; // already processed (a re-delivery after a seek)
+    while batch.peek().is_some() {
+        chunk.clear();
+        chunk.extend(batch.by_ref().take(PREFETCH));
+        if events.len() < chunk.len() {
+            events.resize_with(chunk.len(), EngagementEvent::empty);
         }
-        part.last_arrival = now;
-        if part.replaying && offset >= part.replay_until {
-            part.engine.finish_replay(&mut outputs);
-            outputs.clear();
-            part.replaying = false;
+        decoded.clear();
+        for ((_, _, payload), event) in chunk.iter().zip(events.iter_mut()) {
+            decoded.push(codec.decode_into(payload, event));
         }
-        match codec.decode_into(&payload, &mut event) {
-            Ok(()) => {}
-            Err(e) => {
-                if !part.replaying {
-                    metrics.undecodable.inc();
-                    let dl = dead_letter(
-                        &out.input,
-                        p,
-                        offset,
-                        None,
-                        "undecodable",
-                        e.to_string(),
-                        payload,
-                    );
-                    tx.send(
-                        &out.dlq,
-                        None,
-                        b"",
-                        &DeadLetter::codec().encode(&dl).unwrap_or_default(),
-                    )?;
+        // Runs of one partition (the consumer hands out each partition's messages together).
+        let mut from = 0;
+        while from < chunk.len() {
+            let p = chunk[from].0;
+            let to = chunk[from..]
+                .iter()
+                .position(|m| m.0 != p)
+                .map_or(chunk.len(), |n| from + n);
+            if let Some(part) = parts.active.get(&p) {
+                part.engine.prefetch(&events[from..to]);
+            }
+            from = to;
+        }
+        for (((p, offset, payload), event), decoded) in
+            chunk.drain(..).zip(events.iter()).zip(decoded.drain(..))
+        {
+            let Some(part) = parts.active.get_mut(&p) else {
+                continue;
+            };
+            if offset < part.engine.next_offset() {
+                continue; // already processed (a re-delivery after a seek)
+            }
+            part.last_arrival = now;
+            if part.replaying && offset >= part.replay_until {
+                part.engine.finish_replay(&mut outputs);
+                outputs.clear();
+                part.replaying = false;
+            }
+            match decoded {
+                Ok(()) => {}
+                Err(e) => {
+                    if !part.replaying {
+                        metrics.undecodable.inc();
+                        let dl = dead_letter(
+                            &out.input,
+                            p,
+                            offset,
+                            None,
+                            "undecodable",
+                            e.to_string(),
+                            payload,
+                        );
+                        tx.send(
+                            &out.dlq,
+                            None,
+                            b"",
+                            &DeadLetter::codec().encode(&dl).unwrap_or_default(),
+                        )?;
+                    }
+                    continue;
                 }
+            };
+            let before = part.engine.stats().clone();
+            let counted = part.engine.process(event, offset, &mut outputs);
+            if part.replaying {
+                metrics.replayed.inc();
+                outputs.clear();
                 continue;
             }
-        };
-        let before = part.engine.stats().clone();
-        let counted = part.engine.process(&event, offset, &mut outputs);
-        if part.replaying {
-            metrics.replayed.inc();
-            outputs.clear();
-            continue;
-        }
-        let after = part.engine.stats();
-        metrics.events.inc();
-        metrics
-            .duplicates
-            .inc_by(after.duplicates - before.duplicates);
-        metrics.late.inc_by(after.late - before.late);
-        part.dirty = true;
-        // The funnels see what the windows counted: no duplicates, nothing too late.
-        if counted {
-            let fs = part.funnels.stats().clone();
-            part.funnels.process(&event, offset);
-            part.conversations.process(&event, offset);
-            let fa = part.funnels.stats();
-            metrics.triggers.inc_by(fa.triggers - fs.triggers);
+            let after = part.engine.stats();
+            metrics.events.inc();
             metrics
-                .unattributed
-                .inc_by(fa.unattributed - fs.unattributed);
-        }
-        let mut rollups = Vec::new();
-        for o in outputs.drain(..) {
-            match o {
-                Output::Rollup(r) => rollups.push(r),
-                Output::TooLate { event_id, offset } => {
-                    metrics.too_late.inc();
-                    let dl = dead_letter(
-                        &out.input,
-                        p,
-                        offset,
-                        Some(event.account_id.clone()),
-                        "late",
-                        format!(
-                            "event {event_id} at {} is more than the allowed lateness ({} ms) behind the watermark {}",
-                            event.event_time,
-                            sc.allowed_lateness_ms,
-                            part.engine.watermark()
-                        ),
-                        payload.clone(),
-                    );
-                    tx.send(
-                        &out.dlq,
-                        None,
-                        event.account_id.as_bytes(),
-                        &DeadLetter::codec().encode(&dl).unwrap_or_default(),
-                    )?;
+                .duplicates
+                .inc_by(after.duplicates - before.duplicates);
+            metrics.late.inc_by(after.late - before.late);
+            part.dirty = true;
+            // The funnels see what the windows counted: no duplicates, nothing too late.
+            if counted {
+                let fs = part.funnels.stats().clone();
+                part.funnels.process(event, offset);
+                part.conversations.process(event, offset);
+                let fa = part.funnels.stats();
+                metrics.triggers.inc_by(fa.triggers - fs.triggers);
+                metrics
+                    .unattributed
+                    .inc_by(fa.unattributed - fs.unattributed);
+            }
+            let mut rollups = Vec::new();
+            for o in outputs.drain(..) {
+                match o {
+                    Output::Rollup(r) => rollups.push(r),
+                    Output::TooLate { event_id, offset } => {
+                        metrics.too_late.inc();
+                        let dl = dead_letter(
+                            &out.input,
+                            p,
+                            offset,
+                            Some(event.account_id.clone()),
+                            "late",
+                            format!(
+                                "event {event_id} at {} is more than the allowed lateness ({} ms) behind the watermark {}",
+                                event.event_time,
+                                sc.allowed_lateness_ms,
+                                part.engine.watermark()
+                            ),
+                            payload.clone(),
+                        );
+                        tx.send(
+                            &out.dlq,
+                            None,
+                            event.account_id.as_bytes(),
+                            &DeadLetter::codec().encode(&dl).unwrap_or_default(),
+                        )?;
+                    }
                 }
             }
+            emit(
+                &mut tx,
+                &mut rollup_enc,
+                &mut buf,
+                out,
+                metrics,
+                part,
+                rollups.into_iter(),
+            )?;
         }
-        emit(
-            &mut tx,
-            &mut rollup_enc,
-            &mut buf,
-            out,
-            metrics,
-            part,
-            rollups.into_iter(),
-        )?;
     }
     // Replays that reached their end without input past it; idle partitions.
     let positions = consumer.position().ok();
