@@ -124,19 +124,6 @@ impl Sketch {
         }
     }
 
-    /// Starts fetching the memory [`Sketch::insert`] reads first, when it is on the heap.
-    pub(crate) fn prefetch(&self) {
-        match &self.0 {
-            Repr::Inline(..) => {}
-            Repr::Sparse(v) => {
-                if let Some(h) = v.get(v.len() / 2) {
-                    banter_alloc::prefetch(h);
-                }
-            }
-            Repr::Dense(d) => banter_alloc::prefetch(d),
-        }
-    }
-
     /// Adds one actor (by [`actor_hash`]).
     pub fn insert(&mut self, h: u64) {
         match &mut self.0 {

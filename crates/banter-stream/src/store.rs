@@ -109,12 +109,19 @@ impl<K: Hash + Eq, V> Table<K, V> {
         self.entries.iter().map(|(_, v)| v)
     }
 
-    /// Starts loading the slot `k` most likely sits in (the first whose 7-bit tag matches; the
-    /// tags are the table's control bytes, which stay in cache) and returns at once.
+    /// Starts loading the slot `k` most likely sits in and returns at once.
     pub(crate) fn prefetch(&self, k: &K) {
-        if let Some(slot) = self.entries.find(self.hash(k), |_| true) {
+        if let Some(slot) = self.likely_slot(k) {
             banter_alloc::prefetch(slot);
         }
+    }
+
+    /// The slot `k` most likely sits in, found without reading any slot: the first whose 7-bit
+    /// tag matches `k`'s hash (the tags are the table's control bytes, which stay in cache).
+    /// For prefetching the parts of a large value: reading the slot waits for it, and it may
+    /// hold another key.
+    pub(crate) fn likely_slot(&self, k: &K) -> Option<&(K, V)> {
+        self.entries.find(self.hash(k), |_| true)
     }
 }
 

@@ -284,6 +284,16 @@ struct Counts {
     engagers: Sketch,
 }
 
+/// The publication time an event gives its post: `content_published_at`, or for a
+/// POST_PUBLISHED event without one its own time.
+fn publication(e: &EngagementEvent) -> Option<i64> {
+    if e.kind == Kind::PostPublished {
+        e.content_published_at.or(Some(e.event_time))
+    } else {
+        e.content_published_at
+    }
+}
+
 /// The actor of an event that counts as an engager: a non-brand actor whose interaction adds.
 fn engager(e: &EngagementEvent) -> Option<u64> {
     if e.interaction_delta() > 0 {
@@ -434,9 +444,14 @@ impl FirstHourMinutes {
     }
 
     fn index(&self, minute: i64) -> Option<usize> {
-        usize::try_from((minute - self.base) / MINUTE)
+        Self::index_from(self.base, minute)
+    }
+
+    /// The index of `minute` in the counts of a first hour whose index 0 is minute `base`.
+    fn index_from(base: i64, minute: i64) -> Option<usize> {
+        usize::try_from((minute - base) / MINUTE)
             .ok()
-            .filter(|&i| minute >= self.base && i < FIRST_HOUR_MINUTES)
+            .filter(|&i| minute >= base && i < FIRST_HOUR_MINUTES)
     }
 
     /// Adds `d` to the minute starting at `minute`; false when it is outside the first hour.
@@ -928,9 +943,8 @@ impl Engine {
                 }
             }
             // What the names lead to: the pane entries and the post.
-            let mut posts = [None; CHUNK];
             let mut pane: Option<(i64, &Pane)> = None;
-            for (e, post) in events.iter().zip(posts.iter_mut()) {
+            for e in events {
                 let Some(a) = self.names.lookup(&e.account_id) else {
                     continue;
                 };
@@ -945,23 +959,15 @@ impl Engine {
                         pane.counts.prefetch(&key(a, Some(c)));
                     }
                 }
-                let published = e.content_published_at.or(if e.kind == Kind::PostPublished {
-                    Some(e.event_time)
-                } else {
-                    None
-                });
-                if let (Some(c), Some(p)) = (c, published) {
-                    self.posts.prefetch(&(c, p));
-                    *post = Some((c, p, minute));
-                }
-            }
-            // What the post leads to: its minute's counter and its engager sketches.
-            for &(c, p, minute) in posts.iter().flatten() {
-                if let Some(post) = self.posts.get(&(c, p)) {
-                    post.engagers_60.prefetch();
-                    post.engagers_15.prefetch();
-                    if let Some(i) = post.minutes.index(minute) {
-                        banter_alloc::prefetch(&post.minutes.counts[i]);
+                if let (Some(c), Some(p)) = (c, publication(e)) {
+                    // The post is several cache lines: those this event will touch.
+                    if let Some((k, post)) = self.posts.likely_slot(&(c, p)) {
+                        banter_alloc::prefetch(k);
+                        banter_alloc::prefetch(&post.revision);
+                        banter_alloc::prefetch(&post.engagers_60);
+                        if let Some(i) = FirstHourMinutes::index_from(Self::minute_of(p), minute) {
+                            banter_alloc::prefetch(&post.minutes.counts[i]);
+                        }
                     }
                 }
             }
@@ -1069,11 +1075,7 @@ impl Engine {
         if offset < self.skip_posts_below {
             return; // the restored first-hour state already holds it
         }
-        let published = if e.kind == Kind::PostPublished {
-            e.content_published_at.or(Some(e.event_time))
-        } else {
-            e.content_published_at
-        };
+        let published = publication(e);
         // A post's first-hour state is identified by (content, publication time), so that an
         // inconsistent publication time cannot make a replay differ. Events without one
         // count toward the post's latest known publication.
