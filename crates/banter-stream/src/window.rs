@@ -1204,8 +1204,9 @@ impl Engine {
                     )));
                 }
             }
-            // The velocity window ending at m + 1 min sums the panes m - 4 .. m.
-            let mut sums: Table<Key, Counts> = Table::default();
+            // The velocity window ending at m + 1 min sums the panes m - 4 .. m (about as many keys
+            // as one minute: sized like the last one, no growing step by step).
+            let mut sums: Table<Key, Counts> = Table::with_capacity(self.sizes.pane);
             for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
                 for (&k, c) in &pane.counts {
                     sums.entry_or_default(k).add_counts(c);
