@@ -124,6 +124,25 @@ impl Sketch {
         }
     }
 
+    /// Starts fetching the heap memory [`Sketch::insert`] will read: all of a sparse sketch's
+    /// hashes (at most four cache lines), or the register of the hash `h` gives (called only
+    /// for a dense sketch).
+    pub(crate) fn prefetch(&self, h: impl FnOnce() -> Option<u64>) {
+        match &self.0 {
+            Repr::Inline(..) => {}
+            Repr::Sparse(v) => {
+                for line in v.chunks(8) {
+                    banter_alloc::prefetch(&line[0]);
+                }
+            }
+            Repr::Dense(d) => {
+                if let Some(h) = h() {
+                    banter_alloc::prefetch(&d[(h >> (64 - P)) as usize]);
+                }
+            }
+        }
+    }
+
     /// Adds one actor (by [`actor_hash`]).
     pub fn insert(&mut self, h: u64) {
         match &mut self.0 {

@@ -926,6 +926,9 @@ impl Engine {
     /// without it.
     pub fn prefetch(&self, events: &[EngagementEvent]) {
         const CHUNK: usize = 16;
+        // The posts of the chunk before (fetched by now): their sketches' heap memory.
+        let mut previous: &[EngagementEvent] = &[];
+        let mut posts = [None; CHUNK];
         for events in events.chunks(CHUNK) {
             // The names (and the dedup slots): they depend only on the event.
             let mut seen: Option<(i64, &SeenBucket)> = None;
@@ -944,7 +947,8 @@ impl Engine {
             }
             // What the names lead to: the pane entries and the post.
             let mut pane: Option<(i64, &Pane)> = None;
-            for e in events {
+            let mut found = [None; CHUNK];
+            for (e, found) in events.iter().zip(found.iter_mut()) {
                 let Some(a) = self.names.lookup(&e.account_id) else {
                     continue;
                 };
@@ -969,7 +973,26 @@ impl Engine {
                             banter_alloc::prefetch(&post.minutes.counts[i]);
                         }
                     }
+                    *found = Some((c, p));
                 }
+            }
+            self.prefetch_sketches(previous, &posts);
+            previous = events;
+            posts = found;
+        }
+        self.prefetch_sketches(previous, &posts);
+    }
+
+    /// The last step of [`Engine::prefetch`]: the engager sketches of the posts (fetched a chunk
+    /// of events ago) keep their hashes on the heap.
+    fn prefetch_sketches(&self, events: &[EngagementEvent], posts: &[Option<(u32, i64)>]) {
+        for (e, &post) in events.iter().zip(posts) {
+            let Some(post) = post.and_then(|k| self.posts.get(&k)) else {
+                continue;
+            };
+            post.engagers_60.prefetch(|| engager(e));
+            if e.event_time < post.published_at + 15 * MINUTE {
+                post.engagers_15.prefetch(|| engager(e));
             }
         }
     }
