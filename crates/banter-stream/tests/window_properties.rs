@@ -126,6 +126,51 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Prefetching a batch's state before processing it (as `banter stream` does) changes no
+    /// output, whatever the batch size, with duplicates, late and too-late events in the input.
+    #[test]
+    fn prefetching_batches_changes_no_output(
+        evs in events(),
+        batch in 1usize..70,
+        late_every in 3usize..9,
+    ) {
+        let mut arrival = Vec::new();
+        for (i, e) in evs.iter().enumerate() {
+            arrival.push(e.clone());
+            if i % late_every == 0 {
+                // A duplicate, and an event an hour and more behind (late or too late).
+                arrival.push(e.clone());
+                let mut old = e.clone();
+                old.event_id = format!("{}-old", e.event_id);
+                old.event_time -= 61 * 60_000 + (i as i64) * 10_000;
+                arrival.push(old);
+            }
+        }
+        let plain = {
+            let mut engine = Engine::new(WindowConfig::default());
+            let mut out = Vec::new();
+            for (offset, e) in arrival.iter().enumerate() {
+                engine.process(e, offset as i64, &mut out);
+            }
+            engine.advance_watermark(i64::MAX / 2, &mut out);
+            out
+        };
+        let mut engine = Engine::new(WindowConfig::default());
+        let mut out = Vec::new();
+        for (i, chunk) in arrival.chunks(batch).enumerate() {
+            engine.prefetch(chunk);
+            for (j, e) in chunk.iter().enumerate() {
+                engine.process(e, (i * batch + j) as i64, &mut out);
+            }
+        }
+        engine.advance_watermark(i64::MAX / 2, &mut out);
+        prop_assert_eq!(format!("{plain:?}"), format!("{out:?}"));
+    }
+}
+
 #[test]
 fn state_is_bounded_by_the_lateness_horizon() {
     let mut engine = Engine::new(WindowConfig::default());
