@@ -13,6 +13,14 @@ pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>
 /// Hash sets with a fixed seed.
 pub(crate) type Set<K> = hashbrown::HashSet<K, foldhash::fast::FixedState>;
 
+/// Starts loading the slot of `table` an entry of hash `h` most likely sits in (see
+/// [`Table::likely_slot`]) and returns at once.
+pub(crate) fn prefetch_slot<T>(table: &hashbrown::HashTable<T>, h: u64) {
+    if let Some(slot) = table.find(h, |_| true) {
+        banter_alloc::prefetch(slot);
+    }
+}
+
 /// A hash map with a fixed seed, like [`Map`], that can also start fetching the slot of a key
 /// without waiting for it ([`Table::prefetch`]): for the window engine's large per-event
 /// tables, read ahead for a batch of events.
@@ -111,9 +119,7 @@ impl<K: Hash + Eq, V> Table<K, V> {
 
     /// Starts loading the slot `k` most likely sits in and returns at once.
     pub(crate) fn prefetch(&self, k: &K) {
-        if let Some(slot) = self.likely_slot(k) {
-            banter_alloc::prefetch(slot);
-        }
+        prefetch_slot(&self.entries, self.hash(k));
     }
 
     /// The slot `k` most likely sits in, found without reading any slot: the first whose 7-bit

@@ -33,7 +33,7 @@ use std::hash::BuildHasher;
 
 // Hash maps with a fixed seed: iteration order depends only on the inserts, so a replay
 // emits rows in the same order.
-use crate::store::{Map, Table};
+use crate::store::{prefetch_slot, Map, Table};
 
 use banter_model::{EngagementEvent, Kind, Rollup, SmolStr, WindowKind};
 use serde::{Deserialize, Serialize};
@@ -162,14 +162,9 @@ impl Names {
             .map(|&(_, id)| id)
     }
 
-    /// Asks the CPU to fetch the table slot `name` is most likely in, without waiting for it:
-    /// the first slot whose 7-bit tag matches the hash (read from the table's control bytes,
-    /// which stay in cache; the slots do not).
+    /// Starts fetching the table slot `name` is most likely in (see [`Engine::prefetch`]).
     fn prefetch(&self, name: &str) {
-        let h = self.hasher.hash_one(name.as_bytes());
-        if let Some(slot) = self.ids.find(h, |_| true) {
-            banter_alloc::prefetch(slot);
-        }
+        prefetch_slot(&self.ids, self.hasher.hash_one(name.as_bytes()));
     }
 
     /// The id of `name`, interning it (with no reference yet) when new.
@@ -570,9 +565,7 @@ impl SeenBucket {
 
     /// Starts fetching the slot of `id` (see [`Engine::prefetch`]).
     fn prefetch(&self, id: u64) {
-        if let Some(slot) = self.ids.find(id, |_| true) {
-            banter_alloc::prefetch(slot);
-        }
+        prefetch_slot(&self.ids, id);
     }
 }
 
