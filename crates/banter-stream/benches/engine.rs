@@ -84,13 +84,16 @@ fn stream(n: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Decodes and processes `encoded` on a fresh engine: BATCH events at a time, prefetched
-/// first (`prefetch`), or one at a time. The rows emitted and the state entries at the end.
-fn windows(encoded: &[Vec<u8>], prefetch: bool) -> (usize, usize) {
+/// Decodes `encoded` into reused buffers and hands each event with its offset to `f`: BATCH
+/// events at a time with `engine` prefetching each batch first (as `banter stream` does), or
+/// one at a time without.
+fn each_event(
+    encoded: &[Vec<u8>],
+    engine: &mut Engine,
+    prefetch: bool,
+    mut f: impl FnMut(&mut Engine, &EngagementEvent, i64),
+) {
     let codec = EngagementEvent::codec();
-    let mut engine = Engine::new(WindowConfig::default());
-    let mut out = Vec::with_capacity(1 << 16);
-    let mut rows = 0usize;
     let mut batch: Vec<EngagementEvent> = (0..BATCH).map(|_| EngagementEvent::empty()).collect();
     let size = if prefetch { BATCH } else { 1 };
     for (i, chunk) in encoded.chunks(size).enumerate() {
@@ -102,11 +105,22 @@ fn windows(encoded: &[Vec<u8>], prefetch: bool) -> (usize, usize) {
             engine.prefetch(events);
         }
         for (j, e) in events.iter().enumerate() {
-            engine.process(e, (i * size + j) as i64, &mut out);
-            rows += out.len();
-            out.clear();
+            f(engine, e, (i * size + j) as i64);
         }
     }
+}
+
+/// Decodes and processes `encoded` on a fresh engine (see [`each_event`]). The rows emitted
+/// and the state entries at the end.
+fn windows(encoded: &[Vec<u8>], prefetch: bool) -> (usize, usize) {
+    let mut engine = Engine::new(WindowConfig::default());
+    let mut out = Vec::with_capacity(1 << 16);
+    let mut rows = 0usize;
+    each_event(encoded, &mut engine, prefetch, |engine, e, offset| {
+        engine.process(e, offset, &mut out);
+        rows += out.len();
+        out.clear();
+    });
     (rows, engine.state_entries())
 }
 
@@ -149,37 +163,28 @@ fn engine(c: &mut Criterion) {
                 let (mut alerts, mut funnel_rows, mut conversation_rows) =
                     (Vec::new(), Vec::new(), Vec::new());
                 let mut rows = 0usize;
-                let mut batch: Vec<EngagementEvent> =
-                    (0..BATCH).map(|_| EngagementEvent::empty()).collect();
-                for (i, chunk) in encoded.chunks(BATCH).enumerate() {
-                    for (bytes, e) in chunk.iter().zip(batch.iter_mut()) {
-                        codec.decode_into(bytes, e).unwrap();
-                    }
-                    engine.prefetch(&batch[..chunk.len()]);
-                    for (j, e) in batch[..chunk.len()].iter().enumerate() {
-                        let offset = i * BATCH + j;
-                        let counted = engine.process(e, offset as i64, &mut out);
-                        for o in out.drain(..) {
-                            if let Output::Rollup(r) = o {
-                                let published =
-                                    r.content_id.as_deref().and_then(|c| engine.published_at(c));
-                                detector.observe(&r, published);
-                                rows += 1;
-                            }
+                each_event(&encoded, &mut engine, true, |engine, e, offset| {
+                    let counted = engine.process(e, offset, &mut out);
+                    for o in out.drain(..) {
+                        if let Output::Rollup(r) = o {
+                            let published =
+                                r.content_id.as_deref().and_then(|c| engine.published_at(c));
+                            detector.observe(&r, published);
+                            rows += 1;
                         }
-                        detector.close(engine.closed_below(), &mut alerts);
-                        if counted {
-                            funnels.process(e, offset as i64);
-                            conversations.process(e, offset as i64);
-                        }
-                        funnels.advance(engine.watermark(), &mut funnel_rows);
-                        conversations.advance(engine.watermark(), &mut conversation_rows);
-                        rows += alerts.len() + funnel_rows.len() + conversation_rows.len();
-                        alerts.clear();
-                        funnel_rows.clear();
-                        conversation_rows.clear();
                     }
-                }
+                    detector.close(engine.closed_below(), &mut alerts);
+                    if counted {
+                        funnels.process(e, offset);
+                        conversations.process(e, offset);
+                    }
+                    funnels.advance(engine.watermark(), &mut funnel_rows);
+                    conversations.advance(engine.watermark(), &mut conversation_rows);
+                    rows += alerts.len() + funnel_rows.len() + conversation_rows.len();
+                    alerts.clear();
+                    funnel_rows.clear();
+                    conversation_rows.clear();
+                });
                 black_box((rows, engine.state_entries(), funnels.state_entries()))
             })
         },

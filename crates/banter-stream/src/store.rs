@@ -1,5 +1,6 @@
-//! What the processors after the windows (spike detection, funnels, conversations) share:
-//! deterministic hash maps, HOUR / DAY windows, and their progress through the input.
+//! What the window engine and the processors after it (spike detection, funnels,
+//! conversations) share: deterministic hash maps (and [`Table`], one that can prefetch), HOUR /
+//! DAY windows, and their progress through the input.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -106,7 +107,7 @@ impl<K: Hash + Eq, V> Table<K, V> {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.into_iter()
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {

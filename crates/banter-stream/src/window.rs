@@ -569,6 +569,9 @@ impl SeenBucket {
     }
 }
 
+/// A post's key and the slot it most likely sits in (see [`Table::likely_slot`]).
+type PostSlot<'a> = ((u32, i64), &'a ((u32, i64), Post));
+
 /// The windowing state of one partition.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -958,15 +961,15 @@ impl Engine {
                 }
                 if let (Some(c), Some(p)) = (c, publication(e)) {
                     // The post is several cache lines: those this event will touch.
-                    if let Some((k, post)) = self.posts.likely_slot(&(c, p)) {
+                    if let Some(slot @ (k, post)) = self.posts.likely_slot(&(c, p)) {
                         banter_alloc::prefetch(k);
                         banter_alloc::prefetch(&post.revision);
                         banter_alloc::prefetch(&post.engagers_60);
                         if let Some(i) = FirstHourMinutes::index_from(Self::minute_of(p), minute) {
                             banter_alloc::prefetch(&post.minutes.counts[i]);
                         }
+                        *found = Some(((c, p), slot));
                     }
-                    *found = Some((c, p));
                 }
             }
             self.prefetch_sketches(previous, &posts);
@@ -976,11 +979,12 @@ impl Engine {
         self.prefetch_sketches(previous, &posts);
     }
 
-    /// The last step of [`Engine::prefetch`]: the engager sketches of the posts (fetched a chunk
-    /// of events ago) keep their hashes on the heap.
-    fn prefetch_sketches(&self, events: &[EngagementEvent], posts: &[Option<(u32, i64)>]) {
+    /// The last step of [`Engine::prefetch`]: the engager sketches of the posts (their likely
+    /// slots, fetched a chunk of events ago) keep their hashes on the heap.
+    fn prefetch_sketches(&self, events: &[EngagementEvent], posts: &[Option<PostSlot<'_>>]) {
         for (e, &post) in events.iter().zip(posts) {
-            let Some(post) = post.and_then(|k| self.posts.get(&k)) else {
+            // The slot found by its tag alone may hold another post.
+            let Some((_, (_, post))) = post.filter(|(k, slot)| slot.0 == *k) else {
                 continue;
             };
             post.engagers_60.prefetch(|| engager(e));
