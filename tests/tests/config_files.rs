@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use banter_integration::repo_root;
-use banter_runtime::Config;
+use banter::Config;
+use banter_testkit::repo_root;
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(repo_root().join(rel)).unwrap()

@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use banter_integration::*;
-use banter_model::sample::sample_events;
 use banter_model::{AvroRecord, EngagementEvent};
 use banter_runtime::kafka::{
     ensure_topics, partition_count, pipeline_topics, producer, TopicOutcome,
 };
+use banter_testkit::*;
+use banter_workload::sample::sample_events;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
@@ -119,7 +119,7 @@ async fn clickhouse_table_round_trip() {
 
     let version: String = client.query("SELECT version()").fetch_one().await.unwrap();
     assert_eq!(
-        banter_runtime::clickhouse::ServerVersion::parse(&version).unwrap(),
+        banter_sink::clickhouse::ServerVersion::parse(&version).unwrap(),
         db.ch.version
     );
     db.drop_now(&cfg).await;

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use banter_ingest::server::sign;
-use banter_integration::*;
 use banter_model::{AvroRecord, DeadLetter, EngagementEvent, Kind, Stage};
+use banter_testkit::*;
 use rdkafka::Message;
 use serde_json::{json, Value};
 

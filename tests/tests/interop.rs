@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use banter_integration::{repo_root, unique};
-use banter_model::sample::sample_events;
 use banter_model::*;
+use banter_testkit::{repo_root, unique};
+use banter_workload::sample::sample_events;
 
 fn python() -> PathBuf {
     let p = std::env::var_os("BANTER_PYTHON")

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use banter_integration::*;
+use banter_testkit::*;
 use serde_json::Value;
 
 fn promtool(args: &[&str]) -> String {

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use banter_model::{AlertState, AvroRecord, SpikeAlert};
-use banter_runtime::config::{AlertingConfig, Config};
+use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::consumer_config;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +32,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+
+pub mod config;
+
+pub use config::AlertingConfig;
 
 /// Why delivery stopped.
 #[derive(Debug, Error)]
@@ -342,8 +346,7 @@ impl Tracker {
 }
 
 /// Reads the alerts topic from `lookback_ms` ago.
-fn consumer(config: &Config) -> Result<StreamConsumer, AlertError> {
-    let k = &config.kafka;
+fn consumer(k: &KafkaConfig, lookback_ms: i64) -> Result<StreamConsumer, AlertError> {
     let topic = &k.topics.alerts;
     let c: StreamConsumer = consumer_config(k, "alert", "banter-alert")
         .create()
@@ -362,7 +365,7 @@ fn consumer(config: &Config) -> Result<StreamConsumer, AlertError> {
             detail: format!("{topic} does not exist (run `banter topics`)"),
         });
     }
-    let since = banter_runtime::now_ms() - config.alerting.lookback_ms;
+    let since = banter_runtime::now_ms() - lookback_ms;
     let mut tpl = TopicPartitionList::new();
     for p in &parts {
         tpl.add_partition_offset(topic, *p, Offset::Offset(since))
@@ -391,11 +394,11 @@ fn consumer(config: &Config) -> Result<StreamConsumer, AlertError> {
 /// # Errors
 /// `alerting.alertmanager_url` is empty, or Kafka clients cannot be created.
 pub async fn run(
-    config: &Config,
+    k: &KafkaConfig,
+    cfg: &AlertingConfig,
     metrics: AlertMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), AlertError> {
-    let cfg = &config.alerting;
     let base = cfg.alertmanager_url.trim().trim_end_matches('/');
     if base.is_empty() {
         return Err(AlertError::Config {
@@ -411,7 +414,7 @@ pub async fn run(
             key: "alerting.alertmanager_url",
             message: e.to_string(),
         })?;
-    let consumer = consumer(config)?;
+    let consumer = consumer(k, cfg.lookback_ms)?;
     let resend = Duration::from_millis(cfg.resend_interval_ms);
     let max_backoff = Duration::from_millis(cfg.max_backoff_ms);
     let mut tracker = Tracker::default();
@@ -420,7 +423,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let codec = SpikeAlert::codec();
-    tracing::info!(alertmanager = %url, topic = %config.kafka.topics.alerts, "alert delivery started");
+    tracing::info!(alertmanager = %url, topic = %k.topics.alerts, "alert delivery started");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

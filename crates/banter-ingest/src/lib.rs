@@ -6,6 +6,7 @@
 //! A 2xx answer means the broker acknowledged every accepted event and every dead letter of
 //! the request, in one Kafka transaction: a request is published entirely or not at all (503).
 
+pub mod config;
 pub mod normalize;
 pub mod publisher;
 pub mod replay;
@@ -14,15 +15,16 @@ pub mod server;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use banter_runtime::config::ConfigError;
+use banter_runtime::config::{ConfigError, KafkaConfig};
 use banter_runtime::http::Readiness;
-use banter_runtime::Config;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::IngestConfig;
 use crate::normalize::Normalizer;
 use crate::publisher::{Publisher, PublisherMetrics};
+pub use crate::server::sign as webhook_signature;
 use crate::server::{IngestMetrics, IngestState};
 
 /// Why ingest could not start.
@@ -61,34 +63,32 @@ pub struct Ingest {
 /// # Errors
 /// Invalid configuration or Kafka client creation.
 pub fn build_state(
-    cfg: &Config,
+    kafka: &KafkaConfig,
+    ingest: &IngestConfig,
     registry: &mut Registry,
     readiness: &Readiness,
     role: &str,
 ) -> Result<(IngestState, std::thread::JoinHandle<()>), IngestError> {
-    cfg.ingest.validate_for_ingest()?;
+    ingest.validate_for_ingest()?;
     let normalizer = Normalizer::new(
-        cfg.ingest.actor_salt.expose().as_bytes(),
-        (cfg.ingest.max_future_skew_secs * 1000) as i64,
+        ingest.actor_salt.expose().as_bytes(),
+        (ingest.max_future_skew_secs * 1000) as i64,
     );
     let publisher_metrics = PublisherMetrics::register(registry);
     let metrics = IngestMetrics::register(registry);
     readiness.register("kafka");
     let ready = readiness.clone();
-    let (publisher, thread) = Publisher::start(
-        &cfg.kafka,
-        &cfg.ingest,
-        role,
-        publisher_metrics,
-        move |ok| ready.set("kafka", ok),
-    )?;
+    let (publisher, thread) =
+        Publisher::start(kafka, ingest, role, publisher_metrics, move |ok| {
+            ready.set("kafka", ok)
+        })?;
     let state = IngestState {
         normalizer: Arc::new(normalizer),
         publisher,
         metrics,
-        config: Arc::new(cfg.ingest.clone()),
-        events_topic: cfg.kafka.topics.events.as_str().into(),
-        dlq_topic: cfg.kafka.topics.dlq.as_str().into(),
+        config: Arc::new(ingest.clone()),
+        events_topic: kafka.topics.events.as_str().into(),
+        dlq_topic: kafka.topics.dlq.as_str().into(),
     };
     Ok((state, thread))
 }
@@ -98,13 +98,14 @@ pub fn build_state(
 /// # Errors
 /// Invalid configuration, Kafka client creation, or the address cannot be bound.
 pub async fn start(
-    cfg: &Config,
+    kafka: &KafkaConfig,
+    ingest: &IngestConfig,
     registry: &mut Registry,
     readiness: &Readiness,
     shutdown: CancellationToken,
 ) -> Result<Ingest, IngestError> {
-    let (state, publisher_thread) = build_state(cfg, registry, readiness, "ingest")?;
-    let addr = cfg.ingest.listen.clone();
+    let (state, publisher_thread) = build_state(kafka, ingest, registry, readiness, "ingest")?;
+    let addr = ingest.listen.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|source| IngestError::Bind {

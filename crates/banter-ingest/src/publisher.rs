@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use banter_runtime::config::{IngestConfig, KafkaConfig};
+use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::producer_config;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +31,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::config::IngestConfig;
 
 /// One record to publish.
 #[derive(Debug, Clone)]

@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use banter_model::{AvroRecord, DeadLetter, Stage};
-use banter_runtime::config::IngestConfig;
 use banter_runtime::Secret;
 use hmac::{Hmac, Mac};
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +33,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use crate::config::IngestConfig;
 use crate::normalize::{first_party, meta, Item, Normalizer};
 use crate::publisher::{PublishError, Publisher, Record};
 

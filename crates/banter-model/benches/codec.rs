@@ -5,8 +5,8 @@
 
 use std::hint::black_box;
 
-use banter_model::sample::sample_events;
 use banter_model::{AvroRecord, EngagementEvent};
+use banter_workload::sample::sample_events;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const N: usize = 10_000;

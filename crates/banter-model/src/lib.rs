@@ -8,7 +8,6 @@
 pub mod codec;
 pub mod event;
 pub mod records;
-pub mod sample;
 pub mod validate;
 
 pub use codec::{AvroRecord, Codec, CodecError, Fingerprint};

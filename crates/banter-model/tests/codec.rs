@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use banter_model::codec::{CodecError, HEADER_LEN};
-use banter_model::sample::sample_events;
 use banter_model::*;
+use banter_workload::sample::sample_events;
 use proptest::prelude::*;
 use serde::Serialize;
 

@@ -1,15 +1,15 @@
-//! What every banter role shares: configuration ([`config`]), secrets ([`secret`]), logs and
-//! metrics ([`telemetry`]), the ops HTTP server ([`http`]), and Kafka and ClickHouse clients
-//! set up the way the pipeline needs them ([`kafka`], [`clickhouse`]).
+//! What every banter role shares: configuration loading and the shared sections ([`config`]),
+//! secrets ([`secret`]), logs and metrics ([`telemetry`]), the ops HTTP server ([`http`]), and
+//! Kafka clients set up the way the pipeline needs them ([`kafka`]). Each stage's own settings
+//! live in its crate.
 
-pub mod clickhouse;
 pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod secret;
 pub mod telemetry;
 
-pub use config::Config;
+pub use config::{ConfigError, Validate};
 pub use secret::Secret;
 
 /// Wall-clock milliseconds since the Unix epoch (0 before 1970, saturating far ahead).

@@ -13,7 +13,7 @@
 //! Times are stored as epoch milliseconds (`*_ms Int64`, what the Avro records carry) with
 //! materialized date-time columns for dashboards, so one row layout serves every version.
 
-use banter_runtime::clickhouse::{ClickHouse, ServerVersion};
+use crate::clickhouse::{ClickHouse, ServerVersion};
 use thiserror::Error;
 
 /// One migration file.

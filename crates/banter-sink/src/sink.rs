@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use banter_model::{
     AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage,
 };
-use banter_runtime::clickhouse::ClickHouse;
-use banter_runtime::config::Config;
+use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::{consumer_config, producer};
+
+use crate::clickhouse::ClickHouse;
+use crate::config::SinkConfig;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -571,13 +573,12 @@ struct Batch {
 /// Kafka clients cannot be created, or ClickHouse refuses inserts for a reason retrying cannot
 /// fix (the error names the table; run `banter migrate`).
 pub async fn run(
-    config: &Config,
+    k: &KafkaConfig,
+    sc: &SinkConfig,
     ch: ClickHouse,
     metrics: SinkMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), SinkError> {
-    let k = &config.kafka;
-    let sc = &config.sink;
     let consumer: StreamConsumer = consumer_config(k, "sink", &sc.group_id)
         // Retrying ClickHouse holds the batch without polling; stay in the group meanwhile.
         .set("max.poll.interval.ms", "3600000")
@@ -607,7 +608,7 @@ pub async fn run(
         max_backoff: Duration::from_millis(sc.max_backoff_ms),
         shutdown: &shutdown,
     };
-    tracing::info!(group = %sc.group_id, ?topics, database = %config.clickhouse.database, "sink started");
+    tracing::info!(group = %sc.group_id, ?topics, database = %ch.database, "sink started");
     loop {
         let mut batch = Batch::default();
         let started = Instant::now();

@@ -9,11 +9,8 @@
 use std::hint::black_box;
 
 use banter_model::{Action, AvroRecord, ContentType, EngagementEvent, Kind, Platform};
-use banter_stream::conversation::{ConversationConfig, Conversations};
 use banter_stream::cta::{Campaign, Matcher, Scope};
-use banter_stream::funnel::{FunnelConfig, Funnels};
-use banter_stream::window::Output;
-use banter_stream::{Detector, Engine, SpikeConfig, WindowConfig};
+use banter_stream::{Engine, Outputs, Pipeline, PipelineConfig, WindowConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// As in the `banter` binary: large blocks on transparent huge pages.
@@ -84,44 +81,57 @@ fn stream(n: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Decodes `encoded` into reused buffers and hands each event with its offset to `f`: BATCH
-/// events at a time with `engine` prefetching each batch first (as `banter stream` does), or
-/// one at a time without.
-fn each_event(
-    encoded: &[Vec<u8>],
-    engine: &mut Engine,
-    prefetch: bool,
-    mut f: impl FnMut(&mut Engine, &EngagementEvent, i64),
-) {
+/// Decodes `encoded` into reused buffers, `size` events at a time, and hands each chunk with
+/// the offset of its first event to `f`.
+fn each_chunk(encoded: &[Vec<u8>], size: usize, mut f: impl FnMut(&[EngagementEvent], i64)) {
     let codec = EngagementEvent::codec();
-    let mut batch: Vec<EngagementEvent> = (0..BATCH).map(|_| EngagementEvent::empty()).collect();
-    let size = if prefetch { BATCH } else { 1 };
+    let mut batch: Vec<EngagementEvent> = (0..size).map(|_| EngagementEvent::empty()).collect();
     for (i, chunk) in encoded.chunks(size).enumerate() {
         for (bytes, e) in chunk.iter().zip(batch.iter_mut()) {
             codec.decode_into(bytes, e).unwrap();
         }
-        let events = &batch[..chunk.len()];
-        if prefetch {
-            engine.prefetch(events);
-        }
-        for (j, e) in events.iter().enumerate() {
-            f(engine, e, (i * size + j) as i64);
-        }
+        f(&batch[..chunk.len()], (i * size) as i64);
     }
 }
 
-/// Decodes and processes `encoded` on a fresh engine (see [`each_event`]). The rows emitted
-/// and the state entries at the end.
+/// Decodes and processes `encoded` on a fresh engine: BATCH events at a time, prefetched first
+/// (as `banter stream` does), or one at a time without. The rows emitted and the state entries
+/// at the end.
 fn windows(encoded: &[Vec<u8>], prefetch: bool) -> (usize, usize) {
     let mut engine = Engine::new(WindowConfig::default());
     let mut out = Vec::with_capacity(1 << 16);
     let mut rows = 0usize;
-    each_event(encoded, &mut engine, prefetch, |engine, e, offset| {
-        engine.process(e, offset, &mut out);
-        rows += out.len();
-        out.clear();
+    let size = if prefetch { BATCH } else { 1 };
+    each_chunk(encoded, size, |events, first| {
+        if prefetch {
+            engine.prefetch(events);
+        }
+        for (j, e) in events.iter().enumerate() {
+            engine.process(e, first + j as i64, &mut out);
+            rows += out.len();
+            out.clear();
+        }
     });
     (rows, engine.state_entries())
+}
+
+/// Decodes and processes `encoded` through every operator (windows, spikes, funnels,
+/// conversations) as `banter stream` runs them: the [`Pipeline`], prefetched batches. The rows
+/// and alerts emitted.
+fn pipeline(encoded: &[Vec<u8>], matcher: &Matcher) -> usize {
+    let mut pipeline = Pipeline::new(&PipelineConfig::default(), matcher.clone());
+    let mut out = Outputs::default();
+    let mut rows = 0usize;
+    each_chunk(encoded, BATCH, |events, first| {
+        pipeline.prefetch(events);
+        for (j, e) in events.iter().enumerate() {
+            pipeline.process(e, first + j as i64, &mut out);
+            rows +=
+                out.rollups.len() + out.alerts.len() + out.funnels.len() + out.conversations.len();
+            out.clear();
+        }
+    });
+    rows
 }
 
 fn engine(c: &mut Criterion) {
@@ -153,41 +163,7 @@ fn engine(c: &mut Criterion) {
     let matcher = Matcher::new(&campaigns).unwrap();
     g.bench_function(
         "decode+window+emit+spikes+funnels+conversations/100k-posts",
-        |b| {
-            b.iter(|| {
-                let mut engine = Engine::new(WindowConfig::default());
-                let mut detector = Detector::new(SpikeConfig::default());
-                let mut funnels = Funnels::new(FunnelConfig::default(), matcher.clone());
-                let mut conversations = Conversations::new(ConversationConfig::default());
-                let mut out = Vec::with_capacity(1 << 16);
-                let (mut alerts, mut funnel_rows, mut conversation_rows) =
-                    (Vec::new(), Vec::new(), Vec::new());
-                let mut rows = 0usize;
-                each_event(&encoded, &mut engine, true, |engine, e, offset| {
-                    let counted = engine.process(e, offset, &mut out);
-                    for o in out.drain(..) {
-                        if let Output::Rollup(r) = o {
-                            let published =
-                                r.content_id.as_deref().and_then(|c| engine.published_at(c));
-                            detector.observe(&r, published);
-                            rows += 1;
-                        }
-                    }
-                    detector.close(engine.closed_below(), &mut alerts);
-                    if counted {
-                        funnels.process(e, offset);
-                        conversations.process(e, offset);
-                    }
-                    funnels.advance(engine.watermark(), &mut funnel_rows);
-                    conversations.advance(engine.watermark(), &mut conversation_rows);
-                    rows += alerts.len() + funnel_rows.len() + conversation_rows.len();
-                    alerts.clear();
-                    funnel_rows.clear();
-                    conversation_rows.clear();
-                });
-                black_box((rows, engine.state_entries(), funnels.state_entries()))
-            })
-        },
+        |b| b.iter(|| black_box(pipeline(&encoded, &matcher))),
     );
     g.finish();
 

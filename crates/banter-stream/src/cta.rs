@@ -62,10 +62,19 @@ impl Campaign {
 /// A campaigns file: `[[campaign]]` tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CampaignsFile {
-    /// The campaigns.
+struct CampaignsFile {
     #[serde(default)]
-    pub campaign: Vec<Campaign>,
+    campaign: Vec<Campaign>,
+}
+
+/// `campaigns` as a campaigns file (`[[campaign]]` tables) that [`load_campaigns`] reads.
+///
+/// # Errors
+/// A campaign TOML cannot represent (none of today's fields).
+pub fn campaigns_toml(campaigns: &[Campaign]) -> Result<String, toml::ser::Error> {
+    toml::to_string(&CampaignsFile {
+        campaign: campaigns.to_vec(),
+    })
 }
 
 /// Reads and checks a campaigns file (TOML, `[[campaign]]` tables); the error names the file,
@@ -179,6 +188,69 @@ impl Matcher {
                 in_scope && active && kws.iter().any(|k| contains_phrase(&w, k))
             })
             .map(|(c, _)| c)
+    }
+}
+
+/// The campaigns file of `cta.campaigns_file` and what was loaded from it; reloaded when it
+/// changes.
+#[derive(Debug)]
+pub struct CampaignSource {
+    path: String,
+    modified: Option<std::time::SystemTime>,
+    matcher: Matcher,
+    count: usize,
+}
+
+impl CampaignSource {
+    /// Loads `path` (empty: no campaigns).
+    ///
+    /// # Errors
+    /// The file cannot be read, or is not a valid campaigns file.
+    pub fn open(path: &str) -> Result<Self, String> {
+        let mut f = CampaignSource {
+            path: path.to_owned(),
+            modified: None,
+            matcher: Matcher::default(),
+            count: 0,
+        };
+        if !path.is_empty() {
+            f.reload()?;
+            tracing::info!(campaigns = f.count, file = %path, "campaigns loaded");
+        }
+        Ok(f)
+    }
+
+    /// The campaigns loaded.
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    /// How many campaigns were loaded.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Loads the file again when it changed; true when it did.
+    ///
+    /// # Errors
+    /// The file cannot be read or is refused (the previous campaigns stay).
+    pub fn reload(&mut self) -> Result<bool, String> {
+        if self.path.is_empty() {
+            return Ok(false);
+        }
+        let path = std::path::Path::new(&self.path);
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("campaigns file {}: {e}", self.path))?;
+        if self.modified == Some(modified) {
+            return Ok(false);
+        }
+        // Marked as seen even when refused: the same broken file is reported once.
+        self.modified = Some(modified);
+        let (campaigns, matcher) = load_campaigns(path)?;
+        self.count = campaigns.len();
+        self.matcher = matcher;
+        Ok(true)
     }
 }
 
@@ -341,5 +413,56 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("active_until"));
+    }
+
+    const ONE: &str = r#"
+[[campaign]]
+id = "spring"
+account_id = "acct"
+keywords = ["info"]
+scope = "account"
+"#;
+
+    #[test]
+    fn a_changed_campaigns_file_is_reloaded_and_a_broken_one_refused() {
+        let dir = std::env::temp_dir().join(format!("banter-campaigns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("campaigns.toml");
+        std::fs::write(&path, ONE).unwrap();
+        let mut f = CampaignSource::open(path.to_str().unwrap()).unwrap();
+        assert_eq!(f.count(), 1);
+        assert!(!f.reload().unwrap(), "unchanged");
+        // A second campaign, scoped to one post (mtime must move on coarse file systems).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let two = format!(
+            "{ONE}\n[[campaign]]\nid = \"summer\"\naccount_id = \"acct\"\nkeywords = [\"sun hat\"]\nscope = {{ post = \"p1\" }}\n"
+        );
+        std::fs::write(&path, two).unwrap();
+        filetime_bump(&path);
+        assert!(f.reload().unwrap());
+        assert_eq!(f.count(), 2);
+        // Broken: refused with the file and campaign named; the previous campaigns stay.
+        std::fs::write(&path, format!("{ONE}\n[[campaign]]\nid = \"x\"\naccount_id = \"acct\"\nkeywords = [\"!!\"]\nscope = \"account\"\n")).unwrap();
+        filetime_bump(&path);
+        let err = f.reload().unwrap_err();
+        assert!(
+            err.contains("campaigns.toml") && err.contains("campaign `x`"),
+            "{err}"
+        );
+        assert_eq!(f.count(), 2);
+        // Unknown keys are errors too.
+        std::fs::write(&path, "[[campaign]]\nid = \"y\"\nacount_id = \"acct\"\n").unwrap();
+        filetime_bump(&path);
+        assert!(f.reload().unwrap_err().contains("acount_id"));
+        assert!(CampaignSource::open(dir.join("missing.toml").to_str().unwrap()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Moves the file's modification time forward by a second.
+    fn filetime_bump(path: &std::path::Path) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        let m = std::fs::metadata(path).unwrap().modified().unwrap();
+        f.set_modified(m + std::time::Duration::from_secs(1))
+            .unwrap();
     }
 }

@@ -1,13 +1,13 @@
-//! Conversation metrics on the generated workload, engine and processor in-process on the
-//! delivered order (duplicates, disorder, late and too-late events): per account, the inbound
+//! Conversation metrics on the generated workload, the pipeline in-process on the delivered
+//! order (duplicates, disorder, late and too-late events): per account, the inbound
 //! comments and the ones the brand answered, summed over the account's HOUR windows (and over
 //! its DAY windows), equal the generator's.
 
 use std::collections::BTreeMap;
 
 use banter_model::{ConversationRollup, WindowKind};
-use banter_stream::conversation::{ConversationConfig, Conversations};
-use banter_stream::window::{Engine, WindowConfig};
+use banter_stream::cta::Matcher;
+use banter_stream::{Outputs, Pipeline, PipelineConfig, DAY};
 use banter_workload::{Workload, WorkloadConfig};
 
 #[test]
@@ -18,20 +18,15 @@ fn answered_comments_equal_the_generated_ones() {
         duration_ms: 8 * 3_600_000,
         ..WorkloadConfig::default()
     });
-    let mut engine = Engine::new(WindowConfig::default());
-    let mut conv = Conversations::new(ConversationConfig::default());
-    let mut out = Vec::new();
-    let mut rows: Vec<ConversationRollup> = Vec::new();
+    let mut pipeline = Pipeline::new(&PipelineConfig::default(), Matcher::default());
+    // Every output of the whole history, then of event time moving on past its end.
+    let mut out = Outputs::default();
     for i in 0..w.len() {
-        let e = w.event(i);
-        let counted = engine.process(&e, i as i64, &mut out);
-        out.clear();
-        if counted {
-            conv.process(&e, i as i64);
-        }
-        conv.advance(engine.watermark(), &mut rows);
+        pipeline.process(&w.event(i), i as i64, &mut out);
     }
-    conv.advance(engine.watermark() + 3 * 86_400_000, &mut rows);
+    let end = pipeline.max_event_time().unwrap() + 3 * DAY;
+    pipeline.idle_advance(end, &mut out);
+    let rows = out.conversations;
     let mut last: BTreeMap<(String, Option<String>, WindowKind, i64), ConversationRollup> =
         BTreeMap::new();
     for r in rows {

@@ -1,4 +1,4 @@
-//! CTA funnels on the generated workload, engine and funnels in-process on the delivered order
+//! CTA funnels on the generated workload, the pipeline in-process on the delivered order
 //! (duplicates, disorder, late and too-late events): the funnel of every campaign, summed over
 //! its DAY windows (and over its HOUR windows), equals the generator's expected funnel.
 
@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use banter_model::{FunnelRollup, WindowKind};
 use banter_stream::cta::{Campaign, Matcher};
-use banter_stream::funnel::{FunnelConfig, Funnels};
-use banter_stream::window::{Engine, WindowConfig};
+use banter_stream::{Outputs, Pipeline, PipelineConfig, DAY};
 use banter_workload::{Workload, WorkloadConfig};
 
 /// The generator's CTA posts as campaigns.
@@ -30,23 +29,16 @@ fn generated_funnels_equal_the_expected_ones() {
         duration_ms: 8 * 3_600_000,
         ..WorkloadConfig::default()
     });
-    let mut engine = Engine::new(WindowConfig::default());
-    let mut funnels = Funnels::new(
-        FunnelConfig::default(),
-        Matcher::new(&campaigns(&w)).unwrap(),
-    );
-    let mut out = Vec::new();
-    let mut rows: Vec<FunnelRollup> = Vec::new();
+    let matcher = Matcher::new(&campaigns(&w)).unwrap();
+    let mut pipeline = Pipeline::new(&PipelineConfig::default(), matcher);
+    // Every output of the whole history, then of event time moving on past its end.
+    let mut out = Outputs::default();
     for i in 0..w.len() {
-        let e = w.event(i);
-        let counted = engine.process(&e, i as i64, &mut out);
-        out.clear();
-        if counted {
-            funnels.process(&e, i as i64);
-        }
-        funnels.advance(engine.watermark(), &mut rows);
+        pipeline.process(&w.event(i), i as i64, &mut out);
     }
-    funnels.advance(engine.watermark() + 10 * 86_400_000, &mut rows);
+    let end = pipeline.max_event_time().unwrap() + 10 * DAY;
+    pipeline.idle_advance(end, &mut out);
+    let rows = out.funnels;
     let mut last: BTreeMap<(String, WindowKind, i64), FunnelRollup> = BTreeMap::new();
     for r in rows {
         let k = (r.campaign_id.clone(), r.window, r.window_start);

@@ -1,39 +1,29 @@
-//! Spike detection against the generator's injected spikes: the engine and the detector run
-//! in-process over a long seeded workload (hours of event time, delivered with the generator's
-//! faults), and every alert is matched against the spikes the generator injected.
+//! Spike detection against the generator's injected spikes: the pipeline runs in-process
+//! over a long seeded workload (hours of event time, delivered with the generator's faults),
+//! and every alert is matched against the spikes the generator injected.
 //!
 //! Figures (precision, recall, time to fire) are printed; run with `--nocapture` to see them.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
 
 use banter_model::{AlertState, SpikeAlert};
-use banter_stream::spike::{Detector, SpikeConfig};
-use banter_stream::window::{Engine, Output, WindowConfig, MINUTE};
+use banter_stream::cta::Matcher;
+use banter_stream::{Outputs, Pipeline, PipelineConfig, HOUR, MINUTE};
 use banter_workload::{Spike, Workload, WorkloadConfig};
 
-/// Runs the engine and detector over the workload; returns the alerts.
+/// Runs the pipeline over the workload; returns the alerts.
 fn detect(w: &Workload) -> Vec<SpikeAlert> {
-    let mut engine = Engine::new(WindowConfig::default());
-    let mut det = Detector::new(SpikeConfig::default());
-    let mut out = Vec::new();
-    let mut alerts = Vec::new();
-    let mut feed = |engine: &mut Engine, det: &mut Detector, out: &mut Vec<Output>| {
-        for o in out.drain(..) {
-            if let Output::Rollup(r) = o {
-                let published = r.content_id.as_deref().and_then(|c| engine.published_at(c));
-                det.observe(&r, published);
-            }
-        }
-        det.close(engine.closed_below(), &mut alerts);
-    };
+    let mut pipeline = Pipeline::new(&PipelineConfig::default(), Matcher::default());
+    // Every output of the whole history, then of event time moving on past its end.
+    let mut out = Outputs::default();
     for i in 0..w.len() {
-        engine.process(&w.event(i), i as i64, &mut out);
-        feed(&mut engine, &mut det, &mut out);
+        pipeline.process(&w.event(i), i as i64, &mut out);
     }
-    let end = engine.max_event_time() + 3 * 3_600_000;
-    engine.advance_watermark(end, &mut out);
-    feed(&mut engine, &mut det, &mut out);
-    alerts
+    let end = pipeline.max_event_time().unwrap() + 3 * HOUR;
+    pipeline.idle_advance(end, &mut out);
+    out.alerts
 }
 
 struct Score {

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use banter_model::{Action, EngagementEvent, Kind, Platform, Rollup};
-use banter_stream::{Engine, Output, WindowConfig};
+use banter_stream::changelog::{Entry, Store};
+use banter_stream::{Engine, Operator, Output, WindowConfig};
 use proptest::prelude::*;
 
 const T0: i64 = 1_764_000_000_000;
@@ -290,20 +291,24 @@ proptest! {
         let mut before = Vec::new();
         run(&mut whole, &evs[..k], 0, &idle_at, &mut before);
         let cp = whole.checkpoint();
-        // The first-hour changelog up to k (latest value per name).
-        let posts: std::collections::BTreeMap<String, Option<Vec<u8>>> =
-            whole.post_changes().into_iter().collect();
+        // The first-hour changelog up to k (latest value per key).
+        let mut changes = Vec::new();
+        whole.write_changes(&mut changes).unwrap();
+        let posts: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            changes.into_iter().map(|c| (c.key, c.value)).collect();
         let mut after = Vec::new();
         run(&mut whole, &evs, k, &idle_at, &mut after);
         whole.advance_watermark(i64::MAX / 2, &mut after);
 
         // Restored at k: replay [restore point, k) discarding outputs, then continue.
         let mut restored = Engine::restored(cfg, &cp);
-        for (name, v) in &posts {
-            if let Some(v) = v {
-                restored.restore_post(name, v).unwrap();
+        for (key, v) in &posts {
+            if let Some(value) = v {
+                let entry = Entry { store: Store::Windows, key, value };
+                restored.restore_entry(&entry).unwrap();
             }
         }
+        restored.restored();
         let from = Engine::replay_from(&cp) as usize;
         prop_assert!(from <= k);
         let mut discarded = Vec::new();

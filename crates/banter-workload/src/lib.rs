@@ -19,17 +19,19 @@
 //! [`EngagementEvent`]s one by one ([`Workload::event`]), so millions of events fit in memory.
 //! [`Expected`] holds the ground truth computed from the same drafts.
 
+pub mod sample;
+
 use std::collections::{BTreeMap, BTreeSet};
 
-use banter_model::sample::SampleRng;
+use crate::sample::SampleRng;
 use banter_model::{Action, ContentType, EngagementEvent, EventTimeSource, Kind, Platform};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One minute in milliseconds.
 pub const MINUTE: i64 = 60_000;
 
 /// Parameters of a workload; every one has a default.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkloadConfig {
     /// Seed: the same seed and parameters give the same events.
     pub seed: u64,
@@ -89,7 +91,7 @@ impl Default for WorkloadConfig {
 }
 
 /// A generated post.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Post {
     /// Owning account index.
     pub account: u32,
@@ -108,7 +110,7 @@ pub struct Post {
 }
 
 /// An injected spike.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Spike {
     /// The account.
     pub account_id: String,
@@ -148,7 +150,7 @@ struct Draft {
 
 /// Ground truth of a workload. Interaction counts exclude duplicates and deliveries beyond the
 /// allowed lateness; removes subtract.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Expected {
     /// Unique events generated (before duplication).
     pub unique_events: u64,
@@ -181,7 +183,7 @@ pub struct Expected {
 }
 
 /// First-hour signals of one post.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct FirstHour {
     /// Interactions in [published, published + 15 min).
     pub first_15m: i64,
@@ -192,7 +194,7 @@ pub struct FirstHour {
 }
 
 /// A campaign's funnel: distinct actors per stage.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Funnel {
     /// The account.
     pub account_id: String,
@@ -222,6 +224,47 @@ pub struct Workload {
     drafts: Vec<Draft>,
     /// Ground truth.
     pub expected: Expected,
+}
+
+/// What `banter generate --expected` writes and tests read back: the parameters, the posts and
+/// the ground truth of a workload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generated {
+    /// Parameters.
+    pub config: WorkloadConfig,
+    /// Posts.
+    pub posts: Vec<Post>,
+    /// Ground truth.
+    pub expected: Expected,
+}
+
+impl Generated {
+    /// The file of `w`.
+    pub fn of(w: &Workload) -> Self {
+        Generated {
+            config: w.config.clone(),
+            posts: w.posts.clone(),
+            expected: w.expected.clone(),
+        }
+    }
+
+    /// Reads a file written by `banter generate --expected`.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not such a file.
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The account of a post.
+    pub fn account_of(&self, content_id: &str) -> Option<&str> {
+        self.posts
+            .iter()
+            .find(|p| p.content_id == content_id)
+            .map(|p| p.account_id.as_str())
+    }
 }
 
 const COMMENT_TEXTS: &[&str] = &[

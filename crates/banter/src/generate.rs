@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use banter::Config;
 use banter_model::{AvroRecord, EngagementEvent, Kind};
-use banter_runtime::Config;
 use banter_workload::{Workload, WorkloadConfig, MINUTE};
 use clap::{Args, ValueEnum};
 use rdkafka::producer::FutureRecord;
@@ -188,23 +188,21 @@ impl Pacer {
 
 /// The generated CTA posts as campaigns (one post each), written atomically.
 fn write_campaigns(w: &Workload, path: &std::path::Path) -> anyhow::Result<()> {
-    use banter_stream::cta::{Campaign, CampaignsFile};
-    let file = CampaignsFile {
-        campaign: w
-            .posts
-            .iter()
-            .filter_map(|p| {
-                p.cta
-                    .as_ref()
-                    .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
-            })
-            .collect(),
-    };
+    use banter_stream::cta::{campaigns_toml, Campaign};
+    let campaigns: Vec<Campaign> = w
+        .posts
+        .iter()
+        .filter_map(|p| {
+            p.cta
+                .as_ref()
+                .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
+        })
+        .collect();
     let text = format!(
         "# CTA campaigns of the generated workload (banter generate --seed {} --accounts {})\n{}",
         w.config.seed,
         w.config.accounts,
-        toml::to_string(&file).context("campaigns as TOML")?
+        campaigns_toml(&campaigns).context("campaigns as TOML")?
     );
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -249,7 +247,7 @@ pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
         serde_json::to_writer(
             std::io::BufWriter::new(file),
-            &json!({"config": w.config, "posts": w.posts, "expected": w.expected}),
+            &banter_workload::Generated::of(&w),
         )?;
     }
     if let Some(path) = &args.campaigns {
@@ -423,7 +421,7 @@ async fn to_http(
                 let body = serde_json::to_vec(
                     &json!({"object": object, "entry": std::mem::take(entries)}),
                 )?;
-                let sig = banter_ingest::server::sign(secret.as_bytes(), &body);
+                let sig = banter_ingest::webhook_signature(secret.as_bytes(), &body);
                 requests.push((*first, hook_url.clone(), body, Some(sig)));
                 *first = i64::MAX;
             }

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use banter::Config;
 use banter_runtime::http::{serve_ops, Readiness};
 use banter_runtime::kafka::{ensure_topics, pipeline_topics, wait_for_broker, TopicOutcome};
 use banter_runtime::telemetry::{init_logging, Metrics};
-use banter_runtime::Config;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -169,8 +169,7 @@ async fn ingest(config: &Config) -> anyhow::Result<()> {
     cancel_on_signal(shutdown.clone());
     let mut metrics = Metrics::new("ingest");
     let readiness = Readiness::default();
-    let ingest =
-        banter_ingest::start(config, metrics.registry_mut(), &readiness, shutdown.clone()).await?;
+    let ingest = start_ingest(config, &mut metrics, &readiness, &shutdown).await?;
     let ops = serve(config, metrics, &readiness, &shutdown).await?;
     ingest.server.await.context("ingest server task")??;
     ops.task.await.context("ops server task")??;
@@ -180,6 +179,23 @@ async fn ingest(config: &Config) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
     tracing::info!("ingest stopped");
     Ok(())
+}
+
+/// The ingest API, its metrics registered into `metrics`.
+async fn start_ingest(
+    config: &Config,
+    metrics: &mut Metrics,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<banter_ingest::Ingest> {
+    Ok(banter_ingest::start(
+        &config.kafka,
+        &config.ingest,
+        metrics.registry_mut(),
+        readiness,
+        shutdown.clone(),
+    )
+    .await?)
 }
 
 /// The ops server on `http.listen` (the registry is frozen now).
@@ -223,11 +239,12 @@ async fn stream(config: &Config) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     readiness.register("stream");
     let ops = serve_role(config, metrics, &readiness, &shutdown).await?;
-    let cfg = config.clone();
+    let (kafka, settings) = (config.kafka.clone(), config.stream_settings());
     let stop = shutdown.clone();
     let result = tokio::task::spawn_blocking(move || {
         banter_stream::run(
-            &cfg,
+            &kafka,
+            &settings,
             &stream_metrics,
             &|ok| readiness.set("stream", ok),
             &|| stop.is_cancelled(),
@@ -242,8 +259,8 @@ async fn stream(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn clickhouse(config: &Config) -> anyhow::Result<banter_runtime::clickhouse::ClickHouse> {
-    Ok(banter_runtime::clickhouse::connect(
+async fn clickhouse(config: &Config) -> anyhow::Result<banter_sink::ClickHouse> {
+    Ok(banter_sink::connect(
         &config.clickhouse,
         Duration::from_secs(config.kafka.connect_timeout_secs),
     )
@@ -282,7 +299,14 @@ async fn sink(config: &Config) -> anyhow::Result<()> {
     let ops = serve_role(config, metrics, &readiness, &shutdown).await?;
     let ch = clickhouse(config).await?;
     readiness.set("clickhouse", true);
-    let result = banter_sink::run(config, ch, sink_metrics, shutdown.clone()).await;
+    let result = banter_sink::run(
+        &config.kafka,
+        &config.sink,
+        ch,
+        sink_metrics,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     ops.task.await.context("ops server task")??;
     result?;
@@ -296,7 +320,13 @@ async fn alert(config: &Config) -> anyhow::Result<()> {
     let alert_metrics = banter_alert::AlertMetrics::register(metrics.registry_mut());
     let readiness = Readiness::default();
     let ops = serve_role(config, metrics, &readiness, &shutdown).await?;
-    let result = banter_alert::run(config, alert_metrics, shutdown.clone()).await;
+    let result = banter_alert::run(
+        &config.kafka,
+        &config.alerting,
+        alert_metrics,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     ops.task.await.context("ops server task")??;
     result?;
@@ -325,13 +355,14 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
     let alert_metrics = banter_alert::AlertMetrics::register(metrics.registry_mut());
     let readiness = Readiness::default();
     readiness.register("stream");
-    let ingest =
-        banter_ingest::start(config, metrics.registry_mut(), &readiness, shutdown.clone()).await?;
+    let ingest = start_ingest(config, &mut metrics, &readiness, &shutdown).await?;
     let ops = serve(config, metrics, &readiness, &shutdown).await?;
-    let (cfg, stop, ready) = (config.clone(), shutdown.clone(), readiness.clone());
+    let (kafka, settings) = (config.kafka.clone(), config.stream_settings());
+    let (stop, ready) = (shutdown.clone(), readiness.clone());
     let mut stream = tokio::task::spawn_blocking(move || {
         banter_stream::run(
-            &cfg,
+            &kafka,
+            &settings,
             &stream_metrics,
             &|ok| ready.set("stream", ok),
             &|| stop.is_cancelled(),
@@ -339,7 +370,7 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
     });
     let mut sink = tokio::spawn({
         let (cfg, stop) = (config.clone(), shutdown.clone());
-        async move { banter_sink::run(&cfg, ch, sink_metrics, stop).await }
+        async move { banter_sink::run(&cfg.kafka, &cfg.sink, ch, sink_metrics, stop).await }
     });
     let deliver = !config.alerting.alertmanager_url.trim().is_empty();
     if !deliver {
@@ -351,7 +382,7 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
         let (cfg, stop) = (config.clone(), shutdown.clone());
         async move {
             if deliver {
-                banter_alert::run(&cfg, alert_metrics, stop).await
+                banter_alert::run(&cfg.kafka, &cfg.alerting, alert_metrics, stop).await
             } else {
                 stop.cancelled().await;
                 Ok(())
@@ -387,8 +418,13 @@ async fn replay(
 ) -> anyhow::Result<()> {
     let mut metrics = Metrics::new("replay");
     let readiness = Readiness::default();
-    let (state, thread) =
-        banter_ingest::build_state(config, metrics.registry_mut(), &readiness, "replay")?;
+    let (state, thread) = banter_ingest::build_state(
+        &config.kafka,
+        &config.ingest,
+        metrics.registry_mut(),
+        &readiness,
+        "replay",
+    )?;
     let summary = banter_ingest::replay::replay(&state, file, restart, retries).await;
     drop(state);
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use banter_integration::*;
+use banter::Config;
 use banter_model::{AlertState, AvroRecord, SpikeAlert};
-use banter_runtime::Config;
+use banter_testkit::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,7 @@ fn deliver(
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let (cfg, stop) = (cfg.clone(), stop.clone());
-        async move { banter_alert::run(&cfg, metrics, stop).await }
+        async move { banter_alert::run(&cfg.kafka, &cfg.alerting, metrics, stop).await }
     });
     (
         stop,

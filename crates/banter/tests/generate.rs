@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use banter_integration::*;
+use banter::Config;
 use banter_model::{AvroRecord, EngagementEvent};
-use banter_runtime::Config;
+use banter_testkit::*;
+use banter_workload::Generated;
 use rdkafka::Message;
-use serde_json::Value;
 
 fn banter(cfg: &Config, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_banter"))
@@ -29,8 +29,8 @@ fn banter(cfg: &Config, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &stderr
 }
 
-fn expected(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+fn expected(path: &Path) -> Generated {
+    Generated::read(path).unwrap()
 }
 
 /// Decodes `n` messages; returns interactions per account after de-duplication, and the
@@ -53,22 +53,11 @@ async fn arrived(
     (per_account, ids)
 }
 
-fn expected_per_account(x: &Value) -> BTreeMap<String, i64> {
-    x["expected"]["account_minutes"]
-        .as_object()
-        .unwrap()
+fn expected_per_account(x: &Generated) -> BTreeMap<String, i64> {
+    x.expected
+        .account_minutes
         .iter()
-        .map(|(a, minutes)| {
-            (
-                a.clone(),
-                minutes
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .map(|v| v.as_i64().unwrap())
-                    .sum(),
-            )
-        })
+        .map(|(a, minutes)| (a.clone(), minutes.values().sum()))
         .filter(|(_, n)| *n != 0)
         .collect()
 }
@@ -96,15 +85,10 @@ async fn generated_workload_arrives_as_the_generator_expects() {
         ],
     );
     let x = expected(&exp_path);
-    let deliveries = x["expected"]["deliveries"].as_u64().unwrap() as usize;
-    let unique_events = x["expected"]["unique_events"].as_u64().unwrap() as usize;
-    assert!(x["expected"]["duplicates"].as_u64().unwrap() > 0);
-    let too_late: BTreeSet<String> = x["expected"]["too_late"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let deliveries = x.expected.deliveries as usize;
+    let unique_events = x.expected.unique_events as usize;
+    assert!(x.expected.duplicates > 0);
+    let too_late: BTreeSet<String> = x.expected.too_late.iter().cloned().collect();
 
     let (per_account, ids) = arrived(&cfg, deliveries, &too_late).await;
     assert_eq!(ids.len(), unique_events, "distinct events");
@@ -136,7 +120,7 @@ async fn generated_file_replays_once_and_resumes() {
         ],
     );
     let x = expected(&exp_path);
-    let deliveries = x["expected"]["deliveries"].as_u64().unwrap();
+    let deliveries = x.expected.deliveries;
     // A bad line among good ones is dead-lettered, not fatal.
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str("{\"kind\": \n");
@@ -155,10 +139,7 @@ async fn generated_file_replays_once_and_resumes() {
     assert!(again.contains("replayed 0 lines"), "{again}");
 
     let (_, ids) = arrived(&cfg, deliveries as usize, &BTreeSet::new()).await;
-    assert_eq!(
-        ids.len() as u64,
-        x["expected"]["unique_events"].as_u64().unwrap()
-    );
+    assert_eq!(ids.len() as u64, x.expected.unique_events);
     let dlq = consume(&cfg, &cfg.kafka.topics.dlq, 1, Duration::from_secs(30)).await;
     let letter = banter_model::DeadLetter::codec()
         .decode(dlq[0].payload().unwrap())
@@ -199,16 +180,13 @@ async fn generated_webhooks_go_through_ingest() {
         ],
     );
     let x = expected(&exp_path);
-    let deliveries = x["expected"]["deliveries"].as_u64().unwrap() as usize;
+    let deliveries = x.expected.deliveries as usize;
     let too_late: BTreeSet<String> = BTreeSet::new();
     let (per_account, ids) = arrived(&cfg, deliveries, &too_late).await;
     // Webhook deliveries get Meta-style event ids; duplicates still collapse.
-    assert_eq!(
-        ids.len() as u64,
-        x["expected"]["unique_events"].as_u64().unwrap()
-    );
+    assert_eq!(ids.len() as u64, x.expected.unique_events);
     // A 60-minute span has no delivery beyond the allowed lateness.
-    assert!(x["expected"]["too_late"].as_array().unwrap().is_empty());
+    assert!(x.expected.too_late.is_empty());
     let got: BTreeMap<String, i64> = per_account.into_iter().filter(|(_, n)| *n != 0).collect();
     assert_eq!(got, expected_per_account(&x));
 }

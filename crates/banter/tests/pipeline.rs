@@ -5,13 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-mod common;
-
 use std::time::Duration;
 
-use banter_integration::*;
 use banter_model::{AvroRecord, DeadLetter, Rollup, WindowKind};
-use common::*;
+use banter_testkit::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde_json::Value;

@@ -4,12 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use banter_integration::*;
-use common::*;
+use banter_testkit::*;
 
 /// Starts ClickHouse again when dropped, so a failed test does not leave it down.
 struct ClickHouseBack;

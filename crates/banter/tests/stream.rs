@@ -5,14 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use banter_integration::*;
 use banter_model::{AvroRecord, DeadLetter, EngagementEvent};
-use common::*;
+use banter_testkit::*;
 use rdkafka::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,12 +37,7 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
     // Events later than the allowed lateness are dead-lettered as `late`, with the event; the
     // record that is not an event as `undecodable`, with its bytes.
     let x = read_expected(&dir);
-    let too_late: BTreeSet<String> = x["expected"]["too_late"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let too_late: BTreeSet<String> = x.expected.too_late.iter().cloned().collect();
     assert!(
         !too_late.is_empty(),
         "the workload should have too-late events"

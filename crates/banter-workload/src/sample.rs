@@ -4,7 +4,7 @@
 //! delivery faults); it produces realistic *records*: the kind mix, field presence and string
 //! lengths of real traffic, so encoded sizes and codec costs are representative (~120 bytes).
 
-use crate::event::{
+use banter_model::{
     Action, ContentType, EngagementEvent, EventTimeSource, Kind, Platform, TimestampMillis,
 };
 
@@ -140,7 +140,8 @@ mod tests {
     fn samples_are_valid() {
         let now = 1_764_000_000_000;
         for e in sample_events(1, 1000, 20, now - 600_000) {
-            e.validate(&crate::ValidationContext::at(now)).unwrap();
+            e.validate(&banter_model::ValidationContext::at(now))
+                .unwrap();
         }
     }
 }

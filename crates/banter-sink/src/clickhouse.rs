@@ -99,6 +99,8 @@ pub struct ClickHouse {
     pub client: Client,
     /// The server's version.
     pub version: ServerVersion,
+    /// The database the client writes to.
+    pub database: String,
 }
 
 impl std::fmt::Debug for ClickHouse {
@@ -157,7 +159,11 @@ pub async fn connect(
         minor = version.minor,
         "clickhouse version detected"
     );
-    Ok(ClickHouse { client, version })
+    Ok(ClickHouse {
+        client,
+        version,
+        database: cfg.database.clone(),
+    })
 }
 
 #[cfg(test)]

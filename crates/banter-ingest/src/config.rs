@@ -1,0 +1,109 @@
+//! Ingest's configuration: the `[ingest]` section.
+
+use std::net::SocketAddr;
+
+use banter_runtime::config::{invalid, ConfigError, Validate};
+use banter_runtime::Secret;
+use serde::{Deserialize, Serialize};
+
+/// `banter ingest`: the HTTP API, webhooks and publishing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Listen address of the ingest API (`/v1/events`, `/webhooks/meta`) and its ops routes.
+    pub listen: String,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most events (or webhook updates) in one request (413 above).
+    pub max_events_per_request: usize,
+    /// How long a request waits for the broker to acknowledge before answering 503.
+    pub publish_timeout_ms: u64,
+    /// How far in the future an event time may be, in seconds (clock skew).
+    pub max_future_skew_secs: u64,
+    /// Most events in one Kafka transaction (requests arriving together share one).
+    pub max_batch_events: usize,
+    /// Kafka transactional id prefix; the process id and worker number are appended.
+    pub transactional_id: String,
+    /// Publisher threads, each with its own transactional producer (commits overlap).
+    pub publisher_workers: usize,
+    /// Meta app secret: verifies `X-Hub-Signature-256`. Webhooks answer 503 while unset.
+    pub meta_app_secret: Secret,
+    /// Meta subscription verify token (`hub.verify_token`).
+    pub meta_verify_token: Secret,
+    /// Key of the hash that replaces actor ids; required. Changing it breaks distinct counts.
+    pub actor_salt: Secret,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_events_per_request: 1000,
+            publish_timeout_ms: 5000,
+            max_future_skew_secs: 300,
+            max_batch_events: 10_000,
+            transactional_id: "banter-ingest".into(),
+            publisher_workers: 8,
+            meta_app_secret: Secret::default(),
+            meta_verify_token: Secret::default(),
+            actor_salt: Secret::default(),
+        }
+    }
+}
+
+impl Validate for IngestConfig {
+    /// Checks the values that do not depend on the role being started.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "ingest.listen",
+                format!("`{}` is not an ip:port address", self.listen),
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("ingest.max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_events_per_request == 0 {
+            return Err(invalid(
+                "ingest.max_events_per_request",
+                "must be at least 1",
+            ));
+        }
+        if self.publish_timeout_ms < 100 {
+            return Err(invalid("ingest.publish_timeout_ms", "must be at least 100"));
+        }
+        if self.max_batch_events < self.max_events_per_request {
+            return Err(invalid(
+                "ingest.max_batch_events",
+                "must be at least ingest.max_events_per_request",
+            ));
+        }
+        if !(1..=64).contains(&self.publisher_workers) {
+            return Err(invalid(
+                "ingest.publisher_workers",
+                "must be between 1 and 64",
+            ));
+        }
+        if self.transactional_id.is_empty() {
+            return Err(invalid("ingest.transactional_id", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl IngestConfig {
+    /// What `banter ingest` (and `banter replay`) need on top of [`Validate::validate`].
+    ///
+    /// # Errors
+    /// `ingest.actor_salt` is unset or too short.
+    pub fn validate_for_ingest(&self) -> Result<(), ConfigError> {
+        if self.actor_salt.expose().len() < 16 {
+            return Err(invalid(
+                "ingest.actor_salt",
+                "must be set, at least 16 characters (e.g. BANTER_INGEST__ACTOR_SALT)",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,704 @@
+//! Operator state that records its own changes (Arroyo's `global_keyed_map` is the model): a
+//! [`ChangelogMap`] notes every key it inserts, changes or removes, and
+//! [`ChangelogMap::write_changes`] turns what changed since the last call into changelog
+//! entries — nothing is tracked by hand, nothing written that did not change.
+//!
+//! * **Keys are typed and unambiguous.** An entry's key is its table's one-byte tag and the
+//!   table's key in a binary form ([`StateKey`]): strings length-prefixed, numbers fixed-width.
+//!   Whatever bytes an id holds (a separator, a slash, invalid UTF-8 is impossible: ids are
+//!   Rust strings), the key reads back as the same id.
+//! * **Values** are JSON (readable with any Kafka tool). A value that cannot be encoded is an
+//!   error that fails the batch ([`StateError::Encode`]): it is never written as nothing.
+//! * **Restore** takes the latest entry per key in any order ([`ChangelogMap::restore_entry`]);
+//!   a key or value that cannot be read names its store, table and key.
+
+use std::hash::Hash;
+
+use banter_model::WindowKind;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::table::Table;
+
+/// The changelog stores, one per operator, each beside the partition's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Store {
+    /// The window engine's first-hour post state.
+    Windows,
+    /// The spike detector's baselines and alerts.
+    Spikes,
+    /// CTA funnel state.
+    Funnels,
+    /// Conversation state.
+    Conversations,
+}
+
+impl Store {
+    /// Every store.
+    pub const ALL: [Store; 4] = [
+        Store::Windows,
+        Store::Spikes,
+        Store::Funnels,
+        Store::Conversations,
+    ];
+
+    /// Its name in changelog keys and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Windows => "windows",
+            Store::Spikes => "spikes",
+            Store::Funnels => "funnels",
+            Store::Conversations => "conversations",
+        }
+    }
+
+    /// The store named `name`.
+    pub fn from_name(name: &str) -> Option<Store> {
+        Store::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One changelog entry of a store: its key within the store and its value (None: deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The table's tag, then the key in [`StateKey`] form.
+    pub key: Vec<u8>,
+    /// JSON; None deletes the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// State that cannot be written to or read from a changelog.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// A value could not be encoded: the batch must fail rather than write nothing.
+    #[error("cannot encode {table} state: {message}")]
+    Encode {
+        /// The table.
+        table: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// An entry read back from the changelog is not what its store writes.
+    #[error("{store} changelog entry {key}: {message}")]
+    Restore {
+        /// The store.
+        store: Store,
+        /// The entry's key, escaped.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl StateError {
+    /// An unreadable entry of `store`.
+    pub fn restore(store: Store, key: &[u8], message: impl Into<String>) -> Self {
+        StateError::Restore {
+            store,
+            key: key.escape_ascii().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a key's bytes do not read back.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct KeyError(pub &'static str);
+
+/// A key a changelog table can hold: written in a binary form that reads back unambiguously.
+pub trait StateKey: Sized {
+    /// Appends the key's bytes.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Reads a key from the front of `input`, advancing it.
+    fn decode(input: &mut &[u8]) -> Result<Self, KeyError>;
+}
+
+fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], KeyError> {
+    if input.len() < n {
+        return Err(KeyError("key ends early"));
+    }
+    let (head, rest) = input.split_at(n);
+    *input = rest;
+    Ok(head)
+}
+
+impl StateKey for String {
+    /// LEB128 length, then the UTF-8 bytes.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut n = self.len() as u64;
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        out.extend_from_slice(self.as_bytes());
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, KeyError> {
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = take(input, 1)?[0];
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                let len = usize::try_from(n).map_err(|_| KeyError("string too long"))?;
+                let bytes = take(input, len)?;
+                return String::from_utf8(bytes.to_vec()).map_err(|_| KeyError("not UTF-8"));
+            }
+        }
+        Err(KeyError("string length too long"))
+    }
+}
+
+impl StateKey for i64 {
+    /// Eight bytes, big-endian.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_be_bytes());
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, KeyError> {
+        let bytes = take(input, 8)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        Ok(i64::from_be_bytes(b))
+    }
+}
+
+impl StateKey for WindowKind {
+    /// One byte.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(match self {
+            WindowKind::Minute => 0,
+            WindowKind::Velocity5m => 1,
+            WindowKind::First15m => 2,
+            WindowKind::First60m => 3,
+            WindowKind::Hour => 4,
+            WindowKind::Day => 5,
+        });
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, KeyError> {
+        Ok(match take(input, 1)?[0] {
+            0 => WindowKind::Minute,
+            1 => WindowKind::Velocity5m,
+            2 => WindowKind::First15m,
+            3 => WindowKind::First60m,
+            4 => WindowKind::Hour,
+            5 => WindowKind::Day,
+            _ => return Err(KeyError("unknown window kind")),
+        })
+    }
+}
+
+impl StateKey for () {
+    fn encode(&self, _: &mut Vec<u8>) {}
+
+    fn decode(_: &mut &[u8]) -> Result<Self, KeyError> {
+        Ok(())
+    }
+}
+
+macro_rules! tuple_key {
+    ($($t:ident $v:ident),+) => {
+        impl<$($t: StateKey),+> StateKey for ($($t,)+) {
+            fn encode(&self, out: &mut Vec<u8>) {
+                let ($($v,)+) = self;
+                $($v.encode(out);)+
+            }
+
+            fn decode(input: &mut &[u8]) -> Result<Self, KeyError> {
+                Ok(($($t::decode(input)?,)+))
+            }
+        }
+    };
+}
+tuple_key!(A a, B b);
+tuple_key!(A a, B b, C c);
+tuple_key!(A a, B b, C c, D d);
+
+/// The bytes of `key` in table `tag`.
+pub(crate) fn encode_key<K: StateKey>(tag: u8, key: &K) -> Vec<u8> {
+    let mut out = vec![tag];
+    key.encode(&mut out);
+    out
+}
+
+/// A whole key (after its table's tag): nothing may be left over.
+pub(crate) fn decode_key<K: StateKey>(mut bytes: &[u8]) -> Result<K, KeyError> {
+    let k = K::decode(&mut bytes)?;
+    if bytes.is_empty() {
+        Ok(k)
+    } else {
+        Err(KeyError("bytes left after the key"))
+    }
+}
+
+/// A table of an operator: its tag (the first byte of its keys) and name (in messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TableId {
+    pub tag: u8,
+    pub name: &'static str,
+}
+
+/// An entry read back from a store, split into its table's tag and the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// The store it was read from.
+    pub store: Store,
+    /// The whole key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+}
+
+impl Entry<'_> {
+    /// The table tag (0 for an empty key, which no table uses).
+    pub fn tag(&self) -> u8 {
+        self.key.first().copied().unwrap_or(0)
+    }
+
+    /// An error naming this entry.
+    pub fn error(&self, message: impl Into<String>) -> StateError {
+        StateError::restore(self.store, self.key, message)
+    }
+
+    /// The key after the tag, read as `K`.
+    pub(crate) fn key<K: StateKey>(&self) -> Result<K, StateError> {
+        decode_key(self.key.get(1..).unwrap_or_default())
+            .map_err(|e| self.error(format!("bad key: {e}")))
+    }
+
+    /// The value read as `V`.
+    pub(crate) fn value<V: DeserializeOwned>(&self) -> Result<V, StateError> {
+        serde_json::from_slice(self.value).map_err(|e| self.error(e.to_string()))
+    }
+
+    /// The error for a tag no table of the store has.
+    pub fn unknown(&self) -> StateError {
+        self.error("unknown table")
+    }
+}
+
+fn encode_value<V: Serialize>(table: TableId, v: &V) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(v).map_err(|e| StateError::Encode {
+        table: table.name,
+        message: e.to_string(),
+    })
+}
+
+/// A value and whether its key is listed as changed since the last write.
+#[derive(Debug, Clone)]
+struct Logged<V> {
+    value: V,
+    listed: bool,
+}
+
+/// A keyed table of operator state that records its changes as it mutates: every insert,
+/// mutable access and removal lists the key (once) for the next [`ChangelogMap::write_changes`].
+/// Iteration order depends only on the inserts (fixed-seed hashing).
+#[derive(Debug, Clone)]
+pub(crate) struct ChangelogMap<K, V> {
+    id: TableId,
+    entries: Table<K, Logged<V>>,
+    /// Keys changed since the last write: present ones have `listed` set; removed ones may
+    /// appear twice (removed, inserted, removed again), which only repeats a deletion.
+    changed: Vec<K>,
+}
+
+impl<K: Hash + Eq + Clone, V> ChangelogMap<K, V> {
+    pub fn new(id: TableId) -> Self {
+        ChangelogMap {
+            id,
+            entries: Table::default(),
+            changed: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The tag of the table's changelog keys.
+    pub fn tag(&self) -> u8 {
+        self.id.tag
+    }
+
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.entries.get(k).map(|l| &l.value)
+    }
+
+    pub fn contains_key(&self, k: &K) -> bool {
+        self.entries.contains_key(k)
+    }
+
+    fn list(changed: &mut Vec<K>, k: &K, l: &mut Logged<V>) {
+        if !l.listed {
+            l.listed = true;
+            changed.push(k.clone());
+        }
+    }
+
+    /// The value of `k` to change: recorded as changed.
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        let l = self.entries.get_mut(k)?;
+        Self::list(&mut self.changed, k, l);
+        Some(&mut l.value)
+    }
+
+    /// Inserts `v` under `k`; the value it replaces.
+    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+        match self.entries.get_mut(&k) {
+            Some(l) => {
+                Self::list(&mut self.changed, &k, l);
+                Some(std::mem::replace(&mut l.value, v))
+            }
+            None => {
+                self.changed.push(k.clone());
+                self.entries.insert_new(
+                    k,
+                    Logged {
+                        value: v,
+                        listed: true,
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// The value of `k`, one made by `make` when there is none; recorded as changed.
+    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
+        let (l, _) = self.entries.get_or_insert_with(k.clone(), || Logged {
+            value: make(),
+            listed: false,
+        });
+        Self::list(&mut self.changed, &k, l);
+        &mut l.value
+    }
+
+    /// Removes `k`; recorded (a deletion) when it was there.
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        let l = self.entries.remove(k)?;
+        if !l.listed {
+            self.changed.push(k.clone());
+        }
+        Some(l.value)
+    }
+
+    /// Removes the entries `keep` refuses; each removal is recorded.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        let changed = &mut self.changed;
+        self.entries.retain(|k, l| {
+            let kept = keep(k, &l.value);
+            if !kept && !l.listed {
+                changed.push(k.clone());
+            }
+            kept
+        });
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter().map(|(k, l)| (k, &l.value))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|l| &l.value)
+    }
+
+    /// The key and value in the slot `k` most likely sits in, found without reading any slot
+    /// (see [`Table::likely_slot`]), for prefetching the parts of the value that will be used
+    /// (it may be another key's). Starts fetching the slot's change mark, which a change of
+    /// the value reads.
+    pub fn likely_slot(&self, k: &K) -> Option<(&K, &V)> {
+        self.entries.likely_slot(k).map(|(k, l)| {
+            banter_alloc::prefetch(&l.listed);
+            (k, &l.value)
+        })
+    }
+
+    /// Hands each change since the last call to `write` (the value, or None for a removed key)
+    /// and forgets them. For keys that need context to encode; [`ChangelogMap::write_changes`]
+    /// is the usual form.
+    pub fn drain_changes<E>(
+        &mut self,
+        mut write: impl FnMut(&K, Option<&V>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for k in std::mem::take(&mut self.changed) {
+            match self.entries.get_mut(&k) {
+                Some(l) if l.listed => {
+                    l.listed = false;
+                    write(&k, Some(&l.value))?;
+                }
+                Some(_) => {} // listed twice and written already
+                None => write(&k, None)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes an entry back from the changelog: not a change.
+    pub fn restore(&mut self, k: K, v: V) {
+        self.entries.insert(
+            k,
+            Logged {
+                value: v,
+                listed: false,
+            },
+        );
+    }
+
+    /// Forgets the changes not yet written (after a restore: they are in the changelog).
+    pub fn forget_changes(&mut self) {
+        for k in std::mem::take(&mut self.changed) {
+            if let Some(l) = self.entries.get_mut(&k) {
+                l.listed = false;
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + StateKey, V: Serialize + DeserializeOwned> ChangelogMap<K, V> {
+    /// The changes since the last call as changelog entries, appended to `out`.
+    pub fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+        let id = self.id;
+        self.drain_changes(|k, v| {
+            out.push(Change {
+                key: encode_key(id.tag, k),
+                value: v.map(|v| encode_value(id, v)).transpose()?,
+            });
+            Ok(())
+        })
+    }
+
+    /// Takes one entry of this table back (the latest of its key).
+    pub fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
+        debug_assert_eq!(entry.tag(), self.id.tag);
+        let k: K = entry.key()?;
+        let v: V = entry.value()?;
+        self.restore(k, v);
+        Ok(())
+    }
+}
+
+/// One value of operator state (an operator's progress, say) that records its changes like
+/// a [`ChangelogMap`]; its changelog key is its table's tag alone.
+#[derive(Debug, Clone)]
+pub(crate) struct ChangelogCell<V> {
+    id: TableId,
+    value: V,
+    changed: bool,
+}
+
+impl<V: Serialize + DeserializeOwned> ChangelogCell<V> {
+    pub fn new(id: TableId, value: V) -> Self {
+        ChangelogCell {
+            id,
+            value,
+            changed: false,
+        }
+    }
+
+    pub fn get(&self) -> &V {
+        &self.value
+    }
+
+    /// The value to change: recorded as changed.
+    pub fn get_mut(&mut self) -> &mut V {
+        self.changed = true;
+        &mut self.value
+    }
+
+    /// The change since the last call, if any, as a changelog entry.
+    pub fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+        if std::mem::take(&mut self.changed) {
+            out.push(Change {
+                key: vec![self.id.tag],
+                value: Some(encode_value(self.id, &self.value)?),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the value back from the changelog.
+    pub fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
+        if entry.key.len() != 1 {
+            return Err(entry.error("bad key: bytes after the tag"));
+        }
+        self.value = entry.value()?;
+        Ok(())
+    }
+
+    /// Forgets the change not yet written.
+    pub fn forget_changes(&mut self) {
+        self.changed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const T: TableId = TableId {
+        tag: b'x',
+        name: "test",
+    };
+
+    type Key = (String, WindowKind, i64);
+
+    /// What a compacted changelog keeps: the latest value per key.
+    fn apply(log: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: Vec<Change>) {
+        for c in changes {
+            match c.value {
+                Some(v) => log.insert(c.key, v),
+                None => log.remove(&c.key),
+            };
+        }
+    }
+
+    fn restored(log: &BTreeMap<Vec<u8>, Vec<u8>>) -> ChangelogMap<Key, Vec<i64>> {
+        let mut m = ChangelogMap::new(T);
+        for (k, v) in log {
+            m.restore_entry(&Entry {
+                store: Store::Funnels,
+                key: k,
+                value: v,
+            })
+            .unwrap();
+        }
+        m
+    }
+
+    fn contents(m: &ChangelogMap<Key, Vec<i64>>) -> BTreeMap<String, Vec<i64>> {
+        m.iter()
+            .map(|(k, v)| (format!("{k:?}"), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn keys_with_any_characters_read_back_as_themselves() {
+        for id in [
+            "",
+            "a",
+            "a\u{1f}b",
+            "a/b/c",
+            "\u{0}\u{ff}é😀",
+            &"x".repeat(300),
+        ] {
+            let k: Key = (id.to_owned(), WindowKind::Hour, -5);
+            let bytes = encode_key(7, &k);
+            assert_eq!(bytes[0], 7);
+            assert_eq!(decode_key::<Key>(&bytes[1..]).unwrap(), k);
+        }
+        // Two ids that a separator would confuse stay apart.
+        let a = encode_key(1, &("a\u{1f}b".to_owned(), "c".to_owned()));
+        let b = encode_key(1, &("a".to_owned(), "b\u{1f}c".to_owned()));
+        assert_ne!(a, b);
+        assert!(decode_key::<(String, String)>(&a[1..a.len() - 1]).is_err());
+        assert!(decode_key::<i64>(&[0; 9]).is_err(), "left over");
+        assert!(decode_key::<WindowKind>(&[9]).is_err());
+    }
+
+    #[test]
+    fn changes_are_recorded_once_per_key_and_removals_become_deletions() {
+        let mut m: ChangelogMap<Key, Vec<i64>> = ChangelogMap::new(T);
+        let k = |s: &str| (s.to_owned(), WindowKind::Day, 0);
+        m.insert(k("a"), vec![1]);
+        m.get_mut(&k("a")).unwrap().push(2);
+        m.get_or_insert_with(k("b"), Vec::new).push(3);
+        let mut out = Vec::new();
+        m.write_changes(&mut out).unwrap();
+        assert_eq!(out.len(), 2, "{out:?}");
+        out.clear();
+        m.write_changes(&mut out).unwrap();
+        assert!(out.is_empty(), "nothing changed since");
+        assert_eq!(m.get(&k("a")), Some(&vec![1, 2]), "reading is not a change");
+        m.remove(&k("a"));
+        m.retain(|_, v| v[0] != 3);
+        m.write_changes(&mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|c| c.value.is_none()));
+        assert_eq!(m.len(), 0);
+    }
+
+    proptest! {
+        /// Whatever the operations, the changelog as compaction leaves it restores exactly the
+        /// map's contents, after every write.
+        #[test]
+        fn the_compacted_changelog_restores_the_map(
+            ops in prop::collection::vec((0u8..4, 0usize..6, any::<i64>()), 1..60),
+            writes in prop::collection::vec(any::<bool>(), 60),
+        ) {
+            let ids = ["", "a", "a\u{1f}b", "b", "/", "é"];
+            let mut m: ChangelogMap<Key, Vec<i64>> = ChangelogMap::new(T);
+            let mut log = BTreeMap::new();
+            for (i, (op, id, v)) in ops.into_iter().enumerate() {
+                let k: Key = (ids[id].to_owned(), WindowKind::Hour, v % 3);
+                match op {
+                    0 => { m.insert(k, vec![v]); }
+                    1 => { if let Some(x) = m.get_mut(&k) { x.push(v); } }
+                    2 => { m.remove(&k); }
+                    _ => m.retain(|key, _| key.0 != ids[id]),
+                }
+                if writes[i] {
+                    let mut out = Vec::new();
+                    m.write_changes(&mut out).unwrap();
+                    apply(&mut log, out);
+                    prop_assert_eq!(contents(&restored(&log)), contents(&m));
+                }
+            }
+            let mut out = Vec::new();
+            m.write_changes(&mut out).unwrap();
+            apply(&mut log, out);
+            prop_assert_eq!(contents(&restored(&log)), contents(&m));
+        }
+    }
+
+    #[test]
+    fn unreadable_entries_name_store_table_and_key() {
+        let mut m: ChangelogMap<Key, Vec<i64>> = ChangelogMap::new(T);
+        let e = Entry {
+            store: Store::Conversations,
+            key: b"x\x03ab",
+            value: b"[]",
+        };
+        let err = m.restore_entry(&e).unwrap_err().to_string();
+        assert!(
+            err.starts_with("conversations changelog entry x\\x03ab"),
+            "{err}"
+        );
+        let good = encode_key(T.tag, &("a".to_owned(), WindowKind::Hour, 1));
+        let e = Entry {
+            store: Store::Conversations,
+            key: &good,
+            value: b"{",
+        };
+        assert!(m.restore_entry(&e).is_err());
+        let mut c: ChangelogCell<i64> = ChangelogCell::new(T, 0);
+        *c.get_mut() = 5;
+        let mut out = Vec::new();
+        c.write_changes(&mut out).unwrap();
+        c.write_changes(&mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Change {
+                key: vec![b'x'],
+                value: Some(b"5".to_vec())
+            }]
+        );
+    }
+}

@@ -1,0 +1,241 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::operator::restore_copy;
+use crate::time::{HOUR, MINUTE};
+use banter_model::Platform;
+
+const T0: i64 = 1_764_028_800_000; // 2025-11-25 00:00 UTC
+
+fn ev(kind: Kind, action: Action, id: &str, t: i64) -> EngagementEvent {
+    let mut e = EngagementEvent::new(
+        format!("{kind}:{action}:{id}:{t}"),
+        Platform::Instagram,
+        kind,
+        action,
+        "acct",
+        t,
+    );
+    e.object_id = Some(id.into());
+    e.actor_id = Some("user".into());
+    e.content_id = Some("post".into());
+    e
+}
+
+fn comment(id: &str, parent: Option<&str>, t: i64) -> EngagementEvent {
+    let mut e = ev(Kind::Comment, Action::Add, id, t);
+    e.parent_id = parent.map(Into::into);
+    e.thread_id = Some(parent.unwrap_or(id).into());
+    e
+}
+
+fn brand_reply(id: &str, parent: &str, t: i64) -> EngagementEvent {
+    let mut e = ev(Kind::BrandReply, Action::Add, id, t);
+    e.parent_id = Some(parent.into());
+    e.thread_id = Some(parent.into());
+    e.is_brand_actor = true;
+    e
+}
+
+fn dm(kind: Kind, user: &str, id: &str, t: i64) -> EngagementEvent {
+    let mut e = ev(kind, Action::Add, id, t);
+    e.content_id = None;
+    e.thread_id = Some(user.into());
+    e.is_brand_actor = kind == Kind::DmOut;
+    e
+}
+
+/// Feeds the events in order with the watermark one minute behind, then closes all; the
+/// final row per window.
+fn run(events: &[EngagementEvent]) -> BTreeMap<WindowKey, ConversationRollup> {
+    let mut c = Conversations::new(ConversationConfig::default());
+    let mut out = Vec::new();
+    let mut max = i64::MIN;
+    for (i, e) in events.iter().enumerate() {
+        c.process(e, i as i64);
+        max = max.max(e.event_time);
+        c.advance(max - 60_000, &mut out);
+    }
+    c.advance(max + 10 * DAY, &mut out);
+    let mut last = BTreeMap::new();
+    for r in out {
+        let k = (
+            r.account_id.clone(),
+            r.content_id.clone().unwrap_or_default(),
+            r.window,
+            r.window_start,
+        );
+        last.insert(k, r);
+    }
+    last
+}
+
+fn hour(rows: &BTreeMap<WindowKey, ConversationRollup>, h: i64) -> &ConversationRollup {
+    &rows[&(
+        "acct".to_owned(),
+        String::new(),
+        WindowKind::Hour,
+        T0 + h * HOUR,
+    )]
+}
+
+#[test]
+fn response_times_belong_to_the_item_window_even_when_the_answer_comes_after_it_closed() {
+    let events = vec![
+        comment("c1", None, T0 + 10 * MINUTE),
+        brand_reply("b1", "c1", T0 + 12 * MINUTE), // 120 s, inside the hour
+        comment("c2", None, T0 + 50 * MINUTE),
+        comment("c3", Some("c2"), T0 + 55 * MINUTE), // a reply: thread depth
+        comment("c4", None, T0 + 58 * MINUTE),       // never answered
+        // The hour has closed (and was emitted) before this answer to c2: 40 minutes.
+        comment("c5", None, T0 + 85 * MINUTE),
+        brand_reply("b2", "c2", T0 + 90 * MINUTE),
+    ];
+    let rows = run(&events);
+    let h0 = hour(&rows, 0);
+    assert_eq!((h0.inbound, h0.answered), (4, 2));
+    assert_eq!(h0.response_rate, Some(0.5));
+    let med = h0.median_response_s.unwrap();
+    assert!((med - 120.0).abs() <= 1.2, "{med}"); // nearest rank of {120, 2400}
+    let p90 = h0.p90_response_s.unwrap();
+    assert!((p90 - 2400.0).abs() <= 24.0, "{p90}");
+    assert_eq!((h0.root_comments, h0.reply_comments), (3, 1));
+    assert!((h0.thread_depth.unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    assert!((h0.reply_share.unwrap() - 0.25).abs() < 1e-9);
+    // First response in c2's thread: the brand's reply 40 minutes after the root.
+    assert!(h0.median_first_response_s.is_some());
+    let h1 = hour(&rows, 1);
+    assert_eq!((h1.inbound, h1.answered), (1, 0));
+    // The post-level row matches, the day holds both hours.
+    let day = &rows[&("acct".to_owned(), String::new(), WindowKind::Day, T0)];
+    assert_eq!((day.inbound, day.answered), (5, 2));
+    let post = &rows[&("acct".to_owned(), "post".to_owned(), WindowKind::Hour, T0)];
+    assert_eq!((post.inbound, post.answered), (4, 2));
+}
+
+#[test]
+fn the_brand_talking_to_itself_and_deleted_comments_do_not_count() {
+    let mut own = comment("own", None, T0 + MINUTE);
+    own.is_brand_actor = true;
+    let events = vec![
+        own,
+        brand_reply("b0", "own", T0 + 2 * MINUTE),
+        comment("c1", None, T0 + 3 * MINUTE),
+        brand_reply("b1", "c1", T0 + 4 * MINUTE),
+        ev(Kind::Comment, Action::Remove, "c1", T0 + 5 * MINUTE),
+        comment("c2", None, T0 + 6 * MINUTE),
+        ev(Kind::Comment, Action::Hide, "c2", T0 + 7 * MINUTE),
+        ev(Kind::Comment, Action::Unhide, "c2", T0 + 8 * MINUTE),
+    ];
+    let h0 = run(&events)[&("acct".to_owned(), String::new(), WindowKind::Hour, T0)].clone();
+    assert_eq!(
+        (h0.inbound, h0.answered, h0.response_rate),
+        (1, 0, Some(0.0))
+    );
+}
+
+#[test]
+fn a_dm_opens_a_conversation_after_a_day_of_silence() {
+    let events = vec![
+        dm(Kind::DmIn, "u1", "m1", T0 + HOUR),
+        dm(Kind::DmIn, "u1", "m2", T0 + HOUR + MINUTE), // same conversation
+        dm(Kind::DmOut, "u1", "o1", T0 + HOUR + 5 * MINUTE), // answers m1
+        dm(Kind::DmIn, "u1", "m3", T0 + 20 * HOUR),     // 19 h later: same conversation
+        dm(Kind::DmIn, "u1", "m4", T0 + 45 * HOUR),     // 25 h of silence: a new one
+        dm(Kind::StoryReply, "u2", "s1", T0 + 45 * HOUR),
+        dm(Kind::DmOut, "u2", "o2", T0 + 45 * HOUR + 30_000),
+    ];
+    let rows = run(&events);
+    let h1 = hour(&rows, 1);
+    assert_eq!((h1.inbound_dms, h1.answered), (1, 1));
+    assert!((h1.median_response_s.unwrap() - 300.0).abs() <= 3.0);
+    let h45 = &rows[&(
+        "acct".to_owned(),
+        String::new(),
+        WindowKind::Hour,
+        T0 + 45 * HOUR,
+    )];
+    assert_eq!(
+        (h45.inbound_dms, h45.inbound_story_replies, h45.answered),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn answers_before_their_items_and_any_order_give_the_same_rows() {
+    let events = vec![
+        comment("c1", None, T0 + 10 * MINUTE),
+        comment("c2", Some("c1"), T0 + 11 * MINUTE),
+        brand_reply("b1", "c1", T0 + 12 * MINUTE),
+        brand_reply("b2", "c2", T0 + 13 * MINUTE),
+        dm(Kind::DmIn, "u1", "m1", T0 + 14 * MINUTE),
+        dm(Kind::DmOut, "u1", "o1", T0 + 15 * MINUTE),
+    ];
+    let ordered = run(&events);
+    // Everything at once, answers first.
+    let mut c = Conversations::new(ConversationConfig::default());
+    let mut out = Vec::new();
+    for (i, e) in events.iter().rev().enumerate() {
+        c.process(e, i as i64);
+    }
+    c.advance(T0 + 10 * DAY, &mut out);
+    let strip = |r: &ConversationRollup| {
+        (
+            r.window_start,
+            r.content_id.clone(),
+            r.inbound,
+            r.answered,
+            r.median_response_s.map(f64::to_bits),
+            r.root_comments,
+            r.reply_comments,
+        )
+    };
+    let a: BTreeSet<_> = ordered.values().map(strip).collect();
+    let b: BTreeSet<_> = out.iter().map(strip).collect();
+    assert_eq!(a, b);
+    assert_eq!(hour(&ordered, 0).answered, 3);
+}
+
+#[test]
+fn restoring_from_the_changelog_at_any_point_continues_identically() {
+    let events = [
+        comment("c1", None, T0 + 10 * MINUTE),
+        brand_reply("b0", "c9", T0 + 10 * MINUTE), // before its item
+        comment("c2", Some("c1"), T0 + 11 * MINUTE),
+        brand_reply("b1", "c1", T0 + 12 * MINUTE),
+        dm(Kind::DmIn, "u1", "m1", T0 + 14 * MINUTE),
+        comment("c9", None, T0 + 9 * MINUTE),
+        dm(Kind::DmOut, "u1", "o1", T0 + 75 * MINUTE),
+        ev(Kind::Comment, Action::Remove, "c2", T0 + 80 * MINUTE),
+    ];
+    let feed = |c: &mut Conversations, from: usize, out: &mut Vec<ConversationRollup>| {
+        for (i, e) in events.iter().enumerate().skip(from) {
+            c.process(e, i as i64);
+            let wm = events[..=i].iter().map(|e| e.event_time).max().unwrap_or(0) - 60_000;
+            c.advance(wm, out);
+        }
+    };
+    let mut expected = Vec::new();
+    let mut a = Conversations::new(ConversationConfig::default());
+    feed(&mut a, 0, &mut expected);
+    a.advance(T0 + 10 * DAY, &mut expected);
+    for cut in 0..events.len() {
+        let mut a = Conversations::new(ConversationConfig::default());
+        let mut out = Vec::new();
+        for (i, e) in events.iter().enumerate().take(cut) {
+            a.process(e, i as i64);
+            let wm = events[..=i].iter().map(|e| e.event_time).max().unwrap_or(0) - 60_000;
+            a.advance(wm, &mut out);
+        }
+        let mut b = Conversations::new(ConversationConfig::default());
+        restore_copy(&mut a, &mut b);
+        feed(&mut b, 0, &mut out);
+        b.advance(T0 + 10 * DAY, &mut out);
+        let key = |r: &ConversationRollup| format!("{r:?}");
+        let mut got: Vec<String> = out.iter().map(key).collect();
+        let mut want: Vec<String> = expected.iter().map(key).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "restored after {cut} events");
+    }
+}

@@ -1,0 +1,239 @@
+//! One batch of input, processed and committed as one Kafka transaction: its events through
+//! their partitions' pipelines, the idle partitions' watermarks moved on, then the changelogs,
+//! checkpoints and input offsets of every partition the batch changed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use banter_model::{AvroRecord, EngagementEvent};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::metrics::StreamMetrics;
+use super::partitions::{Partitions, Rebalance};
+use super::transaction::{dead_letter, BatchError, Topics, Transaction};
+use crate::config::StreamConfig;
+use crate::pipeline::{Fed, Outputs, PipelineStats};
+
+/// Events decoded and prefetched together ([`crate::pipeline::Pipeline::prefetch`]) before
+/// they are processed.
+const PREFETCH: usize = 64;
+
+/// An input record: partition, offset, payload.
+pub(super) type Record = (i32, i64, Vec<u8>);
+
+/// What every batch is processed with.
+pub(super) struct Batcher<'a> {
+    pub consumer: &'a BaseConsumer<Rebalance>,
+    pub producer: &'a BaseProducer,
+    pub topics: &'a Topics,
+    pub config: &'a StreamConfig,
+    pub metrics: &'a StreamMetrics,
+}
+
+impl Batcher<'_> {
+    /// Processes `batch` and commits what it changed; false when nothing was written (no
+    /// transaction).
+    pub fn run(&self, parts: &mut Partitions, batch: Vec<Record>) -> Result<bool, BatchError> {
+        let mut tx = Transaction::new(self.producer, self.topics, self.metrics);
+        let before: BTreeMap<i32, PipelineStats> = parts
+            .active
+            .iter()
+            .map(|(p, part)| (*p, part.pipeline.stats()))
+            .collect();
+        let processed = self
+            .events(parts, batch, &mut tx)
+            .and_then(|()| self.idle(parts, &mut tx));
+        for (p, part) in &parts.active {
+            if let Some(b) = before.get(p) {
+                self.metrics.count(b, &part.pipeline.stats());
+            }
+        }
+        processed?;
+        self.commit(parts, tx)
+    }
+
+    /// The batch's events through their partitions' pipelines, decoded and prefetched
+    /// [`PREFETCH`] at a time into reused buffers.
+    fn events(
+        &self,
+        parts: &mut Partitions,
+        batch: Vec<Record>,
+        tx: &mut Transaction<'_>,
+    ) -> Result<(), BatchError> {
+        let codec = EngagementEvent::codec();
+        let mut out = Outputs::default();
+        let mut events: Vec<EngagementEvent> = Vec::new();
+        let mut decoded = Vec::new();
+        let mut chunk = Vec::with_capacity(PREFETCH);
+        let mut batch = batch.into_iter().peekable();
+        let now = Instant::now();
+        while batch.peek().is_some() {
+            chunk.clear();
+            chunk.extend(batch.by_ref().take(PREFETCH));
+            if events.len() < chunk.len() {
+                events.resize_with(chunk.len(), EngagementEvent::empty);
+            }
+            decoded.clear();
+            for ((_, _, payload), event) in chunk.iter().zip(events.iter_mut()) {
+                decoded.push(codec.decode_into(payload, event));
+            }
+            // Runs of one partition (the consumer hands out each partition's messages together).
+            let mut from = 0;
+            while from < chunk.len() {
+                let p = chunk[from].0;
+                let to = chunk[from..]
+                    .iter()
+                    .position(|m| m.0 != p)
+                    .map_or(chunk.len(), |n| from + n);
+                if let Some(part) = parts.active.get(&p) {
+                    part.pipeline.prefetch(&events[from..to]);
+                }
+                from = to;
+            }
+            for (((p, offset, payload), event), decoded) in
+                chunk.drain(..).zip(events.iter()).zip(decoded.drain(..))
+            {
+                let Some(part) = parts.active.get_mut(&p) else {
+                    continue;
+                };
+                if offset < part.pipeline.next_offset() {
+                    continue; // processed before (a redelivery after a seek)
+                }
+                part.last_arrival = now;
+                // Everything before this record was fed: a replay that ends here ends.
+                part.pipeline.end_replay_at(offset);
+                if let Err(e) = decoded {
+                    if !part.pipeline.replaying() {
+                        self.metrics.undecodable.inc();
+                        let dl = dead_letter(
+                            &self.topics.input,
+                            p,
+                            offset,
+                            None,
+                            "undecodable",
+                            e.to_string(),
+                            payload,
+                        );
+                        tx.dead_letter(&dl)?;
+                    }
+                    continue;
+                }
+                if part.pipeline.process(event, offset, &mut out) != Fed::Processed {
+                    continue;
+                }
+                part.changed = true;
+                for late in &out.too_late {
+                    let wm = part
+                        .pipeline
+                        .watermark()
+                        .map_or_else(|| "none".to_owned(), |w| w.to_string());
+                    let dl = dead_letter(
+                        &self.topics.input,
+                        p,
+                        late.offset,
+                        Some(event.account_id.clone()),
+                        "late",
+                        format!(
+                            "event {} at {} is more than the allowed lateness ({} ms) behind the watermark {wm}",
+                            late.event_id, event.event_time, self.config.allowed_lateness_ms,
+                        ),
+                        payload.clone(),
+                    );
+                    tx.dead_letter(&dl)?;
+                }
+                tx.outputs(&out)?;
+                out.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays that reached their end without input past it end; partitions that are caught
+    /// up and quiet for `stream.idle_timeout_ms` move their watermark on: to the busiest
+    /// partition's of this instance (event time moves on there), or with the wall clock from
+    /// their own highest event time, whichever is later.
+    fn idle(&self, parts: &mut Partitions, tx: &mut Transaction<'_>) -> Result<(), BatchError> {
+        let positions = self.consumer.position().ok();
+        let idle_after = Duration::from_millis(self.config.idle_timeout_ms);
+        let busiest = parts
+            .active
+            .values()
+            .filter_map(|p| p.pipeline.watermark())
+            .max();
+        let mut out = Outputs::default();
+        for (p, part) in &mut parts.active {
+            let position = positions
+                .as_ref()
+                .and_then(|t| t.find_partition(&self.topics.input, *p))
+                .and_then(|e| e.offset().to_raw());
+            if let Some(pos) = position {
+                part.pipeline.end_replay_at(pos);
+            }
+            let quiet = part.last_arrival.elapsed();
+            let Some(met) = part.pipeline.max_event_time() else {
+                continue;
+            };
+            if part.pipeline.replaying()
+                || quiet < idle_after
+                || part.idle_checked.elapsed() < Duration::from_secs(1)
+            {
+                continue;
+            }
+            part.idle_checked = Instant::now();
+            // Quiet: is it caught up (nothing left to read), or just not fetched yet? Without a
+            // message since the assignment the consumer has no position; then the next offset
+            // to process may trail the end by one transaction marker.
+            let caught_up = match (
+                position.filter(|pos| *pos >= 0),
+                self.consumer
+                    .fetch_watermarks(&self.topics.input, *p, Duration::from_secs(2)),
+            ) {
+                (Some(pos), Ok((_, high))) => pos >= high,
+                (None, Ok((_, high))) => part.pipeline.next_offset() + 1 >= high,
+                _ => false,
+            };
+            if caught_up {
+                let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
+                let wm = met
+                    .saturating_add(quiet_ms)
+                    .max(busiest.unwrap_or(i64::MIN));
+                part.pipeline.idle_advance(wm, &mut out);
+                if !out.is_empty() {
+                    part.changed = true;
+                }
+                tx.outputs(&out)?;
+                out.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// The changelogs, checkpoints and input offsets of the partitions the batch changed, in
+    /// its transaction, and the commit.
+    fn commit(&self, parts: &mut Partitions, mut tx: Transaction<'_>) -> Result<bool, BatchError> {
+        let mut offsets = TopicPartitionList::new();
+        let mut changes = Vec::new();
+        for (p, part) in &mut parts.active {
+            if !std::mem::take(&mut part.changed) {
+                continue;
+            }
+            let cp = part.pipeline.checkpoint();
+            changes.clear();
+            part.pipeline.write_changes(&mut changes)?;
+            tx.checkpoint(*p, &changes, &cp)?;
+            offsets.add_partition_offset(&self.topics.input, *p, Offset::Offset(cp.next_offset))?;
+        }
+        if !tx.is_open() {
+            return Ok(false);
+        }
+        let group = self.consumer.group_metadata().ok_or(BatchError::NoGroup)?;
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))?;
+        }
+        self.producer.commit_transaction(Duration::from_secs(60))?;
+        Ok(true)
+    }
+}

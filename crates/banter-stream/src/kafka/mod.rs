@@ -1,0 +1,337 @@
+//! `banter stream` on Kafka: a consumer group member running one [`crate::pipeline::Pipeline`]
+//! per assigned input partition, exactly once.
+//!
+//! * **Exactly once.** Input is read in batches; each batch is one Kafka transaction holding
+//!   the rows, alerts and dead letters it caused, the changelog entries and [`Checkpoint`] of
+//!   every partition it changed (topic `kafka.topics.checkpoints`, compacted; see
+//!   [`checkpoints`]) and the input offsets (`send_offsets_to_transaction`, fenced by the group
+//!   generation, KIP-447). Either all of it is visible to `read_committed` readers or none of
+//!   it ([`batch`], [`transaction`]).
+//! * **Restore.** When a partition is assigned ([`partitions`]), its latest committed
+//!   checkpoint names the oldest input offset still held in window state (bounded by the
+//!   lateness horizon plus the out-of-orderness, about an hour of event time). The input is
+//!   replayed from there with the outputs discarded up to the checkpoint's offset; from then on
+//!   the pipeline emits exactly what the previous owner would have. State that lives longer —
+//!   first-hour post state (up to two hours), spike baselines, funnels (7 days), conversations
+//!   (a day) — is not replayed: it is each operator's changelog, written in the transaction it
+//!   belongs to and read back with the checkpoint. A partition that comes back to the instance
+//!   that already holds its state at the committed offset is not replayed.
+//! * **Idle partitions**: a partition that is caught up and quiet for `stream.idle_timeout_ms`
+//!   moves its watermark to the highest watermark of this instance's partitions, or with the
+//!   wall clock from its own highest event time, whichever is later; the move is recorded in
+//!   the checkpoint so that a replay repeats it.
+//! * **Metrics**: [`metrics`].
+//!
+//! [`Checkpoint`]: crate::window::Checkpoint
+
+mod batch;
+mod checkpoints;
+mod metrics;
+mod partitions;
+mod transaction;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use banter_runtime::config::KafkaConfig;
+use banter_runtime::kafka::{base_config, consumer_config, producer_config};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use thiserror::Error;
+
+use self::batch::{Batcher, Record};
+use self::checkpoints::CheckpointReader;
+use self::partitions::{lock, Partition, Partitions, Rebalance, Setup};
+use self::transaction::Topics;
+use crate::config::StreamSettings;
+use crate::cta::CampaignSource;
+use crate::pipeline::{PipelineConfig, StateSizes};
+
+pub use self::metrics::StreamMetrics;
+
+/// Why the stream loop stopped.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    /// A Kafka client could not be created or refused a request we cannot go on without.
+    #[error("kafka {what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: &'static str,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// Checkpoints could not be read when partitions were assigned.
+    #[error("cannot restore partitions: {0}")]
+    Restore(String),
+    /// The campaigns file (`cta.campaigns_file`) cannot be used.
+    #[error("cta.campaigns_file: {0}")]
+    Campaigns(String),
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
+    move |source| StreamError::Kafka { what, source }
+}
+
+/// Runs the stream role until `stop` returns true. Blocking: call it from a thread.
+///
+/// # Errors
+/// A Kafka client cannot be created, the transactional producer cannot be initialised, the
+/// campaigns file cannot be loaded, or the checkpoints of assigned partitions cannot be read.
+pub fn run(
+    k: &KafkaConfig,
+    settings: &StreamSettings,
+    metrics: &StreamMetrics,
+    ready: &dyn Fn(bool),
+    stop: &dyn Fn() -> bool,
+) -> Result<(), StreamError> {
+    let sc = &settings.stream;
+    let instance = sc.instance();
+    let reader = CheckpointReader {
+        consumer: base_config(k, "stream-checkpoints")
+            .set("group.id", format!("{}-checkpoint-reader", sc.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(kafka("checkpoint reader config"))?,
+        topic: k.topics.checkpoints.clone(),
+        input: k.topics.events.clone(),
+        timeout: Duration::from_millis(sc.transaction_timeout_ms * 3),
+    };
+    let checkpoint_partitions = reader.partitions().map_err(StreamError::Restore)?;
+    let mut campaigns =
+        CampaignSource::open(&settings.cta.campaigns_file).map_err(StreamError::Campaigns)?;
+    metrics.campaigns.set(campaigns.count() as i64);
+    let partitions = Arc::new(Mutex::new(Partitions::default()));
+    let rebalance = Rebalance {
+        partitions: partitions.clone(),
+        reader,
+        setup: Mutex::new(Setup {
+            pipeline: PipelineConfig::from_settings(settings),
+            matcher: campaigns.matcher().clone(),
+        }),
+        input: k.topics.events.clone(),
+        metrics: metrics.clone(),
+    };
+    let consumer: BaseConsumer<Rebalance> = consumer_config(k, "stream", &sc.group_id)
+        .set("partition.assignment.strategy", "range")
+        .set("max.poll.interval.ms", "300000")
+        // Static membership (KIP-345): a restarted instance takes its partitions back at
+        // once instead of waiting for its previous life's session to expire.
+        .set("group.instance.id", &instance)
+        .set("session.timeout.ms", sc.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (sc.session_timeout_ms / 5).max(100).to_string(),
+        )
+        .create_with_context(rebalance)
+        .map_err(kafka("consumer config"))?;
+    consumer
+        .subscribe(&[&k.topics.events])
+        .map_err(kafka("subscribe"))?;
+    let transactional_id = format!("{}-{instance}", sc.group_id);
+    let make_producer = || -> Result<BaseProducer, StreamError> {
+        let p: BaseProducer = producer_config(k, "stream")
+            .set("transactional.id", &transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                sc.transaction_timeout_ms.to_string(),
+            )
+            .set("linger.ms", "10")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .map_err(kafka("producer config"))?;
+        p.init_transactions(Duration::from_secs(60))
+            .map_err(kafka("init transactions"))?;
+        Ok(p)
+    };
+    let mut producer = make_producer()?;
+    tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, "stream started");
+    let topics = Topics {
+        input: k.topics.events.clone(),
+        rollups: k.topics.rollups.clone(),
+        alerts: k.topics.alerts.clone(),
+        dlq: k.topics.dlq.clone(),
+        checkpoints: k.topics.checkpoints.clone(),
+        checkpoint_partitions,
+    };
+    let mut last_gauges = Instant::now() - Duration::from_secs(60);
+    let reload_every = Duration::from_millis(settings.cta.reload_interval_ms);
+    let mut last_reload_check = Instant::now();
+    ready(true);
+    while !stop() {
+        if last_reload_check.elapsed() >= reload_every {
+            last_reload_check = Instant::now();
+            reload_campaigns(&mut campaigns, &consumer, &partitions, metrics, settings);
+        }
+        let batch = poll_batch(&consumer, &partitions, settings);
+        let mut parts = lock(&partitions);
+        if let Some(e) = parts.error.take() {
+            return Err(StreamError::Restore(e));
+        }
+        let t0 = Instant::now();
+        let n = batch.len();
+        let batcher = Batcher {
+            consumer: &consumer,
+            producer: &producer,
+            topics: &topics,
+            config: sc,
+            metrics,
+        };
+        match batcher.run(&mut parts, batch) {
+            Ok(committed) => {
+                if committed {
+                    metrics.outcome(&metrics.transactions, "outcome", "committed");
+                    metrics.batch_seconds.observe(t0.elapsed().as_secs_f64());
+                    metrics.batch_events.observe(n as f64);
+                }
+            }
+            Err(e) => {
+                metrics.outcome(&metrics.transactions, "outcome", "aborted");
+                tracing::warn!(error = %e, "batch not committed; rewinding its partitions");
+                let aborted = !e.is_fatal()
+                    && producer
+                        .abort_transaction(Duration::from_secs(30))
+                        .inspect_err(|ae| tracing::warn!(error = %ae, "abort failed"))
+                        .is_ok();
+                if !aborted {
+                    producer = make_producer()?;
+                }
+                rewind(&consumer, &mut parts, &topics)?;
+            }
+        }
+        if last_gauges.elapsed() >= Duration::from_secs(5) {
+            last_gauges = Instant::now();
+            gauges(&consumer, &parts, &topics, metrics);
+        }
+    }
+    tracing::info!("stream stopping");
+    Ok(())
+}
+
+/// Loads the campaigns file again when it changed and hands the campaigns to every partition
+/// (and to partitions assigned later); a refused file leaves the previous campaigns.
+fn reload_campaigns(
+    campaigns: &mut CampaignSource,
+    consumer: &BaseConsumer<Rebalance>,
+    partitions: &Mutex<Partitions>,
+    metrics: &StreamMetrics,
+    settings: &StreamSettings,
+) {
+    match campaigns.reload() {
+        Ok(false) => {}
+        Ok(true) => {
+            metrics.outcome(&metrics.campaign_reloads, "outcome", "ok");
+            metrics.campaigns.set(campaigns.count() as i64);
+            tracing::info!(campaigns = campaigns.count(), file = %settings.cta.campaigns_file, "campaigns reloaded");
+            let matcher = campaigns.matcher().clone();
+            consumer
+                .context()
+                .setup
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .matcher = matcher.clone();
+            let mut parts = lock(partitions);
+            let parts = &mut *parts;
+            for part in parts.active.values_mut().chain(parts.parked.values_mut()) {
+                part.pipeline.set_matcher(matcher.clone());
+            }
+        }
+        Err(e) => {
+            metrics.outcome(&metrics.campaign_reloads, "outcome", "error");
+            tracing::error!(error = %e, "campaigns file refused; the previous campaigns stay");
+        }
+    }
+}
+
+/// Collects a batch of input; a rebalance in the middle makes what was collected stale.
+fn poll_batch(
+    consumer: &BaseConsumer<Rebalance>,
+    partitions: &Mutex<Partitions>,
+    settings: &StreamSettings,
+) -> Vec<Record> {
+    let sc = &settings.stream;
+    let started = Instant::now();
+    let mut batch: Vec<Record> = Vec::new();
+    let mut generation = lock(partitions).generation;
+    while batch.len() < sc.max_batch_events {
+        let left = Duration::from_millis(sc.max_batch_ms).saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        match consumer.poll(left) {
+            Some(Ok(m)) => batch.push((
+                m.partition(),
+                m.offset(),
+                m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            )),
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer"),
+            None => {}
+        }
+        let g = lock(partitions).generation;
+        if g != generation {
+            batch.clear();
+            generation = g;
+        }
+    }
+    batch
+}
+
+/// After a failed transaction the pipelines of the partitions it touched are ahead of what is
+/// committed: rebuild them from their checkpoints and move the consumer back.
+fn rewind(
+    consumer: &BaseConsumer<Rebalance>,
+    parts: &mut Partitions,
+    topics: &Topics,
+) -> Result<(), StreamError> {
+    let ctx = consumer.context();
+    let setup = ctx.setup();
+    let ids: Vec<i32> = parts.active.keys().copied().collect();
+    let saved = ctx.reader.read(&ids).map_err(StreamError::Restore)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in ids {
+        // Without a checkpoint nothing of this partition was ever committed.
+        let (part, offset) = Partition::restore(
+            &setup.pipeline,
+            &setup.matcher,
+            saved.get(&p),
+            Offset::Beginning,
+        )
+        .map_err(StreamError::Restore)?;
+        parts.active.insert(p, part);
+        tpl.add_partition_offset(&topics.input, p, offset)
+            .map_err(kafka("rewind"))?;
+    }
+    consumer
+        .seek_partitions(tpl, Duration::from_secs(10))
+        .map_err(kafka("seek"))?;
+    parts.generation += 1;
+    Ok(())
+}
+
+/// The lag and state gauges.
+fn gauges(
+    consumer: &BaseConsumer<Rebalance>,
+    parts: &Partitions,
+    topics: &Topics,
+    metrics: &StreamMetrics,
+) {
+    let now = banter_runtime::now_ms();
+    let mut sizes = StateSizes::default();
+    for (p, part) in &parts.active {
+        let lag_s = part
+            .pipeline
+            .watermark()
+            .map(|wm| (now - wm) as f64 / 1000.0);
+        let records = consumer
+            .fetch_watermarks(&topics.input, *p, Duration::from_secs(2))
+            .ok()
+            .map(|(_, high)| (high - part.pipeline.next_offset()).max(0));
+        metrics.set_lag(*p, lag_s, records);
+        sizes += &part.pipeline.state_sizes();
+    }
+    metrics.set_state(&sizes, parts.active.len());
+}

@@ -1,0 +1,185 @@
+//! The input partitions assigned to this instance, each with its [`Pipeline`], and the
+//! consumer group's rebalance callback that restores them: a partition assigned is rebuilt
+//! from the checkpoint topic (or kept, when it comes back to the instance that holds its state
+//! at the committed checkpoint); a partition revoked is parked in case it comes back.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use super::checkpoints::CheckpointReader;
+use super::metrics::StreamMetrics;
+use crate::cta::Matcher;
+use crate::pipeline::{Pipeline, PipelineConfig, Saved};
+
+/// One assigned input partition.
+pub(super) struct Partition {
+    pub pipeline: Pipeline,
+    /// When its last input arrived.
+    pub last_arrival: Instant,
+    /// When a quiet partition last asked the broker whether it is caught up.
+    pub idle_checked: Instant,
+    /// Changed in the open batch: its changelog, checkpoint and offset go into the
+    /// transaction.
+    pub changed: bool,
+}
+
+impl Partition {
+    fn new(pipeline: Pipeline) -> Self {
+        Partition {
+            pipeline,
+            last_arrival: Instant::now(),
+            idle_checked: Instant::now(),
+            changed: false,
+        }
+    }
+
+    /// The partition as `saved` describes it, and the input offset to read from (`none` when
+    /// it has no checkpoint).
+    pub fn restore(
+        cfg: &PipelineConfig,
+        matcher: &Matcher,
+        saved: Option<&Saved>,
+        none: Offset,
+    ) -> Result<(Self, Offset), String> {
+        let empty = Saved::default();
+        let (pipeline, from) = Pipeline::restore(cfg, matcher.clone(), saved.unwrap_or(&empty))
+            .map_err(|e| e.to_string())?;
+        Ok((Partition::new(pipeline), from.map_or(none, Offset::Offset)))
+    }
+}
+
+/// The partitions of this instance, shared by the loop and the rebalance callback.
+#[derive(Default)]
+pub(super) struct Partitions {
+    pub active: BTreeMap<i32, Partition>,
+    /// Revoked partitions whose state may come back with the next assignment.
+    pub parked: BTreeMap<i32, Partition>,
+    /// Bumped by every rebalance: input polled before it is stale.
+    pub generation: u64,
+    /// A restore that failed in the callback, for the loop to stop on.
+    pub error: Option<String>,
+}
+
+/// Locks the partitions (a panic elsewhere does not poison them for good).
+pub(super) fn lock(m: &Mutex<Partitions>) -> MutexGuard<'_, Partitions> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a partition's pipeline is built from; the campaigns change on reload.
+#[derive(Clone)]
+pub(super) struct Setup {
+    pub pipeline: PipelineConfig,
+    pub matcher: Matcher,
+}
+
+/// The consumer's context: restores partitions as the group assigns them.
+pub(super) struct Rebalance {
+    pub partitions: Arc<Mutex<Partitions>>,
+    pub reader: CheckpointReader,
+    pub setup: Mutex<Setup>,
+    pub input: String,
+    pub metrics: StreamMetrics,
+}
+
+impl Rebalance {
+    /// The current setup.
+    pub fn setup(&self) -> Setup {
+        self.setup
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, parts: &mut Partitions, ids: Vec<i32>) {
+        let saved = match self.reader.read(&ids) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read checkpoints");
+                parts.error = Some(e);
+                return;
+            }
+        };
+        let setup = self.setup();
+        let mut assign = TopicPartitionList::new();
+        for p in ids {
+            let parked = parts.parked.remove(&p);
+            let saved = saved.get(&p);
+            let cp = saved.and_then(|s| s.checkpoint.as_ref());
+            let (part, offset, how) = match (parked, cp) {
+                // It comes back to the instance that holds its state as committed.
+                (Some(part), Some(cp))
+                    if !part.pipeline.replaying()
+                        && part.pipeline.next_offset() == cp.next_offset =>
+                {
+                    (part, Offset::Offset(cp.next_offset), "kept")
+                }
+                (_, cp) => {
+                    match Partition::restore(&setup.pipeline, &setup.matcher, saved, Offset::Stored)
+                    {
+                        Ok((part, offset)) => (
+                            part,
+                            offset,
+                            if cp.is_some() { "replayed" } else { "fresh" },
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot restore partition {p}");
+                            parts.error = Some(e);
+                            return;
+                        }
+                    }
+                }
+            };
+            tracing::info!(partition = p, ?offset, how, "partition assigned");
+            self.metrics.outcome(&self.metrics.restores, "how", how);
+            parts.active.insert(p, part);
+            if let Err(e) = assign.add_partition_offset(&self.input, p, offset) {
+                parts.error = Some(format!("assignment of partition {p}: {e}"));
+            }
+        }
+        if let Err(e) = consumer.assign(&assign) {
+            parts.error = Some(format!("assign: {e}"));
+        }
+    }
+}
+
+impl ClientContext for Rebalance {}
+
+impl ConsumerContext for Rebalance {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut parts = lock(&self.partitions);
+        parts.generation += 1;
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let ids: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.assign(consumer, &mut parts, ids);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let active = std::mem::take(&mut parts.active);
+                for (p, part) in active {
+                    tracing::info!(partition = p, "partition revoked");
+                    self.metrics.forget_partition(p);
+                    parts.parked.insert(p, part);
+                }
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "unassign");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                parts.active.clear();
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! One batch's Kafka transaction and what goes into it: the pipelines' outputs (rollups,
+//! funnel and conversation rows, alerts), dead letters, the changelog entries and checkpoints
+//! of the partitions the batch changed. A record that cannot be encoded fails the batch (it is
+//! retried from the checkpoint) rather than vanishing.
+
+use std::time::Duration;
+
+use banter_model::codec::Encoder;
+use banter_model::{
+    AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use thiserror::Error;
+
+use super::checkpoints::{checkpoint_key, checkpoint_partition, store_key};
+use super::metrics::StreamMetrics;
+use crate::changelog::{Change, StateError, Store};
+use crate::pipeline::Outputs;
+use crate::window::Checkpoint;
+
+/// Why a batch was not committed.
+#[derive(Debug, Error)]
+pub(super) enum BatchError {
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the consumer has no group metadata (not in a group)")]
+    NoGroup,
+    #[error("cannot encode a {what}: {message}")]
+    Encode { what: &'static str, message: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl BatchError {
+    /// The producer cannot go on (fenced, or a fatal transactional error): make a new one.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, BatchError::Kafka(KafkaError::Transaction(t)) if t.is_fatal())
+    }
+}
+
+/// The topics a stream instance reads and writes.
+#[derive(Debug, Clone)]
+pub(super) struct Topics {
+    pub input: String,
+    pub rollups: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub checkpoints: String,
+    pub checkpoint_partitions: usize,
+}
+
+/// The open transaction of a batch, begun with its first record.
+pub(super) struct Transaction<'a> {
+    producer: &'a BaseProducer,
+    topics: &'a Topics,
+    metrics: &'a StreamMetrics,
+    open: bool,
+    rollup_encoder: Encoder<'static, Rollup>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Transaction<'a> {
+    pub fn new(producer: &'a BaseProducer, topics: &'a Topics, metrics: &'a StreamMetrics) -> Self {
+        Transaction {
+            producer,
+            topics,
+            metrics,
+            open: false,
+            rollup_encoder: Rollup::codec().encoder(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Whether anything was written.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Sends a record (no value: a tombstone), waiting while the producer's queue is full.
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), KafkaError> {
+        if !self.open {
+            self.producer.begin_transaction()?;
+            self.open = true;
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes one event's outputs: rollups, conversation rows, funnel rows, alerts.
+    pub fn outputs(&mut self, out: &Outputs) -> Result<(), BatchError> {
+        let topics = self.topics;
+        for r in &out.rollups {
+            self.buf.clear();
+            self.rollup_encoder
+                .encode_into(r, &mut self.buf)
+                .map_err(|e| encode("rollup", &e))?;
+            self.metrics.rows.inc();
+            let buf = std::mem::take(&mut self.buf);
+            let sent = self.send(&topics.rollups, None, r.account_id.as_bytes(), Some(&buf));
+            self.buf = buf;
+            sent?;
+        }
+        for c in &out.conversations {
+            let value = ConversationRollup::codec()
+                .encode(c)
+                .map_err(|e| encode("conversation row", &e))?;
+            self.metrics.conversation_rows.inc();
+            self.send(&topics.rollups, None, c.account_id.as_bytes(), Some(&value))?;
+        }
+        for f in &out.funnels {
+            let value = FunnelRollup::codec()
+                .encode(f)
+                .map_err(|e| encode("funnel row", &e))?;
+            self.metrics.funnel_rows.inc();
+            self.send(&topics.rollups, None, f.account_id.as_bytes(), Some(&value))?;
+        }
+        for a in &out.alerts {
+            let value = SpikeAlert::codec()
+                .encode(a)
+                .map_err(|e| encode("spike alert", &e))?;
+            tracing::info!(alert = %a.alert_id, state = a.state.as_str(), observed = a.observed, z = a.z_score, "spike alert");
+            self.metrics
+                .outcome(&self.metrics.alerts, "state", a.state.as_str());
+            self.send(&topics.alerts, None, a.account_id.as_bytes(), Some(&value))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a dead letter of an input record, keyed by its account when known.
+    pub fn dead_letter(&mut self, dl: &DeadLetter) -> Result<(), BatchError> {
+        let value = DeadLetter::codec()
+            .encode(dl)
+            .map_err(|e| encode("dead letter", &e))?;
+        let key = dl.account_id.as_deref().unwrap_or_default().as_bytes();
+        let topic = &self.topics.dlq;
+        self.send(topic, None, key, Some(&value))?;
+        Ok(())
+    }
+
+    /// Writes a partition's changelog entries and then its checkpoint, to the partition of the
+    /// checkpoint topic that holds the input partition's records.
+    pub fn checkpoint(
+        &mut self,
+        partition: i32,
+        changes: &[(Store, Change)],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), BatchError> {
+        let topics = self.topics;
+        let value = serde_json::to_vec(checkpoint).map_err(|e| BatchError::Encode {
+            what: "checkpoint",
+            message: e.to_string(),
+        })?;
+        let target = Some(checkpoint_partition(
+            partition,
+            topics.checkpoint_partitions,
+        ));
+        for (store, c) in changes {
+            let key = store_key(&topics.input, partition, *store, &c.key);
+            self.send(&topics.checkpoints, target, &key, c.value.as_deref())?;
+        }
+        let key = checkpoint_key(&topics.input, partition);
+        self.send(&topics.checkpoints, target, key.as_bytes(), Some(&value))?;
+        Ok(())
+    }
+}
+
+fn encode(what: &'static str, e: &banter_model::CodecError) -> BatchError {
+    BatchError::Encode {
+        what,
+        message: e.to_string(),
+    }
+}
+
+/// A dead letter of the stream stage for an input record.
+pub(super) fn dead_letter(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    account_id: Option<String>,
+    reason: &str,
+    detail: String,
+    payload: Vec<u8>,
+) -> DeadLetter {
+    DeadLetter {
+        stage: Stage::Stream,
+        reason: reason.to_owned(),
+        detail,
+        source: Some(topic.to_owned()),
+        source_partition: Some(partition),
+        source_offset: Some(offset),
+        account_id,
+        payload,
+        failed_at: banter_runtime::now_ms(),
+    }
+}

@@ -1,0 +1,224 @@
+use super::*;
+use crate::operator::restore_copy;
+
+const T0: i64 = 1_764_000_000_000 - 1_764_000_000_000 % MINUTE;
+
+fn row(account: &str, content: Option<&str>, minute: i64, x: i64) -> Rollup {
+    Rollup {
+        account_id: account.into(),
+        content_id: content.map(Into::into),
+        window: WindowKind::Minute,
+        window_start: T0 + minute * MINUTE,
+        window_end: T0 + (minute + 1) * MINUTE,
+        revision: 0,
+        interactions: x,
+        comments: 0,
+        live_comments: 0,
+        reactions: x,
+        shares: 0,
+        story_replies: 0,
+        dms_in: 0,
+        mentions: 0,
+        brand_replies: 0,
+        velocity: None,
+        early_accel: None,
+        time_to_n_minutes: None,
+        unique_engagers: None,
+        late_events: 0,
+        emitted_at: 0,
+    }
+}
+
+fn count(r: Rollup, published: Option<i64>) -> MinuteCount {
+    MinuteCount::of(&r, published).unwrap()
+}
+
+/// Feeds one post's series (minute i has count xs[i]; 0 rows omitted), closing each minute.
+fn run(det: &mut Detector, xs: &[i64]) -> Vec<SpikeAlert> {
+    let mut out = Vec::new();
+    for (i, &x) in xs.iter().enumerate() {
+        if x != 0 {
+            det.observe(&count(row("a", Some("p"), i as i64, x), None));
+        }
+        det.close(T0 + (i as i64 + 1) * MINUTE, &mut out);
+    }
+    out
+}
+
+/// A steady series around 3 a minute.
+fn steady(n: usize) -> Vec<i64> {
+    (0..n).map(|i| [2, 3, 4, 3, 2, 4][i % 6]).collect()
+}
+
+fn cfg() -> SpikeConfig {
+    SpikeConfig {
+        accounts: false,
+        ..SpikeConfig::default()
+    }
+}
+
+#[test]
+fn a_spike_fires_once_on_its_second_hit_and_resolves_after_it() {
+    let mut xs = steady(40);
+    xs.extend([40, 35, 5, 45, 50, 38]); // minutes 40..46, one dip
+    xs.extend(steady(20));
+    let alerts = run(&mut Detector::new(cfg()), &xs);
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let (f, r) = (&alerts[0], &alerts[1]);
+    assert_eq!(f.state, AlertState::Firing);
+    assert_eq!(f.started_at, T0 + 40 * MINUTE, "onset is the first hit");
+    assert_eq!(f.window_start, T0 + 41 * MINUTE, "fires on the second hit");
+    assert_eq!(f.alert_id, format!("a/p/{}", T0 + 40 * MINUTE));
+    assert!(f.baseline_mean > 2.0 && f.baseline_mean < 4.0, "{f:?}");
+    assert!(f.z_score >= 3.0);
+    assert_eq!(r.state, AlertState::Resolved);
+    assert_eq!(r.alert_id, f.alert_id);
+    assert_eq!(
+        r.ended_at,
+        Some(T0 + 46 * MINUTE),
+        "the first minute back to normal"
+    );
+    assert_eq!(
+        r.window_start,
+        T0 + 48 * MINUTE,
+        "after 3 minutes back to normal"
+    );
+}
+
+#[test]
+fn the_poisson_floor_and_min_count_keep_quiet_keys_quiet() {
+    // Constant 1 a minute: σ = 0, the floor is max(√1, 1) = 1.
+    let mut xs = vec![1; 30];
+    xs.extend([8, 9, 8, 1, 1]); // z = 7 but fewer than 10 interactions
+    let alerts = run(&mut Detector::new(cfg()), &xs);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    // One hit alone does not fire (2 of 3).
+    let mut xs = vec![1; 30];
+    xs.extend([30, 1, 1, 30, 1, 1, 1]);
+    assert!(run(&mut Detector::new(cfg()), &xs).is_empty());
+    // A quiet key with a big mean needs more than its noise: mean 100, √100 = 10.
+    let mut xs = vec![100; 30];
+    xs.extend([125, 128, 100]);
+    assert!(run(&mut Detector::new(cfg()), &xs).is_empty());
+    xs.truncate(30);
+    xs.extend([135, 140, 100, 100, 100, 100]);
+    assert_eq!(run(&mut Detector::new(cfg()), &xs).len(), 2);
+}
+
+#[test]
+fn cooldown_makes_one_alert_of_one_spike() {
+    let mut xs = steady(30);
+    xs.extend([40, 40, 3, 3, 3]); // fires, resolves at minute 34
+    xs.extend([40, 40, 3, 3, 3]); // within the 15-minute cool-down: nothing
+    xs.extend(steady(20));
+    xs.extend([40, 40, 3, 3, 3]); // after it: a new alert
+    let alerts = run(&mut Detector::new(cfg()), &xs);
+    let firing: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .collect();
+    assert_eq!(firing.len(), 2, "{alerts:#?}");
+    assert_eq!(firing[0].started_at, T0 + 30 * MINUTE);
+    assert_eq!(firing[1].started_at, T0 + 60 * MINUTE);
+    assert_ne!(firing[0].alert_id, firing[1].alert_id);
+}
+
+#[test]
+fn a_long_plateau_becomes_the_baseline_after_max_firing() {
+    let mut xs = steady(30);
+    xs.extend(vec![60; 120]);
+    let alerts = run(&mut Detector::new(cfg()), &xs);
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[1].state, AlertState::Resolved);
+    assert!(alerts[1].window_start > T0 + 90 * MINUTE);
+}
+
+#[test]
+fn young_posts_are_judged_against_the_account_posts_at_the_same_age() {
+    let mut det = Detector::new(SpikeConfig::default());
+    let mut out = Vec::new();
+    // The account: 3 a minute of account-level activity throughout; four posts launched
+    // an hour apart: three ordinary launches (20 a minute for 5 minutes), then one 30
+    // times bigger. Rows of a post go to the account row too.
+    for minute in 0..300i64 {
+        let mut account = 3;
+        for k in 0..4i64 {
+            let age = minute - 60 * k - 10;
+            if !(0..30).contains(&age) {
+                continue;
+            }
+            let x = match (k, age) {
+                (3, 0..5) => 600,
+                (_, 0..5) => 20,
+                _ => 2,
+            };
+            account += x;
+            let content = format!("p{k}");
+            det.observe(&count(
+                row("a", Some(&content), minute, x),
+                Some(T0 + (60 * k + 10) * MINUTE + 1_000),
+            ));
+        }
+        det.observe(&count(row("a", None, minute, account), None));
+        det.close(T0 + (minute + 1) * MINUTE, &mut out);
+    }
+    let firing: Vec<_> = out
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .map(|a| a.alert_id.as_str())
+        .collect();
+    // Ordinary launches do not fire, neither for the post nor for the account; the
+    // launch 30 times the usual does, once, for the post only.
+    assert_eq!(
+        firing,
+        vec![format!("a/p3/{}", T0 + 190 * MINUTE)],
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn late_corrections_and_restored_minutes_are_not_judged_again() {
+    let mut det = Detector::new(cfg());
+    let mut xs = steady(30);
+    xs.extend([40, 40]);
+    let alerts = run(&mut det, &xs);
+    assert_eq!(alerts.len(), 1);
+    let mut late = row("a", Some("p"), 31, 90);
+    late.late_events = 1;
+    assert!(!det.observe(&count(late, None)));
+    assert!(
+        !det.observe(&count(row("a", Some("p"), 5, 90), None)),
+        "a minute judged before"
+    );
+    let mut out = Vec::new();
+    det.close(T0 + 33 * MINUTE, &mut out);
+    assert!(out.is_empty(), "{out:#?}");
+    assert_eq!(det.done_below(), Some(T0 + 33 * MINUTE));
+}
+
+/// The changelog up to any minute restores a detector that continues identically.
+#[test]
+fn restoring_from_the_changelog_at_any_minute_continues_identically() {
+    let mut xs = steady(30);
+    xs.extend([40, 35, 5, 45, 0, 0, 0, 0]);
+    xs.extend(steady(10));
+    xs.extend([0; 20]);
+    xs.extend([50, 50, 50, 3, 3, 3, 3]);
+    let expected = run(&mut Detector::new(cfg()), &xs);
+    assert_eq!(expected.len(), 4);
+    for cut in 1..xs.len() {
+        let mut a = Detector::new(cfg());
+        let mut before = run(&mut a, &xs[..cut]);
+        let mut b = Detector::new(cfg());
+        restore_copy(&mut a, &mut b);
+        let mut out = Vec::new();
+        for (i, &x) in xs.iter().enumerate().skip(cut) {
+            if x != 0 {
+                b.observe(&count(row("a", Some("p"), i as i64, x), None));
+            }
+            b.close(T0 + (i as i64 + 1) * MINUTE, &mut out);
+        }
+        before.extend(out);
+        assert_eq!(before, expected, "restored after minute {cut}");
+    }
+}

@@ -1,0 +1,200 @@
+//! Hash maps with a fixed seed (iteration order depends only on the inserts, so a replay emits
+//! rows in the same order), and [`Table`], one that can also start fetching a key's slot
+//! without waiting for it: the window engine's large per-event tables are read ahead for a
+//! batch of events.
+
+use std::hash::{BuildHasher, Hash};
+
+/// Hash maps with a fixed seed.
+pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
+/// Hash sets with a fixed seed.
+pub(crate) type Set<K> = hashbrown::HashSet<K, foldhash::fast::FixedState>;
+
+/// Starts loading the slot of `table` an entry of hash `h` most likely sits in (see
+/// [`Table::likely_slot`]) and returns at once.
+pub(crate) fn prefetch_slot<T>(table: &hashbrown::HashTable<T>, h: u64) {
+    if let Some(slot) = table.find(h, |_| true) {
+        banter_alloc::prefetch(slot);
+    }
+}
+
+/// A hash map with a fixed seed, like [`Map`], that can also start fetching the slot of a key
+/// without waiting for it ([`Table::prefetch`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Table<K, V> {
+    entries: hashbrown::HashTable<(K, V)>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl<K, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Table {
+            entries: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::FixedState::default(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Table<K, V> {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Table {
+            entries: hashbrown::HashTable::with_capacity(n),
+            hasher: foldhash::fast::FixedState::default(),
+        }
+    }
+
+    fn hash(&self, k: &K) -> u64 {
+        self.hasher.hash_one(k)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn get(&self, k: &K) -> Option<&V> {
+        self.entries
+            .find(self.hash(k), |(x, _)| x == k)
+            .map(|(_, v)| v)
+    }
+
+    pub(crate) fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        let h = self.hash(k);
+        self.entries.find_mut(h, |(x, _)| x == k).map(|(_, v)| v)
+    }
+
+    pub(crate) fn contains_key(&self, k: &K) -> bool {
+        self.get(k).is_some()
+    }
+
+    /// Inserts `v` under `k`; the value it replaces, if any.
+    pub(crate) fn insert(&mut self, k: K, v: V) -> Option<V> {
+        match self.get_mut(&k) {
+            Some(old) => Some(std::mem::replace(old, v)),
+            None => {
+                self.insert_new(k, v);
+                None
+            }
+        }
+    }
+
+    /// Inserts `v` under `k`, which must not be in the table; the new value.
+    pub(crate) fn insert_new(&mut self, k: K, v: V) -> &mut V {
+        debug_assert!(!self.contains_key(&k), "insert_new of a key already there");
+        let h = self.hash(&k);
+        let hasher = &self.hasher;
+        &mut self
+            .entries
+            .insert_unique(h, (k, v), |(x, _)| hasher.hash_one(x))
+            .into_mut()
+            .1
+    }
+
+    pub(crate) fn remove(&mut self, k: &K) -> Option<V> {
+        let h = self.hash(k);
+        self.entries
+            .find_entry(h, |(x, _)| x == k)
+            .ok()
+            .map(|e| e.remove().0 .1)
+    }
+
+    /// The value of `k`, one made by `make` inserted when there is none; whether it was
+    /// inserted.
+    pub(crate) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> (&mut V, bool) {
+        let h = self.hash(&k);
+        let hasher = &self.hasher;
+        match self
+            .entries
+            .entry(h, |(x, _)| *x == k, |(x, _)| hasher.hash_one(x))
+        {
+            hashbrown::hash_table::Entry::Occupied(e) => (&mut e.into_mut().1, false),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                (&mut e.insert((k, make())).into_mut().1, true)
+            }
+        }
+    }
+
+    /// The value of `k`, a default one inserted when there is none.
+    pub(crate) fn entry_or_default(&mut self, k: K) -> &mut V
+    where
+        V: Default,
+    {
+        self.get_or_insert_with(k, V::default).0
+    }
+
+    /// Keeps the entries `keep` says to keep.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        self.entries.retain(|(k, v)| keep(k, v));
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.into_iter()
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    /// Starts loading the slot `k` most likely sits in and returns at once.
+    pub(crate) fn prefetch(&self, k: &K) {
+        prefetch_slot(&self.entries, self.hash(k));
+    }
+
+    /// The slot `k` most likely sits in, found without reading any slot: the first whose 7-bit
+    /// tag matches `k`'s hash (the tags are the table's control bytes, which stay in cache).
+    /// For prefetching the parts of a large value: reading the slot waits for it, and it may
+    /// hold another key.
+    pub(crate) fn likely_slot(&self, k: &K) -> Option<&(K, V)> {
+        self.entries.find(self.hash(k), |_| true)
+    }
+}
+
+impl<'a, K: Hash + Eq, V> IntoIterator for &'a Table<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter =
+        std::iter::Map<hashbrown::hash_table::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_inserts_replaces_removes_and_prefetches_any_key() {
+        let mut t: Table<(u32, i64), String> = Table::default();
+        // Prefetching in an empty table, or a key that is not there, is only a hint.
+        t.prefetch(&(1, 2));
+        assert_eq!(t.insert((1, 2), "a".into()), None);
+        assert_eq!(t.insert((1, 2), "b".into()), Some("a".into()));
+        assert_eq!(t.len(), 1);
+        for i in 0..1_000u32 {
+            t.insert_new((i + 10, -1), i.to_string());
+        }
+        t.prefetch(&(5_000, 0));
+        t.prefetch(&(500, -1));
+        assert_eq!(t.len(), 1_001);
+        assert_eq!(t.get(&(510, -1)).map(String::as_str), Some("500"));
+        assert!(t.contains_key(&(1, 2)) && !t.contains_key(&(1, 3)));
+        t.get_mut(&(1, 2)).unwrap().push('c');
+        assert_eq!(t.remove(&(1, 2)).as_deref(), Some("bc"));
+        assert_eq!(t.remove(&(1, 2)), None);
+        t.entry_or_default((7, 7)).push('x');
+        t.entry_or_default((7, 7)).push('y');
+        assert_eq!(t.get(&(7, 7)).map(String::as_str), Some("xy"));
+        assert!(!t.get_or_insert_with((7, 7), String::new).1);
+        assert_eq!(t.iter().count(), 1_001);
+        assert_eq!(t.keys().filter(|k| k.1 == -1).count(), 1_000);
+        assert_eq!(t.values().map(String::len).sum::<usize>(), 2 + 2890);
+        // Iteration follows the inserts only: two tables built alike iterate alike.
+        let u = t.clone();
+        assert!(t.iter().map(|(k, _)| *k).eq(u.iter().map(|(k, _)| *k)));
+        t.retain(|k, _| k.0 % 2 == 0);
+        assert_eq!(t.len(), 500);
+    }
+}

@@ -1,0 +1,103 @@
+//! Event time as the operators share it: minute, hour and day lengths, HOUR / DAY window
+//! bounds, and an operator's [`Progress`] through its partition's input.
+
+use banter_model::WindowKind;
+use serde::{Deserialize, Serialize};
+
+/// One minute, in ms.
+pub const MINUTE: i64 = 60_000;
+/// One hour, in ms.
+pub const HOUR: i64 = 60 * MINUTE;
+/// One day, in ms.
+pub const DAY: i64 = 24 * HOUR;
+
+/// Start of the minute holding `t`.
+pub(crate) fn minute_of(t: i64) -> i64 {
+    t - t.rem_euclid(MINUTE)
+}
+
+/// Length of an HOUR or DAY window.
+pub(crate) fn window_len(kind: WindowKind) -> i64 {
+    debug_assert!(matches!(kind, WindowKind::Hour | WindowKind::Day));
+    if kind == WindowKind::Hour {
+        HOUR
+    } else {
+        DAY
+    }
+}
+
+/// Start of the HOUR or DAY window holding `t` (UTC).
+pub(crate) fn window_start(kind: WindowKind, t: i64) -> i64 {
+    t - t.rem_euclid(window_len(kind))
+}
+
+/// How far an operator got: the next input offset it has not applied and its watermark.
+/// Stored in its changelog, so that after a restore the replayed input before `next_offset`
+/// is skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Progress {
+    /// The next input offset to apply (Kafka offsets start at 0).
+    pub next_offset: i64,
+    /// None before the first watermark.
+    pub watermark: Option<i64>,
+}
+
+/// What a watermark move means for an operator.
+pub(crate) struct Moved {
+    /// Entered a new minute: emit what changed.
+    pub minute: bool,
+    /// Entered a new hour: forget what can no longer change.
+    pub hour: bool,
+}
+
+impl Progress {
+    /// Whether input at `offset` is new (not applied before a restore); records it if so.
+    pub fn accept(&mut self, offset: i64) -> bool {
+        if offset < self.next_offset {
+            return false;
+        }
+        self.next_offset = offset + 1;
+        true
+    }
+
+    /// Moves the watermark to `wm`; None when it does not move.
+    pub fn advance(&mut self, wm: i64) -> Option<Moved> {
+        if self.watermark.is_some_and(|old| wm <= old) {
+            return None;
+        }
+        let old = self.watermark.replace(wm);
+        let crossed = |len: i64| old.is_none_or(|old| wm.div_euclid(len) > old.div_euclid(len));
+        Some(Moved {
+            minute: crossed(MINUTE),
+            hour: crossed(HOUR),
+        })
+    }
+
+    /// Whether a window ending at `end` is final: the watermark is `keep` past it.
+    pub fn is_final(&self, end: i64, keep: i64) -> bool {
+        self.watermark
+            .is_some_and(|wm| end.saturating_add(keep) < wm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_skips_applied_offsets_and_reports_minutes_and_hours_entered() {
+        let mut p = Progress::default();
+        assert!(p.accept(0) && p.accept(5) && !p.accept(3) && p.accept(6));
+        assert!(!p.is_final(0, 0), "no watermark: nothing is final");
+        let m = p.advance(HOUR - 1).unwrap();
+        assert!(m.minute && m.hour, "the first watermark enters both");
+        assert!(p.advance(HOUR - 2).is_none() && p.advance(HOUR - 1).is_none());
+        let m = p.advance(HOUR).unwrap();
+        assert!(m.minute && m.hour);
+        let m = p.advance(HOUR + 1).unwrap();
+        assert!(!m.minute && !m.hour);
+        assert!(p.is_final(HOUR - 10, 10) && !p.is_final(HOUR - 10, 11));
+        assert_eq!(window_start(WindowKind::Day, DAY + 5), DAY);
+        assert_eq!(minute_of(-1), -MINUTE);
+    }
+}

@@ -1,0 +1,726 @@
+//! The event-time windowing engine of one partition: pure, no Kafka, no clock.
+//!
+//! * **Watermark** = highest event time seen − `out_of_orderness_ms`. A window is emitted when
+//!   the watermark passes its end.
+//! * **Panes.** Every event updates exactly one 1-minute pane (per account, and per post when it
+//!   has one). MINUTE rollups are panes; VELOCITY_5M windows (5 minutes hopping every minute)
+//!   are sums of five panes computed when a window closes, never updated per event.
+//! * **Lateness.** An event for a window already emitted, but within `allowed_lateness_ms`,
+//!   corrects it: the affected rows are emitted again with a higher revision and a
+//!   `late_events` count. Later than that, the event is returned as [`Output::TooLate`] (the
+//!   caller dead-letters it as `late`).
+//! * **Duplicates** (same `event_id`) are counted once while their window can still change.
+//! * **First hour** ([`first_hour`]). Per post, interactions within 15 and 60 minutes of
+//!   `content_published_at` (or a POST_PUBLISHED event), emitted when the watermark passes
+//!   publication + 15 / 60 min; early acceleration and time-to-N (minute resolution: the end of
+//!   the minute in which the running count reached N) come with the 60-minute row.
+//! * **Determinism.** Every row is a function of the inputs: `revision` is the highest input
+//!   offset that contributed to it, `emitted_at` is the watermark that closed or corrected it.
+//!   Replaying the same partition from the same offset emits the same rows, which is what
+//!   exactly-once delivery into `ReplacingMergeTree(revision)` builds on.
+//! * **Idle partitions**: [`Engine::idle_advance`] moves the watermark without events (the
+//!   caller decides when a partition is idle).
+//! * **Restore point.** Every pane and dedup bucket remembers the input offset that created it
+//!   and the watermark just before that offset ([`Mark`]). The oldest one is the partition's
+//!   restore point (first-hour post state, which outlives the lateness horizon, is the engine's
+//!   changelog instead): replaying the input from there with the watermark it had gives back
+//!   exactly the state held now (see [`Checkpoint`]). Idle advances are recorded with the offset
+//!   they happened before, so a replay repeats them at the same place.
+
+mod counts;
+mod first_hour;
+mod names;
+mod prefetch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
+
+use banter_model::{EngagementEvent, Rollup, WindowKind};
+use serde::{Deserialize, Serialize};
+
+use self::counts::{engager, velocity, Counts};
+use self::first_hour::Post;
+use self::names::{key, Key, Names};
+use crate::changelog::{Change, ChangelogMap, Entry, StateError, Store};
+use crate::operator::{Operator, Time};
+use crate::table::{prefetch_slot, Map, Table};
+use crate::time::minute_of;
+
+pub use crate::time::MINUTE;
+
+/// Where the engine stood just before it processed an input offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mark {
+    /// The input offset.
+    pub offset: i64,
+    /// The watermark before it (None: no event yet).
+    pub watermark: Option<i64>,
+    /// The highest event time before it (None: no event yet).
+    pub max_event_time: Option<i64>,
+}
+
+/// What it takes to rebuild a partition's engine after a restart or a move to another
+/// instance: replay the input from `restore.offset` (outputs discarded) up to `next_offset`,
+/// starting from the watermark in `restore`, repeating the recorded idle advances. Written in
+/// the same Kafka transaction as the outputs and input offsets it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The layout of the checkpoint and its changelogs ([`Checkpoint::FORMAT`]); 0 when
+    /// written by a version before the field existed.
+    #[serde(default)]
+    pub format: u32,
+    /// The next input offset to process.
+    pub next_offset: i64,
+    /// The oldest state still held; None when the engine holds no state.
+    pub restore: Option<Mark>,
+    /// Idle watermark advances after the restore point: (next offset at the time, watermark).
+    pub idle: Vec<(i64, i64)>,
+    /// Watermark at `next_offset`.
+    pub watermark: Option<i64>,
+    /// Highest event time at `next_offset`.
+    pub max_event_time: Option<i64>,
+}
+
+impl Checkpoint {
+    /// The layout this version writes and reads: typed changelog keys per store (2).
+    pub const FORMAT: u32 = 2;
+}
+
+/// Engine parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowConfig {
+    /// How far out of order events may arrive without being late (default 60 s).
+    pub out_of_orderness_ms: i64,
+    /// How long after a window's end a late event still corrects it (default 1 h).
+    pub allowed_lateness_ms: i64,
+    /// N of time-to-N (default 50).
+    pub time_to_n: i64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            out_of_orderness_ms: 60_000,
+            allowed_lateness_ms: 3_600_000,
+            time_to_n: 50,
+        }
+    }
+}
+
+/// What the engine produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A rollup row (new, or a correction with a higher revision).
+    Rollup(Rollup),
+    /// An event later than the allowed lateness; the caller dead-letters it.
+    TooLate {
+        /// The event's id.
+        event_id: String,
+        /// Its offset.
+        offset: i64,
+    },
+}
+
+/// Counters of what the engine saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events processed (including duplicates and late ones).
+    pub events: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Late events that corrected an emitted window.
+    pub late: u64,
+    /// Events later than the allowed lateness.
+    pub too_late: u64,
+    /// Rollup rows emitted (including corrections).
+    pub rows: u64,
+}
+
+/// What a timer does when the watermark reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    First15m,
+    First60m,
+    Forget,
+}
+
+/// Dedup keeps a 64-bit hash of each `event_id` (fixed seed, so runs are reproducible); two
+/// distinct ids collide with probability ~n²/2⁶⁵ (n = ids within the horizon: 1 in 10¹⁰ at a
+/// million), and a collision drops one event as a duplicate.
+fn id_hash(id: &str) -> u64 {
+    foldhash::quality::FixedState::with_seed(0x6261_6e74_6572).hash_one(id)
+}
+
+/// One minute of panes: the counts per key and the mark of the event that created it.
+#[derive(Debug, Clone)]
+struct Pane {
+    counts: Table<Key, Counts>,
+    mark: Mark,
+}
+
+/// The dedup ids of one event minute. An `event_id` includes its event time, so a duplicate
+/// falls in the same minute as the original: looking only there finds it, and a minute's ids
+/// are forgotten all at once.
+#[derive(Debug, Clone)]
+struct SeenBucket {
+    /// [`id_hash`] values, which are uniform 64-bit hashes already: the table hashes them as
+    /// themselves.
+    ids: hashbrown::HashTable<u64>,
+    mark: Mark,
+}
+
+impl SeenBucket {
+    fn new(size: usize, mark: Mark) -> Self {
+        SeenBucket {
+            ids: hashbrown::HashTable::with_capacity(size),
+            mark,
+        }
+    }
+
+    /// Adds `id`; false when it was there already.
+    fn insert(&mut self, id: u64) -> bool {
+        match self.ids.entry(id, |&x| x == id, |&x| x) {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(id);
+                true
+            }
+        }
+    }
+
+    /// Starts fetching the slot of `id` (see [`Engine::prefetch`]).
+    fn prefetch(&self, id: u64) {
+        prefetch_slot(&self.ids, id);
+    }
+}
+
+/// The windowing state of one partition.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    cfg: WindowConfig,
+    /// None before the first event.
+    max_event_time: Option<i64>,
+    /// None before the first event.
+    watermark: Option<i64>,
+    /// Minute start -> key -> counts.
+    panes: BTreeMap<i64, Pane>,
+    /// The account and post names the panes' keys refer to.
+    names: Names,
+    /// Minutes whose MINUTE rows have been emitted at least once (all below this are); None
+    /// before the first watermark.
+    closed_below: Option<i64>,
+    /// Hashes of the event ids seen, by event minute, while the minute can change.
+    seen_by_minute: BTreeMap<i64, SeenBucket>,
+    /// (content name id, publication time) -> first-hour state, the engine's changelog. Each
+    /// post holds a reference to its content name, so the id stays its own until the post is
+    /// forgotten and its deletion written.
+    posts: ChangelogMap<(u32, i64), Post>,
+    /// content name id -> the publication times with state, sorted (normally exactly one).
+    publications: Map<u32, Vec<i64>>,
+    /// Content names of forgotten posts, released once their deletion is written.
+    forgotten_names: Vec<u32>,
+    /// After a restore: first-hour state comes from the changelog as of this offset; the
+    /// replayed input before it does not touch it.
+    skip_posts_below: i64,
+    /// Timers of restored posts, armed when the replay ends (they had not fired by then).
+    restored_timers: Vec<(i64, Timer, u32, i64)>,
+    /// Idle advances since the restore point: next offset at the time -> watermark.
+    idle: BTreeMap<i64, i64>,
+    /// Idle advances still to repeat while replaying after a restore.
+    replay_idle: Vec<(i64, i64)>,
+    /// The next input offset (one past the last processed).
+    next_offset: i64,
+    /// (due watermark, what, post): first-hour rows to emit and posts to forget, so a
+    /// watermark advance never scans every post.
+    timers: BTreeSet<(i64, Timer, u32, i64)>,
+    /// The size of the last minute closed: what a new minute's tables start with.
+    sizes: MinuteSizes,
+    stats: Stats,
+}
+
+/// How many keys and dedup ids a minute held.
+#[derive(Debug, Clone, Copy, Default)]
+struct MinuteSizes {
+    pane: usize,
+    seen: usize,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(cfg: WindowConfig) -> Self {
+        Engine {
+            cfg,
+            max_event_time: None,
+            watermark: None,
+            panes: BTreeMap::new(),
+            names: Names::default(),
+            closed_below: None,
+            seen_by_minute: BTreeMap::new(),
+            posts: ChangelogMap::new(first_hour::POSTS),
+            publications: Map::default(),
+            forgotten_names: Vec::new(),
+            skip_posts_below: 0,
+            restored_timers: Vec::new(),
+            idle: BTreeMap::new(),
+            replay_idle: Vec::new(),
+            next_offset: 0,
+            timers: BTreeSet::new(),
+            sizes: MinuteSizes::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The current watermark (None before the first event).
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// What the engine has seen.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Approximate state size: panes' keys, dedup entries, posts.
+    pub fn state_entries(&self) -> usize {
+        self.panes.values().map(|p| p.counts.len()).sum::<usize>()
+            + self.seen_entries()
+            + self.posts.len()
+    }
+
+    /// The highest event time seen (None before the first event).
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_event_time
+    }
+
+    /// Estimated heap bytes of the state: keys and counts of panes, dedup ids, posts and their
+    /// per-minute counts, timers. Walks the whole state: call it for metrics, not per event.
+    pub fn state_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // Hash tables and B-trees cost about one word per entry on top of the entry.
+        let panes: usize = self
+            .panes
+            .values()
+            .flat_map(|p| p.counts.iter())
+            .map(|(_, c)| size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8)
+            .sum();
+        let seen: usize = self
+            .seen_by_minute
+            .values()
+            .map(|b| b.ids.capacity() * (size_of::<u64>() + 1))
+            .sum();
+        let posts: usize = self
+            .posts
+            .values()
+            .map(|p| {
+                size_of::<((u32, i64), Post)>()
+                    + 8
+                    + p.engagers_15.heap_bytes()
+                    + p.engagers_60.heap_bytes()
+                    + 3 * (size_of::<(i64, Timer, u32, i64)>() + 8)
+            })
+            .sum::<usize>()
+            + self.publications.len() * (size_of::<(u32, Vec<i64>)>() + 16);
+        panes + seen + posts + self.names.heap_bytes()
+    }
+
+    fn seen_entries(&self) -> usize {
+        self.seen_by_minute.values().map(|b| b.ids.len()).sum()
+    }
+
+    /// Account and post names currently interned (referred to by some pane or post).
+    pub fn interned_names(&self) -> usize {
+        self.names.ids.len()
+    }
+
+    /// Posts with first-hour state.
+    pub fn posts(&self) -> usize {
+        self.posts.len()
+    }
+
+    /// Every minute before this one is closed: its MINUTE row was emitted (None before the
+    /// first watermark).
+    pub fn closed_below(&self) -> Option<i64> {
+        self.closed_below
+    }
+
+    /// The publication time of a post with first-hour state (its latest incarnation).
+    pub fn published_at(&self, content: &str) -> Option<i64> {
+        self.names
+            .lookup(content)
+            .and_then(|c| self.publications.get(&c))
+            .and_then(|v| v.last().copied())
+    }
+
+    /// The next input offset this engine expects (one past the last processed).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// An engine that continues from `cp`: give it the changelog entries of its store
+    /// ([`Operator::restore_entry`], then [`Operator::restored`]), feed it the input from
+    /// [`Engine::replay_from`] with [`Engine::process`] and discard the outputs of offsets below
+    /// `cp.next_offset`, then call [`Engine::finish_replay`]; from there it emits exactly what
+    /// the engine that wrote `cp` would have.
+    pub fn restored(cfg: WindowConfig, cp: &Checkpoint) -> Self {
+        let mut e = Engine::new(cfg);
+        let (wm, met, from) = match cp.restore {
+            Some(m) => (m.watermark, m.max_event_time, m.offset),
+            None => (cp.watermark, cp.max_event_time, cp.next_offset),
+        };
+        e.watermark = wm;
+        e.max_event_time = met;
+        e.closed_below = wm.map(minute_of);
+        e.next_offset = from;
+        e.replay_idle = cp.idle.iter().rev().copied().collect();
+        e.skip_posts_below = cp.next_offset;
+        e
+    }
+
+    /// The offset replay starts from after a restore from `cp`.
+    pub fn replay_from(cp: &Checkpoint) -> i64 {
+        cp.restore.map_or(cp.next_offset, |m| m.offset)
+    }
+
+    /// The checkpoint of the current state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let restore = self
+            .panes
+            .values()
+            .map(|p| p.mark)
+            .chain(self.seen_by_minute.values().map(|b| b.mark))
+            // First-hour state is not here: it is a changelog.
+            .min();
+        let idle = match restore {
+            Some(m) => self.idle.range(m.offset..).map(|(k, v)| (*k, *v)).collect(),
+            None => Vec::new(),
+        };
+        Checkpoint {
+            format: Checkpoint::FORMAT,
+            next_offset: self.next_offset,
+            restore,
+            idle,
+            watermark: self.watermark,
+            max_event_time: self.max_event_time,
+        }
+    }
+
+    /// Moves the watermark of an idle partition to `wm` and records the move, so that a replay
+    /// after a restore repeats it at the same place in the input.
+    pub fn idle_advance(&mut self, wm: i64, out: &mut Vec<Output>) {
+        if self.watermark.is_some_and(|w| wm <= w) {
+            return;
+        }
+        // Advances with no input in between collapse into one: same state either way.
+        self.idle.insert(self.next_offset, wm);
+        self.advance_watermark(wm, out);
+        // Forget marks older than anything a restore could need.
+        if let Some(r) = self.checkpoint().restore {
+            while let Some((&k, _)) = self.idle.first_key_value() {
+                if k >= r.offset {
+                    break;
+                }
+                self.idle.pop_first();
+            }
+        }
+    }
+
+    /// Ends a replay after a restore: repeats the idle advances recorded up to the checkpoint.
+    /// Call it once the input before the checkpoint's `next_offset` has been fed, and discard
+    /// what it outputs (it was emitted before the restart).
+    pub fn finish_replay(&mut self, out: &mut Vec<Output>) {
+        self.repeat_idle(i64::MAX, out);
+        // Restored posts' timers fire at the first watermark move after the checkpoint, as
+        // they would have in the engine that wrote it.
+        self.timers
+            .extend(std::mem::take(&mut self.restored_timers));
+    }
+
+    fn repeat_idle(&mut self, upto: i64, out: &mut Vec<Output>) {
+        while let Some(&(k, wm)) = self.replay_idle.last() {
+            if k > upto {
+                break;
+            }
+            self.replay_idle.pop();
+            // Recorded before the restart: record it again even when the restored watermark
+            // already includes it.
+            self.idle.insert(k, wm);
+            self.advance_watermark(wm, out);
+        }
+    }
+
+    /// Processes one event read at `offset`; appends what it causes to `out`. Returns whether
+    /// the event counted: false for a duplicate or an event too late (what follows the windows,
+    /// funnels and conversations, takes only counted events).
+    pub fn process(&mut self, e: &EngagementEvent, offset: i64, out: &mut Vec<Output>) -> bool {
+        if !self.replay_idle.is_empty() {
+            self.repeat_idle(offset, out);
+        }
+        let mark = Mark {
+            offset,
+            watermark: self.watermark,
+            max_event_time: self.max_event_time,
+        };
+        self.next_offset = offset + 1;
+        self.stats.events += 1;
+        let minute = minute_of(e.event_time);
+        if self
+            .watermark
+            .is_some_and(|wm| minute + MINUTE + self.cfg.allowed_lateness_ms <= wm)
+        {
+            self.stats.too_late += 1;
+            out.push(Output::TooLate {
+                event_id: e.event_id.clone(),
+                offset,
+            });
+            return false;
+        }
+        let id = id_hash(&e.event_id);
+        // A new minute's set is sized like the last closed minute's: no growing step by step.
+        let size = self.sizes.seen;
+        let fresh = self
+            .seen_by_minute
+            .entry(minute)
+            .or_insert_with(|| SeenBucket::new(size, mark))
+            .insert(id);
+        if !fresh {
+            self.stats.duplicates += 1;
+            return false;
+        }
+        let late = self.closed_below.is_some_and(|c| minute < c);
+        if late {
+            self.stats.late += 1;
+        }
+        let a = self.names.intern(&e.account_id);
+        let account = key(a, None);
+        let content = e.content_id.as_deref().map(|c| self.names.intern(c));
+        let post = content.map(|c| key(a, Some(c)));
+        let actor = engager(e);
+        let size = self.sizes.pane;
+        let pane = self.panes.entry(minute).or_insert_with(|| Pane {
+            counts: Table::with_capacity(size),
+            mark,
+        });
+        for k in std::iter::once(account).chain(post) {
+            match pane.counts.get_mut(&k) {
+                Some(c) => c.add(e, actor, offset, late),
+                None => {
+                    let mut c = Counts::default();
+                    c.add(e, actor, offset, late);
+                    pane.counts.insert_new(k, c);
+                    self.names.retain_key(k);
+                }
+            }
+        }
+        if let Some(c) = content {
+            self.first_hour(e, a, c, actor, mark, minute, late, out);
+        }
+        if late {
+            let emitted_at = self.watermark.unwrap_or(i64::MIN);
+            let closed_below = self.closed_below.unwrap_or(i64::MIN);
+            let before = out.len();
+            for k in std::iter::once(account).chain(post) {
+                self.minute_row(k, minute, emitted_at, out);
+                // Velocity windows already closed that contain this minute.
+                for end in (minute + MINUTE..=minute + 5 * MINUTE).step_by(MINUTE as usize) {
+                    if end <= closed_below {
+                        self.velocity_row(k, end, emitted_at, out);
+                    }
+                }
+            }
+            self.stats.rows += (out.len() - before) as u64;
+        }
+        if self.max_event_time.is_none_or(|m| e.event_time > m) {
+            self.max_event_time = Some(e.event_time);
+            let wm = e.event_time.saturating_sub(self.cfg.out_of_orderness_ms);
+            self.advance_watermark(wm, out);
+        }
+        true
+    }
+
+    /// Moves the watermark to `wm` (if higher) and emits the windows it closes. Callers use
+    /// [`Engine::idle_advance`] for idle partitions (recorded for a replay); [`Engine::process`]
+    /// calls this as events arrive.
+    pub fn advance_watermark(&mut self, wm: i64, out: &mut Vec<Output>) {
+        if self.watermark.is_some_and(|w| wm <= w) {
+            return;
+        }
+        self.watermark = Some(wm);
+        // Close every minute whose end the watermark passed. Only minutes whose MINUTE or
+        // VELOCITY windows contain a pane matter: a pane at p is in the velocity windows ending
+        // at p + 1 .. p + 5 minutes. An idle jump of hours costs nothing for empty minutes.
+        let closed_to = minute_of(wm);
+        // Most events raise the watermark within a minute: nothing closes, nothing to scan.
+        let mut to_close: BTreeSet<i64> = BTreeSet::new();
+        match self.closed_below {
+            None => {
+                for &p in self.panes.range(..closed_to).map(|(p, _)| p) {
+                    to_close.extend(
+                        (p..=p + 4 * MINUTE)
+                            .step_by(MINUTE as usize)
+                            .filter(|&m| m < closed_to),
+                    );
+                }
+            }
+            Some(closed) if closed_to > closed => {
+                for &p in self
+                    .panes
+                    .range(closed - 4 * MINUTE..closed_to)
+                    .map(|(p, _)| p)
+                {
+                    to_close.extend(
+                        (p..=p + 4 * MINUTE)
+                            .step_by(MINUTE as usize)
+                            .filter(|&m| m < closed_to && m >= closed),
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+        let before = out.len();
+        if let Some(&m) = to_close.last() {
+            self.sizes = MinuteSizes {
+                pane: self.panes.get(&m).map_or(0, |p| p.counts.len()),
+                seen: self.seen_by_minute.get(&m).map_or(0, |b| b.ids.len()),
+            };
+        }
+        for m in to_close {
+            // Rows come in the maps' order, not sorted (sorting would cost more than the rest of
+            // the close): the same rows in every run; after a restore, names may be interned
+            // under other ids and one watermark step's rows come in another order.
+            if let Some(pane) = self.panes.get(&m) {
+                for (&k, c) in &pane.counts {
+                    out.push(Output::Rollup(c.rollup(
+                        &self.names,
+                        k,
+                        WindowKind::Minute,
+                        m,
+                        m + MINUTE,
+                        wm,
+                    )));
+                }
+            }
+            // The velocity window ending at m + 1 min sums the panes m - 4 .. m (about as many keys
+            // as one minute: sized like the last one, no growing step by step).
+            let mut sums: Table<Key, Counts> = Table::with_capacity(self.sizes.pane);
+            for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
+                for (&k, c) in &pane.counts {
+                    sums.entry_or_default(k).add_counts(c);
+                }
+            }
+            for (&k, sum) in &sums {
+                out.push(Output::Rollup(velocity(
+                    &self.names,
+                    k,
+                    sum,
+                    m + MINUTE,
+                    wm,
+                )));
+            }
+        }
+        self.stats.rows += (out.len() - before) as u64;
+        if self.closed_below.is_none_or(|c| closed_to > c) {
+            self.closed_below = Some(closed_to);
+        }
+        // First-hour rows and forgotten posts, in due order.
+        while let Some(first) = self.timers.first() {
+            if first.0 > wm {
+                break;
+            }
+            let Some((_, timer, content, published)) = self.timers.pop_first() else {
+                break;
+            };
+            self.fire(timer, content, published, wm, out);
+        }
+        self.evict();
+    }
+
+    fn minute_row(&self, k: Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
+        if let Some(c) = self.panes.get(&minute).and_then(|p| p.counts.get(&k)) {
+            out.push(Output::Rollup(c.rollup(
+                &self.names,
+                k,
+                WindowKind::Minute,
+                minute,
+                minute + MINUTE,
+                emitted_at,
+            )));
+        }
+    }
+
+    fn velocity_row(&self, k: Key, end: i64, emitted_at: i64, out: &mut Vec<Output>) {
+        let mut sum = Counts::default();
+        let mut any = false;
+        for (_, pane) in self.panes.range(end - 5 * MINUTE..end) {
+            if let Some(c) = pane.counts.get(&k) {
+                sum.add_counts(c);
+                any = true;
+            }
+        }
+        if any {
+            out.push(Output::Rollup(velocity(
+                &self.names,
+                k,
+                &sum,
+                end,
+                emitted_at,
+            )));
+        }
+    }
+
+    fn evict(&mut self) {
+        let (Some(wm), Some(closed_below)) = (self.watermark, self.closed_below) else {
+            return;
+        };
+        // A pane is needed while a late event can still correct it or a velocity window
+        // containing it (5 minutes): minute end + lateness + 5 minutes.
+        let horizon = wm.saturating_sub(self.cfg.allowed_lateness_ms + 6 * MINUTE);
+        while let Some((&m, _)) = self.panes.first_key_value() {
+            if m >= horizon || m >= closed_below {
+                break;
+            }
+            if let Some(pane) = self.panes.remove(&m) {
+                for &k in pane.counts.keys() {
+                    self.names.release_key(k);
+                }
+            }
+        }
+        let seen_horizon = wm.saturating_sub(self.cfg.allowed_lateness_ms + MINUTE);
+        while let Some((&m, _)) = self.seen_by_minute.first_key_value() {
+            if m + MINUTE > seen_horizon {
+                break;
+            }
+            self.seen_by_minute.pop_first();
+        }
+    }
+}
+
+impl Operator for Engine {
+    type In = EngagementEvent;
+    type Out = Output;
+    const STORE: Store = Store::Windows;
+
+    fn process(&mut self, e: &EngagementEvent, offset: i64, out: &mut Vec<Output>) -> bool {
+        Engine::process(self, e, offset, out)
+    }
+
+    /// An idle partition's time moved on.
+    fn advance(&mut self, time: Time, out: &mut Vec<Output>) {
+        self.idle_advance(time.watermark, out);
+    }
+
+    fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+        self.write_post_changes(out)
+    }
+
+    fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
+        self.restore_post(entry)
+    }
+
+    fn restored(&mut self) {
+        self.posts.forget_changes();
+    }
+
+    fn state_entries(&self) -> usize {
+        Engine::state_entries(self)
+    }
+}

@@ -1,0 +1,202 @@
+//! The `banter` binary's configuration: every role's section in one TOML file, loaded with
+//! `BANTER_<SECTION>__<KEY>` environment overrides (see [`banter_runtime::config`]). Each
+//! section belongs to the stage that uses it and is checked there.
+
+use std::path::Path;
+
+use banter_alert::AlertingConfig;
+use banter_ingest::IngestConfig;
+use banter_runtime::config::{ConfigError, HttpConfig, KafkaConfig, TelemetryConfig, Validate};
+use banter_sink::{ClickHouseConfig, SinkConfig};
+use banter_stream::{ConversationConfig, CtaConfig, SpikeConfig, StreamConfig, StreamSettings};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// Logs and metrics.
+    pub telemetry: TelemetryConfig,
+    /// The ops HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub http: HttpConfig,
+    /// `banter ingest`: the HTTP API, webhooks and publishing.
+    pub ingest: IngestConfig,
+    /// `banter stream`: windows, lateness and exactly-once output.
+    pub stream: StreamConfig,
+    /// `banter sink`: rollups, alerts and dead letters into ClickHouse.
+    pub sink: SinkConfig,
+    /// Spike detection in `banter stream`.
+    pub spike: SpikeConfig,
+    /// CTA campaigns and funnels in `banter stream`.
+    pub cta: CtaConfig,
+    /// Conversation metrics (response times and rates, threads) in `banter stream`.
+    pub conversation: ConversationConfig,
+    /// `banter alert`: spike alerts to Alertmanager.
+    pub alerting: AlertingConfig,
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.clickhouse.validate()?;
+        self.telemetry.validate()?;
+        self.http.validate()?;
+        self.ingest.validate()?;
+        self.stream_settings().validate()?;
+        self.sink.validate()?;
+        self.alerting.validate()
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when None), applies the environment overrides from
+    /// `vars`, and validates.
+    ///
+    /// # Errors
+    /// See [`banter_runtime::config::load`].
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        banter_runtime::config::load(path, vars)
+    }
+
+    /// Loads from the process environment: the file named by `path` or `BANTER_CONFIG`.
+    ///
+    /// # Errors
+    /// See [`banter_runtime::config::load`].
+    pub fn from_env(path: Option<&Path>) -> Result<Self, ConfigError> {
+        banter_runtime::config::from_env(path)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        banter_runtime::config::to_redacted_toml(self)
+    }
+
+    /// What `banter stream` runs with besides Kafka.
+    pub fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            stream: self.stream.clone(),
+            spike: self.spike,
+            cta: self.cta.clone(),
+            conversation: self.conversation,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "banter-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.kafka.topics.events, "banter.events.v1");
+        assert_eq!(c.kafka.topics.partitions, 6);
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let p = write("[kafka]\nbrokers = \"k1:9092,k2:9092\"\n[kafka.topics]\npartitions = 3\n");
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("BANTER_KAFKA__TOPICS__PARTITIONS", "12"),
+                ("BANTER_CLICKHOUSE__PASSWORD", "123456"),
+                ("BANTER_KAFKA_PORT", "19092"), // a script variable, not a key
+                ("BANTER_CONFIG", "/elsewhere"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.topics.partitions, 12);
+        assert_eq!(c.clickhouse.password.expose(), "123456");
+        assert!(!c.to_redacted_toml().contains("123456"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let p = write("[kafka]\nbrokerz = \"k:9092\"\n");
+        let err = Config::load(Some(&p), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("brokerz"), "{err}");
+
+        let err = Config::load(None, env(&[("BANTER_KAFKA__TOPICZ__EVENTS", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topicz"), "{err}");
+        assert!(err.contains("BANTER_KAFKA__TOPICZ__EVENTS"), "{err}");
+
+        let err = Config::load(None, env(&[("BANTER_NOPE__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("BANTER_KAFKA__BROKERS", "localhost", "kafka.brokers"),
+            (
+                "BANTER_KAFKA__TOPICS__PARTITIONS",
+                "0",
+                "kafka.topics.partitions",
+            ),
+            (
+                "BANTER_KAFKA__TOPICS__EVENTS",
+                "bad topic",
+                "kafka.topics.events",
+            ),
+            ("BANTER_CLICKHOUSE__URL", "127.0.0.1:8123", "clickhouse.url"),
+            (
+                "BANTER_CLICKHOUSE__DATABASE",
+                "drop table",
+                "clickhouse.database",
+            ),
+            ("BANTER_HTTP__LISTEN", "nowhere", "http.listen"),
+            (
+                "BANTER_INGEST__MAX_EVENTS_PER_REQUEST",
+                "0",
+                "ingest.max_events_per_request",
+            ),
+            ("BANTER_INGEST__LISTEN", "8080", "ingest.listen"),
+            (
+                "BANTER_TELEMETRY__LOG_LEVEL",
+                "info,[",
+                "telemetry.log_level",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let err = Config::load(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{key}`")), "{var}={value}: {err}");
+        }
+        let err = Config::load(None, env(&[("BANTER_KAFKA__TOPICS__PARTITIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partitions"), "{err}");
+    }
+}
