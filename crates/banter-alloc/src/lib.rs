@@ -7,7 +7,7 @@
 //! miss is also a TLB miss: 100,000 active posts spread the tables over tens of thousands of
 //! pages. Linux backs a range with 2 MiB pages when it is marked `MADV_HUGEPAGE` (the default
 //! `transparent_hugepage=madvise` mode gives huge pages only to ranges that ask), so large blocks
-//! ask. Measured with the engine benchmark: see the README.
+//! ask. Measured with the engine benchmark: see `docs/benchmarks.md`.
 //!
 //! Nothing else changes: allocation and freeing are the system allocator's; the advice is a
 //! hint the kernel may ignore (THP disabled, no huge page free), and on other systems it is

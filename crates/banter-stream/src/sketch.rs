@@ -5,8 +5,9 @@
 //! * Beyond that it switches to 2⁹ = 512 one-byte registers (HyperLogLog, Flajolet et al.
 //!   2007, with linear counting for small cardinalities): relative standard error
 //!   1.04/√512 ≈ **4.6 %**, 512 bytes, whatever the cardinality.
-//! * Sketches merge (union) without loss, which is how VELOCITY_5M windows get their
-//!   engagers from five 1-minute panes.
+//! * Sketches merge (union) without loss, so windows made of several panes could carry
+//!   engagers (VELOCITY_5M rows carry none: DESIGN.md counts engagers per minute and per
+//!   first hour).
 //!
 //! Actor ids are hashed with a fixed seed, so the sketch is deterministic: a replay after a
 //! restore gives the same estimates.

@@ -21,6 +21,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod golden_files;
+
 use std::path::Path;
 
 use banter_model::{
@@ -28,37 +30,17 @@ use banter_model::{
 };
 use banter_stream::cta::{Campaign, Matcher, Scope};
 use banter_stream::{Outputs, Pipeline, PipelineConfig, SpikeConfig};
+use golden_files::{check_cases, Clock};
 use serde_json::{json, Map, Value};
 
-const T0: i64 = 1_764_028_800_000;
+const CLOCK: Clock = Clock(1_764_028_800_000);
 
 fn at(s: &str) -> i64 {
-    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
-    let mut ms = 0i64;
-    let mut num = String::new();
-    for c in s.chars() {
-        match c {
-            '0'..='9' => num.push(c),
-            'h' => ms += num.parse::<i64>().unwrap() * 3_600_000,
-            'm' => ms += num.parse::<i64>().unwrap() * 60_000,
-            's' => ms += num.parse::<i64>().unwrap() * 1000,
-            _ => panic!("bad time {s}"),
-        }
-        if !c.is_ascii_digit() {
-            num.clear();
-        }
-    }
-    T0 + if neg { -ms } else { ms }
+    CLOCK.at(s)
 }
 
 fn show(t: i64) -> String {
-    let d = t - T0;
-    let (m, s) = (d.div_euclid(60_000), d.rem_euclid(60_000) / 1000);
-    if s == 0 {
-        format!("{m}m")
-    } else {
-        format!("{m}m{s}s")
-    }
+    CLOCK.show(t)
 }
 
 fn text(v: &Value, k: &str) -> Option<String> {
@@ -278,67 +260,11 @@ fn run(input: &str) -> Vec<Value> {
         }
         out.clear();
     }
-    canonical(rows)
-}
-
-/// Rows emitted by one watermark step come in hash order; the files list each step's rows
-/// sorted (by their JSON text), steps in emission order.
-fn canonical(rows: Vec<Value>) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::with_capacity(rows.len());
-    let mut group: Vec<Value> = Vec::new();
-    let flush = |group: &mut Vec<Value>, out: &mut Vec<Value>| {
-        group.sort_by_cached_key(|v| v.to_string());
-        out.append(group);
-    };
-    for r in rows {
-        let same = match (group.last(), r.get("emitted_at")) {
-            (Some(last), Some(at)) => last.get("emitted_at") == Some(at),
-            _ => false,
-        };
-        if !same {
-            flush(&mut group, &mut out);
-        }
-        group.push(r);
-    }
-    flush(&mut group, &mut out);
-    out
+    rows
 }
 
 #[test]
 fn funnels_conversations_and_alerts_match_golden_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/pipeline");
-    let bless = std::env::var_os("BANTER_BLESS").is_some();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 6, "{} cases", cases.len());
-    for case in cases {
-        let got = Value::Array(run(&std::fs::read_to_string(&case).unwrap()));
-        let expected = case.with_extension("expected.json");
-        if bless {
-            std::fs::write(
-                &expected,
-                serde_json::to_string_pretty(&got).unwrap() + "\n",
-            )
-            .unwrap();
-        }
-        let want: Value =
-            serde_json::from_str(&std::fs::read_to_string(&expected).unwrap_or_else(|_| {
-                panic!(
-                    "no {}: run with BANTER_BLESS=1 and review it",
-                    expected.display()
-                )
-            }))
-            .unwrap();
-        assert_eq!(
-            got,
-            want,
-            "{} differs from its expected file",
-            case.display()
-        );
-    }
+    check_cases(&dir, 6, run);
 }
