@@ -24,7 +24,7 @@ pub fn read_expected(dir: &Path) -> Generated {
 /// minus the out-of-orderness; the last minutes close only when the partitions go idle, which
 /// follows the wall clock and is covered by the engine's golden tests): every MINUTE row of
 /// accounts and posts (interactions), VELOCITY_5M rows, and the first-hour rows (first 15 /
-/// 60 minutes, time-to-N at the engine's minute resolution).
+/// 60 minutes, time-to-N exact to the ms).
 pub fn differences(x: &Generated, rows: &BTreeMap<RollupKey, Rollup>) -> Vec<String> {
     let e = &x.expected;
     let Some(last_minute) = e.account_minutes.values().flat_map(|m| m.keys()).max() else {
@@ -114,7 +114,6 @@ pub fn differences(x: &Generated, rows: &BTreeMap<RollupKey, Rollup>) -> Vec<Str
             }
             continue;
         };
-        let p = r60.window_start;
         if r15.interactions != fh.first_15m {
             diffs.push(format!(
                 "FIRST_15M {c}: expected {}, got {}",
@@ -127,13 +126,8 @@ pub fn differences(x: &Generated, rows: &BTreeMap<RollupKey, Rollup>) -> Vec<Str
                 fh.first_60m, r60.interactions
             ));
         }
-        // The generator is exact to the ms; the engine reports the end of the minute in
-        // which the count reached N.
-        let want_ttn = fh.time_to_n_minutes.map(|t| {
-            let at = p + (t * MINUTE as f64).round() as i64;
-            let minute = at - at.rem_euclid(MINUTE);
-            (minute + MINUTE - p) as f64 / MINUTE as f64
-        });
+        // Exact to the ms.
+        let want_ttn = fh.time_to_n_minutes;
         let close = match (want_ttn, r60.time_to_n_minutes) {
             (Some(w), Some(g)) => (w - g).abs() < 1e-6,
             (None, None) => true,

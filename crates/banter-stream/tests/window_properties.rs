@@ -33,13 +33,16 @@ fn events() -> impl Strategy<Value = Vec<EngagementEvent>> {
             0u8..3,
             0u8..4,
             any::<bool>(),
+            any::<bool>(),
         ),
         1..300,
     )
     .prop_map(|v| {
-        v.into_iter()
+        let mut posts = std::collections::BTreeSet::new();
+        let mut evs: Vec<EngagementEvent> = v
+            .into_iter()
             .enumerate()
-            .map(|(i, (t, kind, action, acct, post, brand))| {
+            .map(|(i, (t, kind, action, acct, post, brand, webhook))| {
                 let mut e = EngagementEvent::new(
                     format!("e{i}"),
                     Platform::Instagram,
@@ -50,12 +53,31 @@ fn events() -> impl Strategy<Value = Vec<EngagementEvent>> {
                 );
                 if kind != Kind::DmIn {
                     e.content_id = Some(format!("p{acct}-{post}"));
-                    e.content_published_at = Some(T0 + i64::from(post) * 300_000);
+                    // Webhooks carry no publication time: only the post's POST_PUBLISHED
+                    // does, which may come after them.
+                    if !webhook {
+                        e.content_published_at = Some(T0 + i64::from(post) * 300_000);
+                    }
+                    posts.insert((acct, post));
                 }
                 e.is_brand_actor = brand && kind == Kind::BrandReply;
                 e
             })
-            .collect()
+            .collect();
+        for (acct, post) in posts {
+            let mut e = EngagementEvent::new(
+                format!("pub-{acct}-{post}"),
+                Platform::FirstParty,
+                Kind::PostPublished,
+                Action::Add,
+                format!("a{acct}"),
+                T0 + i64::from(post) * 300_000,
+            );
+            e.content_id = Some(format!("p{acct}-{post}"));
+            e.is_brand_actor = true;
+            evs.push(e);
+        }
+        evs
     })
 }
 
@@ -190,14 +212,15 @@ fn state_is_bounded_by_the_lateness_horizon() {
         engine.process(&e, i, &mut out);
         out.clear();
     }
-    // Panes of ~67 minutes (lateness + velocity span), 51 keys each, plus recent dedup ids.
-    // Names of posts whose panes were evicted are forgotten: the account, this hour's posts and
-    // those of the hours still within the horizon.
+    // Panes of ~67 minutes (lateness + velocity span), 51 keys each, plus recent dedup ids,
+    // plus the interactions of these posts (none has a publication time) held for as long as
+    // their panes. Names of posts whose panes were evicted are forgotten: the account, this
+    // hour's posts and those of the hours still within the horizon.
     let names = engine.interned_names();
     assert!(names <= 1 + 3 * 50, "{names} names interned after 6 hours");
     let entries = engine.state_entries();
     assert!(
-        entries < 67 * 51 + 4000 + 100,
+        entries < 67 * 51 + 4000 + 67 * 60 + 100,
         "{entries} state entries after 6 hours"
     );
 }

@@ -654,7 +654,11 @@ impl Workload {
         if on_post {
             e.content_id = Some(post.content_id.clone());
             e.content_type = Some(post.content_type);
-            e.content_published_at = Some(post.published_at);
+            // Platform webhooks carry no publication time: only the first-party POST_PUBLISHED
+            // (and first-party events) do, and it may arrive after the first interactions.
+            if platform == Platform::FirstParty || d.kind == Kind::PostPublished {
+                e.content_published_at = Some(post.published_at);
+            }
         }
         match d.kind {
             Kind::Comment | Kind::BrandReply => {
@@ -851,16 +855,24 @@ impl Workload {
             times.sort_unstable();
             let p = post.published_at;
             let mut fh = FirstHour::default();
+            // time_to_n: the event time of the N-th net interaction of the first hour, exact to
+            // the ms (interactions of one ms taken together).
             let mut running = 0i64;
-            for (t, sign) in times {
+            let first_hour: Vec<(i64, i64)> = times
+                .into_iter()
+                .filter(|(t, _)| (p..p + 60 * MINUTE).contains(t))
+                .collect();
+            for (i, &(t, sign)) in first_hour.iter().enumerate() {
                 if t < p + 15 * MINUTE {
                     fh.first_15m += sign;
                 }
-                if t < p + 60 * MINUTE {
-                    fh.first_60m += sign;
-                }
+                fh.first_60m += sign;
                 running += sign;
-                if fh.time_to_n_minutes.is_none() && running >= self.config.time_to_n as i64 {
+                let last_of_its_ms = first_hour.get(i + 1).is_none_or(|n| n.0 != t);
+                if fh.time_to_n_minutes.is_none()
+                    && last_of_its_ms
+                    && running >= self.config.time_to_n as i64
+                {
                     fh.time_to_n_minutes = Some((t - p) as f64 / MINUTE as f64);
                 }
             }

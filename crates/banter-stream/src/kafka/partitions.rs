@@ -16,6 +16,7 @@ use super::checkpoints::CheckpointReader;
 use super::metrics::StreamMetrics;
 use crate::cta::Matcher;
 use crate::pipeline::{Pipeline, PipelineConfig, Saved};
+use crate::window::Checkpoint;
 
 /// One assigned input partition.
 pub(super) struct Partition {
@@ -37,6 +38,13 @@ impl Partition {
             idle_checked: Instant::now(),
             changed: false,
         }
+    }
+
+    /// Whether this (parked) partition holds exactly the state `cp` was committed with: not
+    /// replaying, and the same checkpoint (the same offset alone is not enough: another
+    /// instance may have moved the watermark on without input, idle, and committed that).
+    pub fn holds(&self, cp: &Checkpoint) -> bool {
+        !self.pipeline.replaying() && self.pipeline.checkpoint() == *cp
     }
 
     /// The partition as `saved` describes it, and the input offset to read from (`none` when
@@ -113,10 +121,7 @@ impl Rebalance {
             let cp = saved.and_then(|s| s.checkpoint.as_ref());
             let (part, offset, how) = match (parked, cp) {
                 // It comes back to the instance that holds its state as committed.
-                (Some(part), Some(cp))
-                    if !part.pipeline.replaying()
-                        && part.pipeline.next_offset() == cp.next_offset =>
-                {
+                (Some(part), Some(cp)) if part.holds(cp) => {
                     (part, Offset::Offset(cp.next_offset), "kept")
                 }
                 (_, cp) => {
@@ -181,5 +186,42 @@ impl ConsumerContext for Rebalance {
                 parts.active.clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use banter_model::{Action, EngagementEvent, Kind, Platform};
+
+    use super::*;
+    use crate::pipeline::Outputs;
+
+    #[test]
+    fn a_partition_handed_back_is_kept_only_with_the_very_checkpoint_committed() {
+        let cfg = PipelineConfig::default();
+        let mut pipeline = Pipeline::new(&cfg, Matcher::default());
+        let mut out = Outputs::default();
+        let t0 = 1_764_000_000_000;
+        for i in 0..10 {
+            let e = EngagementEvent::new(
+                format!("e{i}"),
+                Platform::Instagram,
+                Kind::Comment,
+                Action::Add,
+                "a1",
+                t0 + i * 1000,
+            );
+            pipeline.process(&e, i, &mut out);
+        }
+        let committed = pipeline.checkpoint();
+        let parked = Partition::new(pipeline.clone());
+        assert!(parked.holds(&committed));
+        // Meanwhile another instance moved the partition's watermark on, idle, and committed
+        // that: same next offset, other state.
+        let mut other = pipeline;
+        other.idle_advance(t0 + 3_600_000, &mut out);
+        let moved_on = other.checkpoint();
+        assert_eq!(moved_on.next_offset, committed.next_offset);
+        assert!(!parked.holds(&moved_on), "stale state must not be kept");
     }
 }

@@ -10,7 +10,7 @@ use super::counts::{publication, Counts};
 use super::{Engine, Mark, Output, Timer};
 use crate::changelog::{encode_key, Change, Entry, StateError, TableId};
 use crate::sketch::Sketch;
-use crate::time::{minute_of, MINUTE};
+use crate::time::MINUTE;
 
 /// The engine's one changelog table: first-hour state by (content id, publication time).
 pub(super) const POSTS: TableId = TableId {
@@ -18,106 +18,92 @@ pub(super) const POSTS: TableId = TableId {
     name: "first-hour post",
 };
 
-/// The minutes a first hour touches: from the minute of publication, 61 (a publication time
-/// inside a minute makes the hour end inside the 61st).
-pub(super) const FIRST_HOUR_MINUTES: usize = 61;
+/// Most interactions a post keeps by time for time-to-N (its changelog value stays far below
+/// Kafka's record limit): beyond it the latest are dropped, which leaves time-to-N exact while
+/// N is well below it.
+pub(super) const MAX_FIRST_HOUR_TIMES: usize = 16_384;
 
-/// A post's interactions per minute of its first hour, kept in the post itself (no allocation,
-/// no search: the minute is an index). Stored in the changelog as (minute start, count) pairs
-/// of the minutes with a count.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct FirstHourMinutes {
-    /// Start of the minute of index 0.
-    pub(super) base: i64,
-    pub(super) counts: [i32; FIRST_HOUR_MINUTES],
-}
+/// A post's first-hour interactions by time, for time-to-N exact to the millisecond: each is
+/// the ms after publication plus one, negated for a removal (interactions are ±1), sorted by
+/// time. Four bytes an interaction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(super) struct FirstHourTimes(Vec<i32>);
 
-impl Default for FirstHourMinutes {
-    fn default() -> Self {
-        FirstHourMinutes {
-            base: 0,
-            counts: [0; FIRST_HOUR_MINUTES],
-        }
-    }
-}
-
-impl FirstHourMinutes {
-    pub(super) fn starting(minute: i64) -> Self {
-        FirstHourMinutes {
-            base: minute,
-            ..Default::default()
-        }
-    }
-
-    fn index(&self, minute: i64) -> Option<usize> {
-        Self::index_from(self.base, minute)
-    }
-
-    /// The index of `minute` in the counts of a first hour whose index 0 is minute `base`.
-    pub(super) fn index_from(base: i64, minute: i64) -> Option<usize> {
-        usize::try_from((minute - base) / MINUTE)
-            .ok()
-            .filter(|&i| minute >= base && i < FIRST_HOUR_MINUTES)
-    }
-
-    /// Adds `d` to the minute starting at `minute`; false when it is outside the first hour.
-    pub(super) fn add(&mut self, minute: i64, d: i64) -> bool {
-        match self.index(minute) {
-            Some(i) => {
-                self.counts[i] += d as i32;
-                true
+impl FirstHourTimes {
+    /// Adds an interaction `since_ms` after publication (within the first hour) that changes
+    /// the count by `delta` (±1).
+    pub(super) fn add(&mut self, since_ms: i64, delta: i64) {
+        debug_assert!((0..60 * MINUTE).contains(&since_ms) && delta.abs() == 1);
+        let Ok(at) = i32::try_from(since_ms + 1) else {
+            return;
+        };
+        let v = if delta < 0 { -at } else { at };
+        // Mostly in order: found at the end.
+        let i = self.0.partition_point(|x| x.abs() <= at);
+        if self.0.len() >= MAX_FIRST_HOUR_TIMES {
+            if i == self.0.len() {
+                return;
             }
-            None => false,
+            self.0.pop();
+        }
+        self.0.insert(i, v);
+    }
+
+    /// Starts fetching the end of the list, where the next interaction most likely goes.
+    pub(super) fn prefetch(&self) {
+        if let Some(last) = self.0.last() {
+            banter_alloc::prefetch(last);
         }
     }
 
-    /// (minute start, count) of the minutes with a count, in order.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
-        (0..FIRST_HOUR_MINUTES as i64)
-            .zip(self.counts.iter())
-            .filter(|(_, &n)| n != 0)
-            .map(|(i, &n)| (self.base + i * MINUTE, i64::from(n)))
-    }
-
-    /// The counts of `pairs` indexed from `minute`; Err(the first minute outside the hour).
-    pub(super) fn from_pairs(
-        minute: i64,
-        pairs: impl IntoIterator<Item = (i64, i64)>,
-    ) -> Result<Self, i64> {
-        let mut r = FirstHourMinutes::starting(minute);
-        for (m, n) in pairs {
-            if !r.add(m, n) {
-                return Err(m);
+    /// Ms from publication until the net count of interactions first reaches `n` (all the
+    /// interactions of one ms taken together).
+    pub(super) fn time_to(&self, n: i64) -> Option<i64> {
+        let mut running = 0i64;
+        let mut i = 0;
+        while i < self.0.len() {
+            let at = self.0[i].abs();
+            while i < self.0.len() && self.0[i].abs() == at {
+                running += i64::from(self.0[i].signum());
+                i += 1;
+            }
+            if running >= n {
+                return Some(i64::from(at) - 1);
             }
         }
-        Ok(r)
+        None
     }
 
-    /// The same counts indexed from `minute` (after reading them back from the changelog, where
-    /// the first stored minute need not be the minute of publication).
-    pub(super) fn rebased(&self, minute: i64) -> Result<Self, String> {
-        Self::from_pairs(minute, self.iter())
-            .map_err(|m| format!("minute {m} is not in the first hour from {minute}"))
+    /// Whether the list is in order (as read back from a changelog).
+    fn is_valid(&self) -> bool {
+        self.0.len() <= MAX_FIRST_HOUR_TIMES
+            && self.0.windows(2).all(|w| w[0].abs() <= w[1].abs())
+            && self
+                .0
+                .iter()
+                .all(|&x| x != 0 && i64::from(x.abs()) <= 60 * MINUTE)
+    }
+
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<i32>()
     }
 }
 
-impl Serialize for FirstHourMinutes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
-    }
+/// An interaction of a post whose publication time is not known yet (webhooks carry none; the
+/// first-party POST_PUBLISHED that does may come after the first comments), held until it is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Held {
+    time: i64,
+    delta: i8,
+    late: bool,
+    offset: i64,
+    engager: Option<u64>,
 }
 
-impl<'de> Deserialize<'de> for FirstHourMinutes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let pairs = Vec::<(i64, i64)>::deserialize(d)?;
-        let first = pairs.first().map_or(0, |&(m, _)| m);
-        Self::from_pairs(first, pairs).map_err(|m| {
-            serde::de::Error::custom(format!(
-                "first-hour minute {m} more than an hour after the first"
-            ))
-        })
-    }
-}
+/// Most interactions held for one post without a publication time; beyond it they are not
+/// held (and counted in [`super::Stats::unpublished_dropped`]).
+pub(super) const MAX_HELD_PER_POST: usize = 20_000;
 
 /// A post's first-hour state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -128,8 +114,8 @@ pub(super) struct Post {
     pub(super) first_60m: i64,
     pub(super) late_events: i64,
     pub(super) revision: i64,
-    /// Interactions per minute in the first hour (for time-to-N).
-    pub(super) minutes: FirstHourMinutes,
+    /// The first hour's interactions by time (for time-to-N).
+    pub(super) times: FirstHourTimes,
     pub(super) emitted_15: bool,
     pub(super) emitted_60: bool,
     /// The offset that created this post's state.
@@ -145,7 +131,8 @@ impl Engine {
         p + 60 * MINUTE + self.cfg.allowed_lateness_ms + MINUTE + 1
     }
 
-    /// Counts event `e` (read at `mark.offset`, in `minute`) toward its post's first hour.
+    /// Counts event `e` (read at `mark.offset`, in `minute`) toward its post's first hour, or
+    /// holds it until the post's publication time is known.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn first_hour(
         &mut self,
@@ -154,24 +141,40 @@ impl Engine {
         content: u32,
         actor: Option<u64>,
         mark: Mark,
-        minute: i64,
         late: bool,
         out: &mut Vec<Output>,
     ) {
         let offset = mark.offset;
-        if offset < self.skip_posts_below {
-            return; // the restored first-hour state already holds it
-        }
-        let published = publication(e);
         // A post's first-hour state is identified by (content, publication time), so that an
         // inconsistent publication time cannot make a replay differ. Events without one
-        // count toward the post's latest known publication.
-        let p = match published {
-            Some(p) => p,
-            None => match self.publications.get(&content).and_then(|v| v.last()) {
-                Some(&p) => p,
-                None => return,
-            },
+        // count toward the post's latest known publication; with none known yet, they wait
+        // for it.
+        let known = publication(e).or_else(|| {
+            self.publications
+                .get(&content)
+                .and_then(|v| v.last().copied())
+        });
+        let d = e.interaction_delta();
+        let held = Held {
+            time: e.event_time,
+            delta: d as i8,
+            late,
+            offset,
+            engager: actor,
+        };
+        if offset < self.skip_posts_below {
+            // Replayed after a restore: the restored first-hour state holds what was counted
+            // before the checkpoint; what was still waiting for a publication then waits again.
+            if known.is_none() && d != 0 {
+                self.hold(content, held);
+            }
+            return;
+        }
+        let Some(p) = known else {
+            if d != 0 {
+                self.hold(content, held);
+            }
+            return;
         };
         if !self.posts.contains_key(&(content, p)) {
             // Only posts whose first hour can still change get state.
@@ -187,7 +190,6 @@ impl Engine {
                 Post {
                     account_id,
                     published_at: p,
-                    minutes: FirstHourMinutes::starting(minute_of(p)),
                     created: offset,
                     ..Default::default()
                 },
@@ -199,34 +201,78 @@ impl Engine {
             ] {
                 self.timers.insert((due, t, content, p));
             }
+            // The interactions that came before the publication.
+            if let Some(earlier) = self.unpublished.remove(&content) {
+                for h in earlier {
+                    self.count_first_hour(content, p, h, out);
+                }
+                self.names.release(content);
+            }
         }
-        let d = e.interaction_delta();
-        if d == 0 || e.event_time < p || e.event_time >= p + 60 * MINUTE {
+        if d != 0 {
+            self.count_first_hour(content, p, held, out);
+        }
+    }
+
+    /// Holds an interaction of `content`, whose publication time is not known yet.
+    fn hold(&mut self, content: u32, h: Held) {
+        let held = self.unpublished.entry(content).or_default();
+        if held.is_empty() {
+            self.names.retain(content);
+        }
+        if held.len() < MAX_HELD_PER_POST {
+            held.push(h);
+        } else {
+            self.stats.unpublished_dropped += 1;
+        }
+    }
+
+    /// Forgets held interactions at or before `horizon`: a publication that could still claim
+    /// them would be too late itself (the caller keeps them as long as their panes).
+    pub(super) fn forget_held(&mut self, horizon: i64) {
+        let names = &mut self.names;
+        self.unpublished.retain(|&c, held| {
+            held.retain(|h| h.time > horizon);
+            if held.is_empty() {
+                names.release(c);
+            }
+            !held.is_empty()
+        });
+    }
+
+    /// Interactions held for posts without a publication time.
+    pub(super) fn held(&self) -> usize {
+        self.unpublished.values().map(Vec::len).sum()
+    }
+
+    /// Counts interaction `h` toward the first hour of content `content` published at `p`.
+    fn count_first_hour(&mut self, content: u32, p: i64, h: Held, out: &mut Vec<Output>) {
+        let since = h.time - p;
+        if !(0..60 * MINUTE).contains(&since) || h.delta == 0 {
             return;
         }
         let Some(post) = self.posts.get_mut(&(content, p)) else {
             return;
         };
-        post.revision = post.revision.max(offset);
+        let d = i64::from(h.delta);
+        post.revision = post.revision.max(h.offset);
         post.first_60m += d;
-        post.minutes.add(minute, d);
-        if e.event_time < p + 15 * MINUTE {
+        post.times.add(since, d);
+        let in_15 = since < 15 * MINUTE;
+        if in_15 {
             post.first_15m += d;
         }
-        if let Some(a) = actor {
+        if let Some(a) = h.engager {
             post.engagers_60.insert(a);
-            if e.event_time < p + 15 * MINUTE {
+            if in_15 {
                 post.engagers_15.insert(a);
             }
         }
-        if late {
+        if h.late {
             post.late_events += 1;
         }
         // A correction of a first-hour row already emitted.
-        let (re15, re60) = (
-            post.emitted_15 && e.event_time < p + 15 * MINUTE,
-            post.emitted_60,
-        );
+        let (re15, re60) = (post.emitted_15 && in_15, post.emitted_60);
         let emitted_at = self.watermark.unwrap_or(i64::MIN);
         if re15 {
             self.emit_first(content, p, WindowKind::First15m, emitted_at, out);
@@ -299,15 +345,10 @@ impl Engine {
         });
         if w == WindowKind::First60m {
             r.early_accel = (p.first_60m > 0).then(|| p.first_15m as f64 / p.first_60m as f64);
-            let mut running = 0;
-            for (m, n) in p.minutes.iter() {
-                running += n;
-                if running >= self.cfg.time_to_n {
-                    r.time_to_n_minutes =
-                        Some(((m + MINUTE - published) as f64 / MINUTE as f64).max(0.0));
-                    break;
-                }
-            }
+            r.time_to_n_minutes = p
+                .times
+                .time_to(self.cfg.time_to_n)
+                .map(|ms| ms as f64 / MINUTE as f64);
         }
         out.push(Output::Rollup(r));
         self.stats.rows += 1;
@@ -382,15 +423,14 @@ impl Engine {
             return Err(entry.unknown());
         }
         let (content, published): (String, i64) = entry.key()?;
-        let mut post: Post = entry.value()?;
+        let post: Post = entry.value()?;
         let p = post.published_at;
         if p != published {
             return Err(entry.error(format!("publication time {p} under key {published}")));
         }
-        post.minutes = post
-            .minutes
-            .rebased(minute_of(p))
-            .map_err(|e| entry.error(e))?;
+        if !post.times.is_valid() {
+            return Err(entry.error("first-hour times out of order or out of the hour"));
+        }
         // Timers that have not fired yet (a fired one set its emitted flag).
         let mut timers = vec![(self.forget_at(p), Timer::Forget)];
         if !post.emitted_15 {
@@ -414,26 +454,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_hour_minutes_are_stored_as_pairs_and_read_back_from_any_first_minute() {
-        let base = 1_764_000_000_000 - 1_764_000_000_000 % MINUTE;
-        let mut m = FirstHourMinutes::starting(base);
-        assert!(m.add(base + 3 * MINUTE, 4));
-        assert!(m.add(base + 60 * MINUTE, -1));
-        assert!(m.add(base + 7 * MINUTE, 1));
-        assert!(m.add(base + 7 * MINUTE, -1)); // back to nothing: not stored
-        assert!(!m.add(base + 61 * MINUTE, 1));
-        assert!(!m.add(base - MINUTE, 1));
-        let json = serde_json::to_string(&m).unwrap();
+    fn time_to_n_is_exact_and_takes_one_ms_at_a_time() {
+        let mut t = FirstHourTimes::default();
+        for ms in [30_000, 10_000, 20_000, 20_000] {
+            t.add(ms, 1);
+        }
         assert_eq!(
-            json,
-            format!("[[{},4],[{},-1]]", base + 3 * MINUTE, base + 60 * MINUTE)
+            t.time_to(2),
+            Some(20_000),
+            "the second and third arrive together"
         );
-        // Read back, the first stored minute is index 0 until the post rebases it.
-        let read: FirstHourMinutes = serde_json::from_str(&json).unwrap();
-        assert_eq!(read.base, base + 3 * MINUTE);
-        assert_eq!(read.rebased(base).unwrap(), m);
-        assert!(read.rebased(base + 4 * MINUTE).is_err());
-        let too_long = format!("[[{base},1],[{},1]]", base + 61 * MINUTE);
-        assert!(serde_json::from_str::<FirstHourMinutes>(&too_long).is_err());
+        assert_eq!(t.time_to(4), Some(30_000));
+        assert_eq!(t.time_to(5), None);
+        // A removal before the third brings the count back.
+        t.add(15_000, -1);
+        assert_eq!(t.time_to(2), Some(20_000));
+        assert_eq!(t.time_to(3), Some(30_000));
+        t.add(0, 1);
+        assert_eq!(t.time_to(1), Some(0));
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "[1,10001,-15001,20001,20001,30001]");
+        let back: FirstHourTimes = serde_json::from_str(&json).unwrap();
+        assert!(back.is_valid() && back == t);
+        let bad: FirstHourTimes = serde_json::from_str("[5,3]").unwrap();
+        assert!(!bad.is_valid());
+    }
+
+    #[test]
+    fn the_latest_interactions_give_way_at_the_cap() {
+        let mut t = FirstHourTimes::default();
+        for i in 0..MAX_FIRST_HOUR_TIMES as i64 {
+            t.add(1_000 + i, 1);
+        }
+        t.add(3_000_000, 1); // later than all: not kept
+        t.add(0, 1); // earlier: kept, the latest dropped
+        assert_eq!(t.0.len(), MAX_FIRST_HOUR_TIMES);
+        assert_eq!(t.time_to(1), Some(0));
+        assert_eq!(t.time_to(MAX_FIRST_HOUR_TIMES as i64 + 1), None);
     }
 }

@@ -1,7 +1,9 @@
 //! The event-time windowing engine of one partition: pure, no Kafka, no clock.
 //!
-//! * **Watermark** = highest event time seen − `out_of_orderness_ms`. A window is emitted when
-//!   the watermark passes its end.
+//! * **Watermark** = highest event time seen − `out_of_orderness_ms`, where an event's time
+//!   counts only up to its `received_at`: one event dated ahead of its receipt (a skewed
+//!   clock) is counted in its own window but moves no watermark. A window is emitted when the
+//!   watermark passes its end.
 //! * **Panes.** Every event updates exactly one 1-minute pane (per account, and per post when it
 //!   has one). MINUTE rollups are panes; VELOCITY_5M windows (5 minutes hopping every minute)
 //!   are sums of five panes computed when a window closes, never updated per event.
@@ -39,7 +41,7 @@ use banter_model::{EngagementEvent, Rollup, WindowKind};
 use serde::{Deserialize, Serialize};
 
 use self::counts::{engager, velocity, Counts};
-use self::first_hour::Post;
+use self::first_hour::{Held, Post};
 use self::names::{key, Key, Names};
 use crate::changelog::{Change, ChangelogMap, Entry, StateError, Store};
 use crate::operator::{Operator, Time};
@@ -134,6 +136,8 @@ pub struct Stats {
     pub too_late: u64,
     /// Rollup rows emitted (including corrections).
     pub rows: u64,
+    /// Interactions of a post without a publication time not held for it (over the cap).
+    pub unpublished_dropped: u64,
 }
 
 /// What a timer does when the watermark reaches it.
@@ -219,6 +223,11 @@ pub struct Engine {
     publications: Map<u32, Vec<i64>>,
     /// Content names of forgotten posts, released once their deletion is written.
     forgotten_names: Vec<u32>,
+    /// content name id -> interactions waiting for the post's publication time, while a
+    /// publication could still claim them (each holds a reference to its name).
+    unpublished: Map<u32, Vec<Held>>,
+    /// The minute up to which held interactions were last forgotten.
+    held_horizon: Option<i64>,
     /// After a restore: first-hour state comes from the changelog as of this offset; the
     /// replayed input before it does not touch it.
     skip_posts_below: i64,
@@ -259,6 +268,8 @@ impl Engine {
             posts: ChangelogMap::new(first_hour::POSTS),
             publications: Map::default(),
             forgotten_names: Vec::new(),
+            unpublished: Map::default(),
+            held_horizon: None,
             skip_posts_below: 0,
             restored_timers: Vec::new(),
             idle: BTreeMap::new(),
@@ -285,9 +296,11 @@ impl Engine {
         self.panes.values().map(|p| p.counts.len()).sum::<usize>()
             + self.seen_entries()
             + self.posts.len()
+            + self.held()
     }
 
-    /// The highest event time seen (None before the first event).
+    /// The highest event time seen, each capped at the event's receipt (None before the
+    /// first event).
     pub fn max_event_time(&self) -> Option<i64> {
         self.max_event_time
     }
@@ -316,11 +329,17 @@ impl Engine {
                     + 8
                     + p.engagers_15.heap_bytes()
                     + p.engagers_60.heap_bytes()
+                    + p.times.heap_bytes()
                     + 3 * (size_of::<(i64, Timer, u32, i64)>() + 8)
             })
             .sum::<usize>()
             + self.publications.len() * (size_of::<(u32, Vec<i64>)>() + 16);
-        panes + seen + posts + self.names.heap_bytes()
+        let held = self
+            .unpublished
+            .values()
+            .map(|v| size_of::<(u32, Vec<Held>)>() + 8 + v.capacity() * size_of::<Held>())
+            .sum::<usize>();
+        panes + seen + posts + held + self.names.heap_bytes()
     }
 
     fn seen_entries(&self) -> usize {
@@ -512,7 +531,7 @@ impl Engine {
             }
         }
         if let Some(c) = content {
-            self.first_hour(e, a, c, actor, mark, minute, late, out);
+            self.first_hour(e, a, c, actor, mark, late, out);
         }
         if late {
             let emitted_at = self.watermark.unwrap_or(i64::MIN);
@@ -529,9 +548,12 @@ impl Engine {
             }
             self.stats.rows += (out.len() - before) as u64;
         }
-        if self.max_event_time.is_none_or(|m| e.event_time > m) {
-            self.max_event_time = Some(e.event_time);
-            let wm = e.event_time.saturating_sub(self.cfg.out_of_orderness_ms);
+        // Event time supports the watermark only as far as the event's receipt: an event dated
+        // ahead (a skewed clock) counts in its own window but cannot close others early.
+        let supported = e.event_time.min(e.received_at);
+        if self.max_event_time.is_none_or(|m| supported > m) {
+            self.max_event_time = Some(supported);
+            let wm = supported.saturating_sub(self.cfg.out_of_orderness_ms);
             self.advance_watermark(wm, out);
         }
         true
@@ -684,6 +706,14 @@ impl Engine {
                 }
             }
         }
+        // Interactions waiting for a publication live as long as the panes they are in (a
+        // publication that could still claim them is within the lateness, so it comes while
+        // they do), so a restore point before their panes' replays them too.
+        let cut = minute_of(horizon.saturating_add(MINUTE - 1));
+        if self.held_horizon.is_none_or(|h| cut > h) {
+            self.held_horizon = Some(cut);
+            self.forget_held(cut - 1);
+        }
         let seen_horizon = wm.saturating_sub(self.cfg.allowed_lateness_ms + MINUTE);
         while let Some((&m, _)) = self.seen_by_minute.first_key_value() {
             if m + MINUTE > seen_horizon {
@@ -722,5 +752,78 @@ impl Operator for Engine {
 
     fn state_entries(&self) -> usize {
         Engine::state_entries(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use banter_model::{Action, Kind, Platform};
+
+    use super::*;
+
+    const T0: i64 = 1_764_000_000_000;
+
+    fn reaction(id: &str, t: i64, received: i64) -> EngagementEvent {
+        let mut e = EngagementEvent::new(
+            id,
+            Platform::Facebook,
+            Kind::PostReaction,
+            Action::Add,
+            "a1",
+            t,
+        );
+        e.content_id = Some("p1".into());
+        e.received_at = received;
+        e
+    }
+
+    /// The MINUTE rows of `out` as (minute, interactions, emitted_at).
+    fn minutes(out: &[Output]) -> Vec<(i64, i64, i64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Rollup(r) if r.window == WindowKind::Minute && r.content_id.is_none() => {
+                    Some(((r.window_start - T0) / MINUTE, r.interactions, r.emitted_at))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_event_dated_ahead_of_its_receipt_closes_no_window_early() {
+        // Reactions every 10 s for 4 minutes; after the first minute one arrives dated 5
+        // minutes ahead of when it was received (a skewed clock).
+        let run = |skewed: bool| {
+            let mut engine = Engine::new(WindowConfig::default());
+            let mut out = Vec::new();
+            for i in 0..24 {
+                let t = T0 + i * 10_000;
+                engine.process(&reaction(&format!("e{i}"), t, t), i, &mut out);
+                if i == 6 && skewed {
+                    engine.process(&reaction("ahead", t + 5 * MINUTE, t), 100, &mut out);
+                }
+            }
+            (minutes(&out), engine.watermark())
+        };
+        let (without, wm) = run(false);
+        let (with, wm_with) = run(true);
+        assert_eq!(wm_with, wm, "the watermark follows the rest of the input");
+        assert_eq!(with, without, "no minute closed early");
+        assert!(!without.is_empty());
+        // The skewed event still counts, in its own minute, once the input reaches it.
+        let mut engine = Engine::new(WindowConfig::default());
+        let mut out = Vec::new();
+        engine.process(&reaction("ahead", T0 + 5 * MINUTE, T0), 0, &mut out);
+        assert_eq!(engine.watermark(), Some(T0 - 60_000));
+        engine.process(
+            &reaction("later", T0 + 7 * MINUTE, T0 + 7 * MINUTE),
+            1,
+            &mut out,
+        );
+        assert!(
+            minutes(&out).contains(&(5, 1, T0 + 6 * MINUTE)),
+            "{:?}",
+            minutes(&out)
+        );
     }
 }

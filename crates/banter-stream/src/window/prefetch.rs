@@ -4,7 +4,7 @@
 use banter_model::EngagementEvent;
 
 use super::counts::{engager, publication};
-use super::first_hour::{FirstHourMinutes, Post};
+use super::first_hour::Post;
 use super::names::key;
 use super::{id_hash, Engine, Pane, SeenBucket};
 use crate::time::{minute_of, MINUTE};
@@ -65,9 +65,7 @@ impl Engine {
                         banter_alloc::prefetch(k);
                         banter_alloc::prefetch(&post.revision);
                         banter_alloc::prefetch(&post.engagers_60);
-                        if let Some(i) = FirstHourMinutes::index_from(minute_of(p), minute) {
-                            banter_alloc::prefetch(&post.minutes.counts[i]);
-                        }
+                        banter_alloc::prefetch(&post.times);
                         *found = Some(((c, p), slot));
                     }
                 }
@@ -88,6 +86,7 @@ impl Engine {
                 continue;
             };
             post.engagers_60.prefetch(|| engager(e));
+            post.times.prefetch();
             if e.event_time < post.published_at + 15 * MINUTE {
                 post.engagers_15.prefetch(|| engager(e));
             }
