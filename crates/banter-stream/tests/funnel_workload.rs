@@ -29,6 +29,29 @@ fn generated_funnels_equal_the_expected_ones() {
         duration_ms: 8 * 3_600_000,
         ..WorkloadConfig::default()
     });
+    // The workload is the case this test is about: stages delivered before their trigger
+    // comment, a private reply naming only the comment it answers.
+    let mut seen_comments = std::collections::BTreeSet::new();
+    let mut replies_first = 0;
+    for i in 0..w.len() {
+        let e = w.event(i);
+        match e.kind {
+            banter_model::Kind::Comment => {
+                seen_comments.insert(e.object_id.clone());
+            }
+            banter_model::Kind::PrivateReplySent => {
+                assert!(e.cta_campaign_id.is_none() && e.parent_id.is_some());
+                if !seen_comments.contains(&e.parent_id) {
+                    replies_first += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        replies_first > 3,
+        "{replies_first} private replies before their comment"
+    );
     let matcher = Matcher::new(&campaigns(&w)).unwrap();
     let mut pipeline = Pipeline::new(&PipelineConfig::default(), matcher);
     // Every output of the whole history, then of event time moving on past its end.
@@ -79,7 +102,7 @@ fn generated_funnels_equal_the_expected_ones() {
         assert_eq!(got, want, "{kind:?} windows");
     }
     println!(
-        "{} campaigns, {} funnel rows",
+        "{} campaigns, {} funnel rows, {replies_first} private replies delivered before their comment",
         w.expected.funnels.len(),
         last.len()
     );

@@ -146,6 +146,8 @@ struct Draft {
     parent: u64,
     value_cents: u32,
     duplicate: bool,
+    /// A stage of a CTA funnel (after a keyword comment).
+    funnel: bool,
 }
 
 /// Ground truth of a workload. Interaction counts exclude duplicates and deliveries beyond the
@@ -393,6 +395,7 @@ impl Workload {
                     parent: 0,
                     value_cents: 0,
                     duplicate: false,
+                    funnel: false,
                 });
             }
             let from =
@@ -471,6 +474,7 @@ impl Workload {
                     parent,
                     value_cents: 0,
                     duplicate: false,
+                    funnel: false,
                 };
                 drafts.push(d);
                 // Follow-ups: removes, brand answers, the CTA funnel.
@@ -529,12 +533,25 @@ impl Workload {
                         } else {
                             0
                         };
+                        // Engaged: a postback (a button, a quick reply), or a plain DM back.
+                        let kind = if stage == Kind::DmPostback && rng.chance(0.4) {
+                            Kind::DmIn
+                        } else {
+                            stage
+                        };
                         drafts.push(Draft {
-                            kind: stage,
+                            kind,
                             serial: next_serial(),
                             event_time: at,
                             keyword: false,
                             value_cents,
+                            // The brand's private reply answers the trigger comment.
+                            parent: if stage == Kind::PrivateReplySent {
+                                s
+                            } else {
+                                0
+                            },
+                            funnel: true,
                             ..d
                         });
                     }
@@ -684,29 +701,198 @@ impl Workload {
             }
             _ => {}
         }
-        if let (Some((campaign, kw)), true) = (
-            &post.cta,
-            matches!(
-                d.kind,
-                Kind::PrivateReplySent
-                    | Kind::DmRead
-                    | Kind::DmPostback
-                    | Kind::LinkClick
-                    | Kind::Conversion
-            ),
-        ) {
-            e.cta_campaign_id = Some(campaign.clone());
-            e.cta_keyword = Some(kw.clone());
-            e.thread_id = Some(user);
-            if matches!(d.kind, Kind::LinkClick | Kind::Conversion) {
-                e.click_id = Some(format!("clk-{}-{}-{}", d.account, d.actor, campaign));
-            }
-            if d.kind == Kind::Conversion {
-                e.value = Some(f64::from(d.value_cents) / 100.0);
-                e.currency = Some("EUR".into());
+        // The funnel's stages as the platforms and the brand's systems report them: the brand's
+        // private reply names the comment it answers (not the campaign); reads, postbacks and
+        // DMs name nothing; the first-party click knows its campaign, the conversion only its
+        // click.
+        if let (Some((campaign, _)), true) = (&post.cta, d.funnel) {
+            e.thread_id = Some(user.clone());
+            match d.kind {
+                Kind::PrivateReplySent => {
+                    e.actor_id = Some(format!("brand-{}", d.account));
+                    e.parent_id = Some(format!("c{}", d.parent));
+                }
+                Kind::LinkClick => {
+                    e.cta_campaign_id = Some(campaign.clone());
+                    e.click_id = Some(format!("clk-{}-{}-{}", d.account, d.actor, campaign));
+                }
+                Kind::Conversion => {
+                    e.click_id = Some(format!("clk-{}-{}-{}", d.account, d.actor, campaign));
+                    e.value = Some(f64::from(d.value_cents) / 100.0);
+                    e.currency = Some("EUR".into());
+                }
+                _ => {}
             }
         }
         e
+    }
+
+    /// The CTA funnels of the generated events, by DESIGN.md's definitions: per campaign, the
+    /// distinct actors reaching each stage. A trigger is an actor's earliest keyword comment
+    /// on the campaign's post; a stage counts for the campaign it names (a private reply names
+    /// the campaign of the comment it answers, a conversion that of its click), else for the
+    /// actor's last touch (the campaign it most recently triggered at or before the event),
+    /// between the trigger and 7 days after it (an engaging DM strictly after it). Engaged: a
+    /// postback, or any DM from the actor. The value: each converted actor's conversion.
+    fn expected_funnels(&self, too_late: &BTreeSet<&String>) -> BTreeMap<String, Funnel> {
+        const ATTRIBUTION_MS: i64 = 7 * 24 * 60 * MINUTE;
+        struct Ev {
+            stage: usize,
+            time: i64,
+            campaign: Option<String>,
+            click: Option<String>,
+            cents: u64,
+            strict: bool,
+        }
+        let counted = || {
+            self.drafts
+                .iter()
+                .filter(|d| !d.duplicate && d.action == Action::Add)
+                .filter(|d| !too_late.contains(&self.event_id(d)))
+        };
+        // Triggers: (account, actor) -> campaign -> earliest time; comment serial -> campaign.
+        let mut triggers: BTreeMap<(u32, u32), BTreeMap<String, i64>> = BTreeMap::new();
+        let mut trigger_comments: BTreeMap<u64, String> = BTreeMap::new();
+        for d in counted().filter(|d| d.kind == Kind::Comment && d.keyword) {
+            let Some((campaign, _)) = &self.posts[d.post as usize].cta else {
+                continue;
+            };
+            let t = triggers
+                .entry((d.account, d.actor))
+                .or_default()
+                .entry(campaign.clone())
+                .or_insert(d.event_time);
+            *t = (*t).min(d.event_time);
+            trigger_comments.insert(d.serial, campaign.clone());
+        }
+        let mut events: BTreeMap<(u32, u32), Vec<Ev>> = BTreeMap::new();
+        for d in counted() {
+            let cta = self.posts[d.post as usize]
+                .cta
+                .as_ref()
+                .map(|c| c.0.clone());
+            let click = || {
+                cta.as_ref()
+                    .map(|c| format!("clk-{}-{}-{c}", d.account, d.actor))
+            };
+            let ev = match d.kind {
+                Kind::PrivateReplySent => Ev {
+                    stage: 1,
+                    time: d.event_time,
+                    campaign: trigger_comments.get(&d.parent).cloned(),
+                    click: None,
+                    cents: 0,
+                    strict: false,
+                },
+                Kind::DmRead | Kind::DmPostback => Ev {
+                    stage: if d.kind == Kind::DmRead { 2 } else { 3 },
+                    time: d.event_time,
+                    campaign: None,
+                    click: None,
+                    cents: 0,
+                    strict: false,
+                },
+                Kind::DmIn if d.actor != u32::MAX => Ev {
+                    stage: 3,
+                    time: d.event_time,
+                    campaign: None,
+                    click: None,
+                    cents: 0,
+                    strict: true,
+                },
+                Kind::LinkClick => Ev {
+                    stage: 4,
+                    time: d.event_time,
+                    campaign: cta.clone(),
+                    click: click(),
+                    cents: 0,
+                    strict: false,
+                },
+                Kind::Conversion => Ev {
+                    stage: 5,
+                    time: d.event_time,
+                    campaign: None,
+                    click: click(),
+                    cents: u64::from(d.value_cents),
+                    strict: false,
+                },
+                _ => continue,
+            };
+            events.entry((d.account, d.actor)).or_default().push(ev);
+        }
+        let mut funnels: BTreeMap<String, Funnel> = BTreeMap::new();
+        let mut reached: BTreeMap<String, [BTreeSet<(u32, u32)>; 6]> = BTreeMap::new();
+        for (who, tr) in &triggers {
+            for campaign in tr.keys() {
+                reached.entry(campaign.clone()).or_default()[0].insert(*who);
+            }
+            let evs = events.get(who).map(Vec::as_slice).unwrap_or_default();
+            let last_touch = |time: i64| {
+                tr.iter()
+                    .filter(|(_, &t)| t <= time)
+                    .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                    .map(|(c, _)| c.clone())
+            };
+            let attributed = |ev: &Ev| -> Option<String> {
+                if let Some(c) = &ev.campaign {
+                    return tr.contains_key(c).then(|| c.clone());
+                }
+                if ev.stage == 5 {
+                    if let Some(c) = evs
+                        .iter()
+                        .find(|k| k.stage == 4 && k.click.is_some() && k.click == ev.click)
+                    {
+                        return c
+                            .campaign
+                            .clone()
+                            .filter(|c| tr.contains_key(c))
+                            .or_else(|| last_touch(c.time));
+                    }
+                }
+                last_touch(ev.time)
+            };
+            let mut converted: BTreeMap<String, (i64, u64)> = BTreeMap::new();
+            for ev in evs {
+                let Some(campaign) = attributed(ev) else {
+                    continue;
+                };
+                let t0 = tr[&campaign];
+                let after = if ev.strict {
+                    ev.time > t0
+                } else {
+                    ev.time >= t0
+                };
+                if !after || ev.time > t0 + ATTRIBUTION_MS {
+                    continue;
+                }
+                reached.entry(campaign.clone()).or_default()[ev.stage].insert(*who);
+                if ev.stage == 5 {
+                    let c = converted.entry(campaign).or_insert((ev.time, ev.cents));
+                    if ev.time < c.0 {
+                        *c = (ev.time, ev.cents);
+                    }
+                }
+            }
+            for (campaign, (_, cents)) in converted {
+                funnels.entry(campaign).or_default().conversion_value_cents += cents;
+            }
+        }
+        for (campaign, stages) in reached {
+            let f = funnels.entry(campaign.clone()).or_default();
+            f.account_id = self
+                .posts
+                .iter()
+                .find(|p| p.cta.as_ref().is_some_and(|(c, _)| *c == campaign))
+                .map(|p| p.account_id.clone())
+                .unwrap_or_default();
+            f.triggered = stages[0].len() as u64;
+            f.private_reply_sent = stages[1].len() as u64;
+            f.dm_read = stages[2].len() as u64;
+            f.engaged = stages[3].len() as u64;
+            f.link_clicked = stages[4].len() as u64;
+            f.converted = stages[5].len() as u64;
+        }
+        funnels
     }
 
     fn compute_expected(
@@ -729,7 +915,6 @@ impl Workload {
         // Comments by serial: (account, removed); serials of comments the brand replied to.
         let mut comments: BTreeMap<u64, (String, bool)> = BTreeMap::new();
         let mut replied: BTreeSet<u64> = BTreeSet::new();
-        let mut funnel_actors: BTreeMap<String, [BTreeSet<u32>; 6]> = BTreeMap::new();
         for d in self.drafts.iter().filter(|d| !d.duplicate) {
             let id = self.event_id(d);
             if too_late_set.contains(&id) {
@@ -749,7 +934,8 @@ impl Workload {
                         .or_insert((post.account_id.clone(), false))
                         .1 = true;
                 }
-                (Kind::BrandReply, Action::Add) => {
+                // The brand answers a comment with a public reply or a private one.
+                (Kind::BrandReply | Kind::PrivateReplySent, Action::Add) => {
                     replied.insert(d.parent);
                 }
                 _ => {}
@@ -799,26 +985,6 @@ impl Workload {
                     .entry(d.kind.to_string())
                     .or_default() += sign;
             }
-            if let Some((campaign, _)) = &post.cta {
-                let stage = match d.kind {
-                    Kind::Comment if d.keyword && d.action == Action::Add => Some(0),
-                    Kind::PrivateReplySent => Some(1),
-                    Kind::DmRead => Some(2),
-                    Kind::DmPostback => Some(3),
-                    Kind::LinkClick => Some(4),
-                    Kind::Conversion => Some(5),
-                    _ => None,
-                };
-                if let Some(s) = stage {
-                    let f = funnel_actors.entry(campaign.clone()).or_default();
-                    if f[s].insert(d.actor) && s == 5 {
-                        x.funnels
-                            .entry(campaign.clone())
-                            .or_default()
-                            .conversion_value_cents += u64::from(d.value_cents);
-                    }
-                }
-            }
         }
         for (serial, (account, removed)) in &comments {
             if *removed {
@@ -828,22 +994,7 @@ impl Workload {
             e.0 += 1;
             e.1 += u64::from(replied.contains(serial));
         }
-        for (campaign, stages) in funnel_actors {
-            let account = self
-                .posts
-                .iter()
-                .find(|p| p.cta.as_ref().is_some_and(|(c, _)| *c == campaign))
-                .map(|p| p.account_id.clone())
-                .unwrap_or_default();
-            let f = x.funnels.entry(campaign).or_default();
-            f.account_id = account;
-            f.triggered = stages[0].len() as u64;
-            f.private_reply_sent = stages[1].len() as u64;
-            f.dm_read = stages[2].len() as u64;
-            f.engaged = stages[3].len() as u64;
-            f.link_clicked = stages[4].len() as u64;
-            f.converted = stages[5].len() as u64;
-        }
+        x.funnels = self.expected_funnels(&too_late_set);
         for (pi, mut times) in post_times {
             let post = &self.posts[pi as usize];
             // Only posts whose first hour lies inside the span have complete first-hour counts.

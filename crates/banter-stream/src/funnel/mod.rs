@@ -1,30 +1,33 @@
 //! CTA funnels: distinct (actor, campaign) per stage, per campaign and hour / day.
 //!
 //! * **Stages.** TRIGGER: an inbound COMMENT, STORY_REPLY or DM_IN (ADD, not by the brand) whose
-//!   text matches a campaign ([`crate::cta::Matcher`]); the first per actor and campaign.
-//!   PRIVATE_REPLY_SENT, DM_READ, engaged (DM_POSTBACK — postbacks and quick replies — or a
-//!   DM_IN that carries the campaign in `cta_campaign_id` or `ref`), LINK_CLICK, CONVERSION
-//!   (with `value` and `currency`). The actor is the user (ingest sets `actor_id` to the user for
-//!   the brand's messages too).
-//! * **Attribution.** A stage event belongs to the campaign it names (`cta_campaign_id`); a
-//!   CONVERSION without one to the campaign of its `click_id`'s click (and that click's actor);
+//!   text matches a campaign ([`crate::cta::Matcher`]); the earliest per actor and campaign.
+//!   PRIVATE_REPLY_SENT: sent by the brand with `parent_id` = the trigger comment, it counts for
+//!   that comment's actor (one that names the user as actor counts too). DM_READ. Engaged: a
+//!   DM_POSTBACK (postbacks and quick replies), or any DM_IN from the actor after the trigger.
+//!   LINK_CLICK. CONVERSION (with `value` and `currency`).
+//! * **Attribution.** A stage event belongs to the campaign it names (`cta_campaign_id`, or
+//!   the `ref` of a referral link); a private reply to that of the comment it answers; a
+//!   CONVERSION naming a `click_id` to the campaign of that click (and that click's actor);
 //!   otherwise to the actor's last touch: the campaign of the account the actor most recently
 //!   triggered at or before the event. A stage counts only between the trigger and
-//!   `attribution_ms` (7 days) after it; a conversion after that is not attributed.
+//!   `attribution_ms` (7 days) after it.
+//! * **Any arrival order.** Per (account, actor) the state is the set of its triggers and
+//!   stage events, and every count is recomputed from that set when it changes, so a stage
+//!   delivered before its trigger, a reply before its comment, a conversion before its click,
+//!   or an earlier trigger of another campaign arriving last all give what event-time order
+//!   gives. Stage events of an actor with no trigger are kept for the allowed lateness (a
+//!   trigger before them that came later would be too late itself); a private reply or
+//!   conversion waits for its comment or click as long.
 //! * **Windows.** Each (actor, campaign) counts once per stage, in the HOUR and DAY windows of
-//!   the first time it reached that stage; stage latencies (trigger → private reply, private
-//!   reply → click, click → conversion) go to the window of the later stage, as a
-//!   [`Quantiles`] sketch (medians within 1 %). Windows are emitted early and updated: every
-//!   time the watermark enters a new minute, each window that changed since it was last emitted
-//!   is emitted again with a higher revision (the highest input offset folded in), open or
-//!   closed, so dashboards see today's funnel during the day. A window takes changes until the
-//!   watermark is `allowed_lateness_ms` past its end, then it is final and forgotten.
-//! * **Exactly once.** The state (per actor and campaign: trigger and stage times; per window:
-//!   its counts) is a changelog written in the transaction of the rows it produced; inputs
-//!   before [`Funnels::next_offset`] were applied before a restore and are skipped when the
-//!   partition's input is replayed.
+//!   the time it reached that stage; stage latencies (trigger → private reply, private reply →
+//!   click, click → conversion) go to the window of the later stage, as a [`Quantiles`] sketch
+//!   (medians within 1 %). Windows are emitted early and updated ([`crate::window_table`]).
+//! * **Exactly once.** The state is a changelog written in the transaction of the rows it
+//!   produced; inputs before [`Funnels::next_offset`] were applied before a restore and are
+//!   skipped when the partition's input is replayed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use banter_model::{Action, EngagementEvent, FunnelRollup, Kind, WindowKind};
 use serde::{Deserialize, Serialize};
@@ -68,29 +71,59 @@ pub const STAGES: [&str; 6] = [
     "converted",
 ];
 
-/// One (actor, campaign).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct ActorState {
-    account: String,
-    /// First trigger time.
-    #[serde(default)]
-    trigger: Option<i64>,
-    /// Stages 1–4: the earliest times seen (at most [`KEEP`]), sorted.
-    #[serde(default)]
-    times: [Vec<i64>; 4],
-    /// Conversions: (time, value in cents, currency), earliest first.
-    #[serde(default)]
-    conversions: Vec<(i64, i64, Option<String>)>,
-    /// Click ids of its clicks.
-    #[serde(default)]
-    clicks: Vec<String>,
-    /// Latest event time seen (for forgetting a state that never got its trigger).
-    last_seen: i64,
+/// Most triggers (campaigns), trigger comments and stage events kept per (account, actor): a
+/// changelog value stays small whatever an actor does. Beyond them the latest are dropped.
+const MAX_TRIGGERS: usize = 16;
+const MAX_COMMENTS: usize = 16;
+const MAX_STAGE_EVENTS: usize = 64;
+/// Most events waiting for one comment or click.
+const MAX_WAITING: usize = 16;
+
+/// A trigger: the earliest keyword match of the actor for a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Trigger {
+    campaign: String,
+    time: i64,
 }
 
-/// Earliest times kept per stage: a stage time before the trigger does not count, a later one
-/// may.
-const KEEP: usize = 3;
+/// A stage event of an actor, as it arrived; its campaign is worked out from the actor's
+/// triggers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct StageEvent {
+    time: i64,
+    /// 1 private reply, 2 read, 3 engaged, 4 click, 5 conversion.
+    stage: u8,
+    /// Engaged by a DM: counts only strictly after the trigger.
+    after_trigger: bool,
+    /// The campaign it names.
+    campaign: Option<String>,
+    /// A click's id, or the click a conversion names.
+    click: Option<String>,
+    /// A conversion's value, in cents.
+    cents: i64,
+    currency: Option<String>,
+}
+
+/// Everything of one actor with one account: triggers, their comments, stage events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ActorFunnel {
+    /// Earliest trigger per campaign, sorted by campaign.
+    triggers: Vec<Trigger>,
+    /// Its trigger comments: (object id, campaign) (a private reply names one as its parent).
+    comments: Vec<(String, String)>,
+    /// Stage events, sorted.
+    stages: Vec<StageEvent>,
+}
+
+/// An event waiting for the comment it replies to or the click it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Waiting {
+    event: StageEvent,
+    /// The account and actor of the event as it arrived (a conversion whose click never comes
+    /// counts for its own actor).
+    account: String,
+    actor: Option<String>,
+}
 
 /// One stage reached, as it counts in windows.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,18 +159,31 @@ impl Pending for WindowAgg {
 /// (campaign, kind: HOUR or DAY, window start).
 type WindowKey = (String, WindowKind, i64);
 
+/// (account, actor).
+type ActorKey = (String, String);
+
+/// What a waiting event waits for: (0, comment id) or (1, click id).
+type WaitKey = (String, String);
+
+const FOR_COMMENT: &str = "comment";
+const FOR_CLICK: &str = "click";
+
 /// Counters of what the funnels saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FunnelStats {
     /// Keyword matches that triggered (first per actor and campaign, or an earlier one).
     pub triggers: u64,
-    /// Stage events with no campaign to attribute them to.
+    /// Stage events forgotten without a campaign to attribute them to.
     pub unattributed: u64,
 }
 
 const ACTORS: TableId = TableId {
     tag: b'a',
-    name: "funnel (campaign, actor)",
+    name: "funnel (account, actor)",
+};
+const WAITING: TableId = TableId {
+    tag: b'q',
+    name: "funnel event waiting for its comment or click",
 };
 const WINDOWS: TableId = TableId {
     tag: b'w',
@@ -153,15 +199,44 @@ const PROGRESS: TableId = TableId {
 pub struct Funnels {
     cfg: FunnelConfig,
     matcher: Matcher,
-    /// (campaign, actor) → its funnel.
-    actors: ChangelogMap<(String, String), ActorState>,
+    /// (account, actor) → its triggers and stage events.
+    actors: ChangelogMap<ActorKey, ActorFunnel>,
+    /// Events waiting for their comment or click, by what they wait for.
+    waiting: ChangelogMap<WaitKey, Vec<Waiting>>,
     /// The windows and the progress through the input.
     windows: WindowTable<WindowKey, WindowAgg>,
-    /// (account, actor) → campaigns it triggered (derived from `actors`).
-    touches: Map<(String, String), BTreeSet<String>>,
-    /// click id → (campaign, actor) (derived from `actors`).
-    clicks: Map<String, (String, String)>,
+    /// Trigger comment id → its (account, actor) and campaign (derived from `actors`).
+    comments: Map<String, (ActorKey, String)>,
+    /// Click id → the (account, actor) that clicked (derived from `actors`).
+    clicks: Map<String, ActorKey>,
     stats: FunnelStats,
+}
+
+/// The campaign a stage event belongs to, given the actor's triggers: the one it names (if
+/// the actor triggered it), that of the click it names, or the last touch.
+fn attribution<'a>(af: &'a ActorFunnel, ev: &'a StageEvent) -> Option<&'a str> {
+    if let Some(c) = ev.campaign.as_deref() {
+        return af.triggers.iter().any(|t| t.campaign == c).then_some(c);
+    }
+    if ev.stage == 5 && ev.click.is_some() {
+        if let Some(click) = af
+            .stages
+            .iter()
+            .find(|s| s.stage == 4 && s.click == ev.click)
+        {
+            return attribution(af, click);
+        }
+    }
+    // Last touch: the latest trigger at or before the event (ties: the first campaign id).
+    af.triggers
+        .iter()
+        .filter(|t| t.time <= ev.time)
+        .max_by(|a, b| {
+            a.time
+                .cmp(&b.time)
+                .then_with(|| b.campaign.cmp(&a.campaign))
+        })
+        .map(|t| t.campaign.as_str())
 }
 
 impl Funnels {
@@ -171,8 +246,9 @@ impl Funnels {
             cfg,
             matcher,
             actors: ChangelogMap::new(ACTORS),
+            waiting: ChangelogMap::new(WAITING),
             windows: WindowTable::new(WINDOWS, PROGRESS, cfg.allowed_lateness_ms),
-            touches: Map::default(),
+            comments: Map::default(),
             clicks: Map::default(),
             stats: FunnelStats::default(),
         }
@@ -193,76 +269,74 @@ impl Funnels {
         &self.stats
     }
 
-    /// (actor, campaign) states and open windows held.
+    /// Actors, waiting events and open windows held.
     pub fn state_entries(&self) -> usize {
-        self.actors.len() + self.windows.len()
+        self.actors.len() + self.waiting.len() + self.windows.len()
     }
 
-    fn contributions(&self, st: &ActorState) -> Vec<Contribution> {
-        let Some(t0) = st.trigger else {
-            return Vec::new();
-        };
-        let within = |t: i64| t >= t0 && t <= t0.saturating_add(self.cfg.attribution_ms);
-        let mut out = vec![Contribution {
-            stage: 0,
-            time: t0,
-            latency: None,
-            cents: 0,
-            currency: None,
-        }];
-        let mut reached = [None; 6];
-        reached[0] = Some(t0);
-        for (slot, times) in reached[1..5].iter_mut().zip(&st.times) {
-            *slot = times.iter().copied().find(|&t| within(t));
-        }
-        let conversion = st.conversions.iter().find(|c| within(c.0));
-        reached[5] = conversion.map(|c| c.0);
-        let secs = |a: Option<i64>, b: i64| a.map(|a| (b - a) as f64 / 1000.0);
-        for (s, t) in reached.iter().enumerate().skip(1) {
-            let Some(t) = *t else { continue };
-            let latency = match s {
-                1 => secs(reached[0], t).map(|l| (0, l)),
-                4 => secs(reached[1], t).map(|l| (1, l)),
-                5 => secs(reached[4], t).map(|l| (2, l)),
-                _ => None,
+    /// Every stage reached by the actor, per campaign it triggered.
+    fn contributions(&self, af: &ActorFunnel) -> BTreeMap<String, Vec<Contribution>> {
+        let mut out = BTreeMap::new();
+        for t in &af.triggers {
+            let t0 = t.time;
+            let within = |ev: &StageEvent| {
+                let from_trigger = if ev.after_trigger {
+                    ev.time > t0
+                } else {
+                    ev.time >= t0
+                };
+                from_trigger && ev.time <= t0.saturating_add(self.cfg.attribution_ms)
             };
-            let (cents, currency) = match (s, conversion) {
-                (5, Some(c)) => (c.1, c.2.clone()),
-                _ => (0, None),
+            // The earliest event of each stage attributed to the campaign (events are sorted).
+            let mut reached: [Option<&StageEvent>; 6] = [None; 6];
+            for ev in &af.stages {
+                let s = usize::from(ev.stage);
+                if reached[s].is_none()
+                    && within(ev)
+                    && attribution(af, ev) == Some(t.campaign.as_str())
+                {
+                    reached[s] = Some(ev);
+                }
+            }
+            let at = |s: usize| {
+                if s == 0 {
+                    Some(t0)
+                } else {
+                    reached[s].map(|e| e.time)
+                }
             };
-            out.push(Contribution {
-                stage: s,
-                time: t,
-                latency,
-                cents,
-                currency,
-            });
+            let secs = |a: Option<i64>, b: i64| a.map(|a| (b - a) as f64 / 1000.0);
+            let mut list = vec![Contribution {
+                stage: 0,
+                time: t0,
+                latency: None,
+                cents: 0,
+                currency: None,
+            }];
+            for (s, ev) in reached.iter().enumerate().skip(1) {
+                let Some(ev) = ev else { continue };
+                let latency = match s {
+                    1 => secs(at(0), ev.time).map(|l| (0, l)),
+                    4 => secs(at(1), ev.time).map(|l| (1, l)),
+                    5 => secs(at(4), ev.time).map(|l| (2, l)),
+                    _ => None,
+                };
+                let (cents, currency) = if s == 5 {
+                    (ev.cents, ev.currency.clone())
+                } else {
+                    (0, None)
+                };
+                list.push(Contribution {
+                    stage: s,
+                    time: ev.time,
+                    latency,
+                    cents,
+                    currency,
+                });
+            }
+            out.insert(t.campaign.clone(), list);
         }
         out
-    }
-
-    /// The campaign a stage event belongs to, and the actor whose funnel it is.
-    fn attribute(&self, e: &EngagementEvent, actor: &str) -> Option<(String, String)> {
-        if let Some(c) = e.cta_campaign_id.as_ref().filter(|c| !c.is_empty()) {
-            return Some((c.clone(), actor.to_owned()));
-        }
-        if e.kind == Kind::Conversion {
-            if let Some(hit) = e.click_id.as_ref().and_then(|k| self.clicks.get(k)) {
-                return Some(hit.clone());
-            }
-        }
-        // Last touch: the campaign the actor most recently triggered at or before the event.
-        let campaigns = self
-            .touches
-            .get(&(e.account_id.clone(), actor.to_owned()))?;
-        campaigns
-            .iter()
-            .filter_map(|c| {
-                let t = self.actors.get(&(c.clone(), actor.to_owned()))?.trigger?;
-                (t <= e.event_time).then_some((t, c))
-            })
-            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
-            .map(|(_, c)| (c.clone(), actor.to_owned()))
     }
 
     /// Applies one event the engine counted (not a duplicate, not too late) read at `offset`;
@@ -277,113 +351,186 @@ impl Funnels {
     }
 
     fn apply_event(&mut self, e: &EngagementEvent, offset: i64) {
-        let Some(actor) = e.actor_id.as_deref().filter(|a| !a.is_empty()) else {
+        if e.action != Action::Add {
+            return;
+        }
+        let actor = e.actor_id.clone().filter(|a| !a.is_empty());
+        let account = e.account_id.clone();
+        let inbound =
+            matches!(e.kind, Kind::Comment | Kind::StoryReply | Kind::DmIn) && !e.is_brand_actor;
+        if let Some(c) = inbound.then(|| self.matcher.trigger(e)).flatten() {
+            let Some(actor) = actor else {
+                return;
+            };
+            self.stats.triggers += 1;
+            let campaign = c.id.clone();
+            let key = (account, actor);
+            let comment = e.object_id.clone().filter(|_| e.kind == Kind::Comment);
+            self.update(&key, offset, |af| {
+                let i = af.triggers.partition_point(|t| t.campaign < campaign);
+                if af.triggers.get(i).is_some_and(|t| t.campaign == campaign) {
+                    let t = &mut af.triggers[i];
+                    t.time = t.time.min(e.event_time);
+                } else if af.triggers.len() < MAX_TRIGGERS {
+                    af.triggers.insert(
+                        i,
+                        Trigger {
+                            campaign: campaign.clone(),
+                            time: e.event_time,
+                        },
+                    );
+                }
+                if let Some(id) = &comment {
+                    if !af.comments.iter().any(|c| c.0 == *id) && af.comments.len() < MAX_COMMENTS {
+                        af.comments.push((id.clone(), campaign.clone()));
+                    }
+                }
+            });
+            // Private replies that came before their comment.
+            if let Some(id) = comment {
+                self.comments.insert(id.clone(), (key.clone(), campaign));
+                self.release((FOR_COMMENT.into(), id), offset);
+            }
+            return;
+        }
+        let stage = match e.kind {
+            Kind::PrivateReplySent => 1,
+            Kind::DmRead => 2,
+            Kind::DmPostback => 3,
+            Kind::DmIn if inbound => 3,
+            Kind::LinkClick => 4,
+            Kind::Conversion => 5,
+            _ => return,
+        };
+        let event = StageEvent {
+            time: e.event_time,
+            stage,
+            after_trigger: e.kind == Kind::DmIn,
+            // The campaign it names: `cta_campaign_id`, or the `ref` of a referral link.
+            campaign: e
+                .cta_campaign_id
+                .clone()
+                .or_else(|| e.ref_.clone())
+                .filter(|c| !c.is_empty()),
+            click: e.click_id.clone().filter(|c| !c.is_empty()),
+            cents: if stage == 5 {
+                e.value.map_or(0, |v| (v * 100.0).round() as i64)
+            } else {
+                0
+            },
+            currency: if stage == 5 { e.currency.clone() } else { None },
+        };
+        // A private reply counts for the actor of the comment it answers (the brand sends it),
+        // in that comment's campaign; one without a parent, for the actor it names.
+        if stage == 1 {
+            if let Some(parent) = e.parent_id.clone().filter(|p| !p.is_empty()) {
+                match self.comments.get(&parent).cloned() {
+                    Some((key, campaign)) => {
+                        let event = StageEvent {
+                            campaign: event.campaign.or(Some(campaign)),
+                            ..event
+                        };
+                        self.add_stage(&key, event, offset);
+                    }
+                    None => self.wait((FOR_COMMENT.into(), parent), account, None, event),
+                }
+                return;
+            }
+        }
+        // A conversion naming a click counts for the actor that clicked.
+        if stage == 5 && event.campaign.is_none() {
+            if let Some(click) = event.click.clone() {
+                match self.clicks.get(&click).cloned() {
+                    Some(key) => self.add_stage(&key, event, offset),
+                    None => self.wait((FOR_CLICK.into(), click), account, actor, event),
+                }
+                return;
+            }
+        }
+        let Some(actor) = actor else {
             return;
         };
-        let inbound = matches!(e.kind, Kind::Comment | Kind::StoryReply | Kind::DmIn)
-            && e.action == Action::Add
-            && !e.is_brand_actor;
-        let (campaign, actor, stage) =
-            if let Some(c) = inbound.then(|| self.matcher.trigger(e)).flatten() {
-                (c.id.clone(), actor.to_owned(), 0)
-            } else {
-                let stage = match e.kind {
-                    Kind::PrivateReplySent => 1,
-                    Kind::DmRead => 2,
-                    Kind::DmPostback => 3,
-                    Kind::DmIn if inbound => {
-                        // Engaged only when the message carries the campaign.
-                        let named = e.cta_campaign_id.clone().or_else(|| e.ref_.clone());
-                        let Some(c) = named.filter(|c| !c.is_empty()) else {
-                            return;
-                        };
-                        return self.apply(c, actor.to_owned(), 3, e, offset);
-                    }
-                    Kind::LinkClick => 4,
-                    Kind::Conversion => 5,
-                    _ => return,
-                };
-                if e.action != Action::Add {
-                    return;
-                }
-                match self.attribute(e, actor) {
-                    Some((c, a)) => (c, a, stage),
-                    None => {
-                        self.stats.unattributed += 1;
-                        return;
-                    }
-                }
-            };
-        if stage == 0 {
-            self.stats.triggers += 1;
+        let click = (stage == 4).then(|| event.click.clone()).flatten();
+        let key = (account, actor);
+        self.add_stage(&key, event, offset);
+        // Conversions that came before their click.
+        if let Some(id) = click {
+            self.clicks.insert(id.clone(), key);
+            self.release((FOR_CLICK.into(), id), offset);
         }
-        self.apply(campaign, actor, stage, e, offset);
     }
 
-    fn apply(
-        &mut self,
-        campaign: String,
-        actor: String,
-        stage: usize,
-        e: &EngagementEvent,
-        offset: i64,
-    ) {
-        let key = (campaign.clone(), actor.clone());
-        let mut st = self
-            .actors
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| ActorState {
-                account: e.account_id.clone(),
-                last_seen: e.event_time,
-                ..ActorState::default()
+    fn add_stage(&mut self, key: &ActorKey, event: StageEvent, offset: i64) {
+        self.update(key, offset, |af| {
+            let i = af.stages.partition_point(|s| *s <= event);
+            if af.stages.get(i.wrapping_sub(1)) == Some(&event) {
+                return; // the same event again (a redelivery under another id)
+            }
+            if af.stages.len() >= MAX_STAGE_EVENTS {
+                if i == af.stages.len() {
+                    return;
+                }
+                af.stages.pop();
+            }
+            af.stages.insert(i, event);
+        });
+    }
+
+    /// Holds `event` until what it waits for arrives (or the lateness passes).
+    fn wait(&mut self, key: WaitKey, account: String, actor: Option<String>, event: StageEvent) {
+        let list = self.waiting.get_or_insert_with(key, Vec::new);
+        if list.len() < MAX_WAITING {
+            list.push(Waiting {
+                event,
+                account,
+                actor,
             });
-        let before = self.contributions(&st);
-        let t = e.event_time;
-        st.last_seen = st.last_seen.max(t);
-        match stage {
-            0 => {
-                st.trigger = Some(st.trigger.map_or(t, |x| x.min(t)));
-                self.touches
-                    .entry((st.account.clone(), actor.clone()))
-                    .or_default()
-                    .insert(campaign.clone());
-            }
-            5 => {
-                let cents = e.value.map_or(0, |v| (v * 100.0).round() as i64);
-                st.conversions.push((t, cents, e.currency.clone()));
-                st.conversions.sort_by_key(|c| c.0);
-                st.conversions.truncate(KEEP);
-            }
-            s => {
-                let v = &mut st.times[s - 1];
-                if !v.contains(&t) {
-                    v.push(t);
-                    v.sort_unstable();
-                    v.truncate(KEEP);
+        }
+    }
+
+    /// The events that waited for `key`, which has arrived: they count now.
+    fn release(&mut self, key: WaitKey, offset: i64) {
+        let Some(list) = self.waiting.remove(&key) else {
+            return;
+        };
+        let target = match key.0.as_str() {
+            FOR_COMMENT => self.comments.get(&key.1).cloned(),
+            _ => self.clicks.get(&key.1).cloned().map(|k| (k, String::new())),
+        };
+        if let Some((target, campaign)) = target {
+            for w in list {
+                let mut event = w.event;
+                if !campaign.is_empty() && event.campaign.is_none() {
+                    event.campaign = Some(campaign.clone());
                 }
-                if s == 4 {
-                    if let Some(k) = e.click_id.as_ref().filter(|k| !k.is_empty()) {
-                        if !st.clicks.contains(k) {
-                            st.clicks.push(k.clone());
-                        }
-                        self.clicks.insert(k.clone(), key.clone());
-                    }
-                }
+                self.add_stage(&target, event, offset);
             }
         }
-        let after = self.contributions(&st);
-        self.actors.insert(key, st);
+    }
+
+    /// Changes the state of `key` with `f` and moves its contributions between windows.
+    fn update(&mut self, key: &ActorKey, offset: i64, f: impl FnOnce(&mut ActorFunnel)) {
+        let mut af = self.actors.get(key).cloned().unwrap_or_default();
+        let before = self.contributions(&af);
+        f(&mut af);
+        let after = self.contributions(&af);
+        self.actors.insert(key.clone(), af);
         if before == after {
             return;
         }
-        let account = e.account_id.clone();
+        let empty = Vec::new();
+        let campaigns: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
         let mut touched: BTreeSet<WindowKey> = BTreeSet::new();
-        // Only what changed: stages that left or reached a time, or changed latency or value.
-        let gone: Vec<&Contribution> = before.iter().filter(|c| !after.contains(c)).collect();
-        let new: Vec<&Contribution> = after.iter().filter(|c| !before.contains(c)).collect();
-        for (sign, list) in [(-1i64, gone), (1, new)] {
-            for c in list {
+        for campaign in campaigns {
+            let (b, a) = (
+                before.get(campaign).unwrap_or(&empty),
+                after.get(campaign).unwrap_or(&empty),
+            );
+            // Only what changed: stages that left or reached a time, or changed latency or
+            // value.
+            let gone = b.iter().filter(|c| !a.contains(c));
+            let new = a.iter().filter(|c| !b.contains(c));
+            for (sign, c) in gone.map(|c| (-1i64, c)).chain(new.map(|c| (1, c))) {
                 for kind in [WindowKind::Hour, WindowKind::Day] {
                     let wk = (campaign.clone(), kind, window_start(kind, c.time));
                     // A window past the lateness is final (and forgotten).
@@ -391,7 +538,7 @@ impl Funnels {
                         continue;
                     }
                     let w = self.windows.update(&wk, || WindowAgg {
-                        account: account.clone(),
+                        account: key.0.clone(),
                         ..WindowAgg::default()
                     });
                     w.counts[c.stage] += sign;
@@ -450,53 +597,81 @@ impl Funnels {
         }
     }
 
-    /// Forgets (actor, campaign) states past their attribution.
+    /// Forgets what can no longer count: triggers past their attribution and the lateness,
+    /// stage events that no trigger kept or can still claim (a trigger before them would be
+    /// too late), events that waited in vain, and actors left with nothing. Nothing of what
+    /// is forgotten changes a count: windows do not move.
     fn forget(&mut self, wm: i64) {
-        let lateness = self.cfg.allowed_lateness_ms;
-        let attribution = self.cfg.attribution_ms;
-        let mut gone = Vec::new();
-        self.actors.retain(|k, st| {
-            let until = match st.trigger {
-                Some(t) => t.saturating_add(attribution),
-                None => st.last_seen,
-            };
-            let keep = until.saturating_add(lateness) >= wm;
-            if !keep {
-                gone.push((k.clone(), st.account.clone(), st.clicks.clone()));
-            }
-            keep
-        });
-        for ((campaign, actor), account, clicks) in gone {
-            for c in &clicks {
-                self.clicks.remove(c);
-            }
-            let tk = (account, actor);
-            if let Some(set) = self.touches.get_mut(&tk) {
-                set.remove(&campaign);
-                if set.is_empty() {
-                    self.touches.remove(&tk);
+        let (lateness, attribution_ms) = (self.cfg.allowed_lateness_ms, self.cfg.attribution_ms);
+        // Conversions whose click never came count for their own actor (the click would be
+        // too late now); replies whose comment never came count for nobody.
+        let expired: Vec<WaitKey> = self
+            .waiting
+            .iter()
+            .filter(|(_, list)| {
+                list.iter()
+                    .all(|w| w.event.time.saturating_add(lateness) < wm)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let offset = self.next_offset() - 1;
+        for k in expired {
+            for w in self.waiting.remove(&k).unwrap_or_default() {
+                match w.actor {
+                    Some(actor) if k.0 == FOR_CLICK => {
+                        self.add_stage(&(w.account, actor), w.event, offset);
+                    }
+                    _ => self.stats.unattributed += 1,
                 }
             }
         }
-    }
-}
-
-/// What is derived from the (campaign, actor) states: the campaigns each actor triggered, the
-/// clicks by id.
-fn index(
-    touches: &mut Map<(String, String), BTreeSet<String>>,
-    clicks: &mut Map<String, (String, String)>,
-    key: &(String, String),
-    st: &ActorState,
-) {
-    if st.trigger.is_some() {
-        touches
-            .entry((st.account.clone(), key.1.clone()))
-            .or_default()
-            .insert(key.0.clone());
-    }
-    for click in &st.clicks {
-        clicks.insert(click.clone(), key.clone());
+        let mut unattributed = 0u64;
+        let mut pruned: Vec<(ActorKey, ActorFunnel)> = Vec::new();
+        for (k, af) in self.actors.iter() {
+            let mut kept = af.clone();
+            kept.triggers.retain(|t| {
+                t.time
+                    .saturating_add(attribution_ms)
+                    .saturating_add(lateness)
+                    >= wm
+            });
+            let claimed = |ev: &StageEvent| {
+                kept.triggers
+                    .iter()
+                    .any(|t| t.time <= ev.time && ev.time <= t.time.saturating_add(attribution_ms))
+            };
+            let stages: Vec<StageEvent> = af
+                .stages
+                .iter()
+                .filter(|ev| {
+                    let live = ev.time.saturating_add(lateness) >= wm || claimed(ev);
+                    if !live && attribution(af, ev).is_none() {
+                        unattributed += 1;
+                    }
+                    live
+                })
+                .cloned()
+                .collect();
+            kept.stages = stages;
+            if kept != *af {
+                pruned.push((k.clone(), kept));
+            }
+        }
+        self.stats.unattributed += unattributed;
+        for (k, af) in pruned {
+            let old = self.actors.remove(&k).unwrap_or_default();
+            for (c, _) in old.comments.iter().filter(|_| af.triggers.is_empty()) {
+                self.comments.remove(c);
+            }
+            for s in old.stages.iter().filter(|s| !af.stages.contains(s)) {
+                if let Some(c) = s.click.as_ref().filter(|_| s.stage == 4) {
+                    self.clicks.remove(c);
+                }
+            }
+            if !(af.triggers.is_empty() && af.stages.is_empty()) {
+                self.actors.insert(k, af);
+            }
+        }
     }
 }
 
@@ -515,24 +690,35 @@ impl Operator for Funnels {
 
     fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
         self.actors.write_changes(out)?;
+        self.waiting.write_changes(out)?;
         self.windows.write_changes(out)
     }
 
     fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
         match entry.tag() {
             t if t == ACTORS.tag => self.actors.restore_entry(entry),
+            t if t == WAITING.tag => self.waiting.restore_entry(entry),
             _ if self.windows.holds(entry) => self.windows.restore_entry(entry),
             _ => Err(entry.unknown()),
         }
     }
 
     fn restored(&mut self) {
-        self.touches.clear();
+        self.comments.clear();
         self.clicks.clear();
-        for (k, st) in self.actors.iter() {
-            index(&mut self.touches, &mut self.clicks, k, st);
+        for (k, af) in self.actors.iter() {
+            for (c, campaign) in &af.comments {
+                self.comments
+                    .insert(c.clone(), (k.clone(), campaign.clone()));
+            }
+            for s in &af.stages {
+                if let Some(c) = s.click.as_ref().filter(|_| s.stage == 4) {
+                    self.clicks.insert(c.clone(), k.clone());
+                }
+            }
         }
         self.actors.forget_changes();
+        self.waiting.forget_changes();
         self.windows.forget_changes();
     }
 

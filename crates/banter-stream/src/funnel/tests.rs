@@ -220,7 +220,7 @@ fn last_touch_picks_the_latest_campaign_and_scope_is_respected() {
         sun_elsewhere,
         stage(Kind::LinkClick, "u1", None, t + 2000), // last touch: summer
         dm,                                           // engaged via ref
-        stage(Kind::DmIn, "u1", None, t + 4000),      // a plain DM: not engagement
+        stage(Kind::DmIn, "u1", None, t + 4000),      // a plain DM: engaged too (last touch)
     ];
     let rows = run(&events);
     assert_eq!(totals(&rows, "spring"), [1, 0, 0, 0, 0, 0]);
@@ -233,6 +233,11 @@ fn restoring_from_the_changelog_at_any_point_continues_identically() {
     events.extend(journey("u2", T0 + 2 * HOUR + 5_000));
     events.push(comment("u3", "info", T0 + 3 * HOUR));
     events.sort_by_key(|e| e.event_time);
+    // Stages before their trigger, a reply before its comment, a conversion before its
+    // click: state that waits is restored too.
+    let mut unnamed = unnamed_journey("u4", T0 + 4 * HOUR);
+    unnamed.reverse();
+    events.extend(unnamed);
     let feed = |f: &mut Funnels, from: usize, to: usize, out: &mut Vec<FunnelRollup>| {
         for (i, e) in events.iter().enumerate().take(to).skip(from) {
             f.process(e, i as i64);
@@ -261,4 +266,86 @@ fn restoring_from_the_changelog_at_any_point_continues_identically() {
         want.sort();
         assert_eq!(got, want, "restored after {cut} events");
     }
+}
+
+/// A journey as the platforms report it: nothing after the trigger names the campaign but the
+/// click; the private reply is the brand's and names the comment it answers; the conversion
+/// names only its click; engagement is a plain DM.
+fn unnamed_journey(actor: &str, t: i64) -> Vec<EngagementEvent> {
+    let mut trigger = comment(actor, "info please", t);
+    trigger.object_id = Some(format!("c-{actor}"));
+    let mut reply = stage(Kind::PrivateReplySent, "brand", None, t + 8_000);
+    reply.parent_id = Some(format!("c-{actor}"));
+    let mut click = stage(Kind::LinkClick, actor, Some("spring"), t + 40_000);
+    click.click_id = Some(format!("k-{actor}"));
+    let mut conv = stage(Kind::Conversion, &format!("shop-{actor}"), None, t + 50_000);
+    conv.click_id = Some(format!("k-{actor}"));
+    conv.value = Some(20.0);
+    vec![
+        trigger,
+        reply,
+        stage(Kind::DmRead, actor, None, t + 15_000),
+        stage(Kind::DmIn, actor, None, t + 30_000),
+        click,
+        conv,
+    ]
+}
+
+/// The rows without what depends on arrival order (revision, emitted_at).
+fn counts(rows: &BTreeMap<(String, WindowKind, i64), FunnelRollup>) -> Vec<String> {
+    rows.values()
+        .map(|r| {
+            format!(
+                "{} {:?} {} {:?} {} {:?}",
+                r.campaign_id,
+                r.window,
+                r.window_start,
+                r.stages(),
+                r.conversion_value,
+                r.median_trigger_to_reply_s.map(f64::to_bits)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn stages_before_their_trigger_reply_before_its_comment_conversion_before_its_click_count() {
+    let mut events = unnamed_journey("u1", T0 + HOUR);
+    events.extend(unnamed_journey("u2", T0 + HOUR + 20_000));
+    events.sort_by_key(|e| e.event_time);
+    let ordered = run(&events);
+    assert_eq!(
+        totals(&ordered, "spring"),
+        [2, 2, 2, 2, 2, 2],
+        "{ordered:#?}"
+    );
+    // Every arrival order within a minute: here, all reversed, and shuffles.
+    let mut reversed = events.clone();
+    reversed.reverse();
+    assert_eq!(counts(&run(&reversed)), counts(&ordered));
+    for seed in 1..40u64 {
+        let mut shuffled = events.clone();
+        let mut x = seed;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        assert_eq!(counts(&run(&shuffled)), counts(&ordered), "seed {seed}");
+    }
+}
+
+#[test]
+fn an_earlier_trigger_of_another_campaign_arriving_last_takes_the_last_touch_back() {
+    // u1 asks for spring, then for summer on post-2; a read after both belongs to summer.
+    let t = T0 + HOUR;
+    let mut sun = comment("u1", "sun", t + 10_000);
+    sun.content_id = Some("post-2".into());
+    let read = stage(Kind::DmRead, "u1", None, t + 20_000);
+    let ordered = run(&[comment("u1", "info", t), sun.clone(), read.clone()]);
+    assert_eq!(totals(&ordered, "summer"), [1, 0, 1, 0, 0, 0]);
+    assert_eq!(totals(&ordered, "spring"), [1, 0, 0, 0, 0, 0]);
+    let late_summer = run(&[comment("u1", "info", t), read, sun]);
+    assert_eq!(counts(&late_summer), counts(&ordered));
 }
