@@ -18,6 +18,23 @@ fn answered_comments_equal_the_generated_ones() {
         duration_ms: 8 * 3_600_000,
         ..WorkloadConfig::default()
     });
+    // The workload is the case this test is about: moderation delivered before its comment.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut actions_first = 0;
+    for i in 0..w.len() {
+        let e = w.event(i);
+        if e.kind == banter_model::Kind::Comment {
+            if e.action == banter_model::Action::Add {
+                seen.insert(e.object_id.clone());
+            } else if !seen.contains(&e.object_id) {
+                actions_first += 1;
+            }
+        }
+    }
+    assert!(
+        actions_first > 3,
+        "{actions_first} actions before their comment"
+    );
     let mut pipeline = Pipeline::new(&PipelineConfig::default(), Matcher::default());
     // Every output of the whole history, then of event time moving on past its end.
     let mut out = Outputs::default();

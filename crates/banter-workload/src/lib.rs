@@ -493,6 +493,23 @@ impl Workload {
                         ..d
                     });
                 }
+                // Moderation within seconds (often delivered before the comment itself), some
+                // of it undone.
+                if kind == Kind::Comment && rng.chance(0.02) {
+                    let hidden = t + (2 + rng.below(38)) as i64 * 1000;
+                    drafts.push(Draft {
+                        action: Action::Hide,
+                        event_time: hidden,
+                        ..d
+                    });
+                    if rng.chance(0.5) {
+                        drafts.push(Draft {
+                            action: Action::Unhide,
+                            event_time: hidden + (5 + rng.below(115)) as i64 * 1000,
+                            ..d
+                        });
+                    }
+                }
                 if kind == Kind::Comment && rng.chance(0.3) {
                     let delay = (uniform(&mut rng).max(1e-9).ln() * -600.0) as i64 * 1000 + 5000;
                     drafts.push(Draft {
@@ -912,8 +929,9 @@ impl Workload {
             ..Default::default()
         };
         let mut post_times: BTreeMap<u32, Vec<(i64, i64)>> = BTreeMap::new();
-        // Comments by serial: (account, removed); serials of comments the brand replied to.
-        let mut comments: BTreeMap<u64, (String, bool)> = BTreeMap::new();
+        // Comments by serial: (account, moderation actions by time); serials of comments the
+        // brand replied to.
+        let mut comments: BTreeMap<u64, (String, Vec<(i64, Action)>)> = BTreeMap::new();
         let mut replied: BTreeSet<u64> = BTreeSet::new();
         for d in self.drafts.iter().filter(|d| !d.duplicate) {
             let id = self.event_id(d);
@@ -926,13 +944,14 @@ impl Workload {
                 (Kind::Comment, Action::Add) if d.actor != u32::MAX => {
                     comments
                         .entry(d.serial)
-                        .or_insert((post.account_id.clone(), false));
+                        .or_insert((post.account_id.clone(), Vec::new()));
                 }
-                (Kind::Comment, Action::Remove) => {
+                (Kind::Comment, Action::Remove | Action::Hide | Action::Unhide) => {
                     comments
                         .entry(d.serial)
-                        .or_insert((post.account_id.clone(), false))
-                        .1 = true;
+                        .or_insert((post.account_id.clone(), Vec::new()))
+                        .1
+                        .push((d.event_time, d.action));
                 }
                 // The brand answers a comment with a public reply or a private one.
                 (Kind::BrandReply | Kind::PrivateReplySent, Action::Add) => {
@@ -986,8 +1005,16 @@ impl Workload {
                     .or_default() += sign;
             }
         }
-        for (serial, (account, removed)) in &comments {
-            if *removed {
+        for (serial, (account, actions)) in &mut comments {
+            // DESIGN.md: a comment's state follows its actions by event time; removed is
+            // removed, hidden counts until unhidden.
+            actions.sort();
+            let removed = actions.iter().any(|a| a.1 == Action::Remove);
+            let hidden = actions
+                .iter()
+                .rfind(|a| matches!(a.1, Action::Hide | Action::Unhide))
+                .is_some_and(|a| a.1 == Action::Hide);
+            if removed || hidden {
                 continue;
             }
             let e = x.comments_answered.entry(account.clone()).or_default();

@@ -1,19 +1,26 @@
 //! Conversation metrics: how much inbound the brand gets, how much of it it answers and how
 //! fast, and the shape of comment threads — per account and per post, per hour and per day.
 //!
-//! * **Inbound items**: COMMENTs (ADD, not by the brand; a removed or hidden comment stops
-//!   counting, unhidden counts again), STORY_REPLYs, and DM_INs that open a conversation: no DM
-//!   either way in that thread (`thread_id`, else the actor) for `dm_silence_ms` (24 h) before
-//!   it, as seen in processing order.
-//! * **Answers**: a BRAND_REPLY or PRIVATE_REPLY_SENT whose `parent_id` is the comment; a
-//!   DM_OUT in the thread answers the thread's open DMs and story replies at or before it. The
-//!   first answer counts; the brand answering itself counts for nothing (its comments are not
-//!   inbound). An answer that arrives before its item (out of order) is kept and applied when
-//!   the item comes.
+//! * **Inbound items**: COMMENTs (ADD, not by the brand), STORY_REPLYs, and DM_INs that open a
+//!   conversation: no DM either way in that thread (`thread_id`, else the actor) for
+//!   `dm_silence_ms` (24 h) before it, by event time.
+//! * **A comment's state** (visible, hidden, removed) follows its moderation actions by event
+//!   time, whatever their arrival order: removed by a REMOVE at any time; else hidden when its
+//!   latest HIDE / UNHIDE is a HIDE. A removed or hidden comment does not count. An action
+//!   that arrives before its comment waits for it.
+//! * **Answers**: a BRAND_REPLY or PRIVATE_REPLY_SENT whose `parent_id` is the comment; the
+//!   brand's first DM_OUT in the thread at or after a DM opening or story reply. The first
+//!   answer counts; the brand answering itself counts for nothing (its comments are not
+//!   inbound). An answer that arrives before its item is kept and applied when the item comes.
 //! * **Response time** = first answer − item time, in the window of the item (so the response
-//!   rate of an hour is about that hour's inbound); **first response** = the brand's first
-//!   reply anywhere in a comment thread − the root comment's time (for DMs, the opening's
-//!   answer). Quantiles from [`Quantiles`] (1 % relative error).
+//!   rate of an hour is about that hour's inbound); **first response** = from a thread's root
+//!   (a top-level comment, a story reply, a DM that opens a conversation) to the brand's first
+//!   answer anywhere in that thread: BRAND_REPLY or PRIVATE_REPLY_SENT on any of its comments,
+//!   DM_OUT in a DM thread. Quantiles from [`Quantiles`] (1 % relative error).
+//! * **Any arrival order.** A DM thread keeps its recent DMs both ways, and its items (which
+//!   DMs open a conversation, what answers them) are recomputed from them when one arrives; a
+//!   comment's answers and actions fold in by minimum and by event time. So every row is the
+//!   same for any arrival order within the lateness.
 //! * **Threads**: root comments (no parent) and replies per window; depth = replies / roots,
 //!   reply share = replies / comments.
 //! * **Windows and exactly once** as in [`crate::funnel`]: emitted each time the watermark
@@ -48,51 +55,46 @@ enum ItemKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Item {
     account: String,
-    #[serde(default)]
     content: Option<String>,
     kind: ItemKind,
     time: i64,
     /// Comments: a reply to another comment.
-    #[serde(default)]
     reply: bool,
     /// The thread (comment thread root, or DM thread).
     thread: String,
     /// First answer time.
-    #[serde(default)]
     answered: Option<i64>,
-    /// Root comments and DM openings: the brand's first response in the thread.
-    #[serde(default)]
+    /// Thread roots: the brand's first answer in the thread.
     first_response: Option<i64>,
     /// Removed or hidden.
-    #[serde(default)]
     removed: bool,
 }
 
-/// A DM thread.
+/// Most DMs a thread keeps (the most recent); most moderation actions per comment.
+const MAX_THREAD_DMS: usize = 1_000;
+const MAX_ACTIONS: usize = 16;
+
+/// One DM of a thread.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Dm {
+    time: i64,
+    /// The message id.
+    id: String,
+    /// Sent by the brand.
+    out: bool,
+    /// A reply to a story (always an item of its own); its story.
+    story: Option<String>,
+}
+
+/// A DM thread: its recent DMs both ways, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Thread {
-    /// Latest DM either way.
-    last_dm: i64,
-    /// Recent DM times either way (the latest few), to tell silence before a DM.
-    #[serde(default)]
-    recent: Vec<i64>,
-    /// Open items (DM openings, story replies) not yet answered.
-    #[serde(default)]
-    open: Vec<String>,
-    /// The brand's DM times (latest few), for items that arrive after their answer.
-    #[serde(default)]
-    outs: Vec<i64>,
+    dms: Vec<Dm>,
 }
 
 impl Thread {
-    fn seen(&mut self, t: i64) {
-        self.last_dm = self.last_dm.max(t);
-        if let Err(i) = self.recent.binary_search(&t) {
-            self.recent.insert(i, t);
-        }
-        if self.recent.len() > 16 {
-            self.recent.remove(0);
-        }
+    fn last_dm(&self) -> Option<i64> {
+        self.dms.last().map(|d| d.time)
     }
 }
 
@@ -130,13 +132,17 @@ const THREADS: TableId = TableId {
     tag: b't',
     name: "conversation DM thread",
 };
-const EARLY: TableId = TableId {
+const ANSWERS: TableId = TableId {
     tag: b'e',
-    name: "conversation early answer",
+    name: "conversation answer before its comment",
 };
-const EARLY_ROOTS: TableId = TableId {
+const THREAD_FIRST: TableId = TableId {
     tag: b'r',
-    name: "conversation early thread reply",
+    name: "conversation first answer in a comment thread",
+};
+const ACTIONS: TableId = TableId {
+    tag: b'x',
+    name: "conversation moderation actions",
 };
 const WINDOWS: TableId = TableId {
     tag: b'w',
@@ -155,11 +161,12 @@ pub struct Conversations {
     items: ChangelogMap<String, Item>,
     /// DM threads by (account, thread).
     threads: ChangelogMap<(String, String), Thread>,
-    /// Answers seen before their item: parent object id → (earliest, latest) answer time.
-    early: ChangelogMap<String, (i64, i64)>,
-    /// Comment-thread replies seen before their root: (account, thread) → (earliest, latest)
-    /// reply time.
-    early_roots: ChangelogMap<(String, String), (i64, i64)>,
+    /// Answers to comments not seen yet: parent object id → (earliest, latest) answer time.
+    answers: ChangelogMap<String, (i64, i64)>,
+    /// The brand's first answer in each comment thread: (account, root) → (earliest, latest).
+    thread_first: ChangelogMap<(String, String), (i64, i64)>,
+    /// Moderation actions by comment id, (time, action) sorted.
+    actions: ChangelogMap<String, Vec<(i64, Action)>>,
     /// The windows and the progress through the input.
     windows: WindowTable<WindowKey, Agg>,
 }
@@ -190,6 +197,22 @@ fn contribution(it: &Item) -> Option<Contribution> {
     })
 }
 
+/// Whether a comment with these moderation actions is removed or hidden: removed by a REMOVE
+/// at any time; hidden when its latest HIDE / UNHIDE is a HIDE.
+fn moderated(actions: &[(i64, Action)]) -> bool {
+    actions.iter().any(|a| a.1 == Action::Remove)
+        || actions
+            .iter()
+            .rfind(|a| matches!(a.1, Action::Hide | Action::Unhide))
+            .is_some_and(|a| a.1 == Action::Hide)
+}
+
+/// Folds time `t` into an (earliest, latest) pair.
+fn fold(v: &mut (i64, i64), t: i64) {
+    v.0 = v.0.min(t);
+    v.1 = v.1.max(t);
+}
+
 impl Conversations {
     /// Empty.
     pub fn new(cfg: ConversationConfig) -> Self {
@@ -197,8 +220,9 @@ impl Conversations {
             cfg,
             items: ChangelogMap::new(ITEMS),
             threads: ChangelogMap::new(THREADS),
-            early: ChangelogMap::new(EARLY),
-            early_roots: ChangelogMap::new(EARLY_ROOTS),
+            answers: ChangelogMap::new(ANSWERS),
+            thread_first: ChangelogMap::new(THREAD_FIRST),
+            actions: ChangelogMap::new(ACTIONS),
             windows: WindowTable::new(WINDOWS, PROGRESS, cfg.answer_horizon_ms),
         }
     }
@@ -230,176 +254,240 @@ impl Conversations {
     fn apply(&mut self, e: &EngagementEvent, offset: i64) {
         let t = e.event_time;
         let account = e.account_id.clone();
-        let actor = e.actor_id.clone().unwrap_or_default();
-        let dm_thread = (
-            account.clone(),
-            e.thread_id
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or(actor),
-        );
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
         match (e.kind, e.action) {
             (Kind::Comment, Action::Add) if !e.is_brand_actor => {
-                let Some(id) = e.object_id.clone() else {
+                let Some(id) = nonempty(&e.object_id) else {
                     return;
                 };
                 if self.items.contains_key(&id) {
                     return;
                 }
-                let reply = e.parent_id.as_ref().is_some_and(|p| !p.is_empty());
-                let thread = e.thread_id.clone().unwrap_or_else(|| id.clone());
-                let mut it = Item {
+                let parent = nonempty(&e.parent_id);
+                let thread = nonempty(&e.thread_id)
+                    .or_else(|| parent.clone())
+                    .unwrap_or_else(|| id.clone());
+                let reply = parent.is_some();
+                // Answers that came before it: its own, and its thread's first.
+                let answered = self.answers.remove(&id).map(|a| a.0);
+                let root_key = (account.clone(), thread.clone());
+                if let Some(a) = answered {
+                    fold(
+                        self.thread_first
+                            .get_or_insert_with(root_key.clone(), || (a, a)),
+                        a,
+                    );
+                }
+                let it = Item {
                     account,
                     content: e.content_id.clone(),
                     kind: ItemKind::Comment,
                     time: t,
                     reply,
                     thread: thread.clone(),
-                    answered: None,
+                    answered,
                     first_response: None,
-                    removed: false,
+                    removed: self.actions.get(&id).is_some_and(|a| moderated(a)),
                 };
-                if let Some((a, _)) = self.early.remove(&id) {
-                    it.answered = Some(a);
-                }
-                if !reply {
-                    if let Some((a, _)) = self.early_roots.remove(&(it.account.clone(), thread)) {
-                        it.first_response = Some(a);
-                    }
-                }
                 self.change(id, None, Some(it), offset);
+                self.update_root(&root_key, offset);
             }
             (Kind::Comment, Action::Remove | Action::Hide | Action::Unhide) => {
-                let Some(id) = e.object_id.clone() else {
+                let Some(id) = nonempty(&e.object_id) else {
                     return;
                 };
-                let Some(old) = self.items.get(&id).cloned() else {
-                    return;
-                };
-                let mut it = old.clone();
-                it.removed = e.action != Action::Unhide;
-                self.change(id, Some(old), Some(it), offset);
+                let list = self.actions.get_or_insert_with(id.clone(), Vec::new);
+                let i = list.partition_point(|a| *a <= (t, e.action));
+                if list.len() < MAX_ACTIONS {
+                    list.insert(i, (t, e.action));
+                }
+                let removed = moderated(list);
+                if let Some(old) = self.items.get(&id).cloned() {
+                    let it = Item {
+                        removed,
+                        ..old.clone()
+                    };
+                    self.change(id, Some(old), Some(it), offset);
+                }
             }
-            (Kind::StoryReply, Action::Add) | (Kind::DmIn, Action::Add) if !e.is_brand_actor => {
-                let silence = self.cfg.dm_silence_ms;
-                let th = self
-                    .threads
-                    .get_or_insert_with(dm_thread.clone(), Thread::default);
-                let silent = !th.recent.iter().any(|&x| x < t && x >= t - silence);
-                let opens = e.kind == Kind::StoryReply || silent;
-                th.seen(t);
-                // The brand may have answered before this arrived.
-                let answer = th.outs.iter().copied().filter(|&o| o >= t).min();
-                if !opens {
-                    return;
+            (Kind::StoryReply | Kind::DmIn | Kind::DmOut, Action::Add) => {
+                let out = e.kind == Kind::DmOut;
+                if e.is_brand_actor != out {
+                    return; // the brand's own story reply, or a user's echo: not a DM here
                 }
-                let id = e.object_id.clone().unwrap_or_else(|| e.event_id.clone());
-                if self.items.contains_key(&id) {
-                    return;
-                }
-                if answer.is_none() {
-                    if let Some(th) = self.threads.get_mut(&dm_thread) {
-                        th.open.push(id.clone());
-                    }
-                }
-                let it = Item {
+                let key = (
                     account,
-                    content: e.content_id.clone(),
-                    kind: if e.kind == Kind::StoryReply {
-                        ItemKind::StoryReply
-                    } else {
-                        ItemKind::Dm
-                    },
+                    nonempty(&e.thread_id)
+                        .or_else(|| nonempty(&e.actor_id))
+                        .unwrap_or_default(),
+                );
+                let dm = Dm {
                     time: t,
-                    reply: false,
-                    thread: dm_thread.1.clone(),
-                    answered: answer,
-                    first_response: answer,
-                    removed: false,
+                    id: nonempty(&e.object_id).unwrap_or_else(|| e.event_id.clone()),
+                    out,
+                    story: (e.kind == Kind::StoryReply)
+                        .then(|| e.content_id.clone().unwrap_or_default()),
                 };
-                self.change(id, None, Some(it), offset);
-            }
-            (Kind::DmOut, Action::Add) => {
                 let th = self
                     .threads
-                    .get_or_insert_with(dm_thread.clone(), Thread::default);
-                th.seen(t);
-                th.outs.push(t);
-                th.outs.sort_unstable();
-                th.outs.dedup();
-                if th.outs.len() > 4 {
-                    th.outs.remove(0);
+                    .get_or_insert_with(key.clone(), Thread::default);
+                let i = th.dms.partition_point(|d| *d < dm);
+                if th.dms.get(i) == Some(&dm) {
+                    return;
                 }
-                let open = std::mem::take(&mut th.open);
-                let mut still = Vec::new();
-                let mut answered = Vec::new();
-                for id in open {
-                    match self.items.get(&id) {
-                        Some(it) if it.time <= t => answered.push(id),
-                        Some(_) => still.push(id),
-                        None => {}
-                    }
+                th.dms.insert(i, dm);
+                if th.dms.len() > MAX_THREAD_DMS {
+                    th.dms.remove(0);
                 }
-                if let Some(th) = self.threads.get_mut(&dm_thread) {
-                    th.open = still;
-                }
-                for id in answered {
-                    if let Some(old) = self.items.get(&id).cloned() {
-                        let mut it = old.clone();
-                        it.answered = Some(old.answered.map_or(t, |a| a.min(t)));
-                        it.first_response = it.answered;
-                        self.change(id, Some(old), Some(it), offset);
-                    }
-                }
+                self.rederive(&key, offset);
             }
             (Kind::BrandReply | Kind::PrivateReplySent, Action::Add) => {
-                if let Some(parent) = e.parent_id.clone().filter(|p| !p.is_empty()) {
-                    match self.items.get(&parent).cloned() {
-                        Some(old) if old.kind == ItemKind::Comment => {
-                            let mut it = old.clone();
-                            it.answered = Some(old.answered.map_or(t, |a| a.min(t)));
-                            self.change(parent, Some(old), Some(it), offset);
-                        }
-                        Some(_) => {}
-                        None => {
-                            let v = self.early.get_or_insert_with(parent, || (t, t));
-                            v.0 = v.0.min(t);
-                            v.1 = v.1.max(t);
-                        }
+                let Some(parent) = nonempty(&e.parent_id) else {
+                    return;
+                };
+                // The comment's own first answer.
+                let root = match self.items.get(&parent).cloned() {
+                    Some(old) if old.kind == ItemKind::Comment => {
+                        let it = Item {
+                            answered: Some(old.answered.map_or(t, |a| a.min(t))),
+                            ..old.clone()
+                        };
+                        let root = it.thread.clone();
+                        self.change(parent, Some(old), Some(it), offset);
+                        Some(root)
                     }
-                }
-                // The first response in the comment thread.
-                if e.kind == Kind::BrandReply {
-                    if let Some(root) = e.thread_id.clone().filter(|r| !r.is_empty()) {
-                        match self.items.get(&root).cloned() {
-                            Some(old) if old.kind == ItemKind::Comment && !old.reply => {
-                                let mut it = old.clone();
-                                it.first_response =
-                                    Some(old.first_response.map_or(t, |a| a.min(t)));
-                                self.change(root, Some(old), Some(it), offset);
-                            }
-                            Some(_) => {}
-                            None => {
-                                let v = self
-                                    .early_roots
-                                    .get_or_insert_with((account, root), || (t, t));
-                                v.0 = v.0.min(t);
-                                v.1 = v.1.max(t);
-                            }
-                        }
+                    Some(_) => None,
+                    None => {
+                        fold(self.answers.get_or_insert_with(parent, || (t, t)), t);
+                        None
                     }
+                };
+                // The first answer in the thread: the root named, or the answered comment's.
+                let root = root.or_else(|| {
+                    (e.kind == Kind::BrandReply)
+                        .then(|| nonempty(&e.thread_id))
+                        .flatten()
+                });
+                if let Some(root) = root {
+                    let key = (account, root);
+                    fold(
+                        self.thread_first.get_or_insert_with(key.clone(), || (t, t)),
+                        t,
+                    );
+                    self.update_root(&key, offset);
                 }
             }
             _ => {}
         }
     }
 
-    /// Replaces item `id` (old → new) and moves its contribution between windows.
+    /// A comment thread's first answer changed, or its root arrived: the root's first
+    /// response follows.
+    fn update_root(&mut self, key: &(String, String), offset: i64) {
+        let Some(first) = self.thread_first.get(key).map(|v| v.0) else {
+            return;
+        };
+        match self.items.get(&key.1).cloned() {
+            Some(old)
+                if old.kind == ItemKind::Comment
+                    && !old.reply
+                    && old.account == key.0
+                    && old.first_response != Some(first) =>
+            {
+                let it = Item {
+                    first_response: Some(first),
+                    ..old.clone()
+                };
+                self.change(key.1.clone(), Some(old), Some(it), offset);
+            }
+            _ => {}
+        }
+    }
+
+    /// The items of a DM thread from its DMs: a story reply, and a DM that opens a
+    /// conversation (no DM either way within the silence before it), each answered by the
+    /// brand's first DM at or after it. Items whose windows are final are left alone.
+    fn rederive(&mut self, key: &(String, String), offset: i64) {
+        let Some(th) = self.threads.get(key) else {
+            return;
+        };
+        let silence = self.cfg.dm_silence_ms;
+        let mut derived: Vec<(String, Item)> = Vec::new();
+        for (i, dm) in th.dms.iter().enumerate() {
+            if dm.out {
+                continue;
+            }
+            let quiet_before = th.dms[..i]
+                .iter()
+                .rev()
+                .find(|d| d.time < dm.time || (d.time == dm.time && d.id != dm.id))
+                .is_none_or(|d| d.time < dm.time - silence);
+            if dm.story.is_none() && !quiet_before {
+                continue;
+            }
+            let answer = th
+                .dms
+                .iter()
+                .find(|d| d.out && d.time >= dm.time)
+                .map(|d| d.time);
+            derived.push((
+                dm.id.clone(),
+                Item {
+                    account: key.0.clone(),
+                    content: dm.story.clone().filter(|s| !s.is_empty()),
+                    kind: if dm.story.is_some() {
+                        ItemKind::StoryReply
+                    } else {
+                        ItemKind::Dm
+                    },
+                    time: dm.time,
+                    reply: false,
+                    thread: key.1.clone(),
+                    answered: answer,
+                    first_response: answer,
+                    removed: false,
+                },
+            ));
+        }
+        let ids: Vec<String> = th
+            .dms
+            .iter()
+            .filter(|d| !d.out)
+            .map(|d| d.id.clone())
+            .collect();
+        for id in ids {
+            let old = self
+                .items
+                .get(&id)
+                .filter(|it| it.kind != ItemKind::Comment && it.thread == key.1)
+                .cloned();
+            let new = derived
+                .iter()
+                .find(|(d, _)| *d == id)
+                .map(|(_, it)| it.clone());
+            let final_window = |it: &Item| {
+                self.windows
+                    .is_final(WindowKind::Day, window_start(WindowKind::Day, it.time))
+            };
+            if old == new || old.as_ref().or(new.as_ref()).is_some_and(final_window) {
+                continue;
+            }
+            self.change(id, old, new, offset);
+        }
+    }
+
+    /// Replaces item `id` (old → new; None: no item) and moves its contribution between
+    /// windows.
     fn change(&mut self, id: String, old: Option<Item>, new: Option<Item>, offset: i64) {
         let before = old.as_ref().and_then(contribution);
         let after = new.as_ref().and_then(contribution);
-        if let Some(it) = new.clone() {
-            self.items.insert(id, it);
+        match new.clone() {
+            Some(it) => {
+                self.items.insert(id, it);
+            }
+            None => {
+                self.items.remove(&id);
+            }
         }
         if before == after {
             return;
@@ -488,21 +576,52 @@ impl Conversations {
         }
     }
 
-    /// Forgets items whose DAY window is final, silent threads, and early answers nothing
-    /// will claim.
+    /// Forgets items whose DAY window is final (and their actions), the DMs of a thread too
+    /// old to decide an item that can still change, and answers nothing will claim.
     fn forget(&mut self, wm: i64) {
         let horizon = self.horizon();
-        // Items whose DAY window is final; threads silent for longer than the silence.
-        self.items.retain(|_, it| {
-            let day_end = it.time - it.time.rem_euclid(DAY) + DAY;
-            day_end.saturating_add(horizon) >= wm
+        let day_final = |t: i64| (t - t.rem_euclid(DAY) + DAY).saturating_add(horizon) < wm;
+        let mut gone: Vec<String> = Vec::new();
+        self.items.retain(|id, it| {
+            let keep = !day_final(it.time);
+            if !keep {
+                gone.push(id.clone());
+            }
+            keep
         });
+        for id in gone {
+            self.actions.remove(&id);
+        }
+        // A thread's DMs decide items up to the silence after them.
         let silence = self.cfg.dm_silence_ms;
-        self.threads
-            .retain(|_, th| th.last_dm.saturating_add(silence).saturating_add(horizon) >= wm);
+        let keep_dms_after = wm
+            .saturating_sub(horizon)
+            .saturating_sub(DAY)
+            .saturating_sub(silence);
+        let stale: Vec<(String, String)> = self
+            .threads
+            .iter()
+            .filter(|(_, th)| th.dms.first().is_some_and(|d| d.time < keep_dms_after))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(th) = self.threads.get_mut(&k) {
+                th.dms.retain(|d| d.time >= keep_dms_after);
+            }
+            if self
+                .threads
+                .get(&k)
+                .is_some_and(|th| th.last_dm().is_none())
+            {
+                self.threads.remove(&k);
+            }
+        }
         let keep_after = wm.saturating_sub(horizon.saturating_add(DAY));
-        self.early.retain(|_, v| v.1 >= keep_after);
-        self.early_roots.retain(|_, v| v.1 >= keep_after);
+        self.answers.retain(|_, v| v.1 >= keep_after);
+        self.thread_first.retain(|_, v| v.1 >= keep_after);
+        let items = &self.items;
+        self.actions
+            .retain(|id, list| items.contains_key(id) || list.iter().any(|a| a.0 >= keep_after));
     }
 }
 
@@ -527,8 +646,9 @@ impl Operator for Conversations {
     fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
         self.items.write_changes(out)?;
         self.threads.write_changes(out)?;
-        self.early.write_changes(out)?;
-        self.early_roots.write_changes(out)?;
+        self.answers.write_changes(out)?;
+        self.thread_first.write_changes(out)?;
+        self.actions.write_changes(out)?;
         self.windows.write_changes(out)
     }
 
@@ -536,8 +656,9 @@ impl Operator for Conversations {
         match entry.tag() {
             t if t == ITEMS.tag => self.items.restore_entry(entry),
             t if t == THREADS.tag => self.threads.restore_entry(entry),
-            t if t == EARLY.tag => self.early.restore_entry(entry),
-            t if t == EARLY_ROOTS.tag => self.early_roots.restore_entry(entry),
+            t if t == ANSWERS.tag => self.answers.restore_entry(entry),
+            t if t == THREAD_FIRST.tag => self.thread_first.restore_entry(entry),
+            t if t == ACTIONS.tag => self.actions.restore_entry(entry),
             _ if self.windows.holds(entry) => self.windows.restore_entry(entry),
             _ => Err(entry.unknown()),
         }
@@ -546,8 +667,9 @@ impl Operator for Conversations {
     fn restored(&mut self) {
         self.items.forget_changes();
         self.threads.forget_changes();
-        self.early.forget_changes();
-        self.early_roots.forget_changes();
+        self.answers.forget_changes();
+        self.thread_first.forget_changes();
+        self.actions.forget_changes();
         self.windows.forget_changes();
     }
 

@@ -207,6 +207,10 @@ fn restoring_from_the_changelog_at_any_point_continues_identically() {
         comment("c9", None, T0 + 9 * MINUTE),
         dm(Kind::DmOut, "u1", "o1", T0 + 75 * MINUTE),
         ev(Kind::Comment, Action::Remove, "c2", T0 + 80 * MINUTE),
+        ev(Kind::Comment, Action::Hide, "c7", T0 + 82 * MINUTE), // before its comment
+        dm(Kind::DmIn, "u2", "m5", T0 + 84 * MINUTE),            // opens, until o4 arrives
+        comment("c7", None, T0 + 81 * MINUTE),
+        dm(Kind::DmOut, "u2", "o4", T0 + 83 * MINUTE),
     ];
     let feed = |c: &mut Conversations, from: usize, out: &mut Vec<ConversationRollup>| {
         for (i, e) in events.iter().enumerate().skip(from) {
@@ -238,4 +242,128 @@ fn restoring_from_the_changelog_at_any_point_continues_identically() {
         want.sort();
         assert_eq!(got, want, "restored after {cut} events");
     }
+}
+
+/// The rows without what depends on arrival order (revision, emitted_at), and without rows
+/// left empty (a window an item counted in until a later-arriving event took it back, as a
+/// DM that opened until the brand's earlier DM arrived).
+fn settled(rows: &BTreeMap<WindowKey, ConversationRollup>) -> Vec<String> {
+    rows.values()
+        .filter(|r| r.inbound != 0 || r.root_comments != 0 || r.reply_comments != 0)
+        .map(|r| {
+            let mut r = r.clone();
+            r.revision = 0;
+            r.emitted_at = 0;
+            format!("{r:?}")
+        })
+        .collect()
+}
+
+/// `events` delivered in many orders within the lateness (each delayed by a seeded random
+/// 0–30 minutes, and all of them at once in reverse when they span less than that): each
+/// gives the rows of event-time order.
+fn same_in_any_order(events: &[EngagementEvent], orders: u64) {
+    let mut ordered = events.to_vec();
+    ordered.sort_by_key(|e| e.event_time);
+    let want = settled(&run(&ordered));
+    let span = ordered.last().map_or(0, |e| e.event_time) - ordered[0].event_time;
+    if span < 30 * MINUTE {
+        let mut reversed = ordered.clone();
+        reversed.reverse();
+        assert_eq!(settled(&run(&reversed)), want, "reversed");
+    }
+    for seed in 1..=orders {
+        let mut x = seed * 0x9E37_79B9;
+        let mut delayed: Vec<(i64, EngagementEvent)> = ordered
+            .iter()
+            .map(|e| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (e.event_time + (x % (30 * MINUTE as u64)) as i64, e.clone())
+            })
+            .collect();
+        delayed.sort_by_key(|(at, _)| *at);
+        let shuffled: Vec<EngagementEvent> = delayed.into_iter().map(|(_, e)| e).collect();
+        assert_eq!(settled(&run(&shuffled)), want, "order {seed}");
+    }
+}
+
+#[test]
+fn moderation_follows_event_time_whatever_arrives_first() {
+    let hide = |id: &str, t: i64| ev(Kind::Comment, Action::Hide, id, t);
+    let unhide = |id: &str, t: i64| ev(Kind::Comment, Action::Unhide, id, t);
+    let events = vec![
+        comment("c1", None, T0 + 10 * MINUTE),
+        hide("c1", T0 + 11 * MINUTE),
+        unhide("c1", T0 + 12 * MINUTE), // visible again
+        comment("c2", None, T0 + 10 * MINUTE),
+        ev(
+            Kind::Comment,
+            Action::Remove,
+            "c2",
+            T0 + 10 * MINUTE + 30_000,
+        ), // removed
+        comment("c3", None, T0 + 13 * MINUTE),
+        unhide("c3", T0 + 13 * MINUTE + 10_000),
+        hide("c3", T0 + 14 * MINUTE), // the latest is a HIDE: hidden
+    ];
+    // In event-time order: c1 counts, c2 and c3 do not.
+    let mut ordered = events.clone();
+    ordered.sort_by_key(|e| e.event_time);
+    assert_eq!(hour(&run(&ordered), 0).inbound, 1);
+    // The actions first, the UNHIDE of c1 before its HIDE, c3's HIDE before its UNHIDE.
+    let mut first = ordered.clone();
+    first.reverse();
+    assert_eq!(hour(&run(&first), 0).inbound, 1);
+    same_in_any_order(&events, 60);
+}
+
+#[test]
+fn dm_conversations_are_decided_by_event_time() {
+    let events = vec![
+        dm(Kind::DmIn, "u1", "m1", T0 + HOUR),
+        dm(Kind::DmIn, "u1", "m2", T0 + HOUR + 30_000), // the same conversation
+        dm(Kind::DmOut, "u1", "o1", T0 + HOUR + 5 * MINUTE),
+        dm(Kind::DmIn, "u1", "m3", T0 + 30 * HOUR), // after 29 h of silence: a new one
+        dm(Kind::DmOut, "u2", "o2", T0 + 2 * HOUR),
+        dm(Kind::DmIn, "u2", "m4", T0 + 2 * HOUR + MINUTE), // 1 minute after the brand: not new
+        dm(Kind::StoryReply, "u3", "s1", T0 + 3 * HOUR),
+        dm(Kind::DmOut, "u3", "o3", T0 + 3 * HOUR + 20_000),
+    ];
+    let mut ordered = events.clone();
+    ordered.sort_by_key(|e| e.event_time);
+    let rows = run(&ordered);
+    let day = &rows[&("acct".to_owned(), String::new(), WindowKind::Day, T0)];
+    assert_eq!(
+        (day.inbound_dms, day.inbound_story_replies, day.answered),
+        (1, 1, 2),
+        "{day:?}"
+    );
+    // m2 arriving first would have opened in processing order; by event time m1 does.
+    same_in_any_order(&events, 60);
+}
+
+#[test]
+fn the_first_response_of_a_thread_counts_any_answer_in_it() {
+    // A private reply to a reply in c1's thread comes before the brand's reply to c1 itself.
+    let mut private = ev(Kind::PrivateReplySent, Action::Add, "p1", T0 + 20 * MINUTE);
+    private.parent_id = Some("c2".into());
+    private.is_brand_actor = true;
+    let events = vec![
+        comment("c1", None, T0 + 10 * MINUTE),
+        comment("c2", Some("c1"), T0 + 15 * MINUTE),
+        private,
+        brand_reply("b1", "c1", T0 + 40 * MINUTE),
+    ];
+    let mut ordered = events.clone();
+    ordered.sort_by_key(|e| e.event_time);
+    let h0 = hour(&run(&ordered), 0).clone();
+    assert_eq!((h0.inbound, h0.answered), (2, 2));
+    let first = h0.median_first_response_s.unwrap();
+    assert!(
+        (first - 600.0).abs() <= 6.0,
+        "10 minutes from c1 to p1: {first}"
+    );
+    same_in_any_order(&events, 30);
 }
