@@ -42,6 +42,10 @@ pub struct StreamConfig {
     pub allowed_lateness_ms: i64,
     /// N of time-to-N.
     pub time_to_n: i64,
+    /// How long the ids of events timed by their delivery (Instagram comments and mentions:
+    /// a redelivery comes with a new time) are remembered to recognise redeliveries, in ms
+    /// (Meta retries for 36 h).
+    pub redelivery_horizon_ms: i64,
     /// A caught-up partition without input for this long is idle: its watermark follows the
     /// wall clock from its highest event time, closing its windows.
     pub idle_timeout_ms: u64,
@@ -66,6 +70,7 @@ impl Default for StreamConfig {
             out_of_orderness_ms: 60_000,
             allowed_lateness_ms: 3_600_000,
             time_to_n: 50,
+            redelivery_horizon_ms: 36 * 3_600_000,
             idle_timeout_ms: 30_000,
             max_batch_events: 20_000,
             max_batch_ms: 250,
@@ -94,6 +99,12 @@ impl Validate for StreamConfig {
         }
         if self.time_to_n < 1 {
             return Err(invalid("stream.time_to_n", "must be at least 1"));
+        }
+        if self.redelivery_horizon_ms < self.allowed_lateness_ms {
+            return Err(invalid(
+                "stream.redelivery_horizon_ms",
+                "must be at least stream.allowed_lateness_ms",
+            ));
         }
         if self.idle_timeout_ms < 100 {
             return Err(invalid("stream.idle_timeout_ms", "must be at least 100"));

@@ -45,6 +45,7 @@ impl PipelineConfig {
                 out_of_orderness_ms: s.stream.out_of_orderness_ms,
                 allowed_lateness_ms: s.stream.allowed_lateness_ms,
                 time_to_n: s.stream.time_to_n,
+                redelivery_horizon_ms: s.stream.redelivery_horizon_ms,
             },
             spike: s.spike,
             funnel: FunnelConfig {

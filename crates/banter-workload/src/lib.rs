@@ -61,6 +61,9 @@ pub struct WorkloadConfig {
     pub late_rate: f64,
     /// Share of events delivered beyond the allowed lateness (2 hours late).
     pub very_late_rate: f64,
+    /// Share of Instagram comments Meta delivers again hours later, timed by that delivery
+    /// (Instagram comments carry no creation time): the same id, a new event time.
+    pub late_redelivery_rate: f64,
     /// The stream processor's allowed lateness, ms (decides which deliveries are too late).
     pub allowed_lateness_ms: i64,
     /// Interaction count N of time-to-N.
@@ -84,6 +87,7 @@ impl Default for WorkloadConfig {
             max_disorder_ms: 60_000,
             late_rate: 0.002,
             very_late_rate: 0.0005,
+            late_redelivery_rate: 0.01,
             allowed_lateness_ms: 60 * MINUTE,
             time_to_n: 50,
         }
@@ -443,6 +447,9 @@ impl Workload {
                     });
                 }
             }
+            // A person has one reaction on a post (a second would be a change of reaction):
+            // who reacted to this post.
+            let mut reacted: BTreeSet<u32> = BTreeSet::new();
             for t in times {
                 let roll = rng.below(100);
                 let kind = match roll {
@@ -452,8 +459,13 @@ impl Workload {
                     93..=97 => Kind::DmIn,
                     _ => Kind::Mention,
                 };
-                let actor =
+                let mut actor =
                     (pareto(&mut rng, 1.0, 1.1) as u32).min(1_000_000) * 7 + rng.below(7) as u32;
+                // Someone who reacted already: the reaction is somebody new's.
+                if kind == Kind::PostReaction && !reacted.insert(actor) {
+                    actor = 8_000_000 + reacted.len() as u32;
+                    reacted.insert(actor);
+                }
                 let keyword = kind == Kind::Comment && post.cta.is_some() && rng.chance(0.15);
                 let s = next_serial();
                 let parent = if kind == Kind::Comment && rng.chance(0.2) {
@@ -599,6 +611,20 @@ impl Workload {
                     ..*d
                 });
             }
+            // Meta retries for up to 36 h; an Instagram comment comes back with the time of
+            // the retry.
+            if Self::delivery_timed(d.kind) && rng.chance(config.late_redelivery_rate) {
+                let again = d.deliver_at + (30 + rng.below(330)) as i64 * MINUTE;
+                if again >= end {
+                    continue;
+                }
+                dups.push(Draft {
+                    duplicate: true,
+                    event_time: again,
+                    deliver_at: again,
+                    ..*d
+                });
+            }
         }
         // A very late delivery after the end of the span would never be seen: keep it in.
         let unique = drafts.len() as u64;
@@ -637,8 +663,21 @@ impl Workload {
         self.drafts[i].deliver_at
     }
 
+    /// Kinds Meta times only by their delivery (Instagram comments and mentions): their ids
+    /// leave the time out, as ingest's do.
+    fn delivery_timed(kind: Kind) -> bool {
+        matches!(
+            kind,
+            Kind::Comment | Kind::BrandReply | Kind::LiveComment | Kind::Mention
+        )
+    }
+
     fn event_id(&self, d: &Draft) -> String {
-        format!("gen:{}:{}:{}:{}", d.serial, d.kind, d.action, d.event_time)
+        if Self::delivery_timed(d.kind) {
+            format!("gen:{}:{}:{}", d.serial, d.kind, d.action)
+        } else {
+            format!("gen:{}:{}:{}:{}", d.serial, d.kind, d.action, d.event_time)
+        }
     }
 
     /// Delivery `i`, in delivery order, as an event.
@@ -655,7 +694,7 @@ impl Workload {
             Kind::DmIn | Kind::DmOut | Kind::DmRead | Kind::DmPostback | Kind::PrivateReplySent => {
                 Platform::Messenger
             }
-            Kind::LinkClick | Kind::Conversion => Platform::FirstParty,
+            Kind::LinkClick | Kind::Conversion | Kind::PostPublished => Platform::FirstParty,
             _ => Platform::Instagram,
         };
         let mut e = EngagementEvent::new(
@@ -672,7 +711,7 @@ impl Workload {
         e.received_at = d.deliver_at;
         e.event_time_source = match platform {
             Platform::FirstParty => EventTimeSource::FirstParty,
-            Platform::Instagram => EventTimeSource::PlatformDelivery,
+            _ if Self::delivery_timed(d.kind) => EventTimeSource::PlatformDelivery,
             _ => EventTimeSource::PlatformEvent,
         };
         let on_post = !matches!(

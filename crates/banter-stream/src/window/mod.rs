@@ -12,6 +12,10 @@
 //!   `late_events` count. Later than that, the event is returned as [`Output::TooLate`] (the
 //!   caller dead-letters it as `late`).
 //! * **Duplicates** (same `event_id`) are counted once while their window can still change.
+//!   An event timed by its delivery (`PLATFORM_DELIVERY`: Instagram comments carry no creation
+//!   time, a redelivery hours later comes with a new one and the same id) is recognised for
+//!   `redelivery_horizon_ms` (36 h) whatever minute it falls in, through a changelog of those
+//!   ids; the first delivery counts.
 //! * **First hour** ([`first_hour`]). Per post, interactions within 15 and 60 minutes of
 //!   `content_published_at` (or a POST_PUBLISHED event), emitted when the watermark passes
 //!   publication + 15 / 60 min; early acceleration and time-to-N (minute resolution: the end of
@@ -47,6 +51,7 @@ use crate::changelog::{Change, ChangelogMap, Entry, StateError, Store};
 use crate::operator::{Operator, Time};
 use crate::table::{prefetch_slot, Map, Table};
 use crate::time::minute_of;
+use banter_model::EventTimeSource;
 
 pub use crate::time::MINUTE;
 
@@ -97,6 +102,8 @@ pub struct WindowConfig {
     pub allowed_lateness_ms: i64,
     /// N of time-to-N (default 50).
     pub time_to_n: i64,
+    /// How long the ids of events timed by their delivery are remembered (default 36 h).
+    pub redelivery_horizon_ms: i64,
 }
 
 impl Default for WindowConfig {
@@ -105,6 +112,7 @@ impl Default for WindowConfig {
             out_of_orderness_ms: 60_000,
             allowed_lateness_ms: 3_600_000,
             time_to_n: 50,
+            redelivery_horizon_ms: 36 * 3_600_000,
         }
     }
 }
@@ -154,6 +162,12 @@ enum Timer {
 fn id_hash(id: &str) -> u64 {
     foldhash::quality::FixedState::with_seed(0x6261_6e74_6572).hash_one(id)
 }
+
+/// The engine's changelog table of delivery-timed ids.
+const DELIVERED: crate::changelog::TableId = crate::changelog::TableId {
+    tag: b'd',
+    name: "delivery-timed event id",
+};
 
 /// One minute of panes: the counts per key and the mark of the event that created it.
 #[derive(Debug, Clone)]
@@ -228,6 +242,11 @@ pub struct Engine {
     unpublished: Map<u32, Vec<Held>>,
     /// The minute up to which held interactions were last forgotten.
     held_horizon: Option<i64>,
+    /// Ids of events timed by their delivery: id hash → (minute counted, input offset of the
+    /// first delivery), for the redelivery horizon; a changelog (it outlives the replay).
+    delivered: ChangelogMap<i64, (i64, i64)>,
+    /// The hour up to which delivered ids were last forgotten.
+    delivered_horizon: Option<i64>,
     /// After a restore: first-hour state comes from the changelog as of this offset; the
     /// replayed input before it does not touch it.
     skip_posts_below: i64,
@@ -270,6 +289,8 @@ impl Engine {
             forgotten_names: Vec::new(),
             unpublished: Map::default(),
             held_horizon: None,
+            delivered: ChangelogMap::new(DELIVERED),
+            delivered_horizon: None,
             skip_posts_below: 0,
             restored_timers: Vec::new(),
             idle: BTreeMap::new(),
@@ -297,6 +318,7 @@ impl Engine {
             + self.seen_entries()
             + self.posts.len()
             + self.held()
+            + self.delivered.len()
     }
 
     /// The highest event time seen, each capped at the event's receipt (None before the
@@ -494,6 +516,12 @@ impl Engine {
             return false;
         }
         let id = id_hash(&e.event_id);
+        if e.event_time_source == EventTimeSource::PlatformDelivery
+            && self.redelivered(id, minute, offset)
+        {
+            self.stats.duplicates += 1;
+            return false;
+        }
         // A new minute's set is sized like the last closed minute's: no growing step by step.
         let size = self.sizes.seen;
         let fresh = self
@@ -656,6 +684,20 @@ impl Engine {
         self.evict();
     }
 
+    /// Whether a delivery-timed event (id hash `id`, in `minute`, read at `offset`) was
+    /// delivered before, in any minute; records its first delivery. Replayed input after a
+    /// restore finds its own first delivery recorded: that one counts again.
+    fn redelivered(&mut self, id: u64, minute: i64, offset: i64) -> bool {
+        let key = id as i64;
+        match self.delivered.get(&key) {
+            Some(&(_, first)) => first != offset,
+            None => {
+                self.delivered.insert(key, (minute, offset));
+                false
+            }
+        }
+    }
+
     fn minute_row(&self, k: Key, minute: i64, emitted_at: i64, out: &mut Vec<Output>) {
         if let Some(c) = self.panes.get(&minute).and_then(|p| p.counts.get(&k)) {
             out.push(Output::Rollup(c.rollup(
@@ -714,6 +756,13 @@ impl Engine {
             self.held_horizon = Some(cut);
             self.forget_held(cut - 1);
         }
+        // Delivery-timed ids, once an hour.
+        let hour = wm - wm.rem_euclid(60 * MINUTE);
+        if self.delivered_horizon.is_none_or(|h| hour > h) {
+            self.delivered_horizon = Some(hour);
+            let oldest = wm.saturating_sub(self.cfg.redelivery_horizon_ms);
+            self.delivered.retain(|_, &(minute, _)| minute >= oldest);
+        }
         let seen_horizon = wm.saturating_sub(self.cfg.allowed_lateness_ms + MINUTE);
         while let Some((&m, _)) = self.seen_by_minute.first_key_value() {
             if m + MINUTE > seen_horizon {
@@ -739,15 +788,20 @@ impl Operator for Engine {
     }
 
     fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
-        self.write_post_changes(out)
+        self.write_post_changes(out)?;
+        self.delivered.write_changes(out)
     }
 
     fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
+        if entry.tag() == DELIVERED.tag {
+            return self.delivered.restore_entry(entry);
+        }
         self.restore_post(entry)
     }
 
     fn restored(&mut self) {
         self.posts.forget_changes();
+        self.delivered.forget_changes();
     }
 
     fn state_entries(&self) -> usize {
@@ -760,6 +814,7 @@ mod tests {
     use banter_model::{Action, Kind, Platform};
 
     use super::*;
+    use crate::time::DAY;
 
     const T0: i64 = 1_764_000_000_000;
 
@@ -825,5 +880,80 @@ mod tests {
             "{:?}",
             minutes(&out)
         );
+    }
+
+    #[test]
+    fn a_redelivery_hours_later_with_a_new_delivery_time_counts_once() {
+        let comment = |t: i64| {
+            let mut e = EngagementEvent::new(
+                "INSTAGRAM:c1:COMMENT:ADD", // no time in the id: it is only the delivery's
+                Platform::Instagram,
+                Kind::Comment,
+                Action::Add,
+                "a1",
+                t,
+            );
+            e.content_id = Some("p1".into());
+            e.event_time_source = banter_model::EventTimeSource::PlatformDelivery;
+            e
+        };
+        let run = |restart_at: Option<usize>| {
+            let mut engine = Engine::new(WindowConfig::default());
+            let mut out = Vec::new();
+            let mut inputs = vec![comment(T0)];
+            // Steady traffic for 3 hours, then Meta redelivers the comment.
+            for i in 1..180 {
+                inputs.push(reaction(&format!("r{i}"), T0 + i * MINUTE, T0 + i * MINUTE));
+            }
+            inputs.push(comment(T0 + 3 * 60 * MINUTE + 5_000));
+            for (i, e) in inputs.iter().enumerate() {
+                if restart_at == Some(i) {
+                    let cp = engine.checkpoint();
+                    let mut changes = Vec::new();
+                    engine.write_changes(&mut changes).unwrap();
+                    let mut restored = Engine::restored(WindowConfig::default(), &cp);
+                    for c in &changes {
+                        if let Some(value) = &c.value {
+                            let entry = Entry {
+                                store: Store::Windows,
+                                key: &c.key,
+                                value,
+                            };
+                            restored.restore_entry(&entry).unwrap();
+                        }
+                    }
+                    restored.restored();
+                    let mut discarded = Vec::new();
+                    for (j, e) in inputs
+                        .iter()
+                        .enumerate()
+                        .take(i)
+                        .skip(Engine::replay_from(&cp) as usize)
+                    {
+                        restored.process(e, j as i64, &mut discarded);
+                    }
+                    restored.finish_replay(&mut discarded);
+                    engine = restored;
+                }
+                engine.process(e, i as i64, &mut out);
+            }
+            engine.advance_watermark(T0 + DAY, &mut out);
+            let comments: i64 = out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Rollup(r)
+                        if r.window == WindowKind::Minute && r.content_id.is_none() =>
+                    {
+                        Some(r.comments)
+                    }
+                    _ => None,
+                })
+                .sum();
+            (comments, engine.stats().duplicates)
+        };
+        assert_eq!(run(None), (1, 1));
+        // Restarted after the first delivery: the changelog remembers it (replay would not:
+        // it is hours before the restore point).
+        assert_eq!(run(Some(150)), (1, 1));
     }
 }
