@@ -352,7 +352,9 @@ impl Workload {
             for j in 0..n {
                 let published =
                     config.start_ms - 120 * MINUTE + (uniform(&mut rng) * window) as i64;
-                let published = published - published % 1000;
+                // Whole seconds after the start: the same events for any start (a start at
+                // another millisecond must not draw another workload).
+                let published = published - (published - config.start_ms).rem_euclid(1000);
                 let content_type = match rng.below(100) {
                     0..=49 => ContentType::Feed,
                     50..=84 => ContentType::Reels,
@@ -1130,6 +1132,22 @@ mod tests {
         }
         let c = Workload::generate(WorkloadConfig { seed: 7, ..small() });
         assert_ne!(a.len(), c.len());
+        // Another start (here "now", at any millisecond) moves the same workload in time.
+        let start = small().start_ms + 3 * 60 * MINUTE + 115;
+        let d = Workload::generate(WorkloadConfig {
+            start_ms: start,
+            ..small()
+        });
+        assert_eq!(a.len(), d.len());
+        assert_eq!(a.expected.spikes.len(), d.expected.spikes.len());
+        let shift = start - small().start_ms;
+        for i in (0..a.len()).step_by(97) {
+            let (x, y) = (a.event(i), d.event(i));
+            assert_eq!((x.kind, &x.account_id), (y.kind, &y.account_id));
+            if !a.expected.spikes.iter().any(|s| Some(&s.content_id) == x.content_id.as_ref()) {
+                assert_eq!(x.event_time + shift, y.event_time, "{x:?}\n{y:?}");
+            }
+        }
     }
 
     #[test]

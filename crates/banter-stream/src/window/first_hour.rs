@@ -18,6 +18,13 @@ pub(super) const POSTS: TableId = TableId {
     name: "first-hour post",
 };
 
+/// Posts whose state was forgotten, by (content id, publication time): the input offset from
+/// which it was, kept while a replay could start before it.
+pub(super) const RETIRED: TableId = TableId {
+    tag: b'f',
+    name: "forgotten post",
+};
+
 /// Most interactions a post keeps by time for time-to-N (its changelog value stays far below
 /// Kafka's record limit): beyond it the latest are dropped, which leaves time-to-N exact while
 /// N is well below it.
@@ -164,8 +171,15 @@ impl Engine {
         };
         if offset < self.skip_posts_below {
             // Replayed after a restore: the restored first-hour state holds what was counted
-            // before the checkpoint; what was still waiting for a publication then waits again.
-            if known.is_none() && d != 0 {
+            // before the checkpoint; what was still waiting for a publication then waits
+            // again. It was not waiting if some state of the post lived between this offset
+            // and the checkpoint: restored, or forgotten since.
+            let found = known.is_some()
+                || self
+                    .retired_until
+                    .get(&content)
+                    .is_some_and(|&f| offset < f);
+            if !found && d != 0 {
                 self.hold(content, held);
             }
             return;
@@ -391,13 +405,38 @@ impl Engine {
             }
         }
         self.forgotten_names.push(c);
+        // Events read from here on find it gone; a replay from before here must not.
+        let from = self.next_offset;
+        self.retired.insert((c, p), from);
+        self.names.retain(c);
+        let until = self.retired_until.entry(c).or_insert(from);
+        *until = (*until).max(from);
         Some(post)
     }
 
     /// First-hour state changed since the last call, as changelog entries keyed by (content
     /// id, publication time).
     pub(super) fn write_post_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+        // Forgotten posts no replay can reach any more: it starts at or after their offset.
+        let start = self.restore_mark().map_or(self.next_offset, |m| m.offset);
+        let gone: Vec<(u32, i64)> = self
+            .retired
+            .iter()
+            .filter(|&(_, &from)| from <= start)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            self.retired.remove(&k);
+            self.forgotten_names.push(k.0);
+        }
+        self.retired_until.retain(|_, until| *until > start);
         let names = &self.names;
+        self.retired.drain_changes(|&(c, p), from| {
+            let key = encode_key(RETIRED.tag, &(names.names[c as usize].to_string(), p));
+            let value = from.map(|f| f.to_string().into_bytes()); // JSON of an integer
+            out.push(Change { key, value });
+            Ok::<(), StateError>(())
+        })?;
         self.posts.drain_changes(|&(c, p), post| {
             let key = encode_key(POSTS.tag, &(names.names[c as usize].to_string(), p));
             let value = match post {
@@ -413,6 +452,21 @@ impl Engine {
         for c in std::mem::take(&mut self.forgotten_names) {
             self.names.release(c);
         }
+        Ok(())
+    }
+
+    /// Takes back one entry of the forgotten posts (the latest of its post), after
+    /// [`Engine::restored`] and before the replay.
+    pub(super) fn restore_retired(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
+        let (content, published): (String, i64) = entry.key()?;
+        let from: i64 = entry.value()?;
+        let c = self.names.intern(&content);
+        if self.retired.get(&(c, published)).is_none() {
+            self.names.retain(c);
+        }
+        self.retired.restore((c, published), from);
+        let until = self.retired_until.entry(c).or_insert(from);
+        *until = (*until).max(from);
         Ok(())
     }
 

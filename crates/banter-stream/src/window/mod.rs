@@ -237,6 +237,13 @@ pub struct Engine {
     publications: Map<u32, Vec<i64>>,
     /// Content names of forgotten posts, released once their deletion is written.
     forgotten_names: Vec<u32>,
+    /// (content name id, publication time) -> the input offset from which the post's state
+    /// was forgotten, while a replay after a restore could start before it; a changelog. A
+    /// replayed event from before then found the post's publication, so it did not wait.
+    retired: ChangelogMap<(u32, i64), i64>,
+    /// content name id -> the latest offset in `retired` (an event read before it found a
+    /// publication of the content).
+    retired_until: Map<u32, i64>,
     /// content name id -> interactions waiting for the post's publication time, while a
     /// publication could still claim them (each holds a reference to its name).
     unpublished: Map<u32, Vec<Held>>,
@@ -287,6 +294,8 @@ impl Engine {
             posts: ChangelogMap::new(first_hour::POSTS),
             publications: Map::default(),
             forgotten_names: Vec::new(),
+            retired: ChangelogMap::new(first_hour::RETIRED),
+            retired_until: Map::default(),
             unpublished: Map::default(),
             held_horizon: None,
             delivered: ChangelogMap::new(DELIVERED),
@@ -319,6 +328,7 @@ impl Engine {
             + self.posts.len()
             + self.held()
             + self.delivered.len()
+            + self.retired.len()
     }
 
     /// The highest event time seen, each capped at the event's receipt (None before the
@@ -361,7 +371,9 @@ impl Engine {
             .values()
             .map(|v| size_of::<(u32, Vec<Held>)>() + 8 + v.capacity() * size_of::<Held>())
             .sum::<usize>();
-        panes + seen + posts + held + self.names.heap_bytes()
+        let retired = self.retired.len() * (size_of::<((u32, i64), i64)>() + 16)
+            + self.retired_until.len() * (size_of::<(u32, i64)>() + 8);
+        panes + seen + posts + held + retired + self.names.heap_bytes()
     }
 
     fn seen_entries(&self) -> usize {
@@ -424,13 +436,7 @@ impl Engine {
 
     /// The checkpoint of the current state.
     pub fn checkpoint(&self) -> Checkpoint {
-        let restore = self
-            .panes
-            .values()
-            .map(|p| p.mark)
-            .chain(self.seen_by_minute.values().map(|b| b.mark))
-            // First-hour state is not here: it is a changelog.
-            .min();
+        let restore = self.restore_mark();
         let idle = match restore {
             Some(m) => self.idle.range(m.offset..).map(|(k, v)| (*k, *v)).collect(),
             None => Vec::new(),
@@ -445,6 +451,17 @@ impl Engine {
         }
     }
 
+    /// The oldest state held by replay rather than a changelog: where a replay after a restore
+    /// starts (None: none held).
+    fn restore_mark(&self) -> Option<Mark> {
+        self.panes
+            .values()
+            .map(|p| p.mark)
+            .chain(self.seen_by_minute.values().map(|b| b.mark))
+            // First-hour state is not here: it is a changelog.
+            .min()
+    }
+
     /// Moves the watermark of an idle partition to `wm` and records the move, so that a replay
     /// after a restore repeats it at the same place in the input.
     pub fn idle_advance(&mut self, wm: i64, out: &mut Vec<Output>) {
@@ -455,7 +472,7 @@ impl Engine {
         self.idle.insert(self.next_offset, wm);
         self.advance_watermark(wm, out);
         // Forget marks older than anything a restore could need.
-        if let Some(r) = self.checkpoint().restore {
+        if let Some(r) = self.restore_mark() {
             while let Some((&k, _)) = self.idle.first_key_value() {
                 if k >= r.offset {
                     break;
@@ -793,14 +810,16 @@ impl Operator for Engine {
     }
 
     fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
-        if entry.tag() == DELIVERED.tag {
-            return self.delivered.restore_entry(entry);
+        match entry.tag() {
+            t if t == DELIVERED.tag => self.delivered.restore_entry(entry),
+            t if t == first_hour::RETIRED.tag => self.restore_retired(entry),
+            _ => self.restore_post(entry),
         }
-        self.restore_post(entry)
     }
 
     fn restored(&mut self) {
         self.posts.forget_changes();
+        self.retired.forget_changes();
         self.delivered.forget_changes();
     }
 
