@@ -1144,7 +1144,12 @@ mod tests {
         for i in (0..a.len()).step_by(97) {
             let (x, y) = (a.event(i), d.event(i));
             assert_eq!((x.kind, &x.account_id), (y.kind, &y.account_id));
-            if !a.expected.spikes.iter().any(|s| Some(&s.content_id) == x.content_id.as_ref()) {
+            if !a
+                .expected
+                .spikes
+                .iter()
+                .any(|s| Some(&s.content_id) == x.content_id.as_ref())
+            {
                 assert_eq!(x.event_time + shift, y.event_time, "{x:?}\n{y:?}");
             }
         }
