@@ -19,7 +19,11 @@ pub(super) struct Counts {
     dms_in: i32,
     mentions: i32,
     brand_replies: i32,
-    late_events: i32,
+    /// Events that arrived late, by how many minutes' windows had closed past theirs then:
+    /// `late[j - 1]` arrived when the window ending j minutes after their minute's start was
+    /// out already (the last: 5 or more). Late for the MINUTE row: all of them; for the
+    /// VELOCITY_5M row ending j minutes after this pane's start: those of `late[j - 1..]`.
+    late: [i32; 5],
     pub(super) revision: i64,
     /// Distinct non-brand actors with an interaction that adds.
     pub(super) engagers: Sketch,
@@ -45,7 +49,9 @@ pub(super) fn engager(e: &EngagementEvent) -> Option<u64> {
 }
 
 impl Counts {
-    pub(super) fn add(&mut self, e: &EngagementEvent, actor: Option<u64>, offset: i64, late: bool) {
+    /// Counts `e` (read at `offset`), late by `late` minutes' windows (0: on time; see
+    /// [`Counts::late`]).
+    pub(super) fn add(&mut self, e: &EngagementEvent, actor: Option<u64>, offset: i64, late: u8) {
         let d = e.action.count_delta() as i32;
         self.interactions += e.interaction_delta() as i32;
         if let Some(a) = actor {
@@ -62,12 +68,16 @@ impl Counts {
             Kind::BrandReply => self.brand_replies += d,
             _ => {}
         }
-        self.late_events += i32::from(late);
+        if late > 0 {
+            self.late[usize::from(late.min(5)) - 1] += 1;
+        }
         self.revision = self.revision.max(offset);
     }
 
-    /// Adds `o`'s counts (not its engagers: velocity windows, the only sums, carry none).
-    pub(super) fn add_counts(&mut self, o: &Counts) {
+    /// Adds `o`'s counts, the pane of the minute starting `j` minutes (1..=5) before the end
+    /// of the velocity window this sums (not its engagers: velocity windows, the only sums,
+    /// carry none). Its late events are those that came after that window was first out.
+    pub(super) fn add_counts(&mut self, o: &Counts, j: i64) {
         self.interactions += o.interactions;
         self.comments += o.comments;
         self.live_comments += o.live_comments;
@@ -77,7 +87,8 @@ impl Counts {
         self.dms_in += o.dms_in;
         self.mentions += o.mentions;
         self.brand_replies += o.brand_replies;
-        self.late_events += o.late_events;
+        let j = j.clamp(1, 5) as usize;
+        self.late[0] += o.late[j - 1..].iter().sum::<i32>();
         self.revision = self.revision.max(o.revision);
     }
 
@@ -130,7 +141,7 @@ impl Counts {
             early_accel: None,
             time_to_n_minutes: None,
             unique_engagers: Some(self.engagers.estimate()),
-            late_events: i64::from(self.late_events),
+            late_events: self.late.iter().map(|&n| i64::from(n)).sum(),
             emitted_at,
         }
     }

@@ -103,7 +103,6 @@ impl FirstHourTimes {
 pub(super) struct Held {
     time: i64,
     delta: i8,
-    late: bool,
     offset: i64,
     engager: Option<u64>,
 }
@@ -119,7 +118,11 @@ pub(super) struct Post {
     pub(super) published_at: i64,
     pub(super) first_15m: i64,
     pub(super) first_60m: i64,
+    /// Interactions that arrived after the FIRST_60M row was first out.
     pub(super) late_events: i64,
+    /// Interactions that arrived after the FIRST_15M row was first out.
+    #[serde(default)]
+    pub(super) late_15: i64,
     pub(super) revision: i64,
     /// The first hour's interactions by time (for time-to-N).
     pub(super) times: FirstHourTimes,
@@ -140,7 +143,6 @@ impl Engine {
 
     /// Counts event `e` (read at `mark.offset`, in `minute`) toward its post's first hour, or
     /// holds it until the post's publication time is known.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn first_hour(
         &mut self,
         e: &EngagementEvent,
@@ -148,7 +150,6 @@ impl Engine {
         content: u32,
         actor: Option<u64>,
         mark: Mark,
-        late: bool,
         out: &mut Vec<Output>,
     ) {
         let offset = mark.offset;
@@ -165,7 +166,6 @@ impl Engine {
         let held = Held {
             time: e.event_time,
             delta: d as i8,
-            late,
             offset,
             engager: actor,
         };
@@ -282,11 +282,10 @@ impl Engine {
                 post.engagers_15.insert(a);
             }
         }
-        if h.late {
-            post.late_events += 1;
-        }
-        // A correction of a first-hour row already emitted.
+        // A correction of a first-hour row already emitted: a late event of that row.
         let (re15, re60) = (post.emitted_15 && in_15, post.emitted_60);
+        post.late_15 += i64::from(re15);
+        post.late_events += i64::from(re60);
         let emitted_at = self.watermark.unwrap_or(i64::MIN);
         if re15 {
             self.emit_first(content, p, WindowKind::First15m, emitted_at, out);
@@ -351,7 +350,11 @@ impl Engine {
         );
         // The first hour's counts are 64-bit (they outlive a pane).
         r.interactions = interactions;
-        r.late_events = p.late_events;
+        r.late_events = if w == WindowKind::First15m {
+            p.late_15
+        } else {
+            p.late_events
+        };
         r.unique_engagers = Some(if w == WindowKind::First15m {
             p.engagers_15.estimate()
         } else {

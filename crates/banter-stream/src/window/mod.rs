@@ -550,7 +550,11 @@ impl Engine {
             self.stats.duplicates += 1;
             return false;
         }
-        let late = self.closed_below.is_some_and(|c| minute < c);
+        // How many minutes' windows past this one's had closed (0: on time).
+        let late_by = self
+            .closed_below
+            .map_or(0, |c| ((c - minute) / MINUTE).clamp(0, 5) as u8);
+        let late = late_by > 0;
         if late {
             self.stats.late += 1;
         }
@@ -566,17 +570,17 @@ impl Engine {
         });
         for k in std::iter::once(account).chain(post) {
             match pane.counts.get_mut(&k) {
-                Some(c) => c.add(e, actor, offset, late),
+                Some(c) => c.add(e, actor, offset, late_by),
                 None => {
                     let mut c = Counts::default();
-                    c.add(e, actor, offset, late);
+                    c.add(e, actor, offset, late_by);
                     pane.counts.insert_new(k, c);
                     self.names.retain_key(k);
                 }
             }
         }
         if let Some(c) = content {
-            self.first_hour(e, a, c, actor, mark, late, out);
+            self.first_hour(e, a, c, actor, mark, out);
         }
         if late {
             let emitted_at = self.watermark.unwrap_or(i64::MIN);
@@ -669,9 +673,10 @@ impl Engine {
             // The velocity window ending at m + 1 min sums the panes m - 4 .. m (about as many keys
             // as one minute: sized like the last one, no growing step by step).
             let mut sums: Table<Key, Counts> = Table::with_capacity(self.sizes.pane);
-            for (_, pane) in self.panes.range(m - 4 * MINUTE..=m) {
+            for (&p, pane) in self.panes.range(m - 4 * MINUTE..=m) {
+                let j = (m + MINUTE - p) / MINUTE;
                 for (&k, c) in &pane.counts {
-                    sums.entry_or_default(k).add_counts(c);
+                    sums.entry_or_default(k).add_counts(c, j);
                 }
             }
             for (&k, sum) in &sums {
@@ -731,9 +736,9 @@ impl Engine {
     fn velocity_row(&self, k: Key, end: i64, emitted_at: i64, out: &mut Vec<Output>) {
         let mut sum = Counts::default();
         let mut any = false;
-        for (_, pane) in self.panes.range(end - 5 * MINUTE..end) {
+        for (&p, pane) in self.panes.range(end - 5 * MINUTE..end) {
             if let Some(c) = pane.counts.get(&k) {
-                sum.add_counts(c);
+                sum.add_counts(c, (end - p) / MINUTE);
                 any = true;
             }
         }
@@ -974,5 +979,57 @@ mod tests {
         // Restarted after the first delivery: the changelog remembers it (replay would not:
         // it is hours before the restore point).
         assert_eq!(run(Some(150)), (1, 1));
+    }
+
+    #[test]
+    fn late_events_are_those_after_the_row_was_first_out() {
+        let mut engine = Engine::new(WindowConfig::default());
+        let mut out = Vec::new();
+        let mut published = reaction("pub", T0, T0);
+        published.kind = Kind::PostPublished;
+        published.platform = Platform::FirstParty;
+        engine.process(&published, 0, &mut out);
+        // Reactions every 30 s up to 20 minutes after publication: FIRST_15M is out.
+        for i in 1..40 {
+            let t = T0 + i * 30_000;
+            engine.process(&reaction(&format!("e{i}"), t, t), i, &mut out);
+        }
+        // One at 5 minutes arrives now: late for FIRST_15M (out), not for FIRST_60M (not yet).
+        out.clear();
+        engine.process(
+            &reaction("late", T0 + 5 * MINUTE, T0 + 20 * MINUTE),
+            40,
+            &mut out,
+        );
+        let row = |out: &[Output], w: WindowKind| {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Rollup(r) if r.window == w && r.content_id.is_some() => Some(r.clone()),
+                    _ => None,
+                })
+                .last()
+        };
+        let r15 = row(&out, WindowKind::First15m).expect("FIRST_15M corrected");
+        assert_eq!((r15.interactions, r15.late_events), (30, 1));
+        // The VELOCITY_5M rows re-emitted for minute 5: late for those already out (ending at
+        // 6 .. 10 minutes), and the MINUTE row.
+        let late: Vec<(i64, i64)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Rollup(r)
+                    if r.window == WindowKind::Velocity5m && r.content_id.is_some() =>
+                {
+                    Some(((r.window_end - T0) / MINUTE, r.late_events))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(late, vec![(6, 1), (7, 1), (8, 1), (9, 1), (10, 1)]);
+        for i in 40..130 {
+            let t = T0 + i * 30_000;
+            engine.process(&reaction(&format!("e{i}"), t, t), i + 1, &mut out);
+        }
+        let r60 = row(&out, WindowKind::First60m).expect("FIRST_60M out");
+        assert_eq!((r60.interactions, r60.late_events), (120, 0));
     }
 }
