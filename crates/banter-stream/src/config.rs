@@ -179,11 +179,16 @@ pub struct SpikeConfig {
     pub young_minutes: i64,
     /// Minutes of history a baseline needs before it is used.
     pub min_history_minutes: u32,
-    /// Earlier posts of the account seen at an age before a young post of that age is judged.
+    /// Earlier posts of the account seen at an age before a young post of that age is judged
+    /// against them.
     pub young_min_posts: u32,
+    /// Minutes of its own (from its first full minute) before a young post is also judged
+    /// against its own level.
+    pub young_own_minutes: u32,
     /// Young posts are compared in log space, ln(1 + x), across the account's posts (reach is
-    /// heavy-tailed); this is the least spread assumed (0.75: at z = 3 a young post fires at
-    /// about 9.5 times the account's typical post of that age).
+    /// heavy-tailed); this is the least spread assumed (1.0: at z = 3 a young post fires at
+    /// about 20 times the account's typical post of that age; below that, a launch that takes
+    /// off after its first minutes is caught against the post's own level).
     pub young_log_spread: f64,
     /// After firing this long, the level becomes the new baseline.
     pub max_firing_minutes: i64,
@@ -207,7 +212,8 @@ impl Default for SpikeConfig {
             young_minutes: 15,
             min_history_minutes: 10,
             young_min_posts: 3,
-            young_log_spread: 0.75,
+            young_own_minutes: 3,
+            young_log_spread: 1.0,
             max_firing_minutes: 60,
             forget_after_minutes: 24 * 60,
         }

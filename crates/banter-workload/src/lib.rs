@@ -10,7 +10,8 @@
 //! * CTA posts: ≈ 15 % of their comments contain the campaign keyword; then private reply sent
 //!   95 %, read 70 %, engaged (postback) 60 %, link click 25 %, conversion 5 % (each of the
 //!   previous stage).
-//! * Injected spikes of 10–50× lasting 5–20 minutes.
+//! * Injected spikes of 10–50× lasting 5–20 minutes, about a third of them on posts in their
+//!   first quarter hour.
 //! * Delivery faults: ≈ 1 % duplicates, deliveries up to 60 s out of order, a few late
 //!   deliveries within the allowed lateness (they correct their window) and rare very late
 //!   retries beyond it (the stream processor dead-letters them as `late`).
@@ -19,7 +20,9 @@
 //! [`EngagementEvent`]s one by one ([`Workload::event`]), so millions of events fit in memory.
 //! [`Expected`] holds the ground truth computed from the same drafts.
 
+pub mod check;
 pub mod sample;
+mod truth;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,8 +149,10 @@ struct Draft {
     deliver_at: i64,
     /// Text variant: 0 plain, 1 contains the CTA keyword.
     keyword: bool,
-    /// Thread root serial for replies (0: none).
+    /// The comment a reply or an answer is to (0: none).
     parent: u64,
+    /// Comments and the brand's replies: the serial of their thread's top-level comment.
+    thread: u64,
     value_cents: u32,
     duplicate: bool,
     /// A stage of a CTA funnel (after a keyword comment).
@@ -181,9 +186,19 @@ pub struct Expected {
     pub funnels: BTreeMap<String, Funnel>,
     /// Injected spikes.
     pub spikes: Vec<Spike>,
-    /// Per account: inbound comments (not by the brand, not removed) and how many of them got a
-    /// brand reply.
+    /// Per account: inbound comments (not by the brand, visible) and how many of them the
+    /// brand answered (the sums of `conversations`).
     pub comments_answered: BTreeMap<String, (u64, u64)>,
+    /// Per account, per minute start: distinct engagers (non-brand actors of interactions
+    /// that add).
+    #[serde(default)]
+    pub account_minute_engagers: BTreeMap<String, BTreeMap<i64, u64>>,
+    /// Per content id, per minute start: distinct engagers.
+    #[serde(default)]
+    pub content_minute_engagers: BTreeMap<String, BTreeMap<i64, u64>>,
+    /// Per account, per hour start: the account-level conversation row.
+    #[serde(default)]
+    pub conversations: BTreeMap<String, BTreeMap<i64, ConversationHour>>,
     /// Totals per kind (signed).
     pub kinds: BTreeMap<String, i64>,
 }
@@ -197,6 +212,39 @@ pub struct FirstHour {
     pub first_60m: i64,
     /// Minutes from publication to interaction N, when reached.
     pub time_to_n_minutes: Option<f64>,
+    /// Distinct engagers in the first 15 minutes.
+    #[serde(default)]
+    pub engagers_15m: u64,
+    /// Distinct engagers in the first 60 minutes.
+    #[serde(default)]
+    pub engagers_60m: u64,
+}
+
+/// One account's conversations in one hour (the README's definitions).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConversationHour {
+    /// Inbound items: visible comments, story replies, DMs opening a conversation.
+    pub inbound: i64,
+    /// Inbound items answered.
+    pub answered: i64,
+    /// Inbound comments.
+    pub inbound_comments: i64,
+    /// Inbound comments answered.
+    pub answered_comments: i64,
+    /// Story replies.
+    pub inbound_story_replies: i64,
+    /// DMs opening a conversation.
+    pub inbound_dms: i64,
+    /// Inbound comments starting a thread.
+    pub root_comments: i64,
+    /// Inbound comments replying to one.
+    pub reply_comments: i64,
+    /// Median seconds from an item to its answer.
+    pub median_response_s: Option<f64>,
+    /// 90th percentile of the same.
+    pub p90_response_s: Option<f64>,
+    /// Median seconds from a thread's root to the brand's first answer in the thread.
+    pub median_first_response_s: Option<f64>,
 }
 
 /// A campaign's funnel: distinct actors per stage.
@@ -399,6 +447,7 @@ impl Workload {
                     deliver_at: post.published_at,
                     keyword: false,
                     parent: 0,
+                    thread: 0,
                     value_cents: 0,
                     duplicate: false,
                     funnel: false,
@@ -420,9 +469,16 @@ impl Workload {
                 })
                 .collect();
             if rng.chance(config.spike_share) {
-                let onset = post.published_at.max(config.start_ms)
-                    + 30 * MINUTE
-                    + rng.below(240) as i64 * MINUTE;
+                // About a third of the spikes hit a post in its first quarter hour (a launch that
+                // takes off), the rest later in its life.
+                let young = post.published_at >= config.start_ms && rng.chance(0.35);
+                let onset = if young {
+                    post.published_at + (5 + rng.below(6)) as i64 * MINUTE
+                } else {
+                    post.published_at.max(config.start_ms)
+                        + 30 * MINUTE
+                        + rng.below(240) as i64 * MINUTE
+                };
                 let onset = onset - onset % MINUTE;
                 let length = (5 + rng.below(16)) as i64 * MINUTE;
                 if onset + length <= end {
@@ -452,6 +508,9 @@ impl Workload {
             // A person has one reaction on a post (a second would be a change of reaction):
             // who reacted to this post.
             let mut reacted: BTreeSet<u32> = BTreeSet::new();
+            // The post's top-level comments so far: replies answer one of the latest.
+            let mut roots: Vec<u64> = Vec::new();
+            times.sort_unstable();
             for t in times {
                 let roll = rng.below(100);
                 let kind = match roll {
@@ -470,11 +529,15 @@ impl Workload {
                 }
                 let keyword = kind == Kind::Comment && post.cta.is_some() && rng.chance(0.15);
                 let s = next_serial();
-                let parent = if kind == Kind::Comment && rng.chance(0.2) {
-                    s.saturating_sub(1 + rng.below(5))
+                let parent = if kind == Kind::Comment && !roots.is_empty() && rng.chance(0.2) {
+                    let back = rng.below(roots.len().min(5) as u64) as usize;
+                    roots[roots.len() - 1 - back]
                 } else {
                     0
                 };
+                if kind == Kind::Comment && parent == 0 {
+                    roots.push(s);
+                }
                 let d = Draft {
                     post: pi as u32,
                     account: post.account,
@@ -486,6 +549,7 @@ impl Workload {
                     deliver_at: t,
                     keyword,
                     parent,
+                    thread: if parent != 0 { parent } else { s },
                     value_cents: 0,
                     duplicate: false,
                     funnel: false,
@@ -738,9 +802,8 @@ impl Workload {
         match d.kind {
             Kind::Comment | Kind::BrandReply => {
                 e.object_id = Some(format!("c{}", d.serial));
-                let root = if d.parent != 0 { d.parent } else { d.serial };
                 e.parent_id = (d.parent != 0).then(|| format!("c{}", d.parent));
-                e.thread_id = Some(format!("c{root}"));
+                e.thread_id = Some(format!("c{}", d.thread));
                 e.text = Some(match (&post.cta, d.keyword) {
                     (Some((_, kw)), true) => format!("{} please!", kw.to_lowercase()),
                     _ => COMMENT_TEXTS[(d.serial % COMMENT_TEXTS.len() as u64) as usize].to_owned(),
@@ -783,322 +846,6 @@ impl Workload {
             }
         }
         e
-    }
-
-    /// The CTA funnels of the generated events, by DESIGN.md's definitions: per campaign, the
-    /// distinct actors reaching each stage. A trigger is an actor's earliest keyword comment
-    /// on the campaign's post; a stage counts for the campaign it names (a private reply names
-    /// the campaign of the comment it answers, a conversion that of its click), else for the
-    /// actor's last touch (the campaign it most recently triggered at or before the event),
-    /// between the trigger and 7 days after it (an engaging DM strictly after it). Engaged: a
-    /// postback, or any DM from the actor. The value: each converted actor's conversion.
-    fn expected_funnels(&self, too_late: &BTreeSet<&String>) -> BTreeMap<String, Funnel> {
-        const ATTRIBUTION_MS: i64 = 7 * 24 * 60 * MINUTE;
-        struct Ev {
-            stage: usize,
-            time: i64,
-            campaign: Option<String>,
-            click: Option<String>,
-            cents: u64,
-            strict: bool,
-        }
-        let counted = || {
-            self.drafts
-                .iter()
-                .filter(|d| !d.duplicate && d.action == Action::Add)
-                .filter(|d| !too_late.contains(&self.event_id(d)))
-        };
-        // Triggers: (account, actor) -> campaign -> earliest time; comment serial -> campaign.
-        let mut triggers: BTreeMap<(u32, u32), BTreeMap<String, i64>> = BTreeMap::new();
-        let mut trigger_comments: BTreeMap<u64, String> = BTreeMap::new();
-        for d in counted().filter(|d| d.kind == Kind::Comment && d.keyword) {
-            let Some((campaign, _)) = &self.posts[d.post as usize].cta else {
-                continue;
-            };
-            let t = triggers
-                .entry((d.account, d.actor))
-                .or_default()
-                .entry(campaign.clone())
-                .or_insert(d.event_time);
-            *t = (*t).min(d.event_time);
-            trigger_comments.insert(d.serial, campaign.clone());
-        }
-        let mut events: BTreeMap<(u32, u32), Vec<Ev>> = BTreeMap::new();
-        for d in counted() {
-            let cta = self.posts[d.post as usize]
-                .cta
-                .as_ref()
-                .map(|c| c.0.clone());
-            let click = || {
-                cta.as_ref()
-                    .map(|c| format!("clk-{}-{}-{c}", d.account, d.actor))
-            };
-            let ev = match d.kind {
-                Kind::PrivateReplySent => Ev {
-                    stage: 1,
-                    time: d.event_time,
-                    campaign: trigger_comments.get(&d.parent).cloned(),
-                    click: None,
-                    cents: 0,
-                    strict: false,
-                },
-                Kind::DmRead | Kind::DmPostback => Ev {
-                    stage: if d.kind == Kind::DmRead { 2 } else { 3 },
-                    time: d.event_time,
-                    campaign: None,
-                    click: None,
-                    cents: 0,
-                    strict: false,
-                },
-                Kind::DmIn if d.actor != u32::MAX => Ev {
-                    stage: 3,
-                    time: d.event_time,
-                    campaign: None,
-                    click: None,
-                    cents: 0,
-                    strict: true,
-                },
-                Kind::LinkClick => Ev {
-                    stage: 4,
-                    time: d.event_time,
-                    campaign: cta.clone(),
-                    click: click(),
-                    cents: 0,
-                    strict: false,
-                },
-                Kind::Conversion => Ev {
-                    stage: 5,
-                    time: d.event_time,
-                    campaign: None,
-                    click: click(),
-                    cents: u64::from(d.value_cents),
-                    strict: false,
-                },
-                _ => continue,
-            };
-            events.entry((d.account, d.actor)).or_default().push(ev);
-        }
-        let mut funnels: BTreeMap<String, Funnel> = BTreeMap::new();
-        let mut reached: BTreeMap<String, [BTreeSet<(u32, u32)>; 6]> = BTreeMap::new();
-        for (who, tr) in &triggers {
-            for campaign in tr.keys() {
-                reached.entry(campaign.clone()).or_default()[0].insert(*who);
-            }
-            let evs = events.get(who).map(Vec::as_slice).unwrap_or_default();
-            let last_touch = |time: i64| {
-                tr.iter()
-                    .filter(|(_, &t)| t <= time)
-                    .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-                    .map(|(c, _)| c.clone())
-            };
-            let attributed = |ev: &Ev| -> Option<String> {
-                if let Some(c) = &ev.campaign {
-                    return tr.contains_key(c).then(|| c.clone());
-                }
-                if ev.stage == 5 {
-                    if let Some(c) = evs
-                        .iter()
-                        .find(|k| k.stage == 4 && k.click.is_some() && k.click == ev.click)
-                    {
-                        return c
-                            .campaign
-                            .clone()
-                            .filter(|c| tr.contains_key(c))
-                            .or_else(|| last_touch(c.time));
-                    }
-                }
-                last_touch(ev.time)
-            };
-            let mut converted: BTreeMap<String, (i64, u64)> = BTreeMap::new();
-            for ev in evs {
-                let Some(campaign) = attributed(ev) else {
-                    continue;
-                };
-                let t0 = tr[&campaign];
-                let after = if ev.strict {
-                    ev.time > t0
-                } else {
-                    ev.time >= t0
-                };
-                if !after || ev.time > t0 + ATTRIBUTION_MS {
-                    continue;
-                }
-                reached.entry(campaign.clone()).or_default()[ev.stage].insert(*who);
-                if ev.stage == 5 {
-                    let c = converted.entry(campaign).or_insert((ev.time, ev.cents));
-                    if ev.time < c.0 {
-                        *c = (ev.time, ev.cents);
-                    }
-                }
-            }
-            for (campaign, (_, cents)) in converted {
-                funnels.entry(campaign).or_default().conversion_value_cents += cents;
-            }
-        }
-        for (campaign, stages) in reached {
-            let f = funnels.entry(campaign.clone()).or_default();
-            f.account_id = self
-                .posts
-                .iter()
-                .find(|p| p.cta.as_ref().is_some_and(|(c, _)| *c == campaign))
-                .map(|p| p.account_id.clone())
-                .unwrap_or_default();
-            f.triggered = stages[0].len() as u64;
-            f.private_reply_sent = stages[1].len() as u64;
-            f.dm_read = stages[2].len() as u64;
-            f.engaged = stages[3].len() as u64;
-            f.link_clicked = stages[4].len() as u64;
-            f.converted = stages[5].len() as u64;
-        }
-        funnels
-    }
-
-    fn compute_expected(
-        &self,
-        unique: u64,
-        late_within: u64,
-        too_late: Vec<String>,
-        spikes: Vec<Spike>,
-    ) -> Expected {
-        let too_late_set: BTreeSet<&String> = too_late.iter().collect();
-        let mut x = Expected {
-            unique_events: unique,
-            deliveries: self.drafts.len() as u64,
-            duplicates: self.drafts.iter().filter(|d| d.duplicate).count() as u64,
-            late_within_lateness: late_within,
-            spikes,
-            ..Default::default()
-        };
-        let mut post_times: BTreeMap<u32, Vec<(i64, i64)>> = BTreeMap::new();
-        // Comments by serial: (account, moderation actions by time); serials of comments the
-        // brand replied to.
-        let mut comments: BTreeMap<u64, (String, Vec<(i64, Action)>)> = BTreeMap::new();
-        let mut replied: BTreeSet<u64> = BTreeSet::new();
-        for d in self.drafts.iter().filter(|d| !d.duplicate) {
-            let id = self.event_id(d);
-            if too_late_set.contains(&id) {
-                continue;
-            }
-            let post = &self.posts[d.post as usize];
-            let sign = d.action.count_delta();
-            match (d.kind, d.action) {
-                (Kind::Comment, Action::Add) if d.actor != u32::MAX => {
-                    comments
-                        .entry(d.serial)
-                        .or_insert((post.account_id.clone(), Vec::new()));
-                }
-                (Kind::Comment, Action::Remove | Action::Hide | Action::Unhide) => {
-                    comments
-                        .entry(d.serial)
-                        .or_insert((post.account_id.clone(), Vec::new()))
-                        .1
-                        .push((d.event_time, d.action));
-                }
-                // The brand answers a comment with a public reply or a private one.
-                (Kind::BrandReply | Kind::PrivateReplySent, Action::Add) => {
-                    replied.insert(d.parent);
-                }
-                _ => {}
-            }
-            *x.kinds.entry(d.kind.to_string()).or_default() += sign;
-            let minute = d.event_time - d.event_time.rem_euclid(MINUTE);
-            let brand = d.actor == u32::MAX
-                || matches!(
-                    d.kind,
-                    Kind::DmOut | Kind::PrivateReplySent | Kind::BrandReply
-                );
-            let interaction = d.kind.is_interaction() && !brand;
-            if interaction {
-                *x.account_minutes
-                    .entry(post.account_id.clone())
-                    .or_default()
-                    .entry(minute)
-                    .or_default() += sign;
-                if d.kind != Kind::DmIn {
-                    *x.content_minutes
-                        .entry(post.content_id.clone())
-                        .or_default()
-                        .entry(minute)
-                        .or_default() += sign;
-                    post_times
-                        .entry(d.post)
-                        .or_default()
-                        .push((d.event_time, sign));
-                }
-            }
-            if d.kind != Kind::DmIn
-                && !matches!(
-                    d.kind,
-                    Kind::DmOut
-                        | Kind::DmRead
-                        | Kind::DmPostback
-                        | Kind::LinkClick
-                        | Kind::Conversion
-                        | Kind::PrivateReplySent
-                )
-            {
-                *x.content_kind_minutes
-                    .entry(post.content_id.clone())
-                    .or_default()
-                    .entry(minute)
-                    .or_default()
-                    .entry(d.kind.to_string())
-                    .or_default() += sign;
-            }
-        }
-        for (serial, (account, actions)) in &mut comments {
-            // DESIGN.md: a comment's state follows its actions by event time; removed is
-            // removed, hidden counts until unhidden.
-            actions.sort();
-            let removed = actions.iter().any(|a| a.1 == Action::Remove);
-            let hidden = actions
-                .iter()
-                .rfind(|a| matches!(a.1, Action::Hide | Action::Unhide))
-                .is_some_and(|a| a.1 == Action::Hide);
-            if removed || hidden {
-                continue;
-            }
-            let e = x.comments_answered.entry(account.clone()).or_default();
-            e.0 += 1;
-            e.1 += u64::from(replied.contains(serial));
-        }
-        x.funnels = self.expected_funnels(&too_late_set);
-        for (pi, mut times) in post_times {
-            let post = &self.posts[pi as usize];
-            // Only posts whose first hour lies inside the span have complete first-hour counts.
-            if post.published_at < self.config.start_ms
-                || post.published_at + 60 * MINUTE > self.config.start_ms + self.config.duration_ms
-            {
-                continue;
-            }
-            times.sort_unstable();
-            let p = post.published_at;
-            let mut fh = FirstHour::default();
-            // time_to_n: the event time of the N-th net interaction of the first hour, exact to
-            // the ms (interactions of one ms taken together).
-            let mut running = 0i64;
-            let first_hour: Vec<(i64, i64)> = times
-                .into_iter()
-                .filter(|(t, _)| (p..p + 60 * MINUTE).contains(t))
-                .collect();
-            for (i, &(t, sign)) in first_hour.iter().enumerate() {
-                if t < p + 15 * MINUTE {
-                    fh.first_15m += sign;
-                }
-                fh.first_60m += sign;
-                running += sign;
-                let last_of_its_ms = first_hour.get(i + 1).is_none_or(|n| n.0 != t);
-                if fh.time_to_n_minutes.is_none()
-                    && last_of_its_ms
-                    && running >= self.config.time_to_n as i64
-                {
-                    fh.time_to_n_minutes = Some((t - p) as f64 / MINUTE as f64);
-                }
-            }
-            x.first_hour.insert(post.content_id.clone(), fh);
-        }
-        x.too_late = too_late;
-        x
     }
 }
 

@@ -6,13 +6,19 @@
 //! * **Firing.** z ≥ 3 with x ≥ 10 in 2 of the last 3 minutes fires; the onset is the first of
 //!   those hits. Hits do not feed the baseline (the spike would become its own baseline), unless
 //!   the alert has been firing longer than `max_firing_minutes`: then the level is the new normal.
-//! * **Resolving.** After `resolve_minutes` minutes in a row without a hit the alert resolves; no
-//!   new alert for the key during `cooldown_minutes`: one spike, one alert.
+//! * **Resolving.** After `resolve_minutes` minutes in a row that are not unusual (z below the
+//!   threshold; `min_count` is for firing, so a spike that eases to a few interactions a
+//!   minute above a quiet baseline stays one alert) the alert resolves; no new alert for the
+//!   key during `cooldown_minutes`: one spike, one alert.
 //! * **Young posts.** A new post has no trend of its own: every launch would look like a spike.
 //!   For its first `young_minutes` a post is judged against the account's recent posts at the
-//!   same age (an EWMA across posts of the count in each minute of age), and the account's own
-//!   series leaves out the posts in that period. After it, the post's own EWMA — fed from its
-//!   first minute — follows its decay.
+//!   same age (an EWMA across posts of ln(1 + count) in each minute of age, once
+//!   `young_min_posts` were seen; a launch about 20 times the account's usual), and from its
+//!   fourth minute also against its own level since its first full minute (an EWMA of its
+//!   counts, `young_own_minutes` of them: a launch that takes off, whatever the account's
+//!   history); the stronger evidence counts. The account's own series leaves out the posts in
+//!   that period. After it, the post's own EWMA — fed from its first minute, its unusual
+//!   minutes left out — follows its decay.
 //! * **Determinism.** Minutes are judged when the engine closes them (first emission; late
 //!   corrections do not re-judge), keys in a fixed order, so a replay judges the same. The state
 //!   is a changelog written in the transaction of the outputs it belongs to; minutes before
@@ -166,6 +172,10 @@ struct KeyState {
     joined: bool,
     /// No new alert before this minute.
     quiet_until: Option<i64>,
+    /// A young post's own level: its minutes from its first full one (age 1), unusual ones
+    /// left out.
+    #[serde(default)]
+    launch: Ewma,
 }
 
 impl KeyState {
@@ -184,6 +194,7 @@ impl KeyState {
             firing: None,
             quiet_until: None,
             joined: false,
+            launch: Ewma::default(),
         }
     }
 
@@ -477,36 +488,49 @@ impl Detector {
             st.baseline.mean += add.mean;
             st.baseline.var += add.var;
         }
-        let reference = if young {
+        let xf = x as f64;
+        // Mature keys: their own trend, in counts (Poisson floor). Young posts: against the
+        // account's recent posts at the same age, in log space (reach is heavy-tailed; a
+        // launch far above the account's usual launches), and from their fourth minute against
+        // their own level since their first full minute, in counts (a launch that takes off
+        // after its start: what a small account's few posts cannot show).
+        let counts_z = |r: &Ewma| {
+            let sigma = r.sigma();
+            let scale = sigma.max(r.mean.max(0.0).sqrt()).max(1.0);
+            ((xf - r.mean) / scale, r.mean, sigma)
+        };
+        let own = if young {
+            (st.launch.n >= cfg.young_own_minutes).then(|| counts_z(&st.launch))
+        } else if st.baseline.n >= cfg.min_history_minutes {
+            Some(counts_z(&st.baseline))
+        } else {
+            None
+        };
+        let profile = if young {
             let a = age.unwrap_or(0) as usize;
             self.profiles
                 .get(&key.account().to_owned())
                 .and_then(|v| v.get(a))
                 .filter(|e| e.n >= cfg.young_min_posts)
-                .copied()
-        } else if st.baseline.n >= cfg.min_history_minutes {
-            Some(st.baseline)
+                .map(|r| {
+                    let sigma = r.sigma();
+                    let z = ((xf.max(0.0)).ln_1p() - r.mean) / sigma.max(cfg.young_log_spread);
+                    (z, r.mean.exp_m1(), sigma)
+                })
         } else {
             None
         };
-        let xf = x as f64;
-        let (z, mean, sigma) = match reference {
-            // Posts differ by orders of magnitude (heavy-tailed reach): a young post is compared
-            // in log space, ln(1 + x), with a spread of at least `young_log_spread`. Reported:
-            // the account's typical post (geometric) and the spread.
-            Some(r) if young => {
-                let sigma = r.sigma();
-                let z = ((xf.max(0.0)).ln_1p() - r.mean) / sigma.max(cfg.young_log_spread);
-                (z, r.mean.exp_m1(), sigma)
-            }
-            Some(r) => {
-                let sigma = r.sigma();
-                let scale = sigma.max(r.mean.max(0.0).sqrt()).max(1.0);
-                ((xf - r.mean) / scale, r.mean, sigma)
-            }
-            None => (0.0, 0.0, 0.0),
+        // The stronger evidence is reported.
+        let judged = match (own, profile) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+            (a, b) => a.or(b),
         };
-        let hit = reference.is_some() && z >= cfg.z_threshold && x >= cfg.min_count;
+        let (z, mean, sigma) = judged.unwrap_or((0.0, 0.0, 0.0));
+        let hit = judged.is_some() && z >= cfg.z_threshold && x >= cfg.min_count;
+        // Unusual against the key's own level (even below min_count): kept out of its
+        // baseline, and what keeps a firing alert up.
+        let unusual_own = own.is_some_and(|o| o.0 >= cfg.z_threshold);
+        let unusual = judged.is_some() && z >= cfg.z_threshold;
         let window_mask = ((1u16 << cfg.window_minutes.min(8)) - 1) as u8;
         st.hits = ((st.hits << 1) | u8::from(hit)) & window_mask;
         if hit {
@@ -530,12 +554,12 @@ impl Detector {
             revision: if state == AlertState::Firing { 1 } else { 2 },
             emitted_at: m + MINUTE,
         };
-        // Unusual minutes (even below min_count) stay out of the baseline.
-        let unusual = reference.is_some() && z >= cfg.z_threshold;
-        let mut absorb = !unusual;
+        let mut absorb = !unusual_own;
         match &mut st.firing {
             Some(f) => {
-                if hit {
+                // Firing holds while the minutes stay unusual, even below min_count (that
+                // floor is for firing): the spike is over when the count falls back.
+                if unusual {
                     f.below = 0;
                     absorb = m - f.started_at >= cfg.max_firing_minutes * MINUTE;
                 } else {
@@ -576,8 +600,11 @@ impl Detector {
                 }
             }
         }
-        if young || absorb {
+        if absorb {
             st.baseline.update(xf, cfg.lambda);
+        }
+        if young && age.is_some_and(|a| a >= 1) && !unusual_own {
+            st.launch.update(xf, cfg.lambda);
         }
         let hot = st.is_hot();
         if young {

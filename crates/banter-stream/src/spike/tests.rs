@@ -177,6 +177,59 @@ fn young_posts_are_judged_against_the_account_posts_at_the_same_age() {
 }
 
 #[test]
+fn a_young_post_of_an_account_without_history_fires_when_its_launch_takes_off() {
+    // The account's first post: no earlier launches to compare with. It starts at about 4 a
+    // minute; at 6 minutes old it takes off to 40-odd a minute for 7 minutes.
+    let mut det = Detector::new(SpikeConfig::default());
+    let mut out = Vec::new();
+    let published = T0 + 20 * MINUTE + 30_000;
+    let xs = [
+        2, 4, 3, 5, 4, 3, 41, 38, 45, 40, 36, 44, 39, 4, 3, 2, 3, 2, 1, 2, 1,
+    ];
+    for (i, &x) in xs.iter().enumerate() {
+        let minute = 20 + i as i64;
+        det.observe(&count(row("a", Some("p"), minute, x), Some(published)));
+        det.close(T0 + (minute + 1) * MINUTE, &mut out);
+    }
+    let post: Vec<&SpikeAlert> = out.iter().filter(|a| a.content_id.is_some()).collect();
+    assert_eq!(post.len(), 2, "{out:#?}");
+    assert_eq!(post[0].state, AlertState::Firing);
+    assert_eq!(
+        post[0].started_at,
+        T0 + 26 * MINUTE,
+        "onset at 6 minutes old"
+    );
+    assert_eq!(post[1].state, AlertState::Resolved);
+    assert_eq!(post[1].ended_at, Some(T0 + 33 * MINUTE), "back to normal");
+    // An ordinary launch of the same account's next post does not fire.
+    let mut out = Vec::new();
+    let published = T0 + 100 * MINUTE;
+    for (i, &x) in [3, 5, 4, 6, 4, 3, 5, 3, 2, 3, 2, 2, 1, 2, 1]
+        .iter()
+        .enumerate()
+    {
+        let minute = 100 + i as i64;
+        det.observe(&count(row("a", Some("q"), minute, x), Some(published)));
+        det.close(T0 + (minute + 1) * MINUTE, &mut out);
+    }
+    assert!(out.is_empty(), "{out:#?}");
+}
+
+#[test]
+fn a_firing_spike_holds_while_its_counts_stay_unusual_below_min_count() {
+    // A quiet post (about 0.3 a minute) gets 11, 12, then 8 or 9 a minute for 8 minutes:
+    // unusual throughout, though below min_count after its start. One alert, resolved when
+    // the count falls back.
+    let mut xs: Vec<i64> = (0..40).map(|i| i64::from(i % 3 == 0)).collect();
+    xs.extend([11, 12, 9, 8, 9, 8, 9, 9, 8, 8]);
+    xs.extend([0, 1, 0, 0, 1, 0]);
+    let alerts = run(&mut Detector::new(cfg()), &xs);
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[0].started_at, T0 + 40 * MINUTE);
+    assert_eq!(alerts[1].ended_at, Some(T0 + 50 * MINUTE), "{alerts:#?}");
+}
+
+#[test]
 fn late_corrections_and_restored_minutes_are_not_judged_again() {
     let mut det = Detector::new(cfg());
     let mut xs = steady(30);
