@@ -123,7 +123,7 @@ echo
 echo "Top posts by first-15-minute velocity (interactions per minute in the first 15 minutes):"
 q "SELECT f15.content_id AS post, f15.account_id AS account, round(f15.interactions / 15, 2) AS per_min_15m,
          f15.interactions AS first_15m, f60.interactions AS first_60m, round(f60.early_accel, 2) AS accel,
-         f60.time_to_n_minutes AS minutes_to_50, f60.unique_engagers AS engagers_60m
+         round(f60.time_to_n_minutes, 2) AS minutes_to_50, f60.unique_engagers AS engagers_60m
    FROM (SELECT * FROM $db.rollups_final WHERE window_kind = 'FIRST_15M') AS f15
    ANY LEFT JOIN (SELECT content_id, interactions, early_accel, time_to_n_minutes, unique_engagers
                   FROM $db.rollups_final WHERE window_kind = 'FIRST_60M') AS f60 USING content_id
@@ -144,8 +144,6 @@ q "SELECT account_id AS account, sum(inbound) AS items, sum(inbound_comments) AS
          round(sum(reply_comments) / greatest(sum(root_comments), 1), 2) AS replies_per_root
    FROM $db.conversations_final WHERE window_kind = 'HOUR' AND content_id = ''
    GROUP BY account ORDER BY items DESC, account LIMIT 8 FORMAT PrettyCompactMonoBlock"
-q "SELECT account_id, sum(inbound_comments) AS i, sum(answered_comments) AS a FROM $db.conversations_final
-   WHERE window_kind = 'HOUR' AND content_id = '' GROUP BY account_id FORMAT JSONEachRow" >"$run_dir/conversations.jsonl"
 echo
 echo "CTA funnel per campaign (distinct actors per stage; value of attributed conversions):"
 q "SELECT campaign_id AS campaign, any(account_id) AS account, sum(triggered) AS triggers, sum(private_reply_sent) AS replied,
@@ -153,9 +151,6 @@ q "SELECT campaign_id AS campaign, any(account_id) AS account, sum(triggered) AS
          round(sum(conversion_value), 2) AS value, round(100 * sum(converted) / greatest(sum(triggered), 1), 1) AS conv_pct,
          round(avg(median_trigger_to_reply_s), 1) AS reply_s
    FROM $db.funnels_final WHERE window_kind = 'HOUR' GROUP BY campaign ORDER BY triggers DESC, campaign FORMAT PrettyCompactMonoBlock"
-q "SELECT campaign_id, sum(triggered) AS t, sum(private_reply_sent) AS r, sum(dm_read) AS d, sum(engaged) AS e, sum(link_clicked) AS c,
-         sum(converted) AS v, toInt64(round(sum(conversion_value) * 100)) AS cents
-   FROM $db.funnels_final WHERE window_kind = 'HOUR' GROUP BY campaign_id FORMAT JSONEachRow" >"$run_dir/funnels.jsonl"
 echo
 echo "Spike alerts (first 12 by onset; observed and z of the minute that fired):"
 q "SELECT account_id AS account, if(content_id = '', '(account)', content_id) AS post,
@@ -165,50 +160,16 @@ q "SELECT account_id AS account, if(content_id = '', '(account)', content_id) AS
          round(minIf(z_score, state = 'FIRING'), 1) AS z, argMax(state, revision) AS latest
    FROM $db.alerts GROUP BY alert_id, account_id, content_id, started_at_ms
    ORDER BY onset, account, post LIMIT 12 FORMAT PrettyCompactMonoBlock"
-q "SELECT alert_id, state, account_id, content_id, started_at_ms, window_end_ms FROM $db.alerts FORMAT JSONEachRow" >"$run_dir/alerts.jsonl"
 echo
-python3 - "$run_dir/expected.json" "$run_dir/alerts.jsonl" <<'PY'
-import json, sys
-x = json.load(open(sys.argv[1]))["expected"]
-alerts = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
-firing = [a for a in alerts if a["state"] == "FIRING"]
-def belongs(a, s):
-    return (a["account_id"] == s["account_id"] and a["content_id"] in ("", s["content_id"])
-            and s["start_ms"] - 120000 <= int(a["started_at_ms"]) < s["end_ms"])
-posts = [a for a in firing if a["content_id"]]
-detected = [s for s in x["spikes"] if any(belongs(a, s) and a["content_id"] for a in posts)]
-fast = [s for s in x["spikes"] if any(belongs(a, s) and a["content_id"] and int(a["window_end_ms"]) - s["start_ms"] <= 180000 for a in posts)]
-true_posts = [a for a in posts if any(belongs(a, s) for s in x["spikes"])]
-accounts = [a for a in firing if not a["content_id"]]
-true_accounts = [a for a in accounts if any(belongs(a, s) for s in x["spikes"])]
-print(f"spikes vs the generator's injected ones: {len(detected)} of {len(x['spikes'])} detected "
-      f"({len(fast)} within 3 minutes of onset); {len(true_posts)} of {len(posts)} post alerts match an injected spike; "
-      f"{len(true_accounts)} of {len(accounts)} account alerts overlap one")
-import os
-funnels = {}
-fpath = os.path.join(os.path.dirname(sys.argv[2]), "funnels.jsonl")
-for l in open(fpath):
-    if l.strip():
-        r = json.loads(l)
-        funnels[r["campaign_id"]] = [int(r[k]) for k in ("t", "r", "d", "e", "c", "v", "cents")]
-keys = ("triggered", "private_reply_sent", "dm_read", "engaged", "link_clicked", "converted", "conversion_value_cents")
-same = sum(1 for c, f in x["funnels"].items() if funnels.get(c) == [f[k] for k in keys])
-print(f"funnels vs the generator's: {same} of {len(x['funnels'])} campaigns equal at every stage and in value")
-conv = {}
-for l in open(os.path.join(os.path.dirname(sys.argv[2]), "conversations.jsonl")):
-    if l.strip():
-        r = json.loads(l)
-        if int(r["i"]):
-            conv[r["account_id"]] = [int(r["i"]), int(r["a"])]
-want = x["comments_answered"]
-same = sum(1 for a, v in want.items() if conv.get(a) == list(v))
-print(f"answered comments vs the generator's: {same} of {len(want)} accounts equal "
-      f"({sum(v[1] for v in want.values())} of {sum(v[0] for v in want.values())} comments answered)")
-top = sorted(x["first_hour"].items(), key=lambda kv: (-kv[1]["first_15m"], kv[0]))[:3]
-print("generator ground truth, top first_15m: " + ", ".join(f"{c}={v['first_15m']}" for c, v in top))
-PY
+echo "== banter run $run: every metric against the generator's truth (banter verify) =="
+verified=0
+"$bin" verify --expected "$run_dir/expected.json" --wait 120 | tee "$run_dir/verify.txt" || verified=$?
 cat <<MSG
 
 Alertmanager ($BANTER_ALERTING__ALERTMANAGER_URL) received the spike alerts: curl $BANTER_ALERTING__ALERTMANAGER_URL/api/v2/alerts
 shows those still firing. Topics banter.$run.*, database $db, logs and metrics in $run_dir.
 MSG
+if [ "$verified" != 0 ]; then
+  echo "run.sh: ClickHouse differs from the generator's truth (above; $run_dir/verify.txt)" >&2
+  exit 1
+fi

@@ -527,6 +527,13 @@ impl Workload {
                     actor = 8_000_000 + reacted.len() as u32;
                     reacted.insert(actor);
                 }
+                // Facebook's feed webhooks give whole seconds (`created_time`): that is the
+                // event's time.
+                let t = if kind == Kind::PostReaction {
+                    t - t.rem_euclid(1000)
+                } else {
+                    t
+                };
                 let keyword = kind == Kind::Comment && post.cta.is_some() && rng.chance(0.15);
                 let s = next_serial();
                 let parent = if kind == Kind::Comment && !roots.is_empty() && rng.chance(0.2) {

@@ -61,6 +61,16 @@ enum Command {
     Run,
     /// Generate the seeded workload, publish it and write its expected aggregates.
     Generate(generate::GenerateArgs),
+    /// Compare ClickHouse after a run of the generated workload with the generator's truth,
+    /// every metric; exit 1 when any differs (the first differing rows are printed).
+    Verify {
+        /// The generator's `--expected` file.
+        #[arg(long)]
+        expected: PathBuf,
+        /// Seconds to wait for the last corrections to reach ClickHouse.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Publish an NDJSON file of events or captured webhook bodies (resumable backfill).
     Replay {
         /// The file.
@@ -126,7 +136,31 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             restart,
             retries,
         } => runtime()?.block_on(replay(&config, &file, restart, retries)),
+        Command::Verify { expected, wait } => {
+            let same = runtime()?.block_on(verify(&config, &expected, wait))?;
+            if !same {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
+}
+
+/// `banter verify`: prints the comparison; false when a metric differs.
+async fn verify(config: &Config, expected: &std::path::Path, wait: u64) -> anyhow::Result<bool> {
+    let x = banter_workload::Generated::read(expected).map_err(anyhow::Error::msg)?;
+    let ch = banter_sink::connect(&config.clickhouse, Duration::from_secs(30)).await?;
+    let report = banter::verify::verify(&ch, &x, Duration::from_secs(wait))
+        .await
+        .context("reading ClickHouse")?;
+    print!("{report}");
+    let failed = report.metrics.iter().filter(|m| !m.ok).count();
+    if failed == 0 {
+        println!("every metric equals the generator's truth");
+    } else {
+        println!("{failed} metrics differ from the generator's truth");
+    }
+    Ok(failed == 0)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
