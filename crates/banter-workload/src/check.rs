@@ -426,7 +426,9 @@ fn minutes(x: &Generated, o: &Observed, end: i64) -> [Metric; 4] {
         }
     }
     want_v.retain(|_, n| *n != 0);
-    let mut got_v: BTreeMap<(String, Option<String>, i64), (i64, Option<f64>)> = BTreeMap::new();
+    // (account, content, window end) -> (interactions, velocity).
+    type VelocityKey = (String, Option<String>, i64);
+    let mut got_v: BTreeMap<VelocityKey, (i64, Option<f64>)> = BTreeMap::new();
     for ((a, c, w, _), r) in &o.rollups {
         if *w == WindowKind::Velocity5m && r.window_end <= end && r.interactions != 0 {
             got_v.insert(

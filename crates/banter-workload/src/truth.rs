@@ -370,7 +370,8 @@ impl Workload {
         let mut thread_first: BTreeMap<(&str, u64), i64> = BTreeMap::new();
         let mut private_replies: Vec<(u64, i64)> = Vec::new();
         // DM threads: (account, actor) -> (time, object id, kind).
-        let mut dms: BTreeMap<(&str, u32), Vec<(i64, String, Kind)>> = BTreeMap::new();
+        type DmItem = (i64, String, Kind);
+        let mut dms: BTreeMap<(&str, u32), Vec<DmItem>> = BTreeMap::new();
         let min_into = |m: &mut i64, t: i64| *m = (*m).min(t);
         for d in self.counted(too_late) {
             let account = self.posts[d.post as usize].account_id.as_str();

@@ -1002,12 +1002,10 @@ mod tests {
             &mut out,
         );
         let row = |out: &[Output], w: WindowKind| {
-            out.iter()
-                .filter_map(|o| match o {
-                    Output::Rollup(r) if r.window == w && r.content_id.is_some() => Some(r.clone()),
-                    _ => None,
-                })
-                .last()
+            out.iter().rev().find_map(|o| match o {
+                Output::Rollup(r) if r.window == w && r.content_id.is_some() => Some(r.clone()),
+                _ => None,
+            })
         };
         let r15 = row(&out, WindowKind::First15m).expect("FIRST_15M corrected");
         assert_eq!((r15.interactions, r15.late_events), (30, 1));
