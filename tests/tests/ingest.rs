@@ -49,7 +49,7 @@ async fn every_meta_fixture_arrives_normalized_and_decodable() {
     let cfg = fresh_pipeline_config("ingest-fixtures").await;
     let ingest = start_ingest(&cfg).await;
     let http = reqwest::Client::new();
-    let (mut accepted, mut dead) = (0u64, 0u64);
+    let (mut accepted, mut dead, mut ignored) = (0u64, 0u64, 0u64);
     for (name, body) in fixtures() {
         let r = post_webhook(&http, &ingest.base, &body)
             .send()
@@ -59,10 +59,11 @@ async fn every_meta_fixture_arrives_normalized_and_decodable() {
         let v: Value = r.json().await.unwrap();
         accepted += v["accepted"].as_u64().unwrap();
         dead += v["dead_lettered"].as_u64().unwrap();
+        ignored += v["ignored"].as_u64().unwrap();
     }
     assert_eq!(
-        (accepted, dead),
-        (29, 4),
+        (accepted, dead, ignored),
+        (43, 2, 17),
         "fixture totals (see the golden files)"
     );
 
@@ -90,6 +91,7 @@ async fn every_meta_fixture_arrives_normalized_and_decodable() {
         Kind::BrandReply,
         Kind::LiveComment,
         Kind::Mention,
+        Kind::StoryMention,
         Kind::DmIn,
         Kind::DmOut,
         Kind::StoryReply,
@@ -117,22 +119,18 @@ async fn every_meta_fixture_arrives_normalized_and_decodable() {
     assert!(letters
         .iter()
         .all(|d| d.stage == Stage::Ingest && d.source.as_deref() == Some("/webhooks/meta")));
-    let unknown: Vec<_> = letters
-        .iter()
-        .filter(|d| d.reason == "unknown_change")
-        .collect();
-    assert_eq!(unknown.len(), 3, "{letters:#?}");
     assert_eq!(
         letters.iter().filter(|d| d.reason == "malformed").count(),
-        1
+        2,
+        "{letters:#?}"
     );
-    let ratings = unknown
+    let anonymous = letters
         .iter()
-        .find(|d| d.detail.contains("ratings"))
+        .find(|d| d.detail.contains("reaction without"))
         .unwrap();
-    let original: Value = serde_json::from_slice(&ratings.payload).unwrap();
+    let original: Value = serde_json::from_slice(&anonymous.payload).unwrap();
     assert_eq!(
-        original["value"]["rating"], 5,
+        original["value"]["reaction_type"], "like",
         "the original change is kept"
     );
 }

@@ -160,7 +160,8 @@ pub async fn replay(
         }
         let eof = n == 0;
         if batch_lines >= BATCH_LINES || (eof && batch_lines > 0) {
-            let (records, accepted, reasons) = to_records(state, &batch_items, "replay", now_ms());
+            let out = to_records(state, &batch_items, "replay", now_ms());
+            let records = &out.records;
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -181,13 +182,10 @@ pub async fn replay(
                 }
             }
             std::fs::write(&ckpt, offset.to_string()).map_err(io(&ckpt))?;
-            state.metrics.accepted("replay", accepted as u64);
-            for r in &reasons {
-                state.metrics.rejected(r);
-            }
+            out.count(&state.metrics, "replay");
             summary.lines += batch_lines as u64;
-            summary.events += accepted as u64;
-            summary.dead_letters += reasons.len() as u64;
+            summary.events += out.accepted as u64;
+            summary.dead_letters += out.rejected.len() as u64;
             batch_items.clear();
             batch_lines = 0;
             if last_report.elapsed() >= Duration::from_secs(2) {

@@ -43,6 +43,7 @@ pub struct IngestMetrics {
     requests: Family<Vec<(String, String)>, Counter>,
     accepted: Family<Vec<(String, String)>, Counter>,
     rejected: Family<Vec<(String, String)>, Counter>,
+    ignored: Family<Vec<(String, String)>, Counter>,
     publish_seconds: Histogram,
     in_flight: Gauge,
 }
@@ -54,6 +55,7 @@ impl IngestMetrics {
             requests: Family::default(),
             accepted: Family::default(),
             rejected: Family::default(),
+            ignored: Family::default(),
             publish_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             in_flight: Gauge::default(),
         };
@@ -71,6 +73,11 @@ impl IngestMetrics {
             "ingest_events_rejected",
             "Events and updates dead-lettered, by reason (invalid, malformed, unknown_change, unknown_field)",
             m.rejected.clone(),
+        );
+        registry.register(
+            "ingest_updates_ignored",
+            "Legitimate deliveries that are not engagement (delivery receipts, handovers, test payloads, reactions on comments…), by reason",
+            m.ignored.clone(),
         );
         registry.register(
             "ingest_publish_duration_seconds",
@@ -96,6 +103,13 @@ impl IngestMetrics {
                 .get_or_create(&Self::label("source", source))
                 .inc_by(n);
         }
+    }
+
+    /// Counts one delivery ignored as not engagement.
+    pub fn ignored(&self, reason: &str) {
+        self.ignored
+            .get_or_create(&Self::label("reason", reason))
+            .inc();
     }
 
     /// Counts one rejection.
@@ -141,31 +155,52 @@ pub struct IngestState {
 /// Milliseconds since the epoch, now.
 pub use banter_runtime::now_ms;
 
+/// What one request's (or replay batch's) items became.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Events to the events topic, dead letters to the dead-letter topic.
+    pub records: Vec<Record>,
+    /// Events accepted.
+    pub accepted: usize,
+    /// The reason of each dead letter.
+    pub rejected: Vec<&'static str>,
+    /// The reason of each delivery ignored as not engagement.
+    pub ignored: Vec<&'static str>,
+}
+
+impl Records {
+    /// Counts the items in `metrics` once they are published.
+    pub fn count(&self, metrics: &IngestMetrics, source: &str) {
+        metrics.accepted(source, self.accepted as u64);
+        for r in &self.rejected {
+            metrics.rejected(r);
+        }
+        for r in &self.ignored {
+            metrics.ignored(r);
+        }
+    }
+}
+
 /// Turns normalized items into Kafka records: events keyed by account to the events topic,
-/// rejections as [`DeadLetter`]s to the dead-letter topic. Returns (records, accepted,
-/// rejected reasons).
-pub fn to_records(
-    state: &IngestState,
-    items: &[Item],
-    source: &str,
-    now: i64,
-) -> (Vec<Record>, usize, Vec<&'static str>) {
-    let mut out = Vec::with_capacity(items.len());
+/// rejections as [`DeadLetter`]s to the dead-letter topic; ignored deliveries are only counted.
+pub fn to_records(state: &IngestState, items: &[Item], source: &str, now: i64) -> Records {
+    let mut out = Records {
+        records: Vec::with_capacity(items.len()),
+        ..Records::default()
+    };
     let mut enc = banter_model::EngagementEvent::codec().encoder();
-    let mut accepted = 0;
-    let mut reasons = Vec::new();
     for item in items {
         match item {
             Item::Event(e) => {
                 let mut payload = Vec::with_capacity(160);
                 // Validated events always encode (the codec has no failure for them).
                 if enc.encode_into(e, &mut payload).is_ok() {
-                    out.push(Record {
+                    out.records.push(Record {
                         topic: state.events_topic.clone(),
                         key: Some(e.account_id.as_bytes().to_vec()),
                         payload,
                     });
-                    accepted += 1;
+                    out.accepted += 1;
                 }
             }
             Item::Rejected(r) => {
@@ -181,17 +216,18 @@ pub fn to_records(
                     failed_at: now,
                 };
                 if let Ok(payload) = DeadLetter::codec().encode(&dl) {
-                    out.push(Record {
+                    out.records.push(Record {
                         topic: state.dlq_topic.clone(),
                         key: r.account_id.as_ref().map(|a| a.as_bytes().to_vec()),
                         payload,
                     });
                 }
-                reasons.push(r.reason);
+                out.rejected.push(r.reason);
             }
+            Item::Ignored(reason) => out.ignored.push(reason),
         }
     }
-    (out, accepted, reasons)
+    out
 }
 
 /// The router of the ingest API.
@@ -368,20 +404,21 @@ async fn meta_webhook_inner(s: &IngestState, headers: &HeaderMap, body: Body) ->
         Ok(items) => items,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let (records, accepted, reasons) = to_records(s, &items, "/webhooks/meta", now);
+    let mut out = to_records(s, &items, "/webhooks/meta", now);
     let started = Instant::now();
-    if let Err(e) = s.publisher.publish(records).await {
+    if let Err(e) = s.publisher.publish(std::mem::take(&mut out.records)).await {
         return unavailable(&e);
     }
     s.metrics.published(started);
-    s.metrics.accepted("webhook", accepted as u64);
-    for r in &reasons {
-        s.metrics.rejected(r);
-    }
+    out.count(&s.metrics, "webhook");
     // Meta retries anything but 200: dead-lettered updates are kept, not retried.
     (
         StatusCode::OK,
-        axum::Json(json!({ "accepted": accepted, "dead_lettered": reasons.len() })),
+        axum::Json(json!({
+            "accepted": out.accepted,
+            "dead_lettered": out.rejected.len(),
+            "ignored": out.ignored.len(),
+        })),
     )
         .into_response()
 }
@@ -497,16 +534,14 @@ async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Respo
         .iter()
         .map(|r| first_party::normalize(&s.normalizer, r, now))
         .collect();
-    let (records, accepted, reasons) = to_records(s, &items, "/v1/events", now);
+    let mut out = to_records(s, &items, "/v1/events", now);
     let started = Instant::now();
-    if let Err(e) = s.publisher.publish(records).await {
+    if let Err(e) = s.publisher.publish(std::mem::take(&mut out.records)).await {
         return unavailable(&e);
     }
     s.metrics.published(started);
-    s.metrics.accepted("first_party", accepted as u64);
-    for r in &reasons {
-        s.metrics.rejected(r);
-    }
+    out.count(&s.metrics, "first_party");
+    let (accepted, reasons) = (out.accepted, &out.rejected);
     let results: Vec<Value> = items
         .iter()
         .map(|i| match i {
@@ -514,6 +549,7 @@ async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Respo
             Item::Rejected(r) => {
                 json!({ "status": "rejected", "reason": r.reason, "error": r.detail })
             }
+            Item::Ignored(reason) => json!({ "status": "ignored", "reason": reason }),
         })
         .collect();
     let status = match (accepted, reasons.len()) {

@@ -20,6 +20,7 @@ fn render(items: &[Item]) -> Value {
                 Item::Rejected(r) => json!({
                     "rejected": { "reason": r.reason, "detail": r.detail, "account_id": r.account_id }
                 }),
+                Item::Ignored(reason) => json!({ "ignored": reason }),
             })
             .collect(),
     )

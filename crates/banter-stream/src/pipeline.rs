@@ -129,6 +129,8 @@ pub struct PipelineStats {
     pub triggers: u64,
     /// Funnel stage events without a campaign to attribute them to.
     pub unattributed: u64,
+    /// Funnel stage events dropped at an actor's limit.
+    pub capped: u64,
 }
 
 /// How big the state is, for metrics (walks it: not per event).
@@ -369,7 +371,9 @@ impl Pipeline {
         }
     }
 
-    /// The engine's checkpoint of the current state.
+    /// The engine's checkpoint of the current state. Not while [`Pipeline::replaying`]: the
+    /// state is then partly rebuilt, and the checkpoint restored from is still the one to keep
+    /// (a batch that only replayed commits nothing).
     pub fn checkpoint(&self) -> Checkpoint {
         self.windows.checkpoint()
     }
@@ -405,6 +409,7 @@ impl Pipeline {
             too_late: self.too_late,
             triggers: f.triggers,
             unattributed: f.unattributed,
+            capped: f.capped,
         }
     }
 

@@ -282,7 +282,17 @@ impl Workload {
         }
         x.comments_answered.retain(|_, v| v.0 > 0);
         x.funnels = self.expected_funnels(&too_late_set);
+        // Only POST_PUBLISHED carries the publication time: a post whose publication was
+        // delivered too late (dead-lettered) has no first-hour rows.
+        let published: BTreeSet<u32> = self
+            .counted(&too_late_set)
+            .filter(|d| d.kind == Kind::PostPublished)
+            .map(|d| d.post)
+            .collect();
         for (pi, mut times) in post_times {
+            if !published.contains(&pi) {
+                continue;
+            }
             let post = &self.posts[pi as usize];
             // Only posts whose first hour lies inside the span have complete first-hour counts.
             if post.published_at < self.config.start_ms

@@ -46,7 +46,7 @@ async fn clickhouse_down_for_30_s_loses_and_doubles_nothing() {
     drop(back); // up again
     finish(gen, "banter generate");
 
-    clickhouse_matches(&db.ch, &dir, Duration::from_secs(180)).await;
+    clickhouse_match(&db.ch, &dir, Duration::from_secs(180)).await;
     let log = std::fs::read_to_string(dir.join("sink.log")).unwrap();
     assert!(
         log.contains("insert failed; retrying"),

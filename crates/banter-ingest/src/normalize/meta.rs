@@ -5,13 +5,24 @@
 //! `messaging` (DMs, echoes, story replies, reactions, reads, postbacks, referrals). Instagram
 //! also delivers DMs in the other shape, as `changes` with field `messages` (and
 //! `messaging_postbacks`, `message_reactions`, `messaging_seen`, `messaging_referral`) whose
-//! value is a messaging item with a timestamp in seconds, often as a string; both are handled. `entry.time` may be in seconds or milliseconds.
+//! value is a messaging item with a timestamp in seconds, often as a string; both are handled.
+//! `entry.time` may be in seconds or milliseconds. Messages that arrive while another app holds
+//! the conversation come in `entry.standby[]`, read like `messaging[]`.
+//!
 //! Unknown fields are ignored; an unknown change type or messaging item becomes a dead letter
-//! (`unknown_change`), never an error for the whole request.
+//! (`unknown_change`), never an error for the whole request. Legitimate deliveries that are not
+//! engagement become [`Item::Ignored`] with a reason: delivery receipts, opt-ins, thread
+//! handovers, policy notices, Meta's dashboard test payloads (`entry.id` "0"), reactions on
+//! comments (DESIGN.md counts reactions on posts), a like of the Page, reads by the brand,
+//! changes to the brand's own posts, unpublished posts, video moderation verbs.
 //!
 //! `event_id` = `<platform>:<native id>:<kind>:<action>[:<event time>]`. The event time is left
 //! out where it is only the delivery time (Instagram comments carry no creation time and
-//! `entry.time` may differ between redeliveries; a comment id is added once).
+//! `entry.time` may differ between redeliveries; a comment id is added once, and removed once).
+//! Facebook reactions have no id of their own: `<target>/<actor>/<reaction type>` with the
+//! verb and `created_time` (seconds), so add like → remove → add love are distinct; the same
+//! person adding, removing and adding the same reaction on the same post within one second
+//! cannot be told from a redelivery (the payload has nothing else) and counts once.
 
 use banter_model::{Action, ContentType, EngagementEvent, EventTimeSource, Kind, Platform};
 use serde_json::Value;
@@ -103,6 +114,16 @@ pub fn normalize(n: &Normalizer, body: &Value, now_ms: i64) -> Result<Vec<Item>,
             ));
             continue;
         };
+        let updates = ["changes", "messaging", "standby"]
+            .iter()
+            .filter_map(|k| entry.get(*k).and_then(Value::as_array))
+            .map(Vec::len)
+            .sum::<usize>();
+        // The App Dashboard's "Test" button sends placeholder payloads for account "0".
+        if account == "0" {
+            out.extend((0..updates.max(1)).map(|_| Item::Ignored("test_payload")));
+            continue;
+        }
         let entry_time = int(entry, "time").map(meta_time_ms).unwrap_or(now_ms);
         for change in entry
             .get("changes")
@@ -119,18 +140,20 @@ pub fn normalize(n: &Normalizer, body: &Value, now_ms: i64) -> Result<Vec<Item>,
                 now_ms,
             ));
         }
-        for m in entry
-            .get("messaging")
-            .and_then(Value::as_array)
-            .into_iter()
+        for m in ["messaging", "standby"]
+            .iter()
+            .filter_map(|k| entry.get(*k).and_then(Value::as_array))
             .flatten()
         {
             out.push(messaging_item(n, dm_platform, &account, m, now_ms));
         }
-        if entry.get("changes").is_none() && entry.get("messaging").is_none() {
+        if ["changes", "messaging", "standby"]
+            .iter()
+            .all(|k| entry.get(*k).is_none())
+        {
             out.push(Item::rejected(
                 "unknown_change",
-                "entry has neither `changes` nor `messaging`",
+                "entry has none of `changes`, `messaging`, `standby`",
                 entry,
                 Some(&account),
             ));
@@ -188,13 +211,23 @@ fn change_item(
             | "messaging_postbacks"
             | "message_reactions"
             | "messaging_seen"
-            | "messaging_referral",
+            | "messaging_referral"
+            | "message_edit",
         ) => messaging_item(n, Platform::Instagram, account, value, now_ms),
         (Platform::Instagram, "mentions") => {
             ig_mention(n, account, entry_time, value, change, now_ms)
         }
-        (Platform::Facebook, "feed") => fb_feed(n, account, value, change, now_ms),
-        (Platform::Facebook, "mention") => fb_mention(n, account, value, change, now_ms),
+        (
+            Platform::Instagram,
+            "story_insights" | "messaging_handover" | "messaging_optins" | "standby",
+        )
+        | (Platform::Facebook, "ratings" | "messaging_handovers" | "message_deliveries") => {
+            Item::Ignored("not_engagement")
+        }
+        (Platform::Facebook, "feed") => fb_feed(n, account, entry_time, value, change, now_ms),
+        (Platform::Facebook, "mention") => {
+            fb_mention(n, account, entry_time, value, change, now_ms)
+        }
         _ => Item::rejected(
             "unknown_change",
             format!(
@@ -300,36 +333,49 @@ fn fb_action(verb: &str) -> Option<Action> {
     Some(match verb {
         "add" => Action::Add,
         "edited" | "edit" => Action::Edit,
-        "remove" => Action::Remove,
+        "remove" | "delete" => Action::Remove,
         "hide" => Action::Hide,
         "unhide" => Action::Unhide,
         _ => return None,
     })
 }
 
-fn fb_feed(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -> Item {
+/// The person behind a feed or mention change: `from.id`, or `sender_id` (Graph API before
+/// v2.11, still seen).
+fn feed_actor(v: &Value) -> Option<String> {
+    id(v, &["from", "id"]).or_else(|| id(v, &["sender_id"]))
+}
+
+fn fb_feed(
+    n: &Normalizer,
+    page: &str,
+    entry_time: i64,
+    v: &Value,
+    raw: &Value,
+    now_ms: i64,
+) -> Item {
     let item = s(v, &["item"]).unwrap_or("");
     let verb = s(v, &["verb"]).unwrap_or("");
     let Some(action) = fb_action(verb) else {
-        return Item::rejected(
-            "malformed",
-            format!("feed verb `{verb}` is not add, edited, remove, hide or unhide"),
-            raw,
-            Some(page),
-        );
-    };
-    let Some(created) = int(v, "created_time").map(meta_time_ms) else {
-        return Item::rejected(
-            "malformed",
-            "feed change without `created_time`",
-            raw,
-            Some(page),
-        );
+        return match verb {
+            // Copyright moderation of videos, follows, page updates: not engagement.
+            "block" | "mute" | "unblock" | "follow" | "update" => Item::Ignored("feed_verb"),
+            _ => Item::rejected(
+                "malformed",
+                format!("feed verb `{verb}` is not add, edited, remove, delete, hide or unhide"),
+                raw,
+                Some(page),
+            ),
+        };
     };
     let post = id(v, &["post_id"]);
-    let from = id(v, &["from", "id"]);
+    let from = feed_actor(v);
     let brand = from.as_deref() == Some(page);
     let actor = from.as_deref().map(|f| n.actor(f));
+    // `created_time` is the action's time; some changes (removes, hides) come without it:
+    // then only the delivery time is known.
+    let created = int(v, "created_time").map(meta_time_ms);
+    let time = created.unwrap_or(entry_time);
     let (kind, native) = match item {
         "comment" => {
             let Some(c) = id(v, &["comment_id"]) else {
@@ -350,14 +396,51 @@ fn fb_feed(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -> I
                 c,
             )
         }
-        "reaction" | "like" => (
-            Kind::PostReaction,
-            format!(
-                "{}/{}",
-                post.as_deref().unwrap_or("-"),
-                from.as_deref().unwrap_or("-")
-            ),
-        ),
+        // Someone liked the Page itself (no post): a follow, not engagement with content.
+        "like" if post.is_none() => return Item::Ignored("page_like"),
+        // DESIGN.md counts reactions on posts; a reaction on a comment or reply is not one.
+        "reaction" | "like" if id(v, &["comment_id"]).is_some() => {
+            return Item::Ignored("comment_reaction")
+        }
+        "reaction" | "like" => {
+            let Some(who) = from.as_deref() else {
+                // Without the person, every reaction on the post in one second would share an id.
+                return Item::rejected(
+                    "malformed",
+                    "feed reaction without `from.id` or `sender_id`",
+                    raw,
+                    Some(page),
+                );
+            };
+            let Some(p) = post.as_deref() else {
+                return Item::rejected(
+                    "malformed",
+                    "feed reaction without `post_id`",
+                    raw,
+                    Some(page),
+                );
+            };
+            let kind_of = s(v, &["reaction_type"]).unwrap_or(item);
+            (Kind::PostReaction, format!("{p}/{who}/{kind_of}"))
+        }
+        // The brand publishing: a status, photo, video, link (`share`) or event post.
+        "status" | "post" | "photo" | "video" | "share" | "event" if brand => {
+            if action != Action::Add {
+                return Item::Ignored("brand_post_change");
+            }
+            if int(v, "published") == Some(0) {
+                return Item::Ignored("unpublished_post");
+            }
+            let Some(p) = post.clone() else {
+                return Item::rejected(
+                    "malformed",
+                    format!("feed `{item}` by the page without `post_id`"),
+                    raw,
+                    Some(page),
+                );
+            };
+            (Kind::PostPublished, p)
+        }
         "share" => (
             Kind::Share,
             id(v, &["share_id"]).unwrap_or_else(|| {
@@ -368,17 +451,8 @@ fn fb_feed(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -> I
                 )
             }),
         ),
-        "status" | "post" | "photo" | "video" if brand && action == Action::Add => {
-            (Kind::PostPublished, post.clone().unwrap_or_default())
-        }
-        "status" | "post" | "photo" | "video" => {
-            return Item::rejected(
-                "unknown_change",
-                format!("feed `{item}` `{verb}` by a visitor is not tracked"),
-                raw,
-                Some(page),
-            )
-        }
+        "album" => return Item::Ignored("album"),
+        "status" | "post" | "photo" | "video" | "event" => return Item::Ignored("visitor_post"),
         other => {
             return Item::rejected(
                 "unknown_change",
@@ -388,18 +462,27 @@ fn fb_feed(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -> I
             )
         }
     };
+    // A comment is added once and removed once: without its own time the id needs none (a
+    // redelivery has a new `entry.time`). Other changes keep the time they have.
+    let id_time = match (created, kind, action) {
+        (None, Kind::Comment | Kind::BrandReply, Action::Add | Action::Remove) => None,
+        _ => Some(time),
+    };
     let mut e = EngagementEvent::new(
-        event_id(Platform::Facebook, &native, kind, action, Some(created)),
+        event_id(Platform::Facebook, &native, kind, action, id_time),
         Platform::Facebook,
         kind,
         action,
         page,
-        created,
+        time,
     );
+    if created.is_none() {
+        e.event_time_source = EventTimeSource::PlatformDelivery;
+    }
     e.content_id = post;
     e.content_type = Some(ContentType::Post);
     if kind == Kind::PostPublished {
-        e.content_published_at = Some(created);
+        e.content_published_at = Some(time);
     }
     if matches!(kind, Kind::Comment | Kind::BrandReply) {
         let parent = id(v, &["parent_id"]).filter(|p| Some(p) != e.content_id.as_ref());
@@ -415,7 +498,14 @@ fn fb_feed(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -> I
     n.finish(e, now_ms, raw)
 }
 
-fn fb_mention(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -> Item {
+fn fb_mention(
+    n: &Normalizer,
+    page: &str,
+    entry_time: i64,
+    v: &Value,
+    raw: &Value,
+    now_ms: i64,
+) -> Item {
     let post = id(v, &["post_id"]);
     let comment = id(v, &["comment_id"]);
     let verb = s(v, &["verb"]).unwrap_or("add");
@@ -430,7 +520,8 @@ fn fb_mention(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -
     let Some(native) = comment.clone().or_else(|| post.clone()) else {
         return Item::rejected("malformed", "mention without `post_id`", raw, Some(page));
     };
-    let time = int(v, "created_time").map(meta_time_ms).unwrap_or(now_ms);
+    let created = int(v, "created_time").map(meta_time_ms);
+    let time = created.unwrap_or(entry_time);
     let mut e = EngagementEvent::new(
         event_id(Platform::Facebook, &native, Kind::Mention, action, None),
         Platform::Facebook,
@@ -441,7 +532,10 @@ fn fb_mention(n: &Normalizer, page: &str, v: &Value, raw: &Value, now_ms: i64) -
     );
     e.content_id = post;
     e.object_id = comment;
-    e.actor_id = id(v, &["sender_id"]).map(|a| n.actor(&a));
+    if created.is_none() {
+        e.event_time_source = EventTimeSource::PlatformDelivery;
+    }
+    e.actor_id = feed_actor(v).map(|a| n.actor(&a));
     e.received_at = now_ms;
     n.finish(e, now_ms, raw)
 }
@@ -453,8 +547,33 @@ fn messaging_item(
     m: &Value,
     now_ms: i64,
 ) -> Item {
-    let (Some(sender), Some(recipient)) = (id(m, &["sender", "id"]), id(m, &["recipient", "id"]))
-    else {
+    // Deliveries about the conversation rather than in it.
+    const NOT_ENGAGEMENT: [&str; 10] = [
+        "delivery",
+        "optin",
+        "pass_thread_control",
+        "take_thread_control",
+        "request_thread_control",
+        "app_roles",
+        "policy_enforcement",
+        "account_linking",
+        "game_play",
+        "messaging_feedback",
+    ];
+    if let Some(k) = NOT_ENGAGEMENT.iter().find(|k| m.get(**k).is_some()) {
+        return Item::Ignored(match *k {
+            "delivery" => "delivery_receipt",
+            "optin" => "optin",
+            "pass_thread_control"
+            | "take_thread_control"
+            | "request_thread_control"
+            | "app_roles" => "thread_handover",
+            _ => "not_engagement",
+        });
+    }
+    // Chat Plugin (website) users have a `user_ref` instead of an id.
+    let sender = id(m, &["sender", "id"]).or_else(|| id(m, &["sender", "user_ref"]));
+    let (Some(sender), Some(recipient)) = (sender, id(m, &["recipient", "id"])) else {
         return Item::rejected(
             "malformed",
             "messaging item without `sender.id` and `recipient.id`",
@@ -478,12 +597,20 @@ fn messaging_item(
     let (kind, action, native, text, reaction, reference) = if let Some(msg) = m.get("message") {
         let mid = id(msg, &["mid"]).unwrap_or_else(|| format!("{sender}/{ts}"));
         let echo = msg.get("is_echo").and_then(Value::as_bool).unwrap_or(false);
+        // An unsend carries only the mid: it is a REMOVE of DM_IN whatever the message was
+        // (a story reply or mention unsent is counted off DM_IN; the net stays right).
         let deleted = msg
             .get("is_deleted")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let story_mention = msg
+            .get("attachments")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| s(x, &["type"]) == Some("story_mention")));
         let kind = if echo || brand_sent {
             Kind::DmOut
+        } else if story_mention {
+            Kind::StoryMention
         } else if msg.pointer("/reply_to/story").is_some() {
             Kind::StoryReply
         } else if msg.get("quick_reply").is_some() {
@@ -523,7 +650,23 @@ fn messaging_item(
             reaction,
             None,
         )
+    } else if let Some(edit) = m.get("message_edit") {
+        let Some(mid) = id(edit, &["mid"]) else {
+            return Item::rejected("malformed", "message_edit without `mid`", m, Some(account));
+        };
+        (
+            if brand_sent { Kind::DmOut } else { Kind::DmIn },
+            Action::Edit,
+            mid,
+            s(edit, &["text"]).map(str::to_owned),
+            None,
+            None,
+        )
     } else if let Some(r) = m.get("read") {
+        // The brand reading the user's messages is not a funnel step of the user.
+        if brand_sent {
+            return Item::Ignored("brand_read");
+        }
         let native = id(r, &["mid"])
             .or_else(|| id(r, &["watermark"]))
             .unwrap_or_else(|| ts.to_string());
@@ -558,7 +701,7 @@ fn messaging_item(
     } else {
         return Item::rejected(
             "unknown_change",
-            "messaging item has none of message, reaction, read, postback, referral",
+            "messaging item has none of message, message_edit, reaction, read, postback, referral",
             m,
             Some(account),
         );
@@ -583,7 +726,10 @@ fn messaging_item(
     e.object_id = id(m, &["message", "mid"])
         .or_else(|| id(m, &["reaction", "mid"]))
         .or_else(|| id(m, &["read", "mid"]))
-        .or_else(|| id(m, &["postback", "mid"]));
+        .or_else(|| id(m, &["postback", "mid"]))
+        .or_else(|| id(m, &["message_edit", "mid"]));
+    // A reply to one message of the thread names it.
+    e.parent_id = id(m, &["message", "reply_to", "mid"]);
     e.text = text;
     e.reaction = reaction;
     e.ref_ = reference;

@@ -23,6 +23,10 @@ pub enum Item {
     Event(EngagementEvent),
     /// Input that cannot become an event.
     Rejected(Rejection),
+    /// A legitimate delivery that is not engagement (a delivery receipt, a thread handover,
+    /// Meta's dashboard test payload, a reaction on a comment…): nothing is published, the
+    /// reason is counted (`banter_ingest_updates_ignored_total`).
+    Ignored(&'static str),
 }
 
 /// Why an item was rejected, with its original bytes.

@@ -72,10 +72,11 @@ pub const STAGES: [&str; 6] = [
 ];
 
 /// Most triggers (campaigns), trigger comments and stage events kept per (account, actor): a
-/// changelog value stays small whatever an actor does. Beyond them the latest are dropped.
+/// changelog value stays small whatever an actor does. Beyond them the latest are dropped
+/// (stage events counted in [`FunnelStats::capped`]).
 const MAX_TRIGGERS: usize = 16;
 const MAX_COMMENTS: usize = 16;
-const MAX_STAGE_EVENTS: usize = 64;
+const MAX_STAGE_EVENTS: usize = 256;
 /// Most events waiting for one comment or click.
 const MAX_WAITING: usize = 16;
 
@@ -175,6 +176,9 @@ pub struct FunnelStats {
     pub triggers: u64,
     /// Stage events forgotten without a campaign to attribute them to.
     pub unattributed: u64,
+    /// Stage events dropped because their actor held the most it can (an actor with more
+    /// than that many funnel events within the allowed lateness: counts may then be short).
+    pub capped: u64,
 }
 
 const ACTORS: TableId = TableId {
@@ -239,6 +243,23 @@ fn attribution<'a>(af: &'a ActorFunnel, ev: &'a StageEvent) -> Option<&'a str> {
         .map(|t| t.campaign.as_str())
 }
 
+/// The campaign whose trigger `ev` counts for: its attribution, when it lies within that
+/// trigger's attribution window.
+fn counted_for<'a>(
+    af: &'a ActorFunnel,
+    ev: &'a StageEvent,
+    attribution_ms: i64,
+) -> Option<&'a str> {
+    let c = attribution(af, ev)?;
+    let t0 = af.triggers.iter().find(|t| t.campaign == c)?.time;
+    let from_trigger = if ev.after_trigger {
+        ev.time > t0
+    } else {
+        ev.time >= t0
+    };
+    (from_trigger && ev.time <= t0.saturating_add(attribution_ms)).then_some(c)
+}
+
 impl Funnels {
     /// Funnels for the campaigns of `matcher`.
     pub fn new(cfg: FunnelConfig, matcher: Matcher) -> Self {
@@ -279,21 +300,12 @@ impl Funnels {
         let mut out = BTreeMap::new();
         for t in &af.triggers {
             let t0 = t.time;
-            let within = |ev: &StageEvent| {
-                let from_trigger = if ev.after_trigger {
-                    ev.time > t0
-                } else {
-                    ev.time >= t0
-                };
-                from_trigger && ev.time <= t0.saturating_add(self.cfg.attribution_ms)
-            };
             // The earliest event of each stage attributed to the campaign (events are sorted).
             let mut reached: [Option<&StageEvent>; 6] = [None; 6];
             for ev in &af.stages {
                 let s = usize::from(ev.stage);
                 if reached[s].is_none()
-                    && within(ev)
-                    && attribution(af, ev) == Some(t.campaign.as_str())
+                    && counted_for(af, ev, self.cfg.attribution_ms) == Some(t.campaign.as_str())
                 {
                     reached[s] = Some(ev);
                 }
@@ -461,12 +473,29 @@ impl Funnels {
     }
 
     fn add_stage(&mut self, key: &ActorKey, event: StageEvent, offset: i64) {
+        let attribution_ms = self.cfg.attribution_ms;
+        let mut capped = false;
         self.update(key, offset, |af| {
             let i = af.stages.partition_point(|s| *s <= event);
             if af.stages.get(i.wrapping_sub(1)) == Some(&event) {
                 return; // the same event again (a redelivery under another id)
             }
+            // An event naming a campaign the actor triggered, after an earlier one of the same
+            // stage (and click) that already counts for it, can never count: the trigger can
+            // only move earlier (it is the earliest keyword match). Kept out, so that a busy
+            // actor's repeated replies, clicks and conversions do not fill the state.
+            if event.campaign.is_some()
+                && af.stages[..i].iter().any(|e| {
+                    e.stage == event.stage
+                        && e.campaign == event.campaign
+                        && (e.stage != 4 || e.click == event.click)
+                        && counted_for(af, e, attribution_ms) == event.campaign.as_deref()
+                })
+            {
+                return;
+            }
             if af.stages.len() >= MAX_STAGE_EVENTS {
+                capped = true;
                 if i == af.stages.len() {
                     return;
                 }
@@ -474,6 +503,9 @@ impl Funnels {
             }
             af.stages.insert(i, event);
         });
+        if capped {
+            self.stats.capped += 1;
+        }
     }
 
     /// Holds `event` until what it waits for arrives (or the lateness passes).
@@ -640,15 +672,32 @@ impl Funnels {
                     .iter()
                     .any(|t| t.time <= ev.time && ev.time <= t.time.saturating_add(attribution_ms))
             };
+            // Settled events (older than the lateness) have every trigger that can come before
+            // them: of those, only the first of each stage counted for its campaign can count
+            // (and the first click of each click id, which a conversion may name). The rest of
+            // a busy actor's settled history is dropped, so that what can still count always
+            // fits under MAX_STAGE_EVENTS.
+            let mut firsts: BTreeSet<(u8, Option<&str>, Option<&str>)> = BTreeSet::new();
             let stages: Vec<StageEvent> = af
                 .stages
                 .iter()
                 .filter(|ev| {
-                    let live = ev.time.saturating_add(lateness) >= wm || claimed(ev);
-                    if !live && attribution(af, ev).is_none() {
-                        unattributed += 1;
+                    let settled = ev.time.saturating_add(lateness) < wm;
+                    let live = !settled || claimed(ev);
+                    if !live {
+                        if attribution(af, ev).is_none() {
+                            unattributed += 1;
+                        }
+                        return false;
                     }
-                    live
+                    if !settled {
+                        return true;
+                    }
+                    let first_click =
+                        ev.stage == 4 && firsts.insert((4, None, ev.click.as_deref().or(Some(""))));
+                    let counted = counted_for(af, ev, attribution_ms)
+                        .is_some_and(|c| firsts.insert((ev.stage, Some(c), None)));
+                    first_click || counted
                 })
                 .cloned()
                 .collect();
@@ -665,7 +714,13 @@ impl Funnels {
             }
             for s in old.stages.iter().filter(|s| !af.stages.contains(s)) {
                 if let Some(c) = s.click.as_ref().filter(|_| s.stage == 4) {
-                    self.clicks.remove(c);
+                    if !af
+                        .stages
+                        .iter()
+                        .any(|k| k.stage == 4 && k.click.as_ref() == Some(c))
+                    {
+                        self.clicks.remove(c);
+                    }
                 }
             }
             if !(af.triggers.is_empty() && af.stages.is_empty()) {

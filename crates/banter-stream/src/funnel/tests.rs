@@ -349,3 +349,33 @@ fn an_earlier_trigger_of_another_campaign_arriving_last_takes_the_last_touch_bac
     let late_summer = run(&[comment("u1", "info", t), read, sun]);
     assert_eq!(counts(&late_summer), counts(&ordered));
 }
+
+#[test]
+fn a_busy_actors_conversion_hours_later_still_counts() {
+    // Someone who keeps commenting the keyword and gets a reply, a read and a click each time
+    // (one click id, as a shop's tracking gives one per person and campaign): hundreds of
+    // stage events over the week, then the conversion. It counts, with its value.
+    let mut events = Vec::new();
+    for i in 0..120i64 {
+        let t = T0 + i * 5 * crate::MINUTE;
+        events.push(comment("fan", "info please", t));
+        events.push(stage(Kind::PrivateReplySent, "fan", None, t + 10_000));
+        events.push(stage(Kind::DmRead, "fan", None, t + 40_000));
+        let mut click = stage(Kind::LinkClick, "fan", Some("spring"), t + 90_000);
+        click.click_id = Some("clk-fan".into());
+        events.push(click);
+    }
+    let mut conv = stage(Kind::Conversion, "shop", None, T0 + 2 * DAY);
+    conv.click_id = Some("clk-fan".into());
+    conv.value = Some(49.9);
+    conv.currency = Some("EUR".into());
+    events.push(conv);
+    let rows = run(&events);
+    assert_eq!(totals(&rows, "spring"), [1, 1, 1, 0, 1, 1]);
+    let value: f64 = rows
+        .values()
+        .filter(|r| r.window == WindowKind::Day)
+        .map(|r| r.conversion_value)
+        .sum();
+    assert!((value - 49.9).abs() < 1e-9, "{value}");
+}

@@ -38,6 +38,7 @@ pub struct StreamMetrics {
     pub(super) conversation_rows: Counter,
     pub(super) triggers: Counter,
     pub(super) unattributed: Counter,
+    pub(super) funnel_capped: Counter,
     pub(super) campaign_reloads: Family<Vec<(String, String)>, Counter>,
     pub(super) campaigns: Gauge,
     pub(super) funnel_entries: Gauge,
@@ -71,6 +72,7 @@ impl StreamMetrics {
             conversation_rows: Counter::default(),
             triggers: Counter::default(),
             unattributed: Counter::default(),
+            funnel_capped: Counter::default(),
             campaign_reloads: Family::default(),
             campaigns: Gauge::default(),
             funnel_entries: Gauge::default(),
@@ -193,6 +195,11 @@ impl StreamMetrics {
             m.unattributed.clone(),
         );
         r.register(
+            "funnel_events_capped",
+            "Funnel stage events dropped because their actor held the most it can (counts may be short)",
+            m.funnel_capped.clone(),
+        );
+        r.register(
             "campaign_reloads",
             "Reloads of the campaigns file by outcome (ok, error)",
             m.campaign_reloads.clone(),
@@ -227,6 +234,7 @@ impl StreamMetrics {
         self.triggers.inc_by(after.triggers - before.triggers);
         self.unattributed
             .inc_by(after.unattributed - before.unattributed);
+        self.funnel_capped.inc_by(after.capped - before.capped);
     }
 
     /// The gauges of this instance's partitions' state, summed.

@@ -64,7 +64,7 @@ impl Counts {
             Kind::Share => self.shares += d,
             Kind::StoryReply => self.story_replies += d,
             Kind::DmIn => self.dms_in += d,
-            Kind::Mention => self.mentions += d,
+            Kind::Mention | Kind::StoryMention => self.mentions += d,
             Kind::BrandReply => self.brand_replies += d,
             _ => {}
         }

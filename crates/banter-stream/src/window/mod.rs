@@ -18,8 +18,9 @@
 //!   ids; the first delivery counts.
 //! * **First hour** ([`first_hour`]). Per post, interactions within 15 and 60 minutes of
 //!   `content_published_at` (or a POST_PUBLISHED event), emitted when the watermark passes
-//!   publication + 15 / 60 min; early acceleration and time-to-N (minute resolution: the end of
-//!   the minute in which the running count reached N) come with the 60-minute row.
+//!   publication + 15 / 60 min; interactions that arrive before the publication is known are
+//!   kept for it. Early acceleration and time-to-N (exact: publication to the event time of the
+//!   N-th net interaction) come with the 60-minute row.
 //! * **Determinism.** Every row is a function of the inputs: `revision` is the highest input
 //!   offset that contributed to it, `emitted_at` is the watermark that closed or corrected it.
 //!   Replaying the same partition from the same offset emits the same rows, which is what
