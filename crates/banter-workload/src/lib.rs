@@ -42,7 +42,7 @@ pub struct WorkloadConfig {
     pub accounts: u32,
     /// Posts each account publishes per day.
     pub posts_per_account_per_day: f64,
-    /// Event time of the first event (ms).
+    /// Event time of the first event (ms); rounded down to a whole minute.
     pub start_ms: i64,
     /// Event-time span generated (ms).
     pub duration_ms: i64,
@@ -388,7 +388,10 @@ fn phi_inverse(area: f64) -> f64 {
 
 impl Workload {
     /// Generates the workload of `config`.
-    pub fn generate(config: WorkloadConfig) -> Workload {
+    pub fn generate(mut config: WorkloadConfig) -> Workload {
+        // On the minute: the same seed gives the same minutes, the same windows and the same
+        // figures whenever it runs.
+        config.start_ms -= config.start_ms.rem_euclid(MINUTE);
         let mut rng = SampleRng::new(config.seed);
         let end = config.start_ms + config.duration_ms;
         let day = 24.0 * 60.0 * MINUTE as f64;
@@ -897,7 +900,8 @@ mod tests {
         });
         assert_eq!(a.len(), d.len());
         assert_eq!(a.expected.spikes.len(), d.expected.spikes.len());
-        let shift = start - small().start_ms;
+        let shift = d.config.start_ms - a.config.start_ms;
+        assert_eq!(shift, 3 * 60 * MINUTE, "the start is rounded to its minute");
         // The same events, moved (delivery order may differ where Facebook's whole seconds
         // round differently): compared sorted, outside the injected spikes.
         let spiked = |e: &EngagementEvent| {

@@ -499,8 +499,16 @@ impl Detector {
             let scale = sigma.max(r.mean.max(0.0).sqrt()).max(1.0);
             ((xf - r.mean) / scale, r.mean, sigma)
         };
+        // A launch level from a few minutes is itself uncertain: x − μ̂ varies by μ (Poisson)
+        // plus μ / n (the estimate's own error; n at most the EWMA's effective sample size).
+        let launch_z = |r: &Ewma| {
+            let n_eff = f64::from(r.n).min((2.0 - cfg.lambda) / cfg.lambda).max(1.0);
+            let mean = r.mean.max(0.0);
+            let scale = r.sigma().max((mean * (1.0 + 1.0 / n_eff)).sqrt()).max(1.0);
+            ((xf - r.mean) / scale, r.mean, r.sigma())
+        };
         let own = if young {
-            (st.launch.n >= cfg.young_own_minutes).then(|| counts_z(&st.launch))
+            (st.launch.n >= cfg.young_own_minutes).then(|| launch_z(&st.launch))
         } else if st.baseline.n >= cfg.min_history_minutes {
             Some(counts_z(&st.baseline))
         } else {

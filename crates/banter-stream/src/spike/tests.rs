@@ -216,6 +216,37 @@ fn a_young_post_of_an_account_without_history_fires_when_its_launch_takes_off() 
 }
 
 #[test]
+fn a_launch_level_from_three_minutes_is_not_taken_as_exact() {
+    // Seen in scripts/run.sh: a launch of 15, 16, 17 a minute, then 28, 19, 31 within its flat
+    // phase (Poisson around 23): against a level of 16 known from three minutes only, 28 and
+    // 31 are not unusual. A real take-off still is.
+    let published = T0 + 20 * MINUTE + 49_000;
+    let feed = |det: &mut Detector, post: &str, xs: &[i64]| {
+        let mut out = Vec::new();
+        for (i, &x) in xs.iter().enumerate() {
+            let minute = 20 + i as i64;
+            det.observe(&count(row("a", Some(post), minute, x), Some(published)));
+            det.close(T0 + (minute + 1) * MINUTE, &mut out);
+        }
+        out
+    };
+    let mut det = Detector::new(SpikeConfig::default());
+    let out = feed(&mut det, "p", &[3, 15, 16, 17, 28, 19, 31, 12, 8, 15, 6, 5]);
+    assert!(out.is_empty(), "{out:#?}");
+    let mut det = Detector::new(SpikeConfig::default());
+    let out = feed(
+        &mut det,
+        "q",
+        &[3, 15, 16, 17, 160, 190, 170, 12, 8, 15, 6, 5],
+    );
+    assert_eq!(
+        out.first().map(|a| a.state),
+        Some(AlertState::Firing),
+        "{out:#?}"
+    );
+}
+
+#[test]
 fn a_firing_spike_holds_while_its_counts_stay_unusual_below_min_count() {
     // A quiet post (about 0.3 a minute) gets 11, 12, then 8 or 9 a minute for 8 minutes:
     // unusual throughout, though below min_count after its start. One alert, resolved when
