@@ -346,3 +346,56 @@ async fn first_party_events_answer_per_event_and_dead_letter_rejects() {
     let original: Value = serde_json::from_slice(&typo.payload).unwrap();
     assert_eq!(original["acount_id"], "acct-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_event_over_a_megabyte_is_dead_lettered_truncated_and_fails_no_batch_mate() {
+    // A 2 MiB text is rejected (over 64 KiB); its dead letter used to carry all of it, over
+    // Kafka's 1 MB record limit: the transaction failed (503 "nothing was published") for it
+    // and for every request batched with it.
+    let cfg = fresh_pipeline_config("ingest-huge-reject").await;
+    let ingest = start_ingest(&cfg).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/events", ingest.base);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let body = json!([
+        {"event_id": "big-1", "kind": "DM_IN", "account_id": "acct-1", "actor_id": "u1", "text": huge, "event_time": now - 1000},
+        {"event_id": "fine-1", "kind": "LINK_CLICK", "account_id": "acct-1", "click_id": "c1", "event_time": now - 500}
+    ]);
+    let r = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 207, "{:?}", r.text().await);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let events = consume(&cfg, &cfg.kafka.topics.events, 1, Duration::from_secs(30)).await;
+    let e = EngagementEvent::codec()
+        .decode(events[0].payload().unwrap())
+        .unwrap();
+    assert_eq!(e.event_id, "fine-1");
+    let dlq = consume(&cfg, &cfg.kafka.topics.dlq, 1, Duration::from_secs(30)).await;
+    let d = DeadLetter::codec()
+        .decode(dlq[0].payload().unwrap())
+        .unwrap();
+    assert_eq!(
+        d.payload.len(),
+        banter_ingest::server::MAX_DEAD_LETTER_PAYLOAD
+    );
+    assert!(d.detail.contains("text is 2097152 bytes"), "{}", d.detail);
+    assert!(
+        d.detail.contains("truncated") && d.detail.contains("sha256"),
+        "{}",
+        d.detail
+    );
+    let kept = String::from_utf8_lossy(&d.payload);
+    assert!(
+        kept.starts_with('{') && kept.contains("\"big-1\""),
+        "{}",
+        &kept[..200]
+    );
+}

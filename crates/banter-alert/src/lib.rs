@@ -197,10 +197,12 @@ pub fn to_alertmanager(
     } else {
         format!("post {content} of account {}", a.account_id)
     };
+    // Ids go into a query string: percent-encoded, so `&`, `#` or a space in an id cannot
+    // change the link.
     let dashboard = cfg
         .dashboard_url
-        .replace("{account}", &a.account_id)
-        .replace("{content}", content);
+        .replace("{account}", &query_escape(&a.account_id))
+        .replace("{content}", &query_escape(content));
     let mut annotations = BTreeMap::new();
     annotations.insert("summary".to_owned(), format!("Engagement spike on {what}"));
     annotations.insert(
@@ -503,6 +505,19 @@ pub async fn run(
     Ok(())
 }
 
+/// `s` percent-encoded for a URL query value (RFC 3986 unreserved characters kept).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,5 +608,12 @@ mod tests {
         t.take(alert(AlertState::Firing), 10.0, now);
         t.sent(&[due[0].0.clone()], later, None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ids_in_the_dashboard_link_are_percent_encoded() {
+        assert_eq!(query_escape("acct-1"), "acct-1");
+        assert_eq!(query_escape("O'Brien & co#1"), "O%27Brien%20%26%20co%231");
+        assert_eq!(query_escape("ö"), "%C3%B6");
     }
 }

@@ -98,12 +98,44 @@ impl IngestConfig {
     /// # Errors
     /// `ingest.actor_salt` is unset or too short.
     pub fn validate_for_ingest(&self) -> Result<(), ConfigError> {
-        if self.actor_salt.expose().len() < 16 {
+        let salt = self.actor_salt.expose();
+        if salt.len() < 16 {
             return Err(invalid(
                 "ingest.actor_salt",
                 "must be set, at least 16 characters (e.g. BANTER_INGEST__ACTOR_SALT)",
             ));
         }
+        // A salt copied from an example hashes actors the same as everyone who copied it: the
+        // hashes could be reversed by hashing known ids with it.
+        if KNOWN_DEFAULT_SALTS.contains(&salt) || salt.to_ascii_lowercase().contains("change-me") {
+            return Err(invalid(
+                "ingest.actor_salt",
+                "is an example value; set a long random one (e.g. `openssl rand -hex 32`)",
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Salts that appear in banter's own examples.
+const KNOWN_DEFAULT_SALTS: [&str; 1] = ["change-me-to-a-long-random-salt"];
+
+#[cfg(test)]
+mod salt_tests {
+    use super::*;
+
+    #[test]
+    fn the_examples_salt_is_refused() {
+        let mut c = IngestConfig {
+            actor_salt: Secret::new("change-me-to-a-long-random-salt"),
+            ..IngestConfig::default()
+        };
+        let err = c.validate_for_ingest().unwrap_err().to_string();
+        assert!(
+            err.contains("ingest.actor_salt") && err.contains("example"),
+            "{err}"
+        );
+        c.actor_salt = Secret::new("3f9a0c1e5b7d2468ace13579bdf02468");
+        c.validate_for_ingest().unwrap();
     }
 }

@@ -46,6 +46,14 @@ pub enum ReplayError {
         /// The last error.
         source: PublishError,
     },
+    /// A batch could not be encoded (a bug): nothing of it was published.
+    #[error("cannot encode the batch at line {line}: {message}")]
+    Encode {
+        /// First line of the batch.
+        line: u64,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// What a replay did.
@@ -160,7 +168,12 @@ pub async fn replay(
         }
         let eof = n == 0;
         if batch_lines >= BATCH_LINES || (eof && batch_lines > 0) {
-            let out = to_records(state, &batch_items, "replay", now_ms());
+            let out = to_records(state, &batch_items, "replay", now_ms()).map_err(|e| {
+                ReplayError::Encode {
+                    line: batch_first_line,
+                    message: e.to_string(),
+                }
+            })?;
             let records = &out.records;
             let mut attempt = 0;
             loop {

@@ -181,9 +181,49 @@ impl Records {
     }
 }
 
+/// The most of a rejected item's bytes a dead letter keeps: a rejected item can be as large as
+/// a request (`ingest.max_body_bytes`, 4 MiB), more than a Kafka record may be (1 MB), and one
+/// record over the limit would fail the whole transaction and every request batched with it.
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = 64 * 1024;
+
+/// A rejected item's bytes as its dead letter keeps them: whole up to
+/// [`MAX_DEAD_LETTER_PAYLOAD`], else that prefix, with the length and SHA-256 of the whole in
+/// the detail.
+pub fn bounded_payload(payload: &[u8], detail: &str) -> (Vec<u8>, String) {
+    use sha2::{Digest, Sha256};
+    if payload.len() <= MAX_DEAD_LETTER_PAYLOAD {
+        return (payload.to_vec(), detail.to_owned());
+    }
+    let digest = Sha256::digest(payload);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (
+        payload[..MAX_DEAD_LETTER_PAYLOAD].to_vec(),
+        format!(
+            "{detail} (payload of {} bytes truncated to its first {MAX_DEAD_LETTER_PAYLOAD}; sha256 of the whole {hex})",
+            payload.len()
+        ),
+    )
+}
+
+/// A record that could not be encoded: a bug, reported rather than published without it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a {what}: {message}")]
+pub struct EncodeError {
+    what: &'static str,
+    message: String,
+}
+
 /// Turns normalized items into Kafka records: events keyed by account to the events topic,
 /// rejections as [`DeadLetter`]s to the dead-letter topic; ignored deliveries are only counted.
-pub fn to_records(state: &IngestState, items: &[Item], source: &str, now: i64) -> Records {
+///
+/// # Errors
+/// An event or dead letter that cannot be encoded: nothing of the request is published.
+pub fn to_records(
+    state: &IngestState,
+    items: &[Item],
+    source: &str,
+    now: i64,
+) -> Result<Records, EncodeError> {
     let mut out = Records {
         records: Vec::with_capacity(items.len()),
         ..Records::default()
@@ -193,41 +233,46 @@ pub fn to_records(state: &IngestState, items: &[Item], source: &str, now: i64) -
         match item {
             Item::Event(e) => {
                 let mut payload = Vec::with_capacity(160);
-                // Validated events always encode (the codec has no failure for them).
-                if enc.encode_into(e, &mut payload).is_ok() {
-                    out.records.push(Record {
-                        topic: state.events_topic.clone(),
-                        key: Some(e.account_id.as_bytes().to_vec()),
-                        payload,
-                    });
-                    out.accepted += 1;
-                }
+                enc.encode_into(e, &mut payload)
+                    .map_err(|err| EncodeError {
+                        what: "event",
+                        message: err.to_string(),
+                    })?;
+                out.records.push(Record {
+                    topic: state.events_topic.clone(),
+                    key: Some(e.account_id.as_bytes().to_vec()),
+                    payload,
+                });
+                out.accepted += 1;
             }
             Item::Rejected(r) => {
+                let (payload, detail) = bounded_payload(&r.payload, &r.detail);
                 let dl = DeadLetter {
                     stage: Stage::Ingest,
                     reason: r.reason.to_owned(),
-                    detail: r.detail.clone(),
+                    detail,
                     source: Some(source.to_owned()),
                     source_partition: None,
                     source_offset: None,
                     account_id: r.account_id.clone(),
-                    payload: r.payload.clone(),
+                    payload,
                     failed_at: now,
                 };
-                if let Ok(payload) = DeadLetter::codec().encode(&dl) {
-                    out.records.push(Record {
-                        topic: state.dlq_topic.clone(),
-                        key: r.account_id.as_ref().map(|a| a.as_bytes().to_vec()),
-                        payload,
-                    });
-                }
+                let payload = DeadLetter::codec().encode(&dl).map_err(|err| EncodeError {
+                    what: "dead letter",
+                    message: err.to_string(),
+                })?;
+                out.records.push(Record {
+                    topic: state.dlq_topic.clone(),
+                    key: r.account_id.as_ref().map(|a| a.as_bytes().to_vec()),
+                    payload,
+                });
                 out.rejected.push(r.reason);
             }
             Item::Ignored(reason) => out.ignored.push(reason),
         }
     }
-    out
+    Ok(out)
 }
 
 /// The router of the ingest API.
@@ -404,7 +449,10 @@ async fn meta_webhook_inner(s: &IngestState, headers: &HeaderMap, body: Body) ->
         Ok(items) => items,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let mut out = to_records(s, &items, "/webhooks/meta", now);
+    let mut out = match to_records(s, &items, "/webhooks/meta", now) {
+        Ok(out) => out,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let started = Instant::now();
     if let Err(e) = s.publisher.publish(std::mem::take(&mut out.records)).await {
         return unavailable(&e);
@@ -534,7 +582,10 @@ async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Respo
         .iter()
         .map(|r| first_party::normalize(&s.normalizer, r, now))
         .collect();
-    let mut out = to_records(s, &items, "/v1/events", now);
+    let mut out = match to_records(s, &items, "/v1/events", now) {
+        Ok(out) => out,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let started = Instant::now();
     if let Err(e) = s.publisher.publish(std::mem::take(&mut out.records)).await {
         return unavailable(&e);

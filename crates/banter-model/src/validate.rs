@@ -85,6 +85,17 @@ pub enum ValidationError {
         /// The limit.
         max: usize,
     },
+    /// An id with a control character (platforms send none; a separator such as U+001F in an
+    /// id is what a key built by joining ids would split at).
+    #[error("{field} contains the control character U+{code:04X} at byte {at}")]
+    ControlCharacter {
+        /// The field's name.
+        field: &'static str,
+        /// The character's code point.
+        code: u32,
+        /// Its byte offset.
+        at: usize,
+    },
     /// A field that needs another one, e.g. POST_PUBLISHED needs content_published_at.
     #[error("{kind} needs {field}")]
     NeedsField {
@@ -118,8 +129,21 @@ fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, ValidationEr
     if v.trim().is_empty() {
         return Err(ValidationError::Missing { field });
     }
-    max_len(field, v, MAX_ID_BYTES)?;
+    id(field, v)?;
     Ok(v)
+}
+
+/// An id: at most [`MAX_ID_BYTES`], no control characters.
+fn id(field: &'static str, v: &str) -> Result<(), ValidationError> {
+    max_len(field, v, MAX_ID_BYTES)?;
+    match v.char_indices().find(|(_, c)| c.is_control()) {
+        Some((at, c)) => Err(ValidationError::ControlCharacter {
+            field,
+            code: u32::from(c),
+            at,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn max_len(field: &'static str, v: &str, max: usize) -> Result<(), ValidationError> {
@@ -135,7 +159,7 @@ fn max_len(field: &'static str, v: &str, max: usize) -> Result<(), ValidationErr
 
 fn optional_id(field: &'static str, v: &Option<String>) -> Result<(), ValidationError> {
     match v {
-        Some(s) => max_len(field, s, MAX_ID_BYTES),
+        Some(s) => id(field, s),
         None => Ok(()),
     }
 }
@@ -321,6 +345,28 @@ mod tests {
                 MAX_TEXT_BYTES + 1
             )
         );
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_refused() {
+        // U+001F was accepted, and keys joined with it could not be read back.
+        let mut e = ok_event();
+        e.object_id = Some("c1\u{1f}x".into());
+        assert_eq!(
+            err(&e),
+            "object_id contains the control character U+001F at byte 2"
+        );
+        let mut e = ok_event();
+        e.account_id = "acct\n".into();
+        assert_eq!(
+            err(&e),
+            "account_id contains the control character U+000A at byte 4"
+        );
+        // Text may hold line breaks; ids of every script are fine.
+        let mut e = ok_event();
+        e.text = Some("line one\nline two".into());
+        e.actor_id = Some("ユーザー-ö".into());
+        e.validate(&ValidationContext::at(NOW)).unwrap();
     }
 
     #[test]

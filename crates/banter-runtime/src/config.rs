@@ -296,9 +296,77 @@ where
     load(path.or(from_var.as_deref()), std::env::vars())
 }
 
-/// `config` as TOML, secrets redacted.
+/// `config` as TOML, secrets redacted: [`crate::Secret`] values, any value whose key names a
+/// secret (`password`, `secret`, `token`, `salt`, `jaas`, `credential`, `private`, `api_key`,
+/// `ssl.key.*`: e.g. `sasl.password` among `kafka.properties`), and the password of a URL's
+/// userinfo (`http://user:pw@host` → `http://user:<redacted>@host`). An unset secret shows
+/// empty, as unset (pasted back, it stays unset).
 pub fn to_redacted_toml<T: Serialize>(config: &T) -> String {
-    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    match toml::Value::try_from(config) {
+        Ok(mut v) => {
+            redact(&mut v, "");
+            toml::to_string_pretty(&v).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        }
+        Err(e) => format!("# cannot render config: {e}\n"),
+    }
+}
+
+/// Whether a configuration key names a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "salt",
+        "jaas",
+        "credential",
+        "private",
+        "api_key",
+        "apikey",
+    ]
+    .iter()
+    .any(|p| k.contains(p))
+        || k.starts_with("ssl.key.")
+}
+
+fn redact(v: &mut toml::Value, key: &str) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                redact(v, k);
+            }
+        }
+        toml::Value::Array(a) => {
+            for v in a {
+                redact(v, key);
+            }
+        }
+        toml::Value::String(s) if !s.is_empty() && is_secret_key(key) => {
+            *s = "<redacted>".into();
+        }
+        toml::Value::String(s) => {
+            if let Some(r) = redact_userinfo(s) {
+                *s = r;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@rest` with the password redacted; None when there is none.
+fn redact_userinfo(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    if password.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{scheme}://{user}:<redacted>@{host}{}",
+        &rest[authority_end..]
+    ))
 }
 
 impl Validate for KafkaConfig {
@@ -459,5 +527,44 @@ mod tests {
             "a shared section is checked: {err}"
         );
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn secrets_by_key_and_in_urls_never_print_and_unset_shows_unset() {
+        #[derive(Serialize)]
+        struct Shown {
+            url: String,
+            plain: String,
+            properties: std::collections::BTreeMap<String, String>,
+            unset: crate::Secret,
+            set: crate::Secret,
+        }
+        let shown = Shown {
+            url: "https://banter:s3cr3t@ch.example:8443/db?x=1".into(),
+            plain: "http://ch.example:8123".into(),
+            properties: [
+                ("sasl.password", "hunter2"),
+                ("sasl.jaas.config", "x password=\"hunter3\";"),
+                ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+                ("compression.type", "zstd"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            unset: crate::Secret::default(),
+            set: crate::Secret::new("hunter4"),
+        };
+        let out = to_redacted_toml(&shown);
+        for secret in ["s3cr3t", "hunter2", "hunter3", "hunter4", "PRIVATE KEY"] {
+            assert!(!out.contains(secret), "{secret} in\n{out}");
+        }
+        assert!(
+            out.contains("https://banter:<redacted>@ch.example:8443/db?x=1"),
+            "{out}"
+        );
+        assert!(out.contains("http://ch.example:8123"), "{out}");
+        assert!(out.contains("compression.type\" = \"zstd\""), "{out}");
+        assert!(out.contains("unset = \"\""), "{out}");
+        assert!(out.contains("set = \"<redacted>\""), "{out}");
     }
 }

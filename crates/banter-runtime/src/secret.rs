@@ -3,7 +3,7 @@
 //! In the TOML file a secret is given by reference, `password = { env = "CH_PASSWORD" }` or
 //! `password = { file = "/run/secrets/ch" }`, or (discouraged) inline as a string; the
 //! `BANTER_<SECTION>__<KEY>` environment override works too. `Debug`, `Display` and `Serialize`
-//! all show `<redacted>`.
+//! all show `<redacted>` (`Serialize` an empty string when unset).
 
 use std::fmt;
 
@@ -43,8 +43,10 @@ impl fmt::Display for Secret {
 }
 
 impl Serialize for Secret {
+    /// `<redacted>`, or empty when unset: printed back into a file, an unset secret must stay
+    /// unset rather than become the string `<redacted>`.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
     }
 }
 
