@@ -399,3 +399,102 @@ async fn a_rejected_event_over_a_megabyte_is_dead_lettered_truncated_and_fails_n
         &kept[..200]
     );
 }
+
+/// Sends raw bytes on a new connection; returns the stream.
+async fn raw(base: &str, bytes: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&bytes).unwrap();
+        s
+    })
+    .await
+    .unwrap()
+}
+
+/// The status line of the response on `s` (waits up to 10 s, off the runtime's threads).
+async fn status_of(s: std::net::TcpStream) -> String {
+    use std::io::Read;
+    tokio::task::spawn_blocking(move || {
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).expect("an answer within 10 s");
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_floods_and_broken_framing_get_clear_statuses_and_free_their_slot() {
+    let mut cfg = fresh_pipeline_config("ingest-edges").await;
+    cfg.ingest.body_timeout_ms = 500;
+    cfg.ingest.max_concurrent_requests = 1;
+    cfg.ingest.max_events_per_request = 100;
+    let ingest = start_ingest(&cfg).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/events", ingest.base);
+    let head = |len: usize| {
+        format!(
+            "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+        )
+    };
+    let bad = json!([{"kind": "NOPE", "account_id": "a", "event_time": 1}]);
+
+    // A body that never finishes holds the only slot: another request is turned away at once,
+    // and the slow one gets 408 when its time is up.
+    let slow = raw(&ingest.base, format!("{}[{{\"kin", head(100)).as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let turned_away = http.post(&url).json(&bad).send().await.unwrap();
+    assert_eq!(turned_away.status(), 503);
+    assert_eq!(turned_away.headers()["retry-after"], "1");
+    assert!(status_of(slow).await.contains(" 408 "));
+    // The slot is free again.
+    assert_eq!(
+        http.post(&url).json(&bad).send().await.unwrap().status(),
+        422
+    );
+
+    // A client that goes away mid-body frees its slot too (and the in-flight gauge with it).
+    drop(raw(&ingest.base, format!("{}[", head(100)).as_bytes()).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = http.post(&url).json(&bad).send().await.unwrap().status();
+        if s == 422 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot still taken: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A million tiny elements are refused while parsing, not after holding them all.
+    let flood = format!("[{}1]", "1,".repeat(1_000_000));
+    let r = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(flood)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("more than 100 events"));
+
+    // Broken chunked framing is a bad request, not "too large".
+    let broken = raw(
+        &ingest.base,
+        b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n[{}]\r\nzz\r\n",
+    )
+    .await;
+    let line = status_of(broken).await;
+    assert!(line.contains(" 400 "), "{line}");
+}

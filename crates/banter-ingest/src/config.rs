@@ -16,6 +16,11 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Most events (or webhook updates) in one request (413 above).
     pub max_events_per_request: usize,
+    /// How long a request's body may take to arrive, in ms (408 after).
+    pub body_timeout_ms: u64,
+    /// Most requests handled at once; more get 503 with `Retry-After` at once rather than
+    /// queueing (each may hold up to `max_body_bytes`).
+    pub max_concurrent_requests: usize,
     /// How long a request waits for the broker to acknowledge before answering 503.
     pub publish_timeout_ms: u64,
     /// How far in the future an event time may be, in seconds (clock skew).
@@ -40,6 +45,8 @@ impl Default for IngestConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 4 * 1024 * 1024,
             max_events_per_request: 1000,
+            body_timeout_ms: 30_000,
+            max_concurrent_requests: 256,
             publish_timeout_ms: 5000,
             max_future_skew_secs: 300,
             max_batch_events: 10_000,
@@ -67,6 +74,15 @@ impl Validate for IngestConfig {
         if self.max_events_per_request == 0 {
             return Err(invalid(
                 "ingest.max_events_per_request",
+                "must be at least 1",
+            ));
+        }
+        if self.body_timeout_ms < 100 {
+            return Err(invalid("ingest.body_timeout_ms", "must be at least 100"));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "ingest.max_concurrent_requests",
                 "must be at least 1",
             ));
         }

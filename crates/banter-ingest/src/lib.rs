@@ -87,6 +87,7 @@ pub fn build_state(
         publisher,
         metrics,
         config: Arc::new(ingest.clone()),
+        requests: Arc::new(tokio::sync::Semaphore::new(ingest.max_concurrent_requests)),
         events_topic: kafka.topics.events.as_str().into(),
         dlq_topic: kafka.topics.dlq.as_str().into(),
     };

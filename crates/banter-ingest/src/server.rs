@@ -12,7 +12,7 @@
 //! 503 with `Retry-After` when Kafka did not acknowledge in time (nothing was published).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -146,6 +146,8 @@ pub struct IngestState {
     pub metrics: IngestMetrics,
     /// Limits and secrets.
     pub config: Arc<IngestConfig>,
+    /// Permits of the requests handled at once (`ingest.max_concurrent_requests`).
+    pub requests: Arc<tokio::sync::Semaphore>,
     /// `banter.events.v1`.
     pub events_topic: Arc<str>,
     /// `banter.dlq.v1`.
@@ -346,13 +348,90 @@ fn handshake_inner(token: &Secret, q: &HandshakeQuery) -> Response {
 }
 
 /// Reads the body within the size limit; 413 otherwise.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// Reads a body of at most `limit` bytes within `timeout`: 413 over the limit (at once when
+/// `Content-Length` says so), 408 when it does not arrive in time, 400 when its framing is
+/// broken (a truncated chunk, a connection reset).
+#[allow(clippy::result_large_err)]
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Response> {
+    let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is larger than the limit of {limit} bytes"),
         )
-    })
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            // The limit's error is http-body-util's LengthLimitError, somewhere in the chain.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if c.to_string().contains("length limit exceeded") {
+                    return Err(too_large());
+                }
+                cause = c.source();
+            }
+            Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
+            ))
+        }
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// A request being handled: counted in the in-flight gauge until dropped (also when the client
+/// goes away and the handler is cancelled), holding one of `ingest.max_concurrent_requests`.
+struct InFlight {
+    gauge: Gauge,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    /// A permit, or the 503 answer when every one is taken.
+    #[allow(clippy::result_large_err)]
+    fn enter(s: &IngestState) -> Result<InFlight, Response> {
+        let permit = Arc::clone(&s.requests).try_acquire_owned().map_err(|_| {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "more than {} requests at once (ingest.max_concurrent_requests); retry",
+                    s.config.max_concurrent_requests
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        })?;
+        s.metrics.in_flight.inc();
+        Ok(InFlight {
+            gauge: s.metrics.in_flight.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
@@ -379,9 +458,10 @@ fn malformed(e: &serde_json::Error, line_offset: usize) -> Response {
 }
 
 async fn meta_webhook(State(s): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
-    s.metrics.in_flight.inc();
-    let r = meta_webhook_inner(&s, &headers, body).await;
-    s.metrics.in_flight.dec();
+    let r = match InFlight::enter(&s) {
+        Ok(_in_flight) => meta_webhook_inner(&s, &headers, body).await,
+        Err(r) => r,
+    };
     s.metrics.request("webhooks_meta", r.status());
     r
 }
@@ -399,7 +479,14 @@ async fn meta_webhook_inner(s: &IngestState, headers: &HeaderMap, body: Body) ->
             "webhooks must be application/json",
         );
     }
-    let bytes = match read_body(body, s.config.max_body_bytes).await {
+    let bytes = match read_body(
+        headers,
+        body,
+        s.config.max_body_bytes,
+        Duration::from_millis(s.config.body_timeout_ms),
+    )
+    .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -506,12 +593,24 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
-/// Splits a first-party body into raw events: a JSON array, one JSON object, or NDJSON.
+/// Splits a first-party body into raw events: a JSON array, one JSON object, or NDJSON, at most
+/// `max` of them: the count is checked while parsing, so a body of a million tiny elements is
+/// refused before it is held as a million values.
 ///
 /// # Errors
-/// A 400 response naming the line and column of the first syntax error.
+/// A 400 response naming the line and column of the first syntax error; 413 over `max`.
 #[allow(clippy::result_large_err)]
-pub fn split_events(bytes: &[u8], ndjson: bool) -> Result<Vec<Box<RawValue>>, Response> {
+pub fn split_events(
+    bytes: &[u8],
+    ndjson: bool,
+    max: usize,
+) -> Result<Vec<Box<RawValue>>, Response> {
+    let too_many = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("more than {max} events in one request, the limit"),
+        )
+    };
     if ndjson {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")))?;
@@ -520,24 +619,68 @@ pub fn split_events(bytes: &[u8], ndjson: bool) -> Result<Vec<Box<RawValue>>, Re
             if line.trim().is_empty() {
                 continue;
             }
+            if out.len() == max {
+                return Err(too_many());
+            }
             out.push(serde_json::from_str::<Box<RawValue>>(line).map_err(|e| malformed(&e, i))?);
         }
         return Ok(out);
     }
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        serde_json::from_slice::<Box<RawValue>>(bytes)
+        return serde_json::from_slice::<Box<RawValue>>(bytes)
             .map(|v| vec![v])
-            .map_err(|e| malformed(&e, 0))
-    } else {
-        serde_json::from_slice::<Vec<Box<RawValue>>>(bytes).map_err(|e| malformed(&e, 0))
+            .map_err(|e| malformed(&e, 0));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde::de::DeserializeSeed::deserialize(AtMost(max), &mut de).and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(e) if e.to_string().starts_with(TOO_MANY) => Err(too_many()),
+        Err(e) => Err(malformed(&e, 0)),
+    }
+}
+
+const TOO_MANY: &str = "too many events";
+
+/// A JSON array of at most `.0` raw values.
+struct AtMost(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AtMost {
+    type Value = Vec<Box<RawValue>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AtMost {
+    type Value = Vec<Box<RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events, or one event object")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element::<Box<RawValue>>()? {
+            if out.len() == self.0 {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            out.push(v);
+        }
+        Ok(out)
     }
 }
 
 async fn events(State(s): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
-    s.metrics.in_flight.inc();
-    let r = events_inner(&s, &headers, body).await;
-    s.metrics.in_flight.dec();
+    let r = match InFlight::enter(&s) {
+        Ok(_in_flight) => events_inner(&s, &headers, body).await,
+        Err(r) => r,
+    };
     s.metrics.request("v1_events", r.status());
     r
 }
@@ -556,11 +699,18 @@ async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Respo
             )
         }
     };
-    let bytes = match read_body(body, s.config.max_body_bytes).await {
+    let bytes = match read_body(
+        headers,
+        body,
+        s.config.max_body_bytes,
+        Duration::from_millis(s.config.body_timeout_ms),
+    )
+    .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let raws = match split_events(&bytes, ndjson) {
+    let raws = match split_events(&bytes, ndjson, s.config.max_events_per_request) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -638,22 +788,35 @@ mod tests {
     #[test]
     fn split_reports_positions() {
         assert_eq!(
-            split_events(b"[{\"a\":1},{\"b\":2}]", false)
+            split_events(b"[{\"a\":1},{\"b\":2}]", false, 10)
                 .map(|v| v.len())
                 .ok(),
             Some(2)
         );
         assert_eq!(
-            split_events(b" {\"a\":1}", false).map(|v| v.len()).ok(),
+            split_events(b" {\"a\":1}", false, 10).map(|v| v.len()).ok(),
             Some(1)
         );
         assert_eq!(
-            split_events(b"{\"a\":1}\n\n{\"b\":2}\n", true)
+            split_events(b"{\"a\":1}\n\n{\"b\":2}\n", true, 10)
                 .map(|v| v.len())
                 .ok(),
             Some(2)
         );
-        assert!(split_events(b"[{\"a\":1},]", false).is_err());
-        assert!(split_events(b"{\"a\":1}\n{\"b\":", true).is_err());
+        assert!(split_events(b"[{\"a\":1},]", false, 10).is_err());
+        assert!(split_events(b"{\"a\":1}\n{\"b\":", true, 10).is_err());
+        // At most `max`, counted while parsing.
+        assert_eq!(
+            split_events(b"[1,1,1]", false, 2).unwrap_err().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            split_events(b"{}\n{}\n{}\n", true, 2).unwrap_err().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            split_events(b"[1,1]", false, 2).map(|v| v.len()).ok(),
+            Some(2)
+        );
     }
 }
