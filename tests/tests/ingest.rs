@@ -498,3 +498,49 @@ async fn slow_bodies_floods_and_broken_framing_get_clear_statuses_and_free_their
     let line = status_of(broken).await;
     assert!(line.contains(" 400 "), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_party_events_from_outside_need_a_known_api_key() {
+    use sha2::{Digest, Sha256};
+    let hex = |k: &str| {
+        Sha256::digest(k.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    // Reachable from outside: anyone who reaches the port could forge events without a key.
+    let mut cfg = fresh_pipeline_config("ingest-keys").await;
+    cfg.ingest.listen = "0.0.0.0:0".into();
+    let ingest = start_ingest(&cfg).await;
+    let url = format!("{}/v1/events", ingest.base.replace("0.0.0.0", "127.0.0.1"));
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let click = json!({"event_id": "k-1", "kind": "LINK_CLICK", "account_id": "acct-1", "click_id": "c1", "event_time": now});
+    let keyless = http.post(&url).json(&click).send().await.unwrap();
+    assert_eq!(keyless.status(), 401);
+    assert!(keyless.text().await.unwrap().contains("ingest.api_keys"));
+    drop(ingest);
+
+    cfg.ingest.api_keys = vec![banter_ingest::config::ApiKey {
+        source: "shop".into(),
+        sha256: hex("a-long-random-key-0123456789"),
+    }];
+    let ingest = start_ingest(&cfg).await;
+    let url = format!("{}/v1/events", ingest.base.replace("0.0.0.0", "127.0.0.1"));
+    for (key, want) in [
+        (None, 401),
+        (Some("guess"), 401),
+        (Some("a-long-random-key-0123456789"), 200),
+    ] {
+        let mut r = http.post(&url).json(&click);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        assert_eq!(r.send().await.unwrap().status(), want, "{key:?}");
+    }
+    let events = consume(&cfg, &cfg.kafka.topics.events, 1, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), 1, "only the request with the key published");
+}

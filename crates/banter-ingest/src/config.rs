@@ -37,6 +37,23 @@ pub struct IngestConfig {
     pub meta_verify_token: Secret,
     /// Key of the hash that replaces actor ids; required. Changing it breaks distinct counts.
     pub actor_salt: Secret,
+    /// Who may post first-party events (`POST /v1/events`): each key by its SHA-256, so the
+    /// configuration holds no usable secret. Two entries of one source rotate a key.
+    pub api_keys: Vec<ApiKey>,
+    /// Accept `/v1/events` without a key on a non-loopback listener (never in production: anyone
+    /// who reaches the port could forge events and page on-call). Without keys, a loopback
+    /// listener is open to local clients.
+    pub allow_unauthenticated: bool,
+}
+
+/// One accepted API key of `/v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The system posting with it (counted per source).
+    pub source: String,
+    /// SHA-256 of the key, 64 hex digits (`printf %s KEY | sha256sum`).
+    pub sha256: String,
 }
 
 impl Default for IngestConfig {
@@ -55,6 +72,8 @@ impl Default for IngestConfig {
             meta_app_secret: Secret::default(),
             meta_verify_token: Secret::default(),
             actor_salt: Secret::default(),
+            api_keys: Vec::new(),
+            allow_unauthenticated: false,
         }
     }
 }
@@ -104,6 +123,28 @@ impl Validate for IngestConfig {
         if self.transactional_id.is_empty() {
             return Err(invalid("ingest.transactional_id", "must not be empty"));
         }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if k.source.trim().is_empty()
+                || !k
+                    .source
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return Err(invalid(
+                    "ingest.api_keys",
+                    format!("entry {i}: `source` must be a non-empty name of letters, digits, -, _ or ."),
+                ));
+            }
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "ingest.api_keys",
+                    format!(
+                        "entry {i} ({}): `sha256` must be the 64 hex digits of the key's SHA-256, not the key",
+                        k.source
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -130,6 +171,19 @@ impl IngestConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl IngestConfig {
+    /// Whether `/v1/events` takes requests without a key: no keys configured, and either a
+    /// loopback listener or `allow_unauthenticated`.
+    pub fn open_without_keys(&self) -> bool {
+        self.api_keys.is_empty()
+            && (self.allow_unauthenticated
+                || self
+                    .listen
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip().is_loopback()))
     }
 }
 

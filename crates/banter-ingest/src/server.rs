@@ -685,7 +685,65 @@ async fn events(State(s): State<IngestState>, headers: HeaderMap, body: Body) ->
     r
 }
 
+/// Who posts to `/v1/events`: the source of the API key in `Authorization: Bearer <key>` or
+/// `X-Api-Key: <key>`, compared by SHA-256 in constant time; `first_party` when the endpoint
+/// is open without keys.
+#[allow(clippy::result_large_err)]
+fn authenticate(
+    config: &crate::config::IngestConfig,
+    headers: &HeaderMap,
+) -> Result<String, Response> {
+    use sha2::{Digest, Sha256};
+    if config.open_without_keys() {
+        return Ok("first_party".to_owned());
+    }
+    let unauthorized = |why: &str| {
+        let mut r = error(StatusCode::UNAUTHORIZED, why.to_owned());
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"banter\""),
+        );
+        r
+    };
+    if config.api_keys.is_empty() {
+        return Err(unauthorized(
+            "first-party events need an API key, and none is configured (ingest.api_keys); \
+             a non-loopback listener is not open without one",
+        ));
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            unauthorized("missing API key (Authorization: Bearer <key>, or X-Api-Key)")
+        })?;
+    let digest = Sha256::digest(presented.as_bytes());
+    // Every configured key is compared, each in constant time.
+    let mut found: Option<&str> = None;
+    for k in &config.api_keys {
+        let mut diff = 0u8;
+        for (i, d) in digest.iter().enumerate() {
+            let want = u8::from_str_radix(k.sha256.get(2 * i..2 * i + 2).unwrap_or("zz"), 16);
+            diff |= d ^ want.unwrap_or(!d);
+        }
+        if diff == 0 && found.is_none() {
+            found = Some(&k.source);
+        }
+    }
+    found
+        .map(str::to_owned)
+        .ok_or_else(|| unauthorized("unknown API key"))
+}
+
 async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Response {
+    let source = match authenticate(&s.config, headers) {
+        Ok(source) => source,
+        Err(r) => return r,
+    };
     let ndjson = match media_type(headers).as_deref() {
         Some("application/json") => false,
         Some("application/x-ndjson") | Some("application/jsonl") => true,
@@ -741,7 +799,7 @@ async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Respo
         return unavailable(&e);
     }
     s.metrics.published(started);
-    out.count(&s.metrics, "first_party");
+    out.count(&s.metrics, &source);
     let (accepted, reasons) = (out.accepted, &out.rejected);
     let results: Vec<Value> = items
         .iter()
@@ -817,6 +875,88 @@ mod tests {
         assert_eq!(
             split_events(b"[1,1]", false, 2).map(|v| v.len()).ok(),
             Some(2)
+        );
+    }
+
+    #[test]
+    fn first_party_events_need_a_known_key_unless_local() {
+        use crate::config::{ApiKey, IngestConfig};
+        use banter_runtime::config::Validate;
+        use sha2::{Digest, Sha256};
+        let hex = |k: &str| {
+            Sha256::digest(k.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let with = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let status = |r: Result<String, Response>| r.map_err(|r| r.status().as_u16());
+        // Local and keyless: open.
+        let local = IngestConfig::default();
+        assert_eq!(
+            status(authenticate(&local, &with(&[]))),
+            Ok("first_party".into())
+        );
+        // Reachable from outside and keyless: closed, saying why.
+        let public = IngestConfig {
+            listen: "0.0.0.0:8080".into(),
+            ..IngestConfig::default()
+        };
+        assert_eq!(status(authenticate(&public, &with(&[]))), Err(401));
+        // Keys: the old and the new one of a rotation both work, anything else is refused.
+        let keyed = IngestConfig {
+            listen: "0.0.0.0:8080".into(),
+            api_keys: vec![
+                ApiKey {
+                    source: "shop".into(),
+                    sha256: hex("old-key-0123456789"),
+                },
+                ApiKey {
+                    source: "shop".into(),
+                    sha256: hex("new-key-0123456789"),
+                },
+                ApiKey {
+                    source: "crm".into(),
+                    sha256: hex("crm-key-0123456789"),
+                },
+            ],
+            ..IngestConfig::default()
+        };
+        for (h, want) in [
+            (
+                with(&[("authorization", "Bearer old-key-0123456789")]),
+                Ok("shop".to_owned()),
+            ),
+            (
+                with(&[("authorization", "Bearer new-key-0123456789")]),
+                Ok("shop".to_owned()),
+            ),
+            (
+                with(&[("x-api-key", "crm-key-0123456789")]),
+                Ok("crm".to_owned()),
+            ),
+            (with(&[("authorization", "Bearer wrong-key")]), Err(401)),
+            (with(&[("authorization", "Basic b2xkLWtleQ==")]), Err(401)),
+            (with(&[]), Err(401)),
+        ] {
+            assert_eq!(status(authenticate(&keyed, &h)), want);
+        }
+        // The configuration holds hashes, never keys.
+        let mut bad = keyed.clone();
+        bad.api_keys[0].sha256 = "old-key-0123456789".into();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("ingest.api_keys") && err.contains("not the key"),
+            "{err}"
         );
     }
 }
