@@ -13,6 +13,10 @@ pub const MIN_EVENT_TIME_MS: TimestampMillis = 946_684_800_000;
 /// Longest id accepted (event, account, content, object, actor, campaign, click ids).
 pub const MAX_ID_BYTES: usize = 512;
 
+/// Largest conversion value accepted (a trillion in the currency's unit): a window's sum of
+/// a million such values in cents still fits an i64.
+pub const MAX_VALUE: f64 = 1e12;
+
 /// Longest text accepted, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 
@@ -62,6 +66,15 @@ pub enum ValidationError {
     NegativeValue {
         /// The value given.
         value: f64,
+    },
+    /// A conversion value beyond [`MAX_VALUE`]: no order is worth that much, and sums of
+    /// such values in cents would overflow.
+    #[error("value {value} is larger than the allowed {max}")]
+    ValueTooLarge {
+        /// The value given.
+        value: f64,
+        /// The limit.
+        max: f64,
     },
     /// A value that is NaN or infinite.
     #[error("value is not a finite number")]
@@ -242,6 +255,12 @@ impl EngagementEvent {
         match (self.value, &self.currency) {
             (Some(v), _) if !v.is_finite() => return Err(ValidationError::NonFiniteValue),
             (Some(v), _) if v < 0.0 => return Err(ValidationError::NegativeValue { value: v }),
+            (Some(v), _) if v > MAX_VALUE => {
+                return Err(ValidationError::ValueTooLarge {
+                    value: v,
+                    max: MAX_VALUE,
+                })
+            }
             (Some(_), None) | (None, Some(_)) => return Err(ValidationError::ValueWithoutCurrency),
             (Some(_), Some(c)) => {
                 if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -327,6 +346,14 @@ mod tests {
 
         e.value = Some(f64::NAN);
         assert_eq!(err(&e), "value is not a finite number");
+
+        // Values whose sums in cents overflowed into negative totals.
+        e.value = Some(1e17);
+        e.currency = Some("EUR".into());
+        assert_eq!(
+            err(&e),
+            "value 100000000000000000 is larger than the allowed 1000000000000"
+        );
 
         let mut e = ok_event();
         e.content_id = None;

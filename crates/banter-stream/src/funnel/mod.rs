@@ -575,7 +575,9 @@ impl Funnels {
                     });
                     w.counts[c.stage] += sign;
                     if c.stage == 5 {
-                        w.cents += sign * c.cents;
+                        // Saturating: values are validated (at most 10^12), but the records
+                        // may come from other writers.
+                        w.cents = w.cents.saturating_add(sign.saturating_mul(c.cents));
                         if sign > 0 && w.currency.is_none() {
                             w.currency.clone_from(&c.currency);
                         }
