@@ -203,15 +203,28 @@ pub async fn migrate(ch: &ClickHouse, db: &str) -> Result<Vec<Outcome>, MigrateE
             continue;
         }
         let sql = render(m.sql, db, ch.version);
-        client
-            .query(&sql)
-            .execute()
-            .await
-            .map_err(|source| MigrateError::Statement {
-                name: m.name.into(),
-                sql: sql.clone(),
-                source,
-            })?;
+        match client.query(&sql).execute().await {
+            Ok(()) => {}
+            // Applied, but not recorded (a crash in between): a column that is already there
+            // is this migration's own (ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS).
+            Err(source)
+                if sql.contains(" ADD COLUMN ")
+                    && source.to_string().contains("already exists") =>
+            {
+                tracing::warn!(
+                    version = m.version,
+                    name = m.name,
+                    "migration found applied; recording it"
+                );
+            }
+            Err(source) => {
+                return Err(MigrateError::Statement {
+                    name: m.name.into(),
+                    sql: sql.clone(),
+                    source,
+                })
+            }
+        }
         client
             .query(&format!(
                 "INSERT INTO {db}.banter_migrations (version, name, applied_at) \

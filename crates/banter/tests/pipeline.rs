@@ -21,6 +21,22 @@ async fn generated_workload_lands_in_clickhouse_as_expected() {
     let dir = test_dir("banter-pipeline");
     migrate(&cfg);
     migrate(&cfg); // re-runnable
+                   // A crash between applying a migration and recording it: the rerun finds it applied.
+    let ch = &db.ch.client;
+    for q in [
+        format!("DROP TABLE {}.banter_migrations", db.name),
+        format!(
+            "CREATE TABLE {}.banter_migrations (version UInt32, name String, applied_at DateTime) ENGINE = TinyLog",
+            db.name
+        ),
+        format!(
+            "INSERT INTO {}.banter_migrations SELECT number + 1, 'before the crash', now() FROM system.numbers LIMIT 4",
+            db.name
+        ),
+    ] {
+        ch.query(&q).execute().await.unwrap_or_else(|e| panic!("{q}: {e}"));
+    }
+    migrate(&cfg);
     finish(generate(&cfg, &dir, 0), "banter generate");
     let stream = start_role(&cfg, "stream", "stream", &dir);
     let sink = start_role(&cfg, "sink", "sink", &dir);
