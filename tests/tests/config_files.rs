@@ -38,6 +38,26 @@ fn docker_config_parses_and_matches_the_defaults() {
 }
 
 #[test]
+fn compose_publishes_only_ingest_beyond_this_host() {
+    // Kafka, ClickHouse, Prometheus, Alertmanager and Grafana are for this host; only the
+    // ingest API (webhooks, keyed first-party events) is for the outside.
+    let compose = read("docker/compose.yml");
+    let published: Vec<&str> = compose
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("- \"") && l.ends_with('"') && l.matches(':').count() >= 1)
+        .filter(|l| l[3..].chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .collect();
+    assert!(published.len() >= 6, "{published:?}");
+    for p in published {
+        assert!(
+            p.starts_with("- \"127.0.0.1:") || p == "- \"8080:8080\"",
+            "{p} is published on every interface"
+        );
+    }
+}
+
+#[test]
 fn compose_and_stack_script_agree() {
     let compose = read("docker/compose.yml");
     let stack = read("scripts/stack.sh");

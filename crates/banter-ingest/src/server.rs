@@ -502,35 +502,25 @@ async fn meta_webhook_inner(s: &IngestState, headers: &HeaderMap, body: Body) ->
             "X-Hub-Signature-256 does not match the body",
         );
     }
+    // Counted before anything is built: a body of a million tiny items is refused without
+    // holding them.
+    match webhook::updates_within(&bytes, s.config.max_events_per_request) {
+        Ok(()) => {}
+        Err(e) if e.to_string().starts_with(webhook::TOO_MANY) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "more than {} updates in one request, the limit",
+                    s.config.max_events_per_request
+                ),
+            )
+        }
+        Err(e) => return malformed(&e, 0),
+    }
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => return malformed(&e, 0),
     };
-    let updates: usize = value
-        .get("entry")
-        .and_then(Value::as_array)
-        .map(|es| {
-            es.iter()
-                .map(|e| {
-                    e.get("changes")
-                        .and_then(Value::as_array)
-                        .map_or(0, Vec::len)
-                        + e.get("messaging")
-                            .and_then(Value::as_array)
-                            .map_or(0, Vec::len)
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    if updates > s.config.max_events_per_request {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{updates} updates in one request, more than the limit of {}",
-                s.config.max_events_per_request
-            ),
-        );
-    }
     let now = now_ms();
     let items = match meta::normalize(&s.normalizer, &value, now) {
         Ok(items) => items,
@@ -821,6 +811,190 @@ async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Respo
         axum::Json(json!({ "accepted": accepted, "rejected": reasons.len(), "results": results })),
     )
         .into_response()
+}
+
+/// Counting a webhook body's updates without building it.
+mod webhook {
+    use std::cell::Cell;
+    use std::fmt;
+
+    use serde::de::{
+        DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor,
+    };
+
+    /// The start of the error past the limit.
+    pub const TOO_MANY: &str = "too many updates";
+
+    /// Ok when `bytes` is JSON with at most `max` updates: the items of every entry's `changes`,
+    /// `messaging` and `standby` (an entry with none counts one, as it becomes a dead letter).
+    pub fn updates_within(bytes: &[u8], max: usize) -> Result<(), serde_json::Error> {
+        let count = Cell::new(0usize);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        Any {
+            count: &count,
+            max,
+            depth: Depth::Body,
+        }
+        .deserialize(&mut de)?;
+        de.end()
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Depth {
+        /// The envelope: its `entry` holds the entries.
+        Body,
+        /// The `entry` array.
+        Entries,
+        /// One entry: its update arrays.
+        Entry,
+        /// An update array.
+        Updates,
+        /// Anything else: skipped.
+        Skip,
+    }
+
+    struct Any<'a> {
+        count: &'a Cell<usize>,
+        max: usize,
+        depth: Depth,
+    }
+
+    impl Any<'_> {
+        fn add<E: Error>(&self, n: usize) -> Result<(), E> {
+            self.count.set(self.count.get() + n);
+            if self.count.get() > self.max {
+                return Err(E::custom(TOO_MANY));
+            }
+            Ok(())
+        }
+
+        fn at(&self, depth: Depth) -> Self {
+            Any {
+                count: self.count,
+                max: self.max,
+                depth,
+            }
+        }
+
+        /// A scalar where an entry was expected still counts (it becomes a dead letter).
+        fn scalar<E: Error>(&self) -> Result<(), E> {
+            if self.depth == Depth::Entry {
+                self.add(1)?;
+            }
+            Ok(())
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Any<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            if self.depth == Depth::Skip {
+                d.deserialize_ignored_any(IgnoredAny)?;
+                return Ok(());
+            }
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Any<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a Meta webhook body")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut updates = 0usize;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let next = match (self.depth, key.as_ref()) {
+                    (Depth::Body, "entry") => Depth::Entries,
+                    (Depth::Entry, "changes" | "messaging" | "standby") => Depth::Updates,
+                    _ => Depth::Skip,
+                };
+                let before = self.count.get();
+                map.next_value_seed(self.at(next))?;
+                updates += self.count.get() - before;
+            }
+            // An entry without updates becomes one dead letter.
+            if self.depth == Depth::Entry && updates == 0 {
+                self.add(1)?;
+            }
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            match self.depth {
+                Depth::Entries => while seq.next_element_seed(self.at(Depth::Entry))?.is_some() {},
+                Depth::Updates => {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                        self.add(1)?;
+                    }
+                }
+                Depth::Entry => {
+                    self.add(1)?;
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                }
+                _ => while seq.next_element::<IgnoredAny>()?.is_some() {},
+            }
+            Ok(())
+        }
+
+        fn visit_bool<E: Error>(self, _: bool) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_str<E: Error>(self, _: &str) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_unit<E: Error>(self) -> Result<(), E> {
+            self.scalar()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn counts_updates_without_building_the_body() {
+            let ok = br#"{"object":"page","entry":[{"id":"1","changes":[{"a":1},{"b":2}]},{"id":"2","messaging":[{}],"standby":[{}]},{"id":"3"}]}"#;
+            assert!(updates_within(ok, 5).is_ok());
+            let err = updates_within(ok, 4).unwrap_err().to_string();
+            assert!(err.starts_with(TOO_MANY), "{err}");
+            // A million items in one array stop at the limit.
+            let flood = format!(
+                r#"{{"object":"page","entry":[{{"changes":[{}1]}}]}}"#,
+                "1,".repeat(1_000_000)
+            );
+            assert!(updates_within(flood.as_bytes(), 1000)
+                .unwrap_err()
+                .to_string()
+                .starts_with(TOO_MANY));
+            let entries = format!(r#"{{"object":"page","entry":[{}1]}}"#, "1,".repeat(5000));
+            assert!(updates_within(entries.as_bytes(), 1000)
+                .unwrap_err()
+                .to_string()
+                .starts_with(TOO_MANY));
+            // Nested arrays elsewhere are not updates.
+            let nested =
+                br#"{"object":"page","entry":[{"changes":[{"value":{"x":[1,2,3,4,5,6]}}]}]}"#;
+            assert!(updates_within(nested, 1).is_ok());
+            // Syntax errors are syntax errors.
+            assert!(!updates_within(b"{\"entry\": [", 10)
+                .unwrap_err()
+                .to_string()
+                .starts_with(TOO_MANY));
+        }
+    }
 }
 
 #[cfg(test)]
