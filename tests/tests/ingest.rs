@@ -546,3 +546,69 @@ async fn first_party_events_from_outside_need_a_known_api_key() {
     let events = consume(&cfg, &cfg.kafka.topics.events, 1, Duration::from_secs(30)).await;
     assert_eq!(events.len(), 1, "only the request with the key published");
 }
+
+/// Whether the server ends the connection `s` (closes it, or answers and closes) within `secs`.
+async fn ended_within(s: std::net::TcpStream, secs: u64) -> bool {
+    use std::io::Read;
+    tokio::task::spawn_blocking(move || {
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_connections_are_bounded() {
+    // 16 connections with unfinished headers were all still open after 3.8 s, and held up
+    // shutdown: now each is cut off after the header timeout, two at a time.
+    let mut cfg = fresh_pipeline_config("ingest-slow-headers").await;
+    cfg.ingest.header_timeout_ms = 500;
+    cfg.ingest.max_connections = 2;
+    cfg.ingest.max_concurrent_requests = 2;
+    let ingest = start_ingest(&cfg).await;
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(
+            raw(
+                &ingest.base,
+                b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-ty",
+            )
+            .await,
+        );
+    }
+    for c in held {
+        assert!(
+            ended_within(c, 15).await,
+            "a connection with unfinished headers stayed open"
+        );
+    }
+    // Two at a time, half a second each: about 4 s for 16.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    // A well-behaved client is served afterwards.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/events", ingest.base))
+        .json(&json!([{"kind": "NOPE", "account_id": "a", "event_time": 1}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+}

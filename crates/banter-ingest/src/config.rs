@@ -18,6 +18,10 @@ pub struct IngestConfig {
     pub max_events_per_request: usize,
     /// How long a request's body may take to arrive, in ms (408 after).
     pub body_timeout_ms: u64,
+    /// How long a connection may take to send a request's headers, in ms (closed after).
+    pub header_timeout_ms: u64,
+    /// Most connections open at once; more wait to be accepted.
+    pub max_connections: usize,
     /// Most requests handled at once; more get 503 with `Retry-After` at once rather than
     /// queueing (each may hold up to `max_body_bytes`).
     pub max_concurrent_requests: usize,
@@ -63,6 +67,8 @@ impl Default for IngestConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_events_per_request: 1000,
             body_timeout_ms: 30_000,
+            header_timeout_ms: 10_000,
+            max_connections: 1024,
             max_concurrent_requests: 256,
             publish_timeout_ms: 5000,
             max_future_skew_secs: 300,
@@ -98,6 +104,15 @@ impl Validate for IngestConfig {
         }
         if self.body_timeout_ms < 100 {
             return Err(invalid("ingest.body_timeout_ms", "must be at least 100"));
+        }
+        if self.header_timeout_ms < 100 {
+            return Err(invalid("ingest.header_timeout_ms", "must be at least 100"));
+        }
+        if self.max_connections < self.max_concurrent_requests {
+            return Err(invalid(
+                "ingest.max_connections",
+                "must be at least ingest.max_concurrent_requests",
+            ));
         }
         if self.max_concurrent_requests == 0 {
             return Err(invalid(

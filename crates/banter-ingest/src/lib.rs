@@ -117,11 +117,11 @@ pub async fn start(
         .local_addr()
         .map_err(|source| IngestError::Bind { addr, source })?;
     let app = server::router(state);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-    });
+    let limits = server::ConnectionLimits {
+        header_timeout: std::time::Duration::from_millis(ingest.header_timeout_ms),
+        max_connections: ingest.max_connections,
+    };
+    let server = tokio::spawn(server::serve(listener, app, limits, shutdown));
     tracing::info!(%local_addr, "ingest listening");
     Ok(Ingest {
         local_addr,

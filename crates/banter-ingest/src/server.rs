@@ -277,6 +277,77 @@ pub fn to_records(
     Ok(out)
 }
 
+/// Limits of the ingest server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long a connection may take to send a request's headers (then it is closed).
+    pub header_timeout: Duration,
+    /// Most connections open at once (more wait in the listen backlog).
+    pub max_connections: usize,
+}
+
+/// Serves `app` on `listener` until `shutdown`: HTTP/1.1 with a header-read timeout (a client
+/// that sends its headers a byte at a time is cut off) and at most `max_connections` open at
+/// once; on shutdown, idle connections close at once and busy ones after their request, so open
+/// connections cannot hold the process up past the header timeout.
+///
+/// # Errors
+/// Never for a single connection (logged); the listener's own failure.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
 /// The router of the ingest API.
 pub fn router(state: IngestState) -> Router {
     Router::new()
