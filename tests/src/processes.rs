@@ -153,6 +153,21 @@ impl Proc {
             .unwrap_or_else(|| panic!("the process was taken already"))
     }
 
+    /// Its exit status if it exits within `timeout` (polled), else None.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.0.as_mut()?;
+        loop {
+            if let Some(status) = c.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL, and wait for it.
     pub fn kill9(&mut self) {
         let mut c = self.take();

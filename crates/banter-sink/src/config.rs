@@ -17,6 +17,8 @@ pub struct SinkConfig {
     pub max_batch_ms: u64,
     /// Longest wait between retries of an insert ClickHouse could not take, in ms.
     pub max_backoff_ms: u64,
+    /// Longest an insert may take before it is given up and retried, in ms.
+    pub insert_timeout_ms: u64,
 }
 
 impl Default for SinkConfig {
@@ -26,6 +28,7 @@ impl Default for SinkConfig {
             max_batch_rows: 10_000,
             max_batch_ms: 1000,
             max_backoff_ms: 10_000,
+            insert_timeout_ms: 30_000,
         }
     }
 }
@@ -46,6 +49,9 @@ impl Validate for SinkConfig {
         }
         if self.max_backoff_ms < 100 {
             return Err(invalid("sink.max_backoff_ms", "must be at least 100"));
+        }
+        if self.insert_timeout_ms < 1000 {
+            return Err(invalid("sink.insert_timeout_ms", "must be at least 1000"));
         }
         Ok(())
     }

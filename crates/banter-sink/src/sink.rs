@@ -12,6 +12,10 @@
 //! * A row ClickHouse rejects for its content is found by splitting the failed insert in halves
 //!   and goes to the dead-letter topic with ClickHouse's error text; the other rows are
 //!   inserted.
+//! * An insert that does not finish within `sink.insert_timeout_ms` is retried (a hung server
+//!   no longer hangs the sink without a word); a table whose columns no longer match the rows
+//!   (parse, read or type errors of RowBinary: codes 6, 33, 53) stops the sink with the table
+//!   named rather than dead-lettering every row.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -400,12 +404,13 @@ fn classify(e: &clickhouse::error::Error) -> Failure {
                 .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
                 .and_then(|c| c.parse::<u32>().ok());
             match code {
-                // throwIf (18.16 checks), VIOLATED_CONSTRAINT, parse/type/size errors.
-                Some(395 | 469 | 6 | 26 | 27 | 33 | 38 | 41 | 53 | 69 | 70 | 72 | 117 | 131) => {
-                    Failure::Content
-                }
-                // UNKNOWN_TABLE, UNKNOWN_DATABASE, NO_SUCH_COLUMN, auth.
-                Some(16 | 47 | 60 | 81 | 192 | 193 | 194 | 516) => Failure::Fatal,
+                // throwIf (18.16 checks), VIOLATED_CONSTRAINT, value errors.
+                Some(395 | 469 | 26 | 27 | 38 | 41 | 69 | 70 | 72 | 117 | 131) => Failure::Content,
+                // UNKNOWN_TABLE, UNKNOWN_DATABASE, NO_SUCH_COLUMN, auth; and the table's
+                // columns not matching the rows (RowBinary cannot be misread by one row's
+                // content: CANNOT_PARSE_TEXT, CANNOT_READ_ALL_DATA, TYPE_MISMATCH are schema
+                // drift, which would dead-letter every row).
+                Some(16 | 47 | 60 | 81 | 192 | 193 | 194 | 516 | 6 | 33 | 53) => Failure::Fatal,
                 _ => Failure::Retry,
             }
         }
@@ -435,6 +440,7 @@ struct Writer<'a> {
     producer: &'a FutureProducer,
     dlq: &'a str,
     max_backoff: Duration,
+    insert_timeout: Duration,
     shutdown: &'a CancellationToken,
 }
 
@@ -455,7 +461,16 @@ impl Writer<'_> {
         let mut backoff = Duration::from_millis(100);
         while let Some(r) = todo.pop() {
             let started = Instant::now();
-            match insert_rows(self.ch, table, &rows[r.clone()]).await {
+            let result = match tokio::time::timeout(
+                self.insert_timeout,
+                insert_rows(self.ch, table, &rows[r.clone()]),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(clickhouse::error::Error::TimedOut),
+            };
+            match result {
                 Ok(()) => {
                     self.metrics
                         .insert_seconds
@@ -606,6 +621,7 @@ pub async fn run(
         producer: &producer,
         dlq: &k.topics.dlq,
         max_backoff: Duration::from_millis(sc.max_backoff_ms),
+        insert_timeout: Duration::from_millis(sc.insert_timeout_ms),
         shutdown: &shutdown,
     };
     tracing::info!(group = %sc.group_id, ?topics, database = %ch.database, "sink started");
@@ -764,5 +780,13 @@ mod tests {
             Failure::Fatal
         );
         assert_eq!(classify(&E::TimedOut), Failure::Retry);
+        // Schema drift stops the sink instead of dead-lettering every row.
+        for text in [
+            "Code: 33, e.displayText() = DB::Exception: Cannot read all data. Bytes read: 3. Bytes expected: 8.",
+            "Code: 53, e.displayText() = DB::Exception: Type mismatch",
+            "Code: 6, e.displayText() = DB::Exception: Cannot parse text",
+        ] {
+            assert_eq!(classify(&bad(text)), Failure::Fatal, "{text}");
+        }
     }
 }

@@ -274,6 +274,55 @@ async fn a_rejected_row_is_dead_lettered_and_the_others_land() {
     db.drop_now(&cfg).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_no_longer_matches_the_rows_stops_the_sink_instead_of_dead_lettering_them() {
+    // Schema drift: a column changed its type behind banter's back. Every row would fail to
+    // parse (RowBinary), and each used to be dead-lettered as 'rejected' and its offset
+    // committed: the whole stream lost to the DLQ. Now the sink stops, naming the table.
+    let mut cfg = fresh_pipeline_config("sink-drift").await;
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let dir = test_dir("banter-sink-drift");
+    migrate(&cfg);
+    db.ch
+        .client
+        .query("ALTER TABLE rollups MODIFY COLUMN interactions String")
+        .execute()
+        .await
+        .unwrap();
+    let t0 = 1_795_000_000_000i64;
+    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    for i in 0..5 {
+        let r = rollup("acct-1", t0 + i * 60_000, t0 + (i + 1) * 60_000, i);
+        let bytes = Rollup::codec().encode(&r).unwrap();
+        producer
+            .send(
+                FutureRecord::to(&cfg.kafka.topics.rollups)
+                    .key(r.account_id.as_bytes())
+                    .payload(&bytes),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let mut sink = start_role(&cfg, "sink", "sink", &dir);
+    let status = sink
+        .exited_within(Duration::from_secs(90))
+        .expect("the sink should stop on a table that does not match its rows");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.join("sink.log")).unwrap();
+    assert!(log.contains("rollups"), "{log}");
+    let rejected: u64 = db
+        .ch
+        .client
+        .query("SELECT count() FROM dead_letters WHERE reason = 'rejected'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rejected, 0, "rows dead-lettered for a schema problem");
+    db.drop_now(&cfg).await;
+}
+
 /// The ClickHouse datasource plugin's macros, for the time range [from, to] in seconds.
 fn expand_macros(sql: &str, from: i64, to: i64) -> String {
     let mut out = sql
