@@ -183,29 +183,8 @@ impl Records {
     }
 }
 
-/// The most of a rejected item's bytes a dead letter keeps: a rejected item can be as large as
-/// a request (`ingest.max_body_bytes`, 4 MiB), more than a Kafka record may be (1 MB), and one
-/// record over the limit would fail the whole transaction and every request batched with it.
-pub const MAX_DEAD_LETTER_PAYLOAD: usize = 64 * 1024;
-
-/// A rejected item's bytes as its dead letter keeps them: whole up to
-/// [`MAX_DEAD_LETTER_PAYLOAD`], else that prefix, with the length and SHA-256 of the whole in
-/// the detail.
-pub fn bounded_payload(payload: &[u8], detail: &str) -> (Vec<u8>, String) {
-    use sha2::{Digest, Sha256};
-    if payload.len() <= MAX_DEAD_LETTER_PAYLOAD {
-        return (payload.to_vec(), detail.to_owned());
-    }
-    let digest = Sha256::digest(payload);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    (
-        payload[..MAX_DEAD_LETTER_PAYLOAD].to_vec(),
-        format!(
-            "{detail} (payload of {} bytes truncated to its first {MAX_DEAD_LETTER_PAYLOAD}; sha256 of the whole {hex})",
-            payload.len()
-        ),
-    )
-}
+/// The most of a rejected item's bytes a dead letter keeps ([`DeadLetter::MAX_PAYLOAD`]).
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = DeadLetter::MAX_PAYLOAD;
 
 /// A record that could not be encoded: a bug, reported rather than published without it.
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +227,7 @@ pub fn to_records(
                 out.accepted += 1;
             }
             Item::Rejected(r) => {
-                let (payload, detail) = bounded_payload(&r.payload, &r.detail);
+                let (payload, detail) = DeadLetter::bounded_payload(&r.payload, &r.detail);
                 let dl = DeadLetter {
                     stage: Stage::Ingest,
                     reason: r.reason.to_owned(),

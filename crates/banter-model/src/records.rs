@@ -290,7 +290,50 @@ pub struct DeadLetter {
     pub failed_at: TimestampMillis,
 }
 
+impl DeadLetter {
+    /// The most of a failed input a dead letter keeps: an input can be larger than a Kafka
+    /// record may be (1 MB), and one dead letter over the limit would fail the transaction it
+    /// shares with everything batched with it.
+    pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+    /// `payload` and `detail` as a dead letter keeps them: whole up to [`Self::MAX_PAYLOAD`],
+    /// else that prefix, with the length and SHA-256 of the whole in the detail.
+    pub fn bounded_payload(payload: &[u8], detail: &str) -> (Vec<u8>, String) {
+        use sha2::{Digest, Sha256};
+        if payload.len() <= Self::MAX_PAYLOAD {
+            return (payload.to_vec(), detail.to_owned());
+        }
+        let hex: String = Sha256::digest(payload)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (
+            payload[..Self::MAX_PAYLOAD].to_vec(),
+            format!(
+                "{detail} (payload of {} bytes truncated to its first {}; sha256 of the whole {hex})",
+                payload.len(),
+                Self::MAX_PAYLOAD
+            ),
+        )
+    }
+}
+
 impl WindowKind {
+    /// Every kind.
+    pub const ALL: [WindowKind; 6] = [
+        WindowKind::Minute,
+        WindowKind::Velocity5m,
+        WindowKind::First15m,
+        WindowKind::First60m,
+        WindowKind::Hour,
+        WindowKind::Day,
+    ];
+
+    /// The kind whose symbol is `s` ([`WindowKind::as_str`] read back).
+    pub fn parse(s: &str) -> Option<WindowKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// The Avro symbol (`MINUTE`, `VELOCITY_5M`, …), also the ClickHouse `window_kind` value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -305,6 +348,13 @@ impl WindowKind {
 }
 
 impl AlertState {
+    /// The state whose symbol is `s` ([`AlertState::as_str`] read back).
+    pub fn parse(s: &str) -> Option<AlertState> {
+        [AlertState::Firing, AlertState::Resolved]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
     /// The Avro symbol.
     pub fn as_str(self) -> &'static str {
         match self {

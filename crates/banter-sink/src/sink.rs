@@ -17,11 +17,13 @@
 //!   (parse, read or type errors of RowBinary: codes 6, 33, 53) stops the sink with the table
 //!   named rather than dead-lettering every row.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use banter_model::{
-    AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage,
+    AlertState, AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert,
+    Stage, WindowKind,
 };
 use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::{consumer_config, producer};
@@ -36,7 +38,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -122,11 +124,11 @@ impl SinkMetrics {
 }
 
 /// A `rollups` row.
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
 pub struct RollupRow {
     account_id: String,
     content_id: String,
-    window_kind: &'static str,
+    window_kind: Cow<'static, str>,
     window_start_ms: i64,
     window_end_ms: i64,
     revision: i64,
@@ -152,7 +154,7 @@ impl From<Rollup> for RollupRow {
         RollupRow {
             account_id: r.account_id.to_string(),
             content_id: r.content_id.as_deref().unwrap_or_default().to_owned(),
-            window_kind: r.window.as_str(),
+            window_kind: r.window.as_str().into(),
             window_start_ms: r.window_start,
             window_end_ms: r.window_end,
             revision: r.revision,
@@ -176,11 +178,11 @@ impl From<Rollup> for RollupRow {
 }
 
 /// A `funnels` row.
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
 pub struct FunnelRow {
     account_id: String,
     campaign_id: String,
-    window_kind: &'static str,
+    window_kind: Cow<'static, str>,
     window_start_ms: i64,
     window_end_ms: i64,
     revision: i64,
@@ -203,7 +205,7 @@ impl From<FunnelRollup> for FunnelRow {
         FunnelRow {
             account_id: f.account_id,
             campaign_id: f.campaign_id,
-            window_kind: f.window.as_str(),
+            window_kind: f.window.as_str().into(),
             window_start_ms: f.window_start,
             window_end_ms: f.window_end,
             revision: f.revision,
@@ -224,11 +226,11 @@ impl From<FunnelRollup> for FunnelRow {
 }
 
 /// A `conversations` row.
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
 pub struct ConversationRow {
     account_id: String,
     content_id: String,
-    window_kind: &'static str,
+    window_kind: Cow<'static, str>,
     window_start_ms: i64,
     window_end_ms: i64,
     revision: i64,
@@ -254,7 +256,7 @@ impl From<ConversationRollup> for ConversationRow {
         ConversationRow {
             account_id: c.account_id,
             content_id: c.content_id.unwrap_or_default(),
-            window_kind: c.window.as_str(),
+            window_kind: c.window.as_str().into(),
             window_start_ms: c.window_start,
             window_end_ms: c.window_end,
             revision: c.revision,
@@ -278,10 +280,10 @@ impl From<ConversationRollup> for ConversationRow {
 }
 
 /// An `alerts` row.
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
 pub struct AlertRow {
     alert_id: String,
-    state: &'static str,
+    state: Cow<'static, str>,
     account_id: String,
     content_id: String,
     window_start_ms: i64,
@@ -300,7 +302,7 @@ impl From<SpikeAlert> for AlertRow {
     fn from(a: SpikeAlert) -> Self {
         AlertRow {
             alert_id: a.alert_id,
-            state: a.state.as_str(),
+            state: a.state.as_str().into(),
             account_id: a.account_id,
             content_id: a.content_id.unwrap_or_default(),
             window_start_ms: a.window_start,
@@ -314,6 +316,117 @@ impl From<SpikeAlert> for AlertRow {
             revision: a.revision,
             emitted_at_ms: a.emitted_at,
         }
+    }
+}
+
+fn nonempty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl RollupRow {
+    /// The record this row holds (what [`From<Rollup>`] wrote); None for a window kind this
+    /// version does not know.
+    pub fn into_rollup(self) -> Option<Rollup> {
+        Some(Rollup {
+            account_id: self.account_id.into(),
+            content_id: nonempty(self.content_id).map(Into::into),
+            window: WindowKind::parse(&self.window_kind)?,
+            window_start: self.window_start_ms,
+            window_end: self.window_end_ms,
+            revision: self.revision,
+            interactions: self.interactions,
+            comments: self.comments,
+            live_comments: self.live_comments,
+            reactions: self.reactions,
+            shares: self.shares,
+            story_replies: self.story_replies,
+            dms_in: self.dms_in,
+            mentions: self.mentions,
+            brand_replies: self.brand_replies,
+            velocity: self.velocity,
+            early_accel: self.early_accel,
+            time_to_n_minutes: self.time_to_n_minutes,
+            unique_engagers: self.unique_engagers,
+            late_events: self.late_events,
+            emitted_at: self.emitted_at_ms,
+        })
+    }
+}
+
+impl FunnelRow {
+    /// The record this row holds; None for an unknown window kind.
+    pub fn into_funnel(self) -> Option<FunnelRollup> {
+        Some(FunnelRollup {
+            account_id: self.account_id,
+            campaign_id: self.campaign_id,
+            window: WindowKind::parse(&self.window_kind)?,
+            window_start: self.window_start_ms,
+            window_end: self.window_end_ms,
+            revision: self.revision,
+            triggered: self.triggered,
+            private_reply_sent: self.private_reply_sent,
+            dm_read: self.dm_read,
+            engaged: self.engaged,
+            link_clicked: self.link_clicked,
+            converted: self.converted,
+            conversion_value: self.conversion_value,
+            currency: self.currency,
+            median_trigger_to_reply_s: self.median_trigger_to_reply_s,
+            median_reply_to_click_s: self.median_reply_to_click_s,
+            median_click_to_conversion_s: self.median_click_to_conversion_s,
+            emitted_at: self.emitted_at_ms,
+        })
+    }
+}
+
+impl ConversationRow {
+    /// The record this row holds; None for an unknown window kind.
+    pub fn into_conversation(self) -> Option<ConversationRollup> {
+        Some(ConversationRollup {
+            account_id: self.account_id,
+            content_id: nonempty(self.content_id),
+            window: WindowKind::parse(&self.window_kind)?,
+            window_start: self.window_start_ms,
+            window_end: self.window_end_ms,
+            revision: self.revision,
+            inbound: self.inbound,
+            answered: self.answered,
+            inbound_comments: self.inbound_comments,
+            answered_comments: self.answered_comments,
+            inbound_story_replies: self.inbound_story_replies,
+            inbound_dms: self.inbound_dms,
+            response_rate: self.response_rate,
+            median_response_s: self.median_response_s,
+            p90_response_s: self.p90_response_s,
+            median_first_response_s: self.median_first_response_s,
+            root_comments: self.root_comments,
+            reply_comments: self.reply_comments,
+            thread_depth: self.thread_depth,
+            reply_share: self.reply_share,
+            emitted_at: self.emitted_at_ms,
+        })
+    }
+}
+
+impl AlertRow {
+    /// The record this row holds; None for an unknown state.
+    pub fn into_alert(self) -> Option<SpikeAlert> {
+        Some(SpikeAlert {
+            alert_id: self.alert_id,
+            state: AlertState::parse(&self.state)?,
+            account_id: self.account_id,
+            content_id: nonempty(self.content_id),
+            window_start: self.window_start_ms,
+            window_end: self.window_end_ms,
+            observed: self.observed,
+            baseline_mean: self.baseline_mean,
+            baseline_stddev: self.baseline_stddev,
+            z_score: self.z_score,
+            started_at: self.started_at_ms,
+            ended_at: self.ended_at_ms,
+            revision: self.revision,
+            emitted_at: self.emitted_at_ms,
+        })
     }
 }
 
@@ -526,6 +639,7 @@ impl Writer<'_> {
         reason: &str,
         detail: String,
     ) -> Result<(), SinkError> {
+        let (payload, detail) = DeadLetter::bounded_payload(&p.payload, &detail);
         send_dead_letter(
             self.producer,
             self.dlq,
@@ -537,7 +651,7 @@ impl Writer<'_> {
                 source_partition: Some(p.partition),
                 source_offset: Some(p.offset),
                 account_id: (!p.account_id.is_empty()).then(|| p.account_id.clone()),
-                payload: p.payload.clone(),
+                payload,
                 failed_at: banter_runtime::now_ms(),
             },
         )

@@ -22,10 +22,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::BTreeSet;
 
 use banter_model::{Action, EngagementEvent, Kind};
-use banter_stream::cta::{Campaign, Matcher};
 use banter_stream::{Outputs, Pipeline, PipelineConfig, Saved, DAY, MINUTE};
 use banter_workload::check::{compare, names, Observed};
 use banter_workload::{Generated, Workload, WorkloadConfig};
@@ -33,17 +34,6 @@ use proptest::prelude::*;
 
 /// Events per committed batch.
 const BATCH: usize = 40;
-
-fn campaigns(w: &Workload) -> Vec<Campaign> {
-    w.posts
-        .iter()
-        .filter_map(|p| {
-            p.cta
-                .as_ref()
-                .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
-        })
-        .collect()
-}
 
 /// A small deterministic generator for the case's choices.
 struct Rng(u64);
@@ -121,7 +111,7 @@ fn arrivals(
 /// `kills` (input positions) restoring from the last commit.
 fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>) -> Observed {
     let cfg = PipelineConfig::default();
-    let matcher = || Matcher::new(&campaigns(w)).unwrap();
+    let matcher = || common::matcher(w);
     let mut p = Pipeline::new(&cfg, matcher());
     let mut saved = Saved::default();
     let mut observed = Observed::default();
@@ -129,20 +119,7 @@ fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>) -> Obs
     let mut batch = Outputs::default();
     let mut commit =
         |p: &mut Pipeline, batch: &mut Outputs, saved: &mut Saved, o: &mut Observed| {
-            too_late += batch.too_late.len() as u64;
-            for r in batch.rollups.drain(..) {
-                o.add_rollup(r);
-            }
-            for f in batch.funnels.drain(..) {
-                o.add_funnel(f);
-            }
-            for c in batch.conversations.drain(..) {
-                o.add_conversation(c);
-            }
-            for a in &batch.alerts {
-                o.add_alert(a);
-            }
-            batch.clear();
+            too_late += common::observe(batch, o);
             // As the runner: a batch that only replayed changes no state and commits none.
             if p.replaying() {
                 return;

@@ -2,24 +2,13 @@
 //! (duplicates, disorder, late and too-late events): the funnel of every campaign, summed over
 //! its DAY windows (and over its HOUR windows), equals the generator's expected funnel.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use banter_model::{FunnelRollup, WindowKind};
-use banter_stream::cta::{Campaign, Matcher};
 use banter_stream::{Outputs, Pipeline, PipelineConfig, DAY};
 use banter_workload::{Workload, WorkloadConfig};
-
-/// The generator's CTA posts as campaigns.
-fn campaigns(w: &Workload) -> Vec<Campaign> {
-    w.posts
-        .iter()
-        .filter_map(|p| {
-            p.cta
-                .as_ref()
-                .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
-        })
-        .collect()
-}
 
 #[test]
 fn generated_funnels_equal_the_expected_ones() {
@@ -52,7 +41,7 @@ fn generated_funnels_equal_the_expected_ones() {
         replies_first > 3,
         "{replies_first} private replies before their comment"
     );
-    let matcher = Matcher::new(&campaigns(&w)).unwrap();
+    let matcher = common::matcher(&w);
     let mut pipeline = Pipeline::new(&PipelineConfig::default(), matcher);
     // Every output of the whole history, then of event time moving on past its end.
     let mut out = Outputs::default();

@@ -7,55 +7,25 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use banter_stream::cta::{Campaign, Matcher};
+mod common;
+
 use banter_stream::{Outputs, Pipeline, PipelineConfig, DAY};
 use banter_workload::check::{compare, Observed, Report};
 use banter_workload::{Generated, Workload, WorkloadConfig};
 
-/// The generator's CTA posts as campaigns.
-fn campaigns(w: &Workload) -> Vec<Campaign> {
-    w.posts
-        .iter()
-        .filter_map(|p| {
-            p.cta
-                .as_ref()
-                .map(|(id, kw)| Campaign::on_post(id, &p.account_id, &p.content_id, kw))
-        })
-        .collect()
-}
-
 /// Runs the pipeline over `w` in delivery order, then lets event time move on past its end.
 fn run(w: &Workload) -> (Report, Observed) {
-    let mut pipeline = Pipeline::new(
-        &PipelineConfig::default(),
-        Matcher::new(&campaigns(w)).unwrap(),
-    );
+    let mut pipeline = Pipeline::new(&PipelineConfig::default(), common::matcher(w));
     let mut out = Outputs::default();
     let mut o = Observed::default();
     let mut too_late = 0;
-    let mut take = |out: &mut Outputs, o: &mut Observed| {
-        too_late += out.too_late.len() as u64;
-        for r in out.rollups.drain(..) {
-            o.add_rollup(r);
-        }
-        for f in out.funnels.drain(..) {
-            o.add_funnel(f);
-        }
-        for c in out.conversations.drain(..) {
-            o.add_conversation(c);
-        }
-        for a in &out.alerts {
-            o.add_alert(a);
-        }
-        out.clear();
-    };
     for i in 0..w.len() {
         pipeline.process(&w.event(i), i as i64, &mut out);
-        take(&mut out, &mut o);
+        too_late += common::observe(&mut out, &mut o);
     }
     let end = pipeline.max_event_time().unwrap() + 3 * DAY;
     pipeline.idle_advance(end, &mut out);
-    take(&mut out, &mut o);
+    too_late += common::observe(&mut out, &mut o);
     o.too_late = Some(too_late);
     (compare(&Generated::of(w), &o), o)
 }

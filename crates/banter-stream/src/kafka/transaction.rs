@@ -203,6 +203,7 @@ pub(super) fn dead_letter(
     detail: String,
     payload: Vec<u8>,
 ) -> DeadLetter {
+    let (payload, detail) = DeadLetter::bounded_payload(&payload, &detail);
     DeadLetter {
         stage: Stage::Stream,
         reason: reason.to_owned(),
