@@ -16,7 +16,8 @@ pub struct Time {
 }
 
 /// A stateful step of the stream pipeline, for one input partition. Deterministic: the same
-/// inputs, offsets and times give the same outputs, in the same order.
+/// inputs, offsets and times give the same outputs (rows emitted by one step may come in
+/// another order in another instance: its hash maps are seeded at random).
 pub trait Operator {
     /// What it consumes.
     type In;

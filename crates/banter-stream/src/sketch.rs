@@ -10,7 +10,9 @@
 //!   first hour).
 //!
 //! Actor ids are hashed with a fixed seed, so the sketch is deterministic: a replay after a
-//! restore gives the same estimates.
+//! restore gives the same estimates, and sketches stored in changelogs merge with new ones.
+//! A known seed is no flooding risk here: the hashes index 512 registers, not a hash table.
+//! Crafted ids move one register each, as many real distinct actors would.
 
 use std::hash::BuildHasher;
 

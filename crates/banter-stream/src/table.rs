@@ -1,14 +1,19 @@
-//! Hash maps with a fixed seed (iteration order depends only on the inserts, so a replay emits
-//! rows in the same order), and [`Table`], one that can also start fetching a key's slot
-//! without waiting for it: the window engine's large per-event tables are read ahead for a
-//! batch of events.
+//! Hash maps with a random seed per map, and [`Table`], one that can also start fetching a
+//! key's slot without waiting for it: the window engine's large per-event tables are read
+//! ahead for a batch of events.
+//!
+//! The keys come from the input (post, actor, campaign and click ids): with a seed anyone can
+//! know, ids crafted to collide would make every lookup walk one long probe sequence (hash
+//! flooding). Iteration order therefore differs between maps and processes; what is emitted
+//! does not depend on it, only the order of rows within one batch does, which readers do not
+//! rely on (each row carries its key and revision).
 
 use std::hash::{BuildHasher, Hash};
 
-/// Hash maps with a fixed seed.
-pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
-/// Hash sets with a fixed seed.
-pub(crate) type Set<K> = hashbrown::HashSet<K, foldhash::fast::FixedState>;
+/// Hash maps with a random seed.
+pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+/// Hash sets with a random seed.
+pub(crate) type Set<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
 
 /// Starts loading the slot of `table` an entry of hash `h` most likely sits in (see
 /// [`Table::likely_slot`]) and returns at once.
@@ -18,19 +23,19 @@ pub(crate) fn prefetch_slot<T>(table: &hashbrown::HashTable<T>, h: u64) {
     }
 }
 
-/// A hash map with a fixed seed, like [`Map`], that can also start fetching the slot of a key
+/// A hash map with a random seed, like [`Map`], that can also start fetching the slot of a key
 /// without waiting for it ([`Table::prefetch`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Table<K, V> {
     entries: hashbrown::HashTable<(K, V)>,
-    hasher: foldhash::fast::FixedState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl<K, V> Default for Table<K, V> {
     fn default() -> Self {
         Table {
             entries: hashbrown::HashTable::new(),
-            hasher: foldhash::fast::FixedState::default(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -39,7 +44,7 @@ impl<K: Hash + Eq, V> Table<K, V> {
     pub(crate) fn with_capacity(n: usize) -> Self {
         Table {
             entries: hashbrown::HashTable::with_capacity(n),
-            hasher: foldhash::fast::FixedState::default(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 

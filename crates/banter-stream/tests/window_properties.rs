@@ -190,7 +190,14 @@ proptest! {
             }
         }
         engine.advance_watermark(i64::MAX / 2, &mut out);
-        prop_assert_eq!(format!("{plain:?}"), format!("{out:?}"));
+        // The same rows; their order within a watermark step follows each engine's hash maps,
+        // which are seeded at random.
+        let rows = |o: &[Output]| {
+            let mut v: Vec<String> = o.iter().map(|x| format!("{x:?}")).collect();
+            v.sort();
+            v
+        };
+        prop_assert_eq!(rows(&plain), rows(&out));
     }
 }
 

@@ -72,6 +72,10 @@ struct Item {
 
 /// Most DMs a thread keeps (the most recent); most moderation actions per comment.
 const MAX_THREAD_DMS: usize = 1_000;
+/// Most bytes a thread's changelog value may take ([`Thread::bytes`], an upper bound of its
+/// JSON): under Kafka's 1 MB record limit also when every id is as long as validation allows
+/// (512 bytes; a story reply carries two), where 1,000 DMs would not be.
+const MAX_THREAD_BYTES: usize = 900 * 1024;
 const MAX_ACTIONS: usize = 16;
 
 /// One DM of a thread.
@@ -95,6 +99,31 @@ struct Thread {
 impl Thread {
     fn last_dm(&self) -> Option<i64> {
         self.dms.last().map(|d| d.time)
+    }
+
+    /// An upper bound of the thread's JSON size: each string escaped at worst doubles.
+    fn bytes(&self) -> usize {
+        self.dms
+            .iter()
+            .map(|d| 64 + 2 * (d.id.len() + d.story.as_ref().map_or(0, String::len)))
+            .sum()
+    }
+
+    /// Drops the oldest DMs past [`MAX_THREAD_DMS`] or [`MAX_THREAD_BYTES`].
+    fn trim(&mut self) {
+        let over = self.dms.len().saturating_sub(MAX_THREAD_DMS);
+        self.dms.drain(..over);
+        // Below this many DMs the bytes cannot reach the limit (at most 2,112 bytes each).
+        if self.dms.len() * 2_112 > MAX_THREAD_BYTES {
+            let mut bytes = self.bytes();
+            let mut drop = 0;
+            while bytes > MAX_THREAD_BYTES && drop < self.dms.len() {
+                let d = &self.dms[drop];
+                bytes -= 64 + 2 * (d.id.len() + d.story.as_ref().map_or(0, String::len));
+                drop += 1;
+            }
+            self.dms.drain(..drop);
+        }
     }
 }
 
@@ -336,9 +365,7 @@ impl Conversations {
                     return;
                 }
                 th.dms.insert(i, dm);
-                if th.dms.len() > MAX_THREAD_DMS {
-                    th.dms.remove(0);
-                }
+                th.trim();
                 self.rederive(&key, offset);
             }
             (Kind::BrandReply | Kind::PrivateReplySent, Action::Add) => {

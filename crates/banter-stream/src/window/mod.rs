@@ -87,6 +87,11 @@ pub struct Checkpoint {
     pub watermark: Option<i64>,
     /// Highest event time at `next_offset`.
     pub max_event_time: Option<i64>,
+    /// The seed of the partition's dedup hashes, drawn at random when the partition starts
+    /// without history and kept for its life (its changelog holds hashes made with it);
+    /// None in checkpoints written before it existed, which used a fixed one.
+    #[serde(default)]
+    pub id_seed: Option<u64>,
 }
 
 impl Checkpoint {
@@ -157,11 +162,23 @@ enum Timer {
     Forget,
 }
 
-/// Dedup keeps a 64-bit hash of each `event_id` (fixed seed, so runs are reproducible); two
-/// distinct ids collide with probability ~n²/2⁶⁵ (n = ids within the horizon: 1 in 10¹⁰ at a
-/// million), and a collision drops one event as a duplicate.
-fn id_hash(id: &str) -> u64 {
-    foldhash::quality::FixedState::with_seed(0x6261_6e74_6572).hash_one(id)
+/// Dedup keeps a 64-bit hash of each `event_id`, keyed by the partition's seed
+/// ([`Checkpoint::id_seed`]); two distinct ids collide with probability ~n²/2⁶⁵ (n = ids within
+/// the horizon: 1 in 10¹⁰ at a million), and a collision drops one event as a duplicate. The
+/// hashes are the dedup tables' own hashes too, so the seed is secret: with a known one, ids
+/// crafted to share their low bits would make every insert walk one long probe sequence.
+fn id_hash(seed: u64, id: &str) -> u64 {
+    foldhash::quality::FixedState::with_seed(seed).hash_one(id)
+}
+
+/// The dedup seed of checkpoints written before [`Checkpoint::id_seed`] existed (their
+/// changelogs hold hashes made with it).
+const LEGACY_ID_SEED: u64 = 0x6261_6e74_6572;
+
+/// A seed for a partition's dedup hashes nobody outside can know: the process's random hash
+/// keys, drawn from the operating system.
+fn random_seed() -> u64 {
+    std::hash::RandomState::new().hash_one(0x6964_7365_6564_u64)
 }
 
 /// The engine's changelog table of delivery-timed ids.
@@ -266,6 +283,8 @@ pub struct Engine {
     replay_idle: Vec<(i64, i64)>,
     /// The next input offset (one past the last processed).
     next_offset: i64,
+    /// The seed of the dedup hashes ([`id_hash`]).
+    id_seed: u64,
     /// (due watermark, what, post): first-hour rows to emit and posts to forget, so a
     /// watermark advance never scans every post.
     timers: BTreeSet<(i64, Timer, u32, i64)>,
@@ -306,6 +325,7 @@ impl Engine {
             idle: BTreeMap::new(),
             replay_idle: Vec::new(),
             next_offset: 0,
+            id_seed: random_seed(),
             timers: BTreeSet::new(),
             sizes: MinuteSizes::default(),
             stats: Stats::default(),
@@ -427,6 +447,7 @@ impl Engine {
         e.next_offset = from;
         e.replay_idle = cp.idle.iter().rev().copied().collect();
         e.skip_posts_below = cp.next_offset;
+        e.id_seed = cp.id_seed.unwrap_or(LEGACY_ID_SEED);
         e
     }
 
@@ -449,6 +470,7 @@ impl Engine {
             idle,
             watermark: self.watermark,
             max_event_time: self.max_event_time,
+            id_seed: Some(self.id_seed),
         }
     }
 
@@ -533,7 +555,7 @@ impl Engine {
             });
             return false;
         }
-        let id = id_hash(&e.event_id);
+        let id = id_hash(self.id_seed, &e.event_id);
         if e.event_time_source == EventTimeSource::PlatformDelivery
             && self.redelivered(id, minute, offset)
         {
@@ -904,6 +926,25 @@ mod tests {
             minutes(&out).contains(&(5, 1, T0 + 6 * MINUTE)),
             "{:?}",
             minutes(&out)
+        );
+    }
+
+    #[test]
+    fn each_partition_draws_its_own_dedup_seed_and_keeps_it() {
+        let cfg = WindowConfig::default();
+        let a = Engine::new(cfg).checkpoint().id_seed;
+        let b = Engine::new(cfg).checkpoint().id_seed;
+        assert!(a.is_some() && a != b, "{a:?} {b:?}");
+        let cp = Engine::new(cfg).checkpoint();
+        assert_eq!(Engine::restored(cfg, &cp).checkpoint().id_seed, cp.id_seed);
+        // A checkpoint of the version before: the fixed seed its changelog's hashes used.
+        let old: Checkpoint = serde_json::from_str(
+            r#"{"format":2,"next_offset":5,"restore":null,"idle":[],"watermark":null,"max_event_time":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Engine::restored(cfg, &old).checkpoint().id_seed,
+            Some(LEGACY_ID_SEED)
         );
     }
 

@@ -22,7 +22,7 @@ pub(super) struct Names {
     /// Name -> id, hashed with `hasher`. Names up to 23 bytes (account and post ids mostly are)
     /// are held in the table itself: finding one reads no other memory.
     pub(super) ids: hashbrown::HashTable<(SmolStr, u32)>,
-    hasher: foldhash::fast::FixedState,
+    hasher: foldhash::fast::RandomState,
     /// By id. Rows carry copies: inline, or shared when longer; either way no allocation and no
     /// string copy per row.
     pub(super) names: Vec<SmolStr>,

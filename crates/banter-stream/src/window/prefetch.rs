@@ -34,7 +34,7 @@ impl Engine {
                     seen = self.seen_by_minute.get(&minute).map(|b| (minute, b));
                 }
                 if let Some((_, b)) = seen {
-                    b.prefetch(id_hash(&e.event_id));
+                    b.prefetch(id_hash(self.id_seed, &e.event_id));
                 }
                 self.names.prefetch(&e.account_id);
                 if let Some(c) = e.content_id.as_deref() {
