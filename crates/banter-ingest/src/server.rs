@@ -864,7 +864,7 @@ async fn events_inner(s: &IngestState, headers: &HeaderMap, body: Body) -> Respo
 }
 
 /// Counting a webhook body's updates without building it.
-mod webhook {
+pub mod webhook {
     use std::cell::Cell;
     use std::fmt;
 

@@ -99,6 +99,9 @@ pub struct TopicsConfig {
     pub dlq: String,
     /// The stream processor's checkpoints (compacted; one record per input partition).
     pub checkpoints: String,
+    /// The Avro writer schemas of every record on the other topics, keyed by fingerprint
+    /// (compacted): a reader meeting a fingerprint it does not know looks it up here.
+    pub schemas: String,
     /// Partitions of each topic created by `banter topics`.
     pub partitions: i32,
     /// Replication factor of each topic created by `banter topics`.
@@ -159,6 +162,7 @@ impl Default for TopicsConfig {
             alerts: "banter.alerts.v1".into(),
             dlq: "banter.dlq.v1".into(),
             checkpoints: "banter.stream-checkpoints.v1".into(),
+            schemas: "banter.schemas.v1".into(),
             partitions: 6,
             replication_factor: 1,
             dlq_retention_days: 30,
@@ -216,15 +220,35 @@ pub fn load<T>(
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    let mut origin = String::new();
-    let mut root = match path {
+    match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                 path: p.display().to_string(),
                 source,
             })?;
-            origin = format!(" in {}", p.display());
-            toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
+            load_str(Some((&text, &format!(" in {}", p.display()))), vars)
+        }
+        None => load_str(None, vars),
+    }
+}
+
+/// [`load`] from TOML text already read and where it came from (`" in <file>"`, ending error
+/// messages); None: the defaults.
+///
+/// # Errors
+/// As [`load`], but for reading the file.
+pub fn load_str<T>(
+    text: Option<(&str, &str)>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let mut origin = String::new();
+    let mut root = match text {
+        Some((text, from)) => {
+            origin = from.to_owned();
+            toml::from_str::<toml::Table>(text).map_err(|e| ConfigError::Parse {
                 origin: origin.clone(),
                 message: e.to_string(),
             })?
@@ -392,6 +416,7 @@ impl Validate for KafkaConfig {
             ("kafka.topics.alerts", &k.topics.alerts),
             ("kafka.topics.dlq", &k.topics.dlq),
             ("kafka.topics.checkpoints", &k.topics.checkpoints),
+            ("kafka.topics.schemas", &k.topics.schemas),
         ] {
             let legal = !name.is_empty()
                 && name.len() <= 249
