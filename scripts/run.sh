@@ -135,7 +135,7 @@ q "SELECT content_id AS post, account_id AS account, window_start, velocity, int
    ORDER BY velocity DESC, post LIMIT 5 FORMAT PrettyCompactMonoBlock"
 echo
 echo "Dead letters by stage and reason:"
-q "SELECT stage, reason, count() AS n FROM $db.dead_letters GROUP BY stage, reason ORDER BY n DESC FORMAT PrettyCompactMonoBlock"
+q "SELECT stage, reason, count() AS n FROM $db.dead_letters FINAL GROUP BY stage, reason ORDER BY n DESC FORMAT PrettyCompactMonoBlock"
 echo
 echo "Conversations: most-addressed accounts (inbound items, brand answers, response times):"
 q "SELECT account_id AS account, sum(inbound) AS items, sum(inbound_comments) AS comments, sum(inbound_story_replies) AS story_replies,
@@ -158,7 +158,7 @@ q "SELECT account_id AS account, if(content_id = '', '(account)', content_id) AS
          round((max(ifNull(ended_at_ms, 0)) - started_at_ms) / 60000) AS minutes,
          minIf(observed, state = 'FIRING') AS observed, round(minIf(baseline_mean, state = 'FIRING'), 1) AS baseline,
          round(minIf(z_score, state = 'FIRING'), 1) AS z, argMax(state, revision) AS latest
-   FROM $db.alerts GROUP BY alert_id, account_id, content_id, started_at_ms
+   FROM $db.alerts FINAL GROUP BY alert_id, account_id, content_id, started_at_ms
    ORDER BY onset, account, post LIMIT 12 FORMAT PrettyCompactMonoBlock"
 echo
 echo "== banter run $run: every metric against the generator's truth (banter verify) =="

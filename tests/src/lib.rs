@@ -7,6 +7,7 @@
 //! * [`processes`]: the `banter` roles and the generator as processes, clean stops and kill -9.
 //! * [`readers`]: what the pipeline wrote, read back from Kafka and ClickHouse.
 //! * [`expected`]: comparisons with the generator's truth ([`banter_workload::Generated`]).
+//! * [`versions`]: records as a newer banter version writes them.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -14,8 +15,10 @@ pub mod expected;
 pub mod processes;
 pub mod readers;
 pub mod stack;
+pub mod versions;
 
 pub use expected::*;
 pub use processes::*;
 pub use readers::*;
 pub use stack::*;
+pub use versions::*;

@@ -40,6 +40,7 @@ pub fn banter_cmd(cfg: &Config) -> Command {
         .env("BANTER_KAFKA__TOPICS__DLQ", &t.dlq)
         .env("BANTER_KAFKA__TOPICS__ALERTS", &t.alerts)
         .env("BANTER_KAFKA__TOPICS__CHECKPOINTS", &t.checkpoints)
+        .env("BANTER_KAFKA__TOPICS__SCHEMAS", &t.schemas)
         .env("BANTER_STREAM__GROUP_ID", &cfg.stream.group_id)
         .env("BANTER_SINK__GROUP_ID", &cfg.sink.group_id)
         .env("BANTER_SINK__MAX_BATCH_MS", "300")
@@ -61,9 +62,21 @@ pub fn start_stream(cfg: &Config, instance: &str, dir: &Path) -> Proc {
 
 /// Starts `banter <role>`; its log goes to `<dir>/<instance>.log`.
 pub fn start_role(cfg: &Config, role: &str, instance: &str, dir: &Path) -> Proc {
+    start_role_with(cfg, role, instance, dir, &[])
+}
+
+/// [`start_role`] with more environment variables (`BANTER_FAILPOINTS`, overrides).
+pub fn start_role_with(
+    cfg: &Config,
+    role: &str,
+    instance: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{instance}.log")))
         .unwrap_or_else(|e| panic!("{e}"));
     with_campaigns(&mut banter_cmd(cfg), dir)
+        .envs(env.iter().copied())
         .arg(role)
         .env("BANTER_STREAM__INSTANCE_ID", instance)
         .stdout(Stdio::null())

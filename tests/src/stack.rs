@@ -164,6 +164,7 @@ pub async fn fresh_pipeline_config(name: &str) -> Config {
     cfg.kafka.topics.rollups = fresh_topic(&cfg, &format!("{name}.rollups"), 3).await;
     cfg.kafka.topics.alerts = fresh_topic(&cfg, &format!("{name}.alerts"), 1).await;
     cfg.kafka.topics.checkpoints = fresh_topic(&cfg, &format!("{name}.checkpoints"), 3).await;
+    cfg.kafka.topics.schemas = fresh_topic(&cfg, &format!("{name}.schemas"), 1).await;
     cfg.stream.group_id = unique(&format!("{name}.stream"));
     cfg.sink.group_id = unique(&format!("{name}.sink"));
     cfg.ingest.listen = "127.0.0.1:0".into();

@@ -425,13 +425,19 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let codec = SpikeAlert::codec();
+    let schemas = banter_runtime::schemas::SchemaLookup::new(k);
     tracing::info!(alertmanager = %url, topic = %k.topics.alerts, "alert delivery started");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             m = consumer.recv() => {
                 match m {
-                    Ok(m) => match m.payload().map(|p| codec.decode(p)) {
+                    // A newer (or older) writer's record: its schema is on the schema topic.
+                    Ok(m) => match m.payload().map(|p| {
+                        codec.decode(p).or_else(|e| {
+                            if schemas.resolve(p) { codec.decode(p) } else { Err(e) }
+                        })
+                    }) {
                         Some(Ok(a)) => {
                             metrics
                                 .records

@@ -214,7 +214,7 @@ fn wire_header_is_magic_and_little_endian_rabin_of_canonical_form() {
     assert_eq!(&bytes[2..HEADER_LEN], &codec.fingerprint().0);
     // The Parsing Canonical Form drops docs, defaults and logical types: a schema that differs
     // only in those has the same fingerprint.
-    let mut relaxed = Codec::<EngagementEvent>::new().unwrap();
+    let relaxed = Codec::<EngagementEvent>::new().unwrap();
     let stripped = EngagementEvent::SCHEMA
         .replace(r#""doc": "Stable id"#, r#""x-note": "Stable id"#)
         .replace(
@@ -387,7 +387,7 @@ fn older_writer_schema_resolves_with_defaults() {
     };
     let bytes = write_with(V0, &old);
 
-    let mut codec = Codec::<EngagementEvent>::new().unwrap();
+    let codec = Codec::<EngagementEvent>::new().unwrap();
     // Not registered yet: a clear error naming the fingerprint.
     let err = codec.decode(&bytes).unwrap_err();
     assert!(matches!(err, CodecError::UnknownSchema { .. }), "{err}");
@@ -431,7 +431,7 @@ struct V2Event {
 #[test]
 fn newer_writer_schema_resolves_by_skipping_unknown_fields() {
     let events = sample_events(11, 20, 3, 1_764_000_000_000);
-    let mut codec = Codec::<EngagementEvent>::new().unwrap();
+    let codec = Codec::<EngagementEvent>::new().unwrap();
     codec.register_writer_schema(V2).unwrap();
     for (i, e) in events.into_iter().enumerate() {
         let newer = V2Event {
@@ -507,4 +507,36 @@ fn sample_events_are_about_120_bytes() {
     let total: usize = events.iter().map(|e| codec.encode(e).unwrap().len()).sum();
     let mean = total / events.len();
     assert!((80..=200).contains(&mean), "mean encoded size {mean}");
+}
+
+#[test]
+fn schemas_registered_on_the_shared_codecs_are_read_by_every_decoder() {
+    // What a reader does with a schema found on the schema topic.
+    let mut schema: serde_json::Value = serde_json::from_str(Rollup::SCHEMA).unwrap();
+    schema["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "extra", "type": "long", "default": 0}));
+    let json = schema.to_string();
+    let fp = banter_model::codec::schema_fingerprint(&json).unwrap();
+    assert!(!banter_model::codec::known_anywhere(fp));
+    assert_eq!(
+        banter_model::codec::register_schema(&json).unwrap(),
+        Some(("Rollup", fp))
+    );
+    assert!(Rollup::codec().knows(fp));
+    assert!(!SpikeAlert::codec().knows(fp));
+    // A schema of another record is not taken for this one.
+    let err = SpikeAlert::codec()
+        .register_writer_schema(&json)
+        .unwrap_err();
+    assert!(err.to_string().contains("Rollup"), "{err}");
+    // Records banter does not read are left alone.
+    assert_eq!(
+        banter_model::codec::register_schema(
+            r#"{"type":"record","name":"Other","fields":[{"name":"a","type":"long"}]}"#
+        )
+        .unwrap(),
+        None
+    );
 }

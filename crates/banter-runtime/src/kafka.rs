@@ -197,6 +197,13 @@ pub fn pipeline_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
                 ("min.cleanable.dirty.ratio".into(), "0.1".into()),
             ],
         ),
+        // A few records per schema version, read whole by readers: one partition.
+        TopicSpec {
+            name: t.schemas.clone(),
+            partitions: 1,
+            replication_factor: t.replication_factor,
+            config: vec![("cleanup.policy".into(), "compact".into())],
+        },
     ]
 }
 

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod schemas;
 pub mod secret;
 pub mod telemetry;
 
@@ -18,4 +19,28 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The names in `BANTER_FAILPOINTS` (comma-separated), read once.
+fn failpoints() -> &'static [String] {
+    static POINTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        std::env::var("BANTER_FAILPOINTS")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    &POINTS
+}
+
+/// A place where a crash is worst (between writing and committing): when `name` is listed in
+/// `BANTER_FAILPOINTS`, the process aborts here as a `kill -9` would (no destructors, no
+/// flushes, no commits). For tests that must crash at that exact point; unset in production,
+/// where it costs one lookup in an empty list.
+pub fn failpoint(name: &str) {
+    if failpoints().iter().any(|p| p == name) {
+        eprintln!("failpoint {name}: aborting the process");
+        std::process::abort();
+    }
 }

@@ -25,11 +25,14 @@ pub struct Migration {
     pub name: &'static str,
     /// The template.
     pub sql: &'static str,
+    /// A table this migration rebuilds (its engine or sorting key changes, which no `ALTER`
+    /// can do): the template creates the new one as `{db}.{table}`; see [`rebuild`].
+    pub rebuilds: Option<&'static str>,
 }
 
 /// The migrations, in order (embedded: the binary carries its schema).
 pub fn migrations() -> Vec<Migration> {
-    let files: [(&'static str, &'static str); 9] = [
+    let files: [(&'static str, &'static str); 11] = [
         (
             "0001_rollups.sql",
             include_str!("../../../schemas/clickhouse/0001_rollups.sql"),
@@ -66,6 +69,14 @@ pub fn migrations() -> Vec<Migration> {
             "0009_conversations_final.sql",
             include_str!("../../../schemas/clickhouse/0009_conversations_final.sql"),
         ),
+        (
+            "0010_alerts_replacing.sql",
+            include_str!("../../../schemas/clickhouse/0010_alerts_replacing.sql"),
+        ),
+        (
+            "0011_dead_letters_replacing.sql",
+            include_str!("../../../schemas/clickhouse/0011_dead_letters_replacing.sql"),
+        ),
     ];
     files
         .into_iter()
@@ -77,6 +88,11 @@ pub fn migrations() -> Vec<Migration> {
                 .unwrap_or(0),
             name,
             sql,
+            rebuilds: match name {
+                "0010_alerts_replacing.sql" => Some("alerts"),
+                "0011_dead_letters_replacing.sql" => Some("dead_letters"),
+                _ => None,
+            },
         })
         .collect()
 }
@@ -193,12 +209,22 @@ pub async fn migrate(ch: &ClickHouse, db: &str) -> Result<Vec<Outcome>, MigrateE
         .await
         .map_err(q("read banter_migrations"))?;
     let mut out = Vec::new();
-    for m in migrations() {
+    for m in &migrations() {
         if applied.contains(&m.version) {
             out.push(Outcome {
                 version: m.version,
                 name: m.name.into(),
                 applied: false,
+            });
+            continue;
+        }
+        if let Some(table) = m.rebuilds {
+            rebuild(&client, db, table, m, ch.version).await?;
+            record(&client, db, m).await?;
+            out.push(Outcome {
+                version: m.version,
+                name: m.name.into(),
+                applied: true,
             });
             continue;
         }
@@ -225,16 +251,7 @@ pub async fn migrate(ch: &ClickHouse, db: &str) -> Result<Vec<Outcome>, MigrateE
                 })
             }
         }
-        client
-            .query(&format!(
-                "INSERT INTO {db}.banter_migrations (version, name, applied_at) \
-                 SELECT {}, '{}', now()",
-                m.version, m.name
-            ))
-            .execute()
-            .await
-            .map_err(q("record migration"))?;
-        tracing::info!(version = m.version, name = m.name, "migration applied");
+        record(&client, db, m).await?;
         out.push(Outcome {
             version: m.version,
             name: m.name.into(),
@@ -242,6 +259,149 @@ pub async fn migrate(ch: &ClickHouse, db: &str) -> Result<Vec<Outcome>, MigrateE
         });
     }
     Ok(out)
+}
+
+async fn record(client: &clickhouse::Client, db: &str, m: &Migration) -> Result<(), MigrateError> {
+    client
+        .query(&format!(
+            "INSERT INTO {db}.banter_migrations (version, name, applied_at) \
+             SELECT {}, '{}', now()",
+            m.version, m.name
+        ))
+        .execute()
+        .await
+        .map_err(|source| MigrateError::Query {
+            what: "record migration",
+            source,
+        })?;
+    tracing::info!(version = m.version, name = m.name, "migration applied");
+    Ok(())
+}
+
+/// The engine of `db.table`, None when there is no such table.
+async fn engine_of(
+    client: &clickhouse::Client,
+    db: &str,
+    table: &str,
+) -> Result<Option<String>, MigrateError> {
+    let engines: Vec<String> = client
+        .query("SELECT engine FROM system.tables WHERE database = ? AND name = ?")
+        .bind(db)
+        .bind(table)
+        .fetch_all()
+        .await
+        .map_err(|source| MigrateError::Query {
+            what: "read system.tables",
+            source,
+        })?;
+    Ok(engines.into_iter().next())
+}
+
+/// The columns of `db.table` an INSERT can write (not MATERIALIZED or ALIAS).
+async fn insertable_columns(
+    client: &clickhouse::Client,
+    db: &str,
+    table: &str,
+) -> Result<Vec<String>, MigrateError> {
+    client
+        .query(
+            "SELECT name FROM system.columns WHERE database = ? AND table = ? \
+             AND default_kind NOT IN ('MATERIALIZED', 'ALIAS')",
+        )
+        .bind(db)
+        .bind(table)
+        .fetch_all()
+        .await
+        .map_err(|source| MigrateError::Query {
+            what: "read system.columns",
+            source,
+        })
+}
+
+/// Copies every row of `db.from` into `db.to`, by the columns both have.
+async fn copy_rows(
+    client: &clickhouse::Client,
+    db: &str,
+    from: &str,
+    to: &str,
+    m: &Migration,
+) -> Result<(), MigrateError> {
+    let target = insertable_columns(client, db, to).await?;
+    let cols: Vec<String> = insertable_columns(client, db, from)
+        .await?
+        .into_iter()
+        .filter(|c| target.contains(c))
+        .collect();
+    let list = cols.join(", ");
+    run(
+        client,
+        m,
+        format!("INSERT INTO {db}.{to} ({list}) SELECT {list} FROM {db}.{from}"),
+    )
+    .await
+}
+
+async fn run(client: &clickhouse::Client, m: &Migration, sql: String) -> Result<(), MigrateError> {
+    client
+        .query(&sql)
+        .execute()
+        .await
+        .map_err(|source| MigrateError::Statement {
+            name: m.name.into(),
+            sql,
+            source,
+        })
+}
+
+/// Rebuilds `db.table` as `m`'s template creates it, keeping its rows. ClickHouse 18.16 has no
+/// `EXCHANGE TABLES` and no transactions; each step can be repeated after a crash, because
+/// the new tables are Replacing: a row copied twice is one row.
+///
+/// 1. the table's engine is already the new one: finish (step 4) if `table__old` is there;
+/// 2. create `table__new` and copy the rows into it;
+/// 3. `RENAME table TO table__old, table__new TO table`;
+/// 4. copy `table__old` into `table` again (rows a running sink wrote between 2 and 3), drop it.
+async fn rebuild(
+    client: &clickhouse::Client,
+    db: &str,
+    table: &str,
+    m: &Migration,
+    v: ServerVersion,
+) -> Result<(), MigrateError> {
+    let new = format!("{table}__new");
+    let old = format!("{table}__old");
+    let wanted = if m.sql.contains("ENGINE = ReplacingMergeTree") {
+        "ReplacingMergeTree"
+    } else {
+        "MergeTree"
+    };
+    let engine = engine_of(client, db, table).await?;
+    if engine.as_deref() != Some(wanted) {
+        let ddl = render(&m.sql.replace("{table}", &new), db, v);
+        run(client, m, ddl).await?;
+        if engine.is_some() {
+            copy_rows(client, db, table, &new, m).await?;
+            run(
+                client,
+                m,
+                format!("RENAME TABLE {db}.{table} TO {db}.{old}, {db}.{new} TO {db}.{table}"),
+            )
+            .await?;
+        } else {
+            run(
+                client,
+                m,
+                format!("RENAME TABLE {db}.{new} TO {db}.{table}"),
+            )
+            .await?;
+        }
+    }
+    if engine_of(client, db, &old).await?.is_some() {
+        copy_rows(client, db, &old, table, m).await?;
+        run(client, m, format!("DROP TABLE {db}.{old}")).await?;
+    }
+    tracing::info!(table, engine = wanted, "table rebuilt");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -252,9 +412,9 @@ mod tests {
     fn templates_adapt_to_the_server() {
         let old = ServerVersion::parse("18.16.1").unwrap();
         let new = ServerVersion::parse("25.3").unwrap();
-        for m in migrations() {
+        for m in &migrations() {
             for v in [old, new] {
-                let sql = render(m.sql, "db1", v);
+                let sql = render(&m.sql.replace("{table}", "t"), "db1", v);
                 assert!(!sql.contains('{'), "{} left a placeholder:\n{sql}", m.name);
             }
         }
@@ -270,6 +430,6 @@ mod tests {
         ));
         assert!(n.contains("account_id LowCardinality(String)"));
         let versions: Vec<u32> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(versions, (1..=11).collect::<Vec<u32>>());
     }
 }

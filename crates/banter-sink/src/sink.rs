@@ -443,6 +443,10 @@ pub struct DeadLetterRow {
     #[serde(with = "serde_bytes")]
     payload: Vec<u8>,
     failed_at_ms: i64,
+    /// Where the dead letter itself is on the dead-letter topic: the identity of one that
+    /// names no input record (see `0011_dead_letters_replacing.sql`).
+    dlq_partition: i32,
+    dlq_offset: i64,
 }
 
 impl From<DeadLetter> for DeadLetterRow {
@@ -457,6 +461,8 @@ impl From<DeadLetter> for DeadLetterRow {
             account_id: d.account_id.unwrap_or_default(),
             payload: d.payload,
             failed_at_ms: d.failed_at,
+            dlq_partition: -1,
+            dlq_offset: -1,
         }
     }
 }
@@ -738,6 +744,7 @@ pub async fn run(
         insert_timeout: Duration::from_millis(sc.insert_timeout_ms),
         shutdown: &shutdown,
     };
+    let schemas = banter_runtime::schemas::SchemaLookup::new(k);
     tracing::info!(group = %sc.group_id, ?topics, database = %ch.database, "sink started");
     loop {
         let mut batch = Batch::default();
@@ -763,6 +770,13 @@ pub async fn run(
             let topic = m.topic().to_owned();
             let (partition, offset) = (m.partition(), m.offset());
             let payload = m.payload().unwrap_or_default();
+            // A newer (or older) writer's record: its schema is on the schema topic (read
+            // once, then known to every decode below).
+            if banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload)
+                .is_some_and(|fp| !banter_model::codec::known_anywhere(fp))
+            {
+                schemas.resolve(payload);
+            }
             batch.offsets.insert((topic.clone(), partition), offset + 1);
             batch.records += 1;
             let undecodable = |e: String| (topic.clone(), partition, offset, payload.to_vec(), e);
@@ -799,11 +813,13 @@ pub async fn run(
                     .err()
                     .map(undecodable)
             } else {
-                match decode::<DeadLetter, _>(payload, src, |d| {
+                match decode::<DeadLetter, DeadLetterRow>(payload, src, |d| {
                     d.account_id.clone().unwrap_or_default()
                 }) {
                     Ok(mut p) => {
                         p.payload = Vec::new(); // the row holds it; no second copy
+                        p.row.dlq_partition = partition;
+                        p.row.dlq_offset = offset;
                         batch.dead_letters.push(p);
                     }
                     // An undecodable dead letter is not sent back to the dead-letter topic
@@ -851,6 +867,9 @@ pub async fn run(
             writer
                 .write("dead_letters", std::mem::take(&mut batch.dead_letters))
                 .await?;
+            // Everything is in ClickHouse and nothing is committed: a crash here writes the
+            // batch again after the restart (tests crash here on purpose).
+            banter_runtime::failpoint("sink.before_commit");
             let mut tpl = TopicPartitionList::new();
             for ((t, p), o) in &batch.offsets {
                 tpl.add_partition_offset(t, *p, Offset::Offset(*o))

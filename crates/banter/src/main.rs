@@ -203,6 +203,7 @@ async fn ingest(config: &Config) -> anyhow::Result<()> {
     cancel_on_signal(shutdown.clone());
     let mut metrics = Metrics::new("ingest");
     let readiness = Readiness::default();
+    publish_schemas(config).await;
     let ingest = start_ingest(config, &mut metrics, &readiness, &shutdown).await?;
     let ops = serve(config, metrics, &readiness, &shutdown).await?;
     ingest.server.await.context("ingest server task")??;
@@ -262,7 +263,25 @@ async fn serve_role(
         Duration::from_secs(config.kafka.connect_timeout_secs),
     )
     .await?;
+    publish_schemas(config).await;
     Ok(ops)
+}
+
+/// Publishes this build's writer schemas to the schema topic before the role writes any
+/// record: readers of other banter versions resolve its records with them. Without the topic
+/// the role still runs (same-version readers need nothing), with a warning.
+async fn publish_schemas(config: &Config) {
+    match banter_runtime::schemas::publish(&config.kafka, None).await {
+        Ok(n) => tracing::info!(
+            schemas = n,
+            topic = %config.kafka.topics.schemas,
+            "writer schemas published"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "writer schemas not published: readers of another banter version cannot resolve this one's records"
+        ),
+    }
 }
 
 async fn stream(config: &Config) -> anyhow::Result<()> {
@@ -380,6 +399,7 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    publish_schemas(config).await;
     let ch = clickhouse(config).await?;
     banter_sink::migrate(&ch, &config.clickhouse.database).await?;
 

@@ -47,7 +47,7 @@ pub async fn read_observed(ch: &ClickHouse) -> Result<Observed, clickhouse::erro
     }
     let rows: Vec<AlertRow> = ch
         .client
-        .query("SELECT ?fields FROM alerts")
+        .query("SELECT ?fields FROM alerts FINAL")
         .fetch_all()
         .await?;
     o.alerts = rows
@@ -57,7 +57,7 @@ pub async fn read_observed(ch: &ClickHouse) -> Result<Observed, clickhouse::erro
         .collect();
     let late: u64 = ch
         .client
-        .query("SELECT count() FROM dead_letters WHERE stage = 'STREAM' AND reason = 'late'")
+        .query("SELECT count() FROM dead_letters FINAL WHERE stage = 'STREAM' AND reason = 'late'")
         .fetch_one()
         .await?;
     o.too_late = Some(late);

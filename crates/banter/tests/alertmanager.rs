@@ -165,6 +165,45 @@ async fn a_firing_alert_shows_in_alertmanager_until_it_resolves() {
     task.await.unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_written_by_a_newer_version_reaches_alertmanager() {
+    // Version 2 of the stream adds a field to SpikeAlert and published its schema: the alert
+    // used to be skipped as "not a SpikeAlert"; it is resolved and delivered.
+    let mut cfg = fresh_pipeline_config("alert-v2").await;
+    let port = am_port();
+    assert!(
+        listed(port, "x").await.is_some(),
+        "Alertmanager does not answer on 127.0.0.1:{port}: start the local stack with `scripts/stack.sh up`"
+    );
+    cfg.alerting.alertmanager_url = format!("http://127.0.0.1:{port}");
+    let account = unique("acct");
+    let a = spike(&account, AlertState::Firing, banter_runtime::now_ms());
+    let schema = v2_schema::<SpikeAlert>();
+    banter_runtime::schemas::publish(&cfg.kafka, Some(&[schema.as_str()]))
+        .await
+        .unwrap();
+    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    producer
+        .send(
+            FutureRecord::to(&cfg.kafka.topics.alerts)
+                .key(&a.account_id)
+                .payload(&write_v2(&a)),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let (stop, _registry, task) = deliver(&cfg);
+    let shown = wait_for(
+        "the version-2 alert in Alertmanager",
+        Duration::from_secs(30),
+        || async { listed(port, &account).await.filter(|v| !v.is_empty()) },
+    )
+    .await;
+    assert_eq!(shown[0]["labels"]["content"], "post-1");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// A free TCP port on 127.0.0.1.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

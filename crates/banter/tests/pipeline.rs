@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use banter_model::{AvroRecord, DeadLetter, Rollup, WindowKind};
+use banter_model::{AlertState, AvroRecord, DeadLetter, Rollup, SpikeAlert, Stage, WindowKind};
 use banter_testkit::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -419,4 +419,345 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
         }
     }
     eprintln!("{checked} dashboard queries checked");
+}
+
+/// A dead letter as a stage would send it.
+fn dead_letter(
+    stage: Stage,
+    reason: &str,
+    source: Option<(&str, i32, i64)>,
+    at: i64,
+) -> DeadLetter {
+    DeadLetter {
+        stage,
+        reason: reason.into(),
+        detail: format!("{reason} for the test"),
+        source: source.map(|s| s.0.to_owned()),
+        source_partition: source.map(|s| s.1),
+        source_offset: source.map(|s| s.2),
+        account_id: Some("acct-1".into()),
+        payload: b"{\"kind\":\"COMMENT\"}".to_vec(),
+        failed_at: at,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_insert_and_commit_doubles_no_alert_and_no_dead_letter() {
+    // The sink inserts a batch, then dies (as kill -9 would) before committing its offsets:
+    // the restarted sink inserts the same records again. Alerts and dead letters used to be
+    // plain MergeTree tables and were doubled; read with FINAL they are each in once.
+    let mut cfg = fresh_pipeline_config("sink-crash").await;
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let dir = test_dir("banter-sink-crash");
+    migrate(&cfg);
+    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let send = |topic: String, bytes: Vec<u8>| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&topic).payload(&bytes),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let t0 = 1_795_000_000_000i64;
+    for spike in 0..3 {
+        for (state, revision) in [(AlertState::Firing, 1), (AlertState::Resolved, 2)] {
+            let a = SpikeAlert {
+                alert_id: format!("acct-1/post-{spike}/{t0}"),
+                state,
+                account_id: "acct-1".into(),
+                content_id: Some(format!("post-{spike}")),
+                window_start: t0,
+                window_end: t0 + 60_000,
+                observed: 40,
+                baseline_mean: 2.0,
+                baseline_stddev: 1.0,
+                z_score: 38.0,
+                started_at: t0,
+                ended_at: (state == AlertState::Resolved).then_some(t0 + 300_000),
+                revision,
+                emitted_at: t0 + 60_000,
+            };
+            send(
+                cfg.kafka.topics.alerts.clone(),
+                SpikeAlert::codec().encode(&a).unwrap(),
+            )
+            .await;
+        }
+    }
+    let topic = cfg.kafka.topics.dlq.clone();
+    let events = cfg.kafka.topics.events.clone();
+    let rollups = cfg.kafka.topics.rollups.clone();
+    for dl in [
+        // Two requests with the same bad event: two dead letters (their own topic positions).
+        dead_letter(Stage::Ingest, "invalid", None, t0),
+        dead_letter(Stage::Ingest, "invalid", None, t0),
+        dead_letter(Stage::Ingest, "malformed", None, t0 + 1),
+        dead_letter(Stage::Stream, "late", Some((&events, 0, 17)), t0 + 2),
+        // The sink rejecting one row, before and after a restart: one dead letter.
+        dead_letter(Stage::Sink, "rejected", Some((&rollups, 1, 5)), t0 + 3),
+        dead_letter(Stage::Sink, "rejected", Some((&rollups, 1, 5)), t0 + 9),
+    ] {
+        send(topic.clone(), DeadLetter::codec().encode(&dl).unwrap()).await;
+    }
+    let mut crashing = start_role_with(
+        &cfg,
+        "sink",
+        "sink-crash",
+        &dir,
+        &[("BANTER_FAILPOINTS", "sink.before_commit")],
+    );
+    let status = crashing
+        .exited_within(Duration::from_secs(90))
+        .expect("the sink should die at its failpoint");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.join("sink-crash.log")).unwrap();
+    assert!(log.contains("failpoint sink.before_commit"), "{log}");
+    let count = |sql: &'static str| {
+        let ch = db.ch.client.clone();
+        async move { ch.query(sql).fetch_one::<u64>().await.unwrap() }
+    };
+    let inserted =
+        count("SELECT count() FROM alerts").await + count("SELECT count() FROM dead_letters").await;
+    assert!(inserted > 0, "the crashed batch inserted nothing");
+
+    let sink = start_role(&cfg, "sink", "sink", &dir);
+    wait_for(
+        "6 alerts and 5 dead letters, each once",
+        Duration::from_secs(60),
+        || async {
+            let alerts = count("SELECT count() FROM alerts FINAL").await;
+            let dls = count("SELECT count() FROM dead_letters FINAL").await;
+            (alerts == 6 && dls == 5).then_some(())
+        },
+    )
+    .await;
+    // Whatever merges did meanwhile, the raw tables hold the re-inserted batch at most twice
+    // and FINAL reads each record once.
+    assert_eq!(
+        count(
+            "SELECT count() FROM (SELECT alert_id, revision FROM alerts FINAL \
+             GROUP BY alert_id, revision HAVING count() > 1)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            "SELECT count() FROM dead_letters FINAL WHERE stage = 'INGEST' AND reason = 'invalid'"
+        )
+        .await,
+        2
+    );
+    stop(sink);
+    db.drop_now(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_rebuilds_alerts_and_dead_letters_with_their_rows_also_after_a_crash_midway() {
+    // A database as the plain-MergeTree version left it (an alert and a dead letter doubled by
+    // an old crash), then `banter migrate` killed in the middle of both rebuilds: alerts
+    // after copying into alerts__new, dead letters after the swap. The rerun finishes both and
+    // keeps every row once.
+    use banter_sink::migrate::{migrations, render};
+    let mut cfg = config();
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let ch = &db.ch.client;
+    let d = &db.name;
+    let v = db.ch.version;
+    let exec = |sql: String| async move {
+        ch.query(&sql)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    exec(format!(
+        "CREATE TABLE {d}.banter_migrations (version UInt32, name String, applied_at DateTime) ENGINE = TinyLog"
+    ))
+    .await;
+    exec(format!(
+        "INSERT INTO {d}.banter_migrations SELECT number + 1, 'the old version', now() FROM system.numbers LIMIT 9"
+    ))
+    .await;
+    let ms = migrations();
+    for m in &ms[..9] {
+        if m.name.contains("alerts") || m.name.contains("dead_letters") {
+            exec(render(m.sql, d, v)).await;
+        }
+    }
+    let alert = |id: &str, rev: i64| {
+        format!(
+            "('{id}', 'FIRING', 'acct-1', 'post-1', 1795000000000, 1795000060000, 40, 2, 1, 38, \
+             1795000000000, NULL, {rev}, 1795000060000)"
+        )
+    };
+    exec(format!(
+        "INSERT INTO {d}.alerts VALUES {}, {}, {}",
+        alert("a1", 1),
+        alert("a1", 1),
+        alert("a2", 1)
+    ))
+    .await;
+    let dl = |reason: &str, offset: i64| {
+        format!("('INGEST', '{reason}', 'bad', '/v1/events', -1, {offset}, 'acct-1', '{{}}', 1795000000000)")
+    };
+    exec(format!(
+        "INSERT INTO {d}.dead_letters VALUES {}, {}, {}",
+        dl("invalid", -1),
+        dl("invalid", -1),
+        dl("malformed", -1)
+    ))
+    .await;
+    // The crash: alerts copied into alerts__new, not swapped; dead letters swapped, the old
+    // table not yet copied back and dropped.
+    let table =
+        |m: &banter_sink::migrate::Migration, t: &str| render(&m.sql.replace("{table}", t), d, v);
+    exec(table(&ms[9], "alerts__new")).await;
+    exec(format!(
+        "INSERT INTO {d}.alerts__new SELECT * FROM {d}.alerts LIMIT 1"
+    ))
+    .await;
+    exec(format!(
+        "RENAME TABLE {d}.dead_letters TO {d}.dead_letters__old"
+    ))
+    .await;
+    exec(table(&ms[10], "dead_letters")).await;
+
+    migrate(&cfg);
+    migrate(&cfg); // and again: nothing changes
+    let tables: Vec<(String, String)> = ch
+        .query("SELECT name, engine FROM system.tables WHERE database = ? AND (name LIKE 'alerts%' OR name LIKE 'dead_letters%') ORDER BY name")
+        .bind(d)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        tables,
+        vec![
+            ("alerts".to_owned(), "ReplacingMergeTree".to_owned()),
+            ("dead_letters".to_owned(), "ReplacingMergeTree".to_owned())
+        ]
+    );
+    let alerts: Vec<(String, i64)> = ch
+        .query("SELECT alert_id, revision FROM alerts FINAL ORDER BY alert_id")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(alerts, vec![("a1".to_owned(), 1), ("a2".to_owned(), 1)]);
+    let dls: Vec<String> = ch
+        .query("SELECT reason FROM dead_letters FINAL ORDER BY reason")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(dls, vec!["invalid".to_owned(), "malformed".to_owned()]);
+    db.drop_now(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_a_newer_writer_schema_are_resolved_by_stream_and_sink() {
+    // A rolling upgrade: version 2 of ingest (events) and of the stream (rollups) write a
+    // field this version does not know, and published their schemas to the schema topic.
+    // Their records used to be dead-lettered as "unknown writer schema"; now stream and sink
+    // read them by Avro schema resolution.
+    use banter_model::{Action, EngagementEvent, Kind, Platform};
+    let mut cfg = fresh_pipeline_config("v2-writer").await;
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let dir = test_dir("banter-v2-writer");
+    migrate(&cfg);
+    let schemas = [v2_schema::<EngagementEvent>(), v2_schema::<Rollup>()];
+    let schemas: Vec<&str> = schemas.iter().map(String::as_str).collect();
+    banter_runtime::schemas::publish(&cfg.kafka, Some(&schemas))
+        .await
+        .unwrap();
+    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let t0 = 1_795_000_000_000i64 - 1_795_000_000_000i64 % 60_000;
+    let mut events: Vec<EngagementEvent> = (0..30)
+        .map(|i| {
+            let mut e = EngagementEvent::new(
+                format!("v2-{i}"),
+                Platform::Instagram,
+                Kind::Comment,
+                Action::Add,
+                "acct-v2",
+                t0 + i * 1000,
+            );
+            e.content_id = Some("post-1".into());
+            e.actor_id = Some(format!("actor-{i}"));
+            e.received_at = t0 + i * 1000;
+            e
+        })
+        .collect();
+    // Later traffic moves event time on past the minute and its lateness.
+    let mut later = events[0].clone();
+    later.event_id = "v2-later".into();
+    later.event_time = t0 + 10 * 60_000;
+    later.received_at = later.event_time;
+    events.push(later);
+    for e in &events {
+        producer
+            .send(
+                FutureRecord::to(&cfg.kafka.topics.events)
+                    .key(e.account_id.as_str())
+                    .payload(&write_v2(e)),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let direct = rollup("acct-v2-direct", t0, t0 + 60_000, 1);
+    producer
+        .send(
+            FutureRecord::to(&cfg.kafka.topics.rollups)
+                .key(direct.account_id.as_str())
+                .payload(&write_v2(&direct)),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let stream = start_role(&cfg, "stream", "stream", &dir);
+    let sink = start_role(&cfg, "sink", "sink", &dir);
+    let minute = |account: &'static str| {
+        let ch = db.ch.client.clone();
+        async move {
+            ch.query(
+                "SELECT interactions FROM rollups FINAL WHERE account_id = ? \
+                 AND window_kind = 'MINUTE' AND content_id = '' AND window_start_ms = ?",
+            )
+            .bind(account)
+            .bind(t0)
+            .fetch_all::<i64>()
+            .await
+            .unwrap()
+        }
+    };
+    wait_for(
+        "the version-2 events counted and the version-2 rollup written",
+        Duration::from_secs(90),
+        || async {
+            let counted = minute("acct-v2").await;
+            let direct = minute("acct-v2-direct").await;
+            (counted == vec![30] && direct == vec![3]).then_some(())
+        },
+    )
+    .await;
+    let dead: u64 = db
+        .ch
+        .client
+        .query("SELECT count() FROM dead_letters FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "records of the newer version were dead-lettered");
+    let log = std::fs::read_to_string(dir.join("stream.log")).unwrap();
+    assert!(log.contains("unknown writer schema"), "{log}");
+    stop(sink);
+    stop(stream);
+    db.drop_now(&cfg).await;
 }

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -178,9 +178,11 @@ pub struct Specialized<T> {
 
 /// Encoder and decoder of one record type; see the module docs.
 pub struct Codec<T: 'static> {
-    current: SchemaVersion,
+    current: Arc<SchemaVersion>,
     specialized: Option<&'static Specialized<T>>,
-    others: HashMap<Fingerprint, SchemaVersion>,
+    /// Other versions, registered while running (a newer writer's schema found on the
+    /// schema topic): shared codecs are `'static`, so behind a lock, taken only for them.
+    others: RwLock<HashMap<Fingerprint, Arc<SchemaVersion>>>,
     _record: PhantomData<fn() -> T>,
 }
 
@@ -188,7 +190,10 @@ impl<T> fmt::Debug for Codec<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Codec")
             .field("fingerprint", &self.current.fingerprint)
-            .field("other_versions", &self.others.len())
+            .field(
+                "other_versions",
+                &self.others.read().map(|o| o.len()).unwrap_or_default(),
+            )
             .finish()
     }
 }
@@ -199,22 +204,41 @@ impl<T: AvroRecord> Codec<T> {
         let current = SchemaVersion::parse(T::SCHEMA)?;
         let specialized = T::specialized().filter(|s| s.fingerprint == current.fingerprint.0);
         Ok(Codec {
-            current,
+            current: Arc::new(current),
             specialized,
-            others: HashMap::new(),
+            others: RwLock::new(HashMap::new()),
             _record: PhantomData,
         })
     }
 
     /// Also accept bytes written with this schema version (older or newer), resolved to `T`.
-    /// Returns the version's fingerprint.
-    pub fn register_writer_schema(&mut self, json: &str) -> Result<Fingerprint, CodecError> {
+    /// Returns the version's fingerprint. Works on the shared codec ([`AvroRecord::codec`]):
+    /// what one thread registers, every decoder reads from then on.
+    ///
+    /// # Errors
+    /// Not a valid Avro schema, or one of another record (its name is not `T`'s).
+    pub fn register_writer_schema(&self, json: &str) -> Result<Fingerprint, CodecError> {
         let v = SchemaVersion::parse(json)?;
+        let name = record_name(json);
+        if name.as_deref() != Some(T::NAME) {
+            return Err(CodecError::Schema(format!(
+                "a schema of record {} cannot be read as {}",
+                name.as_deref().unwrap_or("(none)"),
+                T::NAME
+            )));
+        }
         let fp = v.fingerprint;
         if fp != self.current.fingerprint {
-            self.others.insert(fp, v);
+            if let Ok(mut others) = self.others.write() {
+                others.entry(fp).or_insert_with(|| Arc::new(v));
+            }
         }
         Ok(fp)
+    }
+
+    /// Whether bytes with this writer fingerprint can be read.
+    pub fn knows(&self, fp: Fingerprint) -> bool {
+        fp == self.current.fingerprint || self.others.read().is_ok_and(|o| o.contains_key(&fp))
     }
 
     /// The fingerprint of the schema this codec writes: CRC-64-AVRO of the schema's Parsing
@@ -259,7 +283,7 @@ impl<T: AvroRecord> Codec<T> {
         })
     }
 
-    fn split<'b>(&self, bytes: &'b [u8]) -> Result<(&SchemaVersion, &'b [u8]), CodecError> {
+    fn split<'b>(&self, bytes: &'b [u8]) -> Result<(Arc<SchemaVersion>, &'b [u8]), CodecError> {
         if bytes.len() < HEADER_LEN {
             return Err(CodecError::TooShort { len: bytes.len() });
         }
@@ -270,12 +294,16 @@ impl<T: AvroRecord> Codec<T> {
         fp.copy_from_slice(&bytes[2..HEADER_LEN]);
         let fp = Fingerprint(fp);
         let version = if fp == self.current.fingerprint {
-            &self.current
+            Arc::clone(&self.current)
         } else {
-            self.others.get(&fp).ok_or(CodecError::UnknownSchema {
-                fingerprint: fp,
-                record: T::NAME,
-            })?
+            self.others
+                .read()
+                .ok()
+                .and_then(|o| o.get(&fp).cloned())
+                .ok_or(CodecError::UnknownSchema {
+                    fingerprint: fp,
+                    record: T::NAME,
+                })?
         };
         Ok((version, &bytes[HEADER_LEN..]))
     }
@@ -464,3 +492,68 @@ avro_record!(
 );
 avro_record!(SpikeAlert, "SpikeAlert", "spike_alert.v1.avsc");
 avro_record!(DeadLetter, "DeadLetter", "dead_letter.v1.avsc");
+
+/// The `name` of the record a schema (JSON) defines, without its namespace.
+fn record_name(json: &str) -> Option<String> {
+    match apache_avro::Schema::parse_str(json).ok()? {
+        apache_avro::Schema::Record(r) => Some(r.name.name.clone()),
+        _ => None,
+    }
+}
+
+/// Every record banter writes: its name and current schema (JSON), as published on the
+/// schema topic for readers of other versions.
+pub fn current_schemas() -> [(&'static str, &'static str); 6] {
+    [
+        (EngagementEvent::NAME, EngagementEvent::SCHEMA),
+        (Rollup::NAME, Rollup::SCHEMA),
+        (FunnelRollup::NAME, FunnelRollup::SCHEMA),
+        (ConversationRollup::NAME, ConversationRollup::SCHEMA),
+        (SpikeAlert::NAME, SpikeAlert::SCHEMA),
+        (DeadLetter::NAME, DeadLetter::SCHEMA),
+    ]
+}
+
+/// Registers a writer schema (JSON) with the shared codec of the record it names, so bytes
+/// written with it are read by schema resolution. Returns the record's name and the schema's
+/// fingerprint; None for a record banter does not read.
+///
+/// # Errors
+/// Not a valid Avro schema.
+pub fn register_schema(json: &str) -> Result<Option<(&'static str, Fingerprint)>, CodecError> {
+    let Some(name) = record_name(json) else {
+        return Err(CodecError::Schema("a schema without a record name".into()));
+    };
+    fn reg<T: AvroRecord>(json: &str) -> Result<Option<(&'static str, Fingerprint)>, CodecError> {
+        T::codec()
+            .register_writer_schema(json)
+            .map(|fp| Some((T::NAME, fp)))
+    }
+    match name.as_str() {
+        n if n == EngagementEvent::NAME => reg::<EngagementEvent>(json),
+        n if n == Rollup::NAME => reg::<Rollup>(json),
+        n if n == FunnelRollup::NAME => reg::<FunnelRollup>(json),
+        n if n == ConversationRollup::NAME => reg::<ConversationRollup>(json),
+        n if n == SpikeAlert::NAME => reg::<SpikeAlert>(json),
+        n if n == DeadLetter::NAME => reg::<DeadLetter>(json),
+        _ => Ok(None),
+    }
+}
+
+/// The fingerprint a schema (JSON) is named by in single-object headers.
+///
+/// # Errors
+/// Not a valid Avro schema.
+pub fn schema_fingerprint(json: &str) -> Result<Fingerprint, CodecError> {
+    SchemaVersion::parse(json).map(|v| v.fingerprint)
+}
+
+/// Whether any record's codec reads bytes with this writer fingerprint.
+pub fn known_anywhere(fp: Fingerprint) -> bool {
+    EngagementEvent::codec().knows(fp)
+        || Rollup::codec().knows(fp)
+        || FunnelRollup::codec().knows(fp)
+        || ConversationRollup::codec().knows(fp)
+        || SpikeAlert::codec().knows(fp)
+        || DeadLetter::codec().knows(fp)
+}

@@ -30,6 +30,7 @@ pub(super) struct Batcher<'a> {
     pub topics: &'a Topics,
     pub config: &'a StreamConfig,
     pub metrics: &'a StreamMetrics,
+    pub schemas: &'a banter_runtime::schemas::SchemaLookup,
 }
 
 impl Batcher<'_> {
@@ -77,7 +78,12 @@ impl Batcher<'_> {
             }
             decoded.clear();
             for ((_, _, payload), event) in chunk.iter().zip(events.iter_mut()) {
-                decoded.push(codec.decode_into(payload, event));
+                let mut d = codec.decode_into(payload, event);
+                // A newer (or older) writer's record: its schema is on the schema topic.
+                if d.is_err() && self.schemas.resolve(payload) {
+                    d = codec.decode_into(payload, event);
+                }
+                decoded.push(d);
             }
             // Runs of one partition (the consumer hands out each partition's messages together).
             let mut from = 0;

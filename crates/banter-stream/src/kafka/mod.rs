@@ -158,6 +158,7 @@ pub fn run(
         checkpoints: k.topics.checkpoints.clone(),
         checkpoint_partitions,
     };
+    let schemas = banter_runtime::schemas::SchemaLookup::new(k);
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     let reload_every = Duration::from_millis(settings.cta.reload_interval_ms);
     let mut last_reload_check = Instant::now();
@@ -180,6 +181,7 @@ pub fn run(
             topics: &topics,
             config: sc,
             metrics,
+            schemas: &schemas,
         };
         match batcher.run(&mut parts, batch) {
             Ok(committed) => {
