@@ -10,6 +10,10 @@ use crate::event::{EngagementEvent, Kind, TimestampMillis};
 /// 2000-01-01T00:00:00Z: no engagement event is older than that.
 pub const MIN_EVENT_TIME_MS: TimestampMillis = 946_684_800_000;
 
+/// 9999-12-31T23:59:59.999Z: the latest time any event may carry, whatever the clock says. Keeps
+/// every window bound and watermark computed from an event far from `i64`'s limits.
+pub const MAX_EVENT_TIME_MS: TimestampMillis = 253_402_300_799_999;
+
 /// Longest id accepted (event, account, content, object, actor, campaign, click ids).
 pub const MAX_ID_BYTES: usize = 512;
 
@@ -134,6 +138,16 @@ impl ValidationContext {
         ValidationContext {
             now_ms,
             max_future_skew_ms: 5 * 60 * 1000,
+        }
+    }
+
+    /// A context without a clock: times only between 2000-01-01 and [`MAX_EVENT_TIME_MS`].
+    /// What the stream checks again on the events it reads (a producer other than ingest may
+    /// have written them, and replayed history is legitimately old or, to this clock, early).
+    pub fn unclocked() -> Self {
+        ValidationContext {
+            now_ms: MAX_EVENT_TIME_MS,
+            max_future_skew_ms: 0,
         }
     }
 }

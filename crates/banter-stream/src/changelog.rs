@@ -95,6 +95,9 @@ pub enum StateError {
         /// What is wrong with it.
         message: String,
     },
+    /// The checkpoint holds values no engine writes (times or offsets out of range).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 impl StateError {

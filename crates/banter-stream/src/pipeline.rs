@@ -212,7 +212,8 @@ impl Pipeline {
     /// a fresh pipeline; read from the committed offset).
     ///
     /// # Errors
-    /// A changelog entry that cannot be read back.
+    /// A checkpoint with times or offsets out of range ([`Checkpoint::check`]), or a changelog
+    /// entry that cannot be read back.
     pub fn restore(
         cfg: &PipelineConfig,
         matcher: Matcher,
@@ -222,6 +223,7 @@ impl Pipeline {
         let Some(cp) = &saved.checkpoint else {
             return Ok((p, None));
         };
+        cp.check().map_err(StateError::Checkpoint)?;
         p.windows = Engine::restored(cfg.window, cp);
         for ((store, key), value) in &saved.entries {
             let entry = Entry {

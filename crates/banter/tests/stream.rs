@@ -30,6 +30,36 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
         )
         .await
         .unwrap();
+    // Events ingest would have refused, written by another producer: a time at i64's end
+    // (its window bounds overflowed) and an id with a control character.
+    let forged = |id: &str, account: &str, t: i64| {
+        let e = EngagementEvent::new(
+            id,
+            banter_model::Platform::Facebook,
+            banter_model::Kind::PostReaction,
+            banter_model::Action::Add,
+            account,
+            t,
+        );
+        let mut e = e;
+        e.content_id = Some("post-forged".into());
+        EngagementEvent::codec().encode(&e).unwrap()
+    };
+    let invalid = [
+        forged("forged-1", "acct-0", i64::MAX - 5),
+        forged("forged-2", "acct-0\u{1f}x", 1_764_000_000_000),
+    ];
+    for bytes in &invalid {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&cfg.kafka.topics.events)
+                    .key("acct-0")
+                    .payload(bytes),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
     let stream = start_stream(&cfg, "a", &dir);
     topics_match(&cfg, &dir, Duration::from_secs(120)).await;
 
@@ -44,14 +74,20 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
     let dlq = consume(
         &cfg,
         &cfg.kafka.topics.dlq,
-        too_late.len() + 1,
+        too_late.len() + 3,
         Duration::from_secs(30),
     )
     .await;
     let mut ids = BTreeSet::new();
     let mut undecodable = 0;
+    let mut refused = Vec::new();
     for m in dlq {
         let dl = DeadLetter::codec().decode(m.payload().unwrap()).unwrap();
+        if dl.reason == "invalid" {
+            assert!(invalid.contains(&dl.payload), "{dl:?}");
+            refused.push(dl.detail);
+            continue;
+        }
         if dl.reason == "undecodable" {
             assert_eq!(dl.payload, garbage);
             assert_eq!(dl.source.as_deref(), Some(cfg.kafka.topics.events.as_str()));
@@ -70,6 +106,10 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
     }
     assert_eq!(ids, too_late);
     assert_eq!(undecodable, 1);
+    refused.sort();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].contains("account_id"), "{refused:?}");
+    assert!(refused[1].contains("event_time"), "{refused:?}");
     stop(stream);
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use banter_model::{AvroRecord, EngagementEvent};
+use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -83,7 +83,15 @@ impl Batcher<'_> {
                 if d.is_err() && self.schemas.resolve(payload) {
                     d = codec.decode_into(payload, event);
                 }
-                decoded.push(d);
+                // Ingest validated what it published, but any producer may write the topic:
+                // the stream takes only events ingest would have taken (times far from i64's
+                // limits, ids without control characters), whatever the clock says.
+                decoded.push(match d {
+                    Err(e) => Err(("undecodable", e.to_string())),
+                    Ok(()) => event
+                        .validate(&ValidationContext::unclocked())
+                        .map_err(|e| ("invalid", e.to_string())),
+                });
             }
             // Runs of one partition (the consumer hands out each partition's messages together).
             let mut from = 0;
@@ -110,16 +118,20 @@ impl Batcher<'_> {
                 part.last_arrival = now;
                 // Everything before this record was fed: a replay that ends here ends.
                 part.pipeline.end_replay_at(offset);
-                if let Err(e) = decoded {
+                if let Err((reason, detail)) = decoded {
                     if !part.pipeline.replaying() {
-                        self.metrics.undecodable.inc();
+                        if reason == "invalid" {
+                            self.metrics.invalid.inc();
+                        } else {
+                            self.metrics.undecodable.inc();
+                        }
                         let dl = dead_letter(
                             &self.topics.input,
                             p,
                             offset,
                             None,
-                            "undecodable",
-                            e.to_string(),
+                            reason,
+                            detail,
                             payload,
                         );
                         tx.dead_letter(&dl)?;

@@ -19,6 +19,7 @@ pub struct StreamMetrics {
     pub(super) late: Counter,
     pub(super) too_late: Counter,
     pub(super) undecodable: Counter,
+    pub(super) invalid: Counter,
     pub(super) rows: Counter,
     pub(super) replayed: Counter,
     pub(super) restores: Family<Vec<(String, String)>, Counter>,
@@ -53,6 +54,7 @@ impl StreamMetrics {
             late: Counter::default(),
             too_late: Counter::default(),
             undecodable: Counter::default(),
+            invalid: Counter::default(),
             rows: Counter::default(),
             replayed: Counter::default(),
             restores: Family::default(),
@@ -102,6 +104,11 @@ impl StreamMetrics {
             "undecodable_records",
             "Input records that are not EngagementEvent Avro, dead-lettered",
             m.undecodable.clone(),
+        );
+        r.register(
+            "invalid_events",
+            "Input events that fail ingest's validation (written by another producer), dead-lettered as `invalid`",
+            m.invalid.clone(),
         );
         r.register(
             "rows_emitted",

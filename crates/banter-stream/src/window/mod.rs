@@ -97,6 +97,52 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The layout this version writes and reads: typed changelog keys per store (2).
     pub const FORMAT: u32 = 2;
+
+    /// Farthest a stored time may be from 1970 (about 285,000 years): far beyond any event
+    /// time ([`banter_model::validate::MAX_EVENT_TIME_MS`]) and far enough from `i64`'s limits
+    /// that window bounds and horizons computed from it cannot overflow.
+    const MAX_ABS_TIME: i64 = 1 << 53;
+
+    /// Checks that every time and offset is one an engine could have written: a damaged or
+    /// forged checkpoint is refused at restore with the field named, rather than driving the
+    /// engine's arithmetic past `i64`'s range.
+    ///
+    /// # Errors
+    /// The first field out of range.
+    pub fn check(&self) -> Result<(), String> {
+        let time = |field: &str, t: Option<i64>| match t {
+            Some(t) if t.unsigned_abs() > Self::MAX_ABS_TIME as u64 => {
+                Err(format!("{field} {t} is not a time an engine writes"))
+            }
+            _ => Ok(()),
+        };
+        let offset = |field: &str, o: i64| {
+            if (0..=i64::MAX / 2).contains(&o) {
+                Ok(())
+            } else {
+                Err(format!("{field} {o} is not a Kafka offset"))
+            }
+        };
+        offset("next_offset", self.next_offset)?;
+        time("watermark", self.watermark)?;
+        time("max_event_time", self.max_event_time)?;
+        if let Some(m) = self.restore {
+            offset("restore.offset", m.offset)?;
+            if m.offset > self.next_offset {
+                return Err(format!(
+                    "restore.offset {} is past next_offset {}",
+                    m.offset, self.next_offset
+                ));
+            }
+            time("restore.watermark", m.watermark)?;
+            time("restore.max_event_time", m.max_event_time)?;
+        }
+        for (o, wm) in &self.idle {
+            offset("idle offset", *o)?;
+            time("idle watermark", Some(*wm))?;
+        }
+        Ok(())
+    }
 }
 
 /// Engine parameters.
@@ -877,6 +923,35 @@ mod tests {
         e.content_id = Some("p1".into());
         e.received_at = received;
         e
+    }
+
+    #[test]
+    fn a_checkpoint_with_times_or_offsets_no_engine_writes_is_refused() {
+        let mut e = Engine::new(WindowConfig::default());
+        let mut out = Vec::new();
+        e.process(&reaction("r1", T0, T0), 0, &mut out);
+        let good = e.checkpoint();
+        assert_eq!(good.check(), Ok(()));
+        let mut bad = good.clone();
+        bad.watermark = Some(i64::MIN + 7);
+        assert!(bad.check().unwrap_err().starts_with("watermark"));
+        let mut bad = good.clone();
+        bad.max_event_time = Some(i64::MAX);
+        assert!(bad.check().unwrap_err().starts_with("max_event_time"));
+        let mut bad = good.clone();
+        bad.next_offset = -3;
+        assert!(bad.check().unwrap_err().contains("not a Kafka offset"));
+        let mut bad = good.clone();
+        bad.idle.push((1, i64::MAX - 1));
+        assert!(bad.check().unwrap_err().starts_with("idle watermark"));
+        if let Some(m) = good.restore {
+            let mut bad = good.clone();
+            bad.restore = Some(Mark {
+                offset: good.next_offset + 1,
+                ..m
+            });
+            assert!(bad.check().unwrap_err().contains("past next_offset"));
+        }
     }
 
     /// The MINUTE rows of `out` as (minute, interactions, emitted_at).
