@@ -135,6 +135,7 @@ async fn pipeline_topics_are_created_once() {
     cfg.kafka.topics.alerts = format!("{prefix}.alerts");
     cfg.kafka.topics.dlq = format!("{prefix}.dlq");
     cfg.kafka.topics.checkpoints = format!("{prefix}.checkpoints");
+    cfg.kafka.topics.schemas = format!("{prefix}.schemas");
     cfg.kafka.topics.partitions = 4;
     let specs = pipeline_topics(&cfg.kafka);
     let checkpoints = specs
@@ -144,18 +145,32 @@ async fn pipeline_topics_are_created_once() {
     assert!(checkpoints
         .config
         .contains(&("cleanup.policy".into(), "compact".into())));
+    // The writer schemas: compacted, one partition (read whole by a reader meeting a new one).
+    let schemas = specs
+        .iter()
+        .find(|s| s.name == cfg.kafka.topics.schemas)
+        .unwrap();
+    assert!(schemas
+        .config
+        .contains(&("cleanup.policy".into(), "compact".into())));
+    assert_eq!(schemas.partitions, 1);
 
     let first = ensure_topics(&cfg.kafka, &specs).await.unwrap();
-    assert_eq!(first.len(), 5);
+    assert_eq!(first.len(), 6);
     assert!(
         first.iter().all(|(_, o)| *o == TopicOutcome::Created),
         "{first:?}"
     );
     let second = ensure_topics(&cfg.kafka, &specs).await.unwrap();
     assert!(
-        second
-            .iter()
-            .all(|(_, o)| *o == TopicOutcome::Exists { partitions: 4 }),
+        second.iter().all(|(name, o)| *o
+            == TopicOutcome::Exists {
+                partitions: if *name == cfg.kafka.topics.schemas {
+                    1
+                } else {
+                    4
+                }
+            }),
         "{second:?}"
     );
     assert_eq!(

@@ -5,7 +5,7 @@
 
 use std::hint::black_box;
 
-use banter_model::{AvroRecord, EngagementEvent};
+use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
 use banter_workload::sample::sample_events;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -37,6 +37,27 @@ fn codec(c: &mut Criterion) {
         b.iter(|| {
             for m in &encoded {
                 black_box(codec.decode(m).unwrap());
+            }
+        })
+    });
+    // What the stream adds per event since it re-checks what it reads (issue 17): decoding
+    // into a reused event, with and without the unclocked validation.
+    g.bench_function("decode_into/fast", |b| {
+        let mut e = EngagementEvent::empty();
+        b.iter(|| {
+            for m in &encoded {
+                codec.decode_into(m, &mut e).unwrap();
+                black_box(&e);
+            }
+        })
+    });
+    g.bench_function("decode_into+validate", |b| {
+        let mut e = EngagementEvent::empty();
+        let ctx = ValidationContext::unclocked();
+        b.iter(|| {
+            for m in &encoded {
+                codec.decode_into(m, &mut e).unwrap();
+                black_box(e.validate(&ctx).is_ok());
             }
         })
     });
