@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing banter needs on a fresh Debian/Ubuntu machine:
-# the C toolchain pieces librdkafka's cmake build uses, the services' Debian packages
+# the C toolchain pieces librdkafka's cmake build uses (OpenSSL, curl, zlib, zstd), the services' Debian packages
 # (ClickHouse, Prometheus, Alertmanager), Java and Maven for Kafka, and a Python venv with
 # fastavro for the cross-implementation codec test. Idempotent; quick when all is there.
 set -euo pipefail
@@ -8,7 +8,7 @@ BANTER_SCRIPT=install-deps
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-apt_install build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev curl \
+apt_install build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev openssl curl \
   python3 python3-venv openjdk-17-jre-headless maven \
   clickhouse-server clickhouse-client prometheus prometheus-alertmanager
 

@@ -9,10 +9,21 @@
 #   scripts/stack.sh logs SERVICE [N]     the last N lines of a service's log
 #   scripts/stack.sh wipe                 stop everything and delete .stack/ data (keeps the jar cache)
 #
-# SERVICE is kafka, clickhouse, prometheus or alertmanager (default: all).
+# SERVICE is kafka, clickhouse, prometheus, alertmanager or alertmanager-tls (default: all).
 # Ports (environment): BANTER_KAFKA_PORT=9092 BANTER_KAFKA_CONTROLLER_PORT=9095
-#   BANTER_CLICKHOUSE_HTTP_PORT=8123 BANTER_CLICKHOUSE_TCP_PORT=9000
-#   BANTER_PROMETHEUS_PORT=9090 BANTER_ALERTMANAGER_PORT=9093
+#   BANTER_KAFKA_SSL_PORT=9094 BANTER_KAFKA_SASL_PORT=9096
+#   BANTER_CLICKHOUSE_HTTP_PORT=8123 BANTER_CLICKHOUSE_HTTPS_PORT=8443 BANTER_CLICKHOUSE_TCP_PORT=9000
+#   BANTER_PROMETHEUS_PORT=9090 BANTER_ALERTMANAGER_PORT=9093 BANTER_ALERTMANAGER_TLS_PORT=9097
+#
+# Secured endpoints, as production has them (certificates made by this script under
+# .stack/tls/ with openssl: a local CA, a server certificate for localhost / 127.0.0.1, a
+# client certificate, and a second CA that signed nothing, for "untrusted" tests):
+#   Kafka SSL     localhost:9094  TLS with client certificates required
+#   Kafka SASL    localhost:9096  SASL_SSL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (user `banter`,
+#                                 password `banter-kafka-secret`; SCRAM made with kafka-configs)
+#   ClickHouse    https://localhost:8443 (user `banter`, password `banter-ch-secret`)
+#   Alertmanager  https://localhost:9097 (basic auth `banter` / `banter-am-secret`)
+# These passwords are for this local stack only.
 # Other: BANTER_STACK_DIR (default <repo>/.stack), BANTER_KAFKA_VERSION (default 4.1.1),
 #   BANTER_STACK_TIMEOUT (seconds to wait for a service, default 120).
 set -euo pipefail
@@ -23,12 +34,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 KAFKA_VERSION="${BANTER_KAFKA_VERSION:-4.1.1}"
 KAFKA_PORT="${BANTER_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${BANTER_KAFKA_CONTROLLER_PORT:-9095}"
+KAFKA_SSL_PORT="${BANTER_KAFKA_SSL_PORT:-9094}"
+KAFKA_SASL_PORT="${BANTER_KAFKA_SASL_PORT:-9096}"
+CH_HTTPS_PORT="${BANTER_CLICKHOUSE_HTTPS_PORT:-8443}"
+AM_TLS_PORT="${BANTER_ALERTMANAGER_TLS_PORT:-9097}"
 CH_HTTP_PORT="${BANTER_CLICKHOUSE_HTTP_PORT:-8123}"
 CH_TCP_PORT="${BANTER_CLICKHOUSE_TCP_PORT:-9000}"
 PROM_PORT="${BANTER_PROMETHEUS_PORT:-9090}"
 AM_PORT="${BANTER_ALERTMANAGER_PORT:-9093}"
 TIMEOUT="${BANTER_STACK_TIMEOUT:-120}"
-ALL=(kafka clickhouse prometheus alertmanager)
+ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
@@ -59,6 +74,36 @@ start_bg() { # name, command...
   echo $! >"$(pidfile "$name")"
 }
 
+# ---------------------------------------------------------------- tls material
+TLS="$STACK/tls"
+
+# A local CA, a server certificate (localhost, 127.0.0.1) and a client certificate signed by
+# it, and a second CA that signed nothing. Keys are unencrypted PKCS#8 PEM (what Kafka's PEM
+# key stores, ClickHouse, Alertmanager and OpenSSL clients all read).
+tls_material() {
+  [[ -f "$TLS/client.pem" && -f "$TLS/rogue-ca.pem" ]] && return 0
+  command -v openssl >/dev/null || apt_install openssl
+  mkdir -p "$TLS"
+  say "making a local CA and certificates in $TLS"
+  (
+    cd "$TLS"
+    for ca in ca rogue-ca; do
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=banter local $ca" \
+        -keyout "$ca.key" -out "$ca.pem" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign"
+    done
+    for who in server client; do
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=banter-$who" -keyout "$who.key" -out "$who.csr"
+      printf '%s\n' "basicConstraints=CA:FALSE" "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        "extendedKeyUsage=serverAuth,clientAuth" >"$who.ext"
+      openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$who.ext" -out "$who.pem"
+      cat "$who.key" "$who.pem" >"$who-keystore.pem"
+    done
+    rm -f ./*.csr ./*.ext
+  ) >"$STACK/logs/tls.log" 2>&1 || die "cannot make certificates: see $STACK/logs/tls.log"
+}
+
 # ---------------------------------------------------------------- kafka
 KAFKA_HOME="$STACK/cache/kafka-$KAFKA_VERSION"
 
@@ -87,16 +132,32 @@ kafka_up() {
   if running kafka && port_open "$KAFKA_PORT"; then say "kafka already running on :$KAFKA_PORT"; return 0; fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set BANTER_KAFKA_PORT)"
   kafka_install
+  for p in "$KAFKA_SSL_PORT" "$KAFKA_SASL_PORT"; do
+    port_open "$p" && die "port $p is taken by another process (set BANTER_KAFKA_SSL_PORT / BANTER_KAFKA_SASL_PORT)"
+  done
+  tls_material
   local dir="$STACK/kafka"; mkdir -p "$dir/data" "$STACK/logs"
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://localhost:$KAFKA_SSL_PORT,SASL_SSL://localhost:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS/ca.pem
+listener.name.ssl.ssl.client.auth=required
+listener.name.sasl_ssl.ssl.client.auth=none
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_banter="banter-kafka-secret";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";
 log.dirs=$dir/data
 auto.create.topics.enable=false
 num.partitions=1
@@ -135,7 +196,17 @@ EOF
   start_bg kafka java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$cp" kafka.Kafka "$dir/server.properties"
   wait_until kafka kafka_ready
-  say "kafka ready"
+  kafka_scram_users
+  say "kafka ready (SSL on localhost:$KAFKA_SSL_PORT, SASL_SSL on localhost:$KAFKA_SASL_PORT)"
+}
+
+# The SCRAM credentials of the SASL_SSL listener, stored in the cluster metadata (idempotent).
+kafka_scram_users() {
+  java -Dlog4j2.configurationFile="$STACK/kafka/log4j2.properties" -cp "$KAFKA_HOME/libs/*" \
+    kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+    --add-config 'SCRAM-SHA-256=[password=banter-kafka-secret],SCRAM-SHA-512=[password=banter-kafka-secret]' \
+    --entity-type users --entity-name banter >>"$STACK/logs/kafka.log" 2>&1 \
+    || die "cannot create the SCRAM user with kafka-configs: see $STACK/logs/kafka.log"
 }
 
 kafka_ready() {
