@@ -47,6 +47,7 @@ ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
+https_ok() { curl -fs -m 2 -o /dev/null --cacert "$TLS/ca.pem" "$@" 2>/dev/null; } # [curl options] url
 
 pidfile() { echo "$STACK/run/$1.pid"; }
 running() {
@@ -201,12 +202,16 @@ EOF
 }
 
 # The SCRAM credentials of the SASL_SSL listener, stored in the cluster metadata (idempotent).
+# One mechanism per request: the broker refuses two credentials of a user in one.
 kafka_scram_users() {
-  java -Dlog4j2.configurationFile="$STACK/kafka/log4j2.properties" -cp "$KAFKA_HOME/libs/*" \
-    kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
-    --add-config 'SCRAM-SHA-256=[password=banter-kafka-secret],SCRAM-SHA-512=[password=banter-kafka-secret]' \
-    --entity-type users --entity-name banter >>"$STACK/logs/kafka.log" 2>&1 \
-    || die "cannot create the SCRAM user with kafka-configs: see $STACK/logs/kafka.log"
+  local m
+  for m in SCRAM-SHA-256 SCRAM-SHA-512; do
+    java -Dlog4j2.configurationFile="$STACK/kafka/log4j2.properties" -cp "$KAFKA_HOME/libs/*" \
+      kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+      --add-config "$m=[password=banter-kafka-secret]" \
+      --entity-type users --entity-name banter >"$STACK/logs/kafka-configs.log" 2>&1 \
+      || die "cannot create the $m user with kafka-configs: see $STACK/logs/kafka-configs.log"
+  done
 }
 
 kafka_ready() {
@@ -218,6 +223,8 @@ clickhouse_up() {
   if running clickhouse && http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"; then say "clickhouse already running on :$CH_HTTP_PORT"; return 0; fi
   port_open "$CH_HTTP_PORT" && die "port $CH_HTTP_PORT is taken by another process (set BANTER_CLICKHOUSE_HTTP_PORT)"
   command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+  port_open "$CH_HTTPS_PORT" && die "port $CH_HTTPS_PORT is taken by another process (set BANTER_CLICKHOUSE_HTTPS_PORT)"
+  tls_material
   local dir="$STACK/clickhouse"; mkdir -p "$dir"/{data,tmp,user_files,format_schemas,log}
   # <yandex> is the root element 18.16 needs; current releases accept it too.
   cat >"$dir/config.xml" <<EOF
@@ -232,7 +239,19 @@ clickhouse_up() {
   </logger>
   <listen_host>127.0.0.1</listen_host>
   <http_port>$CH_HTTP_PORT</http_port>
+  <https_port>$CH_HTTPS_PORT</https_port>
   <tcp_port>$CH_TCP_PORT</tcp_port>
+  <openSSL>
+    <server>
+      <certificateFile>$TLS/server.pem</certificateFile>
+      <privateKeyFile>$TLS/server.key</privateKeyFile>
+      <verificationMode>none</verificationMode>
+      <loadDefaultCAFile>false</loadDefaultCAFile>
+      <cacheSessions>true</cacheSessions>
+      <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+      <preferServerCiphers>true</preferServerCiphers>
+    </server>
+  </openSSL>
   <path>$dir/data/</path>
   <tmp_path>$dir/tmp/</tmp_path>
   <user_files_path>$dir/user_files/</user_files_path>
@@ -257,6 +276,12 @@ EOF
       <profile>default</profile>
       <quota>default</quota>
     </default>
+    <banter>
+      <password_sha256_hex>$(printf '%s' banter-ch-secret | sha256sum | cut -d' ' -f1)</password_sha256_hex>
+      <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </banter>
   </users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
@@ -264,6 +289,7 @@ EOF
   say "starting clickhouse on 127.0.0.1:$CH_HTTP_PORT"
   start_bg clickhouse clickhouse-server --config-file="$dir/config.xml"
   wait_until clickhouse http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"
+  wait_until clickhouse https_ok "https://localhost:$CH_HTTPS_PORT/ping"
   say "clickhouse ready ($(curl -fsS -m 2 "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()" 2>/dev/null))"
 }
 
@@ -317,12 +343,46 @@ EOF
   say "alertmanager ready"
 }
 
+# A second Alertmanager as production runs it: HTTPS with the local CA's server certificate and
+# basic auth (`banter` / `banter-am-secret`; the hash below is bcrypt of that password).
+alertmanager_tls_up() {
+  if running alertmanager-tls && port_open "$AM_TLS_PORT"; then say "alertmanager-tls already running on :$AM_TLS_PORT"; return 0; fi
+  port_open "$AM_TLS_PORT" && die "port $AM_TLS_PORT is taken by another process (set BANTER_ALERTMANAGER_TLS_PORT)"
+  command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
+  tls_material
+  local dir="$STACK/alertmanager-tls"; mkdir -p "$dir/data"
+  cat >"$dir/alertmanager.yml" <<EOF
+route:
+  receiver: log
+  group_by: [alertname, account]
+  group_wait: 5s
+  group_interval: 30s
+  repeat_interval: 1h
+receivers:
+  - name: log
+EOF
+  cat >"$dir/web.yml" <<EOF
+tls_server_config:
+  cert_file: $TLS/server.pem
+  key_file: $TLS/server.key
+basic_auth_users:
+  banter: \$2b\$10\$vZf/VWs14bivJyxjHB6mYO2wBaBiRFTyMaOAN68oyMiJ1kaX4iaVC
+EOF
+  say "starting alertmanager-tls on https://localhost:$AM_TLS_PORT"
+  start_bg alertmanager-tls prometheus-alertmanager --config.file="$dir/alertmanager.yml" \
+    --storage.path="$dir/data" --web.listen-address="127.0.0.1:$AM_TLS_PORT" --cluster.listen-address= \
+    --web.config.file="$dir/web.yml"
+  wait_until alertmanager-tls https_ok -u banter:banter-am-secret "https://localhost:$AM_TLS_PORT/-/ready"
+  say "alertmanager-tls ready"
+}
+
 # ---------------------------------------------------------------- commands
 svc_port() {
   case "$1" in
     kafka) echo "$KAFKA_PORT" ;; clickhouse) echo "$CH_HTTP_PORT" ;;
     prometheus) echo "$PROM_PORT" ;; alertmanager) echo "$AM_PORT" ;;
-    *) die "unknown service $1 (kafka, clickhouse, prometheus, alertmanager)" ;;
+    alertmanager-tls) echo "$AM_TLS_PORT" ;;
+    *) die "unknown service $1 (kafka, clickhouse, prometheus, alertmanager, alertmanager-tls)" ;;
   esac
 }
 
@@ -345,7 +405,7 @@ mkdir -p "$STACK/run" "$STACK/logs"
 
 case "$cmd" in
   up)
-    for s in "${services[@]}"; do svc_port "$s" >/dev/null; "${s}_up"; done ;;
+    for s in "${services[@]}"; do svc_port "$s" >/dev/null; "${s//-/_}_up"; done ;;
   down)
     for s in "${services[@]}"; do svc_port "$s" >/dev/null; down_one "$s"; done ;;
   status)
@@ -361,7 +421,7 @@ case "$cmd" in
     tail -n "$n" "$STACK/logs/$s.log" ;;
   wipe)
     for s in "${ALL[@]}"; do down_one "$s"; done
-    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,run}
+    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,tls,run}
     say "wiped stack data (jar cache kept in $STACK/cache)" ;;
   *) die "usage: scripts/stack.sh up|down|status|logs|wipe [SERVICE...]" ;;
 esac

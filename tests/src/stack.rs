@@ -79,6 +79,7 @@ impl TestDatabase {
     /// Drops the database (tests call it at the end; a failed test leaves it for inspection).
     pub async fn drop_now(self, cfg: &Config) {
         let _ = server_client(&cfg.clickhouse)
+            .expect("clickhouse client")
             .query(&format!("DROP DATABASE IF EXISTS {}", self.name))
             .execute()
             .await;
@@ -95,6 +96,7 @@ pub async fn fresh_database(cfg: &Config) -> TestDatabase {
         Err(e) => panic!("ClickHouse is not up: {e}\n{HINT}"),
     };
     server_client(&ch_cfg)
+        .expect("clickhouse client")
         .query(&format!("CREATE DATABASE {name}"))
         .execute()
         .await

@@ -391,42 +391,156 @@ fn consumer(k: &KafkaConfig, lookback_ms: i64) -> Result<StreamConsumer, AlertEr
     Ok(c)
 }
 
+/// One Alertmanager delivery posts to: its own copy of what is held, so each gets every alert
+/// and one that is down is retried on its own while the others keep getting alerts.
+struct Target {
+    url: String,
+    tracker: Tracker,
+    backoff: Duration,
+    retry_at: Instant,
+}
+
+/// The HTTP client delivery posts with: TLS trusting `alerting.ca_file` (or the system's CAs),
+/// a 10 s timeout.
+///
+/// # Errors
+/// `alerting.ca_file` cannot be read.
+pub fn http_client(cfg: &AlertingConfig) -> Result<reqwest::Client, AlertError> {
+    let tls = banter_runtime::tls::connector("alerting.ca_file", &cfg.ca_file).map_err(|e| {
+        AlertError::Config {
+            key: "alerting.ca_file",
+            message: e.to_string(),
+        }
+    })?;
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| AlertError::Config {
+            key: "alerting.ca_file",
+            message: e.to_string(),
+        })
+}
+
+/// A POST of `body` to `url` with the configured authentication; what went wrong, naming the
+/// settings to look at.
+async fn post(
+    http: &reqwest::Client,
+    cfg: &AlertingConfig,
+    url: &str,
+    body: &[AmAlert],
+) -> Result<(), String> {
+    let mut req = http.post(url).json(body);
+    if !cfg.bearer_token.is_empty() {
+        req = req.bearer_auth(cfg.bearer_token.expose());
+    } else if !cfg.username.is_empty() {
+        req = req.basic_auth(&cfg.username, Some(cfg.password.expose()));
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            let hint = match status.as_u16() {
+                401 | 403 => " (check alerting.username / alerting.password or alerting.bearer_token)",
+                _ => "",
+            };
+            Err(format!("{status}: {}{hint}", text.trim()))
+        }
+        Err(e) if banter_runtime::tls::is_untrusted_certificate(&e) => Err(format!(
+            "{}: the server's certificate is not trusted (check alerting.ca_file)",
+            error_chain(&e)
+        )),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+/// Asks the Alertmanager at `base` for its status with the configured authentication (what
+/// `banter config check --connect` does): its version, or what went wrong.
+///
+/// # Errors
+/// The request failed or was refused; the message names the settings to look at.
+pub async fn probe(http: &reqwest::Client, cfg: &AlertingConfig, base: &str) -> Result<String, String> {
+    let mut req = http.get(format!("{base}/api/v2/status"));
+    if !cfg.bearer_token.is_empty() {
+        req = req.bearer_auth(cfg.bearer_token.expose());
+    } else if !cfg.username.is_empty() {
+        req = req.basic_auth(&cfg.username, Some(cfg.password.expose()));
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => {
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            Ok(format!(
+                "answers (version {})",
+                v.pointer("/versionInfo/version").and_then(|v| v.as_str()).unwrap_or("?")
+            ))
+        }
+        Ok(r) => Err(match r.status().as_u16() {
+            401 | 403 => format!(
+                "{}: check alerting.username / alerting.password or alerting.bearer_token",
+                r.status()
+            ),
+            _ => r.status().to_string(),
+        }),
+        Err(e) if banter_runtime::tls::is_untrusted_certificate(&e) => Err(format!(
+            "{}: the server's certificate is not trusted (check alerting.ca_file)",
+            error_chain(&e)
+        )),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Runs delivery until `shutdown`.
 ///
 /// # Errors
-/// `alerting.alertmanager_url` is empty, or Kafka clients cannot be created.
+/// No Alertmanager URL is set, `alerting.ca_file` cannot be read, or Kafka clients cannot be
+/// created.
 pub async fn run(
     k: &KafkaConfig,
     cfg: &AlertingConfig,
     metrics: AlertMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), AlertError> {
-    let base = cfg.alertmanager_url.trim().trim_end_matches('/');
-    if base.is_empty() {
+    let urls = cfg.urls();
+    if urls.is_empty() {
         return Err(AlertError::Config {
             key: "alerting.alertmanager_url",
             message: "must be set for alert delivery (e.g. http://127.0.0.1:9093)".into(),
         });
     }
-    let url = format!("{base}/api/v2/alerts");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| AlertError::Config {
-            key: "alerting.alertmanager_url",
-            message: e.to_string(),
-        })?;
+    let mut targets: Vec<Target> = urls
+        .iter()
+        .map(|base| Target {
+            url: format!("{base}/api/v2/alerts"),
+            tracker: Tracker::default(),
+            backoff: Duration::ZERO,
+            retry_at: Instant::now(),
+        })
+        .collect();
+    let http = http_client(cfg)?;
     let consumer = consumer(k, cfg.lookback_ms)?;
     let resend = Duration::from_millis(cfg.resend_interval_ms);
     let max_backoff = Duration::from_millis(cfg.max_backoff_ms);
-    let mut tracker = Tracker::default();
-    let mut backoff = Duration::ZERO;
-    let mut retry_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let codec = SpikeAlert::codec();
     let schemas = banter_runtime::schemas::SchemaLookup::new(k);
-    tracing::info!(alertmanager = %url, topic = %k.topics.alerts, "alert delivery started");
+    tracing::info!(alertmanagers = ?urls, topic = %k.topics.alerts, "alert delivery started");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -443,7 +557,10 @@ pub async fn run(
                                 .records
                                 .get_or_create(&vec![("state".to_owned(), a.state.as_str().to_owned())])
                                 .inc();
-                            tracker.take(a, cfg.critical_z, Instant::now());
+                            let now = Instant::now();
+                            for t in &mut targets {
+                                t.tracker.take(a.clone(), cfg.critical_z, now);
+                            }
                         }
                         Some(Err(e)) => tracing::warn!(
                             partition = m.partition(), offset = m.offset(), error = %e,
@@ -458,56 +575,56 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        metrics.firing.set(tracker.firing() as i64);
-        if now < retry_at {
-            continue;
-        }
-        let due = tracker.due(now, banter_runtime::now_ms(), cfg);
-        metrics.pending.set(due.len() as i64);
-        if due.is_empty() {
-            continue;
-        }
-        let (ids, body): (Vec<String>, Vec<AmAlert>) = due.into_iter().unzip();
-        let t0 = Instant::now();
-        let result = http.post(&url).json(&body).send().await;
-        metrics.post_seconds.observe(t0.elapsed().as_secs_f64());
-        let outcome = match result {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                Err(format!("{status}: {}", text.trim()))
+        metrics
+            .firing
+            .set(targets.iter().map(|t| t.tracker.firing()).max().unwrap_or(0) as i64);
+        let mut pending = 0;
+        for t in &mut targets {
+            if now < t.retry_at {
+                pending += t.tracker.len();
+                continue;
             }
-            Err(e) => Err(e.to_string()),
-        };
-        match outcome {
-            Ok(()) => {
-                metrics
-                    .posts
-                    .get_or_create(&vec![("outcome".to_owned(), "ok".to_owned())])
-                    .inc();
-                metrics.up.set(1);
-                if !backoff.is_zero() {
-                    tracing::info!("alertmanager accepts alerts again");
+            let due = t.tracker.due(now, banter_runtime::now_ms(), cfg);
+            if due.is_empty() {
+                continue;
+            }
+            let (ids, body): (Vec<String>, Vec<AmAlert>) = due.into_iter().unzip();
+            let t0 = Instant::now();
+            let outcome = post(&http, cfg, &t.url, &body).await;
+            metrics.post_seconds.observe(t0.elapsed().as_secs_f64());
+            match outcome {
+                Ok(()) => {
+                    metrics
+                        .posts
+                        .get_or_create(&vec![("outcome".to_owned(), "ok".to_owned())])
+                        .inc();
+                    if !t.backoff.is_zero() {
+                        tracing::info!(url = %t.url, "alertmanager accepts alerts again");
+                    }
+                    t.backoff = Duration::ZERO;
+                    t.tracker.sent(&ids, Instant::now() + resend, Some(&metrics));
+                    tracing::debug!(url = %t.url, alerts = ids.len(), "sent to alertmanager");
                 }
-                backoff = Duration::ZERO;
-                tracker.sent(&ids, Instant::now() + resend, Some(&metrics));
-                metrics.pending.set(0);
-                tracing::debug!(alerts = ids.len(), "sent to alertmanager");
-            }
-            Err(e) => {
-                metrics
-                    .posts
-                    .get_or_create(&vec![("outcome".to_owned(), "error".to_owned())])
-                    .inc();
-                metrics.up.set(0);
-                backoff = (backoff * 2).clamp(Duration::from_millis(500), max_backoff);
-                retry_at = Instant::now() + backoff;
-                tracing::warn!(error = %e, alerts = ids.len(), retry_in = ?backoff, "alertmanager did not take the alerts; retrying");
+                Err(e) => {
+                    metrics
+                        .posts
+                        .get_or_create(&vec![("outcome".to_owned(), "error".to_owned())])
+                        .inc();
+                    t.backoff = (t.backoff * 2).clamp(Duration::from_millis(500), max_backoff);
+                    t.retry_at = Instant::now() + t.backoff;
+                    pending += ids.len();
+                    tracing::warn!(url = %t.url, error = %e, alerts = ids.len(), retry_in = ?t.backoff, "alertmanager did not take the alerts; retrying");
+                }
             }
         }
+        // Up: every Alertmanager takes alerts (one of an HA pair down is worth a warning).
+        metrics.up.set(i64::from(targets.iter().all(|t| t.backoff.is_zero())));
+        metrics.pending.set(pending as i64);
     }
-    tracing::info!(held = tracker.len(), "alert delivery stopping");
+    tracing::info!(
+        held = targets.iter().map(|t| t.tracker.len()).max().unwrap_or(0),
+        "alert delivery stopping"
+    );
     Ok(())
 }
 

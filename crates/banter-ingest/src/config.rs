@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use banter_runtime::config::{invalid, ConfigError, Validate};
+use banter_runtime::config::{invalid, ConfigError, Problems, Validate};
 use banter_runtime::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -86,57 +86,57 @@ impl Default for IngestConfig {
 
 impl Validate for IngestConfig {
     /// Checks the values that do not depend on the role being started.
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
+            p.push(invalid(
                 "ingest.listen",
                 format!("`{}` is not an ip:port address", self.listen),
             ));
         }
         if self.max_body_bytes < 1024 {
-            return Err(invalid("ingest.max_body_bytes", "must be at least 1024"));
+            p.push(invalid("ingest.max_body_bytes", "must be at least 1024"));
         }
         if self.max_events_per_request == 0 {
-            return Err(invalid(
+            p.push(invalid(
                 "ingest.max_events_per_request",
                 "must be at least 1",
             ));
         }
         if self.body_timeout_ms < 100 {
-            return Err(invalid("ingest.body_timeout_ms", "must be at least 100"));
+            p.push(invalid("ingest.body_timeout_ms", "must be at least 100"));
         }
         if self.header_timeout_ms < 100 {
-            return Err(invalid("ingest.header_timeout_ms", "must be at least 100"));
+            p.push(invalid("ingest.header_timeout_ms", "must be at least 100"));
         }
         if self.max_connections < self.max_concurrent_requests {
-            return Err(invalid(
+            p.push(invalid(
                 "ingest.max_connections",
                 "must be at least ingest.max_concurrent_requests",
             ));
         }
         if self.max_concurrent_requests == 0 {
-            return Err(invalid(
+            p.push(invalid(
                 "ingest.max_concurrent_requests",
                 "must be at least 1",
             ));
         }
         if self.publish_timeout_ms < 100 {
-            return Err(invalid("ingest.publish_timeout_ms", "must be at least 100"));
+            p.push(invalid("ingest.publish_timeout_ms", "must be at least 100"));
         }
         if self.max_batch_events < self.max_events_per_request {
-            return Err(invalid(
+            p.push(invalid(
                 "ingest.max_batch_events",
                 "must be at least ingest.max_events_per_request",
             ));
         }
         if !(1..=64).contains(&self.publisher_workers) {
-            return Err(invalid(
+            p.push(invalid(
                 "ingest.publisher_workers",
                 "must be between 1 and 64",
             ));
         }
         if self.transactional_id.is_empty() {
-            return Err(invalid("ingest.transactional_id", "must not be empty"));
+            p.push(invalid("ingest.transactional_id", "must not be empty"));
         }
         for (i, k) in self.api_keys.iter().enumerate() {
             if k.source.trim().is_empty()
@@ -145,13 +145,13 @@ impl Validate for IngestConfig {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             {
-                return Err(invalid(
+                p.push(invalid(
                     "ingest.api_keys",
                     format!("entry {i}: `source` must be a non-empty name of letters, digits, -, _ or ."),
                 ));
             }
             if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid(
+                p.push(invalid(
                     "ingest.api_keys",
                     format!(
                         "entry {i} ({}): `sha256` must be the 64 hex digits of the key's SHA-256, not the key",
@@ -160,7 +160,6 @@ impl Validate for IngestConfig {
                 ));
             }
         }
-        Ok(())
     }
 }
 

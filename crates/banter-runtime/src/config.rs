@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
+
+use crate::Secret;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -50,6 +52,59 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// Several problems, every one naming its key.
+    #[error("{} config problems:{}", .0.len(), .0.iter().map(|e| format!("\n  * {e}")).collect::<String>())]
+    Many(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// The keys this error names (several for [`ConfigError::Many`]).
+    pub fn keys(&self) -> Vec<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => vec![key.as_str()],
+            ConfigError::Many(all) => all.iter().flat_map(ConfigError::keys).collect(),
+            ConfigError::Read { .. } | ConfigError::Parse { .. } => Vec::new(),
+        }
+    }
+}
+
+/// The problems found while checking a configuration: every one is kept, so a user fixes them
+/// all in one go instead of one per start.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// Records a problem.
+    pub fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+
+    /// Records the problem of `r`, if any.
+    pub fn take(&mut self, r: Result<(), ConfigError>) {
+        if let Err(e) = r {
+            match e {
+                ConfigError::Many(all) => self.0.extend(all),
+                e => self.0.push(e),
+            }
+        }
+    }
+
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Nothing: `Ok`; one problem: that one; more: [`ConfigError::Many`].
+    ///
+    /// # Errors
+    /// Whatever was recorded.
+    pub fn into_result(mut self) -> Result<(), ConfigError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConfigError::Many(self.0)),
+        }
+    }
 }
 
 /// A value of `key` that is out of range or malformed.
@@ -62,11 +117,18 @@ pub fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 
 /// A configuration (or a section of one) that checks its values.
 pub trait Validate {
-    /// Checks values; the error names the key.
+    /// Records every value out of range or malformed in `p`, each naming its key.
+    fn check(&self, p: &mut Problems);
+
+    /// Checks values; the error names the key (every key, when several are wrong).
     ///
     /// # Errors
-    /// The first value out of range or malformed.
-    fn validate(&self) -> Result<(), ConfigError>;
+    /// The values out of range or malformed.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        self.check(&mut p);
+        p.into_result()
+    }
 }
 
 /// Kafka connection and topics.
@@ -79,10 +141,166 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Topic names and layout.
     pub topics: TopicsConfig,
-    /// Extra librdkafka properties passed to every client (e.g. `security.protocol`).
+    /// How clients talk to the brokers: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: SecurityProtocol,
+    /// Compression of what banter produces: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: KafkaCompression,
+    /// TLS, for `ssl` and `sasl_ssl`.
+    pub ssl: KafkaSsl,
+    /// SASL authentication, for `sasl_plaintext` and `sasl_ssl`.
+    pub sasl: KafkaSasl,
+    /// Extra librdkafka properties passed to every client, after the named settings above (a
+    /// property that contradicts a named setting is an error).
     pub properties: BTreeMap<String, String>,
     /// How long a role waits for the broker at start-up before failing, in seconds.
     pub connect_timeout_secs: u64,
+}
+
+/// `kafka.security_protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication (the local stack).
+    #[default]
+    Plaintext,
+    /// TLS; a client certificate when `kafka.ssl.cert_file` is set.
+    Ssl,
+    /// SASL without TLS (only inside a trusted network).
+    SaslPlaintext,
+    /// SASL over TLS: what managed Kafka services use.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// librdkafka's name for it.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether connections use TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Whether clients authenticate with SASL.
+    pub fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// `kafka.compression`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    /// Uncompressed.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (the default: cheap and fast).
+    #[default]
+    Lz4,
+    /// Zstandard: smallest, a little more CPU.
+    Zstd,
+}
+
+impl KafkaCompression {
+    /// librdkafka's `compression.type` value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            KafkaCompression::None => "none",
+            KafkaCompression::Gzip => "gzip",
+            KafkaCompression::Snappy => "snappy",
+            KafkaCompression::Lz4 => "lz4",
+            KafkaCompression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `[kafka.ssl]`: TLS to the brokers. PEM files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSsl {
+    /// CA certificates that signed the brokers' certificates; empty: the system's.
+    pub ca_file: String,
+    /// This client's certificate, for brokers that require one (mutual TLS).
+    pub cert_file: String,
+    /// The private key of `cert_file`.
+    pub key_file: String,
+    /// The key's password, when it is encrypted.
+    pub key_password: Secret,
+    /// Whether the broker's certificate must name the host connected to (keep it on).
+    pub verify_hostname: bool,
+}
+
+impl Default for KafkaSsl {
+    fn default() -> Self {
+        KafkaSsl {
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            key_password: Secret::default(),
+            verify_hostname: true,
+        }
+    }
+}
+
+/// `kafka.sasl.mechanism`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// User name and password in the clear (over TLS): Confluent Cloud's API keys.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response with SHA-512 (MSK's SCRAM).
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// OAuth 2 bearer tokens from an OIDC token endpoint (client credentials).
+    #[serde(rename = "OAUTHBEARER")]
+    OauthBearer,
+}
+
+impl SaslMechanism {
+    /// librdkafka's `sasl.mechanisms` value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OauthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+/// `[kafka.sasl]`: authentication to the brokers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSasl {
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
+    pub mechanism: SaslMechanism,
+    /// User name (PLAIN, SCRAM).
+    pub username: String,
+    /// Password (PLAIN, SCRAM): `{ env = "VAR" }` or `{ file = "/path" }`.
+    pub password: Secret,
+    /// OAUTHBEARER: the OIDC token endpoint (client-credentials grant).
+    pub oauth_token_endpoint: String,
+    /// OAUTHBEARER: the client id.
+    pub oauth_client_id: String,
+    /// OAUTHBEARER: the client secret.
+    pub oauth_client_secret: Secret,
+    /// OAUTHBEARER: the scope asked for (optional).
+    pub oauth_scope: String,
+    /// OAUTHBEARER: SASL extensions, `key=value,…` (Confluent Cloud's `logicalCluster=…,identityPoolId=…`).
+    pub oauth_extensions: String,
 }
 
 /// Topic names and layout.
@@ -148,6 +366,10 @@ impl Default for KafkaConfig {
             brokers: default_brokers(),
             client_id: "banter".into(),
             topics: TopicsConfig::default(),
+            security_protocol: SecurityProtocol::default(),
+            compression: KafkaCompression::default(),
+            ssl: KafkaSsl::default(),
+            sasl: KafkaSasl::default(),
             properties: BTreeMap::new(),
             connect_timeout_secs: 30,
         }
@@ -394,7 +616,7 @@ fn redact_userinfo(s: &str) -> Option<String> {
 }
 
 impl Validate for KafkaConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         let k = self;
         if k.brokers.split(',').any(|b| {
             let b = b.trim();
@@ -402,13 +624,13 @@ impl Validate for KafkaConfig {
                 || b.rsplit_once(':')
                     .is_none_or(|(_, port)| port.parse::<u16>().is_err())
         }) {
-            return Err(invalid(
+            p.push(invalid(
                 "kafka.brokers",
                 format!("`{}` is not a comma-separated list of host:port", k.brokers),
             ));
         }
         if k.client_id.is_empty() {
-            return Err(invalid("kafka.client_id", "must not be empty"));
+            p.push(invalid("kafka.client_id", "must not be empty"));
         }
         for (key, name) in [
             ("kafka.topics.events", &k.topics.events),
@@ -424,46 +646,130 @@ impl Validate for KafkaConfig {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
             if !legal {
-                return Err(invalid(
+                p.push(invalid(
                     key,
                     format!("`{name}` is not a legal Kafka topic name"),
                 ));
             }
         }
         if k.topics.partitions < 1 {
-            return Err(invalid("kafka.topics.partitions", "must be at least 1"));
+            p.push(invalid("kafka.topics.partitions", "must be at least 1"));
         }
         if k.topics.replication_factor < 1 {
-            return Err(invalid(
+            p.push(invalid(
                 "kafka.topics.replication_factor",
                 "must be at least 1",
             ));
         }
         if k.connect_timeout_secs == 0 {
-            return Err(invalid("kafka.connect_timeout_secs", "must be at least 1"));
+            p.push(invalid("kafka.connect_timeout_secs", "must be at least 1"));
         }
-        Ok(())
+        k.check_security(p);
+        crate::kafka::check_properties(k, p);
+    }
+}
+
+impl KafkaConfig {
+    /// The TLS and SASL settings: what the protocol needs is set, what it does not use is not
+    /// (a password set for a plaintext cluster is a mistake, not a default), files exist.
+    fn check_security(&self, p: &mut Problems) {
+        let proto = self.security_protocol;
+        let (ssl, sasl) = (&self.ssl, &self.sasl);
+        let named = format!("kafka.security_protocol is `{}`", proto.as_librdkafka());
+        if proto.tls() {
+            for (key, path) in [
+                ("kafka.ssl.ca_file", &ssl.ca_file),
+                ("kafka.ssl.cert_file", &ssl.cert_file),
+                ("kafka.ssl.key_file", &ssl.key_file),
+            ] {
+                check_readable_file(p, key, path);
+            }
+            if ssl.cert_file.is_empty() != ssl.key_file.is_empty() {
+                let key = if ssl.cert_file.is_empty() { "kafka.ssl.cert_file" } else { "kafka.ssl.key_file" };
+                p.push(invalid(key, "kafka.ssl.cert_file and kafka.ssl.key_file go together: set both or neither"));
+            }
+        } else {
+            for (key, set) in [
+                ("kafka.ssl.ca_file", !ssl.ca_file.is_empty()),
+                ("kafka.ssl.cert_file", !ssl.cert_file.is_empty()),
+                ("kafka.ssl.key_file", !ssl.key_file.is_empty()),
+                ("kafka.ssl.key_password", !ssl.key_password.is_empty()),
+            ] {
+                if set {
+                    p.push(invalid(key, format!("is set but {named}: TLS is not used (did you mean `ssl` or `sasl_ssl`?)")));
+                }
+            }
+        }
+        if proto.sasl() {
+            match sasl.mechanism {
+                SaslMechanism::Plain | SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512 => {
+                    if sasl.username.is_empty() {
+                        p.push(invalid("kafka.sasl.username", format!("must be set for {}", sasl.mechanism.as_librdkafka())));
+                    }
+                    if sasl.password.is_empty() {
+                        p.push(invalid("kafka.sasl.password", format!("must be set for {} (e.g. {{ env = \"KAFKA_PASSWORD\" }})", sasl.mechanism.as_librdkafka())));
+                    }
+                }
+                SaslMechanism::OauthBearer => {
+                    let url = sasl.oauth_token_endpoint.as_str();
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        p.push(invalid("kafka.sasl.oauth_token_endpoint", format!("`{url}` must be the http(s) URL of the OIDC token endpoint for OAUTHBEARER")));
+                    }
+                    if sasl.oauth_client_id.is_empty() {
+                        p.push(invalid("kafka.sasl.oauth_client_id", "must be set for OAUTHBEARER"));
+                    }
+                    if sasl.oauth_client_secret.is_empty() {
+                        p.push(invalid("kafka.sasl.oauth_client_secret", "must be set for OAUTHBEARER"));
+                    }
+                }
+            }
+        } else {
+            for (key, set) in [
+                ("kafka.sasl.username", !sasl.username.is_empty()),
+                ("kafka.sasl.password", !sasl.password.is_empty()),
+                ("kafka.sasl.oauth_token_endpoint", !sasl.oauth_token_endpoint.is_empty()),
+                ("kafka.sasl.oauth_client_secret", !sasl.oauth_client_secret.is_empty()),
+            ] {
+                if set {
+                    p.push(invalid(key, format!("is set but {named}: SASL is not used (did you mean `sasl_ssl`?)")));
+                }
+            }
+        }
+    }
+}
+
+/// `path`, when set, must be a file this process can read.
+pub fn check_readable_file(p: &mut Problems, key: &str, path: &str) {
+    if path.is_empty() {
+        return;
+    }
+    if let Err(e) = std::fs::File::open(path).and_then(|f| f.metadata()).and_then(|m| {
+        if m.is_file() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not a regular file"))
+        }
+    }) {
+        p.push(invalid(key, format!("cannot read `{path}`: {e}")));
     }
 }
 
 impl Validate for TelemetryConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            return Err(invalid("telemetry.log_level", e.to_string()));
+            p.push(invalid("telemetry.log_level", e.to_string()));
         }
-        Ok(())
     }
 }
 
 impl Validate for HttpConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
+            p.push(invalid(
                 "http.listen",
                 format!("`{}` is not an ip:port address", self.listen),
             ));
         }
-        Ok(())
     }
 }
 
@@ -498,13 +804,12 @@ mod tests {
     }
 
     impl Validate for TestConfig {
-        fn validate(&self) -> Result<(), ConfigError> {
-            self.kafka.validate()?;
-            self.http.validate()?;
+        fn check(&self, p: &mut Problems) {
+            self.kafka.check(p);
+            self.http.check(p);
             if self.role.workers == 0 {
-                return Err(invalid("role.workers", "must be at least 1"));
+                p.push(invalid("role.workers", "must be at least 1"));
             }
-            Ok(())
         }
     }
 

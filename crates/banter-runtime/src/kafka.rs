@@ -14,7 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use thiserror::Error;
 
-use crate::config::KafkaConfig;
+use crate::config::{invalid, KafkaConfig, Problems, SaslMechanism};
 
 /// A Kafka problem, with whether retrying can help.
 #[derive(Debug, Error)]
@@ -27,6 +27,17 @@ pub enum KafkaSetupError {
         /// How long we waited.
         waited_secs: u64,
         /// The last error.
+        detail: String,
+    },
+    /// The brokers answered but refused this client's credentials or certificate; waiting
+    /// does not help.
+    #[error("kafka at {brokers} refused the connection: {detail} (check {keys})")]
+    Refused {
+        /// The bootstrap servers.
+        brokers: String,
+        /// The settings to look at.
+        keys: String,
+        /// librdkafka's message.
         detail: String,
     },
     /// librdkafka rejected the configuration or a request.
@@ -54,25 +65,147 @@ impl KafkaSetupError {
     }
 }
 
-/// The base client configuration: brokers, client id (`<client_id>-<role>`), extra properties.
+/// The base client configuration: brokers, client id (`<client_id>-<role>`), security (TLS,
+/// SASL), then the extra properties.
 pub fn base_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", format!("{}-{role}", cfg.client_id))
         .set("log_level", "4");
+    for (k, v) in security_properties(cfg) {
+        c.set(k, v);
+    }
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
     c
 }
 
+/// The librdkafka properties the named security settings (`kafka.security_protocol`,
+/// `[kafka.ssl]`, `[kafka.sasl]`) stand for, with the named setting each comes from.
+fn security_properties(cfg: &KafkaConfig) -> Vec<(&'static str, String)> {
+    let proto = cfg.security_protocol;
+    let mut out = vec![("security.protocol", proto.as_librdkafka().to_owned())];
+    if proto.tls() {
+        let ssl = &cfg.ssl;
+        for (prop, v) in [
+            ("ssl.ca.location", &ssl.ca_file),
+            ("ssl.certificate.location", &ssl.cert_file),
+            ("ssl.key.location", &ssl.key_file),
+        ] {
+            if !v.is_empty() {
+                out.push((prop, v.clone()));
+            }
+        }
+        if !ssl.key_password.is_empty() {
+            out.push(("ssl.key.password", ssl.key_password.expose().to_owned()));
+        }
+        if !ssl.verify_hostname {
+            out.push(("ssl.endpoint.identification.algorithm", "none".to_owned()));
+        }
+    }
+    if proto.sasl() {
+        let sasl = &cfg.sasl;
+        out.push(("sasl.mechanisms", sasl.mechanism.as_librdkafka().to_owned()));
+        match sasl.mechanism {
+            SaslMechanism::OauthBearer => {
+                out.push(("sasl.oauthbearer.method", "oidc".to_owned()));
+                out.push((
+                    "sasl.oauthbearer.token.endpoint.url",
+                    sasl.oauth_token_endpoint.clone(),
+                ));
+                out.push(("sasl.oauthbearer.client.id", sasl.oauth_client_id.clone()));
+                out.push((
+                    "sasl.oauthbearer.client.secret",
+                    sasl.oauth_client_secret.expose().to_owned(),
+                ));
+                if !sasl.oauth_scope.is_empty() {
+                    out.push(("sasl.oauthbearer.scope", sasl.oauth_scope.clone()));
+                }
+                if !sasl.oauth_extensions.is_empty() {
+                    out.push(("sasl.oauthbearer.extensions", sasl.oauth_extensions.clone()));
+                }
+            }
+            _ => {
+                out.push(("sasl.username", sasl.username.clone()));
+                out.push(("sasl.password", sasl.password.expose().to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// librdkafka's spelling of a property: `sasl.mechanism` is an alias of `sasl.mechanisms`.
+fn canonical_property(name: &str) -> &str {
+    match name {
+        "sasl.mechanism" => "sasl.mechanisms",
+        "compression.codec" => "compression.type",
+        other => other,
+    }
+}
+
+/// Checks `kafka.properties` without connecting: each name is one librdkafka knows and each
+/// value one it takes (librdkafka itself is asked), and none contradicts a named setting.
+pub fn check_properties(cfg: &KafkaConfig, p: &mut Problems) {
+    let named: Vec<(&str, String)> = security_properties(cfg)
+        .into_iter()
+        .chain([("compression.type", cfg.compression.as_librdkafka().to_owned())])
+        .collect();
+    for (k, v) in &cfg.properties {
+        let key = format!("kafka.properties.\"{k}\"");
+        if let Some((_, mine)) = named.iter().find(|(n, _)| *n == canonical_property(k)) {
+            if mine != v {
+                p.push(invalid(
+                    &key,
+                    format!(
+                        "contradicts a named setting ({}); set that one instead",
+                        named_setting_for(canonical_property(k))
+                    ),
+                ));
+            }
+            continue;
+        }
+        let mut one = ClientConfig::new();
+        one.set(k, v);
+        if let Err(e) = one.create_native_config() {
+            p.push(invalid(&key, format!("librdkafka refuses it: {e}")));
+        }
+    }
+}
+
+/// The named setting a librdkafka property comes from, for error messages.
+fn named_setting_for(prop: &str) -> &'static str {
+    match prop {
+        "security.protocol" => "kafka.security_protocol",
+        "compression.type" => "kafka.compression",
+        "ssl.ca.location" => "kafka.ssl.ca_file",
+        "ssl.certificate.location" => "kafka.ssl.cert_file",
+        "ssl.key.location" => "kafka.ssl.key_file",
+        "ssl.key.password" => "kafka.ssl.key_password",
+        "ssl.endpoint.identification.algorithm" => "kafka.ssl.verify_hostname",
+        "sasl.mechanisms" => "kafka.sasl.mechanism",
+        "sasl.username" => "kafka.sasl.username",
+        "sasl.password" => "kafka.sasl.password",
+        "sasl.oauthbearer.token.endpoint.url" => "kafka.sasl.oauth_token_endpoint",
+        "sasl.oauthbearer.client.id" => "kafka.sasl.oauth_client_id",
+        "sasl.oauthbearer.client.secret" => "kafka.sasl.oauth_client_secret",
+        "sasl.oauthbearer.scope" => "kafka.sasl.oauth_scope",
+        "sasl.oauthbearer.extensions" => "kafka.sasl.oauth_extensions",
+        _ => "kafka.sasl.mechanism",
+    }
+}
+
 /// The durability settings every banter producer shares: `acks=all`,
-/// `enable.idempotence=true`, lz4. Roles add their own (transactions, linger).
+/// `enable.idempotence=true`, `kafka.compression`. Roles add their own (transactions, linger).
 pub fn producer_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
     let mut c = base_config(cfg, role);
     c.set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("compression.type", "lz4");
+        .set("compression.type", cfg.compression.as_librdkafka());
+    // A property given explicitly wins over the defaults above (e.g. linger, batch size).
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
     c
 }
 
@@ -113,16 +246,108 @@ fn probe(cfg: &KafkaConfig) -> Result<BaseConsumer, KafkaSetupError> {
         })
 }
 
+/// Keeps the last connection error librdkafka reports, which a metadata request does not
+/// return (it only times out): an authentication or TLS failure is then reported as such.
+#[derive(Default)]
+struct ProbeContext {
+    last: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    /// librdkafka reports a refused connection (`FAIL`) as a log line from its broker thread.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error | L::Warning) {
+            tracing::debug!(facility = fac, "librdkafka: {message}");
+            if let Ok(mut last) = self.last.lock() {
+                *last = Some((RDKafkaErrorCode::Fail, message.to_owned()));
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((code, reason.to_owned()));
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+/// When `detail` says the brokers refused the client (bad credentials, a certificate that is
+/// not trusted, no client certificate), the settings to look at.
+pub fn refused_keys(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> Option<String> {
+    let d = detail.to_ascii_lowercase();
+    let sasl_keys = match cfg.sasl.mechanism {
+        SaslMechanism::OauthBearer => {
+            "kafka.sasl.oauth_token_endpoint, kafka.sasl.oauth_client_id, kafka.sasl.oauth_client_secret"
+        }
+        _ => "kafka.sasl.username, kafka.sasl.password, kafka.sasl.mechanism",
+    };
+    if code == RDKafkaErrorCode::Authentication
+        || d.contains("sasl authentication")
+        || d.contains("authentication failed")
+        || d.contains("oauthbearer")
+        || d.contains("token retrieval")
+    {
+        return Some(sasl_keys.to_owned());
+    }
+    if d.contains("certificate verify failed") || d.contains("could not be verified") {
+        return Some(if cfg.ssl.ca_file.is_empty() {
+            "kafka.ssl.ca_file (the system's CAs did not sign the broker's certificate)".into()
+        } else {
+            format!("kafka.ssl.ca_file (`{}` did not sign the broker's certificate)", cfg.ssl.ca_file)
+        });
+    }
+    if d.contains("certificate required")
+        || d.contains("bad certificate")
+        || d.contains("unknown ca")
+        || d.contains("alert handshake failure")
+    {
+        return Some("kafka.ssl.cert_file, kafka.ssl.key_file (the broker wants a client certificate it trusts)".into());
+    }
+    if d.contains("ssl handshake failed") || d.contains("wrong version number") {
+        return Some("kafka.security_protocol (does the listener speak TLS?), kafka.ssl.*".into());
+    }
+    if d.contains("disconnected while requesting apiversion") && !cfg.security_protocol.tls() {
+        return Some("kafka.security_protocol (a TLS listener drops plaintext clients)".into());
+    }
+    None
+}
+
 /// Waits until the cluster answers a metadata request, polling until `timeout`.
 ///
 /// # Errors
 /// [`KafkaSetupError::Unreachable`] with the last error when the deadline passes.
 pub async fn wait_for_broker(cfg: &KafkaConfig, timeout: Duration) -> Result<(), KafkaSetupError> {
-    let probe = probe(cfg)?;
+    let probe: BaseConsumer<ProbeContext> = base_config(cfg, "probe")
+        .create_with_context(ProbeContext::default())
+        .map_err(|source| KafkaSetupError::Client {
+            what: "probe config",
+            source,
+        })?;
     let deadline = Instant::now() + timeout;
     let brokers = cfg.brokers.clone();
+    let own = cfg.clone();
     tokio::task::spawn_blocking(move || loop {
-        match probe.fetch_metadata(None, Duration::from_secs(2)) {
+        let got = probe.fetch_metadata(None, Duration::from_secs(2));
+        // Serves the client's event queue: connection errors reach the context only there.
+        let _ = probe.poll(Duration::from_millis(50));
+        let last = probe.context().last.lock().ok().and_then(|l| l.clone());
+        // A refusal is final: report it at once, naming the settings.
+        if let Some((code, detail)) = &last {
+            if let Some(keys) = refused_keys(&own, *code, detail) {
+                if got.as_ref().map_or(true, |md| md.brokers().is_empty()) {
+                    return Err(KafkaSetupError::Refused {
+                        brokers,
+                        keys,
+                        detail: detail.clone(),
+                    });
+                }
+            }
+        }
+        match got {
             Ok(md) if !md.brokers().is_empty() => return Ok(()),
             Ok(_) if Instant::now() < deadline => continue,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
@@ -130,9 +355,10 @@ pub async fn wait_for_broker(cfg: &KafkaConfig, timeout: Duration) -> Result<(),
                 return Err(KafkaSetupError::Unreachable {
                     brokers,
                     waited_secs: timeout.as_secs(),
-                    detail: match other {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "no brokers in metadata".into(),
+                    detail: match (other, last) {
+                        (_, Some((_, reason))) => reason,
+                        (Err(e), None) => e.to_string(),
+                        (Ok(_), None) => "no brokers in metadata".into(),
                     },
                 })
             }

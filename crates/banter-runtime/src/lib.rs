@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod schemas;
 pub mod secret;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{ConfigError, Validate};
 pub use secret::Secret;

@@ -37,6 +37,20 @@ pub enum ClickHouseSetupError {
         /// The error.
         source: clickhouse::error::Error,
     },
+    /// The server refused this client: wrong user or password, or a certificate the client
+    /// does not trust. Waiting does not help.
+    #[error("clickhouse at {url} refused the connection: {detail} (check {keys})")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// The settings to look at.
+        keys: &'static str,
+        /// What the server or the TLS library said.
+        detail: String,
+    },
+    /// A setting cannot be used (a CA file that cannot be read).
+    #[error(transparent)]
+    Config(#[from] banter_runtime::ConfigError),
     /// `version()` returned something unexpected.
     #[error("cannot parse clickhouse version `{0}`")]
     Version(String),
@@ -79,9 +93,29 @@ impl ServerVersion {
     }
 }
 
+/// The HTTP client under the ClickHouse client: HTTP or HTTPS (the system's OpenSSL), trusting
+/// `clickhouse.ca_file`'s certificates when set and the system's otherwise.
+fn http_client(cfg: &ClickHouseConfig) -> Result<Client, ClickHouseSetupError> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    let tls = banter_runtime::tls::connector("clickhouse.ca_file", &cfg.ca_file)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_tls::HttpsConnector::from((http, tls.into()));
+    // ClickHouse closes idle connections after 3 s; let the pool drop them first.
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build(https);
+    Ok(Client::with_http_client(hyper))
+}
+
 /// A client without a database selected (for `CREATE DATABASE`), compression off.
-pub fn server_client(cfg: &ClickHouseConfig) -> Client {
-    let mut c = Client::default()
+///
+/// # Errors
+/// `clickhouse.ca_file` cannot be read.
+pub fn server_client(cfg: &ClickHouseConfig) -> Result<Client, ClickHouseSetupError> {
+    let mut c = http_client(cfg)?
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_compression(clickhouse::Compression::None)
@@ -89,7 +123,21 @@ pub fn server_client(cfg: &ClickHouseConfig) -> Client {
     if !cfg.password.is_empty() {
         c = c.with_password(cfg.password.expose());
     }
-    c
+    Ok(c)
+}
+
+/// When an error says the server refused this client, the settings to look at.
+fn refused_keys(e: &clickhouse::error::Error) -> Option<&'static str> {
+    if banter_runtime::tls::is_untrusted_certificate(e) {
+        return Some("clickhouse.ca_file (it did not sign the server's certificate)");
+    }
+    let s = e.to_string();
+    // 516 AUTHENTICATION_FAILED (current releases), 192 UNKNOWN_USER, 193 WRONG_PASSWORD,
+    // 194 REQUIRED_PASSWORD (18.16).
+    let auth = ["Code: 516", "Code: 192", "Code: 193", "Code: 194", "AUTHENTICATION_FAILED"]
+        .iter()
+        .any(|c| s.contains(c));
+    auth.then_some("clickhouse.user, clickhouse.password")
 }
 
 /// A connected ClickHouse: the client for the configured database, and the server version.
@@ -136,11 +184,18 @@ pub async fn connect(
     cfg: &ClickHouseConfig,
     timeout: Duration,
 ) -> Result<ClickHouse, ClickHouseSetupError> {
-    let probe = server_client(cfg);
+    let probe = server_client(cfg)?;
     let deadline = Instant::now() + timeout;
     let version = loop {
         match server_version(&probe).await {
             Ok(v) => break v,
+            Err(ClickHouseSetupError::Query { source, .. }) if refused_keys(&source).is_some() => {
+                return Err(ClickHouseSetupError::Refused {
+                    url: cfg.url.clone(),
+                    keys: refused_keys(&source).unwrap_or_default(),
+                    detail: error_chain(&source),
+                })
+            }
             Err(e) if Instant::now() >= deadline => {
                 return Err(ClickHouseSetupError::Unreachable {
                     url: cfg.url.clone(),
@@ -151,7 +206,7 @@ pub async fn connect(
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let client = server_client(cfg)
+    let client = server_client(cfg)?
         .with_database(&cfg.database)
         .with_validation(version.supports_validation());
     tracing::debug!(
@@ -164,6 +219,21 @@ pub async fn connect(
         version,
         database: cfg.database.clone(),
     })
+}
+
+/// An error and its causes on one line (a TLS failure is three levels down in hyper's).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The sink's configuration: the `[sink]` section and the ClickHouse connection
 //! (`[clickhouse]`, which `banter migrate` uses too).
 
-use banter_runtime::config::{invalid, ConfigError, Validate};
+use banter_runtime::config::{invalid, Problems, Validate};
 use banter_runtime::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -34,26 +34,25 @@ impl Default for SinkConfig {
 }
 
 impl Validate for SinkConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if self.group_id.is_empty() {
-            return Err(invalid("sink.group_id", "must not be empty"));
+            p.push(invalid("sink.group_id", "must not be empty"));
         }
         if !(1..=1_000_000).contains(&self.max_batch_rows) {
-            return Err(invalid(
+            p.push(invalid(
                 "sink.max_batch_rows",
                 "must be between 1 and 1000000",
             ));
         }
         if !(10..=60_000).contains(&self.max_batch_ms) {
-            return Err(invalid("sink.max_batch_ms", "must be between 10 and 60000"));
+            p.push(invalid("sink.max_batch_ms", "must be between 10 and 60000"));
         }
         if self.max_backoff_ms < 100 {
-            return Err(invalid("sink.max_backoff_ms", "must be at least 100"));
+            p.push(invalid("sink.max_backoff_ms", "must be at least 100"));
         }
         if self.insert_timeout_ms < 1000 {
-            return Err(invalid("sink.insert_timeout_ms", "must be at least 1000"));
+            p.push(invalid("sink.insert_timeout_ms", "must be at least 1000"));
         }
-        Ok(())
     }
 }
 
@@ -69,6 +68,9 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Password: `{ env = "VAR" }`, `{ file = "/path" }` or `BANTER_CLICKHOUSE__PASSWORD`.
     pub password: Secret,
+    /// For an `https://` URL: the PEM file of the CA certificates that signed the server's
+    /// certificate; empty: the system's (ClickHouse Cloud needs nothing here).
+    pub ca_file: String,
 }
 
 impl Default for ClickHouseConfig {
@@ -78,14 +80,15 @@ impl Default for ClickHouseConfig {
             database: "banter".into(),
             user: "default".into(),
             password: Secret::default(),
+            ca_file: String::new(),
         }
     }
 }
 
 impl Validate for ClickHouseConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(invalid(
+            p.push(invalid(
                 "clickhouse.url",
                 format!("`{}` is not an http(s) URL", self.url),
             ));
@@ -95,13 +98,22 @@ impl Validate for ClickHouseConfig {
             || !db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             || db.as_bytes()[0].is_ascii_digit()
         {
-            return Err(invalid(
+            p.push(invalid(
                 "clickhouse.database",
                 format!(
                     "`{db}` must be letters, digits and underscores, not starting with a digit"
                 ),
             ));
         }
-        Ok(())
+        if !self.ca_file.is_empty() {
+            if self.url.starts_with("http://") {
+                p.push(invalid(
+                    "clickhouse.ca_file",
+                    "is set but clickhouse.url is http://: TLS is not used (did you mean https://?)",
+                ));
+            } else {
+                p.take(banter_runtime::tls::connector("clickhouse.ca_file", &self.ca_file).map(drop));
+            }
+        }
     }
 }

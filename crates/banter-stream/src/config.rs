@@ -1,7 +1,7 @@
 //! `banter stream`'s configuration: its own section (`[stream]`) and those of the operators it
 //! runs (`[spike]`, `[cta]`, `[conversation]`), each checked here.
 
-use banter_runtime::config::{invalid, ConfigError, Validate};
+use banter_runtime::config::{invalid, Problems, Validate};
 use serde::{Deserialize, Serialize};
 
 /// Everything `banter stream` is configured with besides Kafka.
@@ -18,11 +18,11 @@ pub struct StreamSettings {
 }
 
 impl Validate for StreamSettings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.stream.validate()?;
-        self.spike.validate()?;
-        self.cta.validate()?;
-        self.conversation.validate()
+    fn check(&self, p: &mut Problems) {
+        self.stream.check(p);
+        self.spike.check(p);
+        self.cta.check(p);
+        self.conversation.check(p);
     }
 }
 
@@ -81,56 +81,55 @@ impl Default for StreamConfig {
 }
 
 impl Validate for StreamConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if self.group_id.is_empty() {
-            return Err(invalid("stream.group_id", "must not be empty"));
+            p.push(invalid("stream.group_id", "must not be empty"));
         }
         if self.out_of_orderness_ms < 0 {
-            return Err(invalid(
+            p.push(invalid(
                 "stream.out_of_orderness_ms",
                 "must not be negative",
             ));
         }
         if self.allowed_lateness_ms < 0 {
-            return Err(invalid(
+            p.push(invalid(
                 "stream.allowed_lateness_ms",
                 "must not be negative",
             ));
         }
         if self.time_to_n < 1 {
-            return Err(invalid("stream.time_to_n", "must be at least 1"));
+            p.push(invalid("stream.time_to_n", "must be at least 1"));
         }
         if self.redelivery_horizon_ms < self.allowed_lateness_ms {
-            return Err(invalid(
+            p.push(invalid(
                 "stream.redelivery_horizon_ms",
                 "must be at least stream.allowed_lateness_ms",
             ));
         }
         if self.idle_timeout_ms < 100 {
-            return Err(invalid("stream.idle_timeout_ms", "must be at least 100"));
+            p.push(invalid("stream.idle_timeout_ms", "must be at least 100"));
         }
         if self.max_batch_events == 0 {
-            return Err(invalid("stream.max_batch_events", "must be at least 1"));
+            p.push(invalid("stream.max_batch_events", "must be at least 1"));
         }
         if !(1..=60_000).contains(&self.max_batch_ms) {
-            return Err(invalid(
+            p.push(invalid(
                 "stream.max_batch_ms",
                 "must be between 1 and 60000",
             ));
         }
         if !(6000..=300_000).contains(&self.session_timeout_ms) {
-            return Err(invalid(
+            p.push(invalid(
                 "stream.session_timeout_ms",
                 "must be between 6000 and 300000 (the broker's group limits)",
             ));
         }
         if !(1000..=900_000).contains(&self.transaction_timeout_ms) {
-            return Err(invalid(
+            p.push(invalid(
                 "stream.transaction_timeout_ms",
                 "must be between 1000 and 900000",
             ));
         }
-        Ok(())
     }
 }
 
@@ -221,27 +220,27 @@ impl Default for SpikeConfig {
 }
 
 impl Validate for SpikeConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if !(self.lambda > 0.0 && self.lambda <= 1.0) {
-            return Err(invalid("spike.lambda", "must be in (0, 1]"));
+            p.push(invalid("spike.lambda", "must be in (0, 1]"));
         }
         if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
-            return Err(invalid("spike.z_threshold", "must be a positive number"));
+            p.push(invalid("spike.z_threshold", "must be a positive number"));
         }
         if !(1..=8).contains(&self.window_minutes) {
-            return Err(invalid("spike.window_minutes", "must be between 1 and 8"));
+            p.push(invalid("spike.window_minutes", "must be between 1 and 8"));
         }
         if self.fire_hits == 0 || self.fire_hits > self.window_minutes {
-            return Err(invalid(
+            p.push(invalid(
                 "spike.fire_hits",
                 "must be between 1 and spike.window_minutes",
             ));
         }
         if self.resolve_minutes == 0 {
-            return Err(invalid("spike.resolve_minutes", "must be at least 1"));
+            p.push(invalid("spike.resolve_minutes", "must be at least 1"));
         }
         if !(self.young_log_spread.is_finite() && self.young_log_spread > 0.0) {
-            return Err(invalid(
+            p.push(invalid(
                 "spike.young_log_spread",
                 "must be a positive number",
             ));
@@ -253,13 +252,12 @@ impl Validate for SpikeConfig {
             ("spike.min_count", self.min_count),
         ] {
             if !(0..=7 * 24 * 60).contains(&v) {
-                return Err(invalid(key, "must be between 0 and 10080"));
+                p.push(invalid(key, "must be between 0 and 10080"));
             }
         }
         if self.forget_after_minutes < 60 {
-            return Err(invalid("spike.forget_after_minutes", "must be at least 60"));
+            p.push(invalid("spike.forget_after_minutes", "must be at least 60"));
         }
-        Ok(())
     }
 }
 
@@ -288,14 +286,13 @@ impl Default for CtaConfig {
 }
 
 impl Validate for CtaConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if self.reload_interval_ms < 100 {
-            return Err(invalid("cta.reload_interval_ms", "must be at least 100"));
+            p.push(invalid("cta.reload_interval_ms", "must be at least 100"));
         }
         if !(1..=90).contains(&self.attribution_days) {
-            return Err(invalid("cta.attribution_days", "must be between 1 and 90"));
+            p.push(invalid("cta.attribution_days", "must be between 1 and 90"));
         }
-        Ok(())
     }
 }
 
@@ -319,19 +316,18 @@ impl Default for ConversationConfig {
 }
 
 impl Validate for ConversationConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, p: &mut Problems) {
         if !(60_000..=7 * 86_400_000).contains(&self.answer_horizon_ms) {
-            return Err(invalid(
+            p.push(invalid(
                 "conversation.answer_horizon_ms",
                 "must be between 60000 (a minute) and 604800000 (a week)",
             ));
         }
         if self.dm_silence_ms < 60_000 {
-            return Err(invalid(
+            p.push(invalid(
                 "conversation.dm_silence_ms",
                 "must be at least 60000 (a minute)",
             ));
         }
-        Ok(())
     }
 }

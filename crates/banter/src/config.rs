@@ -6,7 +6,7 @@ use std::path::Path;
 
 use banter_alert::AlertingConfig;
 use banter_ingest::IngestConfig;
-use banter_runtime::config::{ConfigError, HttpConfig, KafkaConfig, TelemetryConfig, Validate};
+use banter_runtime::config::{Problems, ConfigError, HttpConfig, KafkaConfig, TelemetryConfig, Validate};
 use banter_sink::{ClickHouseConfig, SinkConfig};
 use banter_stream::{ConversationConfig, CtaConfig, SpikeConfig, StreamConfig, StreamSettings};
 use serde::{Deserialize, Serialize};
@@ -40,15 +40,15 @@ pub struct Config {
 }
 
 impl Validate for Config {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka.validate()?;
-        self.clickhouse.validate()?;
-        self.telemetry.validate()?;
-        self.http.validate()?;
-        self.ingest.validate()?;
-        self.stream_settings().validate()?;
-        self.sink.validate()?;
-        self.alerting.validate()
+    fn check(&self, p: &mut Problems) {
+        self.kafka.check(p);
+        self.clickhouse.check(p);
+        self.telemetry.check(p);
+        self.http.check(p);
+        self.ingest.check(p);
+        self.stream_settings().check(p);
+        self.sink.check(p);
+        self.alerting.check(p);
     }
 }
 

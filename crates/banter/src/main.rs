@@ -86,10 +86,91 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ConfigAction {
-    /// Exit 0 when the configuration is valid, else print the error naming the key.
-    Check,
+    /// Exit 0 when the configuration is valid, else print every problem, naming its key.
+    /// Nothing is contacted unless `--connect` is given.
+    Check {
+        /// Also what this role needs (e.g. `ingest` needs `ingest.actor_salt`).
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+        /// Also connect to every endpoint the configuration names (Kafka, ClickHouse,
+        /// Alertmanager) with its credentials, and say which failed.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Print the effective configuration as TOML.
     Show,
+}
+
+/// A role `config check` checks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Ingest,
+    Stream,
+    Sink,
+    Alert,
+    Run,
+}
+
+/// What a role needs beyond what every configuration must be.
+fn role_check(config: &Config, role: Option<Role>) -> anyhow::Result<()> {
+    let mut p = banter_runtime::config::Problems::default();
+    if matches!(role, Some(Role::Ingest | Role::Run)) {
+        p.take(config.ingest.validate_for_ingest());
+    }
+    if role == Some(Role::Alert) && config.alerting.urls().is_empty() {
+        p.push(banter_runtime::config::invalid(
+            "alerting.alertmanager_url",
+            "must be set for `banter alert` (or alerting.alertmanager_urls)",
+        ));
+    }
+    Ok(p.into_result()?)
+}
+
+/// `config check --connect`: every endpoint the role uses (all of them without a role),
+/// contacted with the configured credentials; one line each; an error when any failed.
+async fn connect_check(config: &Config, role: Option<Role>) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(config.kafka.connect_timeout_secs.min(15));
+    let mut failed = Vec::new();
+    let mut report = |what: String, r: Result<String, String>| match r {
+        Ok(detail) => println!("ok      {what}: {detail}"),
+        Err(e) => {
+            println!("FAILED  {what}: {e}");
+            failed.push(what);
+        }
+    };
+    report(
+        format!("kafka {}", config.kafka.brokers),
+        wait_for_broker(&config.kafka, timeout)
+            .await
+            .map(|()| {
+                format!(
+                    "answers ({})",
+                    config.kafka.security_protocol.as_librdkafka()
+                )
+            })
+            .map_err(|e| e.to_string()),
+    );
+    if matches!(role, None | Some(Role::Sink | Role::Run)) {
+        report(
+            format!("clickhouse {}", config.clickhouse.url),
+            banter_sink::clickhouse::connect(&config.clickhouse, timeout)
+                .await
+                .map(|ch| format!("answers (version {}.{})", ch.version.major, ch.version.minor))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    if matches!(role, None | Some(Role::Alert | Role::Run)) {
+        let http = banter_alert::http_client(&config.alerting)?;
+        for url in config.alerting.urls() {
+            let r = banter_alert::probe(&http, &config.alerting, &url).await;
+            report(format!("alertmanager {url}"), r);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("cannot connect to: {}", failed.join(", "))
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -108,10 +189,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     init_logging(&config.telemetry);
     match cli.command {
         Command::Config {
-            action: ConfigAction::Check,
+            action: ConfigAction::Check { role, connect },
         } => {
+            role_check(&config, role)?;
             println!("configuration is valid");
-            Ok(())
+            if connect {
+                runtime()?.block_on(connect_check(&config, role))
+            } else {
+                Ok(())
+            }
         }
         Command::Config {
             action: ConfigAction::Show,
@@ -426,7 +512,7 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
         let (cfg, stop) = (config.clone(), shutdown.clone());
         async move { banter_sink::run(&cfg.kafka, &cfg.sink, ch, sink_metrics, stop).await }
     });
-    let deliver = !config.alerting.alertmanager_url.trim().is_empty();
+    let deliver = !config.alerting.urls().is_empty();
     if !deliver {
         tracing::info!(
             "alerting.alertmanager_url is empty: spike alerts reach ClickHouse, not Alertmanager"
