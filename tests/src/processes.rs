@@ -52,6 +52,21 @@ pub fn banter_cmd(cfg: &Config) -> Command {
         .env("BANTER_INGEST__ACTOR_SALT", "integration-test-salt")
         .env("BANTER_HTTP__LISTEN", "127.0.0.1:0")
         .env("BANTER_TELEMETRY__LOG_LEVEL", "info");
+    // How to reach Kafka and ClickHouse (the secured listeners in `secured.rs`).
+    let (k, ch) = (&cfg.kafka, &cfg.clickhouse);
+    c.env(
+        "BANTER_KAFKA__SECURITY_PROTOCOL",
+        k.security_protocol.as_librdkafka(),
+    )
+    .env("BANTER_KAFKA__SSL__CA_FILE", &k.ssl.ca_file)
+    .env("BANTER_KAFKA__SSL__CERT_FILE", &k.ssl.cert_file)
+    .env("BANTER_KAFKA__SSL__KEY_FILE", &k.ssl.key_file)
+    .env("BANTER_KAFKA__SASL__MECHANISM", k.sasl.mechanism.as_librdkafka())
+    .env("BANTER_KAFKA__SASL__USERNAME", &k.sasl.username)
+    .env("BANTER_KAFKA__SASL__PASSWORD", k.sasl.password.expose())
+    .env("BANTER_CLICKHOUSE__USER", &ch.user)
+    .env("BANTER_CLICKHOUSE__PASSWORD", ch.password.expose())
+    .env("BANTER_CLICKHOUSE__CA_FILE", &ch.ca_file);
     c
 }
 

@@ -176,6 +176,60 @@ pub async fn fresh_pipeline_config(name: &str) -> Config {
     cfg
 }
 
+/// The local stack's TLS material (`scripts/stack.sh` makes it): `ca.pem`, `rogue-ca.pem`,
+/// `client.pem`, `client.key`, …
+pub fn tls_file(name: &str) -> String {
+    let stack = std::env::var("BANTER_STACK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".stack"));
+    let p = stack.join("tls").join(name);
+    assert!(p.exists(), "{} is missing: {HINT}", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+fn port(var: &str, default: u16) -> u16 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Points `cfg` at the local stack's SASL_SSL listener (SCRAM-SHA-512, user `banter`, the
+/// local CA) and its HTTPS ClickHouse with user `banter`, as `scripts/stack.sh` sets them up.
+pub fn secured_sasl(cfg: &mut Config) {
+    use banter_runtime::config::{SaslMechanism, SecurityProtocol};
+    cfg.kafka.brokers = format!("localhost:{}", port("BANTER_KAFKA_SASL_PORT", 9096));
+    cfg.kafka.security_protocol = SecurityProtocol::SaslSsl;
+    cfg.kafka.ssl.ca_file = tls_file("ca.pem");
+    cfg.kafka.sasl.mechanism = SaslMechanism::ScramSha512;
+    cfg.kafka.sasl.username = "banter".into();
+    cfg.kafka.sasl.password = banter_runtime::Secret::new("banter-kafka-secret");
+    secured_clickhouse(cfg);
+}
+
+/// Points `cfg` at the local stack's SSL listener with this client's certificate (the broker
+/// requires one) and its HTTPS ClickHouse.
+pub fn secured_mtls(cfg: &mut Config) {
+    use banter_runtime::config::SecurityProtocol;
+    cfg.kafka.brokers = format!("localhost:{}", port("BANTER_KAFKA_SSL_PORT", 9094));
+    cfg.kafka.security_protocol = SecurityProtocol::Ssl;
+    cfg.kafka.ssl.ca_file = tls_file("ca.pem");
+    cfg.kafka.ssl.cert_file = tls_file("client.pem");
+    cfg.kafka.ssl.key_file = tls_file("client.key");
+    secured_clickhouse(cfg);
+}
+
+/// The local stack's ClickHouse over HTTPS, as user `banter` with its password.
+pub fn secured_clickhouse(cfg: &mut Config) {
+    cfg.clickhouse.url = format!(
+        "https://localhost:{}",
+        port("BANTER_CLICKHOUSE_HTTPS_PORT", 8443)
+    );
+    cfg.clickhouse.user = "banter".into();
+    cfg.clickhouse.password = banter_runtime::Secret::new("banter-ch-secret");
+    cfg.clickhouse.ca_file = tls_file("ca.pem");
+}
+
 /// The Meta app secret tests sign webhooks with.
 pub const META_APP_SECRET: &str = "test-app-secret";
 /// The Meta verify token tests use.
