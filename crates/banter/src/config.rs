@@ -199,4 +199,98 @@ mod tests {
             .to_string();
         assert!(err.contains("partitions"), "{err}");
     }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = Config::load(
+            None,
+            env(&[
+                ("BANTER_KAFKA__BROKERS", "localhost"),
+                ("BANTER_CLICKHOUSE__URL", "ftp://x"),
+                ("BANTER_INGEST__MAX_EVENTS_PER_REQUEST", "0"),
+                ("BANTER_ALERTING__ALERTMANAGER_URLS", "[\"am:9093\"]"),
+                ("BANTER_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ]),
+        )
+        .unwrap_err();
+        let keys = err.keys();
+        for key in [
+            "kafka.brokers",
+            "clickhouse.url",
+            "ingest.max_events_per_request",
+            "alerting.alertmanager_urls",
+            "kafka.sasl.username",
+            "kafka.sasl.password",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}: {err}");
+        }
+        let text = err.to_string();
+        assert!(text.starts_with("6 config problems"), "{text}");
+    }
+
+    #[test]
+    fn kafka_security_settings_are_checked_without_connecting() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs));
+        // What the protocol needs.
+        let err = load(&[
+            ("BANTER_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("BANTER_KAFKA__SASL__MECHANISM", "OAUTHBEARER"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.keys(),
+            [
+                "kafka.sasl.oauth_token_endpoint",
+                "kafka.sasl.oauth_client_id",
+                "kafka.sasl.oauth_client_secret"
+            ],
+            "{err}"
+        );
+        // What it does not use is a mistake, not a default.
+        let err = load(&[("BANTER_KAFKA__SASL__PASSWORD", "x")]).unwrap_err();
+        assert_eq!(err.keys(), ["kafka.sasl.password"], "{err}");
+        assert!(err.to_string().contains("plaintext"), "{err}");
+        // Files that must exist, and go together.
+        let err = load(&[
+            ("BANTER_KAFKA__SECURITY_PROTOCOL", "ssl"),
+            ("BANTER_KAFKA__SSL__CA_FILE", "/nonexistent/ca.pem"),
+            ("BANTER_KAFKA__SSL__CERT_FILE", "/nonexistent/client.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.keys(),
+            ["kafka.ssl.ca_file", "kafka.ssl.cert_file", "kafka.ssl.key_file"],
+            "{err}"
+        );
+        // librdkafka is asked about every extra property: unknown names and bad values.
+        let p = write(
+            "[kafka.properties]\n\"linger.ms\" = \"20\"\n\"sasl.pasword\" = \"x\"\n\"acks\" = \"some\"\n",
+        );
+        let err = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert_eq!(
+            err.keys(),
+            ["kafka.properties.\"acks\"", "kafka.properties.\"sasl.pasword\""],
+            "{err}"
+        );
+        assert!(err.to_string().contains("sasl.pasword"), "{err}");
+        // A property contradicting a named setting.
+        let p = write("[kafka.properties]\n\"security.protocol\" = \"ssl\"\n\"compression.type\" = \"lz4\"\n");
+        let err = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert_eq!(err.keys(), ["kafka.properties.\"security.protocol\""], "{err}");
+        assert!(err.to_string().contains("kafka.security_protocol"), "{err}");
+        // A whole, valid set.
+        let c = load(&[
+            ("BANTER_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("BANTER_KAFKA__SASL__MECHANISM", "PLAIN"),
+            ("BANTER_KAFKA__SASL__USERNAME", "API_KEY"),
+            ("BANTER_KAFKA__SASL__PASSWORD", "API_SECRET"),
+            ("BANTER_KAFKA__COMPRESSION", "zstd"),
+        ])
+        .unwrap();
+        assert!(!c.to_redacted_toml().contains("API_SECRET"));
+        let native = banter_runtime::kafka::producer_config(&c.kafka, "t");
+        assert_eq!(native.get("sasl.mechanisms"), Some("PLAIN"));
+        assert_eq!(native.get("compression.type"), Some("zstd"));
+        native.create_native_config().unwrap();
+    }
 }

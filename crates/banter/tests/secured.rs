@@ -254,3 +254,132 @@ async fn a_wrong_password_or_an_untrusted_certificate_fails_at_once_naming_the_s
     );
     assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
 }
+
+/// base64url without padding (JWT segments).
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// An OIDC token endpoint (client-credentials grant) for client `banter-client` with secret
+/// `oauth-secret`: it hands out unsigned JWTs, which the local broker's OAUTHBEARER listener
+/// (Kafka's unsecured validator) accepts. Returns its URL and how many tokens it gave.
+async fn token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+    let issued = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = issued.clone();
+    // `Basic base64(banter-client:oauth-secret)`, as RFC 6749 sends client credentials.
+    let expected_auth = {
+        let raw = b"banter-client:oauth-secret";
+        let url_safe = b64url(raw);
+        let mut std = url_safe.replace('-', "+").replace('_', "/");
+        while std.len() % 4 != 0 {
+            std.push('=');
+        }
+        format!("basic {std}").to_ascii_lowercase()
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let counter = counter.clone();
+            let expected_auth = expected_auth.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut n = 0;
+                // Headers and the short form body arrive together or nearly so.
+                while n < buf.len() {
+                    match tokio::time::timeout(Duration::from_millis(300), sock.read(&mut buf[n..])).await {
+                        Ok(Ok(0)) | Err(_) => break,
+                        Ok(Ok(k)) => n += k,
+                        Ok(Err(_)) => return,
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                    if text.contains("grant_type=client_credentials") {
+                        break;
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let authorized = req.contains(&format!("authorization: {expected_auth}"));
+                let (status, body) = if authorized {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    let header = b64url(br#"{"alg":"none"}"#);
+                    let claims = b64url(
+                        format!(r#"{{"sub":"banter-client","iat":{now},"exp":{}}}"#, now + 3600)
+                            .as_bytes(),
+                    );
+                    (
+                        "200 OK",
+                        format!(
+                            r#"{{"access_token":"{header}.{claims}.","token_type":"bearer","expires_in":3600}}"#
+                        ),
+                    )
+                } else {
+                    eprintln!("token request refused:\n{req}\nexpected authorization: {expected_auth}");
+                    ("401 Unauthorized", r#"{"error":"invalid_client"}"#.to_owned())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (url, issued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_gets_its_token_from_the_token_endpoint() {
+    use std::sync::atomic::Ordering;
+    let mut cfg = config();
+    secured_sasl(&mut cfg);
+    let (url, issued) = token_endpoint().await;
+    let oauth = |secret: &str| {
+        vec![
+            ("BANTER_KAFKA__SASL__MECHANISM", "OAUTHBEARER".to_owned()),
+            ("BANTER_KAFKA__SASL__USERNAME", String::new()),
+            ("BANTER_KAFKA__SASL__PASSWORD", String::new()),
+            ("BANTER_KAFKA__SASL__OAUTH_TOKEN_ENDPOINT", url.clone()),
+            ("BANTER_KAFKA__SASL__OAUTH_CLIENT_ID", "banter-client".to_owned()),
+            ("BANTER_KAFKA__SASL__OAUTH_CLIENT_SECRET", secret.to_owned()),
+        ]
+    };
+    // The command runs on a blocking thread: the token endpoint runs on this runtime.
+    let c2 = cfg.clone();
+    let vars = oauth("oauth-secret");
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, v.clone())).collect();
+        connect_check(&c2, "stream", &vars)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "OAUTHBEARER with the right client secret:\n{out}");
+    assert!(issued.load(Ordering::SeqCst) >= 1, "no token was fetched");
+
+    let c2 = cfg.clone();
+    let vars = oauth("wrong-secret");
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, v.clone())).collect();
+        connect_check(&c2, "stream", &vars)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !ok && out.contains("kafka.sasl.oauth_client_secret"),
+        "a wrong client secret:\n{out}"
+    );
+}
