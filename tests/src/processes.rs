@@ -61,7 +61,10 @@ pub fn banter_cmd(cfg: &Config) -> Command {
     .env("BANTER_KAFKA__SSL__CA_FILE", &k.ssl.ca_file)
     .env("BANTER_KAFKA__SSL__CERT_FILE", &k.ssl.cert_file)
     .env("BANTER_KAFKA__SSL__KEY_FILE", &k.ssl.key_file)
-    .env("BANTER_KAFKA__SASL__MECHANISM", k.sasl.mechanism.as_librdkafka())
+    .env(
+        "BANTER_KAFKA__SASL__MECHANISM",
+        k.sasl.mechanism.as_librdkafka(),
+    )
     .env("BANTER_KAFKA__SASL__USERNAME", &k.sasl.username)
     .env("BANTER_KAFKA__SASL__PASSWORD", k.sasl.password.expose())
     .env("BANTER_CLICKHOUSE__USER", &ch.user)

@@ -110,3 +110,52 @@ fn compose_and_stack_script_agree() {
         );
     }
 }
+
+/// Every TOML example of the README's "Production: secured clusters" section loads and passes
+/// `config check` (its `{ env = … }` secrets given, its `/etc/banter/` files standing for
+/// the local stack's certificates).
+#[test]
+fn the_readmes_production_examples_are_valid_configurations() {
+    let readme = read("README.md");
+    let section = readme
+        .split("### Production: secured clusters")
+        .nth(1)
+        .expect("the README has a production section");
+    let section = section.split("\n## ").next().unwrap();
+    let dir = std::env::temp_dir().join(format!("banter-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, from) in [
+        ("ca.pem", "ca.pem"),
+        ("service.cert", "client.pem"),
+        ("service.key", "client.key"),
+    ] {
+        std::fs::copy(banter_testkit::tls_file(from), dir.join(name)).unwrap();
+    }
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 5, "{} examples", blocks.len());
+    for (i, block) in blocks.iter().enumerate() {
+        let text = block.replace("/etc/banter/", &format!("{}/", dir.display()));
+        // The secrets it names, set.
+        let vars: Vec<(String, String)> = text
+            .split("{ env = \"")
+            .skip(1)
+            .map(|rest| {
+                (
+                    rest.split('"').next().unwrap().to_owned(),
+                    "s3cret".to_owned(),
+                )
+            })
+            .collect();
+        for (k, v) in &vars {
+            std::env::set_var(k, v);
+        }
+        let file = dir.join(format!("example-{i}.toml"));
+        std::fs::write(&file, &text).unwrap();
+        Config::load(Some(&file), Vec::new())
+            .unwrap_or_else(|e| panic!("README example {i} is not valid: {e}\n{text}"));
+    }
+}

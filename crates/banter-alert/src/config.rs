@@ -75,8 +75,15 @@ impl Validate for AlertingConfig {
             }
         }
         if self.username.is_empty() != self.password.is_empty() {
-            let key = if self.username.is_empty() { "alerting.username" } else { "alerting.password" };
-            p.push(invalid(key, "alerting.username and alerting.password go together"));
+            let key = if self.username.is_empty() {
+                "alerting.username"
+            } else {
+                "alerting.password"
+            };
+            p.push(invalid(
+                key,
+                "alerting.username and alerting.password go together",
+            ));
         }
         if !self.bearer_token.is_empty() && !self.username.is_empty() {
             p.push(invalid(

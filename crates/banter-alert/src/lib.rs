@@ -442,7 +442,9 @@ async fn post(
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
             let hint = match status.as_u16() {
-                401 | 403 => " (check alerting.username / alerting.password or alerting.bearer_token)",
+                401 | 403 => {
+                    " (check alerting.username / alerting.password or alerting.bearer_token)"
+                }
                 _ => "",
             };
             Err(format!("{status}: {}{hint}", text.trim()))
@@ -460,7 +462,11 @@ async fn post(
 ///
 /// # Errors
 /// The request failed or was refused; the message names the settings to look at.
-pub async fn probe(http: &reqwest::Client, cfg: &AlertingConfig, base: &str) -> Result<String, String> {
+pub async fn probe(
+    http: &reqwest::Client,
+    cfg: &AlertingConfig,
+    base: &str,
+) -> Result<String, String> {
     let mut req = http.get(format!("{base}/api/v2/status"));
     if !cfg.bearer_token.is_empty() {
         req = req.bearer_auth(cfg.bearer_token.expose());
@@ -472,7 +478,9 @@ pub async fn probe(http: &reqwest::Client, cfg: &AlertingConfig, base: &str) -> 
             let v: serde_json::Value = r.json().await.unwrap_or_default();
             Ok(format!(
                 "answers (version {})",
-                v.pointer("/versionInfo/version").and_then(|v| v.as_str()).unwrap_or("?")
+                v.pointer("/versionInfo/version")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
             ))
         }
         Ok(r) => Err(match r.status().as_u16() {
@@ -575,9 +583,13 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        metrics
-            .firing
-            .set(targets.iter().map(|t| t.tracker.firing()).max().unwrap_or(0) as i64);
+        metrics.firing.set(
+            targets
+                .iter()
+                .map(|t| t.tracker.firing())
+                .max()
+                .unwrap_or(0) as i64,
+        );
         let mut pending = 0;
         for t in &mut targets {
             if now < t.retry_at {
@@ -602,7 +614,8 @@ pub async fn run(
                         tracing::info!(url = %t.url, "alertmanager accepts alerts again");
                     }
                     t.backoff = Duration::ZERO;
-                    t.tracker.sent(&ids, Instant::now() + resend, Some(&metrics));
+                    t.tracker
+                        .sent(&ids, Instant::now() + resend, Some(&metrics));
                     tracing::debug!(url = %t.url, alerts = ids.len(), "sent to alertmanager");
                 }
                 Err(e) => {
@@ -618,7 +631,9 @@ pub async fn run(
             }
         }
         // Up: every Alertmanager takes alerts (one of an HA pair down is worth a warning).
-        metrics.up.set(i64::from(targets.iter().all(|t| t.backoff.is_zero())));
+        metrics
+            .up
+            .set(i64::from(targets.iter().all(|t| t.backoff.is_zero())));
         metrics.pending.set(pending as i64);
     }
     tracing::info!(

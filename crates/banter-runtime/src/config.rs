@@ -189,7 +189,10 @@ impl SecurityProtocol {
 
     /// Whether clients authenticate with SASL.
     pub fn sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
 }
 
@@ -685,8 +688,15 @@ impl KafkaConfig {
                 check_readable_file(p, key, path);
             }
             if ssl.cert_file.is_empty() != ssl.key_file.is_empty() {
-                let key = if ssl.cert_file.is_empty() { "kafka.ssl.cert_file" } else { "kafka.ssl.key_file" };
-                p.push(invalid(key, "kafka.ssl.cert_file and kafka.ssl.key_file go together: set both or neither"));
+                let key = if ssl.cert_file.is_empty() {
+                    "kafka.ssl.cert_file"
+                } else {
+                    "kafka.ssl.key_file"
+                };
+                p.push(invalid(
+                    key,
+                    "kafka.ssl.cert_file and kafka.ssl.key_file go together: set both or neither",
+                ));
             }
         } else {
             for (key, set) in [
@@ -704,10 +714,19 @@ impl KafkaConfig {
             match sasl.mechanism {
                 SaslMechanism::Plain | SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512 => {
                     if sasl.username.is_empty() {
-                        p.push(invalid("kafka.sasl.username", format!("must be set for {}", sasl.mechanism.as_librdkafka())));
+                        p.push(invalid(
+                            "kafka.sasl.username",
+                            format!("must be set for {}", sasl.mechanism.as_librdkafka()),
+                        ));
                     }
                     if sasl.password.is_empty() {
-                        p.push(invalid("kafka.sasl.password", format!("must be set for {} (e.g. {{ env = \"KAFKA_PASSWORD\" }})", sasl.mechanism.as_librdkafka())));
+                        p.push(invalid(
+                            "kafka.sasl.password",
+                            format!(
+                                "must be set for {} (e.g. {{ env = \"KAFKA_PASSWORD\" }})",
+                                sasl.mechanism.as_librdkafka()
+                            ),
+                        ));
                     }
                 }
                 SaslMechanism::OauthBearer => {
@@ -716,10 +735,16 @@ impl KafkaConfig {
                         p.push(invalid("kafka.sasl.oauth_token_endpoint", format!("`{url}` must be the http(s) URL of the OIDC token endpoint for OAUTHBEARER")));
                     }
                     if sasl.oauth_client_id.is_empty() {
-                        p.push(invalid("kafka.sasl.oauth_client_id", "must be set for OAUTHBEARER"));
+                        p.push(invalid(
+                            "kafka.sasl.oauth_client_id",
+                            "must be set for OAUTHBEARER",
+                        ));
                     }
                     if sasl.oauth_client_secret.is_empty() {
-                        p.push(invalid("kafka.sasl.oauth_client_secret", "must be set for OAUTHBEARER"));
+                        p.push(invalid(
+                            "kafka.sasl.oauth_client_secret",
+                            "must be set for OAUTHBEARER",
+                        ));
                     }
                 }
             }
@@ -727,11 +752,20 @@ impl KafkaConfig {
             for (key, set) in [
                 ("kafka.sasl.username", !sasl.username.is_empty()),
                 ("kafka.sasl.password", !sasl.password.is_empty()),
-                ("kafka.sasl.oauth_token_endpoint", !sasl.oauth_token_endpoint.is_empty()),
-                ("kafka.sasl.oauth_client_secret", !sasl.oauth_client_secret.is_empty()),
+                (
+                    "kafka.sasl.oauth_token_endpoint",
+                    !sasl.oauth_token_endpoint.is_empty(),
+                ),
+                (
+                    "kafka.sasl.oauth_client_secret",
+                    !sasl.oauth_client_secret.is_empty(),
+                ),
             ] {
                 if set {
-                    p.push(invalid(key, format!("is set but {named}: SASL is not used (did you mean `sasl_ssl`?)")));
+                    p.push(invalid(
+                        key,
+                        format!("is set but {named}: SASL is not used (did you mean `sasl_ssl`?)"),
+                    ));
                 }
             }
         }
@@ -743,13 +777,16 @@ pub fn check_readable_file(p: &mut Problems, key: &str, path: &str) {
     if path.is_empty() {
         return;
     }
-    if let Err(e) = std::fs::File::open(path).and_then(|f| f.metadata()).and_then(|m| {
-        if m.is_file() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other("not a regular file"))
-        }
-    }) {
+    if let Err(e) = std::fs::File::open(path)
+        .and_then(|f| f.metadata())
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
+    {
         p.push(invalid(key, format!("cannot read `{path}`: {e}")));
     }
 }

@@ -149,7 +149,10 @@ fn canonical_property(name: &str) -> &str {
 pub fn check_properties(cfg: &KafkaConfig, p: &mut Problems) {
     let named: Vec<(&str, String)> = security_properties(cfg)
         .into_iter()
-        .chain([("compression.type", cfg.compression.as_librdkafka().to_owned())])
+        .chain([(
+            "compression.type",
+            cfg.compression.as_librdkafka().to_owned(),
+        )])
         .collect();
     for (k, v) in &cfg.properties {
         let key = format!("kafka.properties.\"{k}\"");
@@ -257,7 +260,10 @@ impl rdkafka::ClientContext for ProbeContext {
     /// librdkafka reports a refused connection (`FAIL`) as a log line from its broker thread.
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
-        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error | L::Warning) {
+        if matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        ) {
             tracing::debug!(facility = fac, "librdkafka: {message}");
             if let Ok(mut last) = self.last.lock() {
                 *last = Some((RDKafkaErrorCode::Fail, message.to_owned()));
@@ -297,7 +303,10 @@ pub fn refused_keys(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> 
         return Some(if cfg.ssl.ca_file.is_empty() {
             "kafka.ssl.ca_file (the system's CAs did not sign the broker's certificate)".into()
         } else {
-            format!("kafka.ssl.ca_file (`{}` did not sign the broker's certificate)", cfg.ssl.ca_file)
+            format!(
+                "kafka.ssl.ca_file (`{}` did not sign the broker's certificate)",
+                cfg.ssl.ca_file
+            )
         });
     }
     if d.contains("certificate required")

@@ -36,7 +36,10 @@ pub fn is_untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         let s = err.to_string().to_ascii_lowercase();
-        if s.contains("certificate verify failed") || s.contains("self-signed certificate") || s.contains("unable to get local issuer") {
+        if s.contains("certificate verify failed")
+            || s.contains("self-signed certificate")
+            || s.contains("unable to get local issuer")
+        {
             return true;
         }
         cur = err.source();

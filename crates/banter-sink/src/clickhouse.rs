@@ -134,9 +134,15 @@ fn refused_keys(e: &clickhouse::error::Error) -> Option<&'static str> {
     let s = e.to_string();
     // 516 AUTHENTICATION_FAILED (current releases), 192 UNKNOWN_USER, 193 WRONG_PASSWORD,
     // 194 REQUIRED_PASSWORD (18.16).
-    let auth = ["Code: 516", "Code: 192", "Code: 193", "Code: 194", "AUTHENTICATION_FAILED"]
-        .iter()
-        .any(|c| s.contains(c));
+    let auth = [
+        "Code: 516",
+        "Code: 192",
+        "Code: 193",
+        "Code: 194",
+        "AUTHENTICATION_FAILED",
+    ]
+    .iter()
+    .any(|c| s.contains(c));
     auth.then_some("clickhouse.user, clickhouse.password")
 }
 

@@ -112,7 +112,9 @@ impl Validate for ClickHouseConfig {
                     "is set but clickhouse.url is http://: TLS is not used (did you mean https://?)",
                 ));
             } else {
-                p.take(banter_runtime::tls::connector("clickhouse.ca_file", &self.ca_file).map(drop));
+                p.take(
+                    banter_runtime::tls::connector("clickhouse.ca_file", &self.ca_file).map(drop),
+                );
             }
         }
     }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use banter_alert::AlertingConfig;
 use banter_ingest::IngestConfig;
-use banter_runtime::config::{Problems, ConfigError, HttpConfig, KafkaConfig, TelemetryConfig, Validate};
+use banter_runtime::config::{
+    ConfigError, HttpConfig, KafkaConfig, Problems, TelemetryConfig, Validate,
+};
 use banter_sink::{ClickHouseConfig, SinkConfig};
 use banter_stream::{ConversationConfig, CtaConfig, SpikeConfig, StreamConfig, StreamSettings};
 use serde::{Deserialize, Serialize};
@@ -259,7 +261,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.keys(),
-            ["kafka.ssl.ca_file", "kafka.ssl.cert_file", "kafka.ssl.key_file"],
+            [
+                "kafka.ssl.ca_file",
+                "kafka.ssl.cert_file",
+                "kafka.ssl.key_file"
+            ],
             "{err}"
         );
         // librdkafka is asked about every extra property: unknown names and bad values.
@@ -269,14 +275,23 @@ mod tests {
         let err = Config::load(Some(&p), env(&[])).unwrap_err();
         assert_eq!(
             err.keys(),
-            ["kafka.properties.\"acks\"", "kafka.properties.\"sasl.pasword\""],
+            [
+                "kafka.properties.\"acks\"",
+                "kafka.properties.\"sasl.pasword\""
+            ],
             "{err}"
         );
         assert!(err.to_string().contains("sasl.pasword"), "{err}");
         // A property contradicting a named setting.
-        let p = write("[kafka.properties]\n\"security.protocol\" = \"ssl\"\n\"compression.type\" = \"lz4\"\n");
+        let p = write(
+            "[kafka.properties]\n\"security.protocol\" = \"ssl\"\n\"compression.type\" = \"lz4\"\n",
+        );
         let err = Config::load(Some(&p), env(&[])).unwrap_err();
-        assert_eq!(err.keys(), ["kafka.properties.\"security.protocol\""], "{err}");
+        assert_eq!(
+            err.keys(),
+            ["kafka.properties.\"security.protocol\""],
+            "{err}"
+        );
         assert!(err.to_string().contains("kafka.security_protocol"), "{err}");
         // A whole, valid set.
         let c = load(&[

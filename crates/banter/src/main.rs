@@ -155,7 +155,12 @@ async fn connect_check(config: &Config, role: Option<Role>) -> anyhow::Result<()
             format!("clickhouse {}", config.clickhouse.url),
             banter_sink::clickhouse::connect(&config.clickhouse, timeout)
                 .await
-                .map(|ch| format!("answers (version {}.{})", ch.version.major, ch.version.minor))
+                .map(|ch| {
+                    format!(
+                        "answers (version {}.{})",
+                        ch.version.major, ch.version.minor
+                    )
+                })
                 .map_err(|e| e.to_string()),
         );
     }

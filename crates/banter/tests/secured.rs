@@ -169,10 +169,14 @@ async fn a_wrong_password_or_an_untrusted_certificate_fails_at_once_naming_the_s
     secured_sasl(&mut cfg);
     let (ok, out) = connect_check(&cfg, "sink", &[]);
     assert!(ok, "the right settings connect:\n{out}");
-    assert!(out.contains("ok      kafka") && out.contains("ok      clickhouse"), "{out}");
+    assert!(
+        out.contains("ok      kafka") && out.contains("ok      clickhouse"),
+        "{out}"
+    );
 
     let rogue = tls_file("rogue-ca.pem");
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "wrong Kafka password",
             vec![("BANTER_KAFKA__SASL__PASSWORD", "not-the-password".into())],
@@ -198,9 +202,16 @@ async fn a_wrong_password_or_an_untrusted_certificate_fails_at_once_naming_the_s
         let t0 = Instant::now();
         let (ok, out) = connect_check(&cfg, "sink", vars);
         assert!(!ok, "{what}: config check --connect passed:\n{out}");
-        assert!(out.contains("FAILED") && out.contains(key), "{what}: no `{key}` in:\n{out}");
+        assert!(
+            out.contains("FAILED") && out.contains(key),
+            "{what}: no `{key}` in:\n{out}"
+        );
         // Refused, not waited for: well under the 15 s a silent broker gets.
-        assert!(t0.elapsed() < Duration::from_secs(12), "{what}: took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(12),
+            "{what}: took {:?}",
+            t0.elapsed()
+        );
     }
 
     // The SSL listener wants a client certificate.
@@ -216,7 +227,10 @@ async fn a_wrong_password_or_an_untrusted_certificate_fails_at_once_naming_the_s
             ("BANTER_KAFKA__SSL__KEY_FILE", String::new()),
         ],
     );
-    assert!(!ok && out.contains("kafka.ssl.cert_file"), "without:\n{out}");
+    assert!(
+        !ok && out.contains("kafka.ssl.cert_file"),
+        "without:\n{out}"
+    );
 
     // Alertmanager: basic auth and its CA.
     let am = |extra: &[(&str, String)]| {
@@ -252,7 +266,11 @@ async fn a_wrong_password_or_an_untrusted_certificate_fails_at_once_naming_the_s
         err.contains("refused the connection") && err.contains("kafka.sasl.password"),
         "{err}"
     );
-    assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
 }
 
 /// base64url without padding (JWT segments).
@@ -260,7 +278,10 @@ fn b64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..=chunk.len() {
             out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
         }
@@ -283,14 +304,16 @@ async fn token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
         let raw = b"banter-client:oauth-secret";
         let url_safe = b64url(raw);
         let mut std = url_safe.replace('-', "+").replace('_', "/");
-        while std.len() % 4 != 0 {
+        while !std.len().is_multiple_of(4) {
             std.push('=');
         }
         format!("basic {std}").to_ascii_lowercase()
     };
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let counter = counter.clone();
             let expected_auth = expected_auth.clone();
             tokio::spawn(async move {
@@ -298,7 +321,9 @@ async fn token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
                 let mut n = 0;
                 // Headers and the short form body arrive together or nearly so.
                 while n < buf.len() {
-                    match tokio::time::timeout(Duration::from_millis(300), sock.read(&mut buf[n..])).await {
+                    match tokio::time::timeout(Duration::from_millis(300), sock.read(&mut buf[n..]))
+                        .await
+                    {
                         Ok(Ok(0)) | Err(_) => break,
                         Ok(Ok(k)) => n += k,
                         Ok(Err(_)) => return,
@@ -318,8 +343,11 @@ async fn token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
                         .as_secs();
                     let header = b64url(br#"{"alg":"none"}"#);
                     let claims = b64url(
-                        format!(r#"{{"sub":"banter-client","iat":{now},"exp":{}}}"#, now + 3600)
-                            .as_bytes(),
+                        format!(
+                            r#"{{"sub":"banter-client","iat":{now},"exp":{}}}"#,
+                            now + 3600
+                        )
+                        .as_bytes(),
                     );
                     (
                         "200 OK",
@@ -328,8 +356,13 @@ async fn token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
                         ),
                     )
                 } else {
-                    eprintln!("token request refused:\n{req}\nexpected authorization: {expected_auth}");
-                    ("401 Unauthorized", r#"{"error":"invalid_client"}"#.to_owned())
+                    eprintln!(
+                        "token request refused:\n{req}\nexpected authorization: {expected_auth}"
+                    );
+                    (
+                        "401 Unauthorized",
+                        r#"{"error":"invalid_client"}"#.to_owned(),
+                    )
                 };
                 let resp = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -354,7 +387,10 @@ async fn oauthbearer_gets_its_token_from_the_token_endpoint() {
             ("BANTER_KAFKA__SASL__USERNAME", String::new()),
             ("BANTER_KAFKA__SASL__PASSWORD", String::new()),
             ("BANTER_KAFKA__SASL__OAUTH_TOKEN_ENDPOINT", url.clone()),
-            ("BANTER_KAFKA__SASL__OAUTH_CLIENT_ID", "banter-client".to_owned()),
+            (
+                "BANTER_KAFKA__SASL__OAUTH_CLIENT_ID",
+                "banter-client".to_owned(),
+            ),
             ("BANTER_KAFKA__SASL__OAUTH_CLIENT_SECRET", secret.to_owned()),
         ]
     };
