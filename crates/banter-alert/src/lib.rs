@@ -548,6 +548,12 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let codec = SpikeAlert::codec();
     let schemas = banter_runtime::schemas::SchemaLookup::new(k);
+    let registry = banter_runtime::registry::Registry::for_config(k).map_err(|message| {
+        AlertError::Config {
+            key: "kafka.schema_registry",
+            message,
+        }
+    })?;
     tracing::info!(alertmanagers = ?urls, topic = %k.topics.alerts, "alert delivery started");
     loop {
         tokio::select! {
@@ -555,10 +561,17 @@ pub async fn run(
             m = consumer.recv() => {
                 match m {
                     // A newer (or older) writer's record: its schema is on the schema topic.
-                    Ok(m) => match m.payload().map(|p| {
-                        codec.decode(p).or_else(|e| {
-                            if schemas.resolve(p) { codec.decode(p) } else { Err(e) }
-                        })
+                    Ok(m) => match match (&registry, m.payload()) {
+                        (_, None) => None,
+                        (None, Some(p)) => Some(Ok(std::borrow::Cow::Borrowed(p))),
+                        // A Confluent-framed record, read as the single-object one it carries.
+                        (Some(r), Some(p)) => Some(r.unframe_async(p).await),
+                    }
+                    .map(|p| {
+                        let p = p?;
+                        codec.decode(&p).or_else(|e| {
+                            if schemas.resolve(&p) { codec.decode(&p) } else { Err(e) }
+                        }).map_err(|e| e.to_string())
                     }) {
                         Some(Ok(a)) => {
                             metrics

@@ -20,8 +20,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use banter_model::{AvroRecord, DeadLetter, EngagementEvent};
 use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::producer_config;
+use banter_runtime::registry::Registry as SchemaRegistry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -138,6 +140,14 @@ impl Publisher {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros())
             .unwrap_or(0);
+        // The Schema Registry, for topics in the Confluent wire format: the event and
+        // dead-letter schemas are registered before anything is published.
+        let registry = SchemaRegistry::for_config(kafka).map_err(KafkaError::ClientCreation)?;
+        if let Some(r) = &registry {
+            r.prepare(&kafka.topics.events, &[EngagementEvent::NAME])
+                .and_then(|()| r.prepare(&kafka.topics.dlq, &[DeadLetter::NAME]))
+                .map_err(|e| KafkaError::ClientCreation(format!("kafka.schema_registry: {e}")))?;
+        }
         let mut workers = Vec::new();
         for n in 0..ingest.publisher_workers {
             let transactional_id = format!(
@@ -155,6 +165,7 @@ impl Publisher {
             workers.push(Worker {
                 config: cfg,
                 producer,
+                registry: registry.clone(),
                 metrics: metrics.clone(),
                 max_batch,
                 timeout,
@@ -272,6 +283,7 @@ fn classify(e: &KafkaError) -> Next {
 struct Worker {
     config: ClientConfig,
     producer: ThreadedProducer<DefaultProducerContext>,
+    registry: Option<Arc<SchemaRegistry>>,
     metrics: PublisherMetrics,
     max_batch: usize,
     /// Budget of each step (init, abort, commit). Not the earliest request's deadline: after
@@ -403,7 +415,21 @@ impl Worker {
         }
         let mut count = 0u64;
         for r in batch.iter().flat_map(|b| &b.records) {
-            let mut rec = BaseRecord::to(&r.topic).payload(&r.payload);
+            // Confluent framing where the topic is configured so (the schemas were registered
+            // when the publisher started: a map lookup).
+            let payload = match &self.registry {
+                None => std::borrow::Cow::Borrowed(&r.payload[..]),
+                Some(reg) => match reg.frame(&r.topic, &r.payload) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.metrics.outcome("aborted");
+                        self.state = TxState::NeedsAbort;
+                        let _ = self.ensure_ready();
+                        return Err(PublishError::Unavailable(format!("schema registry: {e}")));
+                    }
+                },
+            };
+            let mut rec = BaseRecord::to(&r.topic).payload(&payload[..]);
             if let Some(k) = &r.key {
                 rec = rec.key(k);
             }

@@ -149,11 +149,59 @@ pub struct KafkaConfig {
     pub ssl: KafkaSsl,
     /// SASL authentication, for `sasl_plaintext` and `sasl_ssl`.
     pub sasl: KafkaSasl,
+    /// How records are framed on banter's topics: `single-object` (Avro single-object
+    /// encoding, schemas on `kafka.topics.schemas`) or `confluent` (Schema Registry).
+    pub wire_format: WireFormat,
+    /// Per-topic exceptions to `wire_format`, by topic name.
+    pub wire_formats: BTreeMap<String, WireFormat>,
+    /// The Schema Registry, for topics in the `confluent` wire format.
+    pub schema_registry: SchemaRegistryConfig,
     /// Extra librdkafka properties passed to every client, after the named settings above (a
     /// property that contradicts a named setting is an error).
     pub properties: BTreeMap<String, String>,
     /// How long a role waits for the broker at start-up before failing, in seconds.
     pub connect_timeout_secs: u64,
+}
+
+/// `kafka.wire_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireFormat {
+    /// Avro single-object encoding: `C3 01`, the schema's 8-byte fingerprint, the body.
+    #[default]
+    SingleObject,
+    /// Confluent Schema Registry framing: `00`, the schema's 4-byte registry id, the body.
+    Confluent,
+}
+
+/// `kafka.schema_registry.subject_strategy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value` (TopicNameStrategy): one record type per topic.
+    #[default]
+    Topic,
+    /// `<topic>-<record full name>` (TopicRecordNameStrategy): several types on a topic.
+    TopicRecord,
+    /// `<record full name>` (RecordNameStrategy).
+    Record,
+}
+
+/// `[kafka.schema_registry]`: a Confluent-compatible Schema Registry (Confluent, Apicurio's
+/// `ccompat` API, Karapace, Redpanda).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, e.g. `https://psrc-xxxx.europe-west1.gcp.confluent.cloud`.
+    pub url: String,
+    /// Basic-auth user (Confluent Cloud: the Schema Registry API key).
+    pub username: String,
+    /// Basic-auth password: `{ env = "VAR" }` or `{ file = "/path" }`.
+    pub password: Secret,
+    /// PEM CA certificates for an https:// URL; empty: the system's.
+    pub ca_file: String,
+    /// How subjects are named: `topic` (`<topic>-value`), `topic_record` or `record`.
+    pub subject_strategy: SubjectStrategy,
 }
 
 /// `kafka.security_protocol`.
@@ -373,6 +421,9 @@ impl Default for KafkaConfig {
             compression: KafkaCompression::default(),
             ssl: KafkaSsl::default(),
             sasl: KafkaSasl::default(),
+            wire_format: WireFormat::default(),
+            wire_formats: BTreeMap::new(),
+            schema_registry: SchemaRegistryConfig::default(),
             properties: BTreeMap::new(),
             connect_timeout_secs: 30,
         }
@@ -668,11 +719,78 @@ impl Validate for KafkaConfig {
             p.push(invalid("kafka.connect_timeout_secs", "must be at least 1"));
         }
         k.check_security(p);
+        k.check_wire_formats(p);
         crate::kafka::check_properties(k, p);
     }
 }
 
 impl KafkaConfig {
+    /// The record topics (what `wire_formats` may name): events, rollups, alerts, dead letters.
+    pub fn record_topics(&self) -> [&str; 4] {
+        let t = &self.topics;
+        [&t.events, &t.rollups, &t.alerts, &t.dlq]
+    }
+
+    /// The Confluent format needs a registry, and a topic with several record types (the
+    /// rollups topic: rollups, funnel and conversation rows) a subject per record type.
+    fn check_wire_formats(&self, p: &mut Problems) {
+        for topic in self.wire_formats.keys() {
+            if !self.record_topics().contains(&topic.as_str()) {
+                p.push(invalid(
+                    "kafka.wire_formats",
+                    format!(
+                        "`{topic}` is not one of banter's record topics ({})",
+                        self.record_topics().join(", ")
+                    ),
+                ));
+            }
+        }
+        let confluent: Vec<&str> = self
+            .record_topics()
+            .into_iter()
+            .filter(|t| {
+                self.wire_formats
+                    .get(*t)
+                    .copied()
+                    .unwrap_or(self.wire_format)
+                    == WireFormat::Confluent
+            })
+            .collect();
+        let reg = &self.schema_registry;
+        if confluent.is_empty() {
+            return;
+        }
+        if !(reg.url.starts_with("http://") || reg.url.starts_with("https://")) {
+            p.push(invalid(
+                "kafka.schema_registry.url",
+                format!(
+                    "must be the http(s) URL of a Schema Registry: {} use the confluent wire format",
+                    confluent.join(", ")
+                ),
+            ));
+        }
+        if reg.username.is_empty() != reg.password.is_empty() {
+            let key = if reg.username.is_empty() {
+                "kafka.schema_registry.username"
+            } else {
+                "kafka.schema_registry.password"
+            };
+            p.push(invalid(key, "username and password go together"));
+        }
+        check_readable_file(p, "kafka.schema_registry.ca_file", &reg.ca_file);
+        if reg.subject_strategy == SubjectStrategy::Topic
+            && confluent.contains(&self.topics.rollups.as_str())
+        {
+            p.push(invalid(
+                "kafka.schema_registry.subject_strategy",
+                format!(
+                    "`topic` gives one subject per topic, but {} carries three record types (Rollup, FunnelRollup, ConversationRollup): use `topic_record`, or keep that topic single-object in kafka.wire_formats",
+                    self.topics.rollups
+                ),
+            ));
+        }
+    }
+
     /// The TLS and SASL settings: what the protocol needs is set, what it does not use is not
     /// (a password set for a plaintext cluster is a mistake, not a default), files exist.
     fn check_security(&self, p: &mut Problems) {

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod registry;
 pub mod schemas;
 pub mod secret;
 pub mod telemetry;

@@ -19,6 +19,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banter_model::{
@@ -27,6 +28,7 @@ use banter_model::{
 };
 use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::{consumer_config, producer};
+use banter_runtime::registry::Registry as SchemaRegistry;
 
 use crate::clickhouse::ClickHouse;
 use crate::config::SinkConfig;
@@ -557,6 +559,7 @@ struct Writer<'a> {
     ch: &'a ClickHouse,
     metrics: &'a SinkMetrics,
     producer: &'a FutureProducer,
+    registry: Option<&'a Arc<SchemaRegistry>>,
     dlq: &'a str,
     max_backoff: Duration,
     insert_timeout: Duration,
@@ -648,6 +651,7 @@ impl Writer<'_> {
         let (payload, detail) = DeadLetter::bounded_payload(&p.payload, &detail);
         send_dead_letter(
             self.producer,
+            self.registry,
             self.dlq,
             DeadLetter {
                 stage: Stage::Sink,
@@ -667,6 +671,7 @@ impl Writer<'_> {
 
 async fn send_dead_letter(
     producer: &FutureProducer,
+    registry: Option<&Arc<SchemaRegistry>>,
     topic: &str,
     dl: DeadLetter,
 ) -> Result<(), SinkError> {
@@ -676,6 +681,16 @@ async fn send_dead_letter(
             what: "encode dead letter",
             detail: e.to_string(),
         })?;
+    let bytes = match registry {
+        Some(r) => r
+            .frame(topic, &bytes)
+            .map_err(|detail| SinkError::Kafka {
+                what: "dead letter schema",
+                detail,
+            })?
+            .into_owned(),
+        None => bytes,
+    };
     let key = dl.account_id.clone().unwrap_or_default();
     producer
         .send(
@@ -735,10 +750,27 @@ pub async fn run(
         what: "producer",
         detail: e.to_string(),
     })?;
+    // The Schema Registry, for topics in the Confluent wire format.
+    let registry = SchemaRegistry::for_config(k).map_err(|detail| SinkError::Kafka {
+        what: "schema registry",
+        detail,
+    })?;
+    if let Some(r) = registry.clone() {
+        let dlq = k.topics.dlq.clone();
+        tokio::task::spawn_blocking(move || r.prepare(&dlq, &[DeadLetter::NAME]))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|detail| SinkError::Kafka {
+                what: "schema registry",
+                detail,
+            })?;
+    }
     let writer = Writer {
         ch: &ch,
         metrics: &metrics,
         producer: &producer,
+        registry: registry.as_ref(),
         dlq: &k.topics.dlq,
         max_backoff: Duration::from_millis(sc.max_backoff_ms),
         insert_timeout: Duration::from_millis(sc.insert_timeout_ms),
@@ -769,7 +801,16 @@ pub async fn run(
             };
             let topic = m.topic().to_owned();
             let (partition, offset) = (m.partition(), m.offset());
-            let payload = m.payload().unwrap_or_default();
+            let raw = m.payload().unwrap_or_default();
+            // A Confluent-framed record, read as the single-object one it carries.
+            let unframed = match &registry {
+                Some(r) => r.unframe_async(raw).await,
+                None => Ok(std::borrow::Cow::Borrowed(raw)),
+            };
+            let payload: &[u8] = match &unframed {
+                Ok(p) => p,
+                Err(_) => raw,
+            };
             // A newer (or older) writer's record: its schema is on the schema topic (read
             // once, then known to every decode below).
             if banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload)
@@ -779,7 +820,7 @@ pub async fn run(
             }
             batch.offsets.insert((topic.clone(), partition), offset + 1);
             batch.records += 1;
-            let undecodable = |e: String| (topic.clone(), partition, offset, payload.to_vec(), e);
+            let undecodable = |e: String| (topic.clone(), partition, offset, raw.to_vec(), e);
             let src = Source {
                 topic: &topic,
                 partition,
@@ -792,7 +833,16 @@ pub async fn run(
                 .flatten();
             let funnel = fingerprint == Some(FunnelRollup::codec().fingerprint());
             let conversation = fingerprint == Some(ConversationRollup::codec().fingerprint());
-            let bad = if conversation {
+            let bad = if let Err(e) = &unframed {
+                if topic == k.topics.dlq {
+                    // Not sent back to the dead-letter topic (it would loop).
+                    metrics.undecodable.inc();
+                    tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
+                    None
+                } else {
+                    Some(undecodable(e.clone()))
+                }
+            } else if conversation {
                 decode::<ConversationRollup, _>(payload, src, |c| c.account_id.clone())
                     .map(|p| batch.conversations.push(p))
                     .err()
@@ -835,6 +885,7 @@ pub async fn run(
                 metrics.undecodable.inc();
                 send_dead_letter(
                     &producer,
+                    registry.as_ref(),
                     &k.topics.dlq,
                     DeadLetter {
                         stage: Stage::Sink,

@@ -300,11 +300,28 @@ async fn to_kafka(config: &Config, w: &Workload, pacer: &mut Pacer) -> anyhow::R
     let producer = banter_runtime::kafka::producer(&config.kafka, "generate")?;
     let topic = &config.kafka.topics.events;
     let codec = EngagementEvent::codec();
+    // In the Confluent wire format when the topic is configured so (the schema registered
+    // first, on a blocking thread).
+    let registry = banter_runtime::registry::Registry::for_config(&config.kafka)
+        .map_err(|e| anyhow::anyhow!("kafka.schema_registry: {e}"))?;
+    if let Some(r) = registry.clone() {
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || r.prepare(&topic, &[EngagementEvent::NAME]))
+            .await?
+            .map_err(|e| anyhow::anyhow!("kafka.schema_registry: {e}"))?;
+    }
     let mut pending = Vec::with_capacity(10_000);
     for i in 0..w.len() {
         pacer.before(w, i).await;
         let e = w.event(i);
         let payload = codec.encode(&e)?;
+        let payload = match &registry {
+            Some(r) => r
+                .frame(topic, &payload)
+                .map_err(|e| anyhow::anyhow!("kafka.schema_registry: {e}"))?
+                .into_owned(),
+            None => payload,
+        };
         let record = FutureRecord::to(topic)
             .key(e.account_id.as_bytes())
             .payload(&payload);

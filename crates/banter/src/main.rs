@@ -150,6 +150,12 @@ async fn connect_check(config: &Config, role: Option<Role>) -> anyhow::Result<()
             })
             .map_err(|e| e.to_string()),
     );
+    if !config.kafka.schema_registry.url.is_empty() {
+        report(
+            format!("schema registry {}", config.kafka.schema_registry.url),
+            banter_runtime::registry::probe(&config.kafka.schema_registry).await,
+        );
+    }
     if matches!(role, None | Some(Role::Sink | Role::Run)) {
         report(
             format!("clickhouse {}", config.clickhouse.url),

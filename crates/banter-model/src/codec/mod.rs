@@ -501,6 +501,14 @@ fn record_name(json: &str) -> Option<String> {
     }
 }
 
+/// The full name (`namespace.Name`) of the record a schema (JSON) defines.
+pub fn record_full_name(json: &str) -> Option<String> {
+    match apache_avro::Schema::parse_str(json).ok()? {
+        apache_avro::Schema::Record(r) => Some(r.name.fullname(None)),
+        _ => None,
+    }
+}
+
 /// Every record banter writes: its name and current schema (JSON), as published on the
 /// schema topic for readers of other versions.
 pub fn current_schemas() -> [(&'static str, &'static str); 6] {

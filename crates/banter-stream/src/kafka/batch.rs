@@ -78,6 +78,19 @@ impl Batcher<'_> {
             }
             decoded.clear();
             for ((_, _, payload), event) in chunk.iter().zip(events.iter_mut()) {
+                // A Confluent-framed record, read as the single-object one it carries.
+                let unframed = match &self.topics.registry {
+                    Some(r) => r.unframe(payload),
+                    None => Ok(std::borrow::Cow::Borrowed(&payload[..])),
+                };
+                let payload = match unframed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        decoded.push(Err(("undecodable", e)));
+                        continue;
+                    }
+                };
+                let payload = &payload[..];
                 let mut d = codec.decode_into(payload, event);
                 // A newer (or older) writer's record: its schema is on the schema topic.
                 if d.is_err() && self.schemas.resolve(payload) {

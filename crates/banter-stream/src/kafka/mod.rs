@@ -69,6 +69,9 @@ pub enum StreamError {
     /// The campaigns file (`cta.campaigns_file`) cannot be used.
     #[error("cta.campaigns_file: {0}")]
     Campaigns(String),
+    /// The Schema Registry could not be set up or refused this role's schemas.
+    #[error("kafka.schema_registry: {0}")]
+    Registry(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
@@ -148,6 +151,24 @@ pub fn run(
             .map_err(kafka("init transactions"))?;
         Ok(p)
     };
+    // The Schema Registry, for topics in the Confluent wire format: what this role writes is
+    // registered before its first record.
+    let registry =
+        banter_runtime::registry::Registry::for_config(k).map_err(StreamError::Registry)?;
+    if let Some(r) = &registry {
+        use banter_model::AvroRecord as _;
+        r.prepare(
+            &k.topics.rollups,
+            &[
+                banter_model::Rollup::NAME,
+                banter_model::FunnelRollup::NAME,
+                banter_model::ConversationRollup::NAME,
+            ],
+        )
+        .and_then(|()| r.prepare(&k.topics.alerts, &[banter_model::SpikeAlert::NAME]))
+        .and_then(|()| r.prepare(&k.topics.dlq, &[banter_model::DeadLetter::NAME]))
+        .map_err(StreamError::Registry)?;
+    }
     let mut producer = make_producer()?;
     tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, "stream started");
     let topics = Topics {
@@ -157,6 +178,7 @@ pub fn run(
         dlq: k.topics.dlq.clone(),
         checkpoints: k.topics.checkpoints.clone(),
         checkpoint_partitions,
+        registry: registry.clone(),
     };
     let schemas = banter_runtime::schemas::SchemaLookup::new(k);
     let mut last_gauges = Instant::now() - Duration::from_secs(60);

@@ -48,6 +48,25 @@ pub(super) struct Topics {
     pub dlq: String,
     pub checkpoints: String,
     pub checkpoint_partitions: usize,
+    /// The Schema Registry, when a record topic uses the Confluent wire format.
+    pub registry: Option<std::sync::Arc<banter_runtime::registry::Registry>>,
+}
+
+impl Topics {
+    /// `value` as it goes on `topic` (Confluent framing where configured).
+    pub fn framed<'v>(
+        &self,
+        topic: &str,
+        what: &'static str,
+        value: &'v [u8],
+    ) -> Result<std::borrow::Cow<'v, [u8]>, BatchError> {
+        match &self.registry {
+            None => Ok(std::borrow::Cow::Borrowed(value)),
+            Some(r) => r
+                .frame(topic, value)
+                .map_err(|message| BatchError::Encode { what, message }),
+        }
+    }
 }
 
 /// The open transaction of a batch, begun with its first record.
@@ -118,7 +137,11 @@ impl<'a> Transaction<'a> {
                 .map_err(|e| encode("rollup", &e))?;
             self.metrics.rows.inc();
             let buf = std::mem::take(&mut self.buf);
-            let sent = self.send(&topics.rollups, None, r.account_id.as_bytes(), Some(&buf));
+            let sent = topics
+                .framed(&topics.rollups, "rollup", &buf)
+                .and_then(|v| {
+                    Ok(self.send(&topics.rollups, None, r.account_id.as_bytes(), Some(&v))?)
+                });
             self.buf = buf;
             sent?;
         }
@@ -127,6 +150,7 @@ impl<'a> Transaction<'a> {
                 .encode(c)
                 .map_err(|e| encode("conversation row", &e))?;
             self.metrics.conversation_rows.inc();
+            let value = topics.framed(&topics.rollups, "conversation row", &value)?;
             self.send(&topics.rollups, None, c.account_id.as_bytes(), Some(&value))?;
         }
         for f in &out.funnels {
@@ -134,6 +158,7 @@ impl<'a> Transaction<'a> {
                 .encode(f)
                 .map_err(|e| encode("funnel row", &e))?;
             self.metrics.funnel_rows.inc();
+            let value = topics.framed(&topics.rollups, "funnel row", &value)?;
             self.send(&topics.rollups, None, f.account_id.as_bytes(), Some(&value))?;
         }
         for a in &out.alerts {
@@ -143,6 +168,7 @@ impl<'a> Transaction<'a> {
             tracing::info!(alert = %a.alert_id, state = a.state.as_str(), observed = a.observed, z = a.z_score, "spike alert");
             self.metrics
                 .outcome(&self.metrics.alerts, "state", a.state.as_str());
+            let value = topics.framed(&topics.alerts, "spike alert", &value)?;
             self.send(&topics.alerts, None, a.account_id.as_bytes(), Some(&value))?;
         }
         Ok(())
@@ -155,6 +181,7 @@ impl<'a> Transaction<'a> {
             .map_err(|e| encode("dead letter", &e))?;
         let key = dl.account_id.as_deref().unwrap_or_default().as_bytes();
         let topic = &self.topics.dlq;
+        let value = self.topics.framed(topic, "dead letter", &value)?;
         self.send(topic, None, key, Some(&value))?;
         Ok(())
     }
