@@ -14,11 +14,13 @@
 pub mod expected;
 pub mod processes;
 pub mod readers;
+pub mod schema_registry;
 pub mod stack;
 pub mod versions;
 
 pub use expected::*;
 pub use processes::*;
 pub use readers::*;
+pub use schema_registry::*;
 pub use stack::*;
 pub use versions::*;

@@ -70,6 +70,25 @@ pub fn banter_cmd(cfg: &Config) -> Command {
     .env("BANTER_CLICKHOUSE__USER", &ch.user)
     .env("BANTER_CLICKHOUSE__PASSWORD", ch.password.expose())
     .env("BANTER_CLICKHOUSE__CA_FILE", &ch.ca_file);
+    // The wire format and its registry.
+    let reg = &k.schema_registry;
+    let format = match k.wire_format {
+        banter_runtime::config::WireFormat::SingleObject => "single-object",
+        banter_runtime::config::WireFormat::Confluent => "confluent",
+    };
+    let strategy = match reg.subject_strategy {
+        banter_runtime::config::SubjectStrategy::Topic => "topic",
+        banter_runtime::config::SubjectStrategy::TopicRecord => "topic_record",
+        banter_runtime::config::SubjectStrategy::Record => "record",
+    };
+    c.env("BANTER_KAFKA__WIRE_FORMAT", format)
+        .env("BANTER_KAFKA__SCHEMA_REGISTRY__URL", &reg.url)
+        .env("BANTER_KAFKA__SCHEMA_REGISTRY__SUBJECT_STRATEGY", strategy)
+        .env("BANTER_KAFKA__SCHEMA_REGISTRY__USERNAME", &reg.username)
+        .env(
+            "BANTER_KAFKA__SCHEMA_REGISTRY__PASSWORD",
+            reg.password.expose(),
+        );
     c
 }
 
