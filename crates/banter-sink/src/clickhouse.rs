@@ -3,7 +3,8 @@
 //! banter runs against the ClickHouse Debian ships (18.16) and current releases (25.x). The
 //! server version is detected, not configured: 18.16 rejects LZ4-compressed responses from the
 //! `clickhouse` crate and has no `RowBinaryWithNamesAndTypes`, so the client uses no
-//! compression and plain `RowBinary` (schema validation off) on servers older than 24.
+//! compression and plain `RowBinary` (schema validation off) on servers older than 24, and
+//! LZ4 with validation from 24 on.
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,17 @@ impl ServerVersion {
     /// Whether the client can validate rows with `RowBinaryWithNamesAndTypes`.
     pub fn supports_validation(self) -> bool {
         self.major >= VALIDATION_MIN_MAJOR
+    }
+
+    /// The compression the client uses with this server: LZ4 where the client's LZ4 framing
+    /// is known to work (24.x and later, as validation), none on older servers (18.16 rejects
+    /// the crate's LZ4-compressed responses).
+    pub fn compression(self) -> clickhouse::Compression {
+        if self.major >= VALIDATION_MIN_MAJOR {
+            clickhouse::Compression::Lz4
+        } else {
+            clickhouse::Compression::None
+        }
     }
 
     /// Whether `LowCardinality` works without `allow_experimental_low_cardinality_type`
@@ -214,6 +226,7 @@ pub async fn connect(
     };
     let client = server_client(cfg)?
         .with_database(&cfg.database)
+        .with_compression(version.compression())
         .with_validation(version.supports_validation());
     tracing::debug!(
         major = version.major,
@@ -254,6 +267,8 @@ mod tests {
         assert!(!old.has_datetime64());
         let new = ServerVersion::parse("25.3.2.39\n").unwrap();
         assert!(new.supports_validation() && new.has_low_cardinality() && new.has_datetime64());
+        assert!(matches!(old.compression(), clickhouse::Compression::None));
+        assert!(matches!(new.compression(), clickhouse::Compression::Lz4));
         assert!(ServerVersion::parse("head").is_err());
     }
 }

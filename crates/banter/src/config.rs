@@ -308,4 +308,44 @@ mod tests {
         assert_eq!(native.get("compression.type"), Some("zstd"));
         native.create_native_config().unwrap();
     }
+
+    #[test]
+    fn the_confluent_wire_format_needs_a_registry_and_a_subject_per_record_type() {
+        let err =
+            Config::load(None, env(&[("BANTER_KAFKA__WIRE_FORMAT", "confluent")])).unwrap_err();
+        assert_eq!(
+            err.keys(),
+            [
+                "kafka.schema_registry.url",
+                "kafka.schema_registry.subject_strategy"
+            ],
+            "{err}"
+        );
+        // The rollups topic kept single-object: one record type per confluent topic.
+        let p = write(
+            "[kafka]\nwire_format = \"confluent\"\n[kafka.wire_formats]\n\"banter.rollups.v1\" = \"single-object\"\n[kafka.schema_registry]\nurl = \"https://sr.example.com\"\n",
+        );
+        Config::load(Some(&p), env(&[])).unwrap();
+        let c = Config::load(
+            None,
+            env(&[
+                ("BANTER_KAFKA__WIRE_FORMAT", "confluent"),
+                (
+                    "BANTER_KAFKA__SCHEMA_REGISTRY__URL",
+                    "https://sr.example.com",
+                ),
+                (
+                    "BANTER_KAFKA__SCHEMA_REGISTRY__SUBJECT_STRATEGY",
+                    "topic_record",
+                ),
+                ("BANTER_KAFKA__SCHEMA_REGISTRY__USERNAME", "key"),
+                ("BANTER_KAFKA__SCHEMA_REGISTRY__PASSWORD", "secret"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.to_redacted_toml().contains("secret\""));
+        let p = write("[kafka.wire_formats]\n\"some.other.topic\" = \"confluent\"\n");
+        let err = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert!(err.keys().contains(&"kafka.wire_formats"), "{err}");
+    }
 }

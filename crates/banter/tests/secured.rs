@@ -419,3 +419,53 @@ async fn oauthbearer_gets_its_token_from_the_token_endpoint() {
         "a wrong client secret:\n{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_goes_through_the_broker() {
+    use banter_runtime::config::KafkaCompression;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::Message;
+    let mut cfg = config();
+    let topic = fresh_topic(&cfg, "compression", 1).await;
+    secured_sasl(&mut cfg);
+    let codecs = [
+        KafkaCompression::None,
+        KafkaCompression::Gzip,
+        KafkaCompression::Snappy,
+        KafkaCompression::Lz4,
+        KafkaCompression::Zstd,
+    ];
+    // Compressible records, so each batch is really compressed.
+    let value = "banter ".repeat(200);
+    for c in codecs {
+        cfg.kafka.compression = c;
+        let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+        for i in 0..20 {
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(c.as_librdkafka())
+                        .payload(&format!("{i} {value}")),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap_or_else(|(e, _)| panic!("{}: {e}", c.as_librdkafka()));
+        }
+    }
+    let consumer = from_beginning(&cfg, &topic);
+    let mut by_codec = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while by_codec.values().sum::<usize>() < 100 && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            let m = m.unwrap();
+            assert!(m.payload_view::<str>().unwrap().unwrap().ends_with(&value));
+            *by_codec
+                .entry(String::from_utf8_lossy(m.key().unwrap()).into_owned())
+                .or_default() += 1;
+        }
+    }
+    consumer.unsubscribe();
+    assert_eq!(by_codec.len(), 5, "{by_codec:?}");
+    assert!(by_codec.values().all(|n| *n == 20), "{by_codec:?}");
+}
