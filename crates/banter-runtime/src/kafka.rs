@@ -205,10 +205,8 @@ pub fn producer_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
     c.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", cfg.compression.as_librdkafka());
-    // A property given explicitly wins over the defaults above (e.g. linger, batch size).
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
+    // `kafka.properties` came first (in base_config): they cannot weaken acks or idempotence,
+    // and a compression property contradicting kafka.compression is a config error.
     c
 }
 

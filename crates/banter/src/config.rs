@@ -307,6 +307,12 @@ mod tests {
         assert_eq!(native.get("sasl.mechanisms"), Some("PLAIN"));
         assert_eq!(native.get("compression.type"), Some("zstd"));
         native.create_native_config().unwrap();
+        // Extra properties cannot weaken what exactly-once needs.
+        let p = write("[kafka.properties]\n\"acks\" = \"1\"\n\"enable.idempotence\" = \"false\"\n");
+        let c = Config::load(Some(&p), env(&[])).unwrap();
+        let native = banter_runtime::kafka::producer_config(&c.kafka, "t");
+        assert_eq!(native.get("acks"), Some("all"));
+        assert_eq!(native.get("enable.idempotence"), Some("true"));
     }
 
     #[test]
