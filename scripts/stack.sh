@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local stack without Docker: Apache Kafka (KRaft, jars from Maven Central), ClickHouse,
-# Prometheus and Alertmanager (Debian packages), as plain processes with their data under
+# Prometheus and Alertmanager (Debian packages), a Schema Registry (Apicurio Registry, which
+# answers Confluent's API, from Maven Central), as plain processes with their data under
 # .stack/ (git-ignored). Every command is idempotent.
 #
 #   scripts/stack.sh up [SERVICE...]      install what is missing, start what is not running, wait
@@ -9,11 +10,13 @@
 #   scripts/stack.sh logs SERVICE [N]     the last N lines of a service's log
 #   scripts/stack.sh wipe                 stop everything and delete .stack/ data (keeps the jar cache)
 #
-# SERVICE is kafka, clickhouse, prometheus, alertmanager or alertmanager-tls (default: all).
+# SERVICE is kafka, clickhouse, prometheus, alertmanager, alertmanager-tls or schema-registry
+# (default: all).
 # Ports (environment): BANTER_KAFKA_PORT=9092 BANTER_KAFKA_CONTROLLER_PORT=9095
 #   BANTER_KAFKA_SSL_PORT=9094 BANTER_KAFKA_SASL_PORT=9096
 #   BANTER_CLICKHOUSE_HTTP_PORT=8123 BANTER_CLICKHOUSE_HTTPS_PORT=8443 BANTER_CLICKHOUSE_TCP_PORT=9000
 #   BANTER_PROMETHEUS_PORT=9090 BANTER_ALERTMANAGER_PORT=9093 BANTER_ALERTMANAGER_TLS_PORT=9097
+#   BANTER_SCHEMA_REGISTRY_PORT=8081 (Confluent's API at http://127.0.0.1:8081/apis/ccompat/v7)
 #
 # Secured endpoints, as production has them (certificates made by this script under
 # .stack/tls/ with openssl: a local CA, a server certificate for localhost / 127.0.0.1, a
@@ -25,7 +28,8 @@
 #   Alertmanager  https://localhost:9097 (basic auth `banter` / `banter-am-secret`)
 # These passwords are for this local stack only.
 # Other: BANTER_STACK_DIR (default <repo>/.stack), BANTER_KAFKA_VERSION (default 4.1.1),
-#   BANTER_STACK_TIMEOUT (seconds to wait for a service, default 120).
+#   BANTER_APICURIO_VERSION (default 3.0.9), BANTER_STACK_TIMEOUT (seconds to wait for a service,
+#   default 120).
 set -euo pipefail
 
 BANTER_SCRIPT=stack
@@ -42,8 +46,10 @@ CH_HTTP_PORT="${BANTER_CLICKHOUSE_HTTP_PORT:-8123}"
 CH_TCP_PORT="${BANTER_CLICKHOUSE_TCP_PORT:-9000}"
 PROM_PORT="${BANTER_PROMETHEUS_PORT:-9090}"
 AM_PORT="${BANTER_ALERTMANAGER_PORT:-9093}"
+SR_PORT="${BANTER_SCHEMA_REGISTRY_PORT:-8081}"
+APICURIO_VERSION="${BANTER_APICURIO_VERSION:-3.0.9}"
 TIMEOUT="${BANTER_STACK_TIMEOUT:-120}"
-ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls)
+ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls schema-registry)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
@@ -130,7 +136,13 @@ EOF
 }
 
 kafka_up() {
-  if running kafka && port_open "$KAFKA_PORT"; then say "kafka already running on :$KAFKA_PORT"; return 0; fi
+  if running kafka && port_open "$KAFKA_PORT"; then
+    say "kafka already running on :$KAFKA_PORT"
+    port_open "$KAFKA_SSL_PORT" && port_open "$KAFKA_SASL_PORT" \
+      || die "kafka is running without its SSL/SASL listeners (started by an older stack.sh): scripts/stack.sh down kafka && scripts/stack.sh up kafka"
+    kafka_scram_users
+    return 0
+  fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set BANTER_KAFKA_PORT)"
   kafka_install
   for p in "$KAFKA_SSL_PORT" "$KAFKA_SASL_PORT"; do
@@ -220,7 +232,12 @@ kafka_ready() {
 
 # ---------------------------------------------------------------- clickhouse
 clickhouse_up() {
-  if running clickhouse && http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"; then say "clickhouse already running on :$CH_HTTP_PORT"; return 0; fi
+  if running clickhouse && http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"; then
+    say "clickhouse already running on :$CH_HTTP_PORT"
+    port_open "$CH_HTTPS_PORT" \
+      || die "clickhouse is running without its HTTPS port (started by an older stack.sh): scripts/stack.sh down clickhouse && scripts/stack.sh up clickhouse"
+    return 0
+  fi
   port_open "$CH_HTTP_PORT" && die "port $CH_HTTP_PORT is taken by another process (set BANTER_CLICKHOUSE_HTTP_PORT)"
   command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
   port_open "$CH_HTTPS_PORT" && die "port $CH_HTTPS_PORT is taken by another process (set BANTER_CLICKHOUSE_HTTPS_PORT)"
@@ -321,12 +338,9 @@ EOF
   say "prometheus ready"
 }
 
-alertmanager_up() {
-  if running alertmanager && http_ok "http://127.0.0.1:$AM_PORT/-/ready"; then say "alertmanager already running on :$AM_PORT"; return 0; fi
-  port_open "$AM_PORT" && die "port $AM_PORT is taken by another process (set BANTER_ALERTMANAGER_PORT)"
-  command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
-  local dir="$STACK/alertmanager"; mkdir -p "$dir/data"
-  cat >"$dir/alertmanager.yml" <<EOF
+# Routes every alert to a receiver that only records it (what the tests read back).
+alertmanager_config() { # dir
+  cat >"$1/alertmanager.yml" <<EOF
 route:
   receiver: log
   group_by: [alertname, account]
@@ -336,6 +350,14 @@ route:
 receivers:
   - name: log
 EOF
+}
+
+alertmanager_up() {
+  if running alertmanager && http_ok "http://127.0.0.1:$AM_PORT/-/ready"; then say "alertmanager already running on :$AM_PORT"; return 0; fi
+  port_open "$AM_PORT" && die "port $AM_PORT is taken by another process (set BANTER_ALERTMANAGER_PORT)"
+  command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
+  local dir="$STACK/alertmanager"; mkdir -p "$dir/data"
+  alertmanager_config "$dir"
   say "starting alertmanager on 127.0.0.1:$AM_PORT"
   start_bg alertmanager prometheus-alertmanager --config.file="$dir/alertmanager.yml" \
     --storage.path="$dir/data" --web.listen-address="127.0.0.1:$AM_PORT" --cluster.listen-address=
@@ -351,16 +373,7 @@ alertmanager_tls_up() {
   command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
   tls_material
   local dir="$STACK/alertmanager-tls"; mkdir -p "$dir/data"
-  cat >"$dir/alertmanager.yml" <<EOF
-route:
-  receiver: log
-  group_by: [alertname, account]
-  group_wait: 5s
-  group_interval: 30s
-  repeat_interval: 1h
-receivers:
-  - name: log
-EOF
+  alertmanager_config "$dir"
   cat >"$dir/web.yml" <<EOF
 tls_server_config:
   cert_file: $TLS/server.pem
@@ -376,13 +389,45 @@ EOF
   say "alertmanager-tls ready"
 }
 
+# ---------------------------------------------------------------- schema registry
+# Apicurio Registry (Apache 2.0, Maven Central) with its in-memory storage: Confluent's Schema
+# Registry API under /apis/ccompat/v7, what banter's `confluent` wire format talks to. Its ids
+# are content ids (they need not start at 1 or follow on); compatibility is NONE by default.
+APICURIO_HOME="$STACK/cache/apicurio-$APICURIO_VERSION"
+
+schema_registry_up() {
+  local url="http://127.0.0.1:$SR_PORT/apis/ccompat/v7/subjects"
+  if running schema-registry && http_ok "$url"; then say "schema-registry already running on :$SR_PORT"; return 0; fi
+  port_open "$SR_PORT" && die "port $SR_PORT is taken by another process (set BANTER_SCHEMA_REGISTRY_PORT)"
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  local jar="$APICURIO_HOME/apicurio-registry-app-$APICURIO_VERSION-runner.jar"
+  if [[ ! -f "$jar" ]]; then
+    command -v mvn >/dev/null || apt_install maven
+    mkdir -p "$APICURIO_HOME"
+    say "fetching Apicurio Registry $APICURIO_VERSION from Maven Central"
+    (cd "$APICURIO_HOME" \
+      && mvn -q -B dependency:copy "-Dartifact=io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
+        -DoutputDirectory=. -Dtransitive=false \
+      && tar xzf "apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" \
+      && rm -f "apicurio-registry-app-$APICURIO_VERSION-all.tar.gz") \
+      >"$STACK/logs/schema-registry-fetch.log" 2>&1 \
+      || die "cannot fetch Apicurio Registry: see $STACK/logs/schema-registry-fetch.log"
+  fi
+  say "starting schema-registry (Apicurio $APICURIO_VERSION) on 127.0.0.1:$SR_PORT"
+  start_bg schema-registry java -Xms32m -Xmx192m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -Dquarkus.http.port="$SR_PORT" -Dquarkus.http.host=127.0.0.1 -Dquarkus.log.level=WARN \
+    -Dquarkus.http.access-log.enabled=false -jar "$jar"
+  wait_until schema-registry http_ok "$url"
+  say "schema-registry ready"
+}
+
 # ---------------------------------------------------------------- commands
 svc_port() {
   case "$1" in
     kafka) echo "$KAFKA_PORT" ;; clickhouse) echo "$CH_HTTP_PORT" ;;
     prometheus) echo "$PROM_PORT" ;; alertmanager) echo "$AM_PORT" ;;
-    alertmanager-tls) echo "$AM_TLS_PORT" ;;
-    *) die "unknown service $1 (kafka, clickhouse, prometheus, alertmanager, alertmanager-tls)" ;;
+    alertmanager-tls) echo "$AM_TLS_PORT" ;; schema-registry) echo "$SR_PORT" ;;
+    *) die "unknown service $1 (kafka, clickhouse, prometheus, alertmanager, alertmanager-tls, schema-registry)" ;;
   esac
 }
 
@@ -414,14 +459,14 @@ case "$cmd" in
       if running "$s" && port_open "$p"; then st="up (pid $(cat "$(pidfile "$s")"), 127.0.0.1:$p)"
       elif running "$s"; then st="starting (pid $(cat "$(pidfile "$s")"), 127.0.0.1:$p not answering)"
       else st="down"; fi
-      printf '%-13s %s\n' "$s" "$st"
+      printf '%-16s %s\n' "$s" "$st"
     done ;;
   logs)
     s="${services[0]}"; n="${2:-100}"; svc_port "$s" >/dev/null
     tail -n "$n" "$STACK/logs/$s.log" ;;
   wipe)
     for s in "${ALL[@]}"; do down_one "$s"; done
-    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,tls,run}
+    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,schema-registry,tls,run}
     say "wiped stack data (jar cache kept in $STACK/cache)" ;;
   *) die "usage: scripts/stack.sh up|down|status|logs|wipe [SERVICE...]" ;;
 esac

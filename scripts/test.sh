@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, brings the local stack up (Kafka, ClickHouse,
-# Prometheus, Alertmanager), then runs every test of the workspace (unit, property, golden,
+# Prometheus, Alertmanager, a Schema Registry), then runs every test of the workspace (unit, property, golden,
 # integration against the real services, doc tests). Extra arguments go to `cargo test`.
 set -euo pipefail
 BANTER_SCRIPT=test

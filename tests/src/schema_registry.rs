@@ -1,14 +1,15 @@
-//! A stand-in for a Confluent Schema Registry, for tests: no Confluent-compatible registry can
-//! be installed on the machines banter is developed on (Confluent's is not on Maven Central,
-//! Apicurio's application is not published there as a runnable jar, Karapace is not on PyPI),
-//! so its REST API is replayed here from Confluent's API reference — the requests banter
-//! sends are kept for the test to check, the answers have the documented shapes:
+//! A stand-in for a Confluent Schema Registry, for what the real one in the local stack
+//! (Apicurio Registry, `scripts/stack.sh up schema-registry`) cannot show: basic auth (Apicurio
+//! authenticates through an OpenID Connect server), an outage on demand, and the requests as
+//! banter sent them. Its REST API follows Confluent's API reference; the answers have the
+//! documented shapes:
 //!
 //! * `POST /subjects/{subject}/versions` `{"schema": "…"}` → `{"id": N}` (the same schema text
 //!   gets the same id under any subject, as the registry does);
 //! * `GET /schemas/ids/{id}` → `{"schema": "…"}`, or 404 `{"error_code": 40403, …}`;
 //! * `GET /subjects` → `["…", …]`;
-//! * with credentials set, anything without them → 401 `{"error_code": 401, …}`.
+//! * with credentials set, anything without them → 401 `{"error_code": 401, …}`;
+//! * while [`RegistryStandIn::set_unavailable`] is on, `GET /schemas/ids/{id}` → 503.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub struct SeenRequest {
     pub headers: BTreeMap<String, String>,
     /// The body.
     pub body: String,
+    /// The status the stand-in answered with.
+    pub status: u16,
 }
 
 #[derive(Default)]
@@ -33,6 +36,7 @@ struct State {
     schemas: Vec<String>,
     subjects: BTreeMap<String, Vec<u32>>,
     seen: Vec<SeenRequest>,
+    unavailable: bool,
 }
 
 /// A running stand-in; stops with the test's runtime.
@@ -58,6 +62,13 @@ impl RegistryStandIn {
             }
         });
         RegistryStandIn { url, state }
+    }
+
+    /// Answers every schema lookup by id with 503 (what readers meet while a registry is down
+    /// behind its load balancer) until called with false. Registration keeps working, so
+    /// writers can start.
+    pub fn set_unavailable(&self, on: bool) {
+        self.state.lock().unwrap().unavailable = on;
     }
 
     /// The requests received so far.
@@ -156,13 +167,15 @@ async fn serve(mut sock: tokio::net::TcpStream, st: &Mutex<State>, auth: Option<
         }
         let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
         buf.drain(..head_end + len);
-        let req = SeenRequest {
+        let mut req = SeenRequest {
             method,
             path,
             headers,
             body,
+            status: 0,
         };
         let (status, answer) = respond(st, auth, &req);
+        req.status = status[..3].parse().unwrap_or(0);
         st.lock().unwrap().seen.push(req);
         let resp = format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\n\r\n{answer}",
@@ -175,6 +188,12 @@ async fn serve(mut sock: tokio::net::TcpStream, st: &Mutex<State>, auth: Option<
 }
 
 fn respond(st: &Mutex<State>, auth: Option<&str>, req: &SeenRequest) -> (&'static str, String) {
+    if st.lock().unwrap().unavailable && req.path.starts_with("/schemas/ids/") {
+        return (
+            "503 Service Unavailable",
+            r#"{"error_code":50301,"message":"unavailable"}"#.into(),
+        );
+    }
     if let Some(want) = auth {
         if req.headers.get("authorization").map(String::as_str) != Some(want) {
             return (

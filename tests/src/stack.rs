@@ -51,6 +51,34 @@ pub async fn require_kafka(cfg: &Config) {
     }
 }
 
+/// The local stack's Schema Registry (Apicurio Registry, Confluent's API under
+/// `/apis/ccompat/v7`; `BANTER_SCHEMA_REGISTRY_PORT`, default 8081), checked to answer.
+pub async fn real_schema_registry() -> String {
+    let port = std::env::var("BANTER_SCHEMA_REGISTRY_PORT").unwrap_or_else(|_| "8081".into());
+    let url = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
+    match reqwest::get(format!("{url}/subjects")).await {
+        Ok(r) if r.status().is_success() => url,
+        other => panic!(
+            "the Schema Registry at {url} does not answer ({other:?}): `scripts/stack.sh up schema-registry`\n{HINT}"
+        ),
+    }
+}
+
+/// A GET on the real registry: its JSON answer.
+pub async fn registry_get(url: &str, path: &str) -> serde_json::Value {
+    let r = reqwest::get(format!("{url}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("schema registry {path}: {e}"));
+    assert!(
+        r.status().is_success(),
+        "schema registry {path}: {}",
+        r.status()
+    );
+    r.json()
+        .await
+        .unwrap_or_else(|e| panic!("schema registry {path}: {e}"))
+}
+
 /// Creates a fresh topic with `partitions` partitions; returns its name.
 pub async fn fresh_topic(cfg: &Config, name: &str, partitions: i32) -> String {
     require_kafka(cfg).await;

@@ -97,7 +97,7 @@ impl AlertMetrics {
         );
         r.register(
             "sent",
-            "Alerts accepted by Alertmanager, by state (firing ones count every re-send)",
+            "Alerts accepted by an Alertmanager, by state (firing ones count every re-send; each Alertmanager's acceptance counts)",
             m.sent.clone(),
         );
         r.register(
@@ -113,12 +113,12 @@ impl AlertMetrics {
         r.register("firing", "Spike alerts firing", m.firing.clone());
         r.register(
             "pending",
-            "Alerts due for sending that Alertmanager has not accepted yet",
+            "Alerts due for sending that an Alertmanager has not accepted yet, summed over the Alertmanagers",
             m.pending.clone(),
         );
         r.register(
             "alertmanager_up",
-            "1 when the last POST to Alertmanager succeeded",
+            "1 when the last POST to every Alertmanager succeeded, 0 when any failed",
             m.up.clone(),
         );
         m
@@ -201,8 +201,8 @@ pub fn to_alertmanager(
     // change the link.
     let dashboard = cfg
         .dashboard_url
-        .replace("{account}", &query_escape(&a.account_id))
-        .replace("{content}", &query_escape(content));
+        .replace("{account}", &banter_runtime::percent_encode(&a.account_id))
+        .replace("{content}", &banter_runtime::percent_encode(content));
     let mut annotations = BTreeMap::new();
     annotations.insert("summary".to_owned(), format!("Engagement spike on {what}"));
     annotations.insert(
@@ -406,21 +406,27 @@ struct Target {
 /// # Errors
 /// `alerting.ca_file` cannot be read.
 pub fn http_client(cfg: &AlertingConfig) -> Result<reqwest::Client, AlertError> {
-    let tls = banter_runtime::tls::connector("alerting.ca_file", &cfg.ca_file).map_err(|e| {
+    banter_runtime::tls::http_client("alerting.ca_file", &cfg.ca_file).map_err(|e| {
         AlertError::Config {
             key: "alerting.ca_file",
             message: e.to_string(),
         }
-    })?;
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .use_preconfigured_tls(tls)
-        .build()
-        .map_err(|e| AlertError::Config {
-            key: "alerting.ca_file",
-            message: e.to_string(),
-        })
+    })
 }
+
+/// `req` with the configured authentication: the bearer token, else basic auth, else none.
+fn authenticated(req: reqwest::RequestBuilder, cfg: &AlertingConfig) -> reqwest::RequestBuilder {
+    if !cfg.bearer_token.is_empty() {
+        req.bearer_auth(cfg.bearer_token.expose())
+    } else if !cfg.username.is_empty() {
+        req.basic_auth(&cfg.username, Some(cfg.password.expose()))
+    } else {
+        req
+    }
+}
+
+/// What to look at when Alertmanager answers 401 or 403.
+const AUTH_HINT: &str = "check alerting.username / alerting.password or alerting.bearer_token";
 
 /// A POST of `body` to `url` with the configured authentication; what went wrong, naming the
 /// settings to look at.
@@ -430,30 +436,18 @@ async fn post(
     url: &str,
     body: &[AmAlert],
 ) -> Result<(), String> {
-    let mut req = http.post(url).json(body);
-    if !cfg.bearer_token.is_empty() {
-        req = req.bearer_auth(cfg.bearer_token.expose());
-    } else if !cfg.username.is_empty() {
-        req = req.basic_auth(&cfg.username, Some(cfg.password.expose()));
-    }
-    match req.send().await {
+    match authenticated(http.post(url).json(body), cfg).send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
             let hint = match status.as_u16() {
-                401 | 403 => {
-                    " (check alerting.username / alerting.password or alerting.bearer_token)"
-                }
-                _ => "",
+                401 | 403 => format!(" ({AUTH_HINT})"),
+                _ => String::new(),
             };
             Err(format!("{status}: {}{hint}", text.trim()))
         }
-        Err(e) if banter_runtime::tls::is_untrusted_certificate(&e) => Err(format!(
-            "{}: the server's certificate is not trusted (check alerting.ca_file)",
-            error_chain(&e)
-        )),
-        Err(e) => Err(error_chain(&e)),
+        Err(e) => Err(banter_runtime::tls::send_error(&e, "alerting.ca_file")),
     }
 }
 
@@ -467,13 +461,10 @@ pub async fn probe(
     cfg: &AlertingConfig,
     base: &str,
 ) -> Result<String, String> {
-    let mut req = http.get(format!("{base}/api/v2/status"));
-    if !cfg.bearer_token.is_empty() {
-        req = req.bearer_auth(cfg.bearer_token.expose());
-    } else if !cfg.username.is_empty() {
-        req = req.basic_auth(&cfg.username, Some(cfg.password.expose()));
-    }
-    match req.send().await {
+    match authenticated(http.get(format!("{base}/api/v2/status")), cfg)
+        .send()
+        .await
+    {
         Ok(r) if r.status().is_success() => {
             let v: serde_json::Value = r.json().await.unwrap_or_default();
             Ok(format!(
@@ -484,33 +475,11 @@ pub async fn probe(
             ))
         }
         Ok(r) => Err(match r.status().as_u16() {
-            401 | 403 => format!(
-                "{}: check alerting.username / alerting.password or alerting.bearer_token",
-                r.status()
-            ),
+            401 | 403 => format!("{}: {AUTH_HINT}", r.status()),
             _ => r.status().to_string(),
         }),
-        Err(e) if banter_runtime::tls::is_untrusted_certificate(&e) => Err(format!(
-            "{}: the server's certificate is not trusted (check alerting.ca_file)",
-            error_chain(&e)
-        )),
-        Err(e) => Err(error_chain(&e)),
+        Err(e) => Err(banter_runtime::tls::send_error(&e, "alerting.ca_file")),
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = c.source();
-    }
-    out
 }
 
 /// Runs delivery until `shutdown`.
@@ -565,7 +534,11 @@ pub async fn run(
                         (_, None) => None,
                         (None, Some(p)) => Some(Ok(std::borrow::Cow::Borrowed(p))),
                         // A Confluent-framed record, read as the single-object one it carries.
-                        (Some(r), Some(p)) => Some(r.unframe_async(p).await),
+                        // A registry that cannot be asked holds delivery up until it answers.
+                        (Some(r), Some(p)) => match r.unframe_waiting(p, &shutdown).await {
+                            Some(u) => Some(u.map_err(String::from)),
+                            None => break,
+                        },
                     }
                     .map(|p| {
                         let p = p?;
@@ -604,7 +577,8 @@ pub async fn run(
                 .unwrap_or(0) as i64,
         );
         let mut pending = 0;
-        for t in &mut targets {
+        let mut posts = tokio::task::JoinSet::new();
+        for (i, t) in targets.iter_mut().enumerate() {
             if now < t.retry_at {
                 pending += t.tracker.len();
                 continue;
@@ -614,9 +588,20 @@ pub async fn run(
                 continue;
             }
             let (ids, body): (Vec<String>, Vec<AmAlert>) = due.into_iter().unzip();
-            let t0 = Instant::now();
-            let outcome = post(&http, cfg, &t.url, &body).await;
-            metrics.post_seconds.observe(t0.elapsed().as_secs_f64());
+            // Every Alertmanager at once: one that does not answer holds up no other.
+            let (http, cfg, url) = (http.clone(), cfg.clone(), t.url.clone());
+            posts.spawn(async move {
+                let t0 = Instant::now();
+                let outcome = post(&http, &cfg, &url, &body).await;
+                (i, ids, t0.elapsed(), outcome)
+            });
+        }
+        while let Some(done) = posts.join_next().await {
+            let Ok((i, ids, took, outcome)) = done else {
+                continue;
+            };
+            let t = &mut targets[i];
+            metrics.post_seconds.observe(took.as_secs_f64());
             match outcome {
                 Ok(()) => {
                     metrics
@@ -654,19 +639,6 @@ pub async fn run(
         "alert delivery stopping"
     );
     Ok(())
-}
-
-/// `s` percent-encoded for a URL query value (RFC 3986 unreserved characters kept).
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -763,8 +735,11 @@ mod tests {
 
     #[test]
     fn ids_in_the_dashboard_link_are_percent_encoded() {
-        assert_eq!(query_escape("acct-1"), "acct-1");
-        assert_eq!(query_escape("O'Brien & co#1"), "O%27Brien%20%26%20co%231");
-        assert_eq!(query_escape("ö"), "%C3%B6");
+        assert_eq!(banter_runtime::percent_encode("acct-1"), "acct-1");
+        assert_eq!(
+            banter_runtime::percent_encode("O'Brien & co#1"),
+            "O%27Brien%20%26%20co%231"
+        );
+        assert_eq!(banter_runtime::percent_encode("ö"), "%C3%B6");
     }
 }

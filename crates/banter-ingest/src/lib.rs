@@ -62,7 +62,7 @@ pub struct Ingest {
 ///
 /// # Errors
 /// Invalid configuration or Kafka client creation.
-pub fn build_state(
+pub async fn build_state(
     kafka: &KafkaConfig,
     ingest: &IngestConfig,
     registry: &mut Registry,
@@ -78,10 +78,15 @@ pub fn build_state(
     let metrics = IngestMetrics::register(registry);
     readiness.register("kafka");
     let ready = readiness.clone();
-    let (publisher, thread) =
-        Publisher::start(kafka, ingest, role, publisher_metrics, move |ok| {
-            ready.set("kafka", ok)
-        })?;
+    let schema_registry = Publisher::schema_registry(kafka).await?;
+    let (publisher, thread) = Publisher::start(
+        kafka,
+        ingest,
+        schema_registry,
+        role,
+        publisher_metrics,
+        move |ok| ready.set("kafka", ok),
+    )?;
     let state = IngestState {
         normalizer: Arc::new(normalizer),
         publisher,
@@ -105,7 +110,8 @@ pub async fn start(
     readiness: &Readiness,
     shutdown: CancellationToken,
 ) -> Result<Ingest, IngestError> {
-    let (state, publisher_thread) = build_state(kafka, ingest, registry, readiness, "ingest")?;
+    let (state, publisher_thread) =
+        build_state(kafka, ingest, registry, readiness, "ingest").await?;
     let addr = ingest.listen.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

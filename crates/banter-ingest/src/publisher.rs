@@ -122,14 +122,42 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// The Schema Registry client, for topics in the Confluent wire format, with the event
+    /// and dead-letter schemas registered (on a blocking thread: the registry may be slow to
+    /// answer); None when no topic uses it.
+    ///
+    /// # Errors
+    /// The registry cannot be set up or refused the schemas (the message names the settings).
+    pub async fn schema_registry(
+        kafka: &KafkaConfig,
+    ) -> Result<Option<Arc<SchemaRegistry>>, KafkaError> {
+        let Some(r) = SchemaRegistry::for_config(kafka).map_err(KafkaError::ClientCreation)? else {
+            return Ok(None);
+        };
+        let (events, dlq) = (kafka.topics.events.clone(), kafka.topics.dlq.clone());
+        let reg = r.clone();
+        tokio::task::spawn_blocking(move || {
+            reg.prepare(&events, &[EngagementEvent::NAME])
+                .and_then(|()| reg.prepare(&dlq, &[DeadLetter::NAME]))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(String::from))
+        .map_err(|e| KafkaError::ClientCreation(format!("kafka.schema_registry: {e}")))?;
+        Ok(Some(r))
+    }
+
     /// Starts the publishing thread. `on_ready` is called with true once transactions are
     /// initialized (the broker answered) and false when the broker is lost.
+    ///
+    /// `registry` is [`Publisher::schema_registry`]'s.
     ///
     /// # Errors
     /// librdkafka rejects the configuration.
     pub fn start(
         kafka: &KafkaConfig,
         ingest: &IngestConfig,
+        registry: Option<Arc<SchemaRegistry>>,
         role: &str,
         metrics: PublisherMetrics,
         on_ready: impl Fn(bool) + Send + Sync + 'static,
@@ -140,14 +168,6 @@ impl Publisher {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros())
             .unwrap_or(0);
-        // The Schema Registry, for topics in the Confluent wire format: the event and
-        // dead-letter schemas are registered before anything is published.
-        let registry = SchemaRegistry::for_config(kafka).map_err(KafkaError::ClientCreation)?;
-        if let Some(r) = &registry {
-            r.prepare(&kafka.topics.events, &[EngagementEvent::NAME])
-                .and_then(|()| r.prepare(&kafka.topics.dlq, &[DeadLetter::NAME]))
-                .map_err(|e| KafkaError::ClientCreation(format!("kafka.schema_registry: {e}")))?;
-        }
         let mut workers = Vec::new();
         for n in 0..ingest.publisher_workers {
             let transactional_id = format!(

@@ -627,6 +627,8 @@ pub fn is_secret_key(key: &str) -> bool {
     ]
     .iter()
     .any(|p| k.contains(p))
+        && !k.contains("token_endpoint")
+        && !k.contains("token.endpoint")
         || k.starts_with("ssl.key.")
 }
 

@@ -144,8 +144,31 @@ fn canonical_property(name: &str) -> &str {
     }
 }
 
+/// Properties banter sets itself, per role, and why: one in `kafka.properties` would be
+/// overridden (or, for `transactional.id`, given to every client of every role).
+const OWN_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.brokers"),
+    ("metadata.broker.list", "set kafka.brokers"),
+    (
+        "transactional.id",
+        "each role makes its own transactional ids from its settings",
+    ),
+    ("group.id", "each role has its own consumer group setting"),
+    ("acks", "exactly-once needs acks=all"),
+    (
+        "enable.idempotence",
+        "exactly-once needs idempotent producers",
+    ),
+    ("isolation.level", "banter reads committed records only"),
+    (
+        "enable.auto.commit",
+        "offsets are committed with the output they produced",
+    ),
+];
+
 /// Checks `kafka.properties` without connecting: each name is one librdkafka knows and each
-/// value one it takes (librdkafka itself is asked), and none contradicts a named setting.
+/// value one it takes (librdkafka itself is asked), none contradicts a named setting and none
+/// is one banter sets itself. A refused secret's value is not repeated.
 pub fn check_properties(cfg: &KafkaConfig, p: &mut Problems) {
     let named: Vec<(&str, String)> = security_properties(cfg)
         .into_iter()
@@ -156,8 +179,13 @@ pub fn check_properties(cfg: &KafkaConfig, p: &mut Problems) {
         .collect();
     for (k, v) in &cfg.properties {
         let key = format!("kafka.properties.\"{k}\"");
+        if let Some((_, why)) = OWN_PROPERTIES.iter().find(|(n, _)| *n == k) {
+            p.push(invalid(&key, format!("banter sets this itself ({why})")));
+            continue;
+        }
         if let Some((_, mine)) = named.iter().find(|(n, _)| *n == canonical_property(k)) {
-            if mine != v {
+            // librdkafka reads these values case-insensitively (`SSL` is `ssl`).
+            if !mine.eq_ignore_ascii_case(v) {
                 p.push(invalid(
                     &key,
                     format!(
@@ -171,6 +199,10 @@ pub fn check_properties(cfg: &KafkaConfig, p: &mut Problems) {
         let mut one = ClientConfig::new();
         one.set(k, v);
         if let Err(e) = one.create_native_config() {
+            let mut e = e.to_string();
+            if crate::config::is_secret_key(k) && !v.is_empty() {
+                e = e.replace(v.as_str(), "<redacted>");
+            }
             p.push(invalid(&key, format!("librdkafka refuses it: {e}")));
         }
     }
@@ -249,9 +281,42 @@ fn probe(cfg: &KafkaConfig) -> Result<BaseConsumer, KafkaSetupError> {
 
 /// Keeps the last connection error librdkafka reports, which a metadata request does not
 /// return (it only times out): an authentication or TLS failure is then reported as such.
+/// What the probe heard from librdkafka: the last problem, and the first refusal.
 #[derive(Default)]
+struct Heard {
+    last: Option<(RDKafkaErrorCode, String)>,
+    /// The first refusal (settings to look at, what librdkafka said): kept, so a later
+    /// "connection refused" from another address of the same host cannot hide it.
+    refusal: Option<(String, String)>,
+    /// Signs that may also be a blip (a token endpoint that failed once, a handshake cut
+    /// short by a restarting broker), counted until they are a pattern.
+    soft: u32,
+}
+
+/// How many soft signs make a refusal.
+const SOFT_REFUSALS: u32 = 3;
+
 struct ProbeContext {
-    last: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+    cfg: KafkaConfig,
+    heard: std::sync::Mutex<Heard>,
+}
+
+impl ProbeContext {
+    fn hear(&self, code: RDKafkaErrorCode, message: &str) {
+        let Ok(mut h) = self.heard.lock() else { return };
+        h.last = Some((code, message.to_owned()));
+        if h.refusal.is_some() {
+            return;
+        }
+        if let Some(r) = refusal(&self.cfg, code, message) {
+            if !r.definite {
+                h.soft += 1;
+            }
+            if r.definite || h.soft >= SOFT_REFUSALS {
+                h.refusal = Some((r.keys, message.to_owned()));
+            }
+        }
+    }
 }
 
 impl rdkafka::ClientContext for ProbeContext {
@@ -263,25 +328,38 @@ impl rdkafka::ClientContext for ProbeContext {
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
         ) {
             tracing::debug!(facility = fac, "librdkafka: {message}");
-            if let Ok(mut last) = self.last.lock() {
-                *last = Some((RDKafkaErrorCode::Fail, message.to_owned()));
-            }
+            self.hear(RDKafkaErrorCode::Fail, message);
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some((code, reason.to_owned()));
-        }
+        self.hear(
+            error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+            reason,
+        );
     }
 }
 
 impl rdkafka::consumer::ConsumerContext for ProbeContext {}
 
+/// A refusal recognised in what librdkafka said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The settings to look at.
+    pub keys: String,
+    /// Whether one such message settles it (the broker answered "no"), or it could also be a
+    /// blip (a token endpoint that failed once, a connection cut during the handshake).
+    pub definite: bool,
+}
+
 /// When `detail` says the brokers refused the client (bad credentials, a certificate that is
 /// not trusted, no client certificate), the settings to look at.
 pub fn refused_keys(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> Option<String> {
+    refusal(cfg, code, detail).map(|r| r.keys)
+}
+
+/// [`refused_keys`], saying whether the message settles it.
+pub fn refusal(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> Option<Refusal> {
     let d = detail.to_ascii_lowercase();
     let sasl_keys = match cfg.sasl.mechanism {
         SaslMechanism::OauthBearer => {
@@ -289,16 +367,30 @@ pub fn refused_keys(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> 
         }
         _ => "kafka.sasl.username, kafka.sasl.password, kafka.sasl.mechanism",
     };
+    let definite = |keys: String| {
+        Some(Refusal {
+            keys,
+            definite: true,
+        })
+    };
+    let maybe = |keys: String| {
+        Some(Refusal {
+            keys,
+            definite: false,
+        })
+    };
     if code == RDKafkaErrorCode::Authentication
         || d.contains("sasl authentication")
         || d.contains("authentication failed")
-        || d.contains("oauthbearer")
-        || d.contains("token retrieval")
     {
-        return Some(sasl_keys.to_owned());
+        return definite(sasl_keys.to_owned());
+    }
+    // A token endpoint that refused once may be a blip; a broker that refused the token is not.
+    if d.contains("oauthbearer") || d.contains("token retrieval") {
+        return maybe(sasl_keys.to_owned());
     }
     if d.contains("certificate verify failed") || d.contains("could not be verified") {
-        return Some(if cfg.ssl.ca_file.is_empty() {
+        return definite(if cfg.ssl.ca_file.is_empty() {
             "kafka.ssl.ca_file (the system's CAs did not sign the broker's certificate)".into()
         } else {
             format!(
@@ -312,13 +404,13 @@ pub fn refused_keys(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> 
         || d.contains("unknown ca")
         || d.contains("alert handshake failure")
     {
-        return Some("kafka.ssl.cert_file, kafka.ssl.key_file (the broker wants a client certificate it trusts)".into());
+        return definite("kafka.ssl.cert_file, kafka.ssl.key_file (the broker wants a client certificate it trusts)".into());
     }
     if d.contains("ssl handshake failed") || d.contains("wrong version number") {
-        return Some("kafka.security_protocol (does the listener speak TLS?), kafka.ssl.*".into());
+        return maybe("kafka.security_protocol (does the listener speak TLS?), kafka.ssl.*".into());
     }
     if d.contains("disconnected while requesting apiversion") && !cfg.security_protocol.tls() {
-        return Some("kafka.security_protocol (a TLS listener drops plaintext clients)".into());
+        return maybe("kafka.security_protocol (a TLS listener drops plaintext clients)".into());
     }
     None
 }
@@ -329,29 +421,34 @@ pub fn refused_keys(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> 
 /// [`KafkaSetupError::Unreachable`] with the last error when the deadline passes.
 pub async fn wait_for_broker(cfg: &KafkaConfig, timeout: Duration) -> Result<(), KafkaSetupError> {
     let probe: BaseConsumer<ProbeContext> = base_config(cfg, "probe")
-        .create_with_context(ProbeContext::default())
+        .create_with_context(ProbeContext {
+            cfg: cfg.clone(),
+            heard: std::sync::Mutex::default(),
+        })
         .map_err(|source| KafkaSetupError::Client {
             what: "probe config",
             source,
         })?;
     let deadline = Instant::now() + timeout;
     let brokers = cfg.brokers.clone();
-    let own = cfg.clone();
     tokio::task::spawn_blocking(move || loop {
         let got = probe.fetch_metadata(None, Duration::from_secs(2));
         // Serves the client's event queue: connection errors reach the context only there.
         let _ = probe.poll(Duration::from_millis(50));
-        let last = probe.context().last.lock().ok().and_then(|l| l.clone());
+        let (last, refusal) = probe
+            .context()
+            .heard
+            .lock()
+            .map(|h| (h.last.clone(), h.refusal.clone()))
+            .unwrap_or_default();
         // A refusal is final: report it at once, naming the settings.
-        if let Some((code, detail)) = &last {
-            if let Some(keys) = refused_keys(&own, *code, detail) {
-                if got.as_ref().map_or(true, |md| md.brokers().is_empty()) {
-                    return Err(KafkaSetupError::Refused {
-                        brokers,
-                        keys,
-                        detail: detail.clone(),
-                    });
-                }
+        if let Some((keys, detail)) = refusal {
+            if got.as_ref().map_or(true, |md| md.brokers().is_empty()) {
+                return Err(KafkaSetupError::Refused {
+                    brokers,
+                    keys,
+                    detail,
+                });
             }
         }
         match got {
@@ -522,4 +619,63 @@ pub fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<Option<usize>, 
         None => Some(t.partitions().len()),
         Some(_) => None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> ProbeContext {
+        let mut cfg = KafkaConfig::default();
+        cfg.sasl.mechanism = SaslMechanism::ScramSha512;
+        ProbeContext {
+            cfg,
+            heard: std::sync::Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_kept_when_another_address_then_refuses_the_connection() {
+        let c = context();
+        c.hear(
+            RDKafkaErrorCode::Authentication,
+            "sasl_ssl://localhost:9096/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+        );
+        // localhost's ::1, where the broker does not listen.
+        c.hear(
+            RDKafkaErrorCode::Fail,
+            "sasl_ssl://localhost:9096/bootstrap: Connect to ipv6#[::1]:9096 failed: Connection refused",
+        );
+        let h = c.heard.lock().unwrap();
+        let (keys, detail) = h.refusal.clone().expect("the refusal is kept");
+        assert!(keys.contains("kafka.sasl.password"), "{keys}");
+        assert!(detail.contains("invalid credentials"), "{detail}");
+        assert!(h.last.as_ref().unwrap().1.contains("Connection refused"));
+    }
+
+    #[test]
+    fn a_token_endpoint_that_fails_once_is_not_yet_a_refusal() {
+        let mut c = context();
+        c.cfg.sasl.mechanism = SaslMechanism::OauthBearer;
+        let blip = "Failed to acquire SASL OAUTHBEARER token: token retrieval failed: HTTP 503";
+        c.hear(RDKafkaErrorCode::Fail, blip);
+        assert!(c.heard.lock().unwrap().refusal.is_none());
+        c.hear(RDKafkaErrorCode::Fail, blip);
+        assert!(c.heard.lock().unwrap().refusal.is_none());
+        c.hear(RDKafkaErrorCode::Fail, blip);
+        let keys = c.heard.lock().unwrap().refusal.clone().unwrap().0;
+        assert!(keys.contains("kafka.sasl.oauth_token_endpoint"), "{keys}");
+    }
+
+    #[test]
+    fn a_connection_refused_alone_is_no_refusal() {
+        let c = context();
+        for _ in 0..5 {
+            c.hear(
+                RDKafkaErrorCode::Fail,
+                "localhost:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused",
+            );
+        }
+        assert!(c.heard.lock().unwrap().refusal.is_none());
+    }
 }

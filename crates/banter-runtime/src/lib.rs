@@ -46,3 +46,17 @@ pub fn failpoint(name: &str) {
         std::process::abort();
     }
 }
+
+/// `s` percent-encoded for a URL path segment or query value (RFC 3986 unreserved characters
+/// kept, everything else as `%XX` of its UTF-8 bytes).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -39,16 +39,44 @@ pub const CONFLUENT_MAGIC: u8 = 0;
 /// Length of the Confluent header: magic and schema id.
 pub const CONFLUENT_HEADER_LEN: usize = 5;
 
+/// Why the registry could not help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry answered about this record: no schema has its id, the schema is not valid
+    /// Avro, or a schema was refused. The record cannot be read (or written) as it is.
+    #[error("{0}")]
+    Record(String),
+    /// The registry could not be asked or did not answer usefully (unreachable, timed out, a
+    /// server error, refused credentials): nothing is known about the record; ask again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl RegistryError {
+    /// Whether asking again later may succeed (the record is not at fault).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RegistryError::Unavailable(_))
+    }
+}
+
+impl From<RegistryError> for String {
+    fn from(e: RegistryError) -> String {
+        e.to_string()
+    }
+}
+
+type Reply<T> = mpsc::Sender<Result<T, RegistryError>>;
+
 /// A request to the registry thread.
 enum Call {
     Register {
         subject: String,
         schema: String,
-        reply: mpsc::Sender<Result<u32, String>>,
+        reply: Reply<u32>,
     },
     Schema {
         id: u32,
-        reply: mpsc::Sender<Result<String, String>>,
+        reply: Reply<String>,
     },
 }
 
@@ -109,13 +137,8 @@ impl Registry {
             return Ok(None);
         }
         let reg = &k.schema_registry;
-        let tls = crate::tls::connector("kafka.schema_registry.ca_file", &reg.ca_file)
+        let http = crate::tls::http_client("kafka.schema_registry.ca_file", &reg.ca_file)
             .map_err(|e| e.to_string())?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .use_preconfigured_tls(tls)
-            .build()
-            .map_err(|e| format!("kafka.schema_registry: {e}"))?;
         let (tx, rx) = mpsc::channel::<Call>();
         let cfg = reg.clone();
         std::thread::Builder::new()
@@ -155,19 +178,29 @@ impl Registry {
         }
     }
 
-    fn call<T>(
-        &self,
-        make: impl FnOnce(mpsc::Sender<Result<T, String>>) -> Call,
-    ) -> Result<T, String> {
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Call) -> Result<T, RegistryError> {
+        let gone =
+            |what: &str| RegistryError::Unavailable(format!("schema registry client {what}"));
         let (reply, answer) = mpsc::channel();
         self.calls
             .lock()
-            .map_err(|_| "schema registry client poisoned".to_owned())?
+            .map_err(|_| gone("poisoned"))?
             .send(make(reply))
-            .map_err(|_| "schema registry thread stopped".to_owned())?;
-        answer
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| format!("schema registry at {} did not answer", self.url))?
+            .map_err(|_| gone("thread stopped"))?;
+        answer.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+            RegistryError::Unavailable(format!("schema registry at {} did not answer", self.url))
+        })?
+    }
+
+    fn cache(&self) -> Result<std::sync::MutexGuard<'_, Cache>, RegistryError> {
+        self.cache
+            .lock()
+            .map_err(|_| RegistryError::Unavailable("schema registry cache poisoned".into()))
+    }
+
+    /// The fingerprint of the schema with registry id `id`, when this process knows it.
+    fn known(&self, id: u32) -> Result<Option<Fingerprint>, RegistryError> {
+        Ok(self.cache()?.by_id.get(&id).copied())
     }
 
     /// The registry id of the schema with fingerprint `fp` under `topic`'s subject, registering
@@ -177,13 +210,12 @@ impl Registry {
     /// # Errors
     /// The fingerprint is not a schema this process knows, or the registry refused it (a
     /// compatibility failure names the subject).
-    pub fn id_for(&self, topic: &str, fp: Fingerprint) -> Result<u32, String> {
+    pub fn id_for(&self, topic: &str, fp: Fingerprint) -> Result<u32, RegistryError> {
         let (subject, schema) = {
-            let cache = self.cache.lock().map_err(|_| "cache poisoned".to_owned())?;
-            let (name, json) = cache
-                .schemas
-                .get(&fp)
-                .ok_or_else(|| format!("no schema with fingerprint {fp} to register"))?;
+            let cache = self.cache()?;
+            let (name, json) = cache.schemas.get(&fp).ok_or_else(|| {
+                RegistryError::Record(format!("no schema with fingerprint {fp} to register"))
+            })?;
             let subject = self.subject(topic, name);
             if let Some(id) = cache.ids.get(&(subject.clone(), fp)) {
                 return Ok(*id);
@@ -195,7 +227,7 @@ impl Registry {
             schema,
             reply,
         })?;
-        let mut cache = self.cache.lock().map_err(|_| "cache poisoned".to_owned())?;
+        let mut cache = self.cache()?;
         cache.ids.insert((subject, fp), id);
         cache.by_id.insert(id, fp);
         Ok(id)
@@ -206,13 +238,14 @@ impl Registry {
     ///
     /// # Errors
     /// As [`Registry::id_for`].
-    pub fn prepare(&self, topic: &str, records: &[&str]) -> Result<(), String> {
+    pub fn prepare(&self, topic: &str, records: &[&str]) -> Result<(), RegistryError> {
         if self.format_of(topic) != WireFormat::Confluent {
             return Ok(());
         }
         for (name, json) in current_schemas() {
             if records.contains(&name) {
-                let fp = schema_fingerprint(json).map_err(|e| e.to_string())?;
+                let fp =
+                    schema_fingerprint(json).map_err(|e| RegistryError::Record(e.to_string()))?;
                 let id = self.id_for(topic, fp)?;
                 tracing::info!(topic, record = name, id, "schema registered");
             }
@@ -224,12 +257,16 @@ impl Registry {
     ///
     /// # Errors
     /// The record has no single-object header, or its schema cannot be registered.
-    pub fn frame<'a>(&self, topic: &str, single_object: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
+    pub fn frame<'a>(
+        &self,
+        topic: &str,
+        single_object: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, RegistryError> {
         if self.format_of(topic) != WireFormat::Confluent {
             return Ok(Cow::Borrowed(single_object));
         }
         if single_object.len() < HEADER_LEN || single_object[..2] != SINGLE_OBJECT_MAGIC {
-            return Err("not a single-object record".into());
+            return Err(RegistryError::Record("not a single-object record".into()));
         }
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&single_object[2..HEADER_LEN]);
@@ -247,28 +284,21 @@ impl Registry {
     /// named by fingerprint instead.
     ///
     /// # Errors
-    /// The registry does not know the id, or its schema is not valid Avro.
-    pub fn unframe<'a>(&self, bytes: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
-        if bytes.len() < CONFLUENT_HEADER_LEN || bytes[0] != CONFLUENT_MAGIC {
+    /// [`RegistryError::Record`]: the registry does not know the id, or its schema is not valid
+    /// Avro; [`RegistryError::Unavailable`]: the registry could not say.
+    pub fn unframe<'a>(&self, bytes: &'a [u8]) -> Result<Cow<'a, [u8]>, RegistryError> {
+        let Some(id) = confluent_id(bytes) else {
             return Ok(Cow::Borrowed(bytes));
-        }
-        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let known = self
-            .cache
-            .lock()
-            .map_err(|_| "cache poisoned".to_owned())?
-            .by_id
-            .get(&id)
-            .copied();
-        let fp = match known {
+        };
+        let fp = match self.known(id)? {
             Some(fp) => fp,
             None => {
                 let json = self.call(|reply| Call::Schema { id, reply })?;
-                let fp = schema_fingerprint(&json)
-                    .map_err(|e| format!("schema {id} from the registry: {e}"))?;
+                let bad = |e: String| RegistryError::Record(format!("schema {id}: {e}"));
+                let fp = schema_fingerprint(&json).map_err(|e| bad(e.to_string()))?;
                 // Readers of this record type resolve the writer's schema against theirs.
-                register_schema(&json).map_err(|e| format!("schema {id}: {e}"))?;
-                let mut cache = self.cache.lock().map_err(|_| "cache poisoned".to_owned())?;
+                register_schema(&json).map_err(|e| bad(e.to_string()))?;
+                let mut cache = self.cache()?;
                 cache.by_id.insert(id, fp);
                 if let Some(name) = full_name(&json) {
                     cache.schemas.entry(fp).or_insert((name, json));
@@ -294,25 +324,49 @@ impl Registry {
     pub async fn unframe_async<'a>(
         self: &Arc<Self>,
         bytes: &'a [u8],
-    ) -> Result<Cow<'a, [u8]>, String> {
-        if bytes.len() >= CONFLUENT_HEADER_LEN && bytes[0] == CONFLUENT_MAGIC {
-            let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-            let known = self
-                .cache
-                .lock()
-                .map_err(|_| "cache poisoned".to_owned())?
-                .by_id
-                .contains_key(&id);
-            if !known {
+    ) -> Result<Cow<'a, [u8]>, RegistryError> {
+        if let Some(id) = confluent_id(bytes) {
+            if self.known(id)?.is_none() {
                 let me = self.clone();
                 let header = bytes[..CONFLUENT_HEADER_LEN].to_vec();
                 tokio::task::spawn_blocking(move || me.unframe(&header).map(drop))
                     .await
-                    .map_err(|e| e.to_string())??;
+                    .map_err(|e| RegistryError::Unavailable(e.to_string()))??;
             }
         }
         self.unframe(bytes)
     }
+
+    /// [`Registry::unframe_async`], waiting out a registry that is unavailable: asked again
+    /// (1 s, 2 s, … up to 30 s apart, each failure logged) until it answers about the record,
+    /// or None once `stop` is cancelled. Only [`RegistryError::Record`] comes back as an error,
+    /// so a registry outage holds a reader up instead of costing it good records.
+    pub async fn unframe_waiting<'a>(
+        self: &Arc<Self>,
+        bytes: &'a [u8],
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<Result<Cow<'a, [u8]>, RegistryError>> {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match self.unframe_async(bytes).await {
+                Err(RegistryError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "schema registry unavailable; waiting");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => return None,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+/// The schema id of a Confluent-framed record, None for any other record.
+fn confluent_id(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= CONFLUENT_HEADER_LEN && bytes[0] == CONFLUENT_MAGIC)
+        .then(|| u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
 }
 
 /// Asks the registry for its subjects with the configured credentials (what `banter config
@@ -321,19 +375,16 @@ impl Registry {
 /// # Errors
 /// The request failed or was refused; the message names the settings to look at.
 pub async fn probe(cfg: &SchemaRegistryConfig) -> Result<String, String> {
-    let tls = crate::tls::connector("kafka.schema_registry.ca_file", &cfg.ca_file)
+    let http = crate::tls::http_client("kafka.schema_registry.ca_file", &cfg.ca_file)
         .map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .use_preconfigured_tls(tls)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut req = http.get(format!("{}/subjects", cfg.url.trim_end_matches('/')));
-    if !cfg.username.is_empty() {
-        req = req.basic_auth(&cfg.username, Some(cfg.password.expose()));
-    }
-    let resp = req.send().await.map_err(|e| describe(&e))?;
-    let subjects: Vec<String> = answer(resp, "listing subjects").await?;
+    let req = http.get(format!("{}/subjects", cfg.url.trim_end_matches('/')));
+    let resp = authenticated(req, cfg)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    let subjects: Vec<String> = answer(resp, "listing subjects")
+        .await
+        .map_err(String::from)?;
     Ok(format!("answers ({} subjects)", subjects.len()))
 }
 
@@ -346,13 +397,6 @@ fn serve(http: &reqwest::Client, cfg: &SchemaRegistryConfig, calls: &mpsc::Recei
         return;
     };
     let base = cfg.url.trim_end_matches('/');
-    let auth = |r: reqwest::RequestBuilder| {
-        if cfg.username.is_empty() {
-            r
-        } else {
-            r.basic_auth(&cfg.username, Some(cfg.password.expose()))
-        }
-    };
     while let Ok(call) = calls.recv() {
         match call {
             Call::Register {
@@ -360,14 +404,17 @@ fn serve(http: &reqwest::Client, cfg: &SchemaRegistryConfig, calls: &mpsc::Recei
                 schema,
                 reply,
             } => {
-                let url = format!("{base}/subjects/{}/versions", path_escape(&subject));
+                let url = format!(
+                    "{base}/subjects/{}/versions",
+                    crate::percent_encode(&subject)
+                );
                 let r = rt.block_on(async {
-                    let resp = auth(http.post(&url))
+                    let resp = authenticated(http.post(&url), cfg)
                         .header("content-type", "application/vnd.schemaregistry.v1+json")
                         .json(&RegisterBody { schema: &schema })
                         .send()
                         .await
-                        .map_err(|e| describe(&e))?;
+                        .map_err(|e| RegistryError::Unavailable(describe(&e)))?;
                     answer::<IdBody>(resp, &format!("registering under subject {subject}"))
                         .await
                         .map(|b| b.id)
@@ -377,10 +424,10 @@ fn serve(http: &reqwest::Client, cfg: &SchemaRegistryConfig, calls: &mpsc::Recei
             Call::Schema { id, reply } => {
                 let url = format!("{base}/schemas/ids/{id}");
                 let r = rt.block_on(async {
-                    let resp = auth(http.get(&url))
+                    let resp = authenticated(http.get(&url), cfg)
                         .send()
                         .await
-                        .map_err(|e| describe(&e))?;
+                        .map_err(|e| RegistryError::Unavailable(describe(&e)))?;
                     answer::<SchemaBody>(resp, &format!("schema id {id}"))
                         .await
                         .map(|b| b.schema)
@@ -392,17 +439,18 @@ fn serve(http: &reqwest::Client, cfg: &SchemaRegistryConfig, calls: &mpsc::Recei
 }
 
 /// A registry answer: the body on success, else the status and the registry's message with
-/// the settings to look at.
+/// the settings to look at. Only an answer about the request's content (404 no such schema,
+/// 409 incompatible, 422 invalid) is the record's fault; anything else (a server error,
+/// refused credentials, an answer that is not the registry's) says nothing about it.
 async fn answer<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,
     what: &str,
-) -> Result<T, String> {
+) -> Result<T, RegistryError> {
     let status = resp.status();
     if status.is_success() {
-        return resp
-            .json::<T>()
-            .await
-            .map_err(|e| format!("schema registry, {what}: unexpected answer: {e}"));
+        return resp.json::<T>().await.map_err(|e| {
+            RegistryError::Unavailable(format!("schema registry, {what}: unexpected answer: {e}"))
+        });
     }
     let text = resp.text().await.unwrap_or_default();
     let hint = match status.as_u16() {
@@ -410,36 +458,26 @@ async fn answer<T: serde::de::DeserializeOwned>(
         409 => " (the schema is not compatible with the subject's earlier versions)",
         _ => "",
     };
-    Err(format!(
-        "schema registry, {what}: {status}: {}{hint}",
-        text.trim()
-    ))
+    let message = format!("schema registry, {what}: {status}: {}{hint}", text.trim());
+    Err(match status.as_u16() {
+        404 | 409 | 422 => RegistryError::Record(message),
+        _ => RegistryError::Unavailable(message),
+    })
 }
 
-/// An HTTP client error with its causes, naming the CA setting for an untrusted certificate.
+/// A request that got no answer, naming the CA setting for an untrusted certificate.
 fn describe(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    if crate::tls::is_untrusted_certificate(e) {
-        out.push_str(" (check kafka.schema_registry.ca_file)");
-    }
-    out
+    crate::tls::send_error(e, "kafka.schema_registry.ca_file")
 }
 
-/// `s` percent-encoded for a URL path segment.
-fn path_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// `req` with the registry's basic auth, when set.
+fn authenticated(
+    req: reqwest::RequestBuilder,
+    cfg: &SchemaRegistryConfig,
+) -> reqwest::RequestBuilder {
+    if cfg.username.is_empty() {
+        req
+    } else {
+        req.basic_auth(&cfg.username, Some(cfg.password.expose()))
     }
-    out
 }

@@ -30,6 +30,46 @@ pub fn connector(key: &str, ca_file: &str) -> Result<native_tls::TlsConnector, C
         .map_err(|e| invalid(key, format!("cannot set up TLS: {e}")))
 }
 
+/// An HTTP client (10 s per request) trusting `ca_file`'s certificates (see [`connector`]).
+///
+/// # Errors
+/// As [`connector`]; the error names `key`.
+pub fn http_client(key: &str, ca_file: &str) -> Result<reqwest::Client, ConfigError> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .use_preconfigured_tls(connector(key, ca_file)?)
+        .build()
+        .map_err(|e| invalid(key, format!("cannot set up the HTTP client: {e}")))
+}
+
+/// An error and its causes on one line, each cause once (a TLS failure is several levels
+/// down in hyper's errors).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// A request that got no answer, on one line; an untrusted certificate names `ca_key`.
+pub fn send_error(e: &(dyn std::error::Error + 'static), ca_key: &str) -> String {
+    if is_untrusted_certificate(e) {
+        format!(
+            "{}: the server's certificate is not trusted (check {ca_key})",
+            error_chain(e)
+        )
+    } else {
+        error_chain(e)
+    }
+}
+
 /// Whether an HTTP client error was a TLS certificate the client did not trust, going by the
 /// error's chain of causes.
 pub fn is_untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {

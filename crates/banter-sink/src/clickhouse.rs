@@ -211,7 +211,7 @@ pub async fn connect(
                 return Err(ClickHouseSetupError::Refused {
                     url: cfg.url.clone(),
                     keys: refused_keys(&source).unwrap_or_default(),
-                    detail: error_chain(&source),
+                    detail: banter_runtime::tls::error_chain(&source),
                 })
             }
             Err(e) if Instant::now() >= deadline => {
@@ -238,21 +238,6 @@ pub async fn connect(
         version,
         database: cfg.database.clone(),
     })
-}
-
-/// An error and its causes on one line (a TLS failure is three levels down in hyper's).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = c.source();
-    }
-    out
 }
 
 #[cfg(test)]

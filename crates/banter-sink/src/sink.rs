@@ -684,9 +684,9 @@ async fn send_dead_letter(
     let bytes = match registry {
         Some(r) => r
             .frame(topic, &bytes)
-            .map_err(|detail| SinkError::Kafka {
+            .map_err(|e| SinkError::Kafka {
                 what: "dead letter schema",
-                detail,
+                detail: e.to_string(),
             })?
             .into_owned(),
         None => bytes,
@@ -760,7 +760,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || r.prepare(&dlq, &[DeadLetter::NAME]))
             .await
             .map_err(|e| e.to_string())
-            .and_then(|r| r)
+            .and_then(|r| r.map_err(String::from))
             .map_err(|detail| SinkError::Kafka {
                 what: "schema registry",
                 detail,
@@ -803,8 +803,13 @@ pub async fn run(
             let (partition, offset) = (m.partition(), m.offset());
             let raw = m.payload().unwrap_or_default();
             // A Confluent-framed record, read as the single-object one it carries.
+            // A registry that cannot be asked holds the sink up (nothing of the record is
+            // decided, nothing committed) until it answers or the sink stops.
             let unframed = match &registry {
-                Some(r) => r.unframe_async(raw).await,
+                Some(r) => match r.unframe_waiting(raw, &shutdown).await {
+                    Some(u) => u.map_err(String::from),
+                    None => break,
+                },
                 None => Ok(std::borrow::Cow::Borrowed(raw)),
             };
             let payload: &[u8] = match &unframed {

@@ -307,12 +307,34 @@ mod tests {
         assert_eq!(native.get("sasl.mechanisms"), Some("PLAIN"));
         assert_eq!(native.get("compression.type"), Some("zstd"));
         native.create_native_config().unwrap();
-        // Extra properties cannot weaken what exactly-once needs.
-        let p = write("[kafka.properties]\n\"acks\" = \"1\"\n\"enable.idempotence\" = \"false\"\n");
-        let c = Config::load(Some(&p), env(&[])).unwrap();
-        let native = banter_runtime::kafka::producer_config(&c.kafka, "t");
+        // Extra properties cannot weaken what exactly-once needs: refused, naming each, and
+        // overridden should they get through.
+        let p = write("[kafka.properties]\n\"acks\" = \"1\"\n\"enable.idempotence\" = \"false\"\n\"transactional.id\" = \"mine\"\n");
+        let err = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert_eq!(
+            err.keys(),
+            [
+                "kafka.properties.\"acks\"",
+                "kafka.properties.\"enable.idempotence\"",
+                "kafka.properties.\"transactional.id\""
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("banter sets this itself"), "{err}");
+        let mut k = banter_runtime::config::KafkaConfig::default();
+        k.properties.insert("acks".into(), "1".into());
+        k.properties
+            .insert("enable.idempotence".into(), "false".into());
+        let native = banter_runtime::kafka::producer_config(&k, "t");
         assert_eq!(native.get("acks"), Some("all"));
         assert_eq!(native.get("enable.idempotence"), Some("true"));
+        // A named setting's value in another case is the same value.
+        let p = write("[kafka]\nsecurity_protocol = \"ssl\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n");
+        Config::load(Some(&p), env(&[])).unwrap();
+        assert!(!banter_runtime::config::is_secret_key(
+            "oauth_token_endpoint"
+        ));
+        assert!(banter_runtime::config::is_secret_key("oauth_client_secret"));
     }
 
     #[test]

@@ -575,7 +575,8 @@ async fn replay(
         metrics.registry_mut(),
         &readiness,
         "replay",
-    )?;
+    )
+    .await?;
     let summary = banter_ingest::replay::replay(&state, file, restart, retries).await;
     drop(state);
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;

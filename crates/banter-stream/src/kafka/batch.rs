@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
+use banter_runtime::registry::RegistryError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -85,8 +86,10 @@ impl Batcher<'_> {
                 };
                 let payload = match unframed {
                     Ok(p) => p,
+                    // The registry said nothing about the record: the batch is tried again.
+                    Err(RegistryError::Unavailable(e)) => return Err(BatchError::Registry(e)),
                     Err(e) => {
-                        decoded.push(Err(("undecodable", e)));
+                        decoded.push(Err(("undecodable", e.to_string())));
                         continue;
                     }
                 };

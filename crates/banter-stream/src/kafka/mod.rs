@@ -167,7 +167,7 @@ pub fn run(
         )
         .and_then(|()| r.prepare(&k.topics.alerts, &[banter_model::SpikeAlert::NAME]))
         .and_then(|()| r.prepare(&k.topics.dlq, &[banter_model::DeadLetter::NAME]))
-        .map_err(StreamError::Registry)?;
+        .map_err(|e| StreamError::Registry(e.into()))?;
     }
     let mut producer = make_producer()?;
     tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, "stream started");
@@ -185,7 +185,11 @@ pub fn run(
     let reload_every = Duration::from_millis(settings.cta.reload_interval_ms);
     let mut last_reload_check = Instant::now();
     ready(true);
+    let mut registry_down = false;
     while !stop() {
+        if std::mem::take(&mut registry_down) {
+            std::thread::sleep(Duration::from_secs(1));
+        }
         if last_reload_check.elapsed() >= reload_every {
             last_reload_check = Instant::now();
             reload_campaigns(&mut campaigns, &consumer, &partitions, metrics, settings);
@@ -225,6 +229,8 @@ pub fn run(
                     producer = make_producer()?;
                 }
                 rewind(&consumer, &mut parts, &topics)?;
+                // A registry that cannot be asked is not asked again at once.
+                registry_down = matches!(e, transaction::BatchError::Registry(_));
             }
         }
         if last_gauges.elapsed() >= Duration::from_secs(5) {

@@ -9,6 +9,7 @@ use banter_model::codec::Encoder;
 use banter_model::{
     AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage,
 };
+use banter_runtime::registry::RegistryError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use thiserror::Error;
@@ -30,6 +31,9 @@ pub(super) enum BatchError {
     Encode { what: &'static str, message: String },
     #[error(transparent)]
     State(#[from] StateError),
+    /// The Schema Registry could not be asked (the batch is tried again).
+    #[error("{0}")]
+    Registry(String),
 }
 
 impl BatchError {
@@ -62,9 +66,10 @@ impl Topics {
     ) -> Result<std::borrow::Cow<'v, [u8]>, BatchError> {
         match &self.registry {
             None => Ok(std::borrow::Cow::Borrowed(value)),
-            Some(r) => r
-                .frame(topic, value)
-                .map_err(|message| BatchError::Encode { what, message }),
+            Some(r) => r.frame(topic, value).map_err(|e| match e {
+                RegistryError::Unavailable(m) => BatchError::Registry(m),
+                RegistryError::Record(message) => BatchError::Encode { what, message },
+            }),
         }
     }
 }
