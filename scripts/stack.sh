@@ -13,7 +13,7 @@
 # SERVICE is kafka, clickhouse, prometheus, alertmanager, alertmanager-tls or schema-registry
 # (default: all).
 # Ports (environment): BANTER_KAFKA_PORT=9092 BANTER_KAFKA_CONTROLLER_PORT=9095
-#   BANTER_KAFKA_SSL_PORT=9094 BANTER_KAFKA_SASL_PORT=9096
+#   BANTER_KAFKA_SSL_PORT=9094 BANTER_KAFKA_SASL_PORT=9096 BANTER_KAFKA_IAM_PORT=9098
 #   BANTER_CLICKHOUSE_HTTP_PORT=8123 BANTER_CLICKHOUSE_HTTPS_PORT=8443 BANTER_CLICKHOUSE_TCP_PORT=9000
 #   BANTER_PROMETHEUS_PORT=9090 BANTER_ALERTMANAGER_PORT=9093 BANTER_ALERTMANAGER_TLS_PORT=9097
 #   BANTER_SCHEMA_REGISTRY_PORT=8081 (Confluent's API at http://127.0.0.1:8081/apis/ccompat/v7)
@@ -24,6 +24,9 @@
 #   Kafka SSL     localhost:9094  TLS with client certificates required
 #   Kafka SASL    localhost:9096  SASL_SSL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (user `banter`,
 #                                 password `banter-kafka-secret`; SCRAM made with kafka-configs)
+#   Kafka IAM     localhost:9098  SASL_SSL OAUTHBEARER validated as Amazon MSK's IAM does
+#                                 (scripts/msk-iam/MskIamValidator.java): region us-east-1,
+#                                 access key AKIABANTERSTACK0001 / `banter-aws-secret`
 #   ClickHouse    https://localhost:8443 (user `banter`, password `banter-ch-secret`)
 #   Alertmanager  https://localhost:9097 (basic auth `banter` / `banter-am-secret`)
 # These passwords are for this local stack only.
@@ -40,6 +43,7 @@ KAFKA_PORT="${BANTER_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${BANTER_KAFKA_CONTROLLER_PORT:-9095}"
 KAFKA_SSL_PORT="${BANTER_KAFKA_SSL_PORT:-9094}"
 KAFKA_SASL_PORT="${BANTER_KAFKA_SASL_PORT:-9096}"
+KAFKA_IAM_PORT="${BANTER_KAFKA_IAM_PORT:-9098}"
 CH_HTTPS_PORT="${BANTER_CLICKHOUSE_HTTPS_PORT:-8443}"
 AM_TLS_PORT="${BANTER_ALERTMANAGER_TLS_PORT:-9097}"
 CH_HTTP_PORT="${BANTER_CLICKHOUSE_HTTP_PORT:-8123}"
@@ -138,26 +142,27 @@ EOF
 kafka_up() {
   if running kafka && port_open "$KAFKA_PORT"; then
     say "kafka already running on :$KAFKA_PORT"
-    port_open "$KAFKA_SSL_PORT" && port_open "$KAFKA_SASL_PORT" \
-      || die "kafka is running without its SSL/SASL listeners (started by an older stack.sh): scripts/stack.sh down kafka && scripts/stack.sh up kafka"
+    port_open "$KAFKA_SSL_PORT" && port_open "$KAFKA_SASL_PORT" && port_open "$KAFKA_IAM_PORT" \
+      || die "kafka is running without its SSL/SASL/IAM listeners (started by an older stack.sh): scripts/stack.sh down kafka && scripts/stack.sh up kafka"
     kafka_scram_users
     return 0
   fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set BANTER_KAFKA_PORT)"
   kafka_install
-  for p in "$KAFKA_SSL_PORT" "$KAFKA_SASL_PORT"; do
-    port_open "$p" && die "port $p is taken by another process (set BANTER_KAFKA_SSL_PORT / BANTER_KAFKA_SASL_PORT)"
+  for p in "$KAFKA_SSL_PORT" "$KAFKA_SASL_PORT" "$KAFKA_IAM_PORT"; do
+    port_open "$p" && die "port $p is taken by another process (set BANTER_KAFKA_SSL_PORT / BANTER_KAFKA_SASL_PORT / BANTER_KAFKA_IAM_PORT)"
   done
+  msk_iam_validator
   tls_material
   local dir="$STACK/kafka"; mkdir -p "$dir/data" "$STACK/logs"
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://localhost:$KAFKA_SSL_PORT,SASL_SSL://localhost:$KAFKA_SASL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT,IAM://127.0.0.1:$KAFKA_IAM_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://localhost:$KAFKA_SSL_PORT,SASL_SSL://localhost:$KAFKA_SASL_PORT,IAM://localhost:$KAFKA_IAM_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,IAM:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 ssl.keystore.type=PEM
 ssl.keystore.location=$TLS/server-keystore.pem
@@ -171,6 +176,10 @@ listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.p
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";
+listener.name.iam.ssl.client.auth=none
+listener.name.iam.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.iam.oauthbearer.sasl.server.callback.handler.class=banter.stack.MskIamValidator
+listener.name.iam.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker" access_key_id="AKIABANTERSTACK0001" secret_access_key="banter-aws-secret" region="us-east-1";
 log.dirs=$dir/data
 auto.create.topics.enable=false
 num.partitions=1
@@ -197,7 +206,7 @@ logger.kafka.level = INFO
 logger.state.name = state.change.logger
 logger.state.level = WARN
 EOF
-  local cp="$KAFKA_HOME/libs/*"
+  local cp="$KAFKA_HOME/libs/*:$MSK_IAM_CLASSES"
   if [[ ! -f "$dir/data/meta.properties" ]]; then
     local id; id="$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
     say "formatting kafka storage (cluster $id)"
@@ -210,7 +219,19 @@ EOF
     -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$cp" kafka.Kafka "$dir/server.properties"
   wait_until kafka kafka_ready
   kafka_scram_users
-  say "kafka ready (SSL on localhost:$KAFKA_SSL_PORT, SASL_SSL on localhost:$KAFKA_SASL_PORT)"
+  say "kafka ready (SSL on localhost:$KAFKA_SSL_PORT, SASL_SSL on localhost:$KAFKA_SASL_PORT, MSK-style IAM on localhost:$KAFKA_IAM_PORT)"
+}
+
+# The broker side of MSK's IAM authentication (scripts/msk-iam/MskIamValidator.java), compiled
+# against the broker's jars when missing or older than its source.
+MSK_IAM_CLASSES="$STACK/cache/msk-iam-validator"
+msk_iam_validator() {
+  local src="$ROOT/scripts/msk-iam/MskIamValidator.java" out="$MSK_IAM_CLASSES/banter/stack/MskIamValidator.class"
+  [[ -f "$out" && "$out" -nt "$src" ]] && return 0
+  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+  mkdir -p "$MSK_IAM_CLASSES"
+  javac -nowarn -cp "$KAFKA_HOME/libs/*" -d "$MSK_IAM_CLASSES" "$src" >"$STACK/logs/msk-iam-validator.log" 2>&1 \
+    || die "cannot compile $src: see $STACK/logs/msk-iam-validator.log"
 }
 
 # The SCRAM credentials of the SASL_SSL listener, stored in the cluster metadata (idempotent).

@@ -63,13 +63,20 @@ pub fn banter_cmd(cfg: &Config) -> Command {
     .env("BANTER_KAFKA__SSL__KEY_FILE", &k.ssl.key_file)
     .env(
         "BANTER_KAFKA__SASL__MECHANISM",
-        k.sasl.mechanism.as_librdkafka(),
+        k.sasl.mechanism.as_setting(),
     )
+    .env("BANTER_KAFKA__SASL__AWS_REGION", &k.sasl.aws_region)
     .env("BANTER_KAFKA__SASL__USERNAME", &k.sasl.username)
     .env("BANTER_KAFKA__SASL__PASSWORD", k.sasl.password.expose())
     .env("BANTER_CLICKHOUSE__USER", &ch.user)
     .env("BANTER_CLICKHOUSE__PASSWORD", ch.password.expose())
     .env("BANTER_CLICKHOUSE__CA_FILE", &ch.ca_file);
+    // AWS_MSK_IAM signs with the credentials the local stack's IAM listener knows.
+    if k.sasl.mechanism == banter_runtime::config::SaslMechanism::AwsMskIam {
+        c.envs(crate::STACK_AWS_CREDENTIALS)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE");
+    }
     // The wire format and its registry.
     let reg = &k.schema_registry;
     let format = match k.wire_format {

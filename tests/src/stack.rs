@@ -235,6 +235,26 @@ pub fn secured_sasl(cfg: &mut Config) {
     secured_clickhouse(cfg);
 }
 
+/// The AWS credentials the local stack's MSK-style IAM listener accepts (for child processes'
+/// environment).
+pub const STACK_AWS_CREDENTIALS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "AKIABANTERSTACK0001"),
+    ("AWS_SECRET_ACCESS_KEY", "banter-aws-secret"),
+];
+
+/// Points `cfg` at the local stack's MSK-style IAM listener (SASL_SSL OAUTHBEARER validated as
+/// MSK does, region us-east-1; the processes need [`STACK_AWS_CREDENTIALS`] in their
+/// environment) and its HTTPS ClickHouse.
+pub fn secured_msk_iam(cfg: &mut Config) {
+    use banter_runtime::config::{SaslMechanism, SecurityProtocol};
+    cfg.kafka.brokers = format!("localhost:{}", port("BANTER_KAFKA_IAM_PORT", 9098));
+    cfg.kafka.security_protocol = SecurityProtocol::SaslSsl;
+    cfg.kafka.ssl.ca_file = tls_file("ca.pem");
+    cfg.kafka.sasl.mechanism = SaslMechanism::AwsMskIam;
+    cfg.kafka.sasl.aws_region = "us-east-1".into();
+    secured_clickhouse(cfg);
+}
+
 /// Points `cfg` at the local stack's SSL listener with this client's certificate (the broker
 /// requires one) and its HTTPS ClickHouse.
 pub fn secured_mtls(cfg: &mut Config) {

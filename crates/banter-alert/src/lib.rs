@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use banter_model::{AlertState, AvroRecord, SpikeAlert};
 use banter_runtime::config::KafkaConfig;
-use banter_runtime::kafka::consumer_config;
+use banter_runtime::kafka::{consumer_config, KafkaContext};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -348,10 +348,10 @@ impl Tracker {
 }
 
 /// Reads the alerts topic from `lookback_ms` ago.
-fn consumer(k: &KafkaConfig, lookback_ms: i64) -> Result<StreamConsumer, AlertError> {
+fn consumer(k: &KafkaConfig, lookback_ms: i64) -> Result<StreamConsumer<KafkaContext>, AlertError> {
     let topic = &k.topics.alerts;
-    let c: StreamConsumer = consumer_config(k, "alert", "banter-alert")
-        .create()
+    let c: StreamConsumer<KafkaContext> = consumer_config(k, "alert", "banter-alert")
+        .create_with_context(KafkaContext::new(k))
         .map_err(kafka("consumer config"))?;
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))

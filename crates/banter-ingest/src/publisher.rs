@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use banter_model::{AvroRecord, DeadLetter, EngagementEvent};
 use banter_runtime::config::KafkaConfig;
-use banter_runtime::kafka::producer_config;
+use banter_runtime::kafka::{producer_config, KafkaContext};
 use banter_runtime::registry::Registry as SchemaRegistry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,7 +30,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -181,9 +181,12 @@ impl Publisher {
                 .set("transaction.timeout.ms", "60000")
                 .set("queue.buffering.max.messages", "1000000")
                 .set("queue.buffering.max.kbytes", "1048576");
-            let producer: ThreadedProducer<DefaultProducerContext> = cfg.create()?;
+            let context = KafkaContext::new(kafka);
+            let producer: ThreadedProducer<KafkaContext> =
+                cfg.create_with_context(context.clone())?;
             workers.push(Worker {
                 config: cfg,
+                context,
                 producer,
                 registry: registry.clone(),
                 metrics: metrics.clone(),
@@ -302,7 +305,8 @@ fn classify(e: &KafkaError) -> Next {
 
 struct Worker {
     config: ClientConfig,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    context: KafkaContext,
+    producer: ThreadedProducer<KafkaContext>,
     registry: Option<Arc<SchemaRegistry>>,
     metrics: PublisherMetrics,
     max_batch: usize,
@@ -405,7 +409,7 @@ impl Worker {
         tracing::warn!(error = %cause, "recreating the kafka producer");
         self.producer = self
             .config
-            .create()
+            .create_with_context(self.context.clone())
             .map_err(|e| PublishError::Unavailable(format!("cannot recreate the producer: {e}")))?;
         self.state = TxState::Uninitialized;
         Ok(())

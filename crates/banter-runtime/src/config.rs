@@ -318,16 +318,28 @@ pub enum SaslMechanism {
     /// OAuth 2 bearer tokens from an OIDC token endpoint (client credentials).
     #[serde(rename = "OAUTHBEARER")]
     OauthBearer,
+    /// Amazon MSK's IAM authentication: OAUTHBEARER with tokens banter signs (SigV4) from the
+    /// AWS credentials of the environment or the shared credentials file.
+    #[serde(rename = "AWS_MSK_IAM")]
+    AwsMskIam,
 }
 
 impl SaslMechanism {
+    /// The value of `kafka.sasl.mechanism` that names it.
+    pub fn as_setting(self) -> &'static str {
+        match self {
+            SaslMechanism::AwsMskIam => "AWS_MSK_IAM",
+            other => other.as_librdkafka(),
+        }
+    }
+
     /// librdkafka's `sasl.mechanisms` value.
     pub fn as_librdkafka(self) -> &'static str {
         match self {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-            SaslMechanism::OauthBearer => "OAUTHBEARER",
+            SaslMechanism::OauthBearer | SaslMechanism::AwsMskIam => "OAUTHBEARER",
         }
     }
 }
@@ -336,7 +348,7 @@ impl SaslMechanism {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSasl {
-    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` or `AWS_MSK_IAM`.
     pub mechanism: SaslMechanism,
     /// User name (PLAIN, SCRAM).
     pub username: String,
@@ -352,6 +364,8 @@ pub struct KafkaSasl {
     pub oauth_scope: String,
     /// OAUTHBEARER: SASL extensions, `key=value,…` (Confluent Cloud's `logicalCluster=…,identityPoolId=…`).
     pub oauth_extensions: String,
+    /// AWS_MSK_IAM: the cluster's AWS region (`us-east-1`).
+    pub aws_region: String,
 }
 
 /// Topic names and layout.
@@ -846,6 +860,25 @@ impl KafkaConfig {
                                 "must be set for {} (e.g. {{ env = \"KAFKA_PASSWORD\" }})",
                                 sasl.mechanism.as_librdkafka()
                             ),
+                        ));
+                    }
+                }
+                SaslMechanism::AwsMskIam => {
+                    let r = sasl.aws_region.as_str();
+                    let valid = !r.is_empty()
+                        && r.split('-').count() >= 3
+                        && r.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                    if !valid {
+                        p.push(invalid(
+                            "kafka.sasl.aws_region",
+                            format!("`{r}` must be the cluster's AWS region (e.g. us-east-1) for AWS_MSK_IAM"),
+                        ));
+                    }
+                    if !proto.tls() {
+                        p.push(invalid(
+                            "kafka.security_protocol",
+                            "must be sasl_ssl for AWS_MSK_IAM (MSK's IAM listener is TLS only)",
                         ));
                     }
                 }

@@ -126,6 +126,8 @@ fn security_properties(cfg: &KafkaConfig) -> Vec<(&'static str, String)> {
                     out.push(("sasl.oauthbearer.extensions", sasl.oauth_extensions.clone()));
                 }
             }
+            // Tokens come from the client context (KafkaContext).
+            SaslMechanism::AwsMskIam => {}
             _ => {
                 out.push(("sasl.username", sasl.username.clone()));
                 out.push(("sasl.password", sasl.password.expose().to_owned()));
@@ -133,6 +135,73 @@ fn security_properties(cfg: &KafkaConfig) -> Vec<(&'static str, String)> {
         }
     }
     out
+}
+
+/// The client context of every banter Kafka client: it makes the OAUTHBEARER tokens of
+/// `AWS_MSK_IAM` (librdkafka asks for one when it connects and again at 80 % of a token's
+/// life). With any other mechanism it is never asked: librdkafka's OIDC client refreshes
+/// its own tokens.
+///
+/// rdkafka's `AdminClient` does not serve the queue token requests arrive on, so it cannot
+/// authenticate with `AWS_MSK_IAM` ([`ensure_topics`] says so).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaContext {
+    /// The cluster's region when the mechanism is AWS_MSK_IAM.
+    msk_region: Option<String>,
+}
+
+impl KafkaContext {
+    /// The context for clients of `cfg`.
+    pub fn new(cfg: &KafkaConfig) -> KafkaContext {
+        KafkaContext {
+            msk_region: (cfg.security_protocol.sasl()
+                && cfg.sasl.mechanism == SaslMechanism::AwsMskIam)
+                .then(|| cfg.sasl.aws_region.clone()),
+        }
+    }
+
+    /// A token for the brokers, or why there is none.
+    ///
+    /// # Errors
+    /// Not AWS_MSK_IAM, or no AWS credentials were found.
+    pub fn token(&self) -> Result<rdkafka::client::OAuthToken, String> {
+        let Some(region) = &self.msk_region else {
+            return Err(
+                "no OAUTHBEARER token source (kafka.sasl.mechanism is not AWS_MSK_IAM)".into(),
+            );
+        };
+        let creds = crate::aws::Credentials::find(|k| std::env::var(k).ok())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let t = crate::aws::msk_token(&creds, region, now);
+        tracing::debug!(key = %creds.access_key_id, %region, "signed an MSK IAM token");
+        Ok(rdkafka::client::OAuthToken {
+            token: t.token,
+            principal_name: "kafka-cluster".into(),
+            lifetime_ms: t.expires_ms,
+        })
+    }
+}
+
+impl rdkafka::ClientContext for KafkaContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.token().map_err(Into::into)
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for KafkaContext {}
+
+impl rdkafka::producer::ProducerContext for KafkaContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, (): ()) {}
 }
 
 /// librdkafka's spelling of a property: `sasl.mechanism` is an alias of `sasl.mechanisms`.
@@ -247,11 +316,14 @@ pub fn producer_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
 ///
 /// # Errors
 /// librdkafka rejects the configuration.
-pub fn producer(cfg: &KafkaConfig, role: &str) -> Result<FutureProducer, KafkaSetupError> {
+pub fn producer(
+    cfg: &KafkaConfig,
+    role: &str,
+) -> Result<FutureProducer<KafkaContext>, KafkaSetupError> {
     producer_config(cfg, role)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
-        .create()
+        .create_with_context(KafkaContext::new(cfg))
         .map_err(|source| KafkaSetupError::Client {
             what: "producer config",
             source,
@@ -270,13 +342,16 @@ pub fn consumer_config(cfg: &KafkaConfig, role: &str, group: &str) -> ClientConf
 }
 
 /// A client for metadata requests only.
-fn probe(cfg: &KafkaConfig) -> Result<BaseConsumer, KafkaSetupError> {
-    base_config(cfg, "probe")
-        .create()
+fn probe(cfg: &KafkaConfig) -> Result<BaseConsumer<KafkaContext>, KafkaSetupError> {
+    let c: BaseConsumer<KafkaContext> = base_config(cfg, "probe")
+        .create_with_context(KafkaContext::new(cfg))
         .map_err(|source| KafkaSetupError::Client {
             what: "probe config",
             source,
-        })
+        })?;
+    // Serves a token request (AWS_MSK_IAM) before the first metadata request needs it.
+    let _ = c.poll(Duration::ZERO);
+    Ok(c)
 }
 
 /// Keeps the last connection error librdkafka reports, which a metadata request does not
@@ -299,6 +374,7 @@ const SOFT_REFUSALS: u32 = 3;
 struct ProbeContext {
     cfg: KafkaConfig,
     heard: std::sync::Mutex<Heard>,
+    tokens: KafkaContext,
 }
 
 impl ProbeContext {
@@ -338,6 +414,22 @@ impl rdkafka::ClientContext for ProbeContext {
             reason,
         );
     }
+
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.tokens.token().map_err(|e| {
+            // Heard as a refusal: the credentials are the setting to look at.
+            self.hear(
+                RDKafkaErrorCode::Authentication,
+                &format!("MSK IAM token: {e}"),
+            );
+            e.into()
+        })
+    }
 }
 
 impl rdkafka::consumer::ConsumerContext for ProbeContext {}
@@ -364,6 +456,9 @@ pub fn refusal(cfg: &KafkaConfig, code: RDKafkaErrorCode, detail: &str) -> Optio
     let sasl_keys = match cfg.sasl.mechanism {
         SaslMechanism::OauthBearer => {
             "kafka.sasl.oauth_token_endpoint, kafka.sasl.oauth_client_id, kafka.sasl.oauth_client_secret"
+        }
+        SaslMechanism::AwsMskIam => {
+            "kafka.sasl.aws_region and the AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, or AWS_PROFILE), which need kafka-cluster:Connect"
         }
         _ => "kafka.sasl.username, kafka.sasl.password, kafka.sasl.mechanism",
     };
@@ -424,6 +519,7 @@ pub async fn wait_for_broker(cfg: &KafkaConfig, timeout: Duration) -> Result<(),
         .create_with_context(ProbeContext {
             cfg: cfg.clone(),
             heard: std::sync::Mutex::default(),
+            tokens: KafkaContext::new(cfg),
         })
         .map_err(|source| KafkaSetupError::Client {
             what: "probe config",
@@ -545,6 +641,16 @@ pub async fn ensure_topics(
     cfg: &KafkaConfig,
     topics: &[TopicSpec],
 ) -> Result<Vec<(String, TopicOutcome)>, KafkaSetupError> {
+    if cfg.security_protocol.sasl() && cfg.sasl.mechanism == SaslMechanism::AwsMskIam {
+        return Err(KafkaSetupError::Topic {
+            topic: topics
+                .iter()
+                .map(|t| format!("{} ({} partitions)", t.name, t.partitions))
+                .collect::<Vec<_>>()
+                .join(", "),
+            detail: "topics cannot be created over AWS_MSK_IAM (rdkafka's admin client cannot sign its own tokens): create them with kafka-topics.sh or the AWS console, or run `banter topics` once with SCRAM credentials".into(),
+        });
+    }
     let admin: AdminClient<DefaultClientContext> =
         base_config(cfg, "admin")
             .create()
@@ -629,6 +735,7 @@ mod tests {
         let mut cfg = KafkaConfig::default();
         cfg.sasl.mechanism = SaslMechanism::ScramSha512;
         ProbeContext {
+            tokens: KafkaContext::new(&cfg),
             cfg,
             heard: std::sync::Mutex::default(),
         }

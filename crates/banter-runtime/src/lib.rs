@@ -3,6 +3,7 @@
 //! Kafka clients set up the way the pipeline needs them ([`kafka`]). Each stage's own settings
 //! live in its crate.
 
+pub mod aws;
 pub mod config;
 pub mod http;
 pub mod kafka;

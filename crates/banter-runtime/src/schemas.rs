@@ -139,11 +139,13 @@ impl SchemaLookup {
     /// The topic cannot be read.
     pub fn refresh(&self) -> Result<usize, String> {
         let topic = &self.cfg.topics.schemas;
-        let consumer: BaseConsumer = base_config(&self.cfg, "schemas")
+        let consumer: BaseConsumer<crate::kafka::KafkaContext> = base_config(&self.cfg, "schemas")
             .set("group.id", "banter-schema-lookup")
             .set("enable.auto.commit", "false")
-            .create()
+            .create_with_context(crate::kafka::KafkaContext::new(&self.cfg))
             .map_err(|e| e.to_string())?;
+        // Serves a token request (AWS_MSK_IAM) before the metadata request needs it.
+        let _ = consumer.poll(Duration::ZERO);
         let timeout = Duration::from_secs(10);
         let md = consumer
             .fetch_metadata(Some(topic), timeout)

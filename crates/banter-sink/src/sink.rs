@@ -27,7 +27,7 @@ use banter_model::{
     Stage, WindowKind,
 };
 use banter_runtime::config::KafkaConfig;
-use banter_runtime::kafka::{consumer_config, producer};
+use banter_runtime::kafka::{consumer_config, producer, KafkaContext};
 use banter_runtime::registry::Registry as SchemaRegistry;
 
 use crate::clickhouse::ClickHouse;
@@ -558,7 +558,7 @@ where
 struct Writer<'a> {
     ch: &'a ClickHouse,
     metrics: &'a SinkMetrics,
-    producer: &'a FutureProducer,
+    producer: &'a FutureProducer<KafkaContext>,
     registry: Option<&'a Arc<SchemaRegistry>>,
     dlq: &'a str,
     max_backoff: Duration,
@@ -670,7 +670,7 @@ impl Writer<'_> {
 }
 
 async fn send_dead_letter(
-    producer: &FutureProducer,
+    producer: &FutureProducer<KafkaContext>,
     registry: Option<&Arc<SchemaRegistry>>,
     topic: &str,
     dl: DeadLetter,
@@ -729,10 +729,10 @@ pub async fn run(
     metrics: SinkMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), SinkError> {
-    let consumer: StreamConsumer = consumer_config(k, "sink", &sc.group_id)
+    let consumer: StreamConsumer<KafkaContext> = consumer_config(k, "sink", &sc.group_id)
         // Retrying ClickHouse holds the batch without polling; stay in the group meanwhile.
         .set("max.poll.interval.ms", "3600000")
-        .create()
+        .create_with_context(KafkaContext::new(k))
         .map_err(|e| SinkError::Kafka {
             what: "consumer config",
             detail: e.to_string(),

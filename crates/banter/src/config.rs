@@ -293,6 +293,27 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("kafka.security_protocol"), "{err}");
+        // AWS_MSK_IAM: a region, over TLS; OAUTHBEARER with tokens from the client context.
+        let err = load(&[
+            ("BANTER_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("BANTER_KAFKA__SASL__MECHANISM", "AWS_MSK_IAM"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.keys(),
+            ["kafka.sasl.aws_region", "kafka.security_protocol"],
+            "{err}"
+        );
+        let c = load(&[
+            ("BANTER_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("BANTER_KAFKA__SASL__MECHANISM", "AWS_MSK_IAM"),
+            ("BANTER_KAFKA__SASL__AWS_REGION", "eu-west-1"),
+        ])
+        .unwrap();
+        let native = banter_runtime::kafka::producer_config(&c.kafka, "t");
+        assert_eq!(native.get("sasl.mechanisms"), Some("OAUTHBEARER"));
+        assert_eq!(native.get("sasl.oauthbearer.method"), None);
+        native.create_native_config().unwrap();
         // A whole, valid set.
         let c = load(&[
             ("BANTER_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),

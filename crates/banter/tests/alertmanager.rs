@@ -10,7 +10,7 @@ use std::time::Duration;
 use banter::Config;
 use banter_model::{AlertState, AvroRecord, SpikeAlert};
 use banter_testkit::*;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,7 @@ fn spike(account: &str, state: AlertState, now: i64) -> SpikeAlert {
 }
 
 async fn publish(cfg: &Config, a: &SpikeAlert) {
-    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
     producer
         .send(
             FutureRecord::to(&cfg.kafka.topics.alerts)
@@ -182,7 +182,7 @@ async fn an_alert_written_by_a_newer_version_reaches_alertmanager() {
     banter_runtime::schemas::publish(&cfg.kafka, Some(&[schema.as_str()]))
         .await
         .unwrap();
-    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
     producer
         .send(
             FutureRecord::to(&cfg.kafka.topics.alerts)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use banter_model::{AlertState, AvroRecord, DeadLetter, Rollup, SpikeAlert, Stage, WindowKind};
 use banter_testkit::*;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use serde_json::Value;
 
@@ -214,7 +214,7 @@ async fn a_rejected_row_is_dead_lettered_and_the_others_land() {
     migrate(&cfg);
     // 20 good rows and one whose window ends before it starts, which the table refuses.
     let t0 = 1_795_000_000_000i64;
-    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
     let mut rows: Vec<Rollup> = (0..20)
         .map(|i| rollup("acct-ok", t0 + i * 60_000, t0 + (i + 1) * 60_000, i))
         .collect();
@@ -291,7 +291,7 @@ async fn a_table_that_no_longer_matches_the_rows_stops_the_sink_instead_of_dead_
         .await
         .unwrap();
     let t0 = 1_795_000_000_000i64;
-    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
     for i in 0..5 {
         let r = rollup("acct-1", t0 + i * 60_000, t0 + (i + 1) * 60_000, i);
         let bytes = Rollup::codec().encode(&r).unwrap();
@@ -451,7 +451,7 @@ async fn a_crash_between_insert_and_commit_doubles_no_alert_and_no_dead_letter()
     cfg.clickhouse.database = db.name.clone();
     let dir = test_dir("banter-sink-crash");
     migrate(&cfg);
-    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
     let send = |topic: String, bytes: Vec<u8>| {
         let producer = producer.clone();
         async move {
@@ -676,7 +676,7 @@ async fn records_of_a_newer_writer_schema_are_resolved_by_stream_and_sink() {
     banter_runtime::schemas::publish(&cfg.kafka, Some(&schemas))
         .await
         .unwrap();
-    let producer: FutureProducer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
     let t0 = 1_795_000_000_000i64 - 1_795_000_000_000i64 % 60_000;
     let mut events: Vec<EngagementEvent> = (0..30)
         .map(|i| {

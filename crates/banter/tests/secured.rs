@@ -163,6 +163,71 @@ fn connect_check(cfg: &banter::Config, role: &str, vars: &[(&str, String)]) -> (
     )
 }
 
+/// Amazon MSK's IAM authentication, through the local stack's listener that validates tokens
+/// as MSK does (the SigV4 signature recomputed with the access key's secret): the generator,
+/// the stream and the sink sign their own tokens from the AWS credentials in their
+/// environment and the whole pipeline runs; a wrong secret or no credentials are refused at
+/// once, naming what to look at; topics cannot be created over it, and `banter topics` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msk_iam_tokens_carry_the_pipeline_and_a_wrong_secret_is_refused() {
+    let mut cfg = fresh_pipeline_config("mskiam").await;
+    secured_msk_iam(&mut cfg);
+    let (ok, out) = connect_check(&cfg, "stream", &[]);
+    assert!(ok, "the stack's AWS credentials connect:\n{out}");
+    for (what, vars) in [
+        (
+            "a wrong secret access key",
+            vec![("AWS_SECRET_ACCESS_KEY", "not-the-secret".to_owned())],
+        ),
+        (
+            "an unknown access key",
+            vec![("AWS_ACCESS_KEY_ID", "AKIAUNKNOWN000000000".to_owned())],
+        ),
+        (
+            "no credentials at all",
+            vec![
+                ("AWS_ACCESS_KEY_ID", String::new()),
+                ("AWS_SECRET_ACCESS_KEY", String::new()),
+                (
+                    "AWS_SHARED_CREDENTIALS_FILE",
+                    "/nonexistent/credentials".to_owned(),
+                ),
+            ],
+        ),
+    ] {
+        let t0 = Instant::now();
+        let (ok, out) = connect_check(&cfg, "stream", &vars);
+        assert!(!ok, "{what}: config check --connect passed:\n{out}");
+        assert!(
+            out.contains("FAILED") && out.contains("AWS_SECRET_ACCESS_KEY"),
+            "{what}: the AWS credentials are not named in:\n{out}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(12),
+            "{what}: took {:?}",
+            t0.elapsed()
+        );
+    }
+    let out = banter_cmd(&cfg).arg("topics").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("AWS_MSK_IAM"),
+        "banter topics over IAM: {text}"
+    );
+
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let dir = test_dir("banter-msk-iam");
+    migrate(&cfg);
+    finish(generate(&cfg, &dir, 0), "banter generate");
+    let stream = start_role(&cfg, "stream", "stream", &dir);
+    let sink = start_role(&cfg, "sink", "sink", &dir);
+    clickhouse_match(&db.ch, &dir, Duration::from_secs(120)).await;
+    stop(sink);
+    stop(stream);
+    db.drop_now(&cfg).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_or_an_untrusted_certificate_fails_at_once_naming_the_setting() {
     let mut cfg = config();

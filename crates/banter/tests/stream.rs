@@ -19,8 +19,7 @@ async fn generated_workload_gives_the_expected_rollups_and_dead_letters() {
     finish(generate(&cfg, &dir, 0), "banter generate");
     // A record that is not an EngagementEvent among them.
     let garbage = b"not avro at all".to_vec();
-    let producer: rdkafka::producer::FutureProducer =
-        banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
     producer
         .send(
             rdkafka::producer::FutureRecord::to(&cfg.kafka.topics.events)

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
+use banter_runtime::kafka::KafkaContext;
 use banter_runtime::registry::RegistryError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
@@ -27,7 +28,7 @@ pub(super) type Record = (i32, i64, Vec<u8>);
 /// What every batch is processed with.
 pub(super) struct Batcher<'a> {
     pub consumer: &'a BaseConsumer<Rebalance>,
-    pub producer: &'a BaseProducer,
+    pub producer: &'a BaseProducer<KafkaContext>,
     pub topics: &'a Topics,
     pub config: &'a StreamConfig,
     pub metrics: &'a StreamMetrics,

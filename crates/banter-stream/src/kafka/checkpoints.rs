@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -63,7 +63,7 @@ pub(super) fn checkpoint_partition(input_partition: i32, checkpoint_partitions: 
 
 /// Reads the latest committed checkpoint and changelogs of input partitions.
 pub(super) struct CheckpointReader {
-    pub consumer: BaseConsumer<DefaultConsumerContext>,
+    pub consumer: BaseConsumer<banter_runtime::kafka::KafkaContext>,
     pub topic: String,
     pub input: String,
     pub timeout: Duration,

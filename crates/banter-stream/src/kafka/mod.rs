@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banter_runtime::config::KafkaConfig;
-use banter_runtime::kafka::{base_config, consumer_config, producer_config};
+use banter_runtime::kafka::{base_config, consumer_config, producer_config, KafkaContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -98,12 +98,14 @@ pub fn run(
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(KafkaContext::new(k))
             .map_err(kafka("checkpoint reader config"))?,
         topic: k.topics.checkpoints.clone(),
         input: k.topics.events.clone(),
         timeout: Duration::from_millis(sc.transaction_timeout_ms * 3),
     };
+    // Serves a token request (AWS_MSK_IAM) before the metadata request needs it.
+    let _ = reader.consumer.poll(Duration::ZERO);
     let checkpoint_partitions = reader.partitions().map_err(StreamError::Restore)?;
     let mut campaigns =
         CampaignSource::open(&settings.cta.campaigns_file).map_err(StreamError::Campaigns)?;
@@ -118,6 +120,7 @@ pub fn run(
         }),
         input: k.topics.events.clone(),
         metrics: metrics.clone(),
+        tokens: KafkaContext::new(k),
     };
     let consumer: BaseConsumer<Rebalance> = consumer_config(k, "stream", &sc.group_id)
         .set("partition.assignment.strategy", "range")
@@ -136,8 +139,8 @@ pub fn run(
         .subscribe(&[&k.topics.events])
         .map_err(kafka("subscribe"))?;
     let transactional_id = format!("{}-{instance}", sc.group_id);
-    let make_producer = || -> Result<BaseProducer, StreamError> {
-        let p: BaseProducer = producer_config(k, "stream")
+    let make_producer = || -> Result<BaseProducer<KafkaContext>, StreamError> {
+        let p: BaseProducer<KafkaContext> = producer_config(k, "stream")
             .set("transactional.id", &transactional_id)
             .set(
                 "transaction.timeout.ms",
@@ -145,8 +148,10 @@ pub fn run(
             )
             .set("linger.ms", "10")
             .set("queue.buffering.max.messages", "1000000")
-            .create()
+            .create_with_context(KafkaContext::new(k))
             .map_err(kafka("producer config"))?;
+        // Serves a token request (AWS_MSK_IAM) before init_transactions waits for the broker.
+        p.poll(Duration::ZERO);
         p.init_transactions(Duration::from_secs(60))
             .map_err(kafka("init transactions"))?;
         Ok(p)

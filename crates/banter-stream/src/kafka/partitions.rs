@@ -93,6 +93,8 @@ pub(super) struct Rebalance {
     pub setup: Mutex<Setup>,
     pub input: String,
     pub metrics: StreamMetrics,
+    /// Tokens for AWS_MSK_IAM.
+    pub tokens: banter_runtime::kafka::KafkaContext,
 }
 
 impl Rebalance {
@@ -153,7 +155,16 @@ impl Rebalance {
     }
 }
 
-impl ClientContext for Rebalance {}
+impl ClientContext for Rebalance {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.tokens.token().map_err(Into::into)
+    }
+}
 
 impl ConsumerContext for Rebalance {
     fn rebalance(

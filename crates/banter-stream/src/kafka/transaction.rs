@@ -9,6 +9,7 @@ use banter_model::codec::Encoder;
 use banter_model::{
     AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage,
 };
+use banter_runtime::kafka::KafkaContext;
 use banter_runtime::registry::RegistryError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -76,7 +77,7 @@ impl Topics {
 
 /// The open transaction of a batch, begun with its first record.
 pub(super) struct Transaction<'a> {
-    producer: &'a BaseProducer,
+    producer: &'a BaseProducer<KafkaContext>,
     topics: &'a Topics,
     metrics: &'a StreamMetrics,
     open: bool,
@@ -85,7 +86,11 @@ pub(super) struct Transaction<'a> {
 }
 
 impl<'a> Transaction<'a> {
-    pub fn new(producer: &'a BaseProducer, topics: &'a Topics, metrics: &'a StreamMetrics) -> Self {
+    pub fn new(
+        producer: &'a BaseProducer<KafkaContext>,
+        topics: &'a Topics,
+        metrics: &'a StreamMetrics,
+    ) -> Self {
         Transaction {
             producer,
             topics,
