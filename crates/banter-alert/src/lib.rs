@@ -348,11 +348,17 @@ impl Tracker {
 }
 
 /// Reads the alerts topic from `lookback_ms` ago.
-fn consumer(k: &KafkaConfig, lookback_ms: i64) -> Result<StreamConsumer<KafkaContext>, AlertError> {
+async fn consumer(
+    k: &KafkaConfig,
+    lookback_ms: i64,
+) -> Result<StreamConsumer<KafkaContext>, AlertError> {
     let topic = &k.topics.alerts;
     let c: StreamConsumer<KafkaContext> = consumer_config(k, "alert", "banter-alert")
         .create_with_context(KafkaContext::new(k))
         .map_err(kafka("consumer config"))?;
+    // Serves a token request (AWS_MSK_IAM) before the metadata request needs it: only
+    // receiving polls a stream consumer (nothing is assigned yet, so nothing is received).
+    let _ = tokio::time::timeout(Duration::from_millis(50), c.recv()).await;
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(kafka("alerts topic metadata"))?;
@@ -389,6 +395,58 @@ fn consumer(k: &KafkaConfig, lookback_ms: i64) -> Result<StreamConsumer<KafkaCon
     }
     c.assign(&assign).map_err(kafka("assign"))?;
     Ok(c)
+}
+
+/// What an alert record read as.
+enum Read {
+    Alert(SpikeAlert),
+    /// Not a SpikeAlert (skipped).
+    Bad(String),
+    /// The schema registry could not be asked: try again later.
+    Wait(String),
+}
+
+/// Decodes an alert record: Confluent-framed ones through the registry, a newer (or older)
+/// writer's through the schema topic.
+async fn read_alert(
+    registry: Option<&std::sync::Arc<banter_runtime::registry::Registry>>,
+    schemas: &banter_runtime::schemas::SchemaLookup,
+    codec: &banter_model::codec::Codec<SpikeAlert>,
+    payload: Option<&[u8]>,
+) -> Read {
+    let Some(p) = payload else {
+        return Read::Bad("no payload".into());
+    };
+    let p = match registry {
+        None => std::borrow::Cow::Borrowed(p),
+        Some(r) => match r.unframe_async(p).await {
+            Ok(p) => p,
+            Err(e) if e.is_unavailable() => return Read::Wait(e.to_string()),
+            Err(e) => return Read::Bad(e.to_string()),
+        },
+    };
+    match codec.decode(&p).or_else(|e| {
+        if schemas.resolve(&p) {
+            codec.decode(&p)
+        } else {
+            Err(e)
+        }
+    }) {
+        Ok(a) => Read::Alert(a),
+        Err(e) => Read::Bad(e.to_string()),
+    }
+}
+
+/// Hands an alert to every Alertmanager's tracker.
+fn take(targets: &mut [Target], metrics: &AlertMetrics, cfg: &AlertingConfig, a: &SpikeAlert) {
+    metrics
+        .records
+        .get_or_create(&vec![("state".to_owned(), a.state.as_str().to_owned())])
+        .inc();
+    let now = Instant::now();
+    for t in targets {
+        t.tracker.take(a.clone(), cfg.critical_z, now);
+    }
 }
 
 /// One Alertmanager delivery posts to: its own copy of what is held, so each gets every alert
@@ -510,7 +568,7 @@ pub async fn run(
         })
         .collect();
     let http = http_client(cfg)?;
-    let consumer = consumer(k, cfg.lookback_ms)?;
+    let consumer = consumer(k, cfg.lookback_ms).await?;
     let resend = Duration::from_millis(cfg.resend_interval_ms);
     let max_backoff = Duration::from_millis(cfg.max_backoff_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -524,44 +582,30 @@ pub async fn run(
         }
     })?;
     tracing::info!(alertmanagers = ?urls, topic = %k.topics.alerts, "alert delivery started");
+    // A record the registry could not yet be asked about, and when to ask again.
+    let mut held: Option<(Vec<u8>, Instant)> = None;
+    let mut held_wait = Duration::from_secs(1);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            m = consumer.recv() => {
+            m = consumer.recv(), if held.is_none() => {
                 match m {
-                    // A newer (or older) writer's record: its schema is on the schema topic.
-                    Ok(m) => match match (&registry, m.payload()) {
-                        (_, None) => None,
-                        (None, Some(p)) => Some(Ok(std::borrow::Cow::Borrowed(p))),
-                        // A Confluent-framed record, read as the single-object one it carries.
-                        // A registry that cannot be asked holds delivery up until it answers.
-                        (Some(r), Some(p)) => match r.unframe_waiting(p, &shutdown).await {
-                            Some(u) => Some(u.map_err(String::from)),
-                            None => break,
-                        },
-                    }
-                    .map(|p| {
-                        let p = p?;
-                        codec.decode(&p).or_else(|e| {
-                            if schemas.resolve(&p) { codec.decode(&p) } else { Err(e) }
-                        }).map_err(|e| e.to_string())
-                    }) {
-                        Some(Ok(a)) => {
-                            metrics
-                                .records
-                                .get_or_create(&vec![("state".to_owned(), a.state.as_str().to_owned())])
-                                .inc();
-                            let now = Instant::now();
-                            for t in &mut targets {
-                                t.tracker.take(a.clone(), cfg.critical_z, now);
+                    Ok(m) => {
+                        let (partition, offset) = (m.partition(), m.offset());
+                        match read_alert(registry.as_ref(), &schemas, codec, m.payload()).await {
+                            Read::Alert(a) => take(&mut targets, &metrics, cfg, &a),
+                            Read::Bad(e) => tracing::warn!(
+                                partition, offset, error = %e,
+                                "alert record that is not a SpikeAlert; skipped"
+                            ),
+                            // Held (nothing read after it) and asked about again at the ticks,
+                            // while delivery of what is already held goes on.
+                            Read::Wait(e) => {
+                                tracing::warn!(partition, offset, error = %e, retry_in = ?held_wait, "schema registry unavailable; holding the alert record");
+                                held = Some((m.payload().unwrap_or_default().to_vec(), Instant::now() + held_wait));
                             }
                         }
-                        Some(Err(e)) => tracing::warn!(
-                            partition = m.partition(), offset = m.offset(), error = %e,
-                            "alert record that is not a SpikeAlert; skipped"
-                        ),
-                        None => {}
-                    },
+                    }
                     Err(e) => tracing::warn!(error = %e, "consumer"),
                 }
                 continue;
@@ -569,6 +613,27 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
+        if let Some((payload, at)) = held.take() {
+            if now < at {
+                held = Some((payload, at));
+            } else {
+                match read_alert(registry.as_ref(), &schemas, codec, Some(&payload)).await {
+                    Read::Alert(a) => {
+                        take(&mut targets, &metrics, cfg, &a);
+                        held_wait = Duration::from_secs(1);
+                    }
+                    Read::Bad(e) => {
+                        tracing::warn!(error = %e, "alert record that is not a SpikeAlert; skipped");
+                        held_wait = Duration::from_secs(1);
+                    }
+                    Read::Wait(e) => {
+                        held_wait = (held_wait * 2).min(Duration::from_secs(30));
+                        tracing::warn!(error = %e, retry_in = ?held_wait, "schema registry unavailable; holding the alert record");
+                        held = Some((payload, now + held_wait));
+                    }
+                }
+            }
+        }
         metrics.firing.set(
             targets
                 .iter()

@@ -213,24 +213,41 @@ fn canonical_property(name: &str) -> &str {
     }
 }
 
-/// Properties banter sets itself, per role, and why: one in `kafka.properties` would be
-/// overridden (or, for `transactional.id`, given to every client of every role).
-const OWN_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "set kafka.brokers"),
-    ("metadata.broker.list", "set kafka.brokers"),
+/// Properties banter sets itself, per role, the values it sets (harmless to repeat), and why:
+/// another value in `kafka.properties` would be overridden (or, for `transactional.id`, given
+/// to every client of every role).
+const OWN_PROPERTIES: &[(&str, &[&str], &str)] = &[
+    ("bootstrap.servers", &[], "set kafka.brokers"),
+    ("metadata.broker.list", &[], "set kafka.brokers"),
     (
         "transactional.id",
+        &[],
         "each role makes its own transactional ids from its settings",
     ),
-    ("group.id", "each role has its own consumer group setting"),
-    ("acks", "exactly-once needs acks=all"),
+    (
+        "group.id",
+        &[],
+        "each role has its own consumer group setting",
+    ),
+    ("acks", &["all", "-1"], "exactly-once needs acks=all"),
+    (
+        "request.required.acks",
+        &["all", "-1"],
+        "exactly-once needs acks=all",
+    ),
     (
         "enable.idempotence",
+        &["true"],
         "exactly-once needs idempotent producers",
     ),
-    ("isolation.level", "banter reads committed records only"),
+    (
+        "isolation.level",
+        &["read_committed"],
+        "banter reads committed records only",
+    ),
     (
         "enable.auto.commit",
+        &["false"],
         "offsets are committed with the output they produced",
     ),
 ];
@@ -248,8 +265,11 @@ pub fn check_properties(cfg: &KafkaConfig, p: &mut Problems) {
         .collect();
     for (k, v) in &cfg.properties {
         let key = format!("kafka.properties.\"{k}\"");
-        if let Some((_, why)) = OWN_PROPERTIES.iter().find(|(n, _)| *n == k) {
-            p.push(invalid(&key, format!("banter sets this itself ({why})")));
+        if let Some((_, same, why)) = OWN_PROPERTIES.iter().find(|(n, _, _)| *n == k) {
+            // The value banter sets anyway is harmless.
+            if !same.iter().any(|s| s.eq_ignore_ascii_case(v)) {
+                p.push(invalid(&key, format!("banter sets this itself ({why})")));
+            }
             continue;
         }
         if let Some((_, mine)) = named.iter().find(|(n, _)| *n == canonical_property(k)) {
@@ -364,8 +384,8 @@ struct Heard {
     /// "connection refused" from another address of the same host cannot hide it.
     refusal: Option<(String, String)>,
     /// Signs that may also be a blip (a token endpoint that failed once, a handshake cut
-    /// short by a restarting broker), counted until they are a pattern.
-    soft: u32,
+    /// short by a restarting broker), counted per broker until one shows a pattern.
+    soft: std::collections::HashMap<String, u32>,
 }
 
 /// How many soft signs make a refusal.
@@ -385,10 +405,16 @@ impl ProbeContext {
             return;
         }
         if let Some(r) = refusal(&self.cfg, code, message) {
-            if !r.definite {
-                h.soft += 1;
-            }
-            if r.definite || h.soft >= SOFT_REFUSALS {
+            // librdkafka's messages start with the broker (`sasl_ssl://host:port/id: …`).
+            let broker = message.split(": ").next().unwrap_or_default().to_owned();
+            let n = if r.definite {
+                0
+            } else {
+                let n = h.soft.entry(broker).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if r.definite || n >= SOFT_REFUSALS {
                 h.refusal = Some((r.keys, message.to_owned()));
             }
         }
@@ -642,14 +668,43 @@ pub async fn ensure_topics(
     topics: &[TopicSpec],
 ) -> Result<Vec<(String, TopicOutcome)>, KafkaSetupError> {
     if cfg.security_protocol.sasl() && cfg.sasl.mechanism == SaslMechanism::AwsMskIam {
-        return Err(KafkaSetupError::Topic {
-            topic: topics
+        // rdkafka's admin client cannot sign its own tokens: the topics are checked, not made.
+        let (own, wanted): (KafkaConfig, Vec<(String, i32)>) = (
+            cfg.clone(),
+            topics
                 .iter()
-                .map(|t| format!("{} ({} partitions)", t.name, t.partitions))
-                .collect::<Vec<_>>()
-                .join(", "),
-            detail: "topics cannot be created over AWS_MSK_IAM (rdkafka's admin client cannot sign its own tokens): create them with kafka-topics.sh or the AWS console, or run `banter topics` once with SCRAM credentials".into(),
-        });
+                .map(|t| (t.name.clone(), t.partitions))
+                .collect(),
+        );
+        let found = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(name, n)| partition_count(&own, &name).map(|c| (name, n, c)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| KafkaSetupError::Topic {
+            topic: "(all)".into(),
+            detail: e.to_string(),
+        })??;
+        let missing: Vec<String> = found
+            .iter()
+            .filter(|(_, _, c)| c.is_none())
+            .map(|(name, n, _)| format!("{name} ({n} partitions)"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(KafkaSetupError::Topic {
+                topic: missing.join(", "),
+                detail: "topics cannot be created over AWS_MSK_IAM (rdkafka's admin client cannot sign its own tokens): create them with kafka-topics.sh or the AWS console, or run `banter topics` once with SCRAM credentials".into(),
+            });
+        }
+        return Ok(found
+            .into_iter()
+            .map(|(name, _, c)| {
+                let partitions = i32::try_from(c.unwrap_or(0)).unwrap_or(i32::MAX);
+                (name, TopicOutcome::Exists { partitions })
+            })
+            .collect());
     }
     let admin: AdminClient<DefaultClientContext> =
         base_config(cfg, "admin")
@@ -772,6 +827,18 @@ mod tests {
         c.hear(RDKafkaErrorCode::Fail, blip);
         let keys = c.heard.lock().unwrap().refusal.clone().unwrap().0;
         assert!(keys.contains("kafka.sasl.oauth_token_endpoint"), "{keys}");
+    }
+
+    #[test]
+    fn soft_signs_count_per_broker() {
+        let c = context();
+        for b in ["b-1:9096", "b-2:9096", "b-3:9096"] {
+            c.hear(
+                RDKafkaErrorCode::Fail,
+                &format!("sasl_ssl://{b}/bootstrap: SSL handshake failed: connection reset"),
+            );
+        }
+        assert!(c.heard.lock().unwrap().refusal.is_none());
     }
 
     #[test]

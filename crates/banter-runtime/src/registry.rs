@@ -198,6 +198,40 @@ impl Registry {
             .map_err(|_| RegistryError::Unavailable("schema registry cache poisoned".into()))
     }
 
+    /// Asks the registry about every schema id among `records` this process does not know
+    /// yet (each once), so that reading them later needs no request: what a reader does
+    /// before it starts on a batch. Ids the registry does not have are left for the reader
+    /// to meet (they are the record's fault).
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`]: the registry could not be asked.
+    pub fn learn<'r>(
+        &self,
+        records: impl IntoIterator<Item = &'r [u8]>,
+    ) -> Result<(), RegistryError> {
+        let mut unknown = std::collections::BTreeSet::new();
+        {
+            let cache = self.cache()?;
+            for r in records {
+                if let Some(id) = confluent_id(r) {
+                    if !cache.by_id.contains_key(&id) {
+                        unknown.insert(id);
+                    }
+                }
+            }
+        }
+        for id in unknown {
+            let mut header = [0u8; CONFLUENT_HEADER_LEN];
+            header[0] = CONFLUENT_MAGIC;
+            header[1..].copy_from_slice(&id.to_be_bytes());
+            match self.unframe(&header) {
+                Err(e @ RegistryError::Unavailable(_)) => return Err(e),
+                Ok(_) | Err(RegistryError::Record(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The fingerprint of the schema with registry id `id`, when this process knows it.
     fn known(&self, id: u32) -> Result<Option<Fingerprint>, RegistryError> {
         Ok(self.cache()?.by_id.get(&id).copied())
@@ -439,9 +473,10 @@ fn serve(http: &reqwest::Client, cfg: &SchemaRegistryConfig, calls: &mpsc::Recei
 }
 
 /// A registry answer: the body on success, else the status and the registry's message with
-/// the settings to look at. Only an answer about the request's content (404 no such schema,
-/// 409 incompatible, 422 invalid) is the record's fault; anything else (a server error,
-/// refused credentials, an answer that is not the registry's) says nothing about it.
+/// the settings to look at. Only the registry's own answer about the request's content (its
+/// error codes 40403 no such schema, 409 incompatible, 42201 invalid schema) is the record's
+/// fault; anything else (a server error, refused credentials, a 404 from a wrong URL or a
+/// proxy) says nothing about the record.
 async fn answer<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,
     what: &str,
@@ -458,9 +493,18 @@ async fn answer<T: serde::de::DeserializeOwned>(
         409 => " (the schema is not compatible with the subject's earlier versions)",
         _ => "",
     };
+    let code = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error_code").and_then(serde_json::Value::as_i64));
+    let hint = match (status.as_u16(), code) {
+        (404, code) if code != Some(40403) => {
+            " (is kafka.schema_registry.url the registry's API root, e.g. …/apis/ccompat/v7 for Apicurio?)"
+        }
+        _ => hint,
+    };
     let message = format!("schema registry, {what}: {status}: {}{hint}", text.trim());
-    Err(match status.as_u16() {
-        404 | 409 | 422 => RegistryError::Record(message),
+    Err(match (status.as_u16(), code) {
+        (404, Some(40403)) | (409, _) | (422, Some(42201)) => RegistryError::Record(message),
         _ => RegistryError::Unavailable(message),
     })
 }

@@ -349,6 +349,18 @@ mod tests {
         let native = banter_runtime::kafka::producer_config(&k, "t");
         assert_eq!(native.get("acks"), Some("all"));
         assert_eq!(native.get("enable.idempotence"), Some("true"));
+        // The values banter sets anyway are harmless; an alias of one it sets is refused too.
+        let p = write(
+            "[kafka.properties]\n\"acks\" = \"all\"\n\"isolation.level\" = \"read_committed\"\n",
+        );
+        Config::load(Some(&p), env(&[])).unwrap();
+        let p = write("[kafka.properties]\n\"request.required.acks\" = \"1\"\n");
+        let err = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert_eq!(
+            err.keys(),
+            ["kafka.properties.\"request.required.acks\""],
+            "{err}"
+        );
         // A named setting's value in another case is the same value.
         let p = write("[kafka]\nsecurity_protocol = \"ssl\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n");
         Config::load(Some(&p), env(&[])).unwrap();

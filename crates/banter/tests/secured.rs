@@ -167,7 +167,8 @@ fn connect_check(cfg: &banter::Config, role: &str, vars: &[(&str, String)]) -> (
 /// as MSK does (the SigV4 signature recomputed with the access key's secret): the generator,
 /// the stream and the sink sign their own tokens from the AWS credentials in their
 /// environment and the whole pipeline runs; a wrong secret or no credentials are refused at
-/// once, naming what to look at; topics cannot be created over it, and `banter topics` says so.
+/// once, naming what to look at; topics cannot be created over it: `banter topics` checks
+/// they exist and names the missing ones; alert delivery starts over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msk_iam_tokens_carry_the_pipeline_and_a_wrong_secret_is_refused() {
     let mut cfg = fresh_pipeline_config("mskiam").await;
@@ -209,10 +210,22 @@ async fn msk_iam_tokens_carry_the_pipeline_and_a_wrong_secret_is_refused() {
         );
     }
     let out = banter_cmd(&cfg).arg("topics").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("exists"),
+        "banter topics over IAM with every topic there: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = unique("mskiam.missing");
+    let out = banter_cmd(&cfg)
+        .arg("topics")
+        .env("BANTER_KAFKA__TOPICS__ALERTS", &missing)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && text.contains("AWS_MSK_IAM"),
-        "banter topics over IAM: {text}"
+        !out.status.success() && text.contains("AWS_MSK_IAM") && text.contains(&missing),
+        "banter topics over IAM with a topic missing: {text}"
     );
 
     let db = fresh_database(&cfg).await;
@@ -222,7 +235,25 @@ async fn msk_iam_tokens_carry_the_pipeline_and_a_wrong_secret_is_refused() {
     finish(generate(&cfg, &dir, 0), "banter generate");
     let stream = start_role(&cfg, "stream", "stream", &dir);
     let sink = start_role(&cfg, "sink", "sink", &dir);
+    let alert = start_role_with(
+        &cfg,
+        "alert",
+        "alert",
+        &dir,
+        &[("BANTER_ALERTING__ALERTMANAGER_URL", &am_plain_url())],
+    );
     clickhouse_match(&db.ch, &dir, Duration::from_secs(120)).await;
+    let log = dir.join("alert.log");
+    wait_for(
+        "alert delivery to start over IAM",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            std::future::ready(text.contains("alert delivery started").then_some(()))
+        },
+    )
+    .await;
+    stop(alert);
     stop(sink);
     stop(stream);
     db.drop_now(&cfg).await;

@@ -30,6 +30,7 @@ mod metrics;
 mod partitions;
 mod transaction;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -190,8 +191,11 @@ pub fn run(
     let reload_every = Duration::from_millis(settings.cta.reload_interval_ms);
     let mut last_reload_check = Instant::now();
     ready(true);
+    let mut registry_wait = Duration::ZERO;
     let mut registry_down = false;
     while !stop() {
+        // Serves the producer's events between transactions (a token refresh for AWS_MSK_IAM).
+        producer.poll(Duration::ZERO);
         if std::mem::take(&mut registry_down) {
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -200,6 +204,25 @@ pub fn run(
             reload_campaigns(&mut campaigns, &consumer, &partitions, metrics, settings);
         }
         let batch = poll_batch(&consumer, &partitions, settings);
+        // The registry is asked about new schema ids before anything of the batch is
+        // processed: while it cannot be asked, the batch is put back (no state changed, no
+        // transaction begun) and asked about again, 1 s, 2 s, … up to 30 s later.
+        if let Some(r) = &registry {
+            match r.learn(batch.iter().map(|(_, _, payload)| &payload[..])) {
+                Ok(()) => registry_wait = Duration::ZERO,
+                Err(e) => {
+                    registry_wait =
+                        (registry_wait * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                    tracing::warn!(error = %e, retry_in = ?registry_wait, "schema registry unavailable; the batch waits");
+                    put_back(&consumer, &k.topics.events, &batch)?;
+                    let until = Instant::now() + registry_wait;
+                    while Instant::now() < until && !stop() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    continue;
+                }
+            }
+        }
         let mut parts = lock(&partitions);
         if let Some(e) = parts.error.take() {
             return Err(StreamError::Restore(e));
@@ -313,6 +336,34 @@ fn poll_batch(
         }
     }
     batch
+}
+
+/// Moves the consumer back to the first record of `batch` in each of its partitions (nothing
+/// of it was processed).
+fn put_back(
+    consumer: &BaseConsumer<Rebalance>,
+    input: &str,
+    batch: &[batch::Record],
+) -> Result<(), StreamError> {
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, offset, _) in batch {
+        first
+            .entry(*p)
+            .and_modify(|o| *o = (*o).min(*offset))
+            .or_insert(*offset);
+    }
+    if first.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in first {
+        tpl.add_partition_offset(input, p, Offset::Offset(offset))
+            .map_err(kafka("put back"))?;
+    }
+    consumer
+        .seek_partitions(tpl, Duration::from_secs(10))
+        .map_err(kafka("seek"))?;
+    Ok(())
 }
 
 /// After a failed transaction the pipelines of the partitions it touched are ahead of what is
