@@ -27,7 +27,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn rules_are_valid_and_their_tests_pass() {
     let out = promtool(&["check", "rules", "docker/prometheus/rules/banter.yml"]);
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let out = promtool(&["test", "rules", "docker/prometheus/tests/banter.test.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
 }
@@ -58,12 +58,15 @@ async fn the_local_prometheus_loads_the_rules() {
                     .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
                     .filter_map(|r| r["name"].as_str().map(str::to_owned))
                     .collect();
-                (names.len() >= 7).then_some(names)
+                (names.len() >= 10).then_some(names)
             }
         },
     )
     .await;
     for rule in [
+        "BanterRoleDown",
+        "BanterNotScraped",
+        "BanterSinkLagGrowing",
         "BanterStreamConsumerLagGrowing",
         "BanterWatermarkBehind",
         "BanterDeadLetterRate",

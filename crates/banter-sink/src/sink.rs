@@ -34,9 +34,10 @@ use crate::clickhouse::ClickHouse;
 use crate::config::SinkConfig;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -75,6 +76,7 @@ pub struct SinkMetrics {
     insert_seconds: Histogram,
     batch_rows: Histogram,
     undecodable: Counter,
+    lag: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl SinkMetrics {
@@ -87,6 +89,7 @@ impl SinkMetrics {
             insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             undecodable: Counter::default(),
+            lag: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("sink");
         r.register(
@@ -114,6 +117,11 @@ impl SinkMetrics {
             "undecodable_records",
             "Kafka records that could not be decoded (dead-lettered)",
             m.undecodable.clone(),
+        );
+        r.register(
+            "consumer_lag_records",
+            "Records not yet committed by the sink's group (not yet in ClickHouse), by topic and partition",
+            m.lag.clone(),
         );
         m
     }
@@ -717,6 +725,100 @@ struct Batch {
     records: usize,
 }
 
+/// A client that reads `group`'s committed offsets without joining the group.
+///
+/// # Errors
+/// librdkafka refuses the configuration.
+pub fn lag_client(k: &KafkaConfig, group: &str) -> Result<BaseConsumer<KafkaContext>, SinkError> {
+    let c: BaseConsumer<KafkaContext> = banter_runtime::kafka::base_config(k, "sink-lag")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(KafkaContext::new(k))
+        .map_err(|e| SinkError::Kafka {
+            what: "lag client config",
+            detail: e.to_string(),
+        })?;
+    // Serves a token request (AWS_MSK_IAM) before the first metadata request needs it.
+    let _ = c.poll(Duration::ZERO);
+    Ok(c)
+}
+
+/// Per partition of `topic`: the records after the group's committed offset (all of the
+/// partition's retained records when the group committed none).
+///
+/// # Errors
+/// The broker did not answer.
+pub fn group_lag(
+    c: &BaseConsumer<KafkaContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
+    let md = c.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = c.committed_offsets(tpl, timeout)?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let (low, high) = c.fetch_watermarks(topic, e.partition(), timeout)?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        out.push((e.partition(), (high - from).max(0)));
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Publishes the sink group's lag (records between its committed offset and the end of each
+/// partition of `topics`: what is not yet in ClickHouse) every 10 s, from a thread of its own
+/// with a client of its own (it asks the group coordinator without joining the group), until
+/// `shutdown`.
+fn watch_lag(
+    k: &KafkaConfig,
+    group: &str,
+    topics: Vec<String>,
+    lag: Family<Vec<(String, String)>, Gauge>,
+    shutdown: CancellationToken,
+) -> Result<(), SinkError> {
+    let c = lag_client(k, group)?;
+    let timeout = Duration::from_secs(5);
+    let every = Duration::from_secs(10);
+    std::thread::Builder::new()
+        .name("sink-lag".into())
+        .spawn(move || {
+            while !shutdown.is_cancelled() {
+                // Serves the client's events (a token for AWS_MSK_IAM).
+                let _ = c.poll(Duration::ZERO);
+                for topic in &topics {
+                    let Ok(parts) = group_lag(&c, topic, timeout) else {
+                        continue;
+                    };
+                    for (partition, n) in parts {
+                        lag.get_or_create(&vec![
+                            ("topic".to_owned(), topic.clone()),
+                            ("partition".to_owned(), partition.to_string()),
+                        ])
+                        .set(n);
+                    }
+                }
+                let next = Instant::now() + every;
+                while Instant::now() < next && !shutdown.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .map_err(|e| SinkError::Kafka {
+            what: "lag thread",
+            detail: e.to_string(),
+        })?;
+    Ok(())
+}
+
 /// Runs the sink until `shutdown`: the batch in hand is written and committed first.
 ///
 /// # Errors
@@ -777,6 +879,13 @@ pub async fn run(
         shutdown: &shutdown,
     };
     let schemas = banter_runtime::schemas::SchemaLookup::new(k);
+    watch_lag(
+        k,
+        &sc.group_id,
+        topics.iter().map(|t| (*t).to_owned()).collect(),
+        metrics.lag.clone(),
+        shutdown.clone(),
+    )?;
     tracing::info!(group = %sc.group_id, ?topics, database = %ch.database, "sink started");
     loop {
         let mut batch = Batch::default();

@@ -323,8 +323,10 @@ async fn a_table_that_no_longer_matches_the_rows_stops_the_sink_instead_of_dead_
     db.drop_now(&cfg).await;
 }
 
-/// The ClickHouse datasource plugin's macros, for the time range [from, to] in seconds.
-fn expand_macros(sql: &str, from: i64, to: i64) -> String {
+/// The ClickHouse datasource plugin's macros, for the time range [from, to] in seconds, and
+/// every dashboard variable set to `value` as Grafana's `sqlstring` format writes it (quoted,
+/// `'` doubled).
+fn expand_macros(sql: &str, from: i64, to: i64, value: &str) -> String {
     let mut out = sql
         .replace("$__fromTime", &format!("toDateTime({from})"))
         .replace("$__toTime", &format!("toDateTime({to})"));
@@ -338,9 +340,9 @@ fn expand_macros(sql: &str, from: i64, to: i64) -> String {
             &rest[j + 1..]
         );
     }
-    // Dashboard variables at their defaults (textboxes, empty: everything).
-    for var in ["${account}", "${content}", "${campaign}"] {
-        out = out.replace(var, "");
+    let quoted = format!("'{}'", value.replace('\'', "''"));
+    for var in ["account", "content", "campaign"] {
+        out = out.replace(&format!("${{{var}:sqlstring}}"), &quoted);
     }
     assert!(!out.contains("$__"), "unexpanded macro in {out}");
     assert!(!out.contains("${"), "unexpanded variable in {out}");
@@ -390,7 +392,9 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
         for (title, t) in targets {
             match t["datasource"]["uid"].as_str().unwrap() {
                 "banter-clickhouse" => {
-                    let sql = expand_macros(t["rawSql"].as_str().unwrap(), from, to);
+                    let raw = t["rawSql"].as_str().unwrap();
+                    // Variables at their defaults (textboxes, empty: everything).
+                    let sql = expand_macros(raw, from, to, "");
                     let n: u64 = db
                         .ch
                         .client
@@ -399,6 +403,14 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
                         .await
                         .unwrap_or_else(|e| panic!("{name}/{title}: {e}\n{sql}"));
                     assert!(n > 0, "{name}/{title} returned no rows:\n{sql}");
+                    // A value with a quote is data, not SQL: the query still runs.
+                    let sql = expand_macros(raw, from, to, "O'Brien");
+                    db.ch
+                        .client
+                        .query(&format!("SELECT count() FROM ({sql})"))
+                        .fetch_one::<u64>()
+                        .await
+                        .unwrap_or_else(|e| panic!("{name}/{title} with O'Brien: {e}\n{sql}"));
                 }
                 "banter-prometheus" => {
                     let expr = t["expr"].as_str().unwrap();
@@ -760,4 +772,48 @@ async fn records_of_a_newer_writer_schema_are_resolved_by_stream_and_sink() {
     stop(sink);
     stop(stream);
     db.drop_now(&cfg).await;
+}
+
+/// The sink's lag metric (`banter_sink_consumer_lag_records`) counts, per partition, the
+/// records after what its group committed (all of them where it committed nothing), read
+/// without joining the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_lag_is_what_its_group_has_not_committed() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let cfg = config();
+    let topic = fresh_topic(&cfg, "sinklag", 2).await;
+    let producer = banter_runtime::kafka::producer(&cfg.kafka, "test").unwrap();
+    for (partition, n) in [(0, 5), (1, 3)] {
+        for i in 0..n {
+            let payload = format!("record {i}");
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&topic)
+                        .partition(partition)
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // The group committed offset 2 on partition 0 and nothing on partition 1.
+    let group = unique("sinklag.group");
+    let committer: BaseConsumer = banter_runtime::kafka::base_config(&cfg.kafka, "test")
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(2))
+        .unwrap();
+    let t = topic.clone();
+    let lag = tokio::task::spawn_blocking(move || {
+        committer.commit(&tpl, CommitMode::Sync).unwrap();
+        let c = banter_sink::sink::lag_client(&cfg.kafka, &group).unwrap();
+        banter_sink::sink::group_lag(&c, &t, Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(lag, vec![(0, 3), (1, 3)], "{topic}");
 }
