@@ -9,5 +9,5 @@ pub mod sink;
 
 pub use clickhouse::{connect, ClickHouse};
 pub use config::{ClickHouseConfig, SinkConfig};
-pub use migrate::{migrate, render, MigrateError, Outcome};
+pub use migrate::{migrate, plan, render, MigrateError, Outcome};
 pub use sink::{run, SinkError, SinkMetrics};

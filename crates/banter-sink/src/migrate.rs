@@ -261,6 +261,57 @@ pub async fn migrate(ch: &ClickHouse, db: &str) -> Result<Vec<Outcome>, MigrateE
     Ok(out)
 }
 
+/// The statements `banter migrate` runs on a new database `db` of a server of version `v`, in
+/// order, each with the migration it belongs to (what `banter migrate --print-sql` shows for
+/// review). A rebuild's row copy, which reads the columns both tables have from the server, is
+/// a comment here: a new database has no rows to copy.
+pub fn plan(db: &str, v: ServerVersion) -> Vec<(String, String)> {
+    let mut out = vec![
+        (
+            "database".to_owned(),
+            format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        ),
+        (
+            "database".to_owned(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.banter_migrations \
+                 (version UInt32, name String, applied_at DateTime) ENGINE = TinyLog"
+            ),
+        ),
+    ];
+    for m in &migrations() {
+        let name = m.name.to_owned();
+        match m.rebuilds {
+            Some(table) => {
+                let (new, old) = (format!("{table}__new"), format!("{table}__old"));
+                out.push((name.clone(), render(&m.sql.replace("{table}", &new), db, v)));
+                out.push((
+                    name.clone(),
+                    format!("-- copy: INSERT INTO {db}.{new} (the columns both have) SELECT them FROM {db}.{table}"),
+                ));
+                out.push((
+                    name.clone(),
+                    format!("RENAME TABLE {db}.{table} TO {db}.{old}, {db}.{new} TO {db}.{table}"),
+                ));
+                out.push((
+                    name.clone(),
+                    format!("-- copy: what was written to {db}.{old} meanwhile, into {db}.{table}"),
+                ));
+                out.push((name.clone(), format!("DROP TABLE {db}.{old}")));
+            }
+            None => out.push((name.clone(), render(m.sql, db, v))),
+        }
+        out.push((
+            name,
+            format!(
+                "INSERT INTO {db}.banter_migrations (version, name, applied_at) SELECT {}, '{}', now()",
+                m.version, m.name
+            ),
+        ));
+    }
+    out
+}
+
 async fn record(client: &clickhouse::Client, db: &str, m: &Migration) -> Result<(), MigrateError> {
     client
         .query(&format!(
@@ -431,5 +482,21 @@ mod tests {
         assert!(n.contains("account_id LowCardinality(String)"));
         let versions: Vec<u32> = migrations().iter().map(|m| m.version).collect();
         assert_eq!(versions, (1..=11).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn the_plan_renders_every_statement_for_the_server() {
+        let new = ServerVersion::parse("26.9").unwrap();
+        let plan = plan("db1", new);
+        assert!(plan.iter().all(|(_, sql)| !sql.contains('{')), "{plan:?}");
+        assert!(plan[0].1.starts_with("CREATE DATABASE IF NOT EXISTS db1"));
+        // Every migration is recorded after its statements.
+        let recorded = plan
+            .iter()
+            .filter(|(_, sql)| sql.starts_with("INSERT INTO db1.banter_migrations"))
+            .count();
+        assert_eq!(recorded, migrations().len());
+        assert!(plan.iter().any(|(_, sql)| sql
+            == "RENAME TABLE db1.alerts TO db1.alerts__old, db1.alerts__new TO db1.alerts"));
     }
 }

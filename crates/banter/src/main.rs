@@ -50,7 +50,15 @@ enum Command {
     /// Run the stream processor: events to rollups in event-time windows, exactly once.
     Stream,
     /// Create or upgrade banter's ClickHouse database and tables (re-runnable).
-    Migrate,
+    Migrate {
+        /// Print the statements a new database gets, for review, instead of running them.
+        #[arg(long)]
+        print_sql: bool,
+        /// With --print-sql: the server version to render for (e.g. 18.16, 26.9); default: ask
+        /// the configured ClickHouse.
+        #[arg(long, value_name = "VERSION")]
+        server_version: Option<String>,
+    },
     /// Run the ClickHouse sink: rollups, alerts and dead letters into ClickHouse.
     Sink,
     /// Run alert delivery: spike alerts to Alertmanager (`alerting.alertmanager_url`).
@@ -223,7 +231,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Topics => runtime()?.block_on(topics(&config)),
         Command::Ingest => runtime()?.block_on(ingest(&config)),
         Command::Stream => runtime()?.block_on(stream(&config)),
-        Command::Migrate => runtime()?.block_on(migrate(&config)),
+        Command::Migrate {
+            print_sql,
+            server_version,
+        } => runtime()?.block_on(migrate(&config, print_sql, server_version.as_deref())),
         Command::Sink => runtime()?.block_on(sink(&config)),
         Command::Alert => runtime()?.block_on(alert(&config)),
         Command::Run => runtime()?.block_on(run_all(&config)),
@@ -417,9 +428,32 @@ async fn clickhouse(config: &Config) -> anyhow::Result<banter_sink::ClickHouse> 
     .await?)
 }
 
-async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let ch = clickhouse(config).await?;
+async fn migrate(
+    config: &Config,
+    print_sql: bool,
+    server_version: Option<&str>,
+) -> anyhow::Result<()> {
     let db = &config.clickhouse.database;
+    if print_sql {
+        let v = match server_version {
+            Some(v) => banter_sink::clickhouse::ServerVersion::parse(v)?,
+            None => clickhouse(config).await?.version,
+        };
+        println!(
+            "-- banter migrate on a new database {db}, ClickHouse {}.{}",
+            v.major, v.minor
+        );
+        let mut last = String::new();
+        for (name, sql) in banter_sink::plan(db, v) {
+            if name != last {
+                println!("\n-- {name}");
+                last = name;
+            }
+            println!("{};", sql.trim_end());
+        }
+        return Ok(());
+    }
+    let ch = clickhouse(config).await?;
     for o in banter_sink::migrate(&ch, db).await? {
         println!(
             "{:04} {:<24} {}",

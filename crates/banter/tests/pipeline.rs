@@ -433,6 +433,94 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
     eprintln!("{checked} dashboard queries checked");
 }
 
+/// Every ClickHouse query of the dashboards (panels and annotations): (dashboard/title, SQL).
+fn clickhouse_dashboard_queries() -> Vec<(String, String)> {
+    let dir = repo_root().join("docker/grafana/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let d: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let mut targets: Vec<(String, Value)> = Vec::new();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                targets.push((p["title"].as_str().unwrap().to_owned(), t.clone()));
+            }
+        }
+        for a in d["annotations"]["list"].as_array().unwrap() {
+            targets.push((format!("annotation {}", a["name"]), a["target"].clone()));
+        }
+        for (title, t) in targets {
+            if t["datasource"]["uid"] == "banter-clickhouse" {
+                out.push((
+                    format!("{name}/{title}"),
+                    t["rawSql"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Every migration (as `banter migrate --print-sql` renders it for the server) and every
+/// dashboard query, with the variables empty and set to `O'Brien`, also run on current
+/// ClickHouse: chdb (ClickHouse in-process, from PyPI; `scripts/install-deps.sh` installs
+/// it), besides Debian's 18.16 server the other tests use.
+#[test]
+fn migrations_and_dashboard_queries_run_on_current_clickhouse() {
+    let dir = test_dir("banter-chdb");
+    let db = "banter_modern";
+    let out = banter_cmd(&config())
+        .args(["migrate", "--print-sql", "--server-version", "26.9"])
+        .env("BANTER_CLICKHOUSE__DATABASE", db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "banter migrate --print-sql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.join("migrate.sql"), &out.stdout).unwrap();
+    let mut queries = Vec::new();
+    for (name, sql) in clickhouse_dashboard_queries() {
+        for value in ["", "O'Brien"] {
+            queries.push(serde_json::json!({
+                "name": format!("{name} (variables {value:?})"),
+                "sql": expand_macros(&sql, 1_764_000_000, 1_764_086_400, value),
+            }));
+        }
+    }
+    assert!(queries.len() >= 40, "{}", queries.len());
+    std::fs::write(
+        dir.join("panels.json"),
+        serde_json::to_vec(&queries).unwrap(),
+    )
+    .unwrap();
+    let stack = std::env::var("BANTER_STACK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".stack"));
+    let out = std::process::Command::new(stack.join("venv/bin/python"))
+        .arg(repo_root().join("tests/chdb/modern.py"))
+        .arg(dir.join("migrate.sql"))
+        .arg(dir.join("panels.json"))
+        .arg(db)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chdb ({e}): scripts/install-deps.sh installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ClickHouse 26."), "{text}");
+    eprintln!("{text}");
+}
+
 /// A dead letter as a stage would send it.
 fn dead_letter(
     stage: Stage,

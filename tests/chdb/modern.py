@@ -1,0 +1,59 @@
+"""Runs banter's migrations and dashboard queries on current ClickHouse, in-process (chdb).
+
+    modern.py MIGRATE_SQL PANELS_JSON DATABASE
+
+MIGRATE_SQL is `banter migrate --print-sql --server-version X` output (statements end with `;`
+at the end of a line, comments are `--` lines); PANELS_JSON is a list of {"name", "sql"} with
+the dashboards' macros and variables already expanded. Every statement and every query must
+run; the failures are printed and the exit status is 1 if there is one.
+"""
+import json
+import sys
+import tempfile
+
+from chdb import session
+
+
+def statements(path):
+    out, cur = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            text = line.rstrip("\n")
+            if not text.strip() or text.lstrip().startswith("--"):
+                continue
+            cur.append(text)
+            if text.rstrip().endswith(";"):
+                out.append("\n".join(cur).rstrip().rstrip(";"))
+                cur = []
+    if cur:
+        out.append("\n".join(cur))
+    return out
+
+
+def main():
+    sql_file, panels_file, db = sys.argv[1:4]
+    s = session.Session(tempfile.mkdtemp(prefix="banter-chdb-"))
+    version = s.query("SELECT version()", "CSV").bytes().decode().strip().strip('"')
+    failures = []
+    stmts = statements(sql_file)
+    for st in stmts:
+        try:
+            s.query(st)
+        except Exception as e:  # chdb raises its own error types
+            failures.append(f"migration statement: {e}\n{st}")
+    with open(panels_file, encoding="utf-8") as f:
+        panels = json.load(f)
+    s.query(f"USE {db}")
+    for p in panels:
+        try:
+            s.query(p["sql"], "CSV")
+        except Exception as e:
+            failures.append(f"{p['name']}: {e}\n{p['sql']}")
+    print(f"ClickHouse {version}: {len(stmts)} migration statements, {len(panels)} panel queries")
+    for f in failures:
+        print("FAILED", f)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
