@@ -410,8 +410,8 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
                         db.ch
                             .client
                             .clone()
-                            .with_option("force_index_by_date", "1")
-                            .with_option("force_primary_key", "1")
+                            .with_setting("force_index_by_date", "1")
+                            .with_setting("force_primary_key", "1")
                             .query(&format!("SELECT count() FROM ({sql})"))
                             .fetch_one::<u64>()
                             .await
