@@ -764,8 +764,9 @@ pub fn group_lag(
     let mut out = Vec::new();
     for e in committed.elements() {
         let (low, high) = c.fetch_watermarks(topic, e.partition(), timeout)?;
+        // Nothing committed, or committed before what retention kept: from the oldest kept.
         let from = match e.offset() {
-            Offset::Offset(o) => o,
+            Offset::Offset(o) => o.max(low),
             _ => low,
         };
         out.push((e.partition(), (high - from).max(0)));
@@ -795,8 +796,14 @@ fn watch_lag(
                 // Serves the client's events (a token for AWS_MSK_IAM).
                 let _ = c.poll(Duration::ZERO);
                 for topic in &topics {
-                    let Ok(parts) = group_lag(&c, topic, timeout) else {
-                        continue;
+                    let parts = match group_lag(&c, topic, timeout) {
+                        Ok(parts) => parts,
+                        Err(e) => {
+                            // Not known: no value rather than a stale one that looks flat.
+                            tracing::warn!(%topic, error = %e, "cannot read the sink's lag");
+                            lag.clear();
+                            continue;
+                        }
                     };
                     for (partition, n) in parts {
                         lag.get_or_create(&vec![

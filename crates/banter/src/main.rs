@@ -56,7 +56,7 @@ enum Command {
         print_sql: bool,
         /// With --print-sql: the server version to render for (e.g. 18.16, 26.9); default: ask
         /// the configured ClickHouse.
-        #[arg(long, value_name = "VERSION")]
+        #[arg(long, value_name = "VERSION", requires = "print_sql")]
         server_version: Option<String>,
     },
     /// Run the ClickHouse sink: rollups, alerts and dead letters into ClickHouse.

@@ -324,8 +324,8 @@ async fn a_table_that_no_longer_matches_the_rows_stops_the_sink_instead_of_dead_
 }
 
 /// The ClickHouse datasource plugin's macros, for the time range [from, to] in seconds, and
-/// every dashboard variable set to `value` as Grafana's `sqlstring` format writes it (quoted,
-/// `'` doubled).
+/// every dashboard variable set to `value` as Grafana's `percentencode` format writes it
+/// (every byte but `A-Z a-z 0-9 - _ . ~` as `%XX`, so no quote or backslash reaches the SQL).
 fn expand_macros(sql: &str, from: i64, to: i64, value: &str) -> String {
     let mut out = sql
         .replace("$__fromTime", &format!("toDateTime({from})"))
@@ -340,9 +340,9 @@ fn expand_macros(sql: &str, from: i64, to: i64, value: &str) -> String {
             &rest[j + 1..]
         );
     }
-    let quoted = format!("'{}'", value.replace('\'', "''"));
+    let encoded = banter_runtime::percent_encode(value);
     for var in ["account", "content", "campaign"] {
-        out = out.replace(&format!("${{{var}:sqlstring}}"), &quoted);
+        out = out.replace(&format!("${{{var}:percentencode}}"), &encoded);
     }
     assert!(!out.contains("$__"), "unexpanded macro in {out}");
     assert!(!out.contains("${"), "unexpanded variable in {out}");
@@ -420,14 +420,28 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
                             });
                         pruned += 1;
                     }
-                    // A value with a quote is data, not SQL: the query still runs.
-                    let sql = expand_macros(raw, from, to, "O'Brien");
-                    db.ch
-                        .client
-                        .query(&format!("SELECT count() FROM ({sql})"))
-                        .fetch_one::<u64>()
-                        .await
-                        .unwrap_or_else(|e| panic!("{name}/{title} with O'Brien: {e}\n{sql}"));
+                    // Values with quotes and backslashes are data, not SQL: the query runs and
+                    // answers as for any value that matches nothing.
+                    let mut answers = Vec::new();
+                    for value in ["no-such-value", "O'Brien", "x\\' OR 1=1 OR '", "\\"] {
+                        let sql = expand_macros(raw, from, to, value);
+                        let n = db
+                            .ch
+                            .client
+                            .query(&format!("SELECT count() FROM ({sql})"))
+                            .fetch_one::<u64>()
+                            .await
+                            .unwrap_or_else(|e| {
+                                panic!("{name}/{title} with {value:?}: {e}\n{sql}")
+                            });
+                        answers.push((value, n));
+                    }
+                    if raw.contains(":percentencode}") {
+                        assert!(
+                            answers.iter().all(|(_, n)| *n == answers[0].1),
+                            "{name}/{title}: {answers:?}"
+                        );
+                    }
                 }
                 "banter-prometheus" => {
                     let expr = t["expr"].as_str().unwrap();
@@ -506,7 +520,7 @@ fn migrations_and_dashboard_queries_run_on_current_clickhouse() {
     std::fs::write(dir.join("migrate.sql"), &out.stdout).unwrap();
     let mut queries = Vec::new();
     for (name, sql) in clickhouse_dashboard_queries() {
-        for value in ["", "O'Brien"] {
+        for value in ["", "O'Brien", "x\\' OR 1=1 OR '"] {
             queries.push(serde_json::json!({
                 "name": format!("{name} (variables {value:?})"),
                 "sql": expand_macros(&sql, 1_764_000_000, 1_764_086_400, value),
@@ -514,7 +528,7 @@ fn migrations_and_dashboard_queries_run_on_current_clickhouse() {
             }));
         }
     }
-    assert!(queries.len() >= 40, "{}", queries.len());
+    assert!(queries.len() >= 60, "{}", queries.len());
     std::fs::write(
         dir.join("panels.json"),
         serde_json::to_vec(&queries).unwrap(),
