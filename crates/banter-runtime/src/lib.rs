@@ -49,6 +49,23 @@ pub fn failpoint(name: &str) {
 }
 
 /// `s` percent-encoded for a URL path segment or query value (RFC 3986 unreserved characters
+/// The UTC calendar date and time of `secs` seconds since the epoch: (year, month, day,
+/// hour, minute, second), by Howard Hinnant's days-to-civil algorithm.
+pub fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
 /// kept, everything else as `%XX` of its UTF-8 bytes).
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -353,13 +353,7 @@ fn expand_macros(sql: &str, from: i64, to: i64, value: &str) -> String {
 /// query (panels and annotations), macros expanded, runs against the real ClickHouse and
 /// returns rows; every Prometheus expression is accepted by the real Prometheus.
 async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
-    let dir = repo_root().join("docker/grafana/dashboards");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let files = dashboard_files();
     assert!(files.len() >= 3, "{files:?}");
     let (from, to) = (last_ms / 1000 - 8 * 3600, last_ms / 1000 + 3600);
     let http = reqwest::Client::new();
@@ -465,8 +459,8 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
     assert!(pruned >= 17, "{pruned} queries prune");
 }
 
-/// Every ClickHouse query of the dashboards (panels and annotations): (dashboard/title, SQL).
-fn clickhouse_dashboard_queries() -> Vec<(String, String)> {
+/// The dashboards' JSON files, sorted.
+fn dashboard_files() -> Vec<std::path::PathBuf> {
     let dir = repo_root().join("docker/grafana/dashboards");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -474,6 +468,12 @@ fn clickhouse_dashboard_queries() -> Vec<(String, String)> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
+    files
+}
+
+/// Every ClickHouse query of the dashboards (panels and annotations): (dashboard/title, SQL).
+fn clickhouse_dashboard_queries() -> Vec<(String, String)> {
+    let files = dashboard_files();
     let mut out = Vec::new();
     for f in files {
         let d: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();

@@ -369,22 +369,6 @@ async fn a_wrong_password_or_an_untrusted_certificate_fails_at_once_naming_the_s
     );
 }
 
-/// base64url without padding (JWT segments).
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
-}
-
 /// An OIDC token endpoint (client-credentials grant) for client `banter-client` with secret
 /// `oauth-secret`: it hands out unsigned JWTs, which the local broker's OAUTHBEARER listener
 /// (Kafka's unsecured validator) accepts. Returns its URL and how many tokens it gave.
@@ -398,7 +382,7 @@ async fn token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
     // `Basic base64(banter-client:oauth-secret)`, as RFC 6749 sends client credentials.
     let expected_auth = {
         let raw = b"banter-client:oauth-secret";
-        let url_safe = b64url(raw);
+        let url_safe = banter_runtime::aws::base64url(raw);
         let mut std = url_safe.replace('-', "+").replace('_', "/");
         while !std.len().is_multiple_of(4) {
             std.push('=');
@@ -437,8 +421,8 @@ async fn token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap()
                         .as_secs();
-                    let header = b64url(br#"{"alg":"none"}"#);
-                    let claims = b64url(
+                    let header = banter_runtime::aws::base64url(br#"{"alg":"none"}"#);
+                    let claims = banter_runtime::aws::base64url(
                         format!(
                             r#"{{"sub":"banter-client","iat":{now},"exp":{}}}"#,
                             now + 3600
