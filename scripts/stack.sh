@@ -10,13 +10,20 @@
 #   scripts/stack.sh logs SERVICE [N]     the last N lines of a service's log
 #   scripts/stack.sh wipe                 stop everything and delete .stack/ data (keeps the jar cache)
 #
-# SERVICE is kafka, clickhouse, prometheus, alertmanager, alertmanager-tls or schema-registry
-# (default: all).
+# SERVICE is kafka, clickhouse, prometheus, alertmanager, alertmanager-tls, schema-registry,
+# zookeeper, clickhouse-1 or clickhouse-2 (default: all).
+#
+# A replicated ClickHouse cluster beside the single server: `zookeeper` (Debian's package) and
+# two ClickHouse servers, `clickhouse-1` (http://127.0.0.1:8124) and `clickhouse-2` (:8125), the
+# two replicas of the one shard of cluster `banter_cluster` (macros {shard} and {replica}, the
+# distributed DDL queue in ZooKeeper), for `clickhouse.cluster = "banter_cluster"`.
 # Ports (environment): BANTER_KAFKA_PORT=9092 BANTER_KAFKA_CONTROLLER_PORT=9095
 #   BANTER_KAFKA_SSL_PORT=9094 BANTER_KAFKA_SASL_PORT=9096 BANTER_KAFKA_IAM_PORT=9098
 #   BANTER_CLICKHOUSE_HTTP_PORT=8123 BANTER_CLICKHOUSE_HTTPS_PORT=8443 BANTER_CLICKHOUSE_TCP_PORT=9000
 #   BANTER_PROMETHEUS_PORT=9090 BANTER_ALERTMANAGER_PORT=9093 BANTER_ALERTMANAGER_TLS_PORT=9097
 #   BANTER_SCHEMA_REGISTRY_PORT=8081 (Confluent's API at http://127.0.0.1:8081/apis/ccompat/v7)
+#   BANTER_ZOOKEEPER_PORT=2181 BANTER_CLICKHOUSE_1_HTTP_PORT=8124 BANTER_CLICKHOUSE_2_HTTP_PORT=8125
+#   (their native ports are 9001 and 9002, their replication ports 9011 and 9012)
 #
 # Secured endpoints, as production has them (certificates made by this script under
 # .stack/tls/ with openssl: a local CA, a server certificate for localhost / 127.0.0.1, a
@@ -53,7 +60,11 @@ AM_PORT="${BANTER_ALERTMANAGER_PORT:-9093}"
 SR_PORT="${BANTER_SCHEMA_REGISTRY_PORT:-8081}"
 APICURIO_VERSION="${BANTER_APICURIO_VERSION:-3.0.9}"
 TIMEOUT="${BANTER_STACK_TIMEOUT:-120}"
-ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls schema-registry)
+ZK_PORT="${BANTER_ZOOKEEPER_PORT:-2181}"
+CH1_HTTP_PORT="${BANTER_CLICKHOUSE_1_HTTP_PORT:-8124}"
+CH2_HTTP_PORT="${BANTER_CLICKHOUSE_2_HTTP_PORT:-8125}"
+CLUSTER=banter_cluster
+ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls schema-registry zookeeper clickhouse-1 clickhouse-2)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
@@ -252,6 +263,32 @@ kafka_ready() {
 }
 
 # ---------------------------------------------------------------- clickhouse
+# The users of every local ClickHouse server: `default` (no password, localhost only) and
+# `banter` (password `banter-ch-secret`).
+clickhouse_users() {
+  cat <<EOF
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+    <banter>
+      <password_sha256_hex>$(printf '%s' banter-ch-secret | sha256sum | cut -d' ' -f1)</password_sha256_hex>
+      <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </banter>
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+EOF
+}
+
 clickhouse_up() {
   if running clickhouse && http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"; then
     say "clickhouse already running on :$CH_HTTP_PORT"
@@ -303,33 +340,99 @@ clickhouse_up() {
   <max_concurrent_queries>100</max_concurrent_queries>
 </yandex>
 EOF
-  cat >"$dir/users.xml" <<EOF
-<?xml version="1.0"?>
-<yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
-  <users>
-    <default>
-      <password></password>
-      <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </default>
-    <banter>
-      <password_sha256_hex>$(printf '%s' banter-ch-secret | sha256sum | cut -d' ' -f1)</password_sha256_hex>
-      <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </banter>
-  </users>
-  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-EOF
+  clickhouse_users >"$dir/users.xml"
   say "starting clickhouse on 127.0.0.1:$CH_HTTP_PORT"
   start_bg clickhouse clickhouse-server --config-file="$dir/config.xml"
   wait_until clickhouse http_ok "http://127.0.0.1:$CH_HTTP_PORT/ping"
   wait_until clickhouse https_ok "https://localhost:$CH_HTTPS_PORT/ping"
   say "clickhouse ready ($(curl -fsS -m 2 "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()" 2>/dev/null))"
 }
+
+# ---------------------------------------------------------------- replicated cluster
+zookeeper_up() {
+  if running zookeeper && port_open "$ZK_PORT"; then say "zookeeper already running on :$ZK_PORT"; return 0; fi
+  port_open "$ZK_PORT" && die "port $ZK_PORT is taken by another process (set BANTER_ZOOKEEPER_PORT)"
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  [[ -f /usr/share/java/zookeeper.jar ]] || apt_install zookeeper
+  local dir="$STACK/zookeeper"; mkdir -p "$dir/data"
+  cat >"$dir/zoo.cfg" <<EOF
+tickTime=2000
+dataDir=$dir/data
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr
+autopurge.purgeInterval=1
+EOF
+  local cp=/usr/share/java/zookeeper.jar
+  [[ -f /usr/share/java/slf4j-simple.jar ]] && cp="$cp:/usr/share/java/slf4j-simple.jar"
+  say "starting zookeeper on 127.0.0.1:$ZK_PORT"
+  start_bg zookeeper java -Xms32m -Xmx128m -XX:+UseSerialGC -cp "$cp" \
+    org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
+  wait_until zookeeper zk_ok
+  say "zookeeper ready"
+}
+zk_ok() { [[ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && timeout 2 cat <&3) 2>/dev/null)" == imok ]]; }
+
+# Replica N (1 or 2) of the one shard of $CLUSTER.
+clickhouse_replica_up() {
+  local n="$1" name="clickhouse-$1" http tcp inter
+  http="$(svc_port "$name")"; tcp=$((9000 + n)); inter=$((9010 + n))
+  if running "$name" && http_ok "http://127.0.0.1:$http/ping"; then say "$name already running on :$http"; return 0; fi
+  for p in "$http" "$tcp" "$inter"; do
+    port_open "$p" && die "port $p is taken by another process (needed by $name)"
+  done
+  command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+  running zookeeper || zookeeper_up
+  local dir="$STACK/$name"; mkdir -p "$dir"/{data,tmp,user_files,format_schemas,log}
+  cat >"$dir/config.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+  <logger>
+    <level>information</level>
+    <log>$dir/log/clickhouse-server.log</log>
+    <errorlog>$dir/log/clickhouse-server.err.log</errorlog>
+    <size>100M</size>
+    <count>3</count>
+  </logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>$http</http_port>
+  <tcp_port>$tcp</tcp_port>
+  <interserver_http_port>$inter</interserver_http_port>
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+  <path>$dir/data/</path>
+  <tmp_path>$dir/tmp/</tmp_path>
+  <user_files_path>$dir/user_files/</user_files_path>
+  <format_schema_path>$dir/format_schemas/</format_schema_path>
+  <users_config>$dir/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>134217728</mark_cache_size>
+  <uncompressed_cache_size>134217728</uncompressed_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <zookeeper><node><host>127.0.0.1</host><port>$ZK_PORT</port></node></zookeeper>
+  <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+  <macros><shard>01</shard><replica>replica-$n</replica></macros>
+  <remote_servers>
+    <$CLUSTER>
+      <shard>
+        <internal_replication>true</internal_replication>
+        <replica><host>127.0.0.1</host><port>9001</port></replica>
+        <replica><host>127.0.0.1</host><port>9002</port></replica>
+      </shard>
+    </$CLUSTER>
+  </remote_servers>
+</yandex>
+EOF
+  clickhouse_users >"$dir/users.xml"
+  say "starting $name on 127.0.0.1:$http (replica $n of $CLUSTER)"
+  start_bg "$name" clickhouse-server --config-file="$dir/config.xml"
+  wait_until "$name" http_ok "http://127.0.0.1:$http/ping"
+  say "$name ready"
+}
+clickhouse_1_up() { clickhouse_replica_up 1; }
+clickhouse_2_up() { clickhouse_replica_up 2; }
 
 # ---------------------------------------------------------------- prometheus + alertmanager
 prometheus_up() {
@@ -448,7 +551,8 @@ svc_port() {
     kafka) echo "$KAFKA_PORT" ;; clickhouse) echo "$CH_HTTP_PORT" ;;
     prometheus) echo "$PROM_PORT" ;; alertmanager) echo "$AM_PORT" ;;
     alertmanager-tls) echo "$AM_TLS_PORT" ;; schema-registry) echo "$SR_PORT" ;;
-    *) die "unknown service $1 (kafka, clickhouse, prometheus, alertmanager, alertmanager-tls, schema-registry)" ;;
+    zookeeper) echo "$ZK_PORT" ;; clickhouse-1) echo "$CH1_HTTP_PORT" ;; clickhouse-2) echo "$CH2_HTTP_PORT" ;;
+    *) die "unknown service $1 (${ALL[*]})" ;;
   esac
 }
 
@@ -487,7 +591,7 @@ case "$cmd" in
     tail -n "$n" "$STACK/logs/$s.log" ;;
   wipe)
     for s in "${ALL[@]}"; do down_one "$s"; done
-    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,schema-registry,tls,run}
+    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,schema-registry,zookeeper,clickhouse-1,clickhouse-2,tls,run}
     say "wiped stack data (jar cache kept in $STACK/cache)" ;;
   *) die "usage: scripts/stack.sh up|down|status|logs|wipe [SERVICE...]" ;;
 esac

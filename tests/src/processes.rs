@@ -47,6 +47,7 @@ pub fn banter_cmd(cfg: &Config) -> Command {
         .env("BANTER_SINK__MAX_BACKOFF_MS", "2000")
         .env("BANTER_CLICKHOUSE__URL", &cfg.clickhouse.url)
         .env("BANTER_CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
+        .env("BANTER_CLICKHOUSE__CLUSTER", &cfg.clickhouse.cluster)
         .env("BANTER_STREAM__IDLE_TIMEOUT_MS", "1000")
         .env("BANTER_STREAM__MAX_BATCH_EVENTS", "500")
         .env("BANTER_INGEST__ACTOR_SALT", "integration-test-salt")

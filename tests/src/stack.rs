@@ -204,6 +204,19 @@ pub async fn fresh_pipeline_config(name: &str) -> Config {
     cfg
 }
 
+/// The local stack's replicated cluster (`scripts/stack.sh up zookeeper clickhouse-1
+/// clickhouse-2`): its name, and the HTTP URL of replica 1 or 2.
+pub const CLUSTER: &str = "banter_cluster";
+
+/// The HTTP URL of the cluster's replica `n` (1 or 2).
+pub fn replica_url(n: u8) -> String {
+    let (var, default) = match n {
+        1 => ("BANTER_CLICKHOUSE_1_HTTP_PORT", 8124),
+        _ => ("BANTER_CLICKHOUSE_2_HTTP_PORT", 8125),
+    };
+    format!("http://127.0.0.1:{}", port(var, default))
+}
+
 /// The local stack's TLS material (`scripts/stack.sh` makes it): `ca.pem`, `rogue-ca.pem`,
 /// `client.pem`, `client.key`, …
 pub fn tls_file(name: &str) -> String {

@@ -14,6 +14,12 @@ pub mod telemetry;
 pub mod tls;
 
 pub use config::{ConfigError, Validate};
+
+/// SHA-256 of `bytes` in lower-case hex (64 digits).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    aws::hex(&sha2::Sha256::digest(bytes))
+}
 pub use secret::Secret;
 
 /// Wall-clock milliseconds since the Unix epoch (0 before 1970, saturating far ahead).

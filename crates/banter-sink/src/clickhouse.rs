@@ -103,6 +103,12 @@ impl ServerVersion {
     pub fn has_datetime64(self) -> bool {
         self.major >= 20
     }
+
+    /// Whether table and column TTLs can be set without rewriting every part
+    /// (`materialize_ttl_after_modify`, 20.5+).
+    pub fn has_ttl(self) -> bool {
+        (self.major, self.minor) >= (20, 5)
+    }
 }
 
 /// The HTTP client under the ClickHouse client: HTTP or HTTPS (the system's OpenSSL), trusting
@@ -167,6 +173,8 @@ pub struct ClickHouse {
     pub version: ServerVersion,
     /// The database the client writes to.
     pub database: String,
+    /// `clickhouse.cluster`, when set: the tables are replicated and sharded over it.
+    pub cluster: Option<String>,
 }
 
 impl std::fmt::Debug for ClickHouse {
@@ -224,10 +232,15 @@ pub async fn connect(
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let client = server_client(cfg)?
+    let mut client = server_client(cfg)?
         .with_database(&cfg.database)
         .with_compression(version.compression())
         .with_validation(version.supports_validation());
+    if !cfg.cluster.is_empty() {
+        // An insert into a Distributed table returns once the shards have the rows, not when
+        // they are queued on this server's disk: the sink commits its offsets after that.
+        client = client.with_setting("insert_distributed_sync", "1");
+    }
     tracing::debug!(
         major = version.major,
         minor = version.minor,
@@ -237,6 +250,7 @@ pub async fn connect(
         client,
         version,
         database: cfg.database.clone(),
+        cluster: (!cfg.cluster.is_empty()).then(|| cfg.cluster.clone()),
     })
 }
 

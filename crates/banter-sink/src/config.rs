@@ -71,6 +71,41 @@ pub struct ClickHouseConfig {
     /// For an `https://` URL: the PEM file of the CA certificates that signed the server's
     /// certificate; empty: the system's (ClickHouse Cloud needs nothing here).
     pub ca_file: String,
+    /// A cluster of the servers' `remote_servers` (empty: one server). `banter migrate` then
+    /// creates every table `ON CLUSTER` as a `Replicated…MergeTree` named `<table>_local`, with
+    /// a `Distributed` table `<table>` over it (sharded by account, so every version of a row
+    /// lands on the same shard and `FINAL` deduplicates it); the sink writes, and dashboards
+    /// read, the Distributed tables.
+    pub cluster: String,
+    /// How long rows are kept.
+    pub retention: RetentionConfig,
+}
+
+/// `[clickhouse.retention]`: days rows are kept, 0 for ever. Servers with TTL (20.5 and later)
+/// get table and column TTLs from `banter migrate`; on older servers (Debian's 18.16) the sink
+/// and `banter migrate` empty old payloads (a mutation) and drop whole months (partitions) once
+/// every day in them is older than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a dead letter keeps its payload (the raw input, which can carry user names and
+    /// message text); after that the payload is emptied and the row (reason, detail, source,
+    /// position, hash of the payload in `detail`) stays.
+    pub dead_letter_payload_days: u32,
+    /// Days dead letters are kept.
+    pub dead_letters_days: u32,
+    /// Days rollups, funnels, conversations and alerts are kept (by window start).
+    pub rollups_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            dead_letter_payload_days: 30,
+            dead_letters_days: 90,
+            rollups_days: 0,
+        }
+    }
 }
 
 impl Default for ClickHouseConfig {
@@ -81,6 +116,8 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: Secret::default(),
             ca_file: String::new(),
+            cluster: String::new(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -104,6 +141,45 @@ impl Validate for ClickHouseConfig {
                     "`{db}` must be letters, digits and underscores, not starting with a digit"
                 ),
             ));
+        }
+        let c = &self.cluster;
+        let named = c
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphabetic());
+        if !c.is_empty() && !named {
+            p.push(invalid(
+                "clickhouse.cluster",
+                format!("`{c}` must be a cluster name of the servers' remote_servers (letters, digits, `_`, `-`)"),
+            ));
+        }
+        let r = &self.retention;
+        if r.dead_letters_days != 0 && r.dead_letter_payload_days > r.dead_letters_days {
+            p.push(invalid(
+                "clickhouse.retention.dead_letter_payload_days",
+                format!(
+                    "is {} but dead letters are deleted after {} days (clickhouse.retention.dead_letters_days): payloads cannot outlive their rows",
+                    r.dead_letter_payload_days, r.dead_letters_days
+                ),
+            ));
+        }
+        for (key, days) in [
+            (
+                "clickhouse.retention.dead_letter_payload_days",
+                r.dead_letter_payload_days,
+            ),
+            (
+                "clickhouse.retention.dead_letters_days",
+                r.dead_letters_days,
+            ),
+            ("clickhouse.retention.rollups_days", r.rollups_days),
+        ] {
+            if days > 36_500 {
+                p.push(invalid(
+                    key,
+                    "must be at most 36500 days (0 keeps rows for ever)",
+                ));
+            }
         }
         if !self.ca_file.is_empty() {
             if self.url.starts_with("http://") {

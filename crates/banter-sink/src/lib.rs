@@ -5,9 +5,10 @@
 pub mod clickhouse;
 pub mod config;
 pub mod migrate;
+pub mod retention;
 pub mod sink;
 
 pub use clickhouse::{connect, ClickHouse};
 pub use config::{ClickHouseConfig, SinkConfig};
-pub use migrate::{migrate, plan, render, MigrateError, Outcome};
+pub use migrate::{migrate, plan, render, MigrateError, Outcome, Target};
 pub use sink::{run, SinkError, SinkMetrics};

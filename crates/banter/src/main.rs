@@ -58,6 +58,9 @@ enum Command {
         /// the configured ClickHouse.
         #[arg(long, value_name = "VERSION", requires = "print_sql")]
         server_version: Option<String>,
+        /// Remove the migration lock left by a `banter migrate` that died holding it.
+        #[arg(long, conflicts_with = "print_sql")]
+        unlock: bool,
     },
     /// Run the ClickHouse sink: rollups, alerts and dead letters into ClickHouse.
     Sink,
@@ -234,7 +237,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate {
             print_sql,
             server_version,
-        } => runtime()?.block_on(migrate(&config, print_sql, server_version.as_deref())),
+            unlock,
+        } => runtime()?.block_on(migrate(
+            &config,
+            print_sql,
+            server_version.as_deref(),
+            unlock,
+        )),
         Command::Sink => runtime()?.block_on(sink(&config)),
         Command::Alert => runtime()?.block_on(alert(&config)),
         Command::Run => runtime()?.block_on(run_all(&config)),
@@ -432,19 +441,38 @@ async fn migrate(
     config: &Config,
     print_sql: bool,
     server_version: Option<&str>,
+    unlock: bool,
 ) -> anyhow::Result<()> {
     let db = &config.clickhouse.database;
+    if unlock {
+        let ch = clickhouse(config).await?;
+        banter_sink::migrate::unlock(&ch.client.clone().with_database("system"), db).await?;
+        println!("migration lock of {db} removed");
+        return Ok(());
+    }
     if print_sql {
         let v = match server_version {
             Some(v) => banter_sink::clickhouse::ServerVersion::parse(v)?,
             None => clickhouse(config).await?.version,
         };
+        let cluster = &config.clickhouse.cluster;
         println!(
-            "-- banter migrate on a new database {db}, ClickHouse {}.{}",
-            v.major, v.minor
+            "-- banter migrate on a new database {db}, ClickHouse {}.{}{}",
+            v.major,
+            v.minor,
+            if cluster.is_empty() {
+                String::new()
+            } else {
+                format!(", cluster {cluster}")
+            }
         );
+        let target = banter_sink::Target {
+            db,
+            version: v,
+            cluster: (!cluster.is_empty()).then_some(cluster.as_str()),
+        };
         let mut last = String::new();
-        for (name, sql) in banter_sink::plan(db, v) {
+        for (name, sql) in banter_sink::plan(target, &config.clickhouse.retention) {
             if name != last {
                 println!("\n-- {name}");
                 last = name;
@@ -466,11 +494,25 @@ async fn migrate(
             }
         );
     }
+    for sql in retention(config, &ch).await?.statements {
+        println!("retention: {sql}");
+    }
     println!(
         "database {db} is up to date (ClickHouse {}.{})",
         ch.version.major, ch.version.minor
     );
     Ok(())
+}
+
+/// Applies `clickhouse.retention` now (TTLs, or on servers without them the due deletions).
+async fn retention(
+    config: &Config,
+    ch: &banter_sink::ClickHouse,
+) -> anyhow::Result<banter_sink::retention::Enforced> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Ok(banter_sink::retention::enforce(ch, &config.clickhouse.retention, now_ms).await?)
 }
 
 async fn sink(config: &Config) -> anyhow::Result<()> {
@@ -483,6 +525,11 @@ async fn sink(config: &Config) -> anyhow::Result<()> {
     let ops = serve_role(config, metrics, &readiness, &shutdown).await?;
     let ch = clickhouse(config).await?;
     readiness.set("clickhouse", true);
+    tokio::spawn(banter_sink::retention::every_hour(
+        ch.clone(),
+        config.clickhouse.retention,
+        shutdown.clone(),
+    ));
     let result = banter_sink::run(
         &config.kafka,
         &config.sink,
@@ -533,6 +580,7 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
     publish_schemas(config).await;
     let ch = clickhouse(config).await?;
     banter_sink::migrate(&ch, &config.clickhouse.database).await?;
+    retention(config, &ch).await?;
 
     let mut metrics = Metrics::new("run");
     let stream_metrics = banter_stream::StreamMetrics::register(metrics.registry_mut());
@@ -553,6 +601,11 @@ async fn run_all(config: &Config) -> anyhow::Result<()> {
             &|| stop.is_cancelled(),
         )
     });
+    tokio::spawn(banter_sink::retention::every_hour(
+        ch.clone(),
+        config.clickhouse.retention,
+        shutdown.clone(),
+    ));
     let mut sink = tokio::spawn({
         let (cfg, stop) = (config.clone(), shutdown.clone());
         async move { banter_sink::run(&cfg.kafka, &cfg.sink, ch, sink_metrics, stop).await }
