@@ -263,13 +263,18 @@ kafka_ready() {
 }
 
 # ---------------------------------------------------------------- clickhouse
-# The users of every local ClickHouse server: `default` (no password, localhost only) and
-# `banter` (password `banter-ch-secret`).
+# The users of every local ClickHouse server: `default` (no password, localhost only),
+# `banter` (password `banter-ch-secret`) and `grafana`, read-only (password
+# `banter-grafana-secret`; readonly=2: queries may change settings, never data or tables),
+# the user dashboards read with.
 clickhouse_users() {
   cat <<EOF
 <?xml version="1.0"?>
 <yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <profiles>
+    <default><max_memory_usage>4000000000</max_memory_usage></default>
+    <dashboards><max_memory_usage>2000000000</max_memory_usage><readonly>2</readonly></dashboards>
+  </profiles>
   <users>
     <default>
       <password></password>
@@ -283,6 +288,12 @@ clickhouse_users() {
       <profile>default</profile>
       <quota>default</quota>
     </banter>
+    <grafana>
+      <password_sha256_hex>$(printf '%s' banter-grafana-secret | sha256sum | cut -d' ' -f1)</password_sha256_hex>
+      <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+      <profile>dashboards</profile>
+      <quota>default</quota>
+    </grafana>
   </users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
@@ -294,6 +305,8 @@ clickhouse_up() {
     say "clickhouse already running on :$CH_HTTP_PORT"
     port_open "$CH_HTTPS_PORT" \
       || die "clickhouse is running without its HTTPS port (started by an older stack.sh): scripts/stack.sh down clickhouse && scripts/stack.sh up clickhouse"
+    # Users as this script has them (ClickHouse reloads users.xml when it changes).
+    clickhouse_users >"$STACK/clickhouse/users.xml"
     return 0
   fi
   port_open "$CH_HTTP_PORT" && die "port $CH_HTTP_PORT is taken by another process (set BANTER_CLICKHOUSE_HTTP_PORT)"
@@ -378,7 +391,11 @@ zk_ok() { [[ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && ti
 clickhouse_replica_up() {
   local n="$1" name="clickhouse-$1" http tcp inter
   http="$(svc_port "$name")"; tcp=$((9000 + n)); inter=$((9010 + n))
-  if running "$name" && http_ok "http://127.0.0.1:$http/ping"; then say "$name already running on :$http"; return 0; fi
+  if running "$name" && http_ok "http://127.0.0.1:$http/ping"; then
+    say "$name already running on :$http"
+    clickhouse_users >"$STACK/$name/users.xml"
+    return 0
+  fi
   for p in "$http" "$tcp" "$inter"; do
     port_open "$p" && die "port $p is taken by another process (needed by $name)"
   done

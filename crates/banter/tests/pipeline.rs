@@ -329,7 +329,19 @@ async fn a_table_that_no_longer_matches_the_rows_stops_the_sink_instead_of_dead_
 fn expand_macros(sql: &str, from: i64, to: i64, value: &str) -> String {
     let mut out = sql
         .replace("$__fromTime", &format!("toDateTime({from})"))
-        .replace("$__toTime", &format!("toDateTime({to})"));
+        .replace("$__toTime", &format!("toDateTime({to})"))
+        .replace("$__interval_s", "120");
+    // The panel's interval: 2 minutes here.
+    while let Some(i) = out.find("$__timeInterval(") {
+        let rest = &out[i + "$__timeInterval(".len()..];
+        let j = rest.find(')').unwrap();
+        let col = rest[..j].to_owned();
+        out = format!(
+            "{}toStartOfInterval(toDateTime({col}), INTERVAL 120 second){}",
+            &out[..i],
+            &rest[j + 1..]
+        );
+    }
     while let Some(i) = out.find("$__timeFilter(") {
         let rest = &out[i + "$__timeFilter(".len()..];
         let j = rest.find(')').unwrap();
@@ -361,6 +373,21 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
         "http://127.0.0.1:{}/api/v1/query",
         std::env::var("BANTER_PROMETHEUS_PORT").unwrap_or_else(|_| "9090".into())
     );
+    // Dashboards read as Grafana's read-only ClickHouse user (the local stack's `grafana`).
+    let mut ro = config().clickhouse;
+    ro.database = db.name.clone();
+    ro.user = "grafana".into();
+    ro.password = banter_runtime::Secret::new("banter-grafana-secret");
+    let grafana = banter_sink::connect(&ro, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let refused = grafana
+        .client
+        .query("INSERT INTO rollups (account_id) VALUES ('x')")
+        .execute()
+        .await
+        .expect_err("the dashboards' user must not write");
+    assert!(refused.to_string().contains("readonly"), "{refused}");
     let mut checked = 0;
     let mut pruned = 0;
     for f in files {
@@ -370,12 +397,34 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
             assert!(d.get(key).is_some(), "{name}: no {key}");
         }
         let mut targets: Vec<(String, Value)> = Vec::new();
+        // The datasource is a variable (its default, the provisioned uid); every panel reads
+        // it and has a unit.
+        let vars = d["templating"]["list"].as_array().unwrap();
+        let ds = vars
+            .iter()
+            .find(|v| v["type"] == "datasource")
+            .unwrap_or_else(|| panic!("{name}: no datasource variable"));
+        let ds_uid = format!("${{{}}}", ds["name"].as_str().unwrap());
+        assert!(
+            ["banter-clickhouse", "banter-prometheus"]
+                .contains(&ds["current"]["value"].as_str().unwrap()),
+            "{name}: {ds}"
+        );
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            assert_eq!(v["allValue"], "__all__", "{name}: {v}");
+            targets.push((format!("variable {}", v["name"]), v["query"].clone()));
+        }
         for p in d["panels"].as_array().unwrap() {
             let title = p["title"].as_str().unwrap().to_owned();
             assert!(
                 p["gridPos"]["w"].as_i64().is_some(),
                 "{name}/{title}: gridPos"
             );
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"].is_string(),
+                "{name}/{title}: no unit"
+            );
+            assert_eq!(p["datasource"]["uid"], ds_uid.as_str(), "{name}/{title}");
             for t in p["targets"].as_array().unwrap() {
                 assert!(t["refId"].is_string(), "{name}/{title}: refId");
                 targets.push((title.clone(), t.clone()));
@@ -385,13 +434,17 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
             targets.push((format!("annotation {}", a["name"]), a["target"].clone()));
         }
         for (title, t) in targets {
-            match t["datasource"]["uid"].as_str().unwrap() {
-                "banter-clickhouse" => {
+            let uid = if title.starts_with("variable ") {
+                "${ds}"
+            } else {
+                t["datasource"]["uid"].as_str().unwrap()
+            };
+            match uid {
+                "${ds}" => {
                     let raw = t["rawSql"].as_str().unwrap();
                     // Variables at their defaults (textboxes, empty: everything).
                     let sql = expand_macros(raw, from, to, "");
-                    let n: u64 = db
-                        .ch
+                    let n: u64 = grafana
                         .client
                         .query(&format!("SELECT count() FROM ({sql})"))
                         .fetch_one()
@@ -435,9 +488,18 @@ async fn dashboards_run_and_return_rows(db: &TestDatabase, last_ms: i64) {
                             answers.iter().all(|(_, n)| *n == answers[0].1),
                             "{name}/{title}: {answers:?}"
                         );
+                        // The dropdowns' All is everything, as the empty value is.
+                        let all = expand_macros(raw, from, to, "__all__");
+                        let n_all: u64 = grafana
+                            .client
+                            .query(&format!("SELECT count() FROM ({all})"))
+                            .fetch_one()
+                            .await
+                            .unwrap_or_else(|e| panic!("{name}/{title} with All: {e}\n{all}"));
+                        assert_eq!(n_all, n, "{name}/{title}: All and empty differ");
                     }
                 }
-                "banter-prometheus" => {
+                "${prom}" => {
                     let expr = t["expr"].as_str().unwrap();
                     let r: Value = http
                         .get(&prometheus)
@@ -479,6 +541,13 @@ fn clickhouse_dashboard_queries() -> Vec<(String, String)> {
         let d: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let mut targets: Vec<(String, Value)> = Vec::new();
+        for v in d["templating"]["list"].as_array().unwrap() {
+            if v["type"] == "query" {
+                let mut q = v["query"].clone();
+                q["datasource"] = v["datasource"].clone();
+                targets.push((format!("variable {}", v["name"]), q));
+            }
+        }
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {
                 targets.push((p["title"].as_str().unwrap().to_owned(), t.clone()));
@@ -488,7 +557,7 @@ fn clickhouse_dashboard_queries() -> Vec<(String, String)> {
             targets.push((format!("annotation {}", a["name"]), a["target"].clone()));
         }
         for (title, t) in targets {
-            if t["datasource"]["uid"] == "banter-clickhouse" {
+            if t["datasource"]["uid"] == "${ds}" {
                 out.push((
                     format!("{name}/{title}"),
                     t["rawSql"].as_str().unwrap().to_owned(),
