@@ -15,7 +15,8 @@ pub use event::{
     Action, ContentType, EngagementEvent, EventTimeSource, Kind, Platform, TimestampMillis,
 };
 pub use records::{
-    AlertState, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert, Stage, WindowKind,
+    AlertState, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SketchBucket, SpikeAlert,
+    Stage, WindowKind, ZERO_BUCKET,
 };
 pub use smol_str::SmolStr;
 pub use validate::{ValidationContext, ValidationError};

@@ -134,6 +134,16 @@ pub struct FunnelRollup {
     pub median_click_to_conversion_s: Option<f64>,
     /// When this revision was emitted.
     pub emitted_at: TimestampMillis,
+    /// The sketches of the three stage latencies (seconds), to merge windows: trigger to
+    /// private reply, private reply to click, click to conversion.
+    #[serde(default)]
+    pub trigger_to_reply_sketch: Vec<SketchBucket>,
+    /// Private reply to click.
+    #[serde(default)]
+    pub reply_to_click_sketch: Vec<SketchBucket>,
+    /// Click to conversion.
+    #[serde(default)]
+    pub click_to_conversion_sketch: Vec<SketchBucket>,
 }
 
 impl FunnelRollup {
@@ -150,6 +160,22 @@ impl FunnelRollup {
         ]
     }
 }
+
+/// One bucket of a mergeable quantile sketch of durations (relative accuracy 1 %): values
+/// from `γ^(bucket−1)` to `γ^bucket` seconds, γ = 1.01 / 0.99, and `count` of them; bucket
+/// [`ZERO_BUCKET`] holds the values below 0.01 s. Sketches of several windows merge by adding
+/// the counts of equal buckets (in ClickHouse: `sumMap(buckets, counts)`), so a percentile
+/// over any range is exact to within 1 %, where averaging the windows' medians is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SketchBucket {
+    /// ⌈log_γ(seconds)⌉, or [`ZERO_BUCKET`].
+    pub bucket: i32,
+    /// Values in it.
+    pub count: i64,
+}
+
+/// The bucket of values below 0.01 s (counted as 0).
+pub const ZERO_BUCKET: i32 = i32::MIN;
 
 /// Brand responsiveness of one account (`content_id` None) or one post in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +229,12 @@ pub struct ConversationRollup {
     pub reply_share: Option<f64>,
     /// When this revision was emitted.
     pub emitted_at: TimestampMillis,
+    /// The sketch of the response times (seconds), to merge windows.
+    #[serde(default)]
+    pub response_sketch: Vec<SketchBucket>,
+    /// The sketch of the first-response times (seconds).
+    #[serde(default)]
+    pub first_response_sketch: Vec<SketchBucket>,
 }
 
 /// Spike alert state.

@@ -284,6 +284,21 @@ fn every_record_type_round_trips_on_both_paths() {
         median_reply_to_click_s: None,
         median_click_to_conversion_s: Some(600.0),
         emitted_at: 1_764_086_460_000,
+        trigger_to_reply_sketch: vec![
+            SketchBucket {
+                bucket: ZERO_BUCKET,
+                count: 3,
+            },
+            SketchBucket {
+                bucket: 35,
+                count: 92,
+            },
+        ],
+        reply_to_click_sketch: vec![],
+        click_to_conversion_sketch: vec![SketchBucket {
+            bucket: 320,
+            count: 5,
+        }],
     });
     check(ConversationRollup {
         account_id: "acct".into(),
@@ -307,6 +322,17 @@ fn every_record_type_round_trips_on_both_paths() {
         thread_depth: Some(0.25),
         reply_share: Some(0.2),
         emitted_at: 1_764_003_660_000,
+        response_sketch: vec![
+            SketchBucket {
+                bucket: -12,
+                count: 1,
+            },
+            SketchBucket {
+                bucket: 274,
+                count: 29,
+            },
+        ],
+        first_response_sketch: vec![],
     });
     check(SpikeAlert {
         alert_id: "acct/post/1764000000000".into(),

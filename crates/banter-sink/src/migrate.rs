@@ -34,7 +34,7 @@ pub struct Migration {
 
 /// The migrations, in order (embedded: the binary carries its schema).
 pub fn migrations() -> Vec<Migration> {
-    let files: [(&'static str, &'static str); 12] = [
+    let files: [(&'static str, &'static str); 14] = [
         (
             "0001_rollups.sql",
             include_str!("../../../schemas/clickhouse/0001_rollups.sql"),
@@ -82,6 +82,14 @@ pub fn migrations() -> Vec<Migration> {
         (
             "0012_dead_letter_payload_retention.sql",
             include_str!("../../../schemas/clickhouse/0012_dead_letter_payload_retention.sql"),
+        ),
+        (
+            "0013_conversation_sketches.sql",
+            include_str!("../../../schemas/clickhouse/0013_conversation_sketches.sql"),
+        ),
+        (
+            "0014_funnel_sketches.sql",
+            include_str!("../../../schemas/clickhouse/0014_funnel_sketches.sql"),
         ),
     ];
     files
@@ -1119,7 +1127,7 @@ mod tests {
         ));
         assert!(n.contains("account_id LowCardinality(String)"));
         let versions: Vec<u32> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, (1..=12).collect::<Vec<u32>>());
+        assert_eq!(versions, (1..=14).collect::<Vec<u32>>());
     }
 
     fn target(version: &str, cluster: Option<&'static str>) -> Target<'static> {

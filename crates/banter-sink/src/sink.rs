@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banter_model::{
-    AlertState, AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert,
-    Stage, WindowKind,
+    AlertState, AvroRecord, ConversationRollup, DeadLetter, FunnelRollup, Rollup, SketchBucket,
+    SpikeAlert, Stage, WindowKind,
 };
 use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::{consumer_config, producer, KafkaContext};
@@ -208,6 +208,12 @@ pub struct FunnelRow {
     median_reply_to_click_s: Option<f64>,
     median_click_to_conversion_s: Option<f64>,
     emitted_at_ms: i64,
+    trigger_to_reply_sketch_buckets: Vec<i32>,
+    trigger_to_reply_sketch_counts: Vec<i64>,
+    reply_to_click_sketch_buckets: Vec<i32>,
+    reply_to_click_sketch_counts: Vec<i64>,
+    click_to_conversion_sketch_buckets: Vec<i32>,
+    click_to_conversion_sketch_counts: Vec<i64>,
 }
 
 impl From<FunnelRollup> for FunnelRow {
@@ -231,6 +237,12 @@ impl From<FunnelRollup> for FunnelRow {
             median_reply_to_click_s: f.median_reply_to_click_s,
             median_click_to_conversion_s: f.median_click_to_conversion_s,
             emitted_at_ms: f.emitted_at,
+            trigger_to_reply_sketch_buckets: buckets(&f.trigger_to_reply_sketch),
+            trigger_to_reply_sketch_counts: counts(&f.trigger_to_reply_sketch),
+            reply_to_click_sketch_buckets: buckets(&f.reply_to_click_sketch),
+            reply_to_click_sketch_counts: counts(&f.reply_to_click_sketch),
+            click_to_conversion_sketch_buckets: buckets(&f.click_to_conversion_sketch),
+            click_to_conversion_sketch_counts: counts(&f.click_to_conversion_sketch),
         }
     }
 }
@@ -259,6 +271,10 @@ pub struct ConversationRow {
     thread_depth: Option<f64>,
     reply_share: Option<f64>,
     emitted_at_ms: i64,
+    response_sketch_buckets: Vec<i32>,
+    response_sketch_counts: Vec<i64>,
+    first_response_sketch_buckets: Vec<i32>,
+    first_response_sketch_counts: Vec<i64>,
 }
 
 impl From<ConversationRollup> for ConversationRow {
@@ -285,6 +301,10 @@ impl From<ConversationRollup> for ConversationRow {
             thread_depth: c.thread_depth,
             reply_share: c.reply_share,
             emitted_at_ms: c.emitted_at,
+            response_sketch_buckets: buckets(&c.response_sketch),
+            response_sketch_counts: counts(&c.response_sketch),
+            first_response_sketch_buckets: buckets(&c.first_response_sketch),
+            first_response_sketch_counts: counts(&c.first_response_sketch),
         }
     }
 }
@@ -327,6 +347,25 @@ impl From<SpikeAlert> for AlertRow {
             emitted_at_ms: a.emitted_at,
         }
     }
+}
+
+/// A sketch as two columns (`sumMap(buckets, counts)` merges them in SQL): the buckets…
+fn buckets(s: &[SketchBucket]) -> Vec<i32> {
+    s.iter().map(|b| b.bucket).collect()
+}
+
+/// … and their counts.
+fn counts(s: &[SketchBucket]) -> Vec<i64> {
+    s.iter().map(|b| b.count).collect()
+}
+
+/// The sketch of two columns.
+fn sketch(buckets: &[i32], counts: &[i64]) -> Vec<SketchBucket> {
+    buckets
+        .iter()
+        .zip(counts)
+        .map(|(&bucket, &count)| SketchBucket { bucket, count })
+        .collect()
 }
 
 fn nonempty(s: String) -> Option<String> {
@@ -385,6 +424,18 @@ impl FunnelRow {
             median_reply_to_click_s: self.median_reply_to_click_s,
             median_click_to_conversion_s: self.median_click_to_conversion_s,
             emitted_at: self.emitted_at_ms,
+            trigger_to_reply_sketch: sketch(
+                &self.trigger_to_reply_sketch_buckets,
+                &self.trigger_to_reply_sketch_counts,
+            ),
+            reply_to_click_sketch: sketch(
+                &self.reply_to_click_sketch_buckets,
+                &self.reply_to_click_sketch_counts,
+            ),
+            click_to_conversion_sketch: sketch(
+                &self.click_to_conversion_sketch_buckets,
+                &self.click_to_conversion_sketch_counts,
+            ),
         })
     }
 }
@@ -414,6 +465,11 @@ impl ConversationRow {
             thread_depth: self.thread_depth,
             reply_share: self.reply_share,
             emitted_at: self.emitted_at_ms,
+            response_sketch: sketch(&self.response_sketch_buckets, &self.response_sketch_counts),
+            first_response_sketch: sketch(
+                &self.first_response_sketch_buckets,
+                &self.first_response_sketch_counts,
+            ),
         })
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use banter_model::{SketchBucket, ZERO_BUCKET};
 use serde::{Deserialize, Serialize};
 
 /// Relative accuracy.
@@ -98,6 +99,40 @@ impl Quantiles {
     pub fn is_empty(&self) -> bool {
         self.count() == 0
     }
+
+    /// The buckets, as rows carry them for merging elsewhere (the zero bucket first, then by
+    /// index; empty buckets left out).
+    pub fn to_buckets(&self) -> Vec<SketchBucket> {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        (self.zero > 0)
+            .then(|| SketchBucket {
+                bucket: ZERO_BUCKET,
+                count: count(self.zero),
+            })
+            .into_iter()
+            .chain(self.buckets.iter().map(|(b, n)| SketchBucket {
+                bucket: *b,
+                count: count(*n),
+            }))
+            .collect()
+    }
+
+    /// A sketch from buckets written by [`Quantiles::to_buckets`] (negative counts ignored).
+    pub fn from_buckets(buckets: &[SketchBucket]) -> Self {
+        let mut q = Quantiles::default();
+        for b in buckets {
+            let n = u64::try_from(b.count).unwrap_or(0);
+            if n == 0 {
+                continue;
+            }
+            if b.bucket == ZERO_BUCKET {
+                q.zero += n;
+            } else {
+                *q.buckets.entry(b.bucket).or_default() += n;
+            }
+        }
+        q
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +159,34 @@ mod tests {
                 (got - want).abs() <= ALPHA * want + 1e-9,
                 "q {q}: {got} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn buckets_carried_by_rows_merge_to_the_merged_sketch() {
+        let (mut a, mut b, mut both) = (
+            Quantiles::default(),
+            Quantiles::default(),
+            Quantiles::default(),
+        );
+        for (i, v) in [0.0, 0.004, 1.0, 2.5, 60.0, 61.0, 3600.0, 86_400.0]
+            .iter()
+            .enumerate()
+        {
+            if i % 2 == 0 {
+                a.add(*v)
+            } else {
+                b.add(*v)
+            }
+            both.add(*v);
+        }
+        let mut merged = a.to_buckets();
+        merged.extend(b.to_buckets());
+        let back = Quantiles::from_buckets(&merged);
+        assert_eq!(back, both);
+        assert_eq!(a.to_buckets()[0].bucket, ZERO_BUCKET);
+        for q in [0.1, 0.5, 0.9, 1.0] {
+            assert_eq!(back.quantile(q), both.quantile(q));
         }
     }
 

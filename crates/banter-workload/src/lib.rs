@@ -200,6 +200,11 @@ pub struct Expected {
     /// Per account, per hour start: the account-level conversation row.
     #[serde(default)]
     pub conversations: BTreeMap<String, BTreeMap<i64, ConversationHour>>,
+    /// Per account: percentiles over the whole run, from every raw response time (what a
+    /// dashboard's range over all the account's hours must show; averaging the hours'
+    /// medians does not give it).
+    #[serde(default)]
+    pub conversation_totals: BTreeMap<String, ResponsePercentiles>,
     /// Totals per kind (signed).
     pub kinds: BTreeMap<String, i64>,
 }
@@ -219,6 +224,17 @@ pub struct FirstHour {
     /// Distinct engagers in the first 60 minutes.
     #[serde(default)]
     pub engagers_60m: u64,
+}
+
+/// Percentiles of response times (seconds, nearest rank) over a set of inbound items.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResponsePercentiles {
+    /// Median of item → the brand's answer.
+    pub median_response_s: Option<f64>,
+    /// 90th percentile of the same.
+    pub p90_response_s: Option<f64>,
+    /// Median of thread root → the brand's first response in it.
+    pub median_first_response_s: Option<f64>,
 }
 
 /// One account's conversations in one hour (the README's definitions).

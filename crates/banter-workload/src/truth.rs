@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use banter_model::{Action, Kind};
 
-use crate::{ConversationHour, Draft, Expected, FirstHour, Funnel, Spike, Workload, MINUTE};
+use crate::{
+    ConversationHour, Draft, Expected, FirstHour, Funnel, ResponsePercentiles, Spike, Workload,
+    MINUTE,
+};
 
 impl Workload {
     /// The CTA funnels of the generated events, by DESIGN.md's definitions: per campaign, the
@@ -272,7 +275,7 @@ impl Workload {
                 .or_default()
                 .insert(minute, set.len() as u64);
         }
-        x.conversations = self.expected_conversations(&too_late_set);
+        (x.conversations, x.conversation_totals) = self.expected_conversations(&too_late_set);
         for (account, hours) in &x.conversations {
             let e = x.comments_answered.entry(account.clone()).or_default();
             for h in hours.values() {
@@ -360,10 +363,16 @@ impl Workload {
     ///   the earliest BRAND_REPLY or PRIVATE_REPLY_SENT on any comment of the thread (the
     ///   root and the replies to it); the answer for DM threads.
     /// * Median and p90: the ⌈q·n⌉-th smallest value (nearest rank).
+    ///
+    /// With them, per account, the percentiles over all its hours from the raw values.
+    #[allow(clippy::type_complexity)]
     fn expected_conversations(
         &self,
         too_late: &BTreeSet<&String>,
-    ) -> BTreeMap<String, BTreeMap<i64, ConversationHour>> {
+    ) -> (
+        BTreeMap<String, BTreeMap<i64, ConversationHour>>,
+        BTreeMap<String, ResponsePercentiles>,
+    ) {
         const HOUR: i64 = 60 * MINUTE;
         const SILENCE: i64 = 24 * HOUR;
         struct Comment<'a> {
@@ -504,6 +513,25 @@ impl Workload {
             }
         }
         let mut out: BTreeMap<String, BTreeMap<i64, ConversationHour>> = BTreeMap::new();
+        let mut all: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for ((account, _), h) in &hours {
+            let a = all.entry(account).or_default();
+            a.0.extend(&h.response);
+            a.1.extend(&h.first_response);
+        }
+        let totals = all
+            .into_iter()
+            .map(|(account, (mut response, mut first))| {
+                (
+                    account.to_owned(),
+                    ResponsePercentiles {
+                        median_response_s: nearest_rank(&mut response, 0.5),
+                        p90_response_s: nearest_rank(&mut response, 0.9),
+                        median_first_response_s: nearest_rank(&mut first, 0.5),
+                    },
+                )
+            })
+            .collect();
         for ((account, hour), mut h) in hours {
             h.row.median_response_s = nearest_rank(&mut h.response, 0.5);
             h.row.p90_response_s = nearest_rank(&mut h.response, 0.9);
@@ -512,7 +540,7 @@ impl Workload {
                 .or_default()
                 .insert(hour, h.row);
         }
-        out
+        (out, totals)
     }
 }
 

@@ -10,7 +10,7 @@ use banter_workload::check::{compare, AlertSeen, Observed, Report};
 use banter_workload::Generated;
 
 /// Everything the run wrote to ClickHouse's database `ch.database`: the deduplicated
-/// rollups, funnels and conversations (the `*_final` views), every alert record, and the
+/// rollups, funnels and conversations (`FINAL`), every alert record, and the
 /// count of events the stream dead-lettered as too late.
 ///
 /// # Errors
@@ -28,7 +28,7 @@ pub async fn read_observed(ch: &ClickHouse) -> Result<Observed, clickhouse::erro
     }
     let rows: Vec<FunnelRow> = ch
         .client
-        .query("SELECT ?fields FROM funnels_final")
+        .query("SELECT ?fields FROM funnels FINAL")
         .fetch_all()
         .await?;
     for f in rows.into_iter().filter_map(FunnelRow::into_funnel) {
@@ -36,7 +36,7 @@ pub async fn read_observed(ch: &ClickHouse) -> Result<Observed, clickhouse::erro
     }
     let rows: Vec<ConversationRow> = ch
         .client
-        .query("SELECT ?fields FROM conversations_final")
+        .query("SELECT ?fields FROM conversations FINAL")
         .fetch_all()
         .await?;
     for c in rows

@@ -167,7 +167,7 @@ async fn retention_without_ttl_empties_old_payloads_and_drops_months_wholly_past
                 .await
                 .unwrap();
             rows.iter()
-                .all(|(o, p, _)| (*o == 1) == !p.is_empty())
+                .all(|(o, p, _)| (*o == 1) != p.is_empty())
                 .then_some(rows)
         },
     )

@@ -592,6 +592,8 @@ impl Conversations {
             thread_depth: ratio(w.replies, w.roots),
             reply_share: ratio(w.replies, w.roots + w.replies),
             emitted_at,
+            response_sketch: w.response.to_buckets(),
+            first_response_sketch: w.first_response.to_buckets(),
         }
     }
 

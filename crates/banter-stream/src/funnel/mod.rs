@@ -620,6 +620,9 @@ impl Funnels {
             median_reply_to_click_s: median(&w.latencies[1]),
             median_click_to_conversion_s: median(&w.latencies[2]),
             emitted_at,
+            trigger_to_reply_sketch: w.latencies[0].to_buckets(),
+            reply_to_click_sketch: w.latencies[1].to_buckets(),
+            click_to_conversion_sketch: w.latencies[2].to_buckets(),
         }
     }
 
