@@ -305,6 +305,8 @@ clickhouse_up() {
     say "clickhouse already running on :$CH_HTTP_PORT"
     port_open "$CH_HTTPS_PORT" \
       || die "clickhouse is running without its HTTPS port (started by an older stack.sh): scripts/stack.sh down clickhouse && scripts/stack.sh up clickhouse"
+    grep -q "<query_log>" "$STACK/clickhouse/config.xml" \
+      || die "clickhouse is running without its query log (started by an older stack.sh): scripts/stack.sh down clickhouse && scripts/stack.sh up clickhouse"
     # Users as this script has them (ClickHouse reloads users.xml when it changes).
     clickhouse_users >"$STACK/clickhouse/users.xml"
     return 0
@@ -351,6 +353,13 @@ clickhouse_up() {
   <mark_cache_size>268435456</mark_cache_size>
   <uncompressed_cache_size>268435456</uncompressed_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
+  <!-- Queries run with log_queries=1 are logged with the rows they read (tests measure it). -->
+  <query_log>
+    <database>system</database>
+    <table>query_log</table>
+    <partition_by>toYYYYMM(event_date)</partition_by>
+    <flush_interval_milliseconds>1000</flush_interval_milliseconds>
+  </query_log>
 </yandex>
 EOF
   clickhouse_users >"$dir/users.xml"

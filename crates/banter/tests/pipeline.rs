@@ -633,6 +633,125 @@ fn clickhouse_dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
+/// A year of rows (3 M rollups, 1 M conversations, 1 M funnel rows, spread evenly), and
+/// every dashboard query over six hours of it (alerts aside: few rows, keyed by alert) reads
+/// at most a tenth of each table it scans (a month is a twelfth), as ClickHouse's query log
+/// counts: the month its range touches, not the table. (`max_rows_to_read` cannot show it:
+/// 18.16 does not apply it to `FINAL` reads.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_queries_read_a_bounded_number_of_rows_of_a_large_table() {
+    let mut cfg = config();
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    migrate(&cfg);
+    const YEAR_START: i64 = 1_767_225_600_000; // 2026-01-01
+    const YEAR_MS: i64 = 365 * 86_400_000;
+    let exec = |sql: String| {
+        let ch = db.ch.client.clone();
+        async move {
+            ch.query(&sql)
+                .execute()
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        }
+    };
+    // Row n starts at YEAR_START + n·step (minute-aligned), so the rows cover the year evenly.
+    let start = |n: u64| format!("{YEAR_START} + intDiv({n} * number, 60000) * 60000");
+    let kinds = "['MINUTE', 'VELOCITY_5M', 'FIRST_15M', 'FIRST_60M', 'MINUTE']";
+    exec(format!(
+        "INSERT INTO rollups (account_id, content_id, window_kind, window_start_ms, window_end_ms, revision, interactions, emitted_at_ms) \
+         SELECT concat('acct-', toString(number % 40)), if(number % 3 = 0, '', concat('post-', toString(number % 20000))), \
+         {kinds}[number % 5 + 1], {s}, {s} + 60000, 1, 1, {s} + 60000 FROM system.numbers LIMIT 3000000",
+        s = start(YEAR_MS as u64 / 3_000_000)
+    ))
+    .await;
+    exec(format!(
+        "INSERT INTO conversations (account_id, content_id, window_kind, window_start_ms, window_end_ms, revision, inbound, answered, response_sketch_buckets, response_sketch_counts, emitted_at_ms) \
+         SELECT concat('acct-', toString(number % 40)), if(number % 2 = 0, '', concat('post-', toString(number % 20000))), \
+         'HOUR', {s}, {s} + 3600000, 1, 3, 2, [270, 300], [1, 1], {s} + 3600000 FROM system.numbers LIMIT 1000000",
+        s = start(YEAR_MS as u64 / 1_000_000)
+    ))
+    .await;
+    exec(format!(
+        "INSERT INTO funnels (account_id, campaign_id, window_kind, window_start_ms, window_end_ms, revision, triggered, emitted_at_ms) \
+         SELECT concat('acct-', toString(number % 40)), concat('camp-', toString(number % 300)), \
+         if(number % 24 = 0, 'DAY', 'HOUR'), {s}, {s} + 3600000, 1, 5, {s} + 3600000 FROM system.numbers LIMIT 1000000",
+        s = start(YEAR_MS as u64 / 1_000_000)
+    ))
+    .await;
+    // Six hours in June.
+    let from = (YEAR_START + 160 * 86_400_000) / 1000 + 3 * 3600;
+    let to = from + 6 * 3600;
+    let tables = [
+        ("rollups", 3_000_000u64),
+        ("conversations", 1_000_000),
+        ("funnels", 1_000_000),
+    ];
+    let mut checked = 0;
+    let mut worst = 0.0f64;
+    for (name, raw) in clickhouse_dashboard_queries() {
+        if raw.contains("FROM alerts") {
+            continue;
+        }
+        // Each scan of a table (a join scans twice) may read a month: a twelfth of it.
+        let rows: u64 = tables
+            .iter()
+            .map(|(t, n)| raw.matches(&format!("FROM {t} ")).count() as u64 * n)
+            .sum();
+        assert!(rows > 0, "{name}: reads no known table");
+        let sql = expand_macros(&raw, from, to, "");
+        let read = rows_read(&db.ch, &format!("SELECT count() FROM ({sql})")).await;
+        let share = read as f64 / rows as f64;
+        assert!(
+            share <= 0.1,
+            "{name} read {read} rows of {rows} scanned table rows for six hours:\n{sql}"
+        );
+        worst = worst.max(share);
+        checked += 1;
+    }
+    // The same kind of query without the time range reads the table: the measure can fail.
+    let whole = rows_read(
+        &db.ch,
+        "SELECT count() FROM rollups FINAL WHERE window_kind = 'MINUTE' AND content_id != ''",
+    )
+    .await;
+    assert!(whole > 300_000, "{whole}");
+    eprintln!(
+        "{checked} dashboard queries over six hours read at most {:.1} % of their table (the whole-table query: {whole} rows)",
+        worst * 100.0
+    );
+    assert!(checked >= 19, "{checked}");
+    db.drop_now(&cfg).await;
+}
+
+/// The rows ClickHouse read for `sql`, from its query log (the local stack's servers log the
+/// queries that ask for it; `type` 2 is a finished query).
+async fn rows_read(ch: &banter_sink::ClickHouse, sql: &str) -> u64 {
+    let id = unique("q");
+    ch.client
+        .clone()
+        .with_setting("log_queries", "1")
+        .with_setting("query_id", id.as_str())
+        .query(sql)
+        .fetch_all::<u64>()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    wait_for("the query in system.query_log", Duration::from_secs(20), || async {
+        ch.client
+            .query("SYSTEM FLUSH LOGS")
+            .execute()
+            .await
+            .unwrap();
+        ch.client
+            .query("SELECT read_rows FROM system.query_log WHERE query_id = ? AND CAST(type, 'Int8') = 2")
+            .bind(id.as_str())
+            .fetch_optional::<u64>()
+            .await
+            .unwrap()
+    })
+    .await
+}
+
 /// Every migration (as `banter migrate --print-sql` renders it for the server) and every
 /// dashboard query, with the variables empty and set to `O'Brien` (and, but for the alerts'
 /// few rows, using the partition and sorting keys), also run on current ClickHouse: chdb (ClickHouse in-process, from PyPI; `scripts/install-deps.sh` installs
