@@ -47,8 +47,16 @@ workload=(--accounts "${BANTER_RUN_ACCOUNTS:-50}" --minutes "${BANTER_RUN_MINUTE
 "$bin" generate "${workload[@]}" --campaigns "$run_dir/campaigns.toml" --only-campaigns 2>/dev/null
 export BANTER_CTA__CAMPAIGNS_FILE="$run_dir/campaigns.toml"
 
+# Prometheus (scripts/stack.sh) scrapes the roles' ops ports while they run.
+targets="$STACK/prometheus/targets/$run.json"
+mkdir -p "$(dirname "$targets")"
+printf '[{"targets": ["%s", "%s", "%s"]}]\n' "$ops_stream" "$ops_sink" "$ops_alert" >"$targets"
 pids=()
-cleanup() { [ "${BANTER_RUN_KEEP:-0}" = 1 ] || for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  [ "${BANTER_RUN_KEEP:-0}" = 1 ] && return 0
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -f "$targets"
+}
 trap cleanup EXIT
 start() { # role ops-address
   BANTER_HTTP__LISTEN="$2" "$bin" "$1" >"$run_dir/$1.log" 2>&1 & pids+=($!)

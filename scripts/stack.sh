@@ -478,9 +478,15 @@ rule_files:
   - "$ROOT/docker/prometheus/rules/*.yml"
 scrape_configs:
   - job_name: banter
-    static_configs:
-      - targets: ["127.0.0.1:9464", "127.0.0.1:9465", "127.0.0.1:9466", "127.0.0.1:9467"]
+    file_sd_configs:
+      - files: ["$dir/targets/*.json"]
+        refresh_interval: 5s
 EOF
+  # What runs here: \`banter run\` (or one role) on the default ops port. scripts/run.sh adds
+  # its other roles' ports for as long as it runs, so a role that is not running is not
+  # reported down (BanterRoleDown) after it.
+  mkdir -p "$dir/targets"
+  echo '[{"targets": ["127.0.0.1:9464"]}]' >"$dir/targets/default.json"
   say "starting prometheus on 127.0.0.1:$PROM_PORT"
   start_bg prometheus prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
     --web.listen-address="127.0.0.1:$PROM_PORT" --web.enable-lifecycle
