@@ -10,7 +10,7 @@
 # fuzz/corpus-work/<target>; `BANTER_FUZZ_KEEP=1` merges what it found back into the kept
 # corpus (libFuzzer's -merge keeps only inputs that add coverage). A crash, a leak, a timeout
 # or an out-of-memory is copied to fuzz/regressions/<target>/ (replayed by
-# `cargo test -p banter-fuzz` on stable from then on) and fails the run.
+# `cargo test -p banter-fuzz` on stable, and by every run, from then on) and fails the run.
 #
 # The toolchain: the machine image's nightly (pinned below by date; another nightly is used
 # with a warning), or BANTER_FUZZ_TOOLCHAIN. cargo-fuzz is installed if missing.
@@ -56,6 +56,8 @@ case "${1:-}" in
       work="fuzz/corpus-work/$t"
       mkdir -p "$work" "fuzz/artifacts/$t"
       cp -n "fuzz/corpus/$t"/* "$work"/ 2>/dev/null || true
+      # Past findings too: each run replays them under the sanitizer and the memory limit.
+      cp -n "fuzz/regressions/$t"/* "$work"/ 2>/dev/null || true
       echo "fuzz.sh: $t for ${seconds}s ($(rustc "+$TOOLCHAIN" -V))"
       log="fuzz/artifacts/$t/run.log"
       # -max_len: requests and changelog values far larger than this are refused by size

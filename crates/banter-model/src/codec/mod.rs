@@ -37,6 +37,10 @@ pub mod event_v1;
 use crate::event::EngagementEvent;
 use crate::records::{ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert};
 
+/// The most `apache-avro` may allocate for one string, byte array or array block when
+/// decoding (the generic path): 8 MiB, above any Kafka record banter reads.
+pub const GENERIC_MAX_ALLOCATION: usize = 8 << 20;
+
 /// The two magic bytes that start an Avro single-object encoded message.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 
@@ -404,7 +408,15 @@ impl<T: AvroRecord> Codec<T> {
 
     /// Decodes one message through `apache-avro` (generic path), resolving the writer schema to
     /// the current one by Avro's rules.
+    ///
+    /// `apache-avro` reserves room for an array's items as its block count says before it reads
+    /// them; its allocation limit (process-wide, set here once to [`GENERIC_MAX_ALLOCATION`]
+    /// bytes) keeps a forged count from reserving gigabytes (a fuzz finding).
     pub fn decode_generic(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        static LIMIT: std::sync::Once = std::sync::Once::new();
+        LIMIT.call_once(|| {
+            apache_avro::max_allocation_bytes(GENERIC_MAX_ALLOCATION);
+        });
         let (version, mut body) = self.split(bytes)?;
         let err = |detail: String| CodecError::Body {
             record: T::NAME,
