@@ -415,7 +415,7 @@ impl<T: AvroRecord> Codec<T> {
     pub fn decode_generic(&self, bytes: &[u8]) -> Result<T, CodecError> {
         static LIMIT: std::sync::Once = std::sync::Once::new();
         LIMIT.call_once(|| {
-            apache_avro::max_allocation_bytes(GENERIC_MAX_ALLOCATION);
+            apache_avro::util::max_allocation_bytes(GENERIC_MAX_ALLOCATION);
         });
         let (version, mut body) = self.split(bytes)?;
         let err = |detail: String| CodecError::Body {
