@@ -11,7 +11,13 @@
 #   scripts/stack.sh wipe                 stop everything and delete .stack/ data (keeps the jar cache)
 #
 # SERVICE is kafka, clickhouse, prometheus, alertmanager, alertmanager-tls, schema-registry,
-# zookeeper, clickhouse-1 or clickhouse-2 (default: all).
+# zookeeper, clickhouse-1, clickhouse-2, kafka-1, kafka-2 or kafka-3 (default: all).
+#
+# A replicated Kafka beside the single node: `kafka-1`, `kafka-2`, `kafka-3`, three KRaft
+# processes (each broker and controller, a static quorum of the three) from the same jars, on
+# 127.0.0.1:19092, :19093, :19094 (controllers :19192-:19194), replication factor 3 and
+# min.insync.replicas 2 for every topic and internal topic: what production runs, for the
+# fault-injection soak (scripts/soak.sh), which kills brokers.
 #
 # A replicated ClickHouse cluster beside the single server: `zookeeper` (Debian's package) and
 # two ClickHouse servers, `clickhouse-1` (http://127.0.0.1:8124) and `clickhouse-2` (:8125), the
@@ -64,7 +70,8 @@ ZK_PORT="${BANTER_ZOOKEEPER_PORT:-2181}"
 CH1_HTTP_PORT="${BANTER_CLICKHOUSE_1_HTTP_PORT:-8124}"
 CH2_HTTP_PORT="${BANTER_CLICKHOUSE_2_HTTP_PORT:-8125}"
 CLUSTER=banter_cluster
-ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls schema-registry zookeeper clickhouse-1 clickhouse-2)
+KAFKA_CLUSTER_PORT="${BANTER_KAFKA_CLUSTER_PORT:-19092}" # kafka-N: this + N - 1; controller: + 100
+ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls schema-registry zookeeper clickhouse-1 clickhouse-2 kafka-1 kafka-2 kafka-3)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
@@ -233,6 +240,83 @@ EOF
   say "kafka ready (SSL on localhost:$KAFKA_SSL_PORT, SASL_SSL on localhost:$KAFKA_SASL_PORT, MSK-style IAM on localhost:$KAFKA_IAM_PORT)"
 }
 
+# Node N (1-3) of the replicated cluster.
+kafka_node_up() {
+  local n="$1" name="kafka-$1" port ctl
+  port="$(svc_port "$name")"; ctl=$((port + 100))
+  if running "$name" && port_open "$port"; then say "$name already running on :$port"; return 0; fi
+  for p in "$port" "$ctl"; do
+    port_open "$p" && die "port $p is taken by another process (needed by $name; set BANTER_KAFKA_CLUSTER_PORT)"
+  done
+  kafka_install
+  local dir="$STACK/$name" voters="" i
+  for i in 1 2 3; do voters="$voters${voters:+,}$i@127.0.0.1:$((KAFKA_CLUSTER_PORT + i - 1 + 100))"; done
+  mkdir -p "$dir/data" "$STACK/kafka-cluster"
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=3
+min.insync.replicas=2
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=3
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+log.segment.bytes=104857600
+EOF
+  cp "$STACK/kafka/log4j2.properties" "$dir/log4j2.properties" 2>/dev/null || cat >"$dir/log4j2.properties" <<EOF
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+logger.state.name = state.change.logger
+logger.state.level = WARN
+EOF
+  local cp="$KAFKA_HOME/libs/*"
+  # One cluster id for the three nodes.
+  local idf="$STACK/kafka-cluster/cluster.id"
+  [[ -s "$idf" ]] || java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1 >"$idf"
+  if [[ ! -f "$dir/data/meta.properties" ]]; then
+    java -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$cp" kafka.tools.StorageTool format \
+      -t "$(cat "$idf")" -c "$dir/server.properties" >>"$STACK/logs/$name.log" 2>&1 \
+      || die "$name storage format failed: see $STACK/logs/$name.log"
+  fi
+  # "Kafka Server started" in the log means this start: keep the last start's log aside.
+  [[ -f "$STACK/logs/$name.log" ]] && mv "$STACK/logs/$name.log" "$STACK/logs/$name.log.prev"
+  say "starting $name on 127.0.0.1:$port (node $n of 3)"
+  start_bg "$name" java -Xms128m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$cp" kafka.Kafka "$dir/server.properties"
+}
+kafka_node_ready() { port_open "$(svc_port "kafka-$1")" && grep -q "Kafka Server started" "$STACK/logs/kafka-$1.log"; }
+# The nodes start together (a quorum needs two of three) and are waited for together.
+kafka_1_up() { kafka_node_up 1; [[ " ${services[*]} " == *" kafka-2 "* ]] || kafka_cluster_wait 1; }
+kafka_2_up() { kafka_node_up 2; [[ " ${services[*]} " == *" kafka-3 "* ]] || kafka_cluster_wait 2; }
+kafka_3_up() { kafka_node_up 3; kafka_cluster_wait 3; }
+kafka_cluster_wait() { # up to node N
+  local i
+  for i in $(seq 1 "$1"); do
+    [[ " ${services[*]} " == *" kafka-$i "* ]] || continue
+    wait_until "kafka-$i" kafka_node_ready "$i"
+  done
+  say "kafka cluster nodes ready (127.0.0.1:$KAFKA_CLUSTER_PORT-$((KAFKA_CLUSTER_PORT + 2)))"
+}
+
 # The broker side of MSK's IAM authentication (scripts/msk-iam/MskIamValidator.java), compiled
 # against the broker's jars when missing or older than its source.
 MSK_IAM_CLASSES="$STACK/cache/msk-iam-validator"
@@ -394,7 +478,8 @@ EOF
   wait_until zookeeper zk_ok
   say "zookeeper ready"
 }
-zk_ok() { [[ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && timeout 2 cat <&3) 2>/dev/null)" == imok ]]; }
+# Serving (`srvr` names its mode), not only running (`ruok` answers before it serves).
+zk_ok() { [[ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf srvr >&3 && timeout 2 cat <&3) 2>/dev/null)" == *"Mode: "* ]]; }
 
 # Replica N (1 or 2) of the one shard of $CLUSTER.
 clickhouse_replica_up() {
@@ -584,6 +669,7 @@ svc_port() {
     prometheus) echo "$PROM_PORT" ;; alertmanager) echo "$AM_PORT" ;;
     alertmanager-tls) echo "$AM_TLS_PORT" ;; schema-registry) echo "$SR_PORT" ;;
     zookeeper) echo "$ZK_PORT" ;; clickhouse-1) echo "$CH1_HTTP_PORT" ;; clickhouse-2) echo "$CH2_HTTP_PORT" ;;
+    kafka-1) echo "$KAFKA_CLUSTER_PORT" ;; kafka-2) echo $((KAFKA_CLUSTER_PORT + 1)) ;; kafka-3) echo $((KAFKA_CLUSTER_PORT + 2)) ;;
     *) die "unknown service $1 (${ALL[*]})" ;;
   esac
 }
@@ -623,7 +709,7 @@ case "$cmd" in
     tail -n "$n" "$STACK/logs/$s.log" ;;
   wipe)
     for s in "${ALL[@]}"; do down_one "$s"; done
-    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,schema-registry,zookeeper,clickhouse-1,clickhouse-2,tls,run}
+    rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,schema-registry,zookeeper,clickhouse-1,clickhouse-2,kafka-1,kafka-2,kafka-3,kafka-cluster,tls,run}
     say "wiped stack data (jar cache kept in $STACK/cache)" ;;
   *) die "usage: scripts/stack.sh up|down|status|logs|wipe [SERVICE...]" ;;
 esac

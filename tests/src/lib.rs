@@ -15,6 +15,7 @@ pub mod expected;
 pub mod processes;
 pub mod readers;
 pub mod schema_registry;
+pub mod soak;
 pub mod stack;
 pub mod versions;
 

@@ -226,6 +226,11 @@ impl Proc {
         }
     }
 
+    /// Its pid (0 when it was taken).
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILL, and wait for it.
     pub fn kill9(&mut self) {
         let mut c = self.take();

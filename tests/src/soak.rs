@@ -1,0 +1,807 @@
+//! The fault-injection soak: generated traffic (signed webhooks and first-party events, paced
+//! to last the run) into `banter ingest`, through `banter stream` (one to three instances) and
+//! `banter sink` into ClickHouse and through `banter alert` into Alertmanager, on the local
+//! stack's replicated Kafka (`kafka-1`..`kafka-3`: replication 3, `min.insync.replicas` 2),
+//! while a seeded scheduler injects faults:
+//!
+//! * SIGKILL of a role (ingest, a stream instance, sink, alert), or of several together;
+//! * SIGSTOP of a stream instance past its session timeout (a zombie that resumes), SIGCONT;
+//! * a second and third stream instance joining and leaving;
+//! * SIGKILL of a broker: the leader of a partition of the events topic, the active
+//!   controller, or another;
+//! * ClickHouse stopped, or frozen with SIGSTOP;
+//! * Alertmanager stopped.
+//!
+//! Each fault is healed after a random outage, sometimes with a second fault on top. After each
+//! heal the soak measures recovery: the time until the stream's and the sink's consumer lag are
+//! both under one second's worth of input. At the end every metric in ClickHouse must equal the
+//! generator's truth, and Alertmanager must hold, for every alert of the run, exactly the state
+//! ClickHouse has (firing alerts once, resolved ones not at all). The seed replays the same
+//! schedule (`scripts/soak.sh --seed N`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banter::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use crate::{
+    banter_cmd, clickhouse_match, fresh_database, repo_root, stack, unique, with_campaigns, Proc,
+    TestDatabase, META_APP_SECRET,
+};
+
+/// How long and how hard.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seeds the fault schedule (the workload is seed 5's, which exercises every metric).
+    pub seed: u64,
+    /// Accounts of the generated workload.
+    pub accounts: u32,
+    /// Minutes of event time of the workload.
+    pub minutes: u32,
+    /// How long the traffic lasts: the workload is paced to it.
+    pub traffic: Duration,
+    /// Mean wait between faults.
+    pub mean_gap: Duration,
+    /// Longest outage of one fault.
+    pub max_outage: Duration,
+    /// Where logs, the workload's truth and the report go.
+    pub dir: PathBuf,
+}
+
+impl Options {
+    /// A few minutes, for CI.
+    pub fn short(seed: u64, dir: PathBuf) -> Self {
+        Options {
+            seed,
+            accounts: 24,
+            minutes: 240,
+            traffic: Duration::from_secs(200),
+            mean_gap: Duration::from_secs(3),
+            max_outage: Duration::from_secs(15),
+            dir,
+        }
+    }
+
+    /// Half an hour or more, for the figures.
+    pub fn long(seed: u64, minutes: u32, dir: PathBuf) -> Self {
+        Options {
+            seed,
+            accounts: 60,
+            minutes: 1440,
+            traffic: Duration::from_secs(u64::from(minutes) * 60),
+            mean_gap: Duration::from_secs(2),
+            max_outage: Duration::from_secs(60),
+            dir,
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64): the schedule is the seed's.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let span = hi.saturating_sub(lo).as_millis() as u64;
+        lo + Duration::from_millis(self.below(span + 1))
+    }
+}
+
+/// A fault the scheduler injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// SIGKILL of one role.
+    KillIngest,
+    /// SIGKILL of a stream instance.
+    KillStream,
+    /// SIGKILL of the sink.
+    KillSink,
+    /// SIGKILL of alert delivery.
+    KillAlert,
+    /// SIGKILL of ingest, every stream instance and the sink together.
+    KillSeveral,
+    /// SIGSTOP of a stream instance past its session timeout, then SIGCONT.
+    ZombieStream,
+    /// Another stream instance joins (and leaves at the heal).
+    StreamJoins,
+    /// SIGKILL of the broker leading partition 0 of the events topic.
+    KillLeaderBroker,
+    /// SIGKILL of the active KRaft controller.
+    KillController,
+    /// SIGKILL of another broker.
+    KillBroker,
+    /// ClickHouse stopped.
+    ClickHouseDown,
+    /// ClickHouse frozen (SIGSTOP), then SIGCONT.
+    ClickHouseFrozen,
+    /// Alertmanager stopped.
+    AlertmanagerDown,
+}
+
+const FAULTS: [Fault; 13] = [
+    Fault::KillIngest,
+    Fault::KillStream,
+    Fault::KillSink,
+    Fault::KillAlert,
+    Fault::KillSeveral,
+    Fault::ZombieStream,
+    Fault::StreamJoins,
+    Fault::KillLeaderBroker,
+    Fault::KillController,
+    Fault::KillBroker,
+    Fault::ClickHouseDown,
+    Fault::ClickHouseFrozen,
+    Fault::AlertmanagerDown,
+];
+
+impl Fault {
+    fn is_broker(self) -> bool {
+        matches!(
+            self,
+            Fault::KillLeaderBroker | Fault::KillController | Fault::KillBroker
+        )
+    }
+    fn is_clickhouse(self) -> bool {
+        matches!(self, Fault::ClickHouseDown | Fault::ClickHouseFrozen)
+    }
+}
+
+/// What the soak did and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Faults injected, by kind.
+    pub injected: BTreeMap<String, u32>,
+    /// Seconds from each fault to both lags under one second's worth of input, by kind.
+    pub recovery_s: BTreeMap<String, Vec<f64>>,
+    /// The same from each heal (the fault's own outage taken out), by kind.
+    pub after_heal_s: BTreeMap<String, Vec<f64>>,
+    /// Recoveries that took longer than a minute after the heal, by kind.
+    pub slow: BTreeMap<String, u32>,
+    /// Deliveries the generator sent.
+    pub deliveries: u64,
+    /// Cells compared with the truth, and how long the comparison waited.
+    pub compared: String,
+    /// Alerts of the run compared with Alertmanager.
+    pub alerts_compared: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// A readable summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let total: u32 = self.injected.values().sum();
+        let _ = writeln!(
+            s,
+            "soak seed {}: {total} faults in {:.0} s, {} deliveries",
+            self.seed,
+            self.elapsed.as_secs_f64(),
+            self.deliveries
+        );
+        let _ = writeln!(
+            s,
+            "{:<18} {:>5} | from the fault: {:>7} {:>7} {:>7} | from the heal: {:>7} {:>7} {:>7} | >60 s",
+            "fault", "count", "p50", "p90", "max", "p50", "p90", "max"
+        );
+        let q = |m: &BTreeMap<String, Vec<f64>>, kind: &str, p: f64| {
+            let mut r = m.get(kind).cloned().unwrap_or_default();
+            r.sort_by(f64::total_cmp);
+            if r.is_empty() {
+                "-".to_owned()
+            } else {
+                format!(
+                    "{:.1}",
+                    r[((p * r.len() as f64).ceil() as usize).max(1) - 1]
+                )
+            }
+        };
+        for (kind, n) in &self.injected {
+            let (a, b) = (&self.recovery_s, &self.after_heal_s);
+            let _ = writeln!(
+                s,
+                "{kind:<18} {n:>5} | {:>22} {:>7} {:>7} | {:>21} {:>7} {:>7} | {}",
+                q(a, kind, 0.5),
+                q(a, kind, 0.9),
+                q(a, kind, 1.0),
+                q(b, kind, 0.5),
+                q(b, kind, 0.9),
+                q(b, kind, 1.0),
+                self.slow.get(kind).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(s, "compared: {}", self.compared);
+        let _ = writeln!(
+            s,
+            "alerts compared with Alertmanager: {}",
+            self.alerts_compared
+        );
+        s
+    }
+}
+
+/// The replicated cluster's bootstrap servers.
+pub fn cluster_brokers() -> String {
+    let base: u16 = std::env::var("BANTER_KAFKA_CLUSTER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(19092);
+    (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn stack_dir() -> PathBuf {
+    std::env::var("BANTER_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".stack"))
+}
+
+/// The pid `scripts/stack.sh` recorded for a service.
+fn service_pid(service: &str) -> Option<i32> {
+    std::fs::read_to_string(stack_dir().join("run").join(format!("{service}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends `signal` to a service's process group (and the process).
+fn signal_service(service: &str, signal: &str) {
+    if let Some(pid) = service_pid(service) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The active KRaft controller (the quorum leader in a node's `quorum-state`).
+fn controller() -> Option<u32> {
+    (1..=3).find_map(|n| {
+        let text = std::fs::read_to_string(
+            stack_dir().join(format!("kafka-{n}/data/__cluster_metadata-0/quorum-state")),
+        )
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["leaderId"]
+            .as_i64()
+            .and_then(|id| u32::try_from(id).ok())
+            .filter(|id| *id >= 1)
+    })
+}
+
+/// The broker leading partition 0 of `topic`.
+fn leader_of(brokers: &str, topic: &str) -> Option<u32> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .ok()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    let t = md.topics().first()?;
+    let p = t.partitions().iter().find(|p| p.id() == 0)?;
+    u32::try_from(p.leader()).ok().filter(|id| *id >= 1)
+}
+
+/// The roles as processes, with fixed ops ports (so lag is read across restarts).
+struct Roles {
+    cfg: Config,
+    dir: PathBuf,
+    base_port: u16,
+    ingest: Option<Proc>,
+    streams: BTreeMap<char, Proc>,
+    sink: Option<Proc>,
+    alert: Option<Proc>,
+    starts: u32,
+}
+
+impl Roles {
+    fn port(&self, what: &str) -> u16 {
+        self.base_port
+            + match what {
+                "ingest" => 0,
+                "sink" => 1,
+                "alert" => 2,
+                "stream-a" => 3,
+                "stream-b" => 4,
+                _ => 5,
+            }
+    }
+
+    fn spawn(&mut self, role: &str, instance: &str) -> Proc {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("{instance}.{}.log", self.starts)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = self.port(instance);
+        with_campaigns(&mut banter_cmd(&self.cfg), &self.dir)
+            .arg(role)
+            .env("BANTER_STREAM__INSTANCE_ID", instance)
+            .env("BANTER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("BANTER_INGEST__LISTEN", &self.cfg.ingest.listen)
+            .env("BANTER_INGEST__META_APP_SECRET", META_APP_SECRET)
+            .env("BANTER_KAFKA__TOPICS__REPLICATION_FACTOR", "3")
+            .env(
+                "BANTER_ALERTING__ALERTMANAGER_URL",
+                format!(
+                    "http://127.0.0.1:{}",
+                    std::env::var("BANTER_ALERTMANAGER_PORT").unwrap_or_else(|_| "9093".into())
+                ),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(Proc::from_child)
+            .unwrap_or_else(|e| panic!("cannot start banter {role}: {e}"))
+    }
+
+    fn start_stream(&mut self, id: char) {
+        if !self.streams.contains_key(&id) {
+            let p = self.spawn("stream", &format!("stream-{id}"));
+            self.streams.insert(id, p);
+        }
+    }
+
+    fn up(&mut self) {
+        if self.ingest.is_none() {
+            self.ingest = Some(self.spawn("ingest", "ingest"));
+        }
+        self.start_stream('a');
+        if self.sink.is_none() {
+            self.sink = Some(self.spawn("sink", "sink"));
+        }
+        if self.alert.is_none() {
+            self.alert = Some(self.spawn("alert", "alert"));
+        }
+    }
+
+    fn ops_ports(&self) -> Vec<u16> {
+        let mut out = vec![self.port("sink")];
+        for id in self.streams.keys() {
+            out.push(self.port(&format!("stream-{id}")));
+        }
+        out
+    }
+}
+
+/// Sums the `name` samples of a Prometheus text page.
+fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Both lags (stream input, sink input) from the running roles' metrics; None while a role
+/// does not answer.
+async fn lags(http: &reqwest::Client, roles: &Roles) -> Option<(f64, f64)> {
+    let (mut stream, mut sink) = (0.0, 0.0);
+    for port in roles.ops_ports() {
+        let page = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        stream += metric_sum(&page, "banter_stream_consumer_lag_records");
+        sink += metric_sum(&page, "banter_sink_consumer_lag_records");
+    }
+    Some((stream, sink))
+}
+
+/// Runs the soak; panics with the report so far at the first difference.
+pub async fn run(opts: Options) -> Report {
+    let started = Instant::now();
+    let mut rng = Rng(opts.seed);
+    let dir = opts.dir.clone();
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    for s in [
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "clickhouse",
+        "alertmanager",
+    ] {
+        stack(&["up", s]);
+    }
+    let brokers = cluster_brokers();
+    let mut cfg = crate::config();
+    cfg.kafka.brokers = brokers.clone();
+    cfg.kafka.topics.replication_factor = 3;
+    let run = unique("soak");
+    let t = &mut cfg.kafka.topics;
+    t.events = format!("{run}.events");
+    t.rollups = format!("{run}.rollups");
+    t.alerts = format!("{run}.alerts");
+    t.dlq = format!("{run}.dlq");
+    t.checkpoints = format!("{run}.checkpoints");
+    t.schemas = format!("{run}.schemas");
+    cfg.stream.group_id = format!("{run}.stream");
+    cfg.sink.group_id = format!("{run}.sink");
+    let base_port: u16 = std::env::var("BANTER_SOAK_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(19500);
+    cfg.ingest.listen = format!("127.0.0.1:{}", base_port + 9);
+    cfg.ingest.actor_salt = banter_runtime::Secret::new("integration-test-salt");
+    cfg.ingest.meta_app_secret = banter_runtime::Secret::new(META_APP_SECRET);
+    let db: TestDatabase = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let out = banter_cmd(&cfg)
+        .arg("topics")
+        .env("BANTER_KAFKA__TOPICS__REPLICATION_FACTOR", "3")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "banter topics on the replicated cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate::migrate(&cfg);
+    let workload = [
+        "--accounts".to_owned(),
+        opts.accounts.to_string(),
+        "--minutes".to_owned(),
+        opts.minutes.to_string(),
+        // The workload the other tests use (every metric exercised: spikes, funnels, too-late
+        // deliveries); the soak's seed is the fault schedule's.
+        "--seed".to_owned(),
+        "5".to_owned(),
+    ];
+    // The workload's CTA campaigns, for the stream, before anything is sent, and its truth
+    // (how many deliveries: the pace).
+    let status = banter_cmd(&cfg)
+        .arg("generate")
+        .args(&workload)
+        .arg("--campaigns")
+        .arg(dir.join("campaigns.toml"))
+        .arg("--expected")
+        .arg(dir.join("expected.json"))
+        .arg("--only-campaigns")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "banter generate --only-campaigns failed");
+    let deliveries = crate::read_expected(&dir).expected.deliveries;
+    let rate = (deliveries as f64 / opts.traffic.as_secs_f64())
+        .ceil()
+        .max(1.0) as u64;
+    let mut roles = Roles {
+        cfg: cfg.clone(),
+        dir: dir.clone(),
+        base_port,
+        ingest: None,
+        streams: BTreeMap::new(),
+        sink: None,
+        alert: None,
+        starts: 0,
+    };
+    roles.up();
+    let http = reqwest::Client::new();
+    wait_ready(&http, &roles).await;
+    let mut gen = Proc::from_child(
+        banter_cmd(&cfg)
+            .args([
+                "generate",
+                "--to",
+                "webhook",
+                "--rate",
+                &rate.to_string(),
+                "--url",
+            ])
+            .arg(format!("http://{}", cfg.ingest.listen))
+            .arg("--app-secret")
+            .arg(META_APP_SECRET)
+            .arg("--expected")
+            .arg(dir.join("expected.json"))
+            .args(&workload)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("generate.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let traffic = opts.traffic;
+    let mut report = Report {
+        seed: opts.seed,
+        ..Report::default()
+    };
+    let mut log = String::new();
+    // One second's worth of input is the recovery threshold.
+    let per_second = 50.0f64.max(rate as f64);
+    while started.elapsed() + opts.max_outage < traffic {
+        tokio::time::sleep(rng.between(opts.mean_gap / 2, opts.mean_gap * 3 / 2)).await;
+        let first = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let mut active = vec![first];
+        if rng.chance(30) {
+            let second = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+            // Never two brokers (two of three down stops acks=all by design), nor two
+            // ClickHouse faults.
+            if second != first
+                && !(second.is_broker() && first.is_broker())
+                && !(second.is_clickhouse() && first.is_clickhouse())
+            {
+                active.push(second);
+            }
+        }
+        // Each fault lasts its own time: a crashed role is restarted within seconds (as a
+        // supervisor would), a zombie stays stopped past the session timeout (10 s),
+        // infrastructure stays down up to the longest outage.
+        let mut pending: Vec<(Duration, Heal)> = Vec::new();
+        for f in &active {
+            let outage = match f {
+                Fault::KillIngest
+                | Fault::KillStream
+                | Fault::KillSink
+                | Fault::KillAlert
+                | Fault::KillSeveral => rng.between(Duration::from_secs(1), Duration::from_secs(5)),
+                Fault::ZombieStream => {
+                    rng.between(Duration::from_secs(16), Duration::from_secs(25))
+                }
+                _ => rng.between(Duration::from_secs(5), opts.max_outage),
+            };
+            *report.injected.entry(format!("{f:?}")).or_default() += 1;
+            let _ = writeln!(
+                log,
+                "{:>7.1} s  {f:?} for {:.1} s",
+                started.elapsed().as_secs_f64(),
+                outage.as_secs_f64()
+            );
+            let heal = inject(*f, &mut roles, &mut rng, &brokers, &cfg.kafka.topics.events);
+            pending.push((outage, heal));
+        }
+        std::fs::write(dir.join("faults.log"), &log).unwrap_or_else(|e| panic!("{e}"));
+        pending.sort_by_key(|(d, _)| *d);
+        let injected_at = Instant::now();
+        for (due, heal) in pending {
+            tokio::time::sleep(due.saturating_sub(injected_at.elapsed())).await;
+            heal(&mut roles);
+        }
+        roles.up();
+        // Recovery: both lags under one second's worth of input.
+        let healed = Instant::now();
+        let limit = Duration::from_secs(60);
+        let mut recovered = false;
+        while healed.elapsed() < limit {
+            if let Some((s, k)) = lags(&http, &roles).await {
+                if s <= per_second && k <= per_second * 1.5 {
+                    for f in &active {
+                        let kind = format!("{f:?}");
+                        report
+                            .recovery_s
+                            .entry(kind.clone())
+                            .or_default()
+                            .push(injected_at.elapsed().as_secs_f64());
+                        report
+                            .after_heal_s
+                            .entry(kind)
+                            .or_default()
+                            .push(healed.elapsed().as_secs_f64());
+                    }
+                    recovered = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if !recovered {
+            for f in &active {
+                *report.slow.entry(format!("{f:?}")).or_default() += 1;
+            }
+        }
+    }
+    std::fs::write(dir.join("faults.log"), &log).unwrap_or_else(|e| panic!("{e}"));
+    // Traffic ends; nothing is down any more.
+    let status =
+        tokio::task::spawn_blocking(move || gen.exited_within(traffic + Duration::from_secs(600)))
+            .await
+            .unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "banter generate failed: see {}",
+        dir.join("generate.log").display()
+    );
+    let truth = crate::read_expected(&dir);
+    report.deliveries = truth.expected.deliveries;
+    let waited = Instant::now();
+    let observed = clickhouse_match(&db.ch, &dir, Duration::from_secs(600)).await;
+    report.compared = format!(
+        "{} rollup rows, {} funnels, {} conversation rows and {} alerts equal the truth, {:.0} s after the traffic",
+        observed.rollups.len(),
+        observed.funnels.len(),
+        observed.conversations.len(),
+        observed.alerts.len(),
+        waited.elapsed().as_secs_f64()
+    );
+    report.alerts_compared = alertmanager_agrees(&http, &db).await;
+    report.elapsed = started.elapsed();
+    let summary = report.summary();
+    std::fs::write(dir.join("report.txt"), format!("{summary}\n{log}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(roles);
+    db.drop_now(&cfg).await;
+    report
+}
+
+/// What heals a fault.
+type Heal = Box<dyn FnOnce(&mut Roles)>;
+
+/// Injects `f`; returns what heals it.
+fn inject(f: Fault, roles: &mut Roles, rng: &mut Rng, brokers: &str, events: &str) -> Heal {
+    let kill = |p: Option<Proc>| {
+        if let Some(mut p) = p {
+            p.kill9();
+        }
+    };
+    match f {
+        Fault::KillIngest => kill(roles.ingest.take()),
+        Fault::KillSink => kill(roles.sink.take()),
+        Fault::KillAlert => kill(roles.alert.take()),
+        Fault::KillStream => {
+            let ids: Vec<char> = roles.streams.keys().copied().collect();
+            if !ids.is_empty() {
+                let id = ids[rng.below(ids.len() as u64) as usize];
+                kill(roles.streams.remove(&id));
+            }
+        }
+        Fault::KillSeveral => {
+            kill(roles.ingest.take());
+            kill(roles.sink.take());
+            for (_, p) in std::mem::take(&mut roles.streams) {
+                kill(Some(p));
+            }
+        }
+        Fault::ZombieStream => {
+            if let Some(p) = roles.streams.get(&'a') {
+                let pid = p.id().to_string();
+                let _ = Command::new("kill").args(["-STOP", &pid]).status();
+                return Box::new(move |_| {
+                    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+                });
+            }
+        }
+        Fault::StreamJoins => {
+            let id = if roles.streams.contains_key(&'b') {
+                'c'
+            } else {
+                'b'
+            };
+            roles.start_stream(id);
+            return Box::new(move |r: &mut Roles| {
+                if let Some(mut p) = r.streams.remove(&id) {
+                    // Leaves cleanly (SIGTERM), or is killed after 30 s.
+                    let _ = Command::new("kill")
+                        .args(["-TERM", &p.id().to_string()])
+                        .status();
+                    if p.exited_within(Duration::from_secs(30)).is_none() {
+                        p.kill9();
+                    }
+                }
+            });
+        }
+        Fault::KillLeaderBroker | Fault::KillController | Fault::KillBroker => {
+            let n = match f {
+                Fault::KillLeaderBroker => leader_of(brokers, events),
+                Fault::KillController => controller(),
+                _ => None,
+            }
+            .unwrap_or_else(|| 1 + rng.below(3) as u32);
+            let service = format!("kafka-{n}");
+            signal_service(&service, "KILL");
+            return Box::new(move |_| stack(&["up", &service]));
+        }
+        Fault::ClickHouseDown => {
+            stack(&["down", "clickhouse"]);
+            return Box::new(|_| stack(&["up", "clickhouse"]));
+        }
+        Fault::ClickHouseFrozen => {
+            signal_service("clickhouse", "STOP");
+            return Box::new(|_| signal_service("clickhouse", "CONT"));
+        }
+        Fault::AlertmanagerDown => {
+            stack(&["down", "alertmanager"]);
+            return Box::new(|_| stack(&["up", "alertmanager"]));
+        }
+    }
+    // A killed role is started again.
+    Box::new(|r: &mut Roles| r.up())
+}
+
+async fn wait_ready(http: &reqwest::Client, roles: &Roles) {
+    crate::wait_for("the roles to be ready", Duration::from_secs(90), || async {
+        for port in [
+            roles.port("ingest"),
+            roles.port("sink"),
+            roles.port("stream-a"),
+        ] {
+            let ok = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !ok {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// Every alert of the run as Alertmanager holds it: each alert whose latest state in
+/// ClickHouse is FIRING is active there once; a RESOLVED one is not active. Returns how many
+/// alerts were compared.
+async fn alertmanager_agrees(http: &reqwest::Client, db: &TestDatabase) -> usize {
+    let latest: Vec<(String, String)> = db
+        .ch
+        .client
+        .query(
+            "SELECT alert_id, argMax(state, revision) FROM alerts FINAL GROUP BY alert_id ORDER BY alert_id",
+        )
+        .fetch_all()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = std::env::var("BANTER_ALERTMANAGER_PORT").unwrap_or_else(|_| "9093".into());
+    let url =
+        format!("http://127.0.0.1:{port}/api/v2/alerts?active=true&silenced=true&inhibited=true");
+    crate::wait_for(
+        "Alertmanager to hold every alert of the run as ClickHouse does",
+        Duration::from_secs(120),
+        || async {
+            let active: Vec<serde_json::Value> =
+                http.get(&url).send().await.ok()?.json().await.ok()?;
+            let count = |id: &str| {
+                active
+                    .iter()
+                    .filter(|a| {
+                        a["annotations"]["alert_id"] == id && a["status"]["state"] == "active"
+                    })
+                    .count()
+            };
+            latest
+                .iter()
+                .all(|(id, state)| count(id) == usize::from(state == "FIRING"))
+                .then_some(())
+        },
+    )
+    .await;
+    latest.len()
+}
+
+/// Where a soak run keeps its files.
+pub fn soak_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(unique(name))
+}
+
+/// For `Path` users.
+pub fn report_path(dir: &Path) -> PathBuf {
+    dir.join("report.txt")
+}
