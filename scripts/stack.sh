@@ -11,7 +11,8 @@
 #   scripts/stack.sh wipe                 stop everything and delete .stack/ data (keeps the jar cache)
 #
 # SERVICE is kafka, clickhouse, prometheus, alertmanager, alertmanager-tls, schema-registry,
-# zookeeper, clickhouse-1, clickhouse-2, kafka-1, kafka-2 or kafka-3 (default: all).
+# zookeeper, clickhouse-1, clickhouse-2, kafka-1, kafka-2 or kafka-3 (default: all but the
+# kafka-N, which the soak starts).
 #
 # A replicated Kafka beside the single node: `kafka-1`, `kafka-2`, `kafka-3`, three KRaft
 # processes (each broker and controller, a static quorum of the three) from the same jars, on
@@ -71,7 +72,9 @@ CH1_HTTP_PORT="${BANTER_CLICKHOUSE_1_HTTP_PORT:-8124}"
 CH2_HTTP_PORT="${BANTER_CLICKHOUSE_2_HTTP_PORT:-8125}"
 CLUSTER=banter_cluster
 KAFKA_CLUSTER_PORT="${BANTER_KAFKA_CLUSTER_PORT:-19092}" # kafka-N: this + N - 1; controller: + 100
-ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls schema-registry zookeeper clickhouse-1 clickhouse-2 kafka-1 kafka-2 kafka-3)
+ALL=(kafka clickhouse prometheus alertmanager alertmanager-tls schema-registry zookeeper clickhouse-1 clickhouse-2)
+# Started by name (the soak starts them): kafka-1 kafka-2 kafka-3.
+EXTRA=(kafka-1 kafka-2 kafka-3)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
@@ -697,7 +700,7 @@ case "$cmd" in
   down)
     for s in "${services[@]}"; do svc_port "$s" >/dev/null; down_one "$s"; done ;;
   status)
-    for s in "${ALL[@]}"; do
+    for s in "${ALL[@]}" "${EXTRA[@]}"; do
       p="$(svc_port "$s")"
       if running "$s" && port_open "$p"; then st="up (pid $(cat "$(pidfile "$s")"), 127.0.0.1:$p)"
       elif running "$s"; then st="starting (pid $(cat "$(pidfile "$s")"), 127.0.0.1:$p not answering)"
@@ -708,7 +711,7 @@ case "$cmd" in
     s="${services[0]}"; n="${2:-100}"; svc_port "$s" >/dev/null
     tail -n "$n" "$STACK/logs/$s.log" ;;
   wipe)
-    for s in "${ALL[@]}"; do down_one "$s"; done
+    for s in "${ALL[@]}" "${EXTRA[@]}"; do down_one "$s"; done
     rm -rf "$STACK"/{kafka,clickhouse,prometheus,alertmanager,alertmanager-tls,schema-registry,zookeeper,clickhouse-1,clickhouse-2,kafka-1,kafka-2,kafka-3,kafka-cluster,tls,run}
     say "wiped stack data (jar cache kept in $STACK/cache)" ;;
   *) die "usage: scripts/stack.sh up|down|status|logs|wipe [SERVICE...]" ;;

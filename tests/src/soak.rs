@@ -51,6 +51,8 @@ pub struct Options {
     pub max_outage: Duration,
     /// Where logs, the workload's truth and the report go.
     pub dir: PathBuf,
+    /// The kinds of fault the schedule picks from.
+    pub faults: Vec<Fault>,
 }
 
 impl Options {
@@ -64,6 +66,12 @@ impl Options {
             mean_gap: Duration::from_secs(3),
             max_outage: Duration::from_secs(15),
             dir,
+            // Not the zombie: it loses events today (an open finding of the soak).
+            faults: FAULTS
+                .iter()
+                .copied()
+                .filter(|f| *f != Fault::ZombieStream)
+                .collect(),
         }
     }
 
@@ -77,6 +85,7 @@ impl Options {
             mean_gap: Duration::from_secs(2),
             max_outage: Duration::from_secs(60),
             dir,
+            faults: FAULTS.to_vec(),
         }
     }
 }
@@ -138,7 +147,8 @@ pub enum Fault {
     AlertmanagerDown,
 }
 
-const FAULTS: [Fault; 13] = [
+/// Every kind of fault.
+pub const FAULTS: [Fault; 13] = [
     Fault::KillIngest,
     Fault::KillStream,
     Fault::KillSink,
@@ -539,10 +549,10 @@ pub async fn run(opts: Options) -> Report {
     let per_second = 50.0f64.max(rate as f64);
     while started.elapsed() + opts.max_outage < traffic {
         tokio::time::sleep(rng.between(opts.mean_gap / 2, opts.mean_gap * 3 / 2)).await;
-        let first = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let first = opts.faults[rng.below(opts.faults.len() as u64) as usize];
         let mut active = vec![first];
         if rng.chance(30) {
-            let second = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+            let second = opts.faults[rng.below(opts.faults.len() as u64) as usize];
             // Never two brokers (two of three down stops acks=all by design), nor two
             // ClickHouse faults.
             if second != first
