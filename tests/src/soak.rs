@@ -12,17 +12,21 @@
 //! * ClickHouse stopped, or frozen with SIGSTOP;
 //! * Alertmanager stopped.
 //!
-//! Each fault is healed after a random outage, sometimes with a second fault on top. After each
-//! heal the soak measures recovery: the time until the stream's and the sink's consumer lag are
-//! both under one second's worth of input. At the end every metric in ClickHouse must equal the
+//! A fault is injected every few seconds (at random moments) on what no active fault holds, so
+//! faults overlap; each is healed after its own random outage. After each heal the soak
+//! measures recovery: the time until the stream's and the sink's consumer lag are both under
+//! one second's worth of input. It also measures how long after the input that closes a minute
+//! was accepted that minute's row is seen in ClickHouse (event-to-visible). At the end every metric in ClickHouse must equal the
 //! generator's truth, and Alertmanager must hold, for every alert of the run, exactly the state
 //! ClickHouse has (firing alerts once, resolved ones not at all). The seed replays the same
 //! schedule (`scripts/soak.sh --seed N`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banter::Config;
@@ -63,15 +67,10 @@ impl Options {
             accounts: 24,
             minutes: 240,
             traffic: Duration::from_secs(200),
-            mean_gap: Duration::from_secs(3),
+            mean_gap: Duration::from_secs(5),
             max_outage: Duration::from_secs(15),
             dir,
-            // Not the zombie: it loses events today (an open finding of the soak).
-            faults: FAULTS
-                .iter()
-                .copied()
-                .filter(|f| *f != Fault::ZombieStream)
-                .collect(),
+            faults: FAULTS.to_vec(),
         }
     }
 
@@ -82,8 +81,9 @@ impl Options {
             accounts: 60,
             minutes: 1440,
             traffic: Duration::from_secs(u64::from(minutes) * 60),
-            mean_gap: Duration::from_secs(2),
-            max_outage: Duration::from_secs(60),
+            mean_gap: Duration::from_secs(5),
+            // ClickHouse stopped or frozen, a broker down: for minutes.
+            max_outage: Duration::from_secs(150),
             dir,
             faults: FAULTS.to_vec(),
         }
@@ -104,10 +104,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
     }
 
     fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
@@ -165,15 +161,30 @@ pub const FAULTS: [Fault; 13] = [
 ];
 
 impl Fault {
-    fn is_broker(self) -> bool {
-        matches!(
-            self,
-            Fault::KillLeaderBroker | Fault::KillController | Fault::KillBroker
-        )
+    /// What the fault holds while it lasts: a fault is injected only on what no other active
+    /// fault holds (never two brokers at once: two of three down stops acks=all by design).
+    fn holds(self) -> &'static [&'static str] {
+        match self {
+            Fault::KillIngest => &["ingest"],
+            Fault::KillStream | Fault::ZombieStream => &["streams"],
+            Fault::KillSink => &["sink"],
+            Fault::KillAlert => &["alert"],
+            Fault::KillSeveral => &["ingest", "streams", "sink"],
+            Fault::StreamJoins => &["join"],
+            Fault::KillLeaderBroker | Fault::KillController | Fault::KillBroker => &["broker"],
+            Fault::ClickHouseDown | Fault::ClickHouseFrozen => &["clickhouse"],
+            Fault::AlertmanagerDown => &["alertmanager"],
+        }
     }
-    fn is_clickhouse(self) -> bool {
-        matches!(self, Fault::ClickHouseDown | Fault::ClickHouseFrozen)
-    }
+}
+
+/// A fault injected and not yet recovered from.
+struct Active {
+    fault: Fault,
+    injected: Instant,
+    due: Instant,
+    heal: Option<Heal>,
+    healed: Option<Instant>,
 }
 
 /// What the soak did and found.
@@ -197,6 +208,22 @@ pub struct Report {
     pub alerts_compared: usize,
     /// Wall time.
     pub elapsed: Duration,
+    /// Event-to-visible delays of MINUTE rows (see [`visible_delays`]).
+    pub visible: Vec<Visible>,
+    /// When the soak started (ms since the epoch).
+    pub started_ms: i64,
+    /// Roles that exited by themselves (and were started again).
+    pub exits: u32,
+}
+
+/// How long after the input that closes its minute was accepted a MINUTE row was first seen
+/// in ClickHouse.
+#[derive(Debug, Clone, Copy)]
+pub struct Visible {
+    /// The delay, seconds.
+    pub delay_s: f64,
+    /// When the row was first seen (ms since the epoch).
+    pub seen_ms: i64,
 }
 
 impl Report {
@@ -242,6 +269,29 @@ impl Report {
                 self.slow.get(kind).copied().unwrap_or(0)
             );
         }
+        if !self.visible.is_empty() {
+            let mut d: Vec<Visible> = self.visible.clone();
+            d.sort_by(|a, b| a.delay_s.total_cmp(&b.delay_s));
+            let at = |p: f64| d[((p * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1];
+            let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
+            let _ = writeln!(
+                s,
+                "event-to-visible, {} MINUTE rows (from the input that closes the minute accepted \
+                 by ingest to the row seen in ClickHouse, sampled each second): p50 {:.1} s, p99 \
+                 {:.1} s, max {:.1} s ({:.0} s into the run): worst extra delay {:.1} s",
+                d.len(),
+                p50.delay_s,
+                p99.delay_s,
+                max.delay_s,
+                (max.seen_ms - self.started_ms) as f64 / 1000.0,
+                max.delay_s - p50.delay_s
+            );
+        }
+        let _ = writeln!(
+            s,
+            "roles that exited by themselves and were started again: {}",
+            self.exits
+        );
         let _ = writeln!(s, "compared: {}", self.compared);
         let _ = writeln!(
             s,
@@ -330,6 +380,8 @@ struct Roles {
     sink: Option<Proc>,
     alert: Option<Proc>,
     starts: u32,
+    /// Roles that exited by themselves and were started again.
+    exits: u32,
 }
 
 impl Roles {
@@ -378,6 +430,43 @@ impl Roles {
         }
     }
 
+    /// Starts again, as a supervisor would, the roles that exited by themselves (counted);
+    /// not those a fault holds down.
+    fn supervise(&mut self) {
+        fn exited(p: &mut Option<Proc>) -> bool {
+            p.as_mut()
+                .is_some_and(|p| p.exited_within(Duration::ZERO).is_some())
+        }
+        for role in ["ingest", "sink", "alert"] {
+            let slot = match role {
+                "ingest" => &mut self.ingest,
+                "sink" => &mut self.sink,
+                _ => &mut self.alert,
+            };
+            if exited(slot) {
+                *slot = None;
+                self.exits += 1;
+                let p = self.spawn(role, role);
+                *match role {
+                    "ingest" => &mut self.ingest,
+                    "sink" => &mut self.sink,
+                    _ => &mut self.alert,
+                } = Some(p);
+            }
+        }
+        let gone: Vec<char> = self
+            .streams
+            .iter_mut()
+            .filter_map(|(id, p)| p.exited_within(Duration::ZERO).map(|_| *id))
+            .collect();
+        for id in gone {
+            self.exits += 1;
+            self.streams.remove(&id);
+            self.start_stream(id);
+        }
+    }
+
+    /// Starts what is not running.
     fn up(&mut self) {
         if self.ingest.is_none() {
             self.ingest = Some(self.spawn("ingest", "ingest"));
@@ -431,18 +520,19 @@ async fn lags(http: &reqwest::Client, roles: &Roles) -> Option<(f64, f64)> {
 /// Runs the soak; panics with the report so far at the first difference.
 pub async fn run(opts: Options) -> Report {
     let started = Instant::now();
+    let started_ms = banter_runtime::now_ms();
     let mut rng = Rng(opts.seed);
     let dir = opts.dir.clone();
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    for s in [
+    // The three nodes in one call: a quorum needs two of them, each waits for the others.
+    stack(&[
+        "up",
         "kafka-1",
         "kafka-2",
         "kafka-3",
         "clickhouse",
         "alertmanager",
-    ] {
-        stack(&["up", s]);
-    }
+    ]);
     let brokers = cluster_brokers();
     let mut cfg = crate::config();
     cfg.kafka.brokers = brokers.clone();
@@ -514,6 +604,7 @@ pub async fn run(opts: Options) -> Report {
         sink: None,
         alert: None,
         starts: 0,
+        exits: 0,
     };
     roles.up();
     let http = reqwest::Client::new();
@@ -533,6 +624,8 @@ pub async fn run(opts: Options) -> Report {
             .arg(META_APP_SECRET)
             .arg("--expected")
             .arg(dir.join("expected.json"))
+            .arg("--progress")
+            .arg(dir.join("progress.txt"))
             .args(&workload)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("generate.log")).unwrap())
@@ -547,86 +640,110 @@ pub async fn run(opts: Options) -> Report {
     let mut log = String::new();
     // One second's worth of input is the recovery threshold.
     let per_second = 50.0f64.max(rate as f64);
-    while started.elapsed() + opts.max_outage < traffic {
-        tokio::time::sleep(rng.between(opts.mean_gap / 2, opts.mean_gap * 3 / 2)).await;
-        let first = opts.faults[rng.below(opts.faults.len() as u64) as usize];
-        let mut active = vec![first];
-        if rng.chance(30) {
-            let second = opts.faults[rng.below(opts.faults.len() as u64) as usize];
-            // Never two brokers (two of three down stops acks=all by design), nor two
-            // ClickHouse faults.
-            if second != first
-                && !(second.is_broker() && first.is_broker())
-                && !(second.is_clickhouse() && first.is_clickhouse())
-            {
-                active.push(second);
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn(sample_visible(
+        http.clone(),
+        cfg.clickhouse.clone(),
+        sampling.clone(),
+    ));
+    let gap = || (opts.mean_gap / 2, opts.mean_gap * 3 / 2);
+    let mut next = Instant::now() + rng.between(gap().0, gap().1);
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        let injecting = started.elapsed() + opts.max_outage < traffic;
+        if !injecting && active.is_empty() {
+            break;
+        }
+        // Heals that are due; crashed roles start again (as a supervisor would).
+        let mut healed = false;
+        for a in &mut active {
+            if a.healed.is_none() && Instant::now() >= a.due {
+                if let Some(heal) = a.heal.take() {
+                    tokio::task::block_in_place(|| heal(&mut roles));
+                }
+                a.healed = Some(Instant::now());
+                healed = true;
             }
         }
-        // Each fault lasts its own time: a crashed role is restarted within seconds (as a
-        // supervisor would), a zombie stays stopped past the session timeout (10 s),
-        // infrastructure stays down up to the longest outage.
-        let mut pending: Vec<(Duration, Heal)> = Vec::new();
-        for f in &active {
-            let outage = match f {
-                Fault::KillIngest
-                | Fault::KillStream
-                | Fault::KillSink
-                | Fault::KillAlert
-                | Fault::KillSeveral => rng.between(Duration::from_secs(1), Duration::from_secs(5)),
-                Fault::ZombieStream => {
-                    rng.between(Duration::from_secs(16), Duration::from_secs(25))
+        if healed {
+            tokio::task::block_in_place(|| roles.up());
+        }
+        // Recovery of what was healed: both lags under one second's worth of input (other
+        // faults may still be active: they overlap).
+        if active.iter().any(|a| a.healed.is_some()) {
+            let caught_up = lags(&http, &roles)
+                .await
+                .is_some_and(|(s, k)| s <= per_second && k <= per_second * 1.5);
+            active.retain(|a| {
+                let Some(h) = a.healed else { return true };
+                let kind = format!("{:?}", a.fault);
+                if caught_up {
+                    let from_fault = a.injected.elapsed().as_secs_f64();
+                    report
+                        .recovery_s
+                        .entry(kind.clone())
+                        .or_default()
+                        .push(from_fault);
+                    let from_heal = h.elapsed().as_secs_f64();
+                    report.after_heal_s.entry(kind).or_default().push(from_heal);
+                    false
+                } else if h.elapsed() > Duration::from_secs(60) {
+                    *report.slow.entry(kind).or_default() += 1;
+                    false
+                } else {
+                    true
                 }
-                _ => rng.between(Duration::from_secs(5), opts.max_outage),
-            };
-            *report.injected.entry(format!("{f:?}")).or_default() += 1;
-            let _ = writeln!(
-                log,
-                "{:>7.1} s  {f:?} for {:.1} s",
-                started.elapsed().as_secs_f64(),
-                outage.as_secs_f64()
-            );
-            let heal = inject(*f, &mut roles, &mut rng, &brokers, &cfg.kafka.topics.events);
-            pending.push((outage, heal));
+            });
         }
-        std::fs::write(dir.join("faults.log"), &log).unwrap_or_else(|e| panic!("{e}"));
-        pending.sort_by_key(|(d, _)| *d);
-        let injected_at = Instant::now();
-        for (due, heal) in pending {
-            tokio::time::sleep(due.saturating_sub(injected_at.elapsed())).await;
-            heal(&mut roles);
-        }
-        roles.up();
-        // Recovery: both lags under one second's worth of input.
-        let healed = Instant::now();
-        let limit = Duration::from_secs(60);
-        let mut recovered = false;
-        while healed.elapsed() < limit {
-            if let Some((s, k)) = lags(&http, &roles).await {
-                if s <= per_second && k <= per_second * 1.5 {
-                    for f in &active {
-                        let kind = format!("{f:?}");
-                        report
-                            .recovery_s
-                            .entry(kind.clone())
-                            .or_default()
-                            .push(injected_at.elapsed().as_secs_f64());
-                        report
-                            .after_heal_s
-                            .entry(kind)
-                            .or_default()
-                            .push(healed.elapsed().as_secs_f64());
+        tokio::task::block_in_place(|| roles.supervise());
+        // The next fault, at a random moment, on what no active fault holds.
+        if injecting && Instant::now() >= next {
+            next = Instant::now() + rng.between(gap().0, gap().1);
+            let f = opts.faults[rng.below(opts.faults.len() as u64) as usize];
+            let free = active
+                .iter()
+                .all(|a| a.fault.holds().iter().all(|r| !f.holds().contains(r)));
+            if free {
+                // Each fault lasts its own time: a crashed role is restarted within seconds, a
+                // zombie stays stopped past the session timeout (10 s), infrastructure stays
+                // down up to the longest outage.
+                let outage = match f {
+                    Fault::KillIngest
+                    | Fault::KillStream
+                    | Fault::KillSink
+                    | Fault::KillAlert
+                    | Fault::KillSeveral => {
+                        rng.between(Duration::from_secs(1), Duration::from_secs(5))
                     }
-                    recovered = true;
-                    break;
-                }
+                    Fault::ZombieStream => {
+                        rng.between(Duration::from_secs(16), Duration::from_secs(25))
+                    }
+                    _ => rng.between(Duration::from_secs(5), opts.max_outage),
+                };
+                *report.injected.entry(format!("{f:?}")).or_default() += 1;
+                let _ = writeln!(
+                    log,
+                    "{:>7.1} s  {f:?} for {:.1} s ({} other faults active)",
+                    started.elapsed().as_secs_f64(),
+                    outage.as_secs_f64(),
+                    active.iter().filter(|a| a.healed.is_none()).count()
+                );
+                std::fs::write(dir.join("faults.log"), &log).unwrap_or_else(|e| panic!("{e}"));
+                let events = &cfg.kafka.topics.events;
+                let heal = tokio::task::block_in_place(|| {
+                    inject(f, &mut roles, &mut rng, &brokers, events)
+                });
+                let injected = Instant::now();
+                active.push(Active {
+                    fault: f,
+                    injected,
+                    due: injected + outage,
+                    heal: Some(heal),
+                    healed: None,
+                });
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if !recovered {
-            for f in &active {
-                *report.slow.entry(format!("{f:?}")).or_default() += 1;
-            }
-        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     std::fs::write(dir.join("faults.log"), &log).unwrap_or_else(|e| panic!("{e}"));
     // Traffic ends; nothing is down any more.
@@ -652,6 +769,12 @@ pub async fn run(opts: Options) -> Report {
         waited.elapsed().as_secs_f64()
     );
     report.alerts_compared = alertmanager_agrees(&http, &db).await;
+    sampling.store(false, Ordering::Relaxed);
+    let seen = sampler.await.unwrap_or_default();
+    let progress = std::fs::read_to_string(dir.join("progress.txt")).unwrap_or_default();
+    report.visible = visible_delays(&progress, &seen, cfg.stream.out_of_orderness_ms);
+    report.started_ms = started_ms;
+    report.exits = roles.exits;
     report.elapsed = started.elapsed();
     let summary = report.summary();
     std::fs::write(dir.join("report.txt"), format!("{summary}\n{log}"))
@@ -659,6 +782,83 @@ pub async fn run(opts: Options) -> Report {
     drop(roles);
     db.drop_now(&cfg).await;
     report
+}
+
+/// When each MINUTE row was first seen in ClickHouse (the soak's clock, ms) and its window's
+/// end, by key: ClickHouse asked each second for the rows inserted lately, until `on` is false.
+async fn sample_visible(
+    http: reqwest::Client,
+    ch: banter_sink::ClickHouseConfig,
+    on: Arc<AtomicBool>,
+) -> HashMap<String, (i64, i64)> {
+    let mut seen: HashMap<String, (i64, i64)> = HashMap::new();
+    let query = format!(
+        "SELECT concat(account_id, '/', content_id, '/', toString(window_start_ms)), \
+         any(window_end_ms) FROM {}.rollups WHERE window_kind = 'MINUTE' \
+         AND inserted_at >= now() - 30 GROUP BY account_id, content_id, window_start_ms \
+         FORMAT TabSeparated",
+        ch.database
+    );
+    while on.load(Ordering::Relaxed) {
+        let asked = banter_runtime::now_ms();
+        let mut req = http
+            .post(&ch.url)
+            .body(query.clone())
+            .timeout(Duration::from_secs(2));
+        if !ch.user.is_empty() {
+            req = req.basic_auth(&ch.user, Some(ch.password.expose()));
+        }
+        // ClickHouse down or frozen: nothing is visible.
+        if let Ok(r) = req.send().await {
+            if r.status().is_success() {
+                for line in r.text().await.unwrap_or_default().lines() {
+                    if let Some((key, end)) = line.rsplit_once('\t') {
+                        if let Ok(end) = end.parse::<i64>() {
+                            seen.entry(key.to_owned()).or_insert((end, asked));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    seen
+}
+
+/// Event-to-visible delays of a paced run, whose event times are not the wall clock: a minute
+/// can close once input `out_of_orderness_ms` past its end was accepted; `progress` (the
+/// generator's `--progress`: wall clock and delivery time of each accepted request) says when
+/// that was. Minutes the input never got that far past (the last ones, closed when idle) are
+/// left out.
+pub fn visible_delays(
+    progress: &str,
+    seen: &HashMap<String, (i64, i64)>,
+    out_of_orderness_ms: i64,
+) -> Vec<Visible> {
+    let mut accepted: Vec<(i64, i64)> = progress
+        .lines()
+        .filter_map(|l| {
+            let (wall, t) = l.split_once(' ')?;
+            Some((wall.parse().ok()?, t.parse().ok()?))
+        })
+        .collect();
+    accepted.sort_unstable();
+    // The furthest delivery time accepted by each moment.
+    let mut furthest = i64::MIN;
+    for a in &mut accepted {
+        furthest = furthest.max(a.1);
+        a.1 = furthest;
+    }
+    seen.values()
+        .filter_map(|&(end, seen_ms)| {
+            let i = accepted.partition_point(|a| a.1 < end + out_of_orderness_ms);
+            let ready = accepted.get(i)?.0;
+            Some(Visible {
+                delay_s: (seen_ms - ready).max(0) as f64 / 1000.0,
+                seen_ms,
+            })
+        })
+        .collect()
 }
 
 /// What heals a fault.
@@ -814,4 +1014,28 @@ pub fn soak_dir(name: &str) -> PathBuf {
 /// For `Path` users.
 pub fn report_path(dir: &Path) -> PathBuf {
     dir.join("report.txt")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minute_is_visible_from_when_input_past_its_end_was_accepted() {
+        // Accepted requests: wall clock, delivery time (out of order across requests).
+        let progress = "3000 200000\n1000 100\n2000 61000\n2500 50000\n";
+        let seen: HashMap<String, (i64, i64)> = [
+            ("a".to_owned(), (1_000, 2_500)), // needs 61 000: accepted at 2 000
+            ("b".to_owned(), (100_000, 4_000)), // needs 160 000: accepted at 3 000
+            ("c".to_owned(), (500_000, 9_000)), // never got that far: left out
+        ]
+        .into_iter()
+        .collect();
+        let mut d: Vec<f64> = visible_delays(progress, &seen, 60_000)
+            .iter()
+            .map(|v| v.delay_s)
+            .collect();
+        d.sort_by(f64::total_cmp);
+        assert_eq!(d, vec![0.5, 1.0]);
+    }
 }

@@ -178,7 +178,14 @@ impl Publisher {
             let mut cfg = producer_config(kafka, role);
             cfg.set("transactional.id", &transactional_id)
                 .set("linger.ms", "2")
-                .set("transaction.timeout.ms", "60000")
+                // A publisher that dies in a transaction (its ids are new with every process)
+                // holds read_committed consumers of the partitions it wrote until the broker
+                // aborts it: keep that short. A live transaction never lasts longer than the
+                // publish timeout (it is answered 503 and aborted then).
+                .set(
+                    "transaction.timeout.ms",
+                    (2 * ingest.publish_timeout_ms).max(10_000).to_string(),
+                )
                 .set("queue.buffering.max.messages", "1000000")
                 .set("queue.buffering.max.kbytes", "1048576");
             let context = KafkaContext::new(kafka);

@@ -87,6 +87,11 @@ pub struct GenerateArgs {
     /// would otherwise arrive hours out of order. Keep it under the stream's out-of-orderness.
     #[arg(long, default_value_t = 20_000)]
     max_disorder_ms: i64,
+    /// HTTP outputs: append `<wall clock ms> <delivery time ms>` here as each request is
+    /// accepted (2xx): how far the accepted input had got, and when (for event-to-visible
+    /// measurements of paced runs, whose event times are not the wall clock).
+    #[arg(long)]
+    progress: Option<PathBuf>,
 }
 
 /// The first-party JSON form of an event (what /v1/events and `banter replay` take).
@@ -406,6 +411,12 @@ async fn to_http(
     )> = Default::default();
     // A buffer is sent when full, or when it holds events older than half the disorder bound.
     let hold = (args.max_disorder_ms / 2).max(1);
+    let progress = match &args.progress {
+        Some(p) => Some(std::sync::Arc::new(std::sync::Mutex::new(
+            std::fs::File::create(p).with_context(|| format!("--progress {}", p.display()))?,
+        ))),
+        None => None,
+    };
     for i in 0..w.len() {
         pacer.before(w, i).await;
         let e = w.event(i);
@@ -459,9 +470,18 @@ async fn to_http(
                 }
             }
             let http = http.clone();
+            let progress = progress.clone();
             inflight.push_back((
                 first,
-                tokio::spawn(async move { post(&http, &url, body, sig).await }),
+                tokio::spawn(async move {
+                    post(&http, &url, body, sig).await?;
+                    // The request holds events delivered up to `t` (the newest so far).
+                    if let Some(f) = progress {
+                        let mut f = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        writeln!(f, "{} {t}", banter_runtime::now_ms())?;
+                    }
+                    Ok(())
+                }),
             ));
         }
     }

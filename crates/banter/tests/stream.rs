@@ -170,3 +170,149 @@ async fn a_second_instance_joining_and_the_first_leaving_change_nothing() {
     topics_match(&cfg, &dir, Duration::from_secs(120)).await;
     stop(b);
 }
+
+/// A partition whose input waits behind another producer's open transaction (a publisher that
+/// died mid-transaction, until the broker aborts it) is not idle: what was committed behind that
+/// transaction arrives late, and must be counted, not dead-lettered as too late because the
+/// watermark moved on in the meantime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_behind_an_open_transaction_is_not_idle() {
+    use banter_model::{Action, Kind, Platform, WindowKind};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let cfg = fresh_pipeline_config("stream-open-tx").await;
+    let dir = test_dir("banter-stream-open-tx");
+    let topic = cfg.kafka.topics.events.clone();
+    let t0: i64 = 1_764_000_000_000; // a minute's start
+    let hour = 3_600_000;
+    let event = |id: &str, account: &str, t: i64| {
+        let mut e = EngagementEvent::new(
+            id,
+            Platform::Instagram,
+            Kind::Comment,
+            Action::Add,
+            account,
+            t,
+        );
+        e.content_id = Some(format!("post-{account}").into());
+        EngagementEvent::codec().encode(&e).unwrap()
+    };
+    let plain: BaseProducer = banter_runtime::kafka::producer_config(&cfg.kafka, "test")
+        .create()
+        .unwrap();
+    let send = |p: &BaseProducer, partition: i32, id: &str, account: &str, t: i64| {
+        let bytes = event(id, account, t);
+        p.send(
+            BaseRecord::to(&topic)
+                .partition(partition)
+                .key(account)
+                .payload(&bytes),
+        )
+        .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+    };
+    // Partition 1 is three hours ahead: an idle partition's watermark would move to it.
+    send(&plain, 1, "p1-a", "acct-p1", t0 + 3 * hour);
+    send(&plain, 0, "p0-a", "acct-p0", t0);
+    // A publisher's transaction stays open on partition 0, and another publisher commits an
+    // event behind it: a read_committed consumer sees neither until the transaction ends.
+    let open: BaseProducer = banter_runtime::kafka::producer_config(&cfg.kafka, "test")
+        .set("transactional.id", unique("open-tx"))
+        .set("transaction.timeout.ms", "300000")
+        .create()
+        .unwrap();
+    open.init_transactions(Duration::from_secs(30)).unwrap();
+    open.begin_transaction().unwrap();
+    send(&open, 0, "p0-b", "acct-p0", t0 + 20_000);
+    send(&plain, 0, "p0-c", "acct-p0", t0 + 30_000);
+    // Partition 2 shows when the stream has moved idle partitions on, twice.
+    send(&plain, 2, "p2-a", "acct-p2", t0 + hour);
+    let stream = start_stream(&cfg, "a", &dir);
+    let mut rollups = Rollups::new(&cfg);
+    let minute = |r: &Rollups, account: &str, start: i64| {
+        r.rows()
+            .get(&(
+                account.to_owned(),
+                Some(format!("post-{account}")),
+                WindowKind::Minute,
+                start,
+            ))
+            .map(|r| r.interactions)
+    };
+    wait_for(
+        "partition 2's minute closed by its idle watermark",
+        Duration::from_secs(60),
+        || {
+            rollups.poll();
+            std::future::ready(minute(&rollups, "acct-p2", t0 + hour).map(|_| ()))
+        },
+    )
+    .await;
+    // Ahead of partition 1, at a minute's last second: closed by the wall clock once quiet.
+    let later = t0 + 4 * hour;
+    send(&plain, 2, "p2-b", "acct-p2", later + 59_000);
+    wait_for(
+        "partition 2's second minute closed by its idle watermark",
+        Duration::from_secs(60),
+        || {
+            rollups.poll();
+            std::future::ready(minute(&rollups, "acct-p2", later).map(|_| ()))
+        },
+    )
+    .await;
+    assert_eq!(
+        minute(&rollups, "acct-p0", t0),
+        None,
+        "partition 0's minute closed while input waited behind an open transaction"
+    );
+    open.commit_transaction(Duration::from_secs(30)).unwrap();
+    let counted = wait_for(
+        "partition 0's minute with all three events",
+        Duration::from_secs(60),
+        || {
+            rollups.poll();
+            std::future::ready(minute(&rollups, "acct-p0", t0))
+        },
+    )
+    .await;
+    assert_eq!(counted, 3, "events behind the open transaction were lost");
+    let dlq = from_beginning(&cfg, &cfg.kafka.topics.dlq);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if let Some(m) = dlq.poll(Duration::from_millis(200)) {
+            let dl = DeadLetter::codec()
+                .decode(m.unwrap().payload().unwrap())
+                .unwrap();
+            panic!("dead-lettered: {dl:?}");
+        }
+    }
+    stop(stream);
+}
+
+/// Two instances with one instance id: the newer one fences the older one, whose consumer can
+/// no longer be used. The older one exits (for its supervisor to restart it) instead of holding
+/// partitions it cannot read, and the results are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_fenced_by_its_namesake_exits_and_nothing_is_lost() {
+    let cfg = fresh_pipeline_config("stream-fenced").await;
+    let dir = test_dir("banter-stream-fenced");
+    let gen = generate(&cfg, &dir, 2500);
+    let mut first = start_stream(&cfg, "a", &dir);
+    let mut rollups = Rollups::new(&cfg);
+    wait_for("the first rollups", Duration::from_secs(60), || {
+        rollups.poll();
+        std::future::ready((rollups.seen > 1000).then_some(()))
+    })
+    .await;
+    // The first keeps writing its log under the new name.
+    std::fs::rename(dir.join("a.log"), dir.join("a-first.log")).unwrap();
+    let second = start_stream(&cfg, "a", &dir);
+    let status = tokio::task::block_in_place(|| first.exited_within(Duration::from_secs(90)));
+    let log = std::fs::read_to_string(dir.join("a-first.log")).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the fenced instance is still running:\n{log}"));
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("can no longer be used"), "{log}");
+    finish(gen, "banter generate");
+    topics_match(&cfg, &dir, Duration::from_secs(120)).await;
+    stop(second);
+}

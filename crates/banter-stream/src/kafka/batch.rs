@@ -28,6 +28,10 @@ pub(super) type Record = (i32, i64, Vec<u8>);
 /// What every batch is processed with.
 pub(super) struct Batcher<'a> {
     pub consumer: &'a BaseConsumer<Rebalance>,
+    /// Asks for the partitions' ends with `read_uncommitted`: the consumer's own answer (its
+    /// isolation level's) is the last stable offset, which stops at another producer's open
+    /// transaction.
+    pub ends: &'a BaseConsumer<KafkaContext>,
     pub producer: &'a BaseProducer<KafkaContext>,
     pub topics: &'a Topics,
     pub config: &'a StreamConfig,
@@ -219,10 +223,14 @@ impl Batcher<'_> {
             part.idle_checked = Instant::now();
             // Quiet: is it caught up (nothing left to read), or just not fetched yet? Without a
             // message since the assignment the consumer has no position; then the next offset
-            // to process may trail the end by one transaction marker.
+            // to process may trail the end by one transaction marker. The end is the log's
+            // (high watermark): input committed behind another producer's open transaction
+            // (a publisher that died in one, until the broker aborts it) is not readable yet,
+            // and must not be made late by moving the watermark on meanwhile.
+            self.ends.poll(Duration::ZERO);
             let caught_up = match (
                 position.filter(|pos| *pos >= 0),
-                self.consumer
+                self.ends
                     .fetch_watermarks(&self.topics.input, *p, Duration::from_secs(2)),
             ) {
                 (Some(pos), Ok((_, high))) => pos >= high,

@@ -147,7 +147,7 @@ impl StreamMetrics {
         );
         r.register(
             "consumer_lag_records",
-            "Records between the partition's end and the next offset to process",
+            "Records between the partition's end (its high watermark: input behind another producer's open transaction counts) and what this instance has read",
             m.consumer_lag.clone(),
         );
         r.register(

@@ -16,8 +16,9 @@
 //!   (a day) — is not replayed: it is each operator's changelog, written in the transaction it
 //!   belongs to and read back with the checkpoint. A partition that comes back to the instance
 //!   that already holds its state at the committed offset is not replayed.
-//! * **Idle partitions**: a partition that is caught up and quiet for `stream.idle_timeout_ms`
-//!   moves its watermark to the highest watermark of this instance's partitions, or with the
+//! * **Idle partitions**: a partition that is caught up (read to the log's end, not only to
+//!   the last stable offset, where another producer's open transaction may hold input back)
+//!   and quiet for `stream.idle_timeout_ms` moves its watermark to the highest watermark of this instance's partitions, or with the
 //!   wall clock from its own highest event time, whichever is later; the move is recorded in
 //!   the checkpoint so that a replay repeats it.
 //! * **Metrics**: [`metrics`].
@@ -39,7 +40,7 @@ use banter_runtime::kafka::{base_config, consumer_config, producer_config, Kafka
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::{BaseProducer, Producer, PurgeConfig};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use thiserror::Error;
 
@@ -73,6 +74,14 @@ pub enum StreamError {
     /// The Schema Registry could not be set up or refused this role's schemas.
     #[error("kafka.schema_registry: {0}")]
     Registry(String),
+    /// The consumer can no longer be used (the group fenced it: another consumer joined with
+    /// this `stream.instance_id`, or took its place after a lost join response). What it had
+    /// not committed is redone by whoever holds its partitions; the role exits for a restart.
+    #[error(
+        "the consumer can no longer be used ({0}); exiting so that a supervisor restarts this \
+         instance (if another instance runs with the same stream.instance_id, give each its own)"
+    )]
+    Fenced(KafkaError),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
@@ -186,6 +195,11 @@ pub fn run(
         checkpoint_partitions,
         registry: registry.clone(),
     };
+    let ends: BaseConsumer<KafkaContext> = base_config(k, "stream-ends")
+        .set("isolation.level", "read_uncommitted")
+        .set("enable.auto.commit", "false")
+        .create_with_context(KafkaContext::new(k))
+        .map_err(kafka("partition ends client config"))?;
     let schemas = banter_runtime::schemas::SchemaLookup::new(k);
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     let reload_every = Duration::from_millis(settings.cta.reload_interval_ms);
@@ -203,7 +217,7 @@ pub fn run(
             last_reload_check = Instant::now();
             reload_campaigns(&mut campaigns, &consumer, &partitions, metrics, settings);
         }
-        let batch = poll_batch(&consumer, &partitions, settings);
+        let batch = poll_batch(&consumer, &partitions, settings)?;
         // The registry is asked about new schema ids before anything of the batch is
         // processed: while it cannot be asked, the batch is put back (no state changed, no
         // transaction begun) and asked about again, 1 s, 2 s, … up to 30 s later.
@@ -231,6 +245,7 @@ pub fn run(
         let n = batch.len();
         let batcher = Batcher {
             consumer: &consumer,
+            ends: &ends,
             producer: &producer,
             topics: &topics,
             config: sc,
@@ -249,8 +264,7 @@ pub fn run(
                 metrics.outcome(&metrics.transactions, "outcome", "aborted");
                 tracing::warn!(error = %e, "batch not committed; rewinding its partitions");
                 let aborted = !e.is_fatal()
-                    && producer
-                        .abort_transaction(Duration::from_secs(30))
+                    && abort(&producer)
                         .inspect_err(|ae| tracing::warn!(error = %ae, "abort failed"))
                         .is_ok();
                 if !aborted {
@@ -263,11 +277,23 @@ pub fn run(
         }
         if last_gauges.elapsed() >= Duration::from_secs(5) {
             last_gauges = Instant::now();
-            gauges(&consumer, &parts, &topics, metrics);
+            gauges(&consumer, &ends, &parts, &topics, metrics);
         }
     }
     tracing::info!("stream stopping");
     Ok(())
+}
+
+/// Aborts the open transaction. What it still has queued or in flight is purged first, and
+/// the delivery reports are served here: the abort waits until none is left, and nothing
+/// else polls this producer meanwhile.
+fn abort(producer: &BaseProducer<KafkaContext>) -> Result<(), KafkaError> {
+    producer.purge(PurgeConfig::default().queue().inflight());
+    let until = Instant::now() + Duration::from_secs(10);
+    while producer.in_flight_count() > 0 && Instant::now() < until {
+        producer.poll(Duration::from_millis(100));
+    }
+    producer.abort_transaction(Duration::from_secs(30))
 }
 
 /// Loads the campaigns file again when it changed and hands the campaigns to every partition
@@ -310,7 +336,7 @@ fn poll_batch(
     consumer: &BaseConsumer<Rebalance>,
     partitions: &Mutex<Partitions>,
     settings: &StreamSettings,
-) -> Vec<Record> {
+) -> Result<Vec<Record>, StreamError> {
     let sc = &settings.stream;
     let started = Instant::now();
     let mut batch: Vec<Record> = Vec::new();
@@ -326,6 +352,11 @@ fn poll_batch(
                 m.offset(),
                 m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             )),
+            // A fatal error leaves the consumer unusable: polling on would hold the
+            // partitions the group may hand this member without ever reading them.
+            Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                return Err(StreamError::Fenced(e))
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer"),
             None => {}
         }
@@ -335,7 +366,7 @@ fn poll_batch(
             generation = g;
         }
     }
-    batch
+    Ok(batch)
 }
 
 /// Moves the consumer back to the first record of `batch` in each of its partitions (nothing
@@ -401,21 +432,32 @@ fn rewind(
 /// The lag and state gauges.
 fn gauges(
     consumer: &BaseConsumer<Rebalance>,
+    ends: &BaseConsumer<KafkaContext>,
     parts: &Partitions,
     topics: &Topics,
     metrics: &StreamMetrics,
 ) {
     let now = banter_runtime::now_ms();
+    let positions = consumer.position().ok();
     let mut sizes = StateSizes::default();
     for (p, part) in &parts.active {
         let lag_s = part
             .pipeline
             .watermark()
             .map(|wm| (now - wm) as f64 / 1000.0);
-        let records = consumer
+        // Behind the log's end: input held back by another producer's open transaction is
+        // lag too. The consumer's position is past transaction markers and aborted records.
+        let read = positions
+            .as_ref()
+            .and_then(|t| t.find_partition(&topics.input, *p))
+            .and_then(|e| e.offset().to_raw())
+            .map_or(part.pipeline.next_offset(), |pos| {
+                pos.max(part.pipeline.next_offset())
+            });
+        let records = ends
             .fetch_watermarks(&topics.input, *p, Duration::from_secs(2))
             .ok()
-            .map(|(_, high)| (high - part.pipeline.next_offset()).max(0));
+            .map(|(_, high)| (high - read).max(0));
         metrics.set_lag(*p, lag_s, records);
         sizes += &part.pipeline.state_sizes();
     }
