@@ -194,7 +194,7 @@ async fn a_partition_behind_an_open_transaction_is_not_idle() {
             account,
             t,
         );
-        e.content_id = Some(format!("post-{account}").into());
+        e.content_id = Some(format!("post-{account}"));
         EngagementEvent::codec().encode(&e).unwrap()
     };
     let plain: BaseProducer = banter_runtime::kafka::producer_config(&cfg.kafka, "test")
