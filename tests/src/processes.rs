@@ -124,6 +124,7 @@ pub fn start_role_with(
         .envs(env.iter().copied())
         .arg(role)
         .env("BANTER_STREAM__INSTANCE_ID", instance)
+        .env("BANTER_SINK__INSTANCE_ID", instance)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -5,7 +5,10 @@
 //! while a seeded scheduler injects faults:
 //!
 //! * SIGKILL of a role (ingest, a stream instance, sink, alert), or of several together;
-//! * SIGSTOP of a stream instance past its session timeout (a zombie that resumes), SIGCONT;
+//! * SIGSTOP of a stream instance past its session timeout and `max.poll.interval.ms` (a
+//!   zombie that resumes), SIGCONT;
+//! * a stream instance's processing stalled mid-transaction past `max.poll.interval.ms`, its
+//!   heartbeats going on (it leaves the group; its transaction times out), then resuming;
 //! * a second and third stream instance joining and leaving;
 //! * SIGKILL of a broker: the leader of a partition of the events topic, the active
 //!   controller, or another;
@@ -84,9 +87,9 @@ impl Options {
             accounts: 60,
             minutes: 1440,
             traffic: Duration::from_secs(u64::from(minutes) * 60),
-            mean_gap: Duration::from_secs(3),
-            // ClickHouse stopped or frozen, a broker down: for minutes.
-            max_outage: Duration::from_secs(150),
+            mean_gap: Duration::from_secs(2),
+            // ClickHouse stopped or frozen, a broker down: for up to two minutes.
+            max_outage: Duration::from_secs(120),
             calm: Duration::from_secs(60),
             dir,
             faults: FAULTS.to_vec(),
@@ -129,8 +132,13 @@ pub enum Fault {
     KillAlert,
     /// SIGKILL of ingest, every stream instance and the sink together.
     KillSeveral,
-    /// SIGSTOP of a stream instance past its session timeout, then SIGCONT.
+    /// SIGSTOP of a stream instance past its session timeout and `max.poll.interval.ms`
+    /// (10 s and 12 s in the soak), then SIGCONT.
     ZombieStream,
+    /// The processing loop of a stream instance stalls with a transaction open, past
+    /// `max.poll.interval.ms` (12 s) and the transaction timeout (10 s), while the process and
+    /// its heartbeats go on; then it resumes (the `stream.before_commit` pause point).
+    StalledStream,
     /// Another stream instance joins (and leaves at the heal).
     StreamJoins,
     /// SIGKILL of the broker leading partition 0 of the events topic.
@@ -148,13 +156,14 @@ pub enum Fault {
 }
 
 /// Every kind of fault.
-pub const FAULTS: [Fault; 13] = [
+pub const FAULTS: [Fault; 14] = [
     Fault::KillIngest,
     Fault::KillStream,
     Fault::KillSink,
     Fault::KillAlert,
     Fault::KillSeveral,
     Fault::ZombieStream,
+    Fault::StalledStream,
     Fault::StreamJoins,
     Fault::KillLeaderBroker,
     Fault::KillController,
@@ -170,7 +179,7 @@ impl Fault {
     fn holds(self) -> &'static [&'static str] {
         match self {
             Fault::KillIngest => &["ingest"],
-            Fault::KillStream | Fault::ZombieStream => &["streams"],
+            Fault::KillStream | Fault::ZombieStream | Fault::StalledStream => &["streams"],
             Fault::KillSink => &["sink"],
             Fault::KillAlert => &["alert"],
             Fault::KillSeveral => &["ingest", "streams", "sink"],
@@ -188,6 +197,8 @@ struct Active {
     injected: Instant,
     due: Instant,
     heal: Option<Heal>,
+    /// A service's heal under way.
+    healing: Option<std::thread::JoinHandle<()>>,
     healed: Option<Instant>,
 }
 
@@ -214,10 +225,11 @@ pub struct Report {
     pub elapsed: Duration,
     /// Event-to-visible delays of MINUTE rows (see [`visible_delays`]).
     pub visible: Vec<Visible>,
-    /// When the soak started (ms since the epoch).
+    /// When the traffic started (ms since the epoch).
     pub started_ms: i64,
-    /// Roles that exited by themselves (and were started again).
-    pub exits: u32,
+    /// Roles that exited by themselves (and were started again), with the last line of
+    /// their log.
+    pub exits: Vec<String>,
     /// The fault-free start (ms).
     pub calm_ms: i64,
 }
@@ -309,7 +321,7 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "  under faults: {} rows, p50 {:.1} s, p99 {:.1} s, max {:.1} s ({:.0} s into \
-                     the run): worst extra delay {:.1} s",
+                     the traffic): worst extra delay {:.1} s",
                     faulty.len(),
                     p50.delay_s,
                     p99.delay_s,
@@ -322,8 +334,11 @@ impl Report {
         let _ = writeln!(
             s,
             "roles that exited by themselves and were started again: {}",
-            self.exits
+            self.exits.len()
         );
+        for e in &self.exits {
+            let _ = writeln!(s, "  {e}");
+        }
         let _ = writeln!(s, "compared: {}", self.compared);
         let _ = writeln!(
             s,
@@ -402,18 +417,20 @@ fn leader_of(brokers: &str, topic: &str) -> Option<u32> {
     u32::try_from(p.leader()).ok().filter(|id| *id >= 1)
 }
 
-/// The roles as processes, with fixed ops ports (so lag is read across restarts).
+/// The roles as processes by instance name (`ingest`, `sink`, `alert`, `stream-a`, …), with
+/// fixed ops ports (so lag is read across restarts).
 struct Roles {
     cfg: Config,
     dir: PathBuf,
     base_port: u16,
-    ingest: Option<Proc>,
-    streams: BTreeMap<char, Proc>,
-    sink: Option<Proc>,
-    alert: Option<Proc>,
+    procs: BTreeMap<String, Proc>,
+    /// Each instance's current log.
+    logs: BTreeMap<String, PathBuf>,
     starts: u32,
-    /// Roles that exited by themselves and were started again.
-    exits: u32,
+    /// Roles that exited by themselves (and were started again): why, by the last line of
+    /// their log.
+    exits: Vec<String>,
+    supervised: Instant,
 }
 
 impl Roles {
@@ -429,18 +446,32 @@ impl Roles {
             }
     }
 
-    fn spawn(&mut self, role: &str, instance: &str) -> Proc {
+    fn spawn(&mut self, instance: &str) -> Proc {
+        let role = if instance.starts_with("stream-") {
+            "stream"
+        } else {
+            instance
+        };
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("{instance}.{}.log", self.starts)))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let path = self.dir.join(format!("{instance}.{}.log", self.starts));
+        let log = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        self.logs.insert(instance.to_owned(), path);
         let port = self.port(instance);
         with_campaigns(&mut banter_cmd(&self.cfg), &self.dir)
             .arg(role)
             .env("BANTER_STREAM__INSTANCE_ID", instance)
+            .env("BANTER_SINK__INSTANCE_ID", instance)
             .env("BANTER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("BANTER_INGEST__LISTEN", &self.cfg.ingest.listen)
             .env("BANTER_INGEST__META_APP_SECRET", META_APP_SECRET)
             .env("BANTER_KAFKA__TOPICS__REPLICATION_FACTOR", "3")
+            // A zombie (stopped 16-25 s) is past both the session timeout (10 s) and this.
+            .env("BANTER_STREAM__MAX_POLL_INTERVAL_MS", "12000")
+            .env("BANTER_FAILPOINTS", "stream.before_commit")
+            .env(
+                "BANTER_PAUSE_FILE",
+                self.dir.join(format!("pause-{instance}")),
+            )
             .env(
                 "BANTER_ALERTING__ALERTMANAGER_URL",
                 format!(
@@ -455,107 +486,117 @@ impl Roles {
             .unwrap_or_else(|e| panic!("cannot start banter {role}: {e}"))
     }
 
-    fn start_stream(&mut self, id: char) {
-        if !self.streams.contains_key(&id) {
-            let p = self.spawn("stream", &format!("stream-{id}"));
-            self.streams.insert(id, p);
+    /// Starts `instance` unless it runs.
+    fn start(&mut self, instance: &str) {
+        if !self.procs.contains_key(instance) {
+            let p = self.spawn(instance);
+            self.procs.insert(instance.to_owned(), p);
         }
     }
 
-    /// Starts again, as a supervisor would, the roles that exited by themselves (counted);
-    /// not those a fault holds down.
+    /// SIGKILL of `instance`, when it runs.
+    fn kill(&mut self, instance: &str) -> bool {
+        self.procs.remove(instance).map(|mut p| p.kill9()).is_some()
+    }
+
+    /// The stream instances running.
+    fn streams(&self) -> Vec<String> {
+        self.procs
+            .keys()
+            .filter(|k| k.starts_with("stream-"))
+            .cloned()
+            .collect()
+    }
+
+    /// Starts again, as a supervisor would (at most once a second), the roles that exited by
+    /// themselves; not those a fault holds down (they are not running).
     fn supervise(&mut self) {
-        fn exited(p: &mut Option<Proc>) -> bool {
-            p.as_mut()
-                .is_some_and(|p| p.exited_within(Duration::ZERO).is_some())
+        if self.supervised.elapsed() < Duration::from_secs(1) {
+            return;
         }
-        for role in ["ingest", "sink", "alert"] {
-            let slot = match role {
-                "ingest" => &mut self.ingest,
-                "sink" => &mut self.sink,
-                _ => &mut self.alert,
-            };
-            if exited(slot) {
-                *slot = None;
-                self.exits += 1;
-                let p = self.spawn(role, role);
-                *match role {
-                    "ingest" => &mut self.ingest,
-                    "sink" => &mut self.sink,
-                    _ => &mut self.alert,
-                } = Some(p);
-            }
-        }
-        let gone: Vec<char> = self
-            .streams
+        self.supervised = Instant::now();
+        let gone: Vec<(String, std::process::ExitStatus)> = self
+            .procs
             .iter_mut()
-            .filter_map(|(id, p)| p.exited_within(Duration::ZERO).map(|_| *id))
+            .filter_map(|(k, p)| p.exited_within(Duration::ZERO).map(|s| (k.clone(), s)))
             .collect();
-        for id in gone {
-            self.exits += 1;
-            self.streams.remove(&id);
-            self.start_stream(id);
+        for (instance, status) in gone {
+            let last = self
+                .logs
+                .get(&instance)
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .and_then(|l| {
+                    l.lines()
+                        .last()
+                        .map(|l| l.chars().take(240).collect::<String>())
+                })
+                .unwrap_or_default();
+            self.exits.push(format!("{instance} ({status}): {last}"));
+            self.procs.remove(&instance);
+            self.start(&instance);
         }
     }
 
     /// Starts what is not running.
     fn up(&mut self) {
-        if self.ingest.is_none() {
-            self.ingest = Some(self.spawn("ingest", "ingest"));
+        for instance in ["ingest", "stream-a", "sink", "alert"] {
+            self.start(instance);
         }
-        self.start_stream('a');
-        if self.sink.is_none() {
-            self.sink = Some(self.spawn("sink", "sink"));
-        }
-        if self.alert.is_none() {
-            self.alert = Some(self.spawn("alert", "alert"));
-        }
-    }
-
-    fn ops_ports(&self) -> Vec<u16> {
-        let mut out = vec![self.port("sink")];
-        for id in self.streams.keys() {
-            out.push(self.port(&format!("stream-{id}")));
-        }
-        out
     }
 }
 
-/// Sums the `name` samples of a Prometheus text page.
-fn metric_sum(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// A consumer group's lag read from Kafka, not from the roles (whose gauges say nothing while
+/// a role restarts or waits for its group): the records between each partition's high
+/// watermark and what the group committed.
+struct GroupLag {
+    client: BaseConsumer,
+    topic: String,
 }
 
-/// Both lags (stream input, sink input) from the running roles' metrics; None while a role
-/// does not answer.
-async fn lags(http: &reqwest::Client, roles: &Roles) -> Option<(f64, f64)> {
-    let (mut stream, mut sink) = (0.0, 0.0);
-    for port in roles.ops_ports() {
-        let page = http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        stream += metric_sum(&page, "banter_stream_consumer_lag_records");
-        sink += metric_sum(&page, "banter_sink_consumer_lag_records");
+impl GroupLag {
+    fn new(brokers: &str, group: &str, topic: &str) -> Self {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .unwrap_or_else(|e| panic!("{e}"));
+        GroupLag {
+            client,
+            topic: topic.to_owned(),
+        }
     }
-    Some((stream, sink))
+
+    /// None while Kafka does not answer.
+    fn records(&self) -> Option<i64> {
+        let t = Duration::from_secs(1);
+        let md = self.client.fetch_metadata(Some(&self.topic), t).ok()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics().first()?.partitions() {
+            tpl.add_partition(&self.topic, p.id());
+        }
+        let committed = self.client.committed_offsets(tpl, t).ok()?;
+        let mut lag = 0;
+        for e in committed.elements() {
+            let (_, high) = self
+                .client
+                .fetch_watermarks(&self.topic, e.partition(), t)
+                .ok()?;
+            lag += (high - e.offset().to_raw().unwrap_or(0).max(0)).max(0);
+        }
+        Some(lag)
+    }
 }
 
 /// Runs the soak; panics with the report so far at the first difference.
 pub async fn run(opts: Options) -> Report {
     let started = Instant::now();
-    let started_ms = banter_runtime::now_ms();
     let mut rng = Rng(opts.seed);
     let dir = opts.dir.clone();
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    // A ClickHouse an interrupted soak left frozen goes on.
+    signal_service("clickhouse", "CONT");
     // The three nodes in one call: a quorum needs two of them, each waits for the others.
     stack(&[
         "up",
@@ -631,12 +672,11 @@ pub async fn run(opts: Options) -> Report {
         cfg: cfg.clone(),
         dir: dir.clone(),
         base_port,
-        ingest: None,
-        streams: BTreeMap::new(),
-        sink: None,
-        alert: None,
+        procs: BTreeMap::new(),
+        logs: BTreeMap::new(),
         starts: 0,
-        exits: 0,
+        exits: Vec::new(),
+        supervised: Instant::now(),
     };
     roles.up();
     let http = reqwest::Client::new();
@@ -665,6 +705,9 @@ pub async fn run(opts: Options) -> Report {
             .unwrap_or_else(|e| panic!("{e}")),
     );
     let traffic = opts.traffic;
+    // Times in the faults log and the report count from here.
+    let traffic_started = Instant::now();
+    let traffic_started_ms = banter_runtime::now_ms();
     let mut report = Report {
         seed: opts.seed,
         ..Report::default()
@@ -677,35 +720,53 @@ pub async fn run(opts: Options) -> Report {
         http.clone(),
         cfg.clickhouse.clone(),
         sampling.clone(),
+        Some(dir.join("sampler.log")),
     ));
     let gap = || (opts.mean_gap / 2, opts.mean_gap * 3 / 2);
+    let stream_lag = GroupLag::new(&brokers, &cfg.stream.group_id, &cfg.kafka.topics.events);
+    let sink_lag = GroupLag::new(&brokers, &cfg.sink.group_id, &cfg.kafka.topics.rollups);
     let mut next = Instant::now() + opts.calm;
     let mut active: Vec<Active> = Vec::new();
     loop {
-        let injecting = started.elapsed() + opts.max_outage < traffic;
+        let injecting = traffic_started.elapsed() + opts.max_outage < traffic;
         if !injecting && active.is_empty() {
             break;
         }
         // Heals that are due; crashed roles start again (as a supervisor would).
-        let mut healed = false;
         for a in &mut active {
-            if a.healed.is_none() && Instant::now() >= a.due {
-                if let Some(heal) = a.heal.take() {
-                    tokio::task::block_in_place(|| heal(&mut roles));
+            if a.healed.is_some() {
+                continue;
+            }
+            if a.healing
+                .as_ref()
+                .is_some_and(std::thread::JoinHandle::is_finished)
+            {
+                if let Some(Err(e)) = a.healing.take().map(std::thread::JoinHandle::join) {
+                    std::panic::resume_unwind(e);
                 }
                 a.healed = Some(Instant::now());
-                healed = true;
+                continue;
             }
-        }
-        if healed {
-            tokio::task::block_in_place(|| roles.up());
+            if Instant::now() >= a.due {
+                match a.heal.take() {
+                    Some(Heal::Roles(heal)) => {
+                        tokio::task::block_in_place(|| heal(&mut roles));
+                        a.healed = Some(Instant::now());
+                    }
+                    Some(Heal::Service(heal)) => a.healing = Some(std::thread::spawn(heal)),
+                    None => {}
+                }
+            }
         }
         // Recovery of what was healed: both lags under one second's worth of input (other
         // faults may still be active: they overlap).
         if active.iter().any(|a| a.healed.is_some()) {
-            let caught_up = lags(&http, &roles)
-                .await
-                .is_some_and(|(s, k)| s <= per_second && k <= per_second * 1.5);
+            let caught_up = tokio::task::block_in_place(|| {
+                stream_lag.records().is_some_and(|s| s as f64 <= per_second)
+                    && sink_lag
+                        .records()
+                        .is_some_and(|k| k as f64 <= per_second * 1.5)
+            });
             active.retain(|a| {
                 let Some(h) = a.healed else { return true };
                 let kind = format!("{:?}", a.fault);
@@ -747,7 +808,7 @@ pub async fn run(opts: Options) -> Report {
                     | Fault::KillSeveral => {
                         rng.between(Duration::from_secs(1), Duration::from_secs(5))
                     }
-                    Fault::ZombieStream => {
+                    Fault::ZombieStream | Fault::StalledStream => {
                         rng.between(Duration::from_secs(16), Duration::from_secs(25))
                     }
                     _ => rng.between(Duration::from_secs(5), opts.max_outage),
@@ -756,7 +817,7 @@ pub async fn run(opts: Options) -> Report {
                 let _ = writeln!(
                     log,
                     "{:>7.1} s  {f:?} for {:.1} s ({} other faults active)",
-                    started.elapsed().as_secs_f64(),
+                    traffic_started.elapsed().as_secs_f64(),
                     outage.as_secs_f64(),
                     active.iter().filter(|a| a.healed.is_none()).count()
                 );
@@ -771,6 +832,7 @@ pub async fn run(opts: Options) -> Report {
                     injected,
                     due: injected + outage,
                     heal: Some(heal),
+                    healing: None,
                     healed: None,
                 });
             }
@@ -810,15 +872,17 @@ pub async fn run(opts: Options) -> Report {
         let _ = writeln!(rows, "{}\t{:.1}", v.seen_ms, v.delay_s);
     }
     std::fs::write(dir.join("visible.tsv"), rows).unwrap_or_else(|e| panic!("{e}"));
-    report.started_ms = started_ms;
-    report.exits = roles.exits;
+    report.started_ms = traffic_started_ms;
+    report.exits = std::mem::take(&mut roles.exits);
     report.calm_ms = opts.calm.as_millis() as i64;
     report.elapsed = started.elapsed();
     let summary = report.summary();
     std::fs::write(dir.join("report.txt"), format!("{summary}\n{log}"))
         .unwrap_or_else(|e| panic!("{e}"));
     drop(roles);
-    db.drop_now(&cfg).await;
+    if std::env::var_os("BANTER_SOAK_KEEP").is_none() {
+        db.drop_now(&cfg).await;
+    }
     report
 }
 
@@ -828,6 +892,7 @@ async fn sample_visible(
     http: reqwest::Client,
     ch: banter_sink::ClickHouseConfig,
     on: Arc<AtomicBool>,
+    trace: Option<PathBuf>,
 ) -> HashMap<String, (i64, i64)> {
     let mut seen: HashMap<String, (i64, i64)> = HashMap::new();
     let query = format!(
@@ -837,6 +902,7 @@ async fn sample_visible(
          FORMAT TabSeparated",
         ch.database
     );
+    let mut log = String::new();
     while on.load(Ordering::Relaxed) {
         let asked = banter_runtime::now_ms();
         let mut req = http
@@ -847,16 +913,28 @@ async fn sample_visible(
             req = req.basic_auth(&ch.user, Some(ch.password.expose()));
         }
         // ClickHouse down or frozen: nothing is visible.
-        if let Ok(r) = req.send().await {
-            if r.status().is_success() {
+        let (mut rows, mut new) = (0, 0);
+        let outcome = match req.send().await {
+            Ok(r) if r.status().is_success() => {
                 for line in r.text().await.unwrap_or_default().lines() {
                     if let Some((key, end)) = line.rsplit_once('\t') {
                         if let Ok(end) = end.parse::<i64>() {
-                            seen.entry(key.to_owned()).or_insert((end, asked));
+                            rows += 1;
+                            if !seen.contains_key(key) {
+                                seen.insert(key.to_owned(), (end, asked));
+                                new += 1;
+                            }
                         }
                     }
                 }
+                "ok".to_owned()
             }
+            Ok(r) => r.status().to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(log, "{asked} {outcome} {rows} recent, {new} new");
+        if let Some(path) = &trace {
+            let _ = std::fs::write(path, &log);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -900,60 +978,88 @@ pub fn visible_delays(
 }
 
 /// What heals a fault.
-type Heal = Box<dyn FnOnce(&mut Roles)>;
+enum Heal {
+    /// On the roles, in the loop.
+    Roles(Box<dyn FnOnce(&mut Roles)>),
+    /// On a service, on a thread of its own: a broker or ClickHouse takes seconds to start,
+    /// and the schedule goes on meanwhile.
+    Service(Box<dyn FnOnce() + Send>),
+}
 
 /// Injects `f`; returns what heals it.
 fn inject(f: Fault, roles: &mut Roles, rng: &mut Rng, brokers: &str, events: &str) -> Heal {
-    let kill = |p: Option<Proc>| {
-        if let Some(mut p) = p {
-            p.kill9();
-        }
-    };
     match f {
-        Fault::KillIngest => kill(roles.ingest.take()),
-        Fault::KillSink => kill(roles.sink.take()),
-        Fault::KillAlert => kill(roles.alert.take()),
+        Fault::KillIngest | Fault::KillSink | Fault::KillAlert => {
+            let instance = match f {
+                Fault::KillIngest => "ingest",
+                Fault::KillSink => "sink",
+                _ => "alert",
+            };
+            roles.kill(instance);
+            return Heal::Roles(Box::new(move |r| r.start(instance)));
+        }
         Fault::KillStream => {
-            let ids: Vec<char> = roles.streams.keys().copied().collect();
+            let ids = roles.streams();
             if !ids.is_empty() {
-                let id = ids[rng.below(ids.len() as u64) as usize];
-                kill(roles.streams.remove(&id));
+                let id = ids[rng.below(ids.len() as u64) as usize].clone();
+                roles.kill(&id);
+                return Heal::Roles(Box::new(move |r| r.start(&id)));
             }
         }
         Fault::KillSeveral => {
-            kill(roles.ingest.take());
-            kill(roles.sink.take());
-            for (_, p) in std::mem::take(&mut roles.streams) {
-                kill(Some(p));
+            let mut killed: Vec<String> = ["ingest", "sink"]
+                .into_iter()
+                .filter(|i| roles.kill(i))
+                .map(str::to_owned)
+                .collect();
+            for s in roles.streams() {
+                roles.kill(&s);
+                killed.push(s);
             }
+            return Heal::Roles(Box::new(move |r| {
+                for i in &killed {
+                    r.start(i);
+                }
+            }));
         }
         Fault::ZombieStream => {
-            if let Some(p) = roles.streams.get(&'a') {
+            if let Some(p) = roles.procs.get("stream-a") {
                 let pid = p.id().to_string();
                 let _ = Command::new("kill").args(["-STOP", &pid]).status();
-                return Box::new(move |_| {
+                return Heal::Roles(Box::new(move |_| {
                     let _ = Command::new("kill").args(["-CONT", &pid]).status();
-                });
+                }));
+            }
+        }
+        Fault::StalledStream => {
+            if roles.procs.contains_key("stream-a") {
+                let pause = roles.dir.join("pause-stream-a");
+                std::fs::write(&pause, b"").unwrap_or_else(|e| panic!("{e}"));
+                return Heal::Roles(Box::new(move |_| {
+                    let _ = std::fs::remove_file(&pause);
+                }));
             }
         }
         Fault::StreamJoins => {
-            let id = if roles.streams.contains_key(&'b') {
-                'c'
+            let id = if roles.procs.contains_key("stream-b") {
+                "stream-c"
             } else {
-                'b'
+                "stream-b"
             };
-            roles.start_stream(id);
-            return Box::new(move |r: &mut Roles| {
-                if let Some(mut p) = r.streams.remove(&id) {
-                    // Leaves cleanly (SIGTERM), or is killed after 30 s.
+            roles.start(id);
+            return Heal::Roles(Box::new(move |r: &mut Roles| {
+                if let Some(mut p) = r.procs.remove(id) {
+                    // Leaves cleanly (SIGTERM), or is killed after 30 s; the schedule goes on.
                     let _ = Command::new("kill")
                         .args(["-TERM", &p.id().to_string()])
                         .status();
-                    if p.exited_within(Duration::from_secs(30)).is_none() {
-                        p.kill9();
-                    }
+                    std::thread::spawn(move || {
+                        if p.exited_within(Duration::from_secs(30)).is_none() {
+                            p.kill9();
+                        }
+                    });
                 }
-            });
+            }));
         }
         Fault::KillLeaderBroker | Fault::KillController | Fault::KillBroker => {
             let n = match f {
@@ -964,23 +1070,23 @@ fn inject(f: Fault, roles: &mut Roles, rng: &mut Rng, brokers: &str, events: &st
             .unwrap_or_else(|| 1 + rng.below(3) as u32);
             let service = format!("kafka-{n}");
             signal_service(&service, "KILL");
-            return Box::new(move |_| stack(&["up", &service]));
+            return Heal::Service(Box::new(move || stack(&["up", &service])));
         }
         Fault::ClickHouseDown => {
             stack(&["down", "clickhouse"]);
-            return Box::new(|_| stack(&["up", "clickhouse"]));
+            return Heal::Service(Box::new(|| stack(&["up", "clickhouse"])));
         }
         Fault::ClickHouseFrozen => {
             signal_service("clickhouse", "STOP");
-            return Box::new(|_| signal_service("clickhouse", "CONT"));
+            return Heal::Service(Box::new(|| signal_service("clickhouse", "CONT")));
         }
         Fault::AlertmanagerDown => {
             stack(&["down", "alertmanager"]);
-            return Box::new(|_| stack(&["up", "alertmanager"]));
+            return Heal::Service(Box::new(|| stack(&["up", "alertmanager"])));
         }
     }
-    // A killed role is started again.
-    Box::new(|r: &mut Roles| r.up())
+    // Nothing was there to act on (no stream instance).
+    Heal::Roles(Box::new(|_| {}))
 }
 
 async fn wait_ready(http: &reqwest::Client, roles: &Roles) {

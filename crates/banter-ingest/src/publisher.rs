@@ -180,11 +180,16 @@ impl Publisher {
                 .set("linger.ms", "2")
                 // A publisher that dies in a transaction (its ids are new with every process)
                 // holds read_committed consumers of the partitions it wrote until the broker
-                // aborts it: keep that short. A live transaction never lasts longer than the
-                // publish timeout (it is answered 503 and aborted then).
+                // aborts it: keep that short. A live transaction sends for up to the publish
+                // timeout, then commits within it again; a margin on top (the broker's default
+                // ceiling is 15 minutes).
                 .set(
                     "transaction.timeout.ms",
-                    (2 * ingest.publish_timeout_ms).max(10_000).to_string(),
+                    ingest
+                        .publish_timeout_ms
+                        .saturating_mul(3)
+                        .clamp(10_000, 900_000)
+                        .to_string(),
                 )
                 .set("queue.buffering.max.messages", "1000000")
                 .set("queue.buffering.max.kbytes", "1048576");

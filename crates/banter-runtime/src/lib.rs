@@ -30,6 +30,17 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// This machine's host name (`/etc/hostname`, else `$HOSTNAME`, else `local`): the default
+/// instance id of the roles that join consumer groups as static members.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "local".into())
+}
+
 /// The names in `BANTER_FAILPOINTS` (comma-separated), read once.
 fn failpoints() -> &'static [String] {
     static POINTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
@@ -51,6 +62,26 @@ pub fn failpoint(name: &str) {
     if failpoints().iter().any(|p| p == name) {
         eprintln!("failpoint {name}: aborting the process");
         std::process::abort();
+    }
+}
+
+/// A place where a stall is worst (a transaction open, not committed): when `name` is listed
+/// in `BANTER_FAILPOINTS`, the calling thread waits here while the file named by
+/// `BANTER_PAUSE_FILE` exists. The process and its Kafka clients' own threads (heartbeats) go
+/// on: a processing loop stalled past `max.poll.interval.ms`, for tests. Unset in production.
+pub fn pausepoint(name: &str) {
+    if !failpoints().iter().any(|p| p == name) {
+        return;
+    }
+    let Some(path) = std::env::var_os("BANTER_PAUSE_FILE").map(std::path::PathBuf::from) else {
+        return;
+    };
+    if path.exists() {
+        eprintln!("pausepoint {name}: paused while {} exists", path.display());
+        while path.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("pausepoint {name}: resumed");
     }
 }
 

@@ -19,6 +19,25 @@ pub struct SinkConfig {
     pub max_backoff_ms: u64,
     /// Longest an insert may take before it is given up and retried, in ms.
     pub insert_timeout_ms: u64,
+    /// This sink's name, unique within the group and stable across restarts: its static
+    /// group membership (`group.instance.id`), so a restarted sink takes its partitions back
+    /// at once instead of waiting for its previous life's session to expire. Default: the
+    /// host name.
+    pub instance_id: String,
+    /// Kafka `session.timeout.ms`: how long the partitions of a sink that stopped (or died and
+    /// did not come back) wait before the group gives them to the others.
+    pub session_timeout_ms: u64,
+}
+
+impl SinkConfig {
+    /// `instance_id`, or the host name.
+    pub fn instance(&self) -> String {
+        if self.instance_id.is_empty() {
+            banter_runtime::host_name()
+        } else {
+            self.instance_id.clone()
+        }
+    }
 }
 
 impl Default for SinkConfig {
@@ -29,6 +48,8 @@ impl Default for SinkConfig {
             max_batch_ms: 1000,
             max_backoff_ms: 10_000,
             insert_timeout_ms: 30_000,
+            instance_id: String::new(),
+            session_timeout_ms: 10_000,
         }
     }
 }
@@ -52,6 +73,12 @@ impl Validate for SinkConfig {
         }
         if self.insert_timeout_ms < 1000 {
             p.push(invalid("sink.insert_timeout_ms", "must be at least 1000"));
+        }
+        if !(6000..=300_000).contains(&self.session_timeout_ms) {
+            p.push(invalid(
+                "sink.session_timeout_ms",
+                "must be between 6000 and 300000 (the broker's group limits)",
+            ));
         }
     }
 }

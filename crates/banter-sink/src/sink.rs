@@ -897,6 +897,14 @@ pub async fn run(
     let consumer: StreamConsumer<KafkaContext> = consumer_config(k, "sink", &sc.group_id)
         // Retrying ClickHouse holds the batch without polling; stay in the group meanwhile.
         .set("max.poll.interval.ms", "3600000")
+        // Static membership (KIP-345): a restarted sink takes its partitions back at once
+        // instead of waiting for its previous life's session to expire.
+        .set("group.instance.id", sc.instance())
+        .set("session.timeout.ms", sc.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (sc.session_timeout_ms / 5).max(100).to_string(),
+        )
         .create_with_context(KafkaContext::new(k))
         .map_err(|e| SinkError::Kafka {
             what: "consumer config",
@@ -966,6 +974,23 @@ pub async fn run(
             };
             let m = match m {
                 Ok(m) => m,
+                // The consumer can no longer be used (the group fenced it: another sink joined
+                // under this instance id): what was not committed is redone by whoever holds
+                // the partitions; exit for a restart rather than hold them unread.
+                Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                    let why = consumer
+                        .client()
+                        .fatal_error()
+                        .map_or_else(|| e.to_string(), |(code, why)| format!("{code:?}: {why}"));
+                    return Err(SinkError::Kafka {
+                        what: "consumer",
+                        detail: format!(
+                            "{why}: the consumer can no longer be used; exiting so that a \
+                             supervisor restarts this sink (if another sink runs with the same \
+                             sink.instance_id, give each its own)"
+                        ),
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer");
                     continue;

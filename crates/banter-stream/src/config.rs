@@ -60,6 +60,10 @@ pub struct StreamConfig {
     /// died and did not come back) wait before the group gives them to the others. A
     /// restarted instance with the same `instance_id` gets them back at once.
     pub session_timeout_ms: u64,
+    /// Kafka `max.poll.interval.ms`: an instance whose processing loop stalls this long (its
+    /// heartbeats going on) leaves the group, and its partitions move; when it resumes, what
+    /// it had not committed is refused and redone from the checkpoints.
+    pub max_poll_interval_ms: u64,
 }
 
 impl Default for StreamConfig {
@@ -76,6 +80,7 @@ impl Default for StreamConfig {
             max_batch_ms: 250,
             transaction_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
         }
     }
 }
@@ -124,6 +129,14 @@ impl Validate for StreamConfig {
                 "must be between 6000 and 300000 (the broker's group limits)",
             ));
         }
+        if self.max_poll_interval_ms < self.session_timeout_ms
+            || self.max_poll_interval_ms > 86_400_000
+        {
+            p.push(invalid(
+                "stream.max_poll_interval_ms",
+                "must be at least stream.session_timeout_ms and at most 86400000",
+            ));
+        }
         if !(1000..=900_000).contains(&self.transaction_timeout_ms) {
             p.push(invalid(
                 "stream.transaction_timeout_ms",
@@ -139,12 +152,7 @@ impl StreamConfig {
         if !self.instance_id.is_empty() {
             return self.instance_id.clone();
         }
-        std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "local".into())
+        banter_runtime::host_name()
     }
 }
 

@@ -1189,3 +1189,37 @@ async fn the_sink_lag_is_what_its_group_has_not_committed() {
     .unwrap();
     assert_eq!(lag, vec![(0, 3), (1, 3)], "{topic}");
 }
+
+/// Two sinks under one instance id: the newer one fences the older one, whose consumer can no
+/// longer be used. The older one exits with the reason (for its supervisor to restart it)
+/// instead of holding partitions it cannot read, and ClickHouse ends equal to the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_fenced_by_its_namesake_exits_and_nothing_is_lost() {
+    let mut cfg = fresh_pipeline_config("sink-fenced").await;
+    let db = fresh_database(&cfg).await;
+    cfg.clickhouse.database = db.name.clone();
+    let dir = test_dir("banter-sink-fenced");
+    migrate(&cfg);
+    let gen = generate(&cfg, &dir, 2500);
+    let stream = start_role(&cfg, "stream", "stream", &dir);
+    let mut first = start_role(&cfg, "sink", "sink", &dir);
+    wait_for(
+        "the first rows in ClickHouse",
+        Duration::from_secs(60),
+        || async { (clickhouse_rollups(&db.ch).await.len() > 300).then_some(()) },
+    )
+    .await;
+    // The first keeps writing its log under the new name.
+    std::fs::rename(dir.join("sink.log"), dir.join("sink-first.log")).unwrap();
+    let second = start_role(&cfg, "sink", "sink", &dir);
+    let status = tokio::task::block_in_place(|| first.exited_within(Duration::from_secs(90)));
+    let log = std::fs::read_to_string(dir.join("sink-first.log")).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the fenced sink is still running:\n{log}"));
+    assert!(!status.success(), "{log}");
+    assert!(log.to_lowercase().contains("fenced"), "{log}");
+    finish(gen, "banter generate");
+    clickhouse_match(&db.ch, &dir, Duration::from_secs(180)).await;
+    stop(second);
+    stop(stream);
+    db.drop_now(&cfg).await;
+}

@@ -25,6 +25,14 @@ const PREFETCH: usize = 64;
 /// An input record: partition, offset, payload.
 pub(super) type Record = (i32, i64, Vec<u8>);
 
+/// The consumer's position in a partition of `topic` (None before its first message since an
+/// assignment or seek).
+pub(super) fn position(positions: Option<&TopicPartitionList>, topic: &str, p: i32) -> Option<i64> {
+    positions
+        .and_then(|t| t.find_partition(topic, p))
+        .and_then(|e| e.offset().to_raw())
+}
+
 /// What every batch is processed with.
 pub(super) struct Batcher<'a> {
     pub consumer: &'a BaseConsumer<Rebalance>,
@@ -58,6 +66,7 @@ impl Batcher<'_> {
             }
         }
         processed?;
+        banter_runtime::pausepoint("stream.before_commit");
         self.commit(parts, tx)
     }
 
@@ -203,10 +212,7 @@ impl Batcher<'_> {
             .max();
         let mut out = Outputs::default();
         for (p, part) in &mut parts.active {
-            let position = positions
-                .as_ref()
-                .and_then(|t| t.find_partition(&self.topics.input, *p))
-                .and_then(|e| e.offset().to_raw());
+            let position = position(positions.as_ref(), &self.topics.input, *p);
             if let Some(pos) = position {
                 part.pipeline.end_replay_at(pos);
             }
@@ -223,10 +229,11 @@ impl Batcher<'_> {
             part.idle_checked = Instant::now();
             // Quiet: is it caught up (nothing left to read), or just not fetched yet? Without a
             // message since the assignment the consumer has no position; then the next offset
-            // to process may trail the end by one transaction marker. The end is the log's
-            // (high watermark): input committed behind another producer's open transaction
-            // (a publisher that died in one, until the broker aborts it) is not readable yet,
-            // and must not be made late by moving the watermark on meanwhile.
+            // to process may trail the end by one transaction marker. The end is the high
+            // watermark, not the last stable offset (what a read_committed consumer is told):
+            // input committed behind another producer's open transaction (a publisher that
+            // died in one, until the broker aborts it) is not readable yet, and must not be
+            // made late by moving the watermark on meanwhile.
             self.ends.poll(Duration::ZERO);
             let caught_up = match (
                 position.filter(|pos| *pos >= 0),

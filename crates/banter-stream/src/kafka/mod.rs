@@ -16,8 +16,8 @@
 //!   (a day) — is not replayed: it is each operator's changelog, written in the transaction it
 //!   belongs to and read back with the checkpoint. A partition that comes back to the instance
 //!   that already holds its state at the committed offset is not replayed.
-//! * **Idle partitions**: a partition that is caught up (read to the log's end, not only to
-//!   the last stable offset, where another producer's open transaction may hold input back)
+//! * **Idle partitions**: a partition that is caught up (read to its high watermark, not only
+//!   to the last stable offset, where another producer's open transaction may hold input back)
 //!   and quiet for `stream.idle_timeout_ms` moves its watermark to the highest watermark of this instance's partitions, or with the
 //!   wall clock from its own highest event time, whichever is later; the move is recorded in
 //!   the checkpoint so that a replay repeats it.
@@ -40,7 +40,7 @@ use banter_runtime::kafka::{base_config, consumer_config, producer_config, Kafka
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, Producer, PurgeConfig};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use thiserror::Error;
 
@@ -81,7 +81,7 @@ pub enum StreamError {
         "the consumer can no longer be used ({0}); exiting so that a supervisor restarts this \
          instance (if another instance runs with the same stream.instance_id, give each its own)"
     )]
-    Fenced(KafkaError),
+    Fenced(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> StreamError {
@@ -134,7 +134,7 @@ pub fn run(
     };
     let consumer: BaseConsumer<Rebalance> = consumer_config(k, "stream", &sc.group_id)
         .set("partition.assignment.strategy", "range")
-        .set("max.poll.interval.ms", "300000")
+        .set("max.poll.interval.ms", sc.max_poll_interval_ms.to_string())
         // Static membership (KIP-345): a restarted instance takes its partitions back at
         // once instead of waiting for its previous life's session to expire.
         .set("group.instance.id", &instance)
@@ -284,16 +284,20 @@ pub fn run(
     Ok(())
 }
 
-/// Aborts the open transaction. What it still has queued or in flight is purged first, and
-/// the delivery reports are served here: the abort waits until none is left, and nothing
-/// else polls this producer meanwhile.
+/// Aborts the open transaction. The abort waits until no message of it is left, delivery
+/// reports included, and nothing else polls this producer: it is asked for in short steps
+/// (an abort that timed out can be asked for again), serving the reports in between.
 fn abort(producer: &BaseProducer<KafkaContext>) -> Result<(), KafkaError> {
-    producer.purge(PurgeConfig::default().queue().inflight());
-    let until = Instant::now() + Duration::from_secs(10);
-    while producer.in_flight_count() > 0 && Instant::now() < until {
-        producer.poll(Duration::from_millis(100));
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        producer.poll(Duration::ZERO);
+        match producer.abort_transaction(Duration::from_millis(500)) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < until => {
+                producer.poll(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
-    producer.abort_transaction(Duration::from_secs(30))
 }
 
 /// Loads the campaigns file again when it changed and hands the campaigns to every partition
@@ -355,7 +359,12 @@ fn poll_batch(
             // A fatal error leaves the consumer unusable: polling on would hold the
             // partitions the group may hand this member without ever reading them.
             Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
-                return Err(StreamError::Fenced(e))
+                // The error itself says only "fatal": the client knows which.
+                let why = consumer
+                    .client()
+                    .fatal_error()
+                    .map_or_else(|| e.to_string(), |(code, why)| format!("{code:?}: {why}"));
+                return Err(StreamError::Fenced(why));
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer"),
             None => {}
@@ -438,6 +447,7 @@ fn gauges(
     metrics: &StreamMetrics,
 ) {
     let now = banter_runtime::now_ms();
+    ends.poll(Duration::ZERO);
     let positions = consumer.position().ok();
     let mut sizes = StateSizes::default();
     for (p, part) in &parts.active {
@@ -447,10 +457,7 @@ fn gauges(
             .map(|wm| (now - wm) as f64 / 1000.0);
         // Behind the log's end: input held back by another producer's open transaction is
         // lag too. The consumer's position is past transaction markers and aborted records.
-        let read = positions
-            .as_ref()
-            .and_then(|t| t.find_partition(&topics.input, *p))
-            .and_then(|e| e.offset().to_raw())
+        let read = batch::position(positions.as_ref(), &topics.input, *p)
             .map_or(part.pipeline.next_offset(), |pos| {
                 pos.max(part.pipeline.next_offset())
             });
