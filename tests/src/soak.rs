@@ -698,6 +698,8 @@ pub async fn run(opts: Options) -> Report {
             .arg(dir.join("expected.json"))
             .arg("--progress")
             .arg(dir.join("progress.txt"))
+            // Ingest may be down (killed, restarting while a broker is down) for a while.
+            .args(["--retry-secs", "900"])
             .args(&workload)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("generate.log")).unwrap())

@@ -92,6 +92,10 @@ pub struct GenerateArgs {
     /// measurements of paced runs, whose event times are not the wall clock).
     #[arg(long)]
     progress: Option<PathBuf>,
+    /// HTTP outputs: how long a request is retried while ingest is unreachable or answers
+    /// 503, in seconds, before the generator gives up (webhook senders retry for hours).
+    #[arg(long, default_value_t = 30)]
+    retry_secs: u64,
 }
 
 /// The first-party JSON form of an event (what /v1/events and `banter replay` take).
@@ -352,10 +356,11 @@ async fn post(
     url: &str,
     body: Vec<u8>,
     signature: Option<String>,
+    retry_for: Duration,
 ) -> anyhow::Result<()> {
-    let mut attempt = 0;
+    let give_up = Instant::now() + retry_for;
     loop {
-        attempt += 1;
+        let retry = Instant::now() < give_up;
         let mut req = http
             .post(url)
             .header("content-type", "application/json")
@@ -365,7 +370,7 @@ async fn post(
         }
         match req.send().await {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 207 => return Ok(()),
-            Ok(r) if r.status().as_u16() == 503 && attempt < 30 => {
+            Ok(r) if r.status().as_u16() == 503 && retry => {
                 tokio::time::sleep(Duration::from_secs(1)).await
             }
             Ok(r) => {
@@ -375,7 +380,7 @@ async fn post(
                     r.text().await.unwrap_or_default()
                 )
             }
-            Err(e) if attempt < 30 => {
+            Err(e) if retry => {
                 tracing::warn!(error = %e, "ingest not reachable, retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -471,10 +476,11 @@ async fn to_http(
             }
             let http = http.clone();
             let progress = progress.clone();
+            let retry_for = Duration::from_secs(args.retry_secs);
             inflight.push_back((
                 first,
                 tokio::spawn(async move {
-                    post(&http, &url, body, sig).await?;
+                    post(&http, &url, body, sig, retry_for).await?;
                     // The request holds events delivered up to `t` (the newest so far).
                     if let Some(f) = progress {
                         let mut f = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
