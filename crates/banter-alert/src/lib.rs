@@ -330,6 +330,10 @@ impl Tracker {
     }
 }
 
+/// How long, and how often, the alerts topic is asked about while brokers restart or its
+/// partitions have no leader (each ask may itself take up to 10 s).
+const LOOKBACK_RETRY: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(1));
+
 /// Reads the alerts topic from `lookback_ms` ago.
 async fn consumer(
     k: &KafkaConfig,
@@ -342,9 +346,11 @@ async fn consumer(
     // Serves a token request (AWS_MSK_IAM) before the metadata request needs it: only
     // receiving polls a stream consumer (nothing is assigned yet, so nothing is received).
     let _ = tokio::time::timeout(Duration::from_millis(50), c.recv()).await;
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(kafka("alerts topic metadata"))?;
+    // Brokers restarting are waited for (up to a minute) rather than taken as an error.
+    let md = asked_until_answered("alerts topic metadata", LOOKBACK_RETRY, || {
+        c.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })
+    .await?;
     let parts: Vec<i32> = md
         .topics()
         .first()
@@ -362,9 +368,17 @@ async fn consumer(
         tpl.add_partition_offset(topic, *p, Offset::Offset(since))
             .map_err(kafka("lookback"))?;
     }
-    let found = c
-        .offsets_for_times(tpl, Duration::from_secs(10))
-        .map_err(kafka("offsets for the lookback"))?;
+    // A partition without a leader (a broker restarting) answers with an error, not an
+    // offset: starting such a partition at its end would skip the alerts the lookback is
+    // there to redo, so the lookup is asked again for up to a minute.
+    let found = asked_until_answered("offsets for the lookback", LOOKBACK_RETRY, || {
+        let found = c.offsets_for_times(tpl.clone(), Duration::from_secs(10))?;
+        match found.elements().iter().find_map(|e| e.error().err()) {
+            None => Ok(found),
+            Some(e) => Err(e),
+        }
+    })
+    .await?;
     let mut assign = TopicPartitionList::new();
     for e in found.elements() {
         // No record since then: start at the end.
@@ -378,6 +392,26 @@ async fn consumer(
     }
     c.assign(&assign).map_err(kafka("assign"))?;
     Ok(c)
+}
+
+/// Asks `ask` every `every` until it answers, for up to `within`; then its last error is
+/// the role's.
+async fn asked_until_answered<T>(
+    what: &'static str,
+    (within, every): (Duration, Duration),
+    mut ask: impl FnMut() -> Result<T, rdkafka::error::KafkaError>,
+) -> Result<T, AlertError> {
+    let deadline = Instant::now() + within;
+    loop {
+        match ask() {
+            Ok(t) => return Ok(t),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "{what}; asking again");
+                tokio::time::sleep(every).await;
+            }
+            Err(e) => return Err(kafka(what)(e)),
+        }
+    }
 }
 
 /// What an alert record read as.
@@ -551,7 +585,11 @@ pub async fn run(
         })
         .collect();
     let http = http_client(cfg)?;
-    let consumer = consumer(k, cfg.lookback_ms).await?;
+    // Asked for again while brokers restart: a shutdown meanwhile ends it.
+    let consumer = tokio::select! {
+        c = consumer(k, cfg.lookback_ms) => c?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
     let resend = Duration::from_millis(cfg.resend_interval_ms);
     let max_backoff = Duration::from_millis(cfg.max_backoff_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -710,6 +748,36 @@ mod tests {
             revision: 1,
             emitted_at: 1_764_000_120_000,
         }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_is_asked_again_until_answered_then_gives_up() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable;
+        const MS: Duration = Duration::from_millis(1);
+        let mut asked = 0;
+        let answer = asked_until_answered("lookup", (Duration::from_secs(60), MS), || {
+            asked += 1;
+            if asked < 4 {
+                Err(KafkaError::OffsetFetch(LeaderNotAvailable))
+            } else {
+                Ok(asked)
+            }
+        })
+        .await;
+        assert_eq!(answer.ok(), Some(4), "answered at the fourth ask");
+
+        let mut asked = 0;
+        let answer: Result<(), _> = asked_until_answered("lookup", (50 * MS, MS), || {
+            asked += 1;
+            Err(KafkaError::OffsetFetch(LeaderNotAvailable))
+        })
+        .await;
+        assert!(
+            matches!(answer, Err(AlertError::Kafka { what: "lookup", .. })),
+            "{answer:?}"
+        );
+        assert!(asked > 1 && asked <= 51, "asked {asked} times in 50 ms");
     }
 
     #[test]
