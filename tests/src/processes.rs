@@ -249,6 +249,28 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a namesake of `first` (`start`, writing `dir/<name>.log`; `first`'s log is renamed
+/// to `<name>-first.log` beforehand) and expects `first` to be fenced by it: to exit within
+/// 90 s, failing, with "fenced" in its log. Returns the namesake. (Blocks: call it in
+/// `block_in_place` from async tests.)
+pub fn fenced_by_namesake(
+    first: &mut Proc,
+    dir: &Path,
+    name: &str,
+    start: impl FnOnce() -> Proc,
+) -> Proc {
+    let first_log = dir.join(format!("{name}-first.log"));
+    // The first keeps writing its log under the new name.
+    std::fs::rename(dir.join(format!("{name}.log")), &first_log).unwrap_or_else(|e| panic!("{e}"));
+    let second = start();
+    let status = first.exited_within(Duration::from_secs(90));
+    let log = std::fs::read_to_string(&first_log).unwrap_or_else(|e| panic!("{e}"));
+    let status = status.unwrap_or_else(|| panic!("the fenced {name} is still running:\n{log}"));
+    assert!(!status.success(), "{log}");
+    assert!(log.to_lowercase().contains("fenced"), "{log}");
+    second
+}
+
 /// Waits for `p` to exit successfully.
 pub fn finish(mut p: Proc, what: &str) {
     let status = p.take().wait().unwrap_or_else(|e| panic!("{e}"));

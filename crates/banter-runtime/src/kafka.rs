@@ -65,6 +65,18 @@ impl KafkaSetupError {
     }
 }
 
+/// Why a client can no longer be used after `e`, a fatal error (a static member fenced, an
+/// idempotent producer's sequence lost): the error itself says only "fatal", the client
+/// knows which.
+pub fn fatal_reason<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    e: &KafkaError,
+) -> String {
+    client
+        .fatal_error()
+        .map_or_else(|| e.to_string(), |(code, why)| format!("{code:?}: {why}"))
+}
+
 /// The base client configuration: brokers, client id (`<client_id>-<role>`), security (TLS,
 /// SASL), then the extra properties.
 pub fn base_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {

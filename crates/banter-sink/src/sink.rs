@@ -978,10 +978,7 @@ pub async fn run(
                 // under this instance id): what was not committed is redone by whoever holds
                 // the partitions; exit for a restart rather than hold them unread.
                 Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
-                    let why = consumer
-                        .client()
-                        .fatal_error()
-                        .map_or_else(|| e.to_string(), |(code, why)| format!("{code:?}: {why}"));
+                    let why = banter_runtime::kafka::fatal_reason(consumer.client(), &e);
                     return Err(SinkError::Kafka {
                         what: "consumer",
                         detail: format!(

@@ -359,11 +359,7 @@ fn poll_batch(
             // A fatal error leaves the consumer unusable: polling on would hold the
             // partitions the group may hand this member without ever reading them.
             Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
-                // The error itself says only "fatal": the client knows which.
-                let why = consumer
-                    .client()
-                    .fatal_error()
-                    .map_or_else(|| e.to_string(), |(code, why)| format!("{code:?}: {why}"));
+                let why = banter_runtime::kafka::fatal_reason(consumer.client(), &e);
                 return Err(StreamError::Fenced(why));
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer"),
