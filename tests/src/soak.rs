@@ -855,16 +855,30 @@ pub async fn run(opts: Options) -> Report {
     let truth = crate::read_expected(&dir);
     report.deliveries = truth.expected.deliveries;
     let waited = Instant::now();
-    let observed = clickhouse_match(&db.ch, &dir, Duration::from_secs(600)).await;
-    report.compared = format!(
-        "{} rollup rows, {} funnels, {} conversation rows and {} alerts equal the truth, {:.0} s after the traffic",
-        observed.rollups.len(),
-        observed.funnels.len(),
-        observed.conversations.len(),
-        observed.alerts.len(),
-        waited.elapsed().as_secs_f64()
-    );
-    report.alerts_compared = alertmanager_agrees(&http, &db).await;
+    // On its own task, so that a difference still leaves the run's figures in report.txt.
+    let (ch, d) = (db.ch.clone(), dir.clone());
+    let matched =
+        tokio::spawn(async move { clickhouse_match(&ch, &d, Duration::from_secs(600)).await })
+            .await;
+    let differs = match matched {
+        Ok(observed) => {
+            report.compared = format!(
+                "{} rollup rows, {} funnels, {} conversation rows and {} alerts equal the truth, {:.0} s after the traffic",
+                observed.rollups.len(),
+                observed.funnels.len(),
+                observed.conversations.len(),
+                observed.alerts.len(),
+                waited.elapsed().as_secs_f64()
+            );
+            report.alerts_compared = alertmanager_agrees(&http, &db).await;
+            None
+        }
+        Err(e) => {
+            report.compared =
+                "DIFFERENT from the truth (the differences follow the figures)".into();
+            Some(e)
+        }
+    };
     sampling.store(false, Ordering::Relaxed);
     let seen = sampler.await.unwrap_or_default();
     let progress = std::fs::read_to_string(dir.join("progress.txt")).unwrap_or_default();
@@ -881,6 +895,13 @@ pub async fn run(opts: Options) -> Report {
     let summary = report.summary();
     std::fs::write(dir.join("report.txt"), format!("{summary}\n{log}"))
         .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(e) = differs {
+        eprintln!("{summary}");
+        match e.try_into_panic() {
+            Ok(p) => std::panic::resume_unwind(p),
+            Err(e) => panic!("the comparison did not finish: {e}"),
+        }
+    }
     drop(roles);
     if std::env::var_os("BANTER_SOAK_KEEP").is_none() {
         db.drop_now(&cfg).await;

@@ -28,8 +28,17 @@ pub const ENGAGERS_RELATIVE_ERROR: f64 = 4.0 * 1.04 / 22.627_416_997_969_52;
 /// Quantiles of response times are within this much of the exact value (banter-stream's
 /// quantile sketch, α = 1 %).
 pub const QUANTILE_RELATIVE_ERROR: f64 = 0.01;
-/// At least this share of post alerts must belong to an injected spike.
+/// At least this share of post alerts must belong to an injected spike (or be a launch
+/// outlier, [`launch_outlier`]).
 pub const MIN_SPIKE_PRECISION: f64 = 0.97;
+/// A young post's minute is a spike at this many times its account's earlier posts at the same
+/// age (plus one), with at least [`LAUNCH_MIN_COUNT`] interactions.
+pub const LAUNCH_FACTOR: i64 = 20;
+/// The fewest interactions in a minute that fire (DESIGN.md: x ≥ 10).
+pub const LAUNCH_MIN_COUNT: i64 = 10;
+/// How long a post is young (DESIGN.md: compared against the account's posts at the same age
+/// while younger than 24 h).
+pub const YOUNG_MS: i64 = 24 * 60 * MINUTE;
 
 /// One alert record (FIRING or RESOLVED) as the alerts topic and table hold it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -752,6 +761,7 @@ fn spikes(x: &Generated, o: &Observed) -> [Metric; 2] {
         }
     }
     let mut wrong = Vec::new();
+    let mut launches = 0;
     for a in o
         .alerts
         .iter()
@@ -760,6 +770,9 @@ fn spikes(x: &Generated, o: &Observed) -> [Metric; 2] {
         precision.compared += 1;
         if spikes.iter().any(|s| belongs(a, s)) {
             precision.equal += 1;
+        } else if launch_outlier(x, &a.content_id, a.started_at_ms) {
+            precision.equal += 1;
+            launches += 1;
         } else {
             wrong.push(format!(
                 "alert on {} at {} without an injected spike",
@@ -773,8 +786,129 @@ fn spikes(x: &Generated, o: &Observed) -> [Metric; 2] {
         precision.ok = false;
     }
     precision.differences.extend(wrong.into_iter().take(5));
-    if !precision.ok {
-        precision.how = "on an injected spike (at least 97 % needed)";
-    }
+    precision.how = match (precision.ok, launches) {
+        (true, 0) => "on an injected spike",
+        (true, _) => "on an injected spike or a launch outlier",
+        (false, _) => "on an injected spike or a launch outlier (at least 97 % needed)",
+    };
     [recall, precision]
+}
+
+/// Whether a post's minute starting at `minute_ms` is, by DESIGN.md's rule for young posts
+/// (judged against the account's recent posts at the same age, since every new post
+/// "spikes"), a spike the generator did not inject: the post is younger than 24 h, and its
+/// count is at least [`LAUNCH_MIN_COUNT`] and, plus one, at least [`LAUNCH_FACTOR`] times the
+/// highest count (plus one) of the account's earlier posts at that age. The workload's reach
+/// is heavy-tailed (Pareto): now and then a post launches at a hundred times its account's
+/// usual, and a detector that stays quiet on it would be wrong. Taking the highest of the
+/// earlier posts, not their typical count, keeps the rule strict.
+pub fn launch_outlier(x: &Generated, content_id: &str, minute_ms: i64) -> bool {
+    let Some(post) = x.posts.iter().find(|p| p.content_id == content_id) else {
+        return false;
+    };
+    let first_minute = |p: &crate::Post| p.published_at - p.published_at.rem_euclid(MINUTE);
+    let age = minute_ms - first_minute(post);
+    if !(0..YOUNG_MS).contains(&age) {
+        return false;
+    }
+    let count = |p: &crate::Post, minute: i64| {
+        x.expected
+            .content_minutes
+            .get(&p.content_id)
+            .and_then(|m| m.get(&minute))
+            .copied()
+            .unwrap_or(0)
+    };
+    let observed = count(post, minute_ms);
+    let earlier: Vec<i64> = x
+        .posts
+        .iter()
+        .filter(|p| p.account_id == post.account_id && p.published_at < post.published_at)
+        .map(|p| count(p, first_minute(p) + age))
+        .collect();
+    let Some(highest) = earlier.iter().max() else {
+        return false;
+    };
+    observed >= LAUNCH_MIN_COUNT && observed + 1 >= LAUNCH_FACTOR * (highest.max(&0) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Expected, Post, WorkloadConfig};
+    use banter_model::ContentType;
+
+    const T0: i64 = 1_796_004_000_000; // a minute's start
+
+    fn post(n: u32, published_at: i64) -> Post {
+        Post {
+            account: 1,
+            account_id: "acct-1".into(),
+            content_id: format!("post-1-{n}"),
+            content_type: ContentType::Feed,
+            published_at,
+            amplitude: 3.0,
+            cta: None,
+        }
+    }
+
+    /// Three earlier posts of the account launch at a few interactions a minute (the highest
+    /// at age 1: 5); the fourth launches with `launch` at age 1.
+    fn workload(launch: i64) -> Generated {
+        let posts = vec![
+            post(0, T0 + 5_000),
+            post(1, T0 + 60 * MINUTE + 5_000),
+            post(2, T0 + 120 * MINUTE + 5_000),
+            post(3, T0 + 600 * MINUTE + 5_000),
+        ];
+        let mut expected = Expected::default();
+        for (p, at_age_1) in posts.iter().zip([2, 5, 3, launch]) {
+            let first = p.published_at - p.published_at.rem_euclid(MINUTE);
+            let minutes = BTreeMap::from([(first, 1), (first + MINUTE, at_age_1)]);
+            expected
+                .content_minutes
+                .insert(p.content_id.clone(), minutes);
+        }
+        Generated {
+            config: WorkloadConfig::default(),
+            posts,
+            expected,
+        }
+    }
+
+    #[test]
+    fn a_launch_twenty_times_the_accounts_earlier_posts_is_an_outlier() {
+        let age_1 = T0 + 601 * MINUTE;
+        // (5 + 1) × 20 = 120: 119 interactions (plus one) reach it, 118 do not.
+        assert!(launch_outlier(&workload(119), "post-1-3", age_1));
+        assert!(!launch_outlier(&workload(118), "post-1-3", age_1));
+        // Another minute of the same post, or a post past its first day, is not.
+        assert!(!launch_outlier(&workload(400), "post-1-3", age_1 + MINUTE));
+        assert!(!launch_outlier(
+            &workload(400),
+            "post-1-3",
+            age_1 + YOUNG_MS
+        ));
+        // The account's first post has nothing to be compared with; unknown posts are not.
+        assert!(!launch_outlier(&workload(400), "post-1-0", T0 + MINUTE));
+        assert!(!launch_outlier(&workload(400), "post-9-9", age_1));
+    }
+
+    #[test]
+    fn fewer_than_ten_interactions_are_no_launch_outlier() {
+        let mut x = workload(9);
+        for m in x.expected.content_minutes.values_mut().take(3) {
+            for c in m.values_mut() {
+                *c = 0;
+            }
+        }
+        // Earlier posts silent at that age: 19 passes the factor (20 ≥ 20 × 1), 9 not the floor.
+        assert!(!launch_outlier(&x, "post-1-3", T0 + 601 * MINUTE));
+        x.expected
+            .content_minutes
+            .get_mut("post-1-3")
+            .into_iter()
+            .for_each(|m| m.values_mut().for_each(|c| *c = 19));
+        assert!(launch_outlier(&x, "post-1-3", T0 + 601 * MINUTE));
+    }
 }
