@@ -207,6 +207,12 @@ async fn webhook_auth_and_malformed_bodies_get_clear_statuses() {
     let big = vec![b' '; 70 * 1024];
     let too_big = post_webhook(&http, base, &big).send().await.unwrap();
     assert_eq!(too_big.status(), 413);
+    // Its body was not read: the connection is not reused (the next request would race the
+    // server closing it).
+    assert_eq!(
+        too_big.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
 
     let many: Vec<Value> = (0..60)
         .map(|i| json!({"field": "comments", "value": {"id": format!("c{i}"), "media": {"id": "m"}}}))

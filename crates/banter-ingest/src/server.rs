@@ -408,6 +408,25 @@ async fn read_body(
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, Response> {
+    read_body_within(headers, body, limit, timeout)
+        .await
+        .map_err(|mut r| {
+            // The rest of the body is not read: the connection cannot carry another request.
+            // Saying so keeps a client from sending its next request on a connection the
+            // server is closing (hyper's IncompleteMessage in a client's pool).
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        })
+}
+
+#[allow(clippy::result_large_err)]
+async fn read_body_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Response> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
