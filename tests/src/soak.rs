@@ -875,7 +875,7 @@ pub async fn run(opts: Options) -> Report {
         }
         Err(e) => {
             report.compared =
-                "DIFFERENT from the truth (the differences follow the figures)".into();
+                "DIFFERENT from the truth (the differences: the test's failure message)".into();
             Some(e)
         }
     };

@@ -820,16 +820,17 @@ pub fn launch_outlier(x: &Generated, content_id: &str, minute_ms: i64) -> bool {
             .unwrap_or(0)
     };
     let observed = count(post, minute_ms);
-    let earlier: Vec<i64> = x
+    let highest = x
         .posts
         .iter()
         .filter(|p| p.account_id == post.account_id && p.published_at < post.published_at)
         .map(|p| count(p, first_minute(p) + age))
-        .collect();
-    let Some(highest) = earlier.iter().max() else {
+        .max();
+    // An account's first post has nothing to be compared with.
+    let Some(highest) = highest else {
         return false;
     };
-    observed >= LAUNCH_MIN_COUNT && observed + 1 >= LAUNCH_FACTOR * (highest.max(&0) + 1)
+    observed >= LAUNCH_MIN_COUNT && observed + 1 >= LAUNCH_FACTOR * (highest.max(0) + 1)
 }
 
 #[cfg(test)]
