@@ -1030,21 +1030,26 @@ mod tests {
         );
     }
 
+    /// An Instagram comment on p1 timed by its delivery at `t`, received at `received`: the
+    /// same id on every delivery (no time in it: the time is only the delivery's).
+    fn delivered_comment(t: i64, received: i64) -> EngagementEvent {
+        let mut e = EngagementEvent::new(
+            "INSTAGRAM:c1:COMMENT:ADD",
+            Platform::Instagram,
+            Kind::Comment,
+            Action::Add,
+            "a1",
+            t,
+        );
+        e.content_id = Some("p1".into());
+        e.event_time_source = banter_model::EventTimeSource::PlatformDelivery;
+        e.received_at = received;
+        e
+    }
+
     #[test]
     fn a_redelivery_hours_later_with_a_new_delivery_time_counts_once() {
-        let comment = |t: i64| {
-            let mut e = EngagementEvent::new(
-                "INSTAGRAM:c1:COMMENT:ADD", // no time in the id: it is only the delivery's
-                Platform::Instagram,
-                Kind::Comment,
-                Action::Add,
-                "a1",
-                t,
-            );
-            e.content_id = Some("p1".into());
-            e.event_time_source = banter_model::EventTimeSource::PlatformDelivery;
-            e
-        };
+        let comment = |t: i64| delivered_comment(t, t);
         let run = |restart_at: Option<usize>| {
             let mut engine = Engine::new(WindowConfig::default());
             let mut out = Vec::new();
@@ -1110,20 +1115,7 @@ mod tests {
         // Found by benches/compare (2,000 accounts x 12 h, seed 3): an Instagram comment first
         // delivered two hours late (dead-lettered), then redelivered by Meta with a new
         // delivery time inside the lateness, was counted in the redelivery's minute.
-        let comment = |t: i64, received: i64| {
-            let mut e = EngagementEvent::new(
-                "INSTAGRAM:c1:COMMENT:ADD",
-                Platform::Instagram,
-                Kind::Comment,
-                Action::Add,
-                "a1",
-                t,
-            );
-            e.content_id = Some("p1".into());
-            e.event_time_source = banter_model::EventTimeSource::PlatformDelivery;
-            e.received_at = received;
-            e
-        };
+        let comment = delivered_comment;
         let mut engine = Engine::new(WindowConfig::default());
         let mut out = Vec::new();
         let mut offset = 0;
