@@ -591,15 +591,19 @@ impl Engine {
         self.stats.events += 1;
         let minute = minute_of(e.event_time);
         let id = id_hash(self.id_seed, &e.event_id);
-        if self
+        if let Some(wm) = self
             .watermark
-            .is_some_and(|wm| minute + MINUTE + self.cfg.allowed_lateness_ms <= wm)
+            .filter(|&wm| minute + MINUTE + self.cfg.allowed_lateness_ms <= wm)
         {
             // A delivery-timed event dead-lettered as too late is accounted for: Meta's
             // redelivery of it hours later (a new delivery time, within the lateness) is a
             // duplicate of a delivered event, not a new one (the soak's and the comparison
             // harness's truth; counting it would both count and dead-letter the event).
-            if e.event_time_source == EventTimeSource::PlatformDelivery {
+            // Ids older than the redelivery horizon are not kept (the hourly prune's rule), so
+            // stale deliveries add no state.
+            if e.event_time_source == EventTimeSource::PlatformDelivery
+                && minute >= wm.saturating_sub(self.cfg.redelivery_horizon_ms)
+            {
                 self.redelivered(id, minute, offset);
             }
             self.stats.too_late += 1;
