@@ -12,6 +12,7 @@ pub mod schemas;
 pub mod secret;
 pub mod telemetry;
 pub mod tls;
+pub mod watchdog;
 
 pub use config::{ConfigError, Validate};
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
 use banter_runtime::kafka::KafkaContext;
 use banter_runtime::registry::RegistryError;
+use banter_runtime::watchdog::Watchdog;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -45,7 +46,15 @@ pub(super) struct Batcher<'a> {
     pub config: &'a StreamConfig,
     pub metrics: &'a StreamMetrics,
     pub schemas: &'a banter_runtime::schemas::SchemaLookup,
+    /// Ends the role when a transaction call blocks past its own timeout (librdkafka 2.12's
+    /// `send_offsets_to_transaction` can, while a group coordinator is down).
+    pub watchdog: &'a Watchdog,
 }
+
+/// How long a transaction call may overrun its own timeout before the watchdog ends the role.
+const OVERRUN: Duration = Duration::from_secs(30);
+const SEND_OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Batcher<'_> {
     /// Processes `batch` and commits what it changed; false when nothing was written (no
@@ -280,10 +289,17 @@ impl Batcher<'_> {
         }
         let group = self.consumer.group_metadata().ok_or(BatchError::NoGroup)?;
         if offsets.count() > 0 {
+            let _stuck = self.watchdog.guard(
+                "send_offsets_to_transaction",
+                SEND_OFFSETS_TIMEOUT + OVERRUN,
+            );
             self.producer
-                .send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))?;
+                .send_offsets_to_transaction(&offsets, &group, SEND_OFFSETS_TIMEOUT)?;
         }
-        self.producer.commit_transaction(Duration::from_secs(60))?;
+        let _stuck = self
+            .watchdog
+            .guard("commit_transaction", COMMIT_TIMEOUT + OVERRUN);
+        self.producer.commit_transaction(COMMIT_TIMEOUT)?;
         Ok(true)
     }
 }

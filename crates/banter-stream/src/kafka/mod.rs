@@ -201,6 +201,11 @@ pub fn run(
         .create_with_context(KafkaContext::new(k))
         .map_err(kafka("partition ends client config"))?;
     let schemas = banter_runtime::schemas::SchemaLookup::new(k);
+    // Transaction calls that block past their own timeout end the role (see Batcher::commit).
+    let watchdog = banter_runtime::watchdog::Watchdog::new(
+        "stream-watchdog",
+        banter_runtime::watchdog::Watchdog::exit_action("stream instance"),
+    );
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     let reload_every = Duration::from_millis(settings.cta.reload_interval_ms);
     let mut last_reload_check = Instant::now();
@@ -251,6 +256,7 @@ pub fn run(
             config: sc,
             metrics,
             schemas: &schemas,
+            watchdog: &watchdog,
         };
         match batcher.run(&mut parts, batch) {
             Ok(committed) => {
