@@ -1,0 +1,226 @@
+//! Memory per active post: the resident memory of one partition's [`Pipeline`] (windows,
+//! first-hour metrics, spike baselines, CTA funnels, conversations) holding N active posts in
+//! steady state, and the changelog it would write for them.
+//!
+//! `cargo bench -p banter-stream --bench memory` runs itself twice, in fresh processes (so that
+//! resident memory is this size's own): 100,000 and 1,000,000 active posts, 1,000 accounts,
+//! every post getting an event every 5 minutes of event time for 70 minutes (the 1 h allowed
+//! lateness plus 10: every window the engine must keep is held), the same event mix as
+//! `benches/engine.rs` (reactions, comments with replies and CTA keywords, story replies, DMs,
+//! mentions). It prints, per size, RSS before and after (the allocator `banter stream` uses,
+//! transparent huge pages included), the changelog bytes, and the growth per post between the
+//! two sizes. `BANTER_MEMORY_POSTS=N` runs one size only.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stderr)]
+
+use std::time::Instant;
+
+use banter_model::{Action, ContentType, EngagementEvent, Kind, Platform};
+use banter_stream::cta::{Campaign, Matcher, Scope};
+use banter_stream::{Outputs, Pipeline, PipelineConfig};
+
+/// As in the `banter` binary: large blocks on transparent huge pages.
+#[global_allocator]
+static ALLOC: banter_alloc::HugePages = banter_alloc::HugePages;
+
+const T0: i64 = 1_764_000_000_000;
+const ACCOUNTS: u64 = 1_000;
+const MINUTES: u64 = 70;
+/// Each post gets one event every this many minutes.
+const EVERY_MINUTES: u64 = 5;
+
+/// `VmRSS` and `VmHWM` of this process, in bytes.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The `i`-th event: post `i % posts`, at the time of its round.
+fn event(i: u64, posts: u64) -> EngagementEvent {
+    let post = i % posts;
+    let round = i / posts;
+    let account = post % ACCOUNTS;
+    let kind = match (i / 7) % 20 {
+        0..=11 => Kind::PostReaction,
+        12..=16 => Kind::Comment,
+        17 => Kind::StoryReply,
+        18 => Kind::DmIn,
+        _ => Kind::Mention,
+    };
+    // Spread over the round's minutes, up to 37 s out of order.
+    let round_ms = (EVERY_MINUTES * 60_000) as i64;
+    let t = T0
+        + round as i64 * round_ms
+        + ((post * round_ms as u64) / posts) as i64
+        + (i % 37) as i64 * 1000;
+    let mut e = EngagementEvent::new(
+        format!("ev-{i}"),
+        Platform::Instagram,
+        kind,
+        Action::Add,
+        format!("acct-{account}"),
+        t,
+    );
+    e.received_at = t + 2_000;
+    if kind != Kind::DmIn {
+        e.content_id = Some(format!("post-{post}"));
+        e.content_type = Some(ContentType::Reels);
+        e.content_published_at = Some(T0 - 30 * 60_000);
+    }
+    e.actor_id = Some(format!("{:032x}", i * 2_654_435_761 % 1_000_003));
+    match kind {
+        Kind::Comment => {
+            e.object_id = Some(format!("c{i}"));
+            let root = if i.is_multiple_of(5) {
+                i.saturating_sub(posts)
+            } else {
+                i
+            };
+            e.parent_id = (root != i).then(|| format!("c{root}"));
+            e.thread_id = Some(format!("c{root}"));
+            e.text = Some(
+                if i % 10 == 2 {
+                    "INFO please!"
+                } else {
+                    "love this"
+                }
+                .into(),
+            );
+        }
+        Kind::StoryReply | Kind::DmIn => {
+            e.object_id = Some(format!("m{i}"));
+            e.text = Some("where can I buy it?".into());
+        }
+        _ => {}
+    }
+    e
+}
+
+/// Feeds `posts` active posts for MINUTES minutes of event time; prints one `result` line.
+fn measure(posts: u64) {
+    let campaigns: Vec<Campaign> = (0..ACCOUNTS)
+        .map(|a| Campaign {
+            id: format!("camp-{a}"),
+            account_id: format!("acct-{a}"),
+            keywords: vec!["info".into()],
+            scope: Scope::Account,
+            active_from: None,
+            active_until: None,
+        })
+        .collect();
+    let matcher = Matcher::new(&campaigns).unwrap();
+    let (before, _) = rss();
+    let mut pipeline = Pipeline::new(&PipelineConfig::default(), matcher);
+    let mut out = Outputs::default();
+    let n = posts * MINUTES / EVERY_MINUTES;
+    let t0 = Instant::now();
+    for i in 0..n {
+        pipeline.process(&event(i, posts), i as i64, &mut out);
+        out.clear();
+    }
+    let took = t0.elapsed();
+    let (after, peak) = rss();
+    let mut changes = Vec::new();
+    pipeline.write_changes(&mut changes).unwrap();
+    let sizes = pipeline.state_sizes();
+    let mut by_store = std::collections::BTreeMap::new();
+    for (store, c) in &changes {
+        *by_store.entry(format!("{store:?}")).or_insert(0usize) +=
+            c.key.len() + c.value.as_ref().map_or(0, Vec::len);
+    }
+    let changelog: usize = by_store.values().sum();
+    println!(
+        "result posts={posts} events={n} rss_before={before} rss_after={after} peak={peak} \
+         changelog_bytes={changelog} changelog_entries={} seconds={:.1}",
+        changes.len(),
+        took.as_secs_f64()
+    );
+    println!(
+        "detail posts={posts}: window engine ~{} B estimated ({} entries: panes, dedup ids, \
+         posts, timers), {} posts with first-hour state, {} spike baselines, {} funnel and \
+         conversation entries; changelog bytes by store {by_store:?}",
+        sizes.window_bytes,
+        sizes.window_entries,
+        sizes.posts,
+        sizes.spike_keys,
+        sizes.funnel_entries,
+    );
+}
+
+fn field(line: &str, name: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn main() {
+    if let Ok(posts) = std::env::var("BANTER_MEMORY_POSTS") {
+        measure(posts.parse().unwrap());
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    let mut lines = Vec::new();
+    let mut details = Vec::new();
+    for posts in [100_000u64, 1_000_000] {
+        let out = std::process::Command::new(&me)
+            .env("BANTER_MEMORY_POSTS", posts.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{posts} posts: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("result "))
+            .unwrap()
+            .to_owned();
+        lines.push(line);
+        details.extend(
+            text.lines()
+                .filter(|l| l.starts_with("detail "))
+                .map(str::to_owned),
+        );
+    }
+    let mb = |b: f64| b / 1e6;
+    println!(
+        "memory of one partition's pipeline: active posts for {MINUTES} min of event time, an event per post every {EVERY_MINUTES} min, {ACCOUNTS} accounts"
+    );
+    println!(
+        "{:>10} {:>11} {:>9} {:>9} {:>10} {:>12} {:>14} {:>8}",
+        "posts", "events", "RSS MB", "peak MB", "state MB", "B/post RSS", "changelog MB", "seconds"
+    );
+    for l in &lines {
+        let posts = field(l, "posts");
+        let state = field(l, "rss_after") - field(l, "rss_before");
+        println!(
+            "{:>10} {:>11} {:>9.0} {:>9.0} {:>10.0} {:>12.0} {:>14.0} {:>8.1}",
+            posts,
+            field(l, "events"),
+            mb(field(l, "rss_after")),
+            mb(field(l, "peak")),
+            mb(state),
+            state / posts,
+            mb(field(l, "changelog_bytes")),
+            field(l, "seconds"),
+        );
+    }
+    let (small, large) = (&lines[0], &lines[1]);
+    let grow = (field(large, "rss_after") - field(small, "rss_after"))
+        / (field(large, "posts") - field(small, "posts"));
+    let log_grow = (field(large, "changelog_bytes") - field(small, "changelog_bytes"))
+        / (field(large, "posts") - field(small, "posts"));
+    println!(
+        "per additional active post: {grow:.0} bytes resident, {log_grow:.0} bytes of changelog"
+    );
+    for d in &details {
+        println!("{d}");
+    }
+}
