@@ -842,11 +842,15 @@ pub async fn run(opts: Options) -> Report {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     std::fs::write(dir.join("faults.log"), &log).unwrap_or_else(|e| panic!("{e}"));
-    // Traffic ends; nothing is down any more.
-    let status =
-        tokio::task::spawn_blocking(move || gen.exited_within(traffic + Duration::from_secs(600)))
-            .await
-            .unwrap();
+    // Traffic ends; nothing is down any more. A role that exits by itself from here on (a
+    // stream instance fenced after the last heal) is still started again, as a supervisor
+    // would: CI once waited 600 s on an instance that had exited just after the last fault.
+    let status = supervised(
+        &mut roles,
+        tokio::task::spawn_blocking(move || gen.exited_within(traffic + Duration::from_secs(600))),
+    )
+    .await
+    .unwrap();
     assert!(
         status.is_some_and(|s| s.success()),
         "banter generate failed: see {}",
@@ -857,9 +861,11 @@ pub async fn run(opts: Options) -> Report {
     let waited = Instant::now();
     // On its own task, so that a difference still leaves the run's figures in report.txt.
     let (ch, d) = (db.ch.clone(), dir.clone());
-    let matched =
-        tokio::spawn(async move { clickhouse_match(&ch, &d, Duration::from_secs(600)).await })
-            .await;
+    let matched = supervised(
+        &mut roles,
+        tokio::spawn(async move { clickhouse_match(&ch, &d, Duration::from_secs(600)).await }),
+    )
+    .await;
     let differs = match matched {
         Ok(observed) => {
             report.compared = format!(
@@ -907,6 +913,19 @@ pub async fn run(opts: Options) -> Report {
         db.drop_now(&cfg).await;
     }
     report
+}
+
+/// Awaits `task` while starting again, as a supervisor would, the roles that exit by
+/// themselves meanwhile.
+async fn supervised<T>(
+    roles: &mut Roles,
+    task: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    while !task.is_finished() {
+        tokio::task::block_in_place(|| roles.supervise());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    task.await
 }
 
 /// When each MINUTE row was first seen in ClickHouse (the soak's clock, ms) and its window's

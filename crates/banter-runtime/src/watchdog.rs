@@ -3,7 +3,8 @@
 //! The librdkafka that rdkafka-sys 4.10 bundles (2.12.1) can block in
 //! `rd_kafka_send_offsets_to_transaction` far past the timeout it is given when the group
 //! coordinator goes down or leaves the cluster's metadata (librdkafka issues #5456 and #5511,
-//! fixed in librdkafka 2.15, which no rdkafka-sys release bundles yet). The soak saw a stream
+//! fixed on librdkafka's master in 2026 (9304729, e3710ac) but in no release an rdkafka-sys
+//! bundles: the newest, 4.10, bundles 2.12.1). The soak saw a stream
 //! instance stay there ten minutes after a broker was killed, its transaction long aborted by
 //! the broker and its partitions' rows unwritten. A blocked C call cannot be cancelled; what a
 //! role can do is notice it and act: the stream exits, so that a supervisor starts it again
@@ -13,6 +14,7 @@
 //! the guard disarms when dropped (the call returned). A call still running at its deadline
 //! gets the watchdog's action, once.
 
+use std::io::Write as _;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,7 +75,7 @@ impl Watchdog {
 
     /// The action of a role that cannot go on past a stuck call: logs it, says it on stderr
     /// as the binary does for its other errors, and exits with status 2 so that a supervisor
-    /// starts the role again.
+    /// starts the role again (the whole process: under `banter run`, every role in it).
     #[must_use]
     pub fn exit_action(role: &'static str) -> Action {
         Box::new(move |what, limit| {
@@ -85,7 +87,8 @@ impl Watchdog {
                 limit.as_secs()
             );
             tracing::error!("{msg}");
-            eprintln!("error: {msg}");
+            // Not eprintln!: a closed stderr must not panic this thread before the exit.
+            let _ = writeln!(std::io::stderr(), "error: {msg}");
             std::process::exit(2);
         })
     }

@@ -1,6 +1,8 @@
 //! Memory per active post: the resident memory of one partition's [`Pipeline`] (windows,
-//! first-hour metrics, spike baselines, CTA funnels, conversations) holding N active posts in
-//! steady state, and the changelog it would write for them.
+//! first-hour metrics, spike baselines, CTA funnels, conversations) holding N active posts
+//! after 70 minutes of event time (the windows' state at its full size; conversations, funnels
+//! and redelivery ids, kept for a day and more, still growing), and the changelog it would
+//! write for them.
 //!
 //! `cargo bench -p banter-stream --bench memory` runs itself twice, in fresh processes (so that
 //! resident memory is this size's own): 100,000 and 1,000,000 active posts, 1,000 accounts,

@@ -51,7 +51,7 @@ pub(super) struct Batcher<'a> {
     pub watchdog: &'a Watchdog,
 }
 
-/// How long a transaction call may overrun its own timeout before the watchdog ends the role.
+/// How long a transaction call may overrun its own bound before the watchdog ends the role.
 const OVERRUN: Duration = Duration::from_secs(30);
 const SEND_OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -296,9 +296,10 @@ impl Batcher<'_> {
             self.producer
                 .send_offsets_to_transaction(&offsets, &group, SEND_OFFSETS_TIMEOUT)?;
         }
+        // rdkafka's commit_transaction flushes, then commits, each with the timeout.
         let _stuck = self
             .watchdog
-            .guard("commit_transaction", COMMIT_TIMEOUT + OVERRUN);
+            .guard("commit_transaction", COMMIT_TIMEOUT * 2 + OVERRUN);
         self.producer.commit_transaction(COMMIT_TIMEOUT)?;
         Ok(true)
     }
