@@ -8,10 +8,12 @@
 
 use std::hint::black_box;
 
-use banter_model::{Action, AvroRecord, ContentType, EngagementEvent, Kind, Platform};
-use banter_stream::cta::{Campaign, Matcher, Scope};
+use banter_model::{AvroRecord, EngagementEvent};
+use banter_stream::cta::Matcher;
 use banter_stream::{Engine, Outputs, Pipeline, PipelineConfig, WindowConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+mod mix;
 
 /// As in the `banter` binary: large blocks on transparent huge pages.
 #[global_allocator]
@@ -30,52 +32,9 @@ fn stream(n: u64) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let post = (i * 7_919) % POSTS;
-            let account = post % ACCOUNTS;
-            let kind = match i % 20 {
-                0..=11 => Kind::PostReaction,
-                12..=16 => Kind::Comment,
-                17 => Kind::StoryReply,
-                18 => Kind::DmIn,
-                _ => Kind::Mention,
-            };
             let t = T0 + (i * 60_000 / EVENTS_PER_MINUTE) as i64 + (i % 37) as i64 * 1000;
-            let mut e = EngagementEvent::new(
-                format!("ev-{i}"),
-                Platform::Instagram,
-                kind,
-                Action::Add,
-                format!("acct-{account}"),
-                t,
-            );
-            if kind != Kind::DmIn {
-                e.content_id = Some(format!("post-{post}"));
-                e.content_type = Some(ContentType::Reels);
-                e.content_published_at = Some(T0 - 30 * 60_000 + (post % 3_600) as i64 * 1000);
-            }
-            e.actor_id = Some(format!("{:032x}", i * 2_654_435_761 % 1_000_003));
-            match kind {
-                Kind::Comment => {
-                    // One comment in five replies to an earlier one; one in ten asks for the
-                    // CTA link.
-                    e.object_id = Some(format!("c{i}"));
-                    let root = if i % 5 == 0 { i.saturating_sub(100) } else { i };
-                    e.parent_id = (root != i).then(|| format!("c{root}"));
-                    e.thread_id = Some(format!("c{root}"));
-                    e.text = Some(
-                        if i % 10 == 2 {
-                            "INFO please!"
-                        } else {
-                            "love this 😍"
-                        }
-                        .into(),
-                    );
-                }
-                Kind::StoryReply | Kind::DmIn => {
-                    e.object_id = Some(format!("m{i}"));
-                    e.text = Some("where can I buy it?".into());
-                }
-                _ => {}
-            }
+            let published = T0 - 30 * 60_000 + (post % 3_600) as i64 * 1000;
+            let e = mix::event(i, mix::kind(i), post % ACCOUNTS, post, t, published, 100);
             codec.encode(&e).unwrap()
         })
         .collect()
@@ -150,17 +109,7 @@ fn engine(c: &mut Criterion) {
     g.bench_function("decode+window+emit-one-at-a-time/100k-posts", |b| {
         b.iter(|| black_box(windows(&encoded, false)))
     });
-    let campaigns: Vec<Campaign> = (0..ACCOUNTS)
-        .map(|a| Campaign {
-            id: format!("camp-{a}"),
-            account_id: format!("acct-{a}"),
-            keywords: vec!["info".into()],
-            scope: Scope::Account,
-            active_from: None,
-            active_until: None,
-        })
-        .collect();
-    let matcher = Matcher::new(&campaigns).unwrap();
+    let matcher = mix::matcher(ACCOUNTS);
     g.bench_function(
         "decode+window+emit+spikes+funnels+conversations/100k-posts",
         |b| b.iter(|| black_box(pipeline(&encoded, &matcher))),

@@ -8,7 +8,7 @@
 //! resident memory is this size's own): 100,000 and 1,000,000 active posts, 1,000 accounts,
 //! every post getting an event every 5 minutes of event time for 70 minutes (the 1 h allowed
 //! lateness plus 10: every window the engine must keep is held), the same event mix as
-//! `benches/engine.rs` (reactions, comments with replies and CTA keywords, story replies, DMs,
+//! `benches/mix` shared with `benches/engine.rs` (reactions, comments with replies and CTA keywords, story replies, DMs,
 //! mentions). It prints, per size, RSS before and after (the allocator `banter stream` uses,
 //! transparent huge pages included), the changelog bytes, and the growth per post between the
 //! two sizes. `BANTER_MEMORY_POSTS=N` runs one size only.
@@ -17,9 +17,10 @@
 
 use std::time::Instant;
 
-use banter_model::{Action, ContentType, EngagementEvent, Kind, Platform};
-use banter_stream::cta::{Campaign, Matcher, Scope};
+use banter_model::EngagementEvent;
 use banter_stream::{Outputs, Pipeline, PipelineConfig};
+
+mod mix;
 
 /// As in the `banter` binary: large blocks on transparent huge pages.
 #[global_allocator]
@@ -49,76 +50,28 @@ fn rss() -> (u64, u64) {
 fn event(i: u64, posts: u64) -> EngagementEvent {
     let post = i % posts;
     let round = i / posts;
-    let account = post % ACCOUNTS;
-    let kind = match (i / 7) % 20 {
-        0..=11 => Kind::PostReaction,
-        12..=16 => Kind::Comment,
-        17 => Kind::StoryReply,
-        18 => Kind::DmIn,
-        _ => Kind::Mention,
-    };
     // Spread over the round's minutes, up to 37 s out of order.
     let round_ms = (EVERY_MINUTES * 60_000) as i64;
     let t = T0
         + round as i64 * round_ms
         + ((post * round_ms as u64) / posts) as i64
         + (i % 37) as i64 * 1000;
-    let mut e = EngagementEvent::new(
-        format!("ev-{i}"),
-        Platform::Instagram,
-        kind,
-        Action::Add,
-        format!("acct-{account}"),
+    let mut e = mix::event(
+        i,
+        mix::kind(i / 7),
+        post % ACCOUNTS,
+        post,
         t,
+        T0 - 30 * 60_000,
+        posts,
     );
     e.received_at = t + 2_000;
-    if kind != Kind::DmIn {
-        e.content_id = Some(format!("post-{post}"));
-        e.content_type = Some(ContentType::Reels);
-        e.content_published_at = Some(T0 - 30 * 60_000);
-    }
-    e.actor_id = Some(format!("{:032x}", i * 2_654_435_761 % 1_000_003));
-    match kind {
-        Kind::Comment => {
-            e.object_id = Some(format!("c{i}"));
-            let root = if i.is_multiple_of(5) {
-                i.saturating_sub(posts)
-            } else {
-                i
-            };
-            e.parent_id = (root != i).then(|| format!("c{root}"));
-            e.thread_id = Some(format!("c{root}"));
-            e.text = Some(
-                if i % 10 == 2 {
-                    "INFO please!"
-                } else {
-                    "love this"
-                }
-                .into(),
-            );
-        }
-        Kind::StoryReply | Kind::DmIn => {
-            e.object_id = Some(format!("m{i}"));
-            e.text = Some("where can I buy it?".into());
-        }
-        _ => {}
-    }
     e
 }
 
 /// Feeds `posts` active posts for MINUTES minutes of event time; prints one `result` line.
 fn measure(posts: u64) {
-    let campaigns: Vec<Campaign> = (0..ACCOUNTS)
-        .map(|a| Campaign {
-            id: format!("camp-{a}"),
-            account_id: format!("acct-{a}"),
-            keywords: vec!["info".into()],
-            scope: Scope::Account,
-            active_from: None,
-            active_until: None,
-        })
-        .collect();
-    let matcher = Matcher::new(&campaigns).unwrap();
+    let matcher = mix::matcher(ACCOUNTS);
     let (before, _) = rss();
     let mut pipeline = Pipeline::new(&PipelineConfig::default(), matcher);
     let mut out = Outputs::default();
