@@ -74,7 +74,7 @@ impl Default for IngestConfig {
             max_future_skew_secs: 300,
             max_batch_events: 10_000,
             transactional_id: "banter-ingest".into(),
-            publisher_workers: 8,
+            publisher_workers: 4,
             meta_app_secret: Secret::default(),
             meta_verify_token: Secret::default(),
             actor_salt: Secret::default(),

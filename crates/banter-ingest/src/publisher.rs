@@ -3,10 +3,12 @@
 //! Every request hands its records (events and dead letters) to [`Publisher::publish`]. A
 //! publisher thread gathers the requests that arrive together (up to
 //! `ingest.max_batch_events` records) into **one Kafka transaction**, commits it, and answers
-//! each request. A commit costs about 100 ms on a local broker whatever its size (the broker
-//! answers the next transaction's first request with CONCURRENT_TRANSACTIONS until the markers
-//! of the previous one are written, KAFKA-5477), so `ingest.publisher_workers` threads, each
-//! with its own transactional producer, take turns: one gathers while the others commit. Consumers read committed data only, so a request is published entirely or not
+//! each request. A commit takes a few milliseconds on a local broker; while one worker
+//! commits, the broker answers its next transaction's first request with
+//! CONCURRENT_TRANSACTIONS until the markers of the previous one are written (KAFKA-5477), so
+//! `ingest.publisher_workers` threads, each with its own transactional producer, take turns:
+//! one gathers while the others commit. Consumers read committed data only, so a request is
+//! published entirely or not
 //! at all; a request that gets `Ok` was acknowledged by the broker (`acks=all`, idempotent).
 //!
 //! When the broker is unreachable the commit times out (`ingest.publish_timeout_ms`), the
@@ -488,7 +490,13 @@ impl Worker {
             }
             count += 1;
         }
-        match self.producer.commit_transaction(self.timeout) {
+        // Not rdkafka's flush alone, which sleeps 100 ms per commit with this producer.
+        let committed = banter_runtime::kafka::wait_delivered(
+            &self.producer,
+            deadline.saturating_duration_since(Instant::now()),
+        )
+        .and_then(|()| self.producer.commit_transaction(self.timeout));
+        match committed {
             Ok(()) => {
                 self.metrics.outcome("committed");
                 self.metrics.records.inc_by(count);

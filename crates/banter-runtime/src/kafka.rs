@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer, ProducerContext, ThreadedProducer};
 use thiserror::Error;
 
 use crate::config::{invalid, KafkaConfig, Problems, SaslMechanism};
@@ -360,6 +360,34 @@ pub fn producer(
             what: "producer config",
             source,
         })
+}
+
+/// Waits until every record given to a [`ThreadedProducer`] has its delivery report served
+/// (delivered or failed), up to `timeout`. Call it before `commit_transaction`.
+///
+/// rdkafka's `flush`, which its `commit_transaction` runs first, asks librdkafka for a flush
+/// that does not wait and then polls the event queue for up to 100 ms. With a
+/// `ThreadedProducer` the background thread takes the delivery reports off that queue, so the
+/// poll finds nothing and sleeps its full 100 ms: every ingest transaction cost about 100 ms
+/// although the broker had acknowledged its records within a few. This waits on librdkafka's
+/// count of records and events not yet served instead (in steps of a quarter millisecond:
+/// the count has no notification), so that rdkafka's flush finds nothing left and the commit
+/// starts at once.
+///
+/// # Errors
+/// Records are still undelivered when `timeout` runs out (`KafkaError::Flush`, timed out).
+pub fn wait_delivered<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(Duration::from_micros(250));
+    }
+    Ok(())
 }
 
 /// A consumer in `group` that never commits or stores offsets by itself.
@@ -806,6 +834,64 @@ mod tests {
             cfg,
             heard: std::sync::Mutex::default(),
         }
+    }
+
+    /// A transactional `ThreadedProducer` (ingest's) on librdkafka's mock cluster: the wait
+    /// ends with every record served, so the commit's own flush has nothing left; with the
+    /// partition's broker down it gives up at its timeout with the error a flush gives, and
+    /// waits again once the broker is back.
+    #[test]
+    fn wait_delivered_ends_when_every_record_is_served_and_times_out_while_the_broker_is_down() {
+        use rdkafka::mocking::{MockCluster, MockCoordinator};
+        use rdkafka::producer::BaseRecord;
+        let mock = MockCluster::new(2).expect("mock cluster");
+        mock.create_topic("events", 1, 1).expect("topic");
+        mock.coordinator(MockCoordinator::Transaction("txn".into()), 1)
+            .expect("transaction coordinator");
+        mock.partition_leader("events", 0, Some(2))
+            .expect("partition leader");
+        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", mock.bootstrap_servers())
+                .set("transactional.id", "txn")
+                .set("linger.ms", "2")
+                .create()
+                .expect("producer");
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .expect("init_transactions");
+        let send = |n: u32| {
+            for i in 0..n {
+                producer
+                    .send(BaseRecord::to("events").key("k").payload(&i.to_string()))
+                    .map_err(|(e, _)| e)
+                    .expect("send");
+            }
+        };
+
+        producer.begin_transaction().expect("begin_transaction");
+        send(100);
+        wait_delivered(&producer, Duration::from_secs(30)).expect("delivered");
+        assert_eq!(producer.in_flight_count(), 0);
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .expect("commit");
+
+        mock.broker_down(2).expect("broker down");
+        producer.begin_transaction().expect("begin_transaction");
+        send(10);
+        let err = wait_delivered(&producer, Duration::from_millis(500)).expect_err("broker down");
+        assert!(
+            matches!(err, KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
+            "{err:?}"
+        );
+        assert!(producer.in_flight_count() > 0);
+        mock.broker_up(2).expect("broker up");
+        wait_delivered(&producer, Duration::from_secs(60))
+            .expect("delivered once the broker is up");
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .expect("commit");
     }
 
     #[test]
