@@ -4,6 +4,9 @@
 # dead letters and checkpoints transactionally. Reports input events/s from the start of the
 # stream process until its consumer lag is zero, and the state it holds.
 #   benches/stream/run.sh [ACCOUNTS] [MINUTES] [PARTITIONS]     (defaults 200, 360, 6)
+# BANTER_BENCH_PROFILE=DIR also samples the stream process with `perf` (DWARF call graphs, 199 Hz)
+# from readiness until the lag is zero and writes DIR/stream.folded and DIR/stream.svg (a flame
+# graph, by `inferno`: `cargo install inferno --no-default-features --features cli`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 accounts="${1:-200}"; minutes="${2:-360}"; partitions="${3:-6}"
@@ -17,6 +20,13 @@ export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS=
   BANTER_STREAM__GROUP_ID="$run" BANTER_STREAM__INSTANCE_ID=bench \
   BANTER_INGEST__ACTOR_SALT=benchmark-salt-0123456789 BANTER_HTTP__LISTEN=127.0.0.1:9475 \
   BANTER_TELEMETRY__LOG_LEVEL=warn
+profile="${BANTER_BENCH_PROFILE:-}"
+if [ -n "$profile" ]; then
+  command -v perf >/dev/null || { echo "BANTER_BENCH_PROFILE needs perf (apt-get install linux-perf)" >&2; exit 2; }
+  command -v inferno-flamegraph >/dev/null || {
+    echo "BANTER_BENCH_PROFILE needs inferno (cargo install inferno --no-default-features --features cli)" >&2; exit 2; }
+  mkdir -p "$profile"
+fi
 $bin topics >/dev/null
 gen=$($bin generate --to kafka --accounts "$accounts" --minutes "$minutes" --seed 3 2>&1 | tail -1)
 echo "$gen"
@@ -26,9 +36,20 @@ start=$(date +%s.%N)
 $bin stream & pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
 for _ in $(seq 1 100); do curl -fsS -o /dev/null localhost:9475/readyz 2>/dev/null && break; sleep 0.1; done
+if [ -n "$profile" ]; then
+  perf record -q -F 199 --call-graph dwarf,16384 -p "$pid" -o "$profile/perf.data" 2>/dev/null & perf_pid=$!
+fi
 # Done when every delivery has been processed and committed.
 while [ "$(metric banter_stream_events_total)" -lt "$deliveries" ]; do sleep 0.2; done
 end=$(date +%s.%N)
+if [ -n "$profile" ]; then
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  perf script -i "$profile/perf.data" 2>/dev/null | inferno-collapse-perf > "$profile/stream.folded"
+  inferno-flamegraph --title "banter stream, $accounts accounts x $minutes min, $partitions partitions" \
+    --minwidth 0.2 < "$profile/stream.folded" > "$profile/stream.svg"
+  rm -f "$profile/perf.data"
+  echo "flame graph: $profile/stream.svg"
+fi
 ev=$(metric banter_stream_events_total); rows=$(metric banter_stream_rows_emitted_total)
 tx=$(metric 'banter_stream_transactions_total{outcome="committed"}')
 sleep 5.5 # gauges refresh every 5 s

@@ -21,7 +21,7 @@ pub const FINGERPRINT: [u8; 8] = [0x51, 0x7c, 0xc2, 0x46, 0xcf, 0x4c, 0x25, 0xdf
 pub static SPECIALIZED: Specialized<EngagementEvent> = Specialized {
     fingerprint: FINGERPRINT,
     encode,
-    decode,
+    decode: Some(decode),
     decode_into: Some(decode_into),
 };
 

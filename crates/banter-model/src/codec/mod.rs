@@ -33,6 +33,7 @@ use thiserror::Error;
 
 pub mod binary;
 pub mod event_v1;
+pub mod rollups_v1;
 
 use crate::event::EngagementEvent;
 use crate::records::{ConversationRollup, DeadLetter, FunnelRollup, Rollup, SpikeAlert};
@@ -173,8 +174,9 @@ pub struct Specialized<T> {
     pub fingerprint: [u8; 8],
     /// Appends the body of `value`.
     pub encode: fn(&T, &mut Vec<u8>),
-    /// Reads a body; returns the value and how many bytes were left over.
-    pub decode: BodyDecoder<T>,
+    /// Reads a body; returns the value and how many bytes were left over. None: reading
+    /// takes the serde path.
+    pub decode: Option<BodyDecoder<T>>,
     /// Reads a body into an existing value, reusing its buffers; returns how many bytes were
     /// left over.
     pub decode_into: Option<BodyDecoderInto<T>>,
@@ -341,9 +343,9 @@ impl<T: AvroRecord> Codec<T> {
     /// Decodes one single-object message (fast path). Any writer schema version registered
     /// with this codec is accepted; fields are matched by name.
     pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        if let Some(s) = self.specialized {
+        if let Some(decode) = self.specialized.and_then(|s| s.decode) {
             if Self::peek_fingerprint(bytes) == Some(self.current.fingerprint) {
-                return Self::checked((s.decode)(&bytes[HEADER_LEN..]));
+                return Self::checked(decode(&bytes[HEADER_LEN..]));
             }
         }
         self.decode_serde(bytes)
@@ -495,12 +497,18 @@ avro_record!(
     "engagement_event.v1.avsc",
     Some(&event_v1::SPECIALIZED)
 );
-avro_record!(Rollup, "Rollup", "rollup.v1.avsc");
+avro_record!(
+    Rollup,
+    "Rollup",
+    "rollup.v1.avsc",
+    Some(&rollups_v1::ROLLUP)
+);
 avro_record!(FunnelRollup, "FunnelRollup", "funnel_rollup.v1.avsc");
 avro_record!(
     ConversationRollup,
     "ConversationRollup",
-    "conversation_rollup.v1.avsc"
+    "conversation_rollup.v1.avsc",
+    Some(&rollups_v1::CONVERSATION)
 );
 avro_record!(SpikeAlert, "SpikeAlert", "spike_alert.v1.avsc");
 avro_record!(DeadLetter, "DeadLetter", "dead_letter.v1.avsc");
