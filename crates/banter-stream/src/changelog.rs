@@ -133,34 +133,54 @@ fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], KeyError> {
     Ok(head)
 }
 
+/// LEB128 length, then the UTF-8 bytes.
+fn encode_str(s: &str, out: &mut Vec<u8>) {
+    let mut n = s.len() as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn decode_str<'a>(input: &mut &'a [u8]) -> Result<&'a str, KeyError> {
+    let mut n: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = take(input, 1)?[0];
+        n |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            let len = usize::try_from(n).map_err(|_| KeyError("string too long"))?;
+            let bytes = take(input, len)?;
+            return std::str::from_utf8(bytes).map_err(|_| KeyError("not UTF-8"));
+        }
+    }
+    Err(KeyError("string length too long"))
+}
+
 impl StateKey for String {
     /// LEB128 length, then the UTF-8 bytes.
     fn encode(&self, out: &mut Vec<u8>) {
-        let mut n = self.len() as u64;
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-        out.extend_from_slice(self.as_bytes());
+        encode_str(self, out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self, KeyError> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = take(input, 1)?[0];
-            n |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                let len = usize::try_from(n).map_err(|_| KeyError("string too long"))?;
-                let bytes = take(input, len)?;
-                return String::from_utf8(bytes.to_vec()).map_err(|_| KeyError("not UTF-8"));
-            }
-        }
-        Err(KeyError("string length too long"))
+        decode_str(input).map(str::to_owned)
+    }
+}
+
+impl StateKey for smol_str::SmolStr {
+    /// As a `String`: the same bytes, so a key's type can change between the two.
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode_str(self, out);
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, KeyError> {
+        decode_str(input).map(smol_str::SmolStr::from)
     }
 }
 
@@ -555,6 +575,21 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        /// A key held as `SmolStr` (the conversations' windows since 2026-12) is written as
+        /// the same bytes as the `String` it replaced, so changelogs written before restore.
+        #[test]
+        fn smol_str_keys_are_string_keys(a in any::<String>(), b in any::<String>(), t in any::<i64>()) {
+            let strings = encode_key(b'w', &(a.clone(), b.clone(), WindowKind::Day, t));
+            let smol = (smol_str::SmolStr::from(&a), smol_str::SmolStr::from(&b), WindowKind::Day, t);
+            prop_assert_eq!(&encode_key(b'w', &smol), &strings);
+            prop_assert_eq!(
+                decode_key::<(smol_str::SmolStr, smol_str::SmolStr, WindowKind, i64)>(&strings[1..]).unwrap(),
+                smol
+            );
+        }
+    }
 
     const T: TableId = TableId {
         tag: b'x',

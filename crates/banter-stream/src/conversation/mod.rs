@@ -30,6 +30,7 @@
 
 use banter_model::{Action, ConversationRollup, EngagementEvent, Kind, WindowKind};
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::changelog::{Change, ChangelogMap, Entry, StateError, Store, TableId};
 use crate::operator::{Operator, Time};
@@ -54,14 +55,14 @@ enum ItemKind {
 /// One inbound item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Item {
-    account: String,
-    content: Option<String>,
+    account: SmolStr,
+    content: Option<SmolStr>,
     kind: ItemKind,
     time: i64,
     /// Comments: a reply to another comment.
     reply: bool,
     /// The thread (comment thread root, or DM thread).
-    thread: String,
+    thread: SmolStr,
     /// First answer time.
     answered: Option<i64>,
     /// Thread roots: the brand's first answer in the thread.
@@ -151,7 +152,7 @@ impl Pending for Agg {
 }
 
 /// (account, content or "", kind, start).
-type WindowKey = (String, String, WindowKind, i64);
+type WindowKey = (SmolStr, SmolStr, WindowKind, i64);
 
 const ITEMS: TableId = TableId {
     tag: b'i',
@@ -308,12 +309,12 @@ impl Conversations {
                     );
                 }
                 let it = Item {
-                    account,
-                    content: e.content_id.clone(),
+                    account: SmolStr::from(&account),
+                    content: e.content_id.as_deref().map(SmolStr::from),
                     kind: ItemKind::Comment,
                     time: t,
                     reply,
-                    thread: thread.clone(),
+                    thread: SmolStr::from(&thread),
                     answered,
                     first_response: None,
                     removed: self.actions.get(&id).is_some_and(|a| moderated(a)),
@@ -379,7 +380,7 @@ impl Conversations {
                             answered: Some(old.answered.map_or(t, |a| a.min(t))),
                             ..old.clone()
                         };
-                        let root = it.thread.clone();
+                        let root = it.thread.to_string();
                         self.change(parent, Some(old), Some(it), offset);
                         Some(root)
                     }
@@ -460,8 +461,12 @@ impl Conversations {
             derived.push((
                 dm.id.clone(),
                 Item {
-                    account: key.0.clone(),
-                    content: dm.story.clone().filter(|s| !s.is_empty()),
+                    account: SmolStr::from(&key.0),
+                    content: dm
+                        .story
+                        .as_deref()
+                        .filter(|s| !s.is_empty())
+                        .map(SmolStr::from),
                     kind: if dm.story.is_some() {
                         ItemKind::StoryReply
                     } else {
@@ -469,7 +474,7 @@ impl Conversations {
                     },
                     time: dm.time,
                     reply: false,
-                    thread: key.1.clone(),
+                    thread: SmolStr::from(&key.1),
                     answered: answer,
                     first_response: answer,
                     removed: false,
@@ -522,7 +527,7 @@ impl Conversations {
         let Some(it) = new.or(old) else {
             return;
         };
-        let keys: Vec<String> = std::iter::once(String::new())
+        let keys: Vec<SmolStr> = std::iter::once(SmolStr::default())
             .chain(it.content.clone().filter(|c| !c.is_empty()))
             .collect();
         for (sign, c) in [(-1i64, before), (1, after)] {
@@ -571,8 +576,8 @@ impl Conversations {
     fn row(wk: &WindowKey, w: &Agg, emitted_at: i64) -> ConversationRollup {
         let ratio = |a: i64, b: i64| (b > 0).then(|| a as f64 / b as f64);
         ConversationRollup {
-            account_id: wk.0.clone(),
-            content_id: (!wk.1.is_empty()).then(|| wk.1.clone()),
+            account_id: wk.0.to_string(),
+            content_id: (!wk.1.is_empty()).then(|| wk.1.to_string()),
             window: wk.2,
             window_start: wk.3,
             window_end: wk.3 + window_len(wk.2),

@@ -7,6 +7,9 @@ use banter_model::Platform;
 
 const T0: i64 = 1_764_028_800_000; // 2025-11-25 00:00 UTC
 
+/// A row's window as the tests name it (the operator keys its windows by `SmolStr`s).
+type WindowKey = (String, String, WindowKind, i64);
+
 fn ev(kind: Kind, action: Action, id: &str, t: i64) -> EngagementEvent {
     let mut e = EngagementEvent::new(
         format!("{kind}:{action}:{id}:{t}"),
