@@ -699,6 +699,36 @@ proptest! {
         prop_assert_eq!(codec.decode(&fast).unwrap(), c.clone());
         prop_assert_eq!(codec.decode_generic(&fast).unwrap(), c);
     }
+
+    /// The hand-written decoders accept exactly the bodies `serde_avro_fast` accepts, and read
+    /// them the same; cut short, a row is an error on every path.
+    #[test]
+    fn rollup_decoders_accept_what_serde_accepts(
+        body in prop::collection::vec(any::<u8>(), 0..200),
+        r in rollup_strategy(),
+        c in conversation_strategy(),
+        cut in 0usize..2000,
+    ) {
+        fn check<T: AvroRecord + PartialEq + std::fmt::Debug>(body: &[u8]) -> Result<(), TestCaseError> {
+            let codec = T::codec();
+            let mut msg = vec![0xC3, 0x01];
+            msg.extend_from_slice(&codec.fingerprint().0);
+            msg.extend_from_slice(body);
+            prop_assert_eq!(codec.decode(&msg).ok(), codec.decode_serde(&msg).ok());
+            Ok(())
+        }
+        check::<Rollup>(&body)?;
+        check::<ConversationRollup>(&body)?;
+        // Valid rows with random bytes in the middle: near misses rather than noise.
+        let mut near = ConversationRollup::codec().encode(&c).unwrap();
+        let at = HEADER_LEN + cut % (near.len() - HEADER_LEN);
+        near[at] = body.first().copied().unwrap_or(0x80);
+        check::<ConversationRollup>(&near[HEADER_LEN..])?;
+        let bytes = Rollup::codec().encode(&r).unwrap();
+        prop_assert!(Rollup::codec().decode(&bytes[..HEADER_LEN + cut % (bytes.len() - HEADER_LEN)]).is_err());
+        let bytes = ConversationRollup::codec().encode(&c).unwrap();
+        prop_assert!(ConversationRollup::codec().decode(&bytes[..HEADER_LEN + cut % (bytes.len() - HEADER_LEN)]).is_err());
+    }
 }
 
 #[test]
@@ -733,5 +763,68 @@ fn specialized_rollup_encoders_match_the_schemas() {
             .collect();
         let ours: Vec<&str> = WindowKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(symbols, ours);
+    }
+}
+
+#[test]
+fn a_sketch_in_blocks_with_byte_sizes_is_read_as_serde_reads_it() {
+    let codec = ConversationRollup::codec();
+    let mut c = codec
+        .decode(&codec.encode(&conversation_example()).unwrap())
+        .unwrap();
+    c.response_sketch = vec![
+        SketchBucket {
+            bucket: 1,
+            count: 1
+        };
+        2
+    ];
+    c.first_response_sketch = Vec::new();
+    let bytes = codec.encode(&c).unwrap();
+    // One block of 2: [count 2] [1 1] [1 1] [end] [end of the empty array].
+    let tail = [0x04, 0x02, 0x02, 0x02, 0x02, 0x00, 0x00];
+    assert!(bytes.ends_with(&tail));
+    let head = &bytes[..bytes.len() - tail.len()];
+    // The same items as two blocks, the first with a negative count and its size in bytes.
+    let mut blocked = head.to_vec();
+    blocked.extend_from_slice(&[0x01, 0x04, 0x02, 0x02, 0x02, 0x02, 0x02, 0x00, 0x00]);
+    assert_eq!(codec.decode(&blocked).unwrap(), c);
+    assert_eq!(codec.decode_serde(&blocked).unwrap(), c);
+    // A count the bytes left cannot hold, and a bucket outside an Avro int.
+    let mut huge = head.to_vec();
+    huge.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f, 0x02, 0x02]);
+    assert!(codec.decode(&huge).is_err());
+    assert!(codec.decode_serde(&huge).is_err());
+    let mut wide = head.to_vec();
+    wide.extend_from_slice(&[0x02, 0x80, 0x80, 0x80, 0x80, 0x10, 0x02, 0x00, 0x00]);
+    assert!(codec.decode(&wide).is_err());
+    assert!(codec.decode_serde(&wide).is_err());
+}
+
+fn conversation_example() -> ConversationRollup {
+    ConversationRollup {
+        account_id: "acct-1".into(),
+        content_id: Some("post-1".into()),
+        window: WindowKind::Hour,
+        window_start: 1_764_028_800_000,
+        window_end: 1_764_032_400_000,
+        revision: 7,
+        inbound: 3,
+        answered: 2,
+        inbound_comments: 2,
+        answered_comments: 1,
+        inbound_story_replies: 1,
+        inbound_dms: 0,
+        response_rate: Some(2.0 / 3.0),
+        median_response_s: Some(60.0),
+        p90_response_s: Some(120.0),
+        median_first_response_s: None,
+        root_comments: 1,
+        reply_comments: 1,
+        thread_depth: Some(1.0),
+        reply_share: Some(0.5),
+        emitted_at: 1_764_032_400_000,
+        response_sketch: Vec::new(),
+        first_response_sketch: Vec::new(),
     }
 }

@@ -91,6 +91,11 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     fn err<T>(&self, what: impl Into<String>) -> Result<T, ReadError> {
         Err(ReadError {
             at: self.pos,

@@ -5,13 +5,16 @@
 //! process's time in a profile, see `docs/benchmarks.md`). Fields are written in schema order
 //! with no per-field lookup.
 //!
-//! Only encoding is specialized: reading these rows (the sink) keeps the serde path, which
-//! also resolves other writer versions. Like `event_v1`, each is bound to its schema's
-//! fingerprint (a changed schema falls back to `serde_avro_fast`, and the test
-//! `specialized_rollup_encoders_match_the_schemas` fails until this file is updated); the
-//! property tests check them byte for byte against the two library paths.
+//! The sink reads them back with the hand-written decoders here when the writer's schema is
+//! this version (other registered versions take the serde path, which resolves them). Like
+//! `event_v1`, each is bound to its schema's fingerprint (a changed schema falls back to
+//! `serde_avro_fast`, and the test `specialized_rollup_encoders_match_the_schemas` fails until
+//! this file is updated); the property tests check the encoders byte for byte against the two
+//! library paths, and that the decoders accept exactly the bodies `serde_avro_fast` accepts.
 
-use super::binary::{write_long, write_opt_double, write_opt_long, write_opt_str, write_str};
+use super::binary::{
+    write_long, write_opt_double, write_opt_long, write_opt_str, write_str, ReadError, Reader,
+};
 use super::Specialized;
 use crate::records::{ConversationRollup, Rollup, SketchBucket, WindowKind};
 
@@ -24,7 +27,7 @@ pub const CONVERSATION_FINGERPRINT: [u8; 8] = [0xa7, 0x26, 0x13, 0x58, 0xd6, 0x3
 pub static ROLLUP: Specialized<Rollup> = Specialized {
     fingerprint: ROLLUP_FINGERPRINT,
     encode: encode_rollup,
-    decode: None,
+    decode: Some(decode_rollup),
     decode_into: None,
 };
 
@@ -32,7 +35,7 @@ pub static ROLLUP: Specialized<Rollup> = Specialized {
 pub static CONVERSATION: Specialized<ConversationRollup> = Specialized {
     fingerprint: CONVERSATION_FINGERPRINT,
     encode: encode_conversation,
-    decode: None,
+    decode: Some(decode_conversation),
     decode_into: None,
 };
 
@@ -109,4 +112,105 @@ fn encode_conversation(c: &ConversationRollup, out: &mut Vec<u8>) {
     write_long(out, c.emitted_at);
     write_sketch(out, &c.response_sketch);
     write_sketch(out, &c.first_response_sketch);
+}
+
+fn decode_rollup(body: &[u8]) -> Result<(Rollup, usize), ReadError> {
+    let mut r = Reader::new(body);
+    let v = Rollup {
+        account_id: r.str()?.into(),
+        content_id: r.opt_str()?.map(Into::into),
+        window: r.enumeration("window", &WindowKind::ALL)?,
+        window_start: r.long()?,
+        window_end: r.long()?,
+        revision: r.long()?,
+        interactions: r.long()?,
+        comments: r.long()?,
+        live_comments: r.long()?,
+        reactions: r.long()?,
+        shares: r.long()?,
+        story_replies: r.long()?,
+        dms_in: r.long()?,
+        mentions: r.long()?,
+        brand_replies: r.long()?,
+        velocity: r.opt_double()?,
+        early_accel: r.opt_double()?,
+        time_to_n_minutes: r.opt_double()?,
+        unique_engagers: r.opt_long()?,
+        late_events: r.long()?,
+        emitted_at: r.long()?,
+    };
+    Ok((v, r.remaining()))
+}
+
+/// An `array` of `SketchBucket`s in any blocking: blocks of `count` items (a negative count
+/// is followed by the block's size in bytes), ended by a zero count. A count larger than the
+/// bytes left could hold (every item takes at least two) is an error before anything is
+/// allocated.
+fn read_sketch(r: &mut Reader<'_>) -> Result<Vec<SketchBucket>, ReadError> {
+    let mut out = Vec::new();
+    loop {
+        let at = r.position();
+        let mut n = r.long()?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if n < 0 {
+            n = n.checked_neg().ok_or_else(|| ReadError {
+                at,
+                what: "array block count overflows".into(),
+            })?;
+            r.long()?; // the block's size in bytes
+        }
+        if n as u64 > r.remaining() as u64 / 2 {
+            return Err(ReadError {
+                at,
+                what: format!(
+                    "array block of {n} items exceeds the {} bytes left",
+                    r.remaining()
+                ),
+            });
+        }
+        out.reserve(n as usize);
+        for _ in 0..n {
+            let bucket = r.long()?;
+            let bucket = i32::try_from(bucket).map_err(|_| ReadError {
+                at: r.position(),
+                what: format!("int {bucket} out of range"),
+            })?;
+            out.push(SketchBucket {
+                bucket,
+                count: r.long()?,
+            });
+        }
+    }
+}
+
+fn decode_conversation(body: &[u8]) -> Result<(ConversationRollup, usize), ReadError> {
+    let mut r = Reader::new(body);
+    let v = ConversationRollup {
+        account_id: r.str()?.to_owned(),
+        content_id: r.opt_str()?.map(str::to_owned),
+        window: r.enumeration("window", &WindowKind::ALL)?,
+        window_start: r.long()?,
+        window_end: r.long()?,
+        revision: r.long()?,
+        inbound: r.long()?,
+        answered: r.long()?,
+        inbound_comments: r.long()?,
+        answered_comments: r.long()?,
+        inbound_story_replies: r.long()?,
+        inbound_dms: r.long()?,
+        response_rate: r.opt_double()?,
+        median_response_s: r.opt_double()?,
+        p90_response_s: r.opt_double()?,
+        median_first_response_s: r.opt_double()?,
+        root_comments: r.long()?,
+        reply_comments: r.long()?,
+        thread_depth: r.opt_double()?,
+        reply_share: r.opt_double()?,
+        emitted_at: r.long()?,
+        response_sketch: read_sketch(&mut r)?,
+        first_response_sketch: read_sketch(&mut r)?,
+    };
+    Ok((v, r.remaining()))
 }
