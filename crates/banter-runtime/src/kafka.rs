@@ -366,13 +366,14 @@ pub fn producer(
 /// (delivered or failed), up to `timeout`. Call it before `commit_transaction`.
 ///
 /// rdkafka's `flush`, which its `commit_transaction` runs first, asks librdkafka for a flush
-/// that does not wait and then polls the event queue for up to 100 ms. With a
-/// `ThreadedProducer` the background thread takes the delivery reports off that queue, so the
-/// poll finds nothing and sleeps its full 100 ms: every ingest transaction cost about 100 ms
-/// although the broker had acknowledged its records within a few. This waits on librdkafka's
-/// count of records and events not yet served instead (in steps of a quarter millisecond:
-/// the count has no notification), so that rdkafka's flush finds nothing left and the commit
-/// starts at once.
+/// that does not wait and, while any record is still in flight, polls the event queue for
+/// 100 ms; rdkafka's `poll` runs to its deadline, so that costs the whole 100 ms whenever a
+/// record is in flight at the commit: every ingest transaction cost about 100 ms although the
+/// broker had acknowledged its records within a few. This waits on librdkafka's count of
+/// records and events not yet served instead (served by the `ThreadedProducer`'s own thread;
+/// checked every quarter millisecond, since the safe API offers no wait on it), so that
+/// rdkafka's flush finds nothing left and the commit starts at once. The stream's
+/// `BaseProducer` commit goes through the same flush and is not changed yet.
 ///
 /// # Errors
 /// Records are still undelivered when `timeout` runs out (`KafkaError::Flush`, timed out).
