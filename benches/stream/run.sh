@@ -7,12 +7,17 @@
 # BANTER_BENCH_PROFILE=DIR also samples the stream process with `perf` (DWARF call graphs, 199 Hz)
 # from readiness until the lag is zero and writes DIR/stream.folded and DIR/stream.svg (a flame
 # graph, by `inferno`: `cargo install inferno --no-default-features --features cli`).
+# BANTER_BENCH_BIN=PATH runs that binary instead of building the release one (to compare builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 accounts="${1:-200}"; minutes="${2:-360}"; partitions="${3:-6}"
 scripts/stack.sh up kafka >/dev/null
-cargo build --release --locked -p banter 2>&1 | tail -1
-bin=target/release/banter
+if [ -n "${BANTER_BENCH_BIN:-}" ]; then
+  bin="$BANTER_BENCH_BIN" # a build to compare (e.g. a copy of an earlier commit's release binary)
+else
+  cargo build --release --locked -p banter 2>&1 | tail -1
+  bin=target/release/banter
+fi
 run="bench$(date +%s)"
 export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS="$run.rollups" \
   BANTER_KAFKA__TOPICS__DLQ="$run.dlq" BANTER_KAFKA__TOPICS__ALERTS="$run.alerts" \
@@ -37,13 +42,14 @@ $bin stream & pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
 for _ in $(seq 1 100); do curl -fsS -o /dev/null localhost:9475/readyz 2>/dev/null && break; sleep 0.1; done
 if [ -n "$profile" ]; then
-  perf record -q -F 199 --call-graph dwarf,16384 -p "$pid" -o "$profile/perf.data" 2>/dev/null & perf_pid=$!
+  perf record -q -F 199 --call-graph dwarf,16384 -p "$pid" -o "$profile/perf.data" 2>"$profile/perf.log" & perf_pid=$!
 fi
 # Done when every delivery has been processed and committed.
 while [ "$(metric banter_stream_events_total)" -lt "$deliveries" ]; do sleep 0.2; done
 end=$(date +%s.%N)
 if [ -n "$profile" ]; then
-  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" || true
+  [ -s "$profile/perf.data" ] || { echo "perf recorded nothing:" >&2; cat "$profile/perf.log" >&2; exit 2; }
   perf script -i "$profile/perf.data" 2>/dev/null | inferno-collapse-perf > "$profile/stream.folded"
   inferno-flamegraph --title "banter stream, $accounts accounts x $minutes min, $partitions partitions" \
     --minwidth 0.2 < "$profile/stream.folded" > "$profile/stream.svg"
@@ -61,4 +67,4 @@ t = e - s
 print(f"{int(ev)} events in {t:.2f} s from process start (polled every 0.2 s): {ev/t:,.0f} events/s end to end")
 print(f"{int(rows)} rollup rows, {int(tx)} transactions, state {b/1e6:.1f} MB, {int(posts)} posts with first-hour state, {int(entries)} state entries")
 PY
-curl -fsS localhost:9475/metrics | grep -E '^banter_stream_batch_seconds_(sum|count)'
+curl -fsS localhost:9475/metrics | grep -E '^banter_stream_(batch|commit)_seconds_(sum|count)'

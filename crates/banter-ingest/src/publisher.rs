@@ -490,7 +490,7 @@ impl Worker {
             }
             count += 1;
         }
-        // Not rdkafka's flush alone, which sleeps 100 ms per commit with this producer.
+        // Not rdkafka's flush alone, which sleeps 100 ms whenever a report is unserved.
         let committed = banter_runtime::kafka::wait_delivered(
             &self.producer,
             deadline.saturating_duration_since(Instant::now()),

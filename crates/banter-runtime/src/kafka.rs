@@ -11,7 +11,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, FutureProducer, Producer, ProducerContext, ThreadedProducer,
+};
 use thiserror::Error;
 
 use crate::config::{invalid, KafkaConfig, Problems, SaslMechanism};
@@ -362,28 +364,70 @@ pub fn producer(
         })
 }
 
-/// Waits until every record given to a [`ThreadedProducer`] has its delivery report served
+/// A producer whose delivery reports [`wait_delivered`] waits for: how many records and events
+/// are not served yet, and how they get served.
+pub trait DeliveryReports {
+    /// Records not yet delivered or failed, and events not yet served (librdkafka's
+    /// `rd_kafka_outq_len`).
+    fn unserved(&self) -> i32;
+
+    /// Serves a delivery report that is ready, if this caller is the one that serves them;
+    /// true when it served one (something may be ready right after it).
+    fn serve_ready(&self) -> bool;
+}
+
+/// A `ThreadedProducer`'s own thread serves its reports.
+impl<C: ProducerContext + 'static> DeliveryReports for ThreadedProducer<C> {
+    fn unserved(&self) -> i32 {
+        self.in_flight_count()
+    }
+
+    fn serve_ready(&self) -> bool {
+        false
+    }
+}
+
+/// A `BaseProducer`'s reports are served only by polling it.
+impl<C: ProducerContext> DeliveryReports for BaseProducer<C> {
+    fn unserved(&self) -> i32 {
+        self.in_flight_count()
+    }
+
+    fn serve_ready(&self) -> bool {
+        let before = self.in_flight_count();
+        // One event at most, without waiting.
+        self.poll(Duration::ZERO);
+        self.in_flight_count() < before
+    }
+}
+
+/// Waits until every record given to a transactional producer has its delivery report served
 /// (delivered or failed), up to `timeout`. Call it before `commit_transaction`.
 ///
 /// rdkafka's `flush`, which its `commit_transaction` runs first, asks librdkafka for a flush
-/// that does not wait and, while any record is still in flight, polls the event queue for
-/// 100 ms; rdkafka's `poll` runs to its deadline, so that costs the whole 100 ms whenever a
-/// record is in flight at the commit: every ingest transaction cost about 100 ms although the
-/// broker had acknowledged its records within a few. This waits on librdkafka's count of
-/// records and events not yet served instead (served by the `ThreadedProducer`'s own thread;
-/// checked every quarter millisecond, since the safe API offers no wait on it), so that
-/// rdkafka's flush finds nothing left and the commit starts at once. The stream's
-/// `BaseProducer` commit goes through the same flush and is not changed yet.
+/// that does not wait and, while any record or report is still unserved, polls the event queue
+/// for 100 ms; rdkafka's `poll` runs to its deadline, so that costs the whole 100 ms whenever
+/// anything is unserved at the commit, with either kind of producer: every ingest transaction
+/// cost about 100 ms although the broker had acknowledged its records within a few, and every
+/// stream commit (whose `BaseProducer` is polled only when its queue is full) did too. This
+/// serves what is ready (a `BaseProducer`) or lets the producer's own thread serve it (a
+/// `ThreadedProducer`), checking every quarter millisecond when nothing was ready, since the
+/// safe API offers no wait on the count; then rdkafka's flush finds nothing left and the commit
+/// starts at once.
 ///
 /// # Errors
-/// Records are still undelivered when `timeout` runs out (`KafkaError::Flush`, timed out).
-pub fn wait_delivered<C: ProducerContext + 'static>(
-    producer: &ThreadedProducer<C>,
+/// Records are still undelivered when `timeout` runs out (`KafkaError::Flush`, timed out, what
+/// rdkafka's flush gives).
+pub fn wait_delivered<P: DeliveryReports>(
+    producer: &P,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() >= deadline {
+    let started = Instant::now();
+    while producer.unserved() > 0 {
+        if producer.serve_ready() {
+            continue;
+        }
+        if started.elapsed() >= timeout {
             return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
         }
         std::thread::sleep(Duration::from_micros(250));
@@ -837,42 +881,76 @@ mod tests {
         }
     }
 
-    /// A transactional `ThreadedProducer` (ingest's) on librdkafka's mock cluster: the wait
-    /// ends with every record served, so the commit's own flush has nothing left; with the
-    /// partition's broker down it gives up at its timeout with the error a flush gives, and
-    /// waits again once the broker is back.
+    /// Transactional producers on librdkafka's mock cluster, a `ThreadedProducer` (ingest's)
+    /// and a `BaseProducer` (the stream's): the wait ends with every record served, so the
+    /// commit's own flush has nothing left; with the partition's broker down it gives up at its
+    /// timeout with the error a flush gives, and waits again once the broker is back.
     #[test]
     fn wait_delivered_ends_when_every_record_is_served_and_times_out_while_the_broker_is_down() {
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext};
+        let record = |i: u32| i.to_string();
+
+        let mock = transactions_mock();
+        let threaded: ThreadedProducer<DefaultProducerContext> =
+            transactional(&mock).create().expect("producer");
+        let send = |n: u32| {
+            for i in 0..n {
+                threaded
+                    .send(BaseRecord::to("events").key("k").payload(&record(i)))
+                    .map_err(|(e, _)| e)
+                    .expect("send");
+            }
+        };
+        check_wait_delivered(&mock, &threaded, &send);
+
+        let mock = transactions_mock();
+        let base: BaseProducer<DefaultProducerContext> =
+            transactional(&mock).create().expect("producer");
+        let send = |n: u32| {
+            for i in 0..n {
+                base.send(BaseRecord::to("events").key("k").payload(&record(i)))
+                    .map_err(|(e, _)| e)
+                    .expect("send");
+            }
+        };
+        check_wait_delivered(&mock, &base, &send);
+    }
+
+    /// Two brokers: the transaction coordinator on 1, the one partition of `events` on 2.
+    fn transactions_mock(
+    ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
         use rdkafka::mocking::{MockCluster, MockCoordinator};
-        use rdkafka::producer::BaseRecord;
         let mock = MockCluster::new(2).expect("mock cluster");
         mock.create_topic("events", 1, 1).expect("topic");
         mock.coordinator(MockCoordinator::Transaction("txn".into()), 1)
             .expect("transaction coordinator");
         mock.partition_leader("events", 0, Some(2))
             .expect("partition leader");
-        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-            ClientConfig::new()
-                .set("bootstrap.servers", mock.bootstrap_servers())
-                .set("transactional.id", "txn")
-                .set("linger.ms", "2")
-                .create()
-                .expect("producer");
+        mock
+    }
+
+    fn transactional(
+        mock: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    ) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", mock.bootstrap_servers())
+            .set("transactional.id", "txn")
+            .set("linger.ms", "2");
+        c
+    }
+
+    fn check_wait_delivered<C: ProducerContext>(
+        mock: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        producer: &(impl Producer<C> + DeliveryReports),
+        send: &dyn Fn(u32),
+    ) {
         producer
             .init_transactions(Duration::from_secs(30))
             .expect("init_transactions");
-        let send = |n: u32| {
-            for i in 0..n {
-                producer
-                    .send(BaseRecord::to("events").key("k").payload(&i.to_string()))
-                    .map_err(|(e, _)| e)
-                    .expect("send");
-            }
-        };
 
         producer.begin_transaction().expect("begin_transaction");
         send(100);
-        wait_delivered(&producer, Duration::from_secs(30)).expect("delivered");
+        wait_delivered(producer, Duration::from_secs(30)).expect("delivered");
         assert_eq!(producer.in_flight_count(), 0);
         producer
             .commit_transaction(Duration::from_secs(30))
@@ -881,15 +959,15 @@ mod tests {
         mock.broker_down(2).expect("broker down");
         producer.begin_transaction().expect("begin_transaction");
         send(10);
-        let err = wait_delivered(&producer, Duration::from_millis(500)).expect_err("broker down");
+        let err = wait_delivered(producer, Duration::from_millis(500)).expect_err("broker down");
         assert!(
             matches!(err, KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
             "{err:?}"
         );
         assert!(producer.in_flight_count() > 0);
         mock.broker_up(2).expect("broker up");
-        wait_delivered(&producer, Duration::from_secs(60))
-            .expect("delivered once the broker is up");
+        wait_delivered(producer, Duration::from_secs(60)).expect("delivered once the broker is up");
+        assert_eq!(producer.in_flight_count(), 0);
         producer
             .commit_transaction(Duration::from_secs(30))
             .expect("commit");

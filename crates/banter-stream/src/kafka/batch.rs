@@ -288,6 +288,7 @@ impl Batcher<'_> {
             return Ok(false);
         }
         let group = self.consumer.group_metadata().ok_or(BatchError::NoGroup)?;
+        let started = Instant::now();
         if offsets.count() > 0 {
             let _stuck = self.watchdog.guard(
                 "send_offsets_to_transaction",
@@ -296,11 +297,17 @@ impl Batcher<'_> {
             self.producer
                 .send_offsets_to_transaction(&offsets, &group, SEND_OFFSETS_TIMEOUT)?;
         }
-        // rdkafka's commit_transaction flushes, then commits, each with the timeout.
+        // The delivery reports served first: rdkafka's commit_transaction flushes (sleeping
+        // 100 ms when anything is unserved, see `wait_delivered`), then commits, each with the
+        // timeout.
         let _stuck = self
             .watchdog
             .guard("commit_transaction", COMMIT_TIMEOUT * 2 + OVERRUN);
+        banter_runtime::kafka::wait_delivered(self.producer, COMMIT_TIMEOUT)?;
         self.producer.commit_transaction(COMMIT_TIMEOUT)?;
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(true)
     }
 }

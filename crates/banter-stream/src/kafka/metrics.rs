@@ -25,6 +25,7 @@ pub struct StreamMetrics {
     pub(super) restores: Family<Vec<(String, String)>, Counter>,
     pub(super) transactions: Family<Vec<(String, String)>, Counter>,
     pub(super) batch_seconds: Histogram,
+    pub(super) commit_seconds: Histogram,
     pub(super) batch_events: Histogram,
     pub(super) watermark_lag: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
     pub(super) consumer_lag: Family<Vec<(String, String)>, Gauge>,
@@ -60,6 +61,7 @@ impl StreamMetrics {
             restores: Family::default(),
             transactions: Family::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             watermark_lag: Family::default(),
             consumer_lag: Family::default(),
@@ -134,6 +136,11 @@ impl StreamMetrics {
             "batch_seconds",
             "Processing time of one batch, transaction commit included",
             m.batch_seconds.clone(),
+        );
+        r.register(
+            "commit_seconds",
+            "Time of one transaction's end: input offsets sent, delivery reports served, commit",
+            m.commit_seconds.clone(),
         );
         r.register(
             "batch_events",
