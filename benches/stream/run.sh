@@ -47,6 +47,7 @@ fi
 # Done when every delivery has been processed and committed.
 while [ "$(metric banter_stream_events_total)" -lt "$deliveries" ]; do sleep 0.2; done
 end=$(date +%s.%N)
+cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat") # user + system
 if [ -n "$profile" ]; then
   kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" || true
   [ -s "$profile/perf.data" ] || { echo "perf recorded nothing:" >&2; cat "$profile/perf.log" >&2; exit 2; }
@@ -60,11 +61,12 @@ ev=$(metric banter_stream_events_total); rows=$(metric banter_stream_rows_emitte
 tx=$(metric 'banter_stream_transactions_total{outcome="committed"}')
 sleep 5.5 # gauges refresh every 5 s
 bytes=$(metric banter_stream_state_bytes); posts=$(metric banter_stream_posts); entries=$(metric banter_stream_state_entries)
-python3 - "$start" "$end" "$ev" "$rows" "$tx" "$bytes" "$posts" "$entries" <<'PY'
+python3 - "$start" "$end" "$ev" "$rows" "$tx" "$bytes" "$posts" "$entries" "$cpu" <<'PY'
 import sys
-s, e, ev, rows, tx, b, posts, entries = map(float, sys.argv[1:])
+s, e, ev, rows, tx, b, posts, entries, cpu = map(float, sys.argv[1:])
 t = e - s
 print(f"{int(ev)} events in {t:.2f} s from process start (polled every 0.2 s): {ev/t:,.0f} events/s end to end")
+print(f"{cpu:.2f} CPU-s (user + system, the stream process): {cpu / ev * 1e6:.2f} CPU-s per million events")
 print(f"{int(rows)} rollup rows, {int(tx)} transactions, state {b/1e6:.1f} MB, {int(posts)} posts with first-hour state, {int(entries)} state entries")
 PY
 curl -fsS localhost:9475/metrics | grep -E '^banter_stream_(batch|commit)_seconds_(sum|count)'
