@@ -3,6 +3,7 @@
 //! checkpoints and input offsets of every partition the batch changed.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
@@ -23,8 +24,48 @@ use crate::pipeline::{Fed, Outputs, PipelineStats};
 /// they are processed.
 const PREFETCH: usize = 64;
 
-/// An input record: partition, offset, payload.
-pub(super) type Record = (i32, i64, Vec<u8>);
+/// A batch of input records as polled: the partition, offset and payload of each, the payloads
+/// copied into one buffer kept from batch to batch (not an allocation per record).
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    records: Vec<(i32, i64, Range<usize>)>,
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    /// A buffer grown past this by a batch of large records is not kept for the next.
+    const KEEP_BYTES: usize = 64 << 20;
+
+    /// Appends a record.
+    pub fn push(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.records
+            .push((partition, offset, start..self.bytes.len()));
+    }
+
+    /// Empties the batch, keeping its buffers (unless grown past [`Batch::KEEP_BYTES`]).
+    pub fn clear(&mut self) {
+        self.records.clear();
+        if self.bytes.capacity() > Self::KEEP_BYTES {
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.clear();
+        }
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The records in the order polled: partition, offset, payload.
+    pub fn iter(&self) -> impl Iterator<Item = (i32, i64, &[u8])> + '_ {
+        self.records
+            .iter()
+            .map(|(p, offset, r)| (*p, *offset, &self.bytes[r.clone()]))
+    }
+}
 
 /// The consumer's position in a partition of `topic` (None before its first message since an
 /// assignment or seek).
@@ -59,7 +100,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 impl Batcher<'_> {
     /// Processes `batch` and commits what it changed; false when nothing was written (no
     /// transaction).
-    pub fn run(&self, parts: &mut Partitions, batch: Vec<Record>) -> Result<bool, BatchError> {
+    pub fn run(&self, parts: &mut Partitions, batch: &Batch) -> Result<bool, BatchError> {
         let mut tx = Transaction::new(self.producer, self.topics, self.metrics);
         let before: BTreeMap<i32, PipelineStats> = parts
             .active
@@ -84,7 +125,7 @@ impl Batcher<'_> {
     fn events(
         &self,
         parts: &mut Partitions,
-        batch: Vec<Record>,
+        batch: &Batch,
         tx: &mut Transaction<'_>,
     ) -> Result<(), BatchError> {
         let codec = EngagementEvent::codec();
@@ -92,7 +133,7 @@ impl Batcher<'_> {
         let mut events: Vec<EngagementEvent> = Vec::new();
         let mut decoded = Vec::new();
         let mut chunk = Vec::with_capacity(PREFETCH);
-        let mut batch = batch.into_iter().peekable();
+        let mut batch = batch.iter().peekable();
         let now = Instant::now();
         while batch.peek().is_some() {
             chunk.clear();
@@ -171,7 +212,7 @@ impl Batcher<'_> {
                             None,
                             reason,
                             detail,
-                            payload,
+                            payload.to_vec(),
                         );
                         tx.dead_letter(&dl)?;
                     }
@@ -196,7 +237,7 @@ impl Batcher<'_> {
                             "event {} at {} is more than the allowed lateness ({} ms) behind the watermark {wm}",
                             late.event_id, event.event_time, self.config.allowed_lateness_ms,
                         ),
-                        payload.clone(),
+                        payload.to_vec(),
                     );
                     tx.dead_letter(&dl)?;
                 }

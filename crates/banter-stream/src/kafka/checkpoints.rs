@@ -22,10 +22,22 @@ pub(super) fn checkpoint_key(input: &str, partition: i32) -> String {
 }
 
 /// The key of a changelog entry of `store` for an input partition.
+#[cfg(test)]
 pub(super) fn store_key(input: &str, partition: i32, store: Store, key: &[u8]) -> Vec<u8> {
-    let mut k = format!("{input}/{partition}/{}/", store.name()).into_bytes();
-    k.extend_from_slice(key);
+    let mut k = Vec::new();
+    store_key_into(&mut k, &checkpoint_key(input, partition), store, key);
     k
+}
+
+/// [`store_key`] into `out` (cleared first), from the partition's [`checkpoint_key`]: the
+/// changelog's keys written without an allocation or formatting each.
+pub(super) fn store_key_into(out: &mut Vec<u8>, checkpoint_key: &str, store: Store, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(checkpoint_key.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(store.name().as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(key);
 }
 
 /// What a key of the checkpoint topic is.
@@ -199,6 +211,11 @@ mod tests {
             parse_key(input, checkpoint_key(input, 12).as_bytes()),
             Some(Key::Checkpoint(12))
         );
+        // The bytes the reader expects (and earlier versions wrote), written into a reused
+        // buffer as the transaction does.
+        let mut k = b"left over".to_vec();
+        store_key_into(&mut k, &checkpoint_key(input, 3), Store::Funnels, b"\x01k");
+        assert_eq!(k, b"banter.events.v1/3/funnels/\x01k");
         for entry in [&b""[..], b"/", b"x\x1f/y", b"\xff\x00"] {
             let k = store_key(input, 3, Store::Funnels, entry);
             assert_eq!(

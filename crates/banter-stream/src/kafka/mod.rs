@@ -44,7 +44,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use thiserror::Error;
 
-use self::batch::{Batcher, Record};
+use self::batch::{Batch, Batcher};
 use self::checkpoints::CheckpointReader;
 use self::partitions::{lock, Partition, Partitions, Rebalance, Setup};
 use self::transaction::Topics;
@@ -212,6 +212,7 @@ pub fn run(
     ready(true);
     let mut registry_wait = Duration::ZERO;
     let mut registry_down = false;
+    let mut batch = Batch::default();
     while !stop() {
         // Serves the producer's events between transactions (a token refresh for AWS_MSK_IAM).
         producer.poll(Duration::ZERO);
@@ -222,12 +223,12 @@ pub fn run(
             last_reload_check = Instant::now();
             reload_campaigns(&mut campaigns, &consumer, &partitions, metrics, settings);
         }
-        let batch = poll_batch(&consumer, &partitions, settings)?;
+        poll_batch(&consumer, &partitions, settings, &mut batch)?;
         // The registry is asked about new schema ids before anything of the batch is
         // processed: while it cannot be asked, the batch is put back (no state changed, no
         // transaction begun) and asked about again, 1 s, 2 s, … up to 30 s later.
         if let Some(r) = &registry {
-            match r.learn(batch.iter().map(|(_, _, payload)| &payload[..])) {
+            match r.learn(batch.iter().map(|(_, _, payload)| payload)) {
                 Ok(()) => registry_wait = Duration::ZERO,
                 Err(e) => {
                     registry_wait =
@@ -258,7 +259,7 @@ pub fn run(
             schemas: &schemas,
             watchdog: &watchdog,
         };
-        match batcher.run(&mut parts, batch) {
+        match batcher.run(&mut parts, &batch) {
             Ok(committed) => {
                 if committed {
                     metrics.outcome(&metrics.transactions, "outcome", "committed");
@@ -346,10 +347,11 @@ fn poll_batch(
     consumer: &BaseConsumer<Rebalance>,
     partitions: &Mutex<Partitions>,
     settings: &StreamSettings,
-) -> Result<Vec<Record>, StreamError> {
+    batch: &mut Batch,
+) -> Result<(), StreamError> {
     let sc = &settings.stream;
     let started = Instant::now();
-    let mut batch: Vec<Record> = Vec::new();
+    batch.clear();
     let mut generation = lock(partitions).generation;
     while batch.len() < sc.max_batch_events {
         let left = Duration::from_millis(sc.max_batch_ms).saturating_sub(started.elapsed());
@@ -357,11 +359,7 @@ fn poll_batch(
             break;
         }
         match consumer.poll(left) {
-            Some(Ok(m)) => batch.push((
-                m.partition(),
-                m.offset(),
-                m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            )),
+            Some(Ok(m)) => batch.push(m.partition(), m.offset(), m.payload().unwrap_or_default()),
             // A fatal error leaves the consumer unusable: polling on would hold the
             // partitions the group may hand this member without ever reading them.
             Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
@@ -377,7 +375,7 @@ fn poll_batch(
             generation = g;
         }
     }
-    Ok(batch)
+    Ok(())
 }
 
 /// Moves the consumer back to the first record of `batch` in each of its partitions (nothing
@@ -385,14 +383,14 @@ fn poll_batch(
 fn put_back(
     consumer: &BaseConsumer<Rebalance>,
     input: &str,
-    batch: &[batch::Record],
+    batch: &Batch,
 ) -> Result<(), StreamError> {
     let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-    for (p, offset, _) in batch {
+    for (p, offset, _) in batch.iter() {
         first
-            .entry(*p)
-            .and_modify(|o| *o = (*o).min(*offset))
-            .or_insert(*offset);
+            .entry(p)
+            .and_modify(|o| *o = (*o).min(offset))
+            .or_insert(offset);
     }
     if first.is_empty() {
         return Ok(());

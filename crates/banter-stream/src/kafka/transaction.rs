@@ -15,7 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use thiserror::Error;
 
-use super::checkpoints::{checkpoint_key, checkpoint_partition, store_key};
+use super::checkpoints::{checkpoint_key, checkpoint_partition, store_key_into};
 use super::metrics::StreamMetrics;
 use crate::changelog::{Change, StateError, Store};
 use crate::pipeline::Outputs;
@@ -213,12 +213,22 @@ impl<'a> Transaction<'a> {
             partition,
             topics.checkpoint_partitions,
         ));
+        let checkpoint = checkpoint_key(&topics.input, partition);
+        let mut key = std::mem::take(&mut self.buf);
         for (store, c) in changes {
-            let key = store_key(&topics.input, partition, *store, &c.key);
-            self.send(&topics.checkpoints, target, &key, c.value.as_deref())?;
+            store_key_into(&mut key, &checkpoint, *store, &c.key);
+            if let Err(e) = self.send(&topics.checkpoints, target, &key, c.value.as_deref()) {
+                self.buf = key;
+                return Err(e.into());
+            }
         }
-        let key = checkpoint_key(&topics.input, partition);
-        self.send(&topics.checkpoints, target, key.as_bytes(), Some(&value))?;
+        self.buf = key;
+        self.send(
+            &topics.checkpoints,
+            target,
+            checkpoint.as_bytes(),
+            Some(&value),
+        )?;
         Ok(())
     }
 }
