@@ -9,11 +9,12 @@
 # graph, by `inferno`: `cargo install inferno --no-default-features --features cli`).
 # BANTER_BENCH_BIN=PATH runs that binary instead of building the release one (to compare builds).
 set -euo pipefail
+given_bin="${BANTER_BENCH_BIN:+$(realpath "$BANTER_BENCH_BIN")}" # before the cd: a relative path
 cd "$(dirname "$0")/../.."
 accounts="${1:-200}"; minutes="${2:-360}"; partitions="${3:-6}"
 scripts/stack.sh up kafka >/dev/null
-if [ -n "${BANTER_BENCH_BIN:-}" ]; then
-  bin="$BANTER_BENCH_BIN" # a build to compare (e.g. a copy of an earlier commit's release binary)
+if [ -n "$given_bin" ]; then
+  bin="$given_bin" # a build to compare (e.g. a copy of an earlier commit's release binary)
 else
   cargo build --release --locked -p banter 2>&1 | tail -1
   bin=target/release/banter
@@ -32,13 +33,13 @@ if [ -n "$profile" ]; then
     echo "BANTER_BENCH_PROFILE needs inferno (cargo install inferno --no-default-features --features cli)" >&2; exit 2; }
   mkdir -p "$profile"
 fi
-$bin topics >/dev/null
-gen=$($bin generate --to kafka --accounts "$accounts" --minutes "$minutes" --seed 3 2>&1 | tail -1)
+"$bin" topics >/dev/null
+gen=$("$bin" generate --to kafka --accounts "$accounts" --minutes "$minutes" --seed 3 2>&1 | tail -1)
 echo "$gen"
 deliveries=$(echo "$gen" | sed -E 's/.*sent ([0-9]+) deliveries.*/\1/')
 metric() { curl -fsS localhost:9475/metrics | awk -v m="$1" '$1 ~ "^"m {s += $2} END {printf "%d", s}'; }
 start=$(date +%s.%N)
-$bin stream & pid=$!
+"$bin" stream & pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
 for _ in $(seq 1 100); do curl -fsS -o /dev/null localhost:9475/readyz 2>/dev/null && break; sleep 0.1; done
 if [ -n "$profile" ]; then
@@ -47,7 +48,8 @@ fi
 # Done when every delivery has been processed and committed.
 while [ "$(metric banter_stream_events_total)" -lt "$deliveries" ]; do sleep 0.2; done
 end=$(date +%s.%N)
-cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat") # user + system
+# user + system, from the fields after the process name's closing parenthesis
+cpu=$(sed 's/.*) //' "/proc/$pid/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}')
 if [ -n "$profile" ]; then
   kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" || true
   [ -s "$profile/perf.data" ] || { echo "perf recorded nothing:" >&2; cat "$profile/perf.log" >&2; exit 2; }
@@ -70,3 +72,4 @@ print(f"{cpu:.2f} CPU-s (user + system, the stream process): {cpu / ev * 1e6:.2f
 print(f"{int(rows)} rollup rows, {int(tx)} transactions, state {b/1e6:.1f} MB, {int(posts)} posts with first-hour state, {int(entries)} state entries")
 PY
 curl -fsS localhost:9475/metrics | grep -E '^banter_stream_(batch|commit)_seconds_(sum|count)'
+[ -z "$profile" ] || echo "(profiled: perf's DWARF sampling adds to the stream's CPU time; compare CPU-s of unprofiled runs only)"

@@ -409,7 +409,7 @@ impl<C: ProducerContext> DeliveryReports for BaseProducer<C> {
 /// for 100 ms; rdkafka's `poll` runs to its deadline, so that costs the whole 100 ms whenever
 /// anything is unserved at the commit, with either kind of producer: every ingest transaction
 /// cost about 100 ms although the broker had acknowledged its records within a few, and every
-/// stream commit (whose `BaseProducer` is polled only when its queue is full) did too. This
+/// stream commit (whose `BaseProducer` is polled once a batch and when its queue is full) did too. This
 /// serves what is ready (a `BaseProducer`) or lets the producer's own thread serve it (a
 /// `ThreadedProducer`), checking every quarter millisecond when nothing was ready, since the
 /// safe API offers no wait on the count; then rdkafka's flush finds nothing left and the commit
@@ -424,13 +424,14 @@ pub fn wait_delivered<P: DeliveryReports>(
 ) -> Result<(), KafkaError> {
     let started = Instant::now();
     while producer.unserved() > 0 {
-        if producer.serve_ready() {
-            continue;
-        }
+        // Checked on every pass: a steady flow of events (logs while a broker is down) could
+        // otherwise keep it serving past its timeout.
         if started.elapsed() >= timeout {
             return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
         }
-        std::thread::sleep(Duration::from_micros(250));
+        if !producer.serve_ready() {
+            std::thread::sleep(Duration::from_micros(250));
+        }
     }
     Ok(())
 }
@@ -914,6 +915,42 @@ mod tests {
             }
         };
         check_wait_delivered(&mock, &base, &send);
+    }
+
+    /// A record the broker refuses for good: the wait still ends (its report served), and the
+    /// transaction cannot commit but aborts.
+    #[test]
+    fn a_failed_delivery_fails_the_commit_after_the_wait() {
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext};
+        use rdkafka::types::RDKafkaApiKey;
+        use rdkafka::types::RDKafkaRespErr;
+        let mock = transactions_mock();
+        let producer: BaseProducer<DefaultProducerContext> =
+            transactional(&mock).create().expect("producer");
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .expect("init_transactions");
+        producer.begin_transaction().expect("begin_transaction");
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        producer
+            .send(BaseRecord::to("events").key("k").payload("refused"))
+            .map_err(|(e, _)| e)
+            .expect("send");
+        wait_delivered(&producer, Duration::from_secs(30)).expect("the failure served");
+        assert_eq!(producer.in_flight_count(), 0);
+        let err = producer
+            .commit_transaction(Duration::from_secs(30))
+            .expect_err("a transaction with a failed record must not commit");
+        assert!(
+            matches!(&err, KafkaError::Transaction(e) if e.txn_requires_abort()),
+            "{err:?}"
+        );
+        producer
+            .abort_transaction(Duration::from_secs(30))
+            .expect("abort");
     }
 
     /// Two brokers: the transaction coordinator on 1, the one partition of `events` on 2.
