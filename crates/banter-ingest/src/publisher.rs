@@ -392,7 +392,11 @@ impl Worker {
                     (self.producer.init_transactions(self.timeout), "initialized")
                 }
                 TxState::CommitPending => (
-                    self.producer.commit_transaction(self.timeout),
+                    banter_runtime::kafka::commit_transaction(
+                        &self.producer,
+                        self.timeout,
+                        self.timeout,
+                    ),
                     "committed late",
                 ),
                 TxState::NeedsAbort => (self.producer.abort_transaction(self.timeout), "aborted"),
@@ -490,12 +494,11 @@ impl Worker {
             }
             count += 1;
         }
-        // Not rdkafka's flush alone, which sleeps 100 ms whenever a report is unserved.
-        let committed = banter_runtime::kafka::wait_delivered(
+        let committed = banter_runtime::kafka::commit_transaction(
             &self.producer,
             deadline.saturating_duration_since(Instant::now()),
-        )
-        .and_then(|()| self.producer.commit_transaction(self.timeout));
+            self.timeout,
+        );
         match committed {
             Ok(()) => {
                 self.metrics.outcome("committed");

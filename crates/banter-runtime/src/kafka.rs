@@ -364,13 +364,8 @@ pub fn producer(
         })
 }
 
-/// A producer whose delivery reports [`wait_delivered`] waits for: how many records and events
-/// are not served yet, and how they get served.
+/// How a producer's delivery reports get served while [`wait_delivered`] waits for them.
 pub trait DeliveryReports {
-    /// Records not yet delivered or failed, and events not yet served (librdkafka's
-    /// `rd_kafka_outq_len`).
-    fn unserved(&self) -> i32;
-
     /// Serves a delivery report that is ready, if this caller is the one that serves them;
     /// true when it served one (something may be ready right after it).
     fn serve_ready(&self) -> bool;
@@ -378,10 +373,6 @@ pub trait DeliveryReports {
 
 /// A `ThreadedProducer`'s own thread serves its reports.
 impl<C: ProducerContext + 'static> DeliveryReports for ThreadedProducer<C> {
-    fn unserved(&self) -> i32 {
-        self.in_flight_count()
-    }
-
     fn serve_ready(&self) -> bool {
         false
     }
@@ -389,10 +380,6 @@ impl<C: ProducerContext + 'static> DeliveryReports for ThreadedProducer<C> {
 
 /// A `BaseProducer`'s reports are served only by polling it.
 impl<C: ProducerContext> DeliveryReports for BaseProducer<C> {
-    fn unserved(&self) -> i32 {
-        self.in_flight_count()
-    }
-
     fn serve_ready(&self) -> bool {
         let before = self.in_flight_count();
         // One event at most, without waiting.
@@ -418,12 +405,12 @@ impl<C: ProducerContext> DeliveryReports for BaseProducer<C> {
 /// # Errors
 /// Records are still undelivered when `timeout` runs out (`KafkaError::Flush`, timed out, what
 /// rdkafka's flush gives).
-pub fn wait_delivered<P: DeliveryReports>(
+pub fn wait_delivered<C: ProducerContext, P: Producer<C> + DeliveryReports>(
     producer: &P,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let started = Instant::now();
-    while producer.unserved() > 0 {
+    while producer.in_flight_count() > 0 {
         // Checked on every pass: a steady flow of events (logs while a broker is down) could
         // otherwise keep it serving past its timeout.
         if started.elapsed() >= timeout {
@@ -434,6 +421,21 @@ pub fn wait_delivered<P: DeliveryReports>(
         }
     }
     Ok(())
+}
+
+/// Commits the open transaction once every record of it has its delivery report served
+/// ([`wait_delivered`], up to `wait`), then `commit_transaction` with `timeout`: every
+/// transactional commit of banter goes through here, so none sleeps in rdkafka's flush.
+///
+/// # Errors
+/// The wait's timeout (`KafkaError::Flush`) or the commit's error.
+pub fn commit_transaction<C: ProducerContext, P: Producer<C> + DeliveryReports>(
+    producer: &P,
+    wait: Duration,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    wait_delivered(producer, wait)?;
+    producer.commit_transaction(timeout)
 }
 
 /// A consumer in `group` that never commits or stores offsets by itself.

@@ -338,14 +338,12 @@ impl Batcher<'_> {
             self.producer
                 .send_offsets_to_transaction(&offsets, &group, SEND_OFFSETS_TIMEOUT)?;
         }
-        // The delivery reports served first: rdkafka's commit_transaction flushes (sleeping
-        // 100 ms when anything is unserved, see `wait_delivered`), then commits, each with the
-        // timeout.
+        // The delivery reports served, then rdkafka's commit_transaction (its flush, then the
+        // commit), each with the timeout.
         let _stuck = self
             .watchdog
             .guard("commit_transaction", COMMIT_TIMEOUT * 2 + OVERRUN);
-        banter_runtime::kafka::wait_delivered(self.producer, COMMIT_TIMEOUT)?;
-        self.producer.commit_transaction(COMMIT_TIMEOUT)?;
+        banter_runtime::kafka::commit_transaction(self.producer, COMMIT_TIMEOUT, COMMIT_TIMEOUT)?;
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());

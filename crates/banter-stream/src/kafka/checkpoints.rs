@@ -21,16 +21,8 @@ pub(super) fn checkpoint_key(input: &str, partition: i32) -> String {
     format!("{input}/{partition}")
 }
 
-/// The key of a changelog entry of `store` for an input partition.
-#[cfg(test)]
-pub(super) fn store_key(input: &str, partition: i32, store: Store, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::new();
-    store_key_into(&mut k, &checkpoint_key(input, partition), store, key);
-    k
-}
-
-/// [`store_key`] into `out` (cleared first), from the partition's [`checkpoint_key`]: the
-/// changelog's keys written without an allocation or formatting each.
+/// The key of a changelog entry of `store` for an input partition, written into `out` (cleared
+/// first, so the buffer is reused) from the partition's [`checkpoint_key`].
 pub(super) fn store_key_into(out: &mut Vec<u8>, checkpoint_key: &str, store: Store, key: &[u8]) {
     out.clear();
     out.extend_from_slice(checkpoint_key.as_bytes());
@@ -217,7 +209,7 @@ mod tests {
         store_key_into(&mut k, &checkpoint_key(input, 3), Store::Funnels, b"\x01k");
         assert_eq!(k, b"banter.events.v1/3/funnels/\x01k");
         for entry in [&b""[..], b"/", b"x\x1f/y", b"\xff\x00"] {
-            let k = store_key(input, 3, Store::Funnels, entry);
+            store_key_into(&mut k, &checkpoint_key(input, 3), Store::Funnels, entry);
             assert_eq!(
                 parse_key(input, &k),
                 Some(Key::Entry(3, Store::Funnels, entry))

@@ -215,14 +215,12 @@ impl<'a> Transaction<'a> {
         ));
         let checkpoint = checkpoint_key(&topics.input, partition);
         let mut key = std::mem::take(&mut self.buf);
-        for (store, c) in changes {
+        let sent = changes.iter().try_for_each(|(store, c)| {
             store_key_into(&mut key, &checkpoint, *store, &c.key);
-            if let Err(e) = self.send(&topics.checkpoints, target, &key, c.value.as_deref()) {
-                self.buf = key;
-                return Err(e.into());
-            }
-        }
+            self.send(&topics.checkpoints, target, &key, c.value.as_deref())
+        });
         self.buf = key;
+        sent?;
         self.send(
             &topics.checkpoints,
             target,
