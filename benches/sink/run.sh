@@ -54,7 +54,28 @@ sleep 1
 timeout $((live * 60 + 10)) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
   --accounts 1000 --minutes "$live" --seed 9 2>&1 | tail -1 || true
 sleep 75 # the last minutes close (out-of-orderness + idle timeout)
-# First appearance of each MINUTE row in ClickHouse relative to the end of its minute.
+# First appearance of each final MINUTE row (revision >= 0) in ClickHouse relative to the end
+# of its minute.
+echo "final MINUTE rows: first visible, seconds after the minute's end"
 curl -fsS "$ch" --data-binary "SELECT count() AS minute_rows, quantiles(0.5, 0.9, 0.99)(d) AS p50_p90_p99_seconds
   FROM (SELECT min(toInt64(inserted_at)) - intDiv(any(window_end_ms), 1000) AS d FROM $run.rollups
+        WHERE window_kind = 'MINUTE' AND revision >= 0 GROUP BY account_id, content_id, window_start_ms) FORMAT PrettyCompactMonoBlock"
+# Provisional rows (revision < 0, stream.provisional_interval_ms): an event is visible once the
+# stream has shown its window (receipt -> emission: the stream's histogram, per emission, from
+# the earliest event it shows first) and the sink has inserted that row (emission -> visible:
+# inserted_at, whole seconds, so its end plus 1 s: an upper bound, minus emitted_at, the
+# stream's clock at emission).
+echo "provisional rows: receipt -> emission (banter_stream_provisional_lag_seconds)"
+curl -fsS localhost:9476/metrics | python3 -c '
+import sys, re
+b = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+           for m in re.finditer(r"^banter_stream_provisional_lag_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)", sys.stdin.read(), re.M))
+n = b[-1][1] if b else 0
+def q(p): return next(le for le, c in b if c >= p * n) if n else float("nan")
+print(f"  emissions {n:.0f}: p50 <= {q(0.5)} s, p99 <= {q(0.99)} s, max <= {q(1.0)} s (bucket bounds)")'
+echo "provisional rows: emission -> visible in ClickHouse, and MINUTE keys shown before their minute ended"
+curl -fsS "$ch" --data-binary "SELECT count() AS provisional_rows, quantiles(0.5, 0.99)((toInt64(inserted_at) + 1) * 1000 - emitted_at_ms) AS p50_p99_ms_at_most, max((toInt64(inserted_at) + 1) * 1000 - emitted_at_ms) AS max_ms_at_most
+  FROM $run.rollups WHERE revision < 0 FORMAT PrettyCompactMonoBlock"
+curl -fsS "$ch" --data-binary "SELECT count() AS minute_keys, countIf(first_ms <= end_ms) AS shown_while_open
+  FROM (SELECT (min(toInt64(inserted_at)) + 1) * 1000 AS first_ms, any(window_end_ms) AS end_ms FROM $run.rollups
         WHERE window_kind = 'MINUTE' GROUP BY account_id, content_id, window_start_ms) FORMAT PrettyCompactMonoBlock"

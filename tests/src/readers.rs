@@ -19,11 +19,14 @@ use crate::stack::unique;
 pub use banter_workload::check::RollupKey;
 
 /// The rollups topic read like a user would: the latest committed revision of every key
-/// (read with `read_committed`, as ClickHouse's `ReplacingMergeTree` keeps it).
+/// (read with `read_committed`, as ClickHouse's `ReplacingMergeTree` keeps it). Provisional
+/// rows of open windows (negative revision) are kept apart: `observed` holds final rows.
 pub struct Rollups {
     consumer: BaseConsumer,
-    /// Window, funnel and conversation rows: the latest of each key.
+    /// Window, funnel and conversation rows: the latest final row of each key.
     pub observed: Observed,
+    /// Provisional window rows: the latest of each key.
+    pub provisional: BTreeMap<RollupKey, Rollup>,
     /// Window rollup records read (every revision).
     pub seen: usize,
 }
@@ -35,6 +38,7 @@ impl Rollups {
         Rollups {
             consumer,
             observed: Observed::default(),
+            provisional: BTreeMap::new(),
             seen: 0,
         }
     }
@@ -66,6 +70,21 @@ impl Rollups {
                 .decode(payload)
                 .unwrap_or_else(|e| panic!("{e:?}"));
             self.seen += 1;
+            if r.revision < 0 {
+                let key = (
+                    r.account_id.to_string(),
+                    r.content_id.as_deref().map(str::to_owned),
+                    r.window,
+                    r.window_start,
+                );
+                match self.provisional.get(&key) {
+                    Some(old) if old.revision > r.revision => {}
+                    _ => {
+                        self.provisional.insert(key, r);
+                    }
+                }
+                continue;
+            }
             self.observed.add_rollup(r);
         }
     }

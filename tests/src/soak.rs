@@ -940,7 +940,8 @@ async fn sample_visible(
     let query = format!(
         "SELECT concat(account_id, '/', content_id, '/', toString(window_start_ms)), \
          any(window_end_ms) FROM {}.rollups WHERE window_kind = 'MINUTE' \
-         AND inserted_at >= now() - 30 GROUP BY account_id, content_id, window_start_ms \
+         AND revision >= 0 AND inserted_at >= now() - 30 \
+         GROUP BY account_id, content_id, window_start_ms \
          FORMAT TabSeparated",
         ch.database
     );

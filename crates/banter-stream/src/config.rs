@@ -49,6 +49,9 @@ pub struct StreamConfig {
     /// A caught-up partition without input for this long is idle: its watermark follows the
     /// wall clock from its highest event time, closing its windows.
     pub idle_timeout_ms: u64,
+    /// How often the windows still open are emitted as provisional rows (negative revision,
+    /// replaced by the final row), in ms; 0: never.
+    pub provisional_interval_ms: u64,
     /// Most input records in one transaction.
     pub max_batch_events: usize,
     /// Longest a batch waits for input before it is processed, in ms.
@@ -76,6 +79,7 @@ impl Default for StreamConfig {
             time_to_n: 50,
             redelivery_horizon_ms: 36 * 3_600_000,
             idle_timeout_ms: 30_000,
+            provisional_interval_ms: 1000,
             max_batch_events: 20_000,
             max_batch_ms: 250,
             transaction_timeout_ms: 10_000,
@@ -113,6 +117,14 @@ impl Validate for StreamConfig {
         }
         if self.idle_timeout_ms < 100 {
             p.push(invalid("stream.idle_timeout_ms", "must be at least 100"));
+        }
+        if self.provisional_interval_ms != 0
+            && !(100..=3_600_000).contains(&self.provisional_interval_ms)
+        {
+            p.push(invalid(
+                "stream.provisional_interval_ms",
+                "must be 0 (off) or between 100 and 3600000",
+            ));
         }
         if self.max_batch_events == 0 {
             p.push(invalid("stream.max_batch_events", "must be at least 1"));

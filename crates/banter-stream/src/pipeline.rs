@@ -344,6 +344,25 @@ impl Pipeline {
         self.route(out);
     }
 
+    /// The provisional rows of the windows still open whose counts changed since the last
+    /// call ([`Engine::provisional`]), stamped `now` (ms), into `out.rollups`; not to the spike
+    /// detector, which counts final minutes only. Nothing while replaying (the rows of the
+    /// replayed input were emitted before). Returns how many.
+    pub fn provisional(&mut self, now: i64, out: &mut Outputs) -> usize {
+        if self.replay_until.is_some() {
+            return 0;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let n = self.windows.provisional(now, &mut scratch);
+        for o in scratch.drain(..) {
+            if let Output::Rollup(r) = o {
+                out.rollups.push(r);
+            }
+        }
+        self.scratch = scratch;
+        n
+    }
+
     /// Hands the engine's outputs on: rollups out (MINUTE counts to the detector too), too-late
     /// events out; then the other operators follow the engine's time.
     fn route(&mut self, out: &mut Outputs) {

@@ -266,6 +266,34 @@ async fn a_partition_behind_an_open_transaction_is_not_idle() {
         None,
         "partition 0's minute closed while input waited behind an open transaction"
     );
+    // The open minute is shown as it stands (stream.provisional_interval_ms, 1 s): the one
+    // event readable so far, as a provisional row.
+    let key = (
+        "acct-p0".to_owned(),
+        Some("post-acct-p0".to_owned()),
+        WindowKind::Minute,
+        t0,
+    );
+    let shown = wait_for(
+        "partition 0's open minute shown provisionally",
+        Duration::from_secs(30),
+        || {
+            rollups.poll();
+            std::future::ready(
+                rollups
+                    .provisional
+                    .get(&key)
+                    .map(|r| (r.interactions, r.revision)),
+            )
+        },
+    )
+    .await;
+    assert_eq!(shown.0, 1, "the provisional row counts what was readable");
+    assert!(
+        shown.1 < 0,
+        "a provisional row's revision is negative: {}",
+        shown.1
+    );
     open.commit_transaction(Duration::from_secs(30)).unwrap();
     let counted = wait_for(
         "partition 0's minute with all three events",

@@ -109,7 +109,8 @@ impl Batcher<'_> {
             .collect();
         let processed = self
             .events(parts, batch, &mut tx)
-            .and_then(|()| self.idle(parts, &mut tx));
+            .and_then(|()| self.idle(parts, &mut tx))
+            .and_then(|()| self.provisional(parts, &mut tx));
         for (p, part) in &parts.active {
             if let Some(b) = before.get(p) {
                 self.metrics.count(b, &part.pipeline.stats());
@@ -222,6 +223,10 @@ impl Batcher<'_> {
                     continue;
                 }
                 part.changed = true;
+                part.unshown_since = Some(
+                    part.unshown_since
+                        .map_or(event.received_at, |t| t.min(event.received_at)),
+                );
                 for late in &out.too_late {
                     let wm = part
                         .pipeline
@@ -303,6 +308,42 @@ impl Batcher<'_> {
                 if !out.is_empty() {
                     part.changed = true;
                 }
+                tx.outputs(&out)?;
+                out.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `stream.provisional_interval_ms`, each partition's open windows changed since
+    /// the last time, as provisional rows in this batch's transaction (they change no state:
+    /// nothing else of the partition is written for them).
+    fn provisional(
+        &self,
+        parts: &mut Partitions,
+        tx: &mut Transaction<'_>,
+    ) -> Result<(), BatchError> {
+        if self.config.provisional_interval_ms == 0 {
+            return Ok(());
+        }
+        let every = Duration::from_millis(self.config.provisional_interval_ms);
+        let mut out = Outputs::default();
+        for part in parts.active.values_mut() {
+            if part.shown_at.elapsed() < every || part.pipeline.replaying() {
+                continue;
+            }
+            part.shown_at = Instant::now();
+            let now = banter_runtime::now_ms();
+            let n = part.pipeline.provisional(now, &mut out);
+            if let Some(since) = part.unshown_since.take() {
+                if n > 0 {
+                    self.metrics
+                        .provisional_lag_seconds
+                        .observe((now - since).max(0) as f64 / 1000.0);
+                }
+            }
+            if n > 0 {
+                self.metrics.provisional_rows.inc_by(n as u64);
                 tx.outputs(&out)?;
                 out.clear();
             }

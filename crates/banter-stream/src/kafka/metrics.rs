@@ -26,6 +26,8 @@ pub struct StreamMetrics {
     pub(super) transactions: Family<Vec<(String, String)>, Counter>,
     pub(super) batch_seconds: Histogram,
     pub(super) commit_seconds: Histogram,
+    pub(super) provisional_rows: Counter,
+    pub(super) provisional_lag_seconds: Histogram,
     pub(super) batch_events: Histogram,
     pub(super) watermark_lag: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
     pub(super) consumer_lag: Family<Vec<(String, String)>, Gauge>,
@@ -62,6 +64,8 @@ impl StreamMetrics {
             transactions: Family::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            provisional_rows: Counter::default(),
+            provisional_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             watermark_lag: Family::default(),
             consumer_lag: Family::default(),
@@ -141,6 +145,16 @@ impl StreamMetrics {
             "commit_seconds",
             "Time of one committed transaction's end: input offsets sent, delivery reports served, commit",
             m.commit_seconds.clone(),
+        );
+        r.register(
+            "provisional_rows",
+            "Provisional rows of open windows emitted (stream.provisional_interval_ms)",
+            m.provisional_rows.clone(),
+        );
+        r.register(
+            "provisional_lag_seconds",
+            "Per emission of provisional rows, from the receipt (received_at) of the earliest event it shows for the first time to the emission",
+            m.provisional_lag_seconds.clone(),
         );
         r.register(
             "batch_events",

@@ -25,6 +25,10 @@ pub(super) struct Partition {
     pub last_arrival: Instant,
     /// When a quiet partition last asked the broker whether it is caught up.
     pub idle_checked: Instant,
+    /// When its open windows were last shown as provisional rows.
+    pub shown_at: Instant,
+    /// The earliest receipt time (`received_at`, ms) of the events processed since then.
+    pub unshown_since: Option<i64>,
     /// Changed in the open batch: its changelog, checkpoint and offset go into the
     /// transaction.
     pub changed: bool,
@@ -36,6 +40,8 @@ impl Partition {
             pipeline,
             last_arrival: Instant::now(),
             idle_checked: Instant::now(),
+            shown_at: Instant::now(),
+            unshown_since: None,
             changed: false,
         }
     }

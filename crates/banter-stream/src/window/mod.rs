@@ -25,6 +25,12 @@
 //!   offset that contributed to it, `emitted_at` is the watermark that closed or corrected it.
 //!   Replaying the same partition from the same offset emits the same rows, which is what
 //!   exactly-once delivery into `ReplacingMergeTree(revision)` builds on.
+//! * **Provisional rows** ([`Engine::provisional`]): the MINUTE and VELOCITY_5M rows of
+//!   windows still open, as they stand, for dashboards that show the current minute. Their
+//!   revision is [`provisional_revision`] of the final row's: below every final revision
+//!   (negative), so the final row replaces them in `ReplacingMergeTree(revision)` whatever
+//!   order they arrive in. They are the only rows that depend on when they are asked for;
+//!   the final rows do not depend on them.
 //! * **Idle partitions**: [`Engine::idle_advance`] moves the watermark without events (the
 //!   caller decides when a partition is idle).
 //! * **Restore point.** Every pane and dedup bucket remembers the input offset that created it
@@ -167,6 +173,14 @@ impl Default for WindowConfig {
             redelivery_horizon_ms: 36 * 3_600_000,
         }
     }
+}
+
+/// The revision of a provisional row whose counts include input up to offset `revision`:
+/// negative, below every final revision (an offset, never negative), and growing with
+/// `revision`, so a later provisional row of a window replaces an earlier one and the final
+/// row replaces both. `revision < 0` is how a reader tells a provisional row.
+pub fn provisional_revision(revision: i64) -> i64 {
+    i64::MIN + revision.clamp(0, i64::MAX / 2)
 }
 
 /// What the engine produces.
@@ -336,6 +350,9 @@ pub struct Engine {
     timers: BTreeSet<(i64, Timer, u32, i64)>,
     /// The size of the last minute closed: what a new minute's tables start with.
     sizes: MinuteSizes,
+    /// Open windows' counts changed by input from this offset on were not shown in a
+    /// provisional row yet (0 after a restore: every open window is shown again).
+    shown_below: i64,
     stats: Stats,
 }
 
@@ -374,6 +391,7 @@ impl Engine {
             id_seed: random_seed(),
             timers: BTreeSet::new(),
             sizes: MinuteSizes::default(),
+            shown_below: 0,
             stats: Stats::default(),
         }
     }
@@ -529,6 +547,45 @@ impl Engine {
             .chain(self.seen_by_minute.values().map(|b| b.mark))
             // First-hour state is not here: it is a changelog.
             .min()
+    }
+
+    /// Provisional rows ([`provisional_revision`]) of the windows still open whose counts
+    /// changed since the last call: the MINUTE row of every changed key in every minute the
+    /// watermark has not closed, and the VELOCITY_5M row ending with that minute, stamped
+    /// `emitted_at` (the caller's clock: these rows are not a function of the input alone).
+    /// Returns how many. Nothing here changes what the engine emits later.
+    pub fn provisional(&mut self, emitted_at: i64, out: &mut Vec<Output>) -> usize {
+        let since = self.shown_below;
+        self.shown_below = self.next_offset;
+        let open = self.closed_below.unwrap_or(i64::MIN);
+        let before = out.len();
+        for (&m, pane) in self.panes.range(open..) {
+            for (&k, c) in &pane.counts {
+                if c.revision < since {
+                    continue;
+                }
+                let mut row = c.rollup(
+                    &self.names,
+                    k,
+                    WindowKind::Minute,
+                    m,
+                    m + MINUTE,
+                    emitted_at,
+                );
+                row.revision = provisional_revision(row.revision);
+                out.push(Output::Rollup(row));
+                let mut sum = Counts::default();
+                for (&p, pane) in self.panes.range(m - 4 * MINUTE..=m) {
+                    if let Some(c) = pane.counts.get(&k) {
+                        sum.add_counts(c, (m + MINUTE - p) / MINUTE);
+                    }
+                }
+                let mut row = velocity(&self.names, k, &sum, m + MINUTE, emitted_at);
+                row.revision = provisional_revision(row.revision);
+                out.push(Output::Rollup(row));
+            }
+        }
+        out.len() - before
     }
 
     /// Moves the watermark of an idle partition to `wm` and records the move, so that a replay
@@ -1013,6 +1070,135 @@ mod tests {
             "{:?}",
             minutes(&out)
         );
+    }
+
+    /// The rows of `out` as ((window kind, post, window start minute), (interactions,
+    /// revision, emitted_at)).
+    #[allow(clippy::type_complexity)]
+    fn rows(out: &[Output]) -> Vec<((WindowKind, Option<String>, i64), (i64, i64, i64))> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Rollup(r) => Some((
+                    (
+                        r.window,
+                        r.content_id.as_deref().map(str::to_owned),
+                        (r.window_start - T0) / MINUTE,
+                    ),
+                    (r.interactions, r.revision, r.emitted_at),
+                )),
+                Output::TooLate { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn open_windows_are_shown_provisionally_and_replaced_by_their_final_rows() {
+        let mut e = Engine::new(WindowConfig::default());
+        let mut out = Vec::new();
+        e.process(&reaction("r1", T0 + 10_000, T0 + 10_000), 0, &mut out);
+        e.process(&reaction("r2", T0 + 20_000, T0 + 20_000), 1, &mut out);
+        assert!(out.is_empty(), "nothing is final yet");
+        let p1 = Some("p1".to_owned());
+        // The current minute (account and post) and the velocity window ending with it.
+        assert_eq!(e.provisional(42, &mut out), 4);
+        let mut shown = rows(&out);
+        shown.sort();
+        let first = provisional_revision(1);
+        assert!(first < 0);
+        assert_eq!(
+            shown,
+            vec![
+                ((WindowKind::Minute, None, 0), (2, first, 42)),
+                ((WindowKind::Minute, p1.clone(), 0), (2, first, 42)),
+                ((WindowKind::Velocity5m, None, -4), (2, first, 42)),
+                ((WindowKind::Velocity5m, p1.clone(), -4), (2, first, 42)),
+            ]
+        );
+        let velocity: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Rollup(r) if r.window == WindowKind::Velocity5m => r.velocity,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(velocity, vec![0.4, 0.4]);
+        out.clear();
+        // Nothing changed: nothing to show.
+        assert_eq!(e.provisional(43, &mut out), 0);
+        e.process(&reaction("r3", T0 + 30_000, T0 + 30_000), 2, &mut out);
+        e.provisional(44, &mut out);
+        let second = rows(&out);
+        assert_eq!(second.len(), 4);
+        assert!(second
+            .iter()
+            .all(|(_, (n, rev, at))| *n == 3 && *rev == provisional_revision(2) && *at == 44));
+        assert!(
+            provisional_revision(2) > first,
+            "a later provisional row replaces an earlier one"
+        );
+        out.clear();
+        // Minute 2 starts; the watermark (2:30 - 60 s) closes minute 0 for good.
+        e.process(&reaction("r4", T0 + 150_000, T0 + 150_000), 3, &mut out);
+        let finals = rows(&out);
+        assert!(finals.contains(&((WindowKind::Minute, p1.clone(), 0), (3, 2, T0 + 90_000))));
+        assert!(finals.iter().all(|(_, (_, rev, _))| *rev >= 0));
+        out.clear();
+        // Only the open minute 2 is shown now; the closed minute 0 is final.
+        e.provisional(45, &mut out);
+        let mut open: Vec<_> = rows(&out).into_iter().map(|(k, _)| k).collect();
+        open.sort();
+        assert_eq!(
+            open,
+            vec![
+                (WindowKind::Minute, None, 2),
+                (WindowKind::Minute, p1.clone(), 2),
+                (WindowKind::Velocity5m, None, -2),
+                (WindowKind::Velocity5m, p1, -2),
+            ]
+        );
+    }
+
+    #[test]
+    fn provisional_rows_leave_the_final_rows_as_they_were() {
+        // Out-of-order reactions over 12 minutes, some late, a few duplicates; one engine is
+        // asked for provisional rows after every event, the other never. Kept as
+        // ReplacingMergeTree keeps them (the highest revision of each key), both give the
+        // same rows, and every provisional row was replaced.
+        let events: Vec<(String, i64)> = (0..240_i64)
+            .map(|i| {
+                let back = [0, 45_000, 5_000, 130_000, 20_000][(i % 5) as usize];
+                let id = if i % 17 == 3 { i - 1 } else { i };
+                (format!("e{id}"), T0 + i * 3_000 - back)
+            })
+            .collect();
+        let run = |show: bool| {
+            let mut e = Engine::new(WindowConfig::default());
+            let mut out = Vec::new();
+            for (i, (id, t)) in events.iter().enumerate() {
+                let received = T0 + i as i64 * 3_000;
+                e.process(&reaction(id, *t, received), i as i64, &mut out);
+                if show {
+                    e.provisional(i as i64, &mut out);
+                }
+            }
+            e.idle_advance(T0 + DAY, &mut out);
+            let mut kept = BTreeMap::new();
+            for (k, (n, rev, at)) in rows(&out) {
+                let slot = kept.entry(k).or_insert((n, rev, at));
+                if rev >= slot.1 {
+                    *slot = (n, rev, at);
+                }
+            }
+            (kept, out.len())
+        };
+        let (with, emitted_with) = run(true);
+        let (without, emitted_without) = run(false);
+        assert!(
+            emitted_with > emitted_without,
+            "provisional rows were emitted"
+        );
+        assert_eq!(with, without);
+        assert!(with.values().all(|(_, rev, _)| *rev >= 0));
     }
 
     #[test]
