@@ -58,11 +58,14 @@ run="cmp$(date +%Y%m%d%H%M%S)"
 dir="$STACK/$run"; mkdir -p "$dir"
 bootstrap="127.0.0.1:${BANTER_KAFKA_PORT:-9092}"
 ch_url="http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/"
+# The peers compute final windows only: banter's provisional rows of open windows are off
+# here (BANTER_COMPARE_PROVISIONAL_MS=1000 turns them on), so every engine does the same work.
 export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS="$run.rollups" \
   BANTER_KAFKA__TOPICS__DLQ="$run.dlq" BANTER_KAFKA__TOPICS__ALERTS="$run.alerts" \
   BANTER_KAFKA__TOPICS__CHECKPOINTS="$run.checkpoints" BANTER_KAFKA__TOPICS__PARTITIONS="$partitions" \
   BANTER_STREAM__GROUP_ID="$run-stream" BANTER_SINK__GROUP_ID="$run-sink" \
   BANTER_CLICKHOUSE__DATABASE="banter_$run" BANTER_STREAM__IDLE_TIMEOUT_MS=1000 \
+  BANTER_STREAM__PROVISIONAL_INTERVAL_MS="${BANTER_COMPARE_PROVISIONAL_MS:-0}" \
   BANTER_INGEST__ACTOR_SALT=benchmark-salt-0123456789 BANTER_TELEMETRY__LOG_LEVEL=warn
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT

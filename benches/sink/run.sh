@@ -49,6 +49,17 @@ export BANTER_STREAM__IDLE_TIMEOUT_MS=5000
 BANTER_HTTP__LISTEN=127.0.0.1:9478 $bin ingest & pids+=($!)
 role stream 9476; role sink 9477
 sleep 1
+# Provisional rows are replaced by their final rows when ClickHouse merges parts, so they are
+# sampled while the run goes: each second, those inserted in the last 10 s.
+samples=$(mktemp); provisional_sampler() {
+  while :; do
+    curl -fsS "$ch" --data-binary "SELECT account_id, content_id, window_kind, window_start_ms, window_end_ms, revision,
+      emitted_at_ms, toInt64(inserted_at) FROM $run.rollups WHERE revision < 0 AND inserted_at >= now() - 10
+      FORMAT TabSeparated" >>"$samples" 2>/dev/null || true
+    sleep 1
+  done
+}
+provisional_sampler & pids+=($!)
 # Live: each event is sent at its time. The generator also sends late deliveries up to 50
 # minutes after the span; stop it when the span is over.
 timeout $((live * 60 + 10)) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
@@ -73,9 +84,27 @@ b = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m
 n = b[-1][1] if b else 0
 def q(p): return next(le for le, c in b if c >= p * n) if n else float("nan")
 print(f"  emissions {n:.0f}: p50 <= {q(0.5)} s, p99 <= {q(0.99)} s, max <= {q(1.0)} s (bucket bounds)")'
-echo "provisional rows: emission -> visible in ClickHouse, and MINUTE keys shown before their minute ended"
-curl -fsS "$ch" --data-binary "SELECT count() AS provisional_rows, quantiles(0.5, 0.99)((toInt64(inserted_at) + 1) * 1000 - emitted_at_ms) AS p50_p99_ms_at_most, max((toInt64(inserted_at) + 1) * 1000 - emitted_at_ms) AS max_ms_at_most
-  FROM $run.rollups WHERE revision < 0 FORMAT PrettyCompactMonoBlock"
-curl -fsS "$ch" --data-binary "SELECT count() AS minute_keys, countIf(first_ms <= end_ms) AS shown_while_open
-  FROM (SELECT (min(toInt64(inserted_at)) + 1) * 1000 AS first_ms, any(window_end_ms) AS end_ms FROM $run.rollups
-        WHERE window_kind = 'MINUTE' GROUP BY account_id, content_id, window_start_ms) FORMAT PrettyCompactMonoBlock"
+minute_keys=$(curl -fsS "$ch" --data-binary "SELECT count() FROM (SELECT 1 FROM $run.rollups WHERE window_kind = 'MINUTE'
+  AND revision >= 0 GROUP BY account_id, content_id, window_start_ms)")
+echo "provisional rows (sampled): emission -> visible in ClickHouse, and MINUTE keys shown before their minute ended"
+python3 - "$samples" "$minute_keys" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if len(f) == 8:
+        rows[tuple(f[:6])] = (int(f[4]), int(f[6]), int(f[7]))
+# inserted_at is whole seconds: its second's end is an upper bound of when the row was in.
+d = sorted((ins + 1) * 1000 - emitted for (_, _, _, _, _, _), (_, emitted, ins) in rows.items())
+q = lambda p: d[min(len(d) - 1, int(p * len(d)))] if d else float("nan")
+print(f"  {len(d)} provisional rows: emission -> visible p50 <= {q(0.5)} ms, p99 <= {q(0.99)} ms, max <= {d[-1] if d else 'n/a'} ms")
+first = {}
+for k, (end, _, ins) in rows.items():
+    if k[2] == "MINUTE":
+        key = k[:4]
+        t = (ins + 1) * 1000
+        if key not in first or t < first[key][0]:
+            first[key] = (t, end)
+open_ = sum(1 for f, end in first.values() if f <= end)
+print(f"  MINUTE keys: {sys.argv[2]} final, {len(first)} shown provisionally, {open_} of them before their minute ended")
+PY

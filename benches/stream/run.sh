@@ -19,11 +19,14 @@ else
   cargo build --release --locked -p banter 2>&1 | tail -1
   bin=target/release/banter
 fi
+# Provisional rows off by default (the figures before them are comparable; the peers in
+# benches/compare compute none): BANTER_BENCH_PROVISIONAL_MS=1000 measures them.
 run="bench$(date +%s)"
 export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS="$run.rollups" \
   BANTER_KAFKA__TOPICS__DLQ="$run.dlq" BANTER_KAFKA__TOPICS__ALERTS="$run.alerts" \
   BANTER_KAFKA__TOPICS__CHECKPOINTS="$run.checkpoints" BANTER_KAFKA__TOPICS__PARTITIONS="$partitions" \
   BANTER_STREAM__GROUP_ID="$run" BANTER_STREAM__INSTANCE_ID=bench \
+  BANTER_STREAM__PROVISIONAL_INTERVAL_MS="${BANTER_BENCH_PROVISIONAL_MS:-0}" \
   BANTER_INGEST__ACTOR_SALT=benchmark-salt-0123456789 BANTER_HTTP__LISTEN=127.0.0.1:9475 \
   BANTER_TELEMETRY__LOG_LEVEL=warn
 profile="${BANTER_BENCH_PROFILE:-}"

@@ -27,7 +27,7 @@ pub struct Rollups {
     pub observed: Observed,
     /// Provisional window rows: the latest of each key.
     pub provisional: BTreeMap<RollupKey, Rollup>,
-    /// Window rollup records read (every revision).
+    /// Final window rollup records read (every revision, provisional rows not counted).
     pub seen: usize,
 }
 
@@ -69,7 +69,6 @@ impl Rollups {
             let r = Rollup::codec()
                 .decode(payload)
                 .unwrap_or_else(|e| panic!("{e:?}"));
-            self.seen += 1;
             if r.revision < 0 {
                 let key = (
                     r.account_id.to_string(),
@@ -85,6 +84,7 @@ impl Rollups {
                 }
                 continue;
             }
+            self.seen += 1;
             self.observed.add_rollup(r);
         }
     }

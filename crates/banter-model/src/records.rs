@@ -43,7 +43,8 @@ pub struct Rollup {
     pub window_start: TimestampMillis,
     /// Window end (exclusive).
     pub window_end: TimestampMillis,
-    /// Grows with every re-emission of the same key.
+    /// Grows with every re-emission of the same key. Negative: a provisional row of a window
+    /// still open, replaced by the final row (whose revision is an input offset).
     pub revision: i64,
     /// Interactions (adds minus removes) from non-brand actors.
     pub interactions: i64,
@@ -86,7 +87,8 @@ pub struct Rollup {
     /// Events that arrived after the window was first emitted.
     #[serde(default)]
     pub late_events: i64,
-    /// When this revision was emitted (event-time derived, deterministic).
+    /// When this revision was emitted: for a final row the watermark that closed or corrected
+    /// it (event-time derived, deterministic); for a provisional row the stream's wall clock.
     pub emitted_at: TimestampMillis,
 }
 

@@ -268,6 +268,11 @@ impl Pipeline {
         self.replay_until.is_some()
     }
 
+    /// Every minute before this one is closed (None before the first watermark).
+    pub fn closed_below(&self) -> Option<i64> {
+        self.windows.closed_below()
+    }
+
     /// The engine's watermark (None before the first event).
     pub fn watermark(&self) -> Option<i64> {
         self.windows.watermark()

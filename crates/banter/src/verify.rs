@@ -20,7 +20,8 @@ pub async fn read_observed(ch: &ClickHouse) -> Result<Observed, clickhouse::erro
     let mut o = Observed::default();
     let rows: Vec<RollupRow> = ch
         .client
-        .query("SELECT ?fields FROM rollups_final")
+        // Final rows only: a provisional row of a window never closed is not a result.
+        .query("SELECT ?fields FROM rollups_final WHERE revision >= 0")
         .fetch_all()
         .await?;
     for r in rows.into_iter().filter_map(RollupRow::into_rollup) {

@@ -223,10 +223,19 @@ impl Batcher<'_> {
                     continue;
                 }
                 part.changed = true;
-                part.unshown_since = Some(
-                    part.unshown_since
-                        .map_or(event.received_at, |t| t.min(event.received_at)),
-                );
+                // An event in a minute still open is shown by the next provisional rows (a
+                // duplicate or a correction of a closed minute is not).
+                if out.too_late.is_empty()
+                    && part
+                        .pipeline
+                        .closed_below()
+                        .is_none_or(|c| event.event_time >= c)
+                {
+                    part.unshown_since = Some(
+                        part.unshown_since
+                            .map_or(event.received_at, |t| t.min(event.received_at)),
+                    );
+                }
                 for late in &out.too_late {
                     let wm = part
                         .pipeline
