@@ -43,6 +43,26 @@ def main():
             s.query(st)
         except Exception as e:  # chdb raises its own error types
             failures.append(f"migration statement: {e}\n{st}")
+    # Provisional rows (negative revision) and the final row of a window, inserted in the wrong
+    # order: the final row is kept, or the latest provisional one (as on 18.16, see
+    # crates/banter/tests/migrations.rs).
+    try:
+        low = -(2**63)
+        for start, rev, n in [(60000, 7, 3), (60000, low + 5, 2), (60000, low + 7, 3),
+                              (120000, low + 9, 4), (120000, low + 8, 1)]:
+            s.query(f"INSERT INTO {db}.rollups (account_id, content_id, window_kind, window_start_ms, "
+                    f"window_end_ms, revision, interactions, emitted_at_ms) VALUES "
+                    f"('a', 'p', 'MINUTE', {start}, {start + 60000}, {rev}, {n}, 1)")
+        want = f"60000,7,3\n120000,{low + 9},4"
+        for table in ["rollups_final", "rollups"]:
+            if table == "rollups":
+                s.query(f"OPTIMIZE TABLE {db}.rollups FINAL")
+            got = s.query(f"SELECT window_start_ms, revision, interactions FROM {db}.{table} "
+                          "ORDER BY window_start_ms, revision", "CSV").bytes().decode().strip()
+            if got != want:
+                failures.append(f"provisional rows in {table}: got {got!r}, want {want!r}")
+    except Exception as e:
+        failures.append(f"provisional rows: {e}")
     with open(panels_file, encoding="utf-8") as f:
         panels = json.load(f)
     s.query(f"USE {db}")

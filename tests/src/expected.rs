@@ -93,6 +93,22 @@ pub async fn topics_match(cfg: &Config, dir: &Path, timeout: Duration) -> Report
     };
     let again = compare(&read_expected(dir), &o);
     assert!(again.ok(), "after a second:\n{again}");
+    // Every window shown provisionally was closed: its final row replaces what was shown.
+    let orphans: Vec<_> = rollups
+        .provisional
+        .keys()
+        .filter(|k| !rollups.observed.rollups.contains_key(*k))
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "{} windows shown provisionally have no final row, e.g. {:?}",
+        orphans.len(),
+        orphans.first()
+    );
+    eprintln!(
+        "{} windows were shown provisionally, each replaced by its final row",
+        rollups.provisional.len()
+    );
     report
 }
 

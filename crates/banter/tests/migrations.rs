@@ -57,6 +57,58 @@ async fn two_migrates_at_once_apply_and_record_every_migration_once() {
     db.drop_now(&cfg).await;
 }
 
+/// Provisional rows (revision `i64::MIN + offset`, negative) and final rows (revision = an
+/// offset) of the same window, inserted in separate parts in the wrong order: `rollups_final`
+/// shows the final row, or the latest provisional one while there is no final row, and a
+/// merge keeps just those. Also run on current ClickHouse (tests/chdb/modern.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_row_replaces_the_provisional_rows_of_its_window_in_any_order() {
+    let cfg = config();
+    let db = fresh_database(&cfg).await;
+    banter_sink::migrate(&db.ch, &db.name).await.unwrap();
+    let provisional = |offset: i64| i64::MIN + offset;
+    let cols = "account_id, content_id, window_kind, window_start_ms, window_end_ms, revision, \
+                interactions, emitted_at_ms";
+    // Minute 1: final (offset 7, 3 interactions) first, then the provisional rows it replaces.
+    // Minute 2: open, two provisional rows, the later one inserted first.
+    for (start, revision, n) in [
+        (60_000, 7, 3),
+        (60_000, provisional(5), 2),
+        (60_000, provisional(7), 3),
+        (120_000, provisional(9), 4),
+        (120_000, provisional(8), 1),
+    ] {
+        exec(
+            &db.ch,
+            &format!(
+                "INSERT INTO {}.rollups ({cols}) VALUES ('a', 'p', 'MINUTE', {start}, {}, {revision}, {n}, 1)",
+                db.name,
+                start + 60_000
+            ),
+        )
+        .await;
+    }
+    let read = |table: &'static str| {
+        let ch = db.ch.clone();
+        let name = db.name.clone();
+        async move {
+            ch.client
+                .query(&format!(
+                    "SELECT window_start_ms, revision, interactions FROM {name}.{table} \
+                     ORDER BY window_start_ms, revision"
+                ))
+                .fetch_all::<(i64, i64, i64)>()
+                .await
+                .unwrap()
+        }
+    };
+    let shown = vec![(60_000, 7, 3), (120_000, provisional(9), 4)];
+    assert_eq!(read("rollups_final").await, shown);
+    exec(&db.ch, &format!("OPTIMIZE TABLE {}.rollups FINAL", db.name)).await;
+    assert_eq!(read("rollups").await, shown, "a merge keeps the same rows");
+    db.drop_now(&cfg).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_left_by_a_dead_migrate_is_named_and_unlock_removes_it() {
     let mut cfg = config();
