@@ -551,14 +551,21 @@ impl Engine {
 
     /// Provisional rows ([`provisional_revision`]) of the windows still open whose counts
     /// changed since the last call: the MINUTE row of every changed key in every minute the
-    /// watermark has not closed, and the VELOCITY_5M row ending with that minute, stamped
+    /// watermark has not closed, and the VELOCITY_5M rows of the windows that minute is in,
+    /// up to the one ending with the latest minute that has input, stamped
     /// `emitted_at` (the caller's clock: these rows are not a function of the input alone).
     /// Returns how many. Nothing here changes what the engine emits later.
     pub fn provisional(&mut self, emitted_at: i64, out: &mut Vec<Output>) -> usize {
         let since = self.shown_below;
         self.shown_below = self.next_offset;
         let open = self.closed_below.unwrap_or(i64::MIN);
+        let Some(latest) = self.panes.last_key_value().map(|(&m, _)| m) else {
+            return 0;
+        };
         let before = out.len();
+        // (window end, key): the velocity windows a changed pane is in, up to the one ending
+        // with the latest minute that has input (later ones are in the future).
+        let mut windows: BTreeSet<(i64, Key)> = BTreeSet::new();
         for (&m, pane) in self.panes.range(open..) {
             for (&k, c) in &pane.counts {
                 if c.revision < since {
@@ -574,16 +581,24 @@ impl Engine {
                 );
                 row.revision = provisional_revision(row.revision);
                 out.push(Output::Rollup(row));
-                let mut sum = Counts::default();
-                for (&p, pane) in self.panes.range(m - 4 * MINUTE..=m) {
-                    if let Some(c) = pane.counts.get(&k) {
-                        sum.add_counts(c, (m + MINUTE - p) / MINUTE);
-                    }
-                }
-                let mut row = velocity(&self.names, k, &sum, m + MINUTE, emitted_at);
-                row.revision = provisional_revision(row.revision);
-                out.push(Output::Rollup(row));
+                let last_end = (m + 5 * MINUTE).min(latest + MINUTE);
+                windows.extend(
+                    (m + MINUTE..=last_end)
+                        .step_by(MINUTE as usize)
+                        .map(|end| (end, k)),
+                );
             }
+        }
+        for (end, k) in windows {
+            let mut sum = Counts::default();
+            for (&p, pane) in self.panes.range(end - 5 * MINUTE..end) {
+                if let Some(c) = pane.counts.get(&k) {
+                    sum.add_counts(c, (end - p) / MINUTE);
+                }
+            }
+            let mut row = velocity(&self.names, k, &sum, end, emitted_at);
+            row.revision = provisional_revision(row.revision);
+            out.push(Output::Rollup(row));
         }
         out.len() - before
     }
@@ -1153,7 +1168,29 @@ mod tests {
                 (WindowKind::Minute, None, 2),
                 (WindowKind::Minute, p1.clone(), 2),
                 (WindowKind::Velocity5m, None, -2),
-                (WindowKind::Velocity5m, p1, -2),
+                (WindowKind::Velocity5m, p1.clone(), -2),
+            ]
+        );
+        out.clear();
+        // Minutes 2 and 3 open; a reaction in minute 2 changes the velocity windows ending
+        // with minutes 2 and 3 (both have input), not the one ending with minute 4 (future).
+        e.process(&reaction("r5", T0 + 190_000, T0 + 190_000), 4, &mut out);
+        e.provisional(46, &mut out);
+        out.clear();
+        e.process(&reaction("r6", T0 + 170_000, T0 + 190_000), 5, &mut out);
+        e.provisional(47, &mut out);
+        let mut shown = rows(&out);
+        shown.retain(|((_, post, _), _)| post.is_some());
+        shown.sort();
+        let rev = provisional_revision(5);
+        assert_eq!(
+            shown,
+            vec![
+                ((WindowKind::Minute, p1.clone(), 2), (2, rev, 47)),
+                // Minutes -2 .. 2: minute 0's three reactions and minute 2's two.
+                ((WindowKind::Velocity5m, p1.clone(), -2), (5, rev, 47)),
+                // Minutes -1 .. 3: and minute 3's one.
+                ((WindowKind::Velocity5m, p1, -1), (6, rev, 47)),
             ]
         );
     }
