@@ -7,6 +7,7 @@
 #     minutes; per MINUTE row, inserted_at - window_end: how long after a minute ends its
 #     numbers are visible in ClickHouse (includes the stream's 60 s out-of-orderness).
 #   benches/sink/run.sh [ACCOUNTS] [MINUTES] [LIVE_MINUTES]      (defaults 2000, 360, 4)
+#   BANTER_BENCH_LIVE_ACCOUNTS: accounts of the live run (1000: about 19 events/s)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 accounts="${1:-2000}"; minutes="${2:-360}"; live="${3:-4}"
@@ -63,7 +64,7 @@ provisional_sampler & pids+=($!)
 # Live: each event is sent at its time. The generator also sends late deliveries up to 50
 # minutes after the span; stop it when the span is over.
 timeout $((live * 60 + 10)) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
-  --accounts 1000 --minutes "$live" --seed 9 2>&1 | tail -1 || true
+  --accounts "${BANTER_BENCH_LIVE_ACCOUNTS:-1000}" --minutes "$live" --seed 9 2>&1 | tail -1 || true
 sleep 75 # the last minutes close (out-of-orderness + idle timeout)
 # First appearance of each final MINUTE row (revision >= 0) in ClickHouse relative to the end
 # of its minute.
