@@ -96,6 +96,7 @@ pub async fn topics_match(cfg: &Config, dir: &Path, timeout: Duration) -> Report
     // Every window shown provisionally was closed: its final row replaces what was shown.
     let orphans: Vec<_> = rollups
         .provisional
+        .rollups
         .keys()
         .filter(|k| !rollups.observed.rollups.contains_key(*k))
         .collect();
@@ -107,7 +108,7 @@ pub async fn topics_match(cfg: &Config, dir: &Path, timeout: Duration) -> Report
     );
     eprintln!(
         "{} windows were shown provisionally, each replaced by its final row",
-        rollups.provisional.len()
+        rollups.provisional.rollups.len()
     );
     report
 }

@@ -25,8 +25,8 @@ pub struct Rollups {
     consumer: BaseConsumer,
     /// Window, funnel and conversation rows: the latest final row of each key.
     pub observed: Observed,
-    /// Provisional window rows: the latest of each key.
-    pub provisional: BTreeMap<RollupKey, Rollup>,
+    /// Provisional window rows (in `rollups`): the latest of each key.
+    pub provisional: Observed,
     /// Final window rollup records read (every revision, provisional rows not counted).
     pub seen: usize,
 }
@@ -38,7 +38,7 @@ impl Rollups {
         Rollups {
             consumer,
             observed: Observed::default(),
-            provisional: BTreeMap::new(),
+            provisional: Observed::default(),
             seen: 0,
         }
     }
@@ -70,18 +70,7 @@ impl Rollups {
                 .decode(payload)
                 .unwrap_or_else(|e| panic!("{e:?}"));
             if r.revision < 0 {
-                let key = (
-                    r.account_id.to_string(),
-                    r.content_id.as_deref().map(str::to_owned),
-                    r.window,
-                    r.window_start,
-                );
-                match self.provisional.get(&key) {
-                    Some(old) if old.revision > r.revision => {}
-                    _ => {
-                        self.provisional.insert(key, r);
-                    }
-                }
+                self.provisional.add_rollup(r);
                 continue;
             }
             self.seen += 1;

@@ -282,6 +282,7 @@ async fn a_partition_behind_an_open_transaction_is_not_idle() {
             std::future::ready(
                 rollups
                     .provisional
+                    .rollups
                     .get(&key)
                     .map(|r| (r.interactions, r.revision)),
             )

@@ -338,7 +338,7 @@ impl Batcher<'_> {
         let every = Duration::from_millis(self.config.provisional_interval_ms);
         let mut out = Outputs::default();
         for part in parts.active.values_mut() {
-            if part.shown_at.elapsed() < every || part.pipeline.replaying() {
+            if part.shown_at.elapsed() < every {
                 continue;
             }
             part.shown_at = Instant::now();

@@ -571,16 +571,14 @@ impl Engine {
                 if c.revision < since {
                     continue;
                 }
-                let mut row = c.rollup(
+                out.push(Output::Rollup(c.rollup(
                     &self.names,
                     k,
                     WindowKind::Minute,
                     m,
                     m + MINUTE,
                     emitted_at,
-                );
-                row.revision = provisional_revision(row.revision);
-                out.push(Output::Rollup(row));
+                )));
                 let last_end = (m + 5 * MINUTE).min(latest + MINUTE);
                 windows.extend(
                     (m + MINUTE..=last_end)
@@ -590,15 +588,12 @@ impl Engine {
             }
         }
         for (end, k) in windows {
-            let mut sum = Counts::default();
-            for (&p, pane) in self.panes.range(end - 5 * MINUTE..end) {
-                if let Some(c) = pane.counts.get(&k) {
-                    sum.add_counts(c, (end - p) / MINUTE);
-                }
+            self.velocity_row(k, end, emitted_at, out);
+        }
+        for o in &mut out[before..] {
+            if let Output::Rollup(r) = o {
+                r.revision = provisional_revision(r.revision);
             }
-            let mut row = velocity(&self.names, k, &sum, end, emitted_at);
-            row.revision = provisional_revision(row.revision);
-            out.push(Output::Rollup(row));
         }
         out.len() - before
     }
