@@ -160,12 +160,13 @@ q "SELECT campaign_id AS campaign, any(account_id) AS account, sum(triggered) AS
          round(avg(median_trigger_to_reply_s), 1) AS reply_s
    FROM $db.funnels_final WHERE window_kind = 'HOUR' GROUP BY campaign ORDER BY triggers DESC, campaign FORMAT PrettyCompactMonoBlock"
 echo
-echo "Spike alerts (first 12 by onset; observed and z of the minute that fired):"
+echo "Spike alerts (first 12 by onset; observed and z of the minute that fired; early: sent before its minutes closed):"
 q "SELECT account_id AS account, if(content_id = '', '(account)', content_id) AS post,
          toDateTime(intDiv(started_at_ms, 1000)) AS onset,
          round((max(ifNull(ended_at_ms, 0)) - started_at_ms) / 60000) AS minutes,
-         minIf(observed, state = 'FIRING') AS observed, round(minIf(baseline_mean, state = 'FIRING'), 1) AS baseline,
-         round(minIf(z_score, state = 'FIRING'), 1) AS z, argMax(state, revision) AS latest
+         minIf(observed, revision = 1) AS observed, round(minIf(baseline_mean, revision = 1), 1) AS baseline,
+         round(minIf(z_score, revision = 1), 1) AS z, if(countIf(revision = 0) > 0, 'yes', '') AS early,
+         argMax(state, revision) AS latest
    FROM $db.alerts FINAL GROUP BY alert_id, account_id, content_id, started_at_ms
    ORDER BY onset, account, post LIMIT 12 FORMAT PrettyCompactMonoBlock"
 echo

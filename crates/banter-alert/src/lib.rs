@@ -237,10 +237,18 @@ impl Tracker {
         match a.state {
             AlertState::Firing => {
                 // A RESOLVED may have come first (another partition is not involved: the key
-                // is the account, so this is a re-read): keep the later state.
-                if self.alerts.contains_key(&a.alert_id) {
-                    return;
-                }
+                // is the account, so this is a re-read): keep the later state. An alert fired
+                // early (revision 0, from an open minute's count so far) is replaced by its
+                // confirmation (revision 1, the closed minute's numbers), due when it was.
+                let due = match self.alerts.get(&a.alert_id) {
+                    Some(t)
+                        if t.alert.state == AlertState::Firing && t.alert.revision < a.revision =>
+                    {
+                        t.due
+                    }
+                    Some(_) => return,
+                    None => now,
+                };
                 let severity = if a.z_score >= critical_z {
                     "critical"
                 } else {
@@ -251,7 +259,7 @@ impl Tracker {
                     Tracked {
                         alert: a,
                         severity,
-                        due: now,
+                        due,
                     },
                 );
             }
@@ -847,6 +855,43 @@ mod tests {
         t.take(alert(AlertState::Firing), 10.0, now);
         t.sent(&[due[0].0.clone()], later, None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_early_alert_is_replaced_by_its_confirmation_not_the_other_way() {
+        let cfg = AlertingConfig::default();
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let mut early = alert(AlertState::Firing);
+        early.revision = 0;
+        early.observed = 12;
+        early.z_score = 4.0;
+        t.take(early.clone(), 10.0, now);
+        let due = t.due(now, 0, &cfg);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].1.labels["severity"], "warning",
+            "z 4 of the count so far"
+        );
+        let later = now + Duration::from_secs(60);
+        t.sent(&[due[0].0.clone()], later, None);
+        // The closed minute's FIRING: its numbers, the same alert, due when the early one was.
+        let mut fin = alert(AlertState::Firing);
+        fin.observed = 40;
+        t.take(fin, 10.0, now);
+        assert!(
+            t.due(now, 0, &cfg).is_empty(),
+            "sent already; re-sent on schedule"
+        );
+        let due = t.due(later, 0, &cfg);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.labels["severity"], "critical");
+        assert!(due[0].1.annotations["description"].starts_with("40 interactions"));
+        // The early one read again (a re-read) does not replace it.
+        t.take(early, 10.0, now);
+        let due = t.due(later, 0, &cfg);
+        assert!(due[0].1.annotations["description"].starts_with("40 interactions"));
+        assert_eq!(t.firing(), 1);
     }
 
     #[test]

@@ -189,6 +189,9 @@ pub struct SpikeConfig {
     pub fire_hits: u32,
     /// See `fire_hits` (1 to 8).
     pub window_minutes: u32,
+    /// A hit this unusual against the key's own level (z at least this) fires on its own,
+    /// without waiting for `fire_hits`; 0 turns it off.
+    pub fire_alone_z: f64,
     /// Minutes in a row without a hit that resolve an alert.
     pub resolve_minutes: u32,
     /// After a resolve, minutes in which the same account or post cannot fire again.
@@ -213,6 +216,10 @@ pub struct SpikeConfig {
     pub max_firing_minutes: i64,
     /// An account or post quiet for this long is forgotten.
     pub forget_after_minutes: i64,
+    /// Fire a post's alert from the counts so far of minutes not closed yet, as soon as they
+    /// make it certain (revision 0; the closed minutes' FIRING confirms it). Runs with the
+    /// provisional rows (`stream.provisional_interval_ms` above 0).
+    pub early: bool,
 }
 
 impl Default for SpikeConfig {
@@ -226,6 +233,7 @@ impl Default for SpikeConfig {
             min_count: 10,
             fire_hits: 2,
             window_minutes: 3,
+            fire_alone_z: 6.0,
             resolve_minutes: 3,
             cooldown_minutes: 15,
             young_minutes: 15,
@@ -235,6 +243,7 @@ impl Default for SpikeConfig {
             young_log_spread: 1.0,
             max_firing_minutes: 60,
             forget_after_minutes: 24 * 60,
+            early: true,
         }
     }
 }
@@ -246,6 +255,12 @@ impl Validate for SpikeConfig {
         }
         if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
             p.push(invalid("spike.z_threshold", "must be a positive number"));
+        }
+        if !(self.fire_alone_z.is_finite() && self.fire_alone_z >= 0.0) {
+            p.push(invalid(
+                "spike.fire_alone_z",
+                "must be 0 (off) or a positive number",
+            ));
         }
         if !(1..=8).contains(&self.window_minutes) {
             p.push(invalid("spike.window_minutes", "must be between 1 and 8"));

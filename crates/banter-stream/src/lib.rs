@@ -40,6 +40,6 @@ pub use config::{ConversationConfig, CtaConfig, SpikeConfig, StreamConfig, Strea
 pub use kafka::{run, StreamError, StreamMetrics};
 pub use operator::{Operator, Time};
 pub use pipeline::{Fed, Outputs, Pipeline, PipelineConfig, PipelineStats, Saved};
-pub use spike::{Detector, MinuteCount};
+pub use spike::{Detector, EarlyStats, MinuteCount};
 pub use time::{DAY, HOUR, MINUTE};
 pub use window::{Checkpoint, Engine, Mark, Output, Stats, WindowConfig};

@@ -20,7 +20,7 @@ use crate::conversation::{ConversationConfig, Conversations};
 use crate::cta::Matcher;
 use crate::funnel::{FunnelConfig, Funnels};
 use crate::operator::Operator;
-use crate::spike::{Detector, MinuteCount, SpikeConfig};
+use crate::spike::{Detector, EarlyStats, MinuteCount, SpikeConfig};
 use crate::time::DAY;
 use crate::window::{Checkpoint, Engine, Output, WindowConfig};
 
@@ -350,9 +350,12 @@ impl Pipeline {
     }
 
     /// The provisional rows of the windows still open whose counts changed since the last
-    /// call ([`Engine::provisional`]), stamped `now` (ms), into `out.rollups`; not to the spike
-    /// detector, which counts final minutes only. Nothing while replaying (the rows of the
-    /// replayed input were emitted before). Returns how many.
+    /// call ([`Engine::provisional`]), stamped `now` (ms), into `out.rollups`, and the spike
+    /// alerts their posts' MINUTE counts so far already make certain
+    /// ([`Detector::fire_early`], revision 0), into `out.alerts`: those change the detector's
+    /// state (write it in the same transaction). The detector still judges final minutes only.
+    /// Nothing while replaying (the rows of the replayed input were emitted before). Returns
+    /// how many rows.
     pub fn provisional(&mut self, now: i64, out: &mut Outputs) -> usize {
         if self.replay_until.is_some() {
             return 0;
@@ -361,11 +364,22 @@ impl Pipeline {
         let n = self.windows.provisional(now, &mut scratch);
         for o in scratch.drain(..) {
             if let Output::Rollup(r) = o {
+                if let Some(c) = r.content_id.as_deref() {
+                    if let Some(count) = MinuteCount::of(&r, self.windows.published_at(c)) {
+                        self.spikes.observe_open(&count);
+                    }
+                }
                 out.rollups.push(r);
             }
         }
         self.scratch = scratch;
+        self.spikes.fire_early(now, &mut out.alerts);
         n
+    }
+
+    /// Spike alerts fired early and withdrawn since the pipeline was made.
+    pub fn early_alerts(&self) -> EarlyStats {
+        self.spikes.early_stats()
     }
 
     /// Hands the engine's outputs on: rollups out (MINUTE counts to the detector too), too-late

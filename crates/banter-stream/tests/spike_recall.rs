@@ -2,6 +2,10 @@
 //! over a long seeded workload (hours of event time, delivered with the generator's faults),
 //! and every alert is matched against the spikes the generator injected.
 //!
+//! The run is made twice: without and with early firing (the pipeline's provisional rows shown
+//! every second of event time, as `banter stream` shows them every second of wall time). Both
+//! must emit the same final alerts; the early ones must all be confirmed.
+//!
 //! Figures (precision, recall, time to fire) are printed; run with `--nocapture` to see them.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -13,17 +17,41 @@ use banter_stream::cta::Matcher;
 use banter_stream::{Outputs, Pipeline, PipelineConfig, HOUR, MINUTE};
 use banter_workload::{Spike, Workload, WorkloadConfig};
 
-/// Runs the pipeline over the workload; returns the alerts.
-fn detect(w: &Workload) -> Vec<SpikeAlert> {
-    let mut pipeline = Pipeline::new(&PipelineConfig::default(), Matcher::default());
+/// The out-of-orderness: a minute closes (and its alerts fire) once the highest event time
+/// seen is this far past its end.
+const OUT_OF_ORDERNESS: i64 = MINUTE;
+
+/// Runs the pipeline over the workload; returns the alerts, and how many fired early were
+/// withdrawn. With `early`, the open windows are shown every second of event time (the highest
+/// seen: the pipeline's clock here), each showing stamped with it.
+fn detect(w: &Workload, early: bool) -> (Vec<SpikeAlert>, u64) {
+    let cfg = PipelineConfig::default();
+    assert_eq!(cfg.window.out_of_orderness_ms, OUT_OF_ORDERNESS);
+    let mut pipeline = Pipeline::new(&cfg, Matcher::default());
     // Every output of the whole history, then of event time moving on past its end.
     let mut out = Outputs::default();
+    let mut shown = i64::MIN;
     for i in 0..w.len() {
         pipeline.process(&w.event(i), i as i64, &mut out);
+        let now = pipeline.max_event_time().unwrap();
+        if early && now >= shown + 1000 {
+            pipeline.provisional(now, &mut out);
+            shown = now;
+        }
     }
     let end = pipeline.max_event_time().unwrap() + 3 * HOUR;
     pipeline.idle_advance(end, &mut out);
-    out.alerts
+    (out.alerts, pipeline.early_alerts().withdrawn)
+}
+
+/// When an alert reached the alerts topic, by the clock of the highest event time seen: an
+/// early one when it was shown, a closed minute's when the minute closed.
+fn fired_at(a: &SpikeAlert) -> i64 {
+    if a.revision == 0 {
+        a.emitted_at
+    } else {
+        a.window_end + OUT_OF_ORDERNESS
+    }
 }
 
 struct Score {
@@ -37,12 +65,23 @@ struct Score {
     account_alerts: usize,
     account_true: usize,
     latencies: Vec<i64>,
+    /// From the spike's start to the first alert of it on the topic (early or not), by the
+    /// clock of the highest event time seen.
+    to_topic: Vec<i64>,
+    /// Spikes whose alert fired early.
+    early: usize,
 }
 
 fn score(spikes: &[Spike], alerts: &[SpikeAlert]) -> Score {
+    // The closed minutes' FIRING alerts; the early ones only for when the alert went out.
     let firing: Vec<&SpikeAlert> = alerts
         .iter()
-        .filter(|a| a.state == AlertState::Firing)
+        .filter(|a| a.state == AlertState::Firing && a.revision > 0)
+        .collect();
+    let early: BTreeMap<&str, &SpikeAlert> = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Firing && a.revision == 0)
+        .map(|a| (a.alert_id.as_str(), a))
         .collect();
     let resolved: BTreeMap<&str, &SpikeAlert> = alerts
         .iter()
@@ -65,6 +104,8 @@ fn score(spikes: &[Spike], alerts: &[SpikeAlert]) -> Score {
         account_alerts: 0,
         account_true: 0,
         latencies: Vec::new(),
+        to_topic: Vec::new(),
+        early: 0,
     };
     for s in spikes {
         let mine: Vec<&&SpikeAlert> = firing
@@ -75,6 +116,14 @@ fn score(spikes: &[Spike], alerts: &[SpikeAlert]) -> Score {
             sc.detected += 1;
             let latency = first.window_end - s.start_ms;
             sc.latencies.push(latency);
+            let sent = match early.get(first.alert_id.as_str()) {
+                Some(e) => {
+                    sc.early += 1;
+                    fired_at(e)
+                }
+                None => fired_at(first),
+            };
+            sc.to_topic.push(sent - s.start_ms);
             if latency <= 3 * MINUTE {
                 sc.within_3 += 1;
             } else {
@@ -138,10 +187,60 @@ fn injected_spikes_fire_once_and_resolve() {
         spike_share: 0.3,
         ..WorkloadConfig::default()
     });
-    let alerts = detect(&w);
-    let sc = score(&w.expected.spikes, &alerts);
+    let (closed_only, withdrawn) = detect(&w, false);
+    assert_eq!(withdrawn, 0);
+    let (alerts, withdrawn) = detect(&w, true);
+    let final_alerts: Vec<SpikeAlert> = alerts.iter().filter(|a| a.revision > 0).cloned().collect();
+    // Within one minute the order of accounts is a hash map's: compared in a fixed order.
+    let sorted = |v: &[SpikeAlert]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| {
+            (a.window_start, &a.alert_id, a.revision).cmp(&(
+                b.window_start,
+                &b.alert_id,
+                b.revision,
+            ))
+        });
+        v
+    };
+    let (final_alerts, closed_only) = (sorted(&final_alerts), sorted(&closed_only));
+    if let Some(i) = (0..final_alerts.len().max(closed_only.len()))
+        .find(|&i| final_alerts.get(i) != closed_only.get(i))
+    {
+        panic!(
+            "early firing changed the closed minutes' alerts: {} and {} alerts; the first difference, at {i}: {:#?} against {:#?}",
+            final_alerts.len(),
+            closed_only.len(),
+            final_alerts.get(i),
+            closed_only.get(i)
+        );
+    }
+    let early: Vec<&SpikeAlert> = alerts.iter().filter(|a| a.revision == 0).collect();
+    assert_eq!(withdrawn, 0, "early alerts withdrawn");
+    for e in &early {
+        let confirmed = final_alerts
+            .iter()
+            .find(|a| a.alert_id == e.alert_id && a.state == AlertState::Firing)
+            .unwrap_or_else(|| panic!("early alert not confirmed: {e:?}"));
+        assert_eq!(
+            (e.window_start, e.started_at, e.content_id.as_ref()),
+            (
+                confirmed.window_start,
+                confirmed.started_at,
+                confirmed.content_id.as_ref()
+            ),
+            "fired early in its minute with its onset"
+        );
+        assert!(e.observed <= confirmed.observed && e.z_score <= confirmed.z_score);
+        assert!(
+            e.emitted_at < fired_at(confirmed),
+            "early: before its minute closed"
+        );
+    }
+    let sc = score(&w.expected.spikes, &closed_only);
+    let sc_early = score(&w.expected.spikes, &alerts);
     if std::env::var("BANTER_SPIKE_AGES").is_ok() {
-        for a in alerts.iter().filter(|a| a.state == AlertState::Firing) {
+        for a in closed_only.iter().filter(|a| a.state == AlertState::Firing) {
             if let Some(p) = w
                 .posts
                 .iter()
@@ -163,14 +262,15 @@ fn injected_spikes_fire_once_and_resolve() {
             }
         }
     }
-    let mut lat = sc.latencies.clone();
-    lat.sort_unstable();
-    let pct = |q: f64| {
+    let pct_of = |v: &[i64], q: f64| {
+        let mut lat = v.to_vec();
+        lat.sort_unstable();
         lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
             .copied()
             .unwrap_or(0) as f64
             / 60_000.0
     };
+    let pct = |q: f64| pct_of(&sc.latencies, q);
     let precision = sc.post_true as f64 / sc.post_alerts.max(1) as f64;
     let recall = sc.detected as f64 / sc.spikes.max(1) as f64;
     println!(
@@ -178,6 +278,13 @@ fn injected_spikes_fire_once_and_resolve() {
         w.len(), sc.spikes, sc.detected, recall, sc.once, sc.within_3, sc.resolved_after,
         sc.post_alerts, sc.post_true, precision, sc.account_alerts, sc.account_true,
         pct(0.5), pct(0.9), pct(1.0)
+    );
+    let secs = |v: &[i64], q: f64| pct_of(v, q) * 60.0;
+    println!(
+        "on the alerts topic after the spike's start (highest event time seen): closed minutes only p50 {:.0} s p90 {:.0} s; with early firing p50 {:.0} s p90 {:.0} s max {:.0} s ({} of {} spikes fired early, {} early alerts in all, none withdrawn)",
+        secs(&sc.to_topic, 0.5), secs(&sc.to_topic, 0.9),
+        secs(&sc_early.to_topic, 0.5), secs(&sc_early.to_topic, 0.9), secs(&sc_early.to_topic, 1.0),
+        sc_early.early, sc_early.detected, early.len()
     );
     assert!(
         sc.spikes >= 50,
@@ -198,7 +305,7 @@ fn injected_spikes_fire_once_and_resolve() {
     let young_detected = young
         .iter()
         .filter(|s| {
-            alerts.iter().any(|a| {
+            closed_only.iter().any(|a| {
                 a.state == AlertState::Firing
                     && a.content_id.as_deref() == Some(s.content_id.as_str())
                     && a.started_at >= s.start_ms - 2 * MINUTE
@@ -235,11 +342,11 @@ fn injected_spikes_fire_once_and_resolve() {
         sc.detected
     );
     // Every FIRING has its RESOLVED (the run ends hours after the last event).
-    let firing = alerts
+    let firing = closed_only
         .iter()
         .filter(|a| a.state == AlertState::Firing)
         .count();
-    let resolved = alerts
+    let resolved = closed_only
         .iter()
         .filter(|a| a.state == AlertState::Resolved)
         .count();

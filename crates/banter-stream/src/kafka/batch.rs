@@ -325,8 +325,9 @@ impl Batcher<'_> {
     }
 
     /// Every `stream.provisional_interval_ms`, each partition's open windows changed since
-    /// the last time, as provisional rows in this batch's transaction (they change no state:
-    /// nothing else of the partition is written for them).
+    /// the last time, as provisional rows in this batch's transaction (they change no state),
+    /// and the spike alerts their counts so far make certain (those change the detector's: the
+    /// partition's changes are written in the same transaction).
     fn provisional(
         &self,
         parts: &mut Partitions,
@@ -353,6 +354,11 @@ impl Batcher<'_> {
             }
             if n > 0 {
                 self.metrics.provisional_rows.inc_by(n as u64);
+            }
+            if !out.alerts.is_empty() {
+                part.changed = true;
+            }
+            if !out.is_empty() {
                 tx.outputs(&out)?;
                 out.clear();
             }

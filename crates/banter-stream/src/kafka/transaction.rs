@@ -175,9 +175,13 @@ impl<'a> Transaction<'a> {
             let value = SpikeAlert::codec()
                 .encode(a)
                 .map_err(|e| encode("spike alert", &e))?;
-            tracing::info!(alert = %a.alert_id, state = a.state.as_str(), observed = a.observed, z = a.z_score, "spike alert");
-            self.metrics
-                .outcome(&self.metrics.alerts, "state", a.state.as_str());
+            // Revision 0: fired early, from an open minute's count so far.
+            let state = match (a.state, a.revision) {
+                (banter_model::AlertState::Firing, 0) => "FIRING_EARLY",
+                (s, _) => s.as_str(),
+            };
+            tracing::info!(alert = %a.alert_id, state, observed = a.observed, z = a.z_score, "spike alert");
+            self.metrics.outcome(&self.metrics.alerts, "state", state);
             let value = topics.framed(&topics.alerts, "spike alert", &value)?;
             self.send(&topics.alerts, None, a.account_id.as_bytes(), Some(&value))?;
         }

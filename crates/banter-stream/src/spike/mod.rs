@@ -19,6 +19,16 @@
 //!   history); the stronger evidence counts. The account's own series leaves out the posts in
 //!   that period. After it, the post's own EWMA — fed from its first minute, its unusual
 //!   minutes left out — follows its decay.
+//! * **Early firing.** A post's alert also fires from the counts so far of the minutes not
+//!   closed yet (the window engine's provisional MINUTE rows), when they already make the
+//!   final judgment certain: counts only grow, z grows with the count, and a minute that is
+//!   unusual against the post's own level leaves that level as it is. So from the first open
+//!   minute on, while every open minute is already a hit against the post's own level, the
+//!   closed minutes will fire the same alert (same id, same onset) in the same minute. It is
+//!   sent at once with revision 0; the closed minute's FIRING (revision 1) confirms it. One that
+//!   is not confirmed (a publication time learned later) is withdrawn: RESOLVED with its end at
+//!   its onset. Accounts fire at close only: their count leaves out their young posts, whose
+//!   counts so far bound nothing.
 //! * **Determinism.** Minutes are judged when the engine closes them (first emission; late
 //!   corrections do not re-judge), keys in a fixed order, so a replay judges the same. The state
 //!   is a changelog written in the transaction of the outputs it belongs to; minutes before
@@ -114,6 +124,47 @@ impl SpikeKey {
             SpikeKey::Account(_) => None,
         }
     }
+
+    /// The alert `id` of this key in `state`, decided by minute `m` with count `x` and
+    /// `(z, mean, σ)`; revision 1 for FIRING, 2 for RESOLVED, emitted at the minute's end.
+    #[allow(clippy::too_many_arguments)] // an alert's fields
+    fn alert(
+        &self,
+        state: AlertState,
+        id: &str,
+        m: i64,
+        x: i64,
+        (z, mean, sigma): (f64, f64, f64),
+        started: i64,
+        ended: Option<i64>,
+    ) -> SpikeAlert {
+        SpikeAlert {
+            alert_id: id.to_owned(),
+            state,
+            account_id: self.account().to_owned(),
+            content_id: self.content().map(str::to_owned),
+            window_start: m,
+            window_end: m + MINUTE,
+            observed: x,
+            baseline_mean: mean,
+            baseline_stddev: sigma,
+            z_score: z,
+            started_at: started,
+            ended_at: ended,
+            revision: if state == AlertState::Firing { 1 } else { 2 },
+            emitted_at: m + MINUTE,
+        }
+    }
+
+    /// The id of this key's alert with onset `started`.
+    fn alert_id(&self, started: i64) -> String {
+        format!(
+            "{}/{}/{}",
+            self.account(),
+            self.content().unwrap_or("-"),
+            started
+        )
+    }
 }
 
 impl StateKey for SpikeKey {
@@ -176,6 +227,18 @@ struct KeyState {
     /// left out.
     #[serde(default)]
     launch: Ewma,
+    /// An alert fired early and not confirmed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    early: Option<Early>,
+}
+
+/// An alert fired from the counts so far of minutes not closed yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Early {
+    alert_id: String,
+    started_at: i64,
+    /// The minute it fired in.
+    minute: i64,
 }
 
 impl KeyState {
@@ -195,6 +258,7 @@ impl KeyState {
             quiet_until: None,
             joined: false,
             launch: Ewma::default(),
+            early: None,
         }
     }
 
@@ -202,6 +266,52 @@ impl KeyState {
     fn is_hot(&self) -> bool {
         self.firing.is_some() || self.hits != 0
     }
+}
+
+/// z of count `x` against a mature key's own trend, in counts, with the Poisson floor: (z, mean,
+/// σ).
+fn counts_z(r: &Ewma, x: f64) -> (f64, f64, f64) {
+    let sigma = r.sigma();
+    let scale = sigma.max(r.mean.max(0.0).sqrt()).max(1.0);
+    ((x - r.mean) / scale, r.mean, sigma)
+}
+
+/// z of count `x` against a young post's own launch level. A level from a few minutes is itself
+/// uncertain: x − μ̂ varies by μ (Poisson) plus μ / n (the estimate's own error; n at most the
+/// EWMA's effective sample size).
+fn launch_z(r: &Ewma, x: f64, lambda: f64) -> (f64, f64, f64) {
+    let n_eff = f64::from(r.n).min((2.0 - lambda) / lambda).max(1.0);
+    let mean = r.mean.max(0.0);
+    let scale = r.sigma().max((mean * (1.0 + 1.0 / n_eff)).sqrt()).max(1.0);
+    ((x - r.mean) / scale, r.mean, r.sigma())
+}
+
+/// Minutes of age of a post published at `p` in minute `m` (the minute of publication is 0).
+fn age_at(published: Option<i64>, m: i64) -> Option<i64> {
+    published.map(|p| ((m - (p - p.rem_euclid(MINUTE))) / MINUTE).max(0))
+}
+
+/// z of count `x` against the key's own level: a young post's launch level (from
+/// `young_own_minutes` of it), a mature key's trend `baseline` (from `min_history_minutes`).
+fn own_z(
+    cfg: &SpikeConfig,
+    launch: &Ewma,
+    baseline: &Ewma,
+    young: bool,
+    x: f64,
+) -> Option<(f64, f64, f64)> {
+    if young {
+        (launch.n >= cfg.young_own_minutes).then(|| launch_z(launch, x, cfg.lambda))
+    } else if baseline.n >= cfg.min_history_minutes {
+        Some(counts_z(baseline, x))
+    } else {
+        None
+    }
+}
+
+/// A hit whose z against the key's own level reaches `fire_alone_z`: it fires on its own.
+fn fires_alone(cfg: &SpikeConfig, own: Option<(f64, f64, f64)>) -> bool {
+    cfg.fire_alone_z > 0.0 && own.is_some_and(|o| o.0 >= cfg.fire_alone_z)
 }
 
 /// What judging a key's minute found out about it.
@@ -296,6 +406,45 @@ pub struct Detector {
     hot: Set<SpikeKey>,
     /// Within one minute: the baselines of the account's posts that leave their young period.
     joining: Map<(String, i64), Ewma>,
+    /// Posts' counts so far in the minutes not judged yet, by minute (early firing). Not
+    /// state: after a restore the engine shows every open minute again.
+    open: BTreeMap<i64, Map<SpikeKey, Open>>,
+    /// Posts whose counts so far changed since the last early judgment.
+    touched: Set<SpikeKey>,
+    /// Posts with an early alert not confirmed yet.
+    early: Set<SpikeKey>,
+    /// Alerts fired early, and withdrawn, since this detector was made.
+    early_stats: EarlyStats,
+}
+
+/// What judging a key's open minutes would change, simulated for early firing.
+#[derive(Debug, Clone)]
+struct Sim {
+    baseline: Ewma,
+    launch: Ewma,
+    hits: u8,
+    hit_minutes: Vec<i64>,
+}
+
+/// The hits of the last `window_minutes`.
+fn window_mask(cfg: &SpikeConfig) -> u8 {
+    ((1u16 << cfg.window_minutes.min(8)) - 1) as u8
+}
+
+/// A post's count so far in a minute not judged yet.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    x: i64,
+    published: Option<i64>,
+}
+
+/// Early firing since the detector was made (not state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EarlyStats {
+    /// Alerts fired early.
+    pub fired: u64,
+    /// Of them, not confirmed by the closed minutes and withdrawn.
+    pub withdrawn: u64,
 }
 
 impl Detector {
@@ -309,6 +458,196 @@ impl Detector {
             pending: BTreeMap::new(),
             hot: Set::default(),
             joining: Map::default(),
+            open: BTreeMap::new(),
+            touched: Set::default(),
+            early: Set::default(),
+            early_stats: EarlyStats::default(),
+        }
+    }
+
+    /// Alerts fired early and withdrawn since this detector was made.
+    pub fn early_stats(&self) -> EarlyStats {
+        self.early_stats
+    }
+
+    /// Takes the count so far of a post's minute not closed yet (the engine's provisional
+    /// MINUTE row) for [`Detector::fire_early`]. Accounts' counts are not taken: theirs leave
+    /// out their young posts, whose counts so far bound nothing.
+    pub fn observe_open(&mut self, c: &MinuteCount) {
+        let Some(content) = &c.content_id else {
+            return;
+        };
+        if !(self.cfg.enabled && self.cfg.posts && self.cfg.early)
+            || self.done_below().is_none_or(|d| c.minute < d)
+        {
+            return;
+        }
+        let key = SpikeKey::Post {
+            account: c.account_id.to_string(),
+            content: content.to_string(),
+        };
+        let o = self
+            .open
+            .entry(c.minute)
+            .or_default()
+            .entry(key.clone())
+            .or_insert(Open {
+                x: 0,
+                published: None,
+            });
+        o.x = o.x.max(c.interactions);
+        o.published = c.published_at.or(o.published);
+        self.touched.insert(key);
+    }
+
+    /// Fires, stamped `now`, the alerts that the counts so far of the posts changed since the
+    /// last call already make certain (see the module's "Early firing"): FIRING with revision
+    /// 0, the rest as the closed minute's FIRING will have it, but for the count and z so far.
+    /// Returns how many.
+    pub fn fire_early(&mut self, now: i64, out: &mut Vec<SpikeAlert>) -> usize {
+        let mut keys: Vec<SpikeKey> = self.touched.drain().collect();
+        let Some(done) = self.done_below() else {
+            return 0;
+        };
+        keys.sort_unstable();
+        let mut n = 0;
+        for key in keys {
+            let Some((mut a, started)) = self.certain(&key, done) else {
+                continue;
+            };
+            a.revision = 0;
+            a.emitted_at = now;
+            if let Some(st) = self.keys.get_mut(&key) {
+                st.early = Some(Early {
+                    alert_id: a.alert_id.clone(),
+                    started_at: started,
+                    minute: a.window_start,
+                });
+            }
+            self.early.insert(key);
+            out.push(a);
+            n += 1;
+        }
+        self.early_stats.fired += n as u64;
+        n
+    }
+
+    /// The FIRING alert of `key` that judging the minutes from `done` on will emit whatever
+    /// else arrives for them, and its onset; None if that is not certain yet.
+    ///
+    /// From some open minute on, every minute up to the firing one must already be a hit
+    /// against the key's own level: more input only raises a minute's z, and a minute unusual
+    /// against the own level leaves that level as it was, so each stays a hit and the alert
+    /// fires in the same minute with the same onset. The minutes before that one are the
+    /// first open minute alone: its end is past (the watermark trails by the out-of-orderness),
+    /// so it only takes late deliveries. Its final count is at least the count so far; as long
+    /// as it stays no hit it either leaves the own level as it was (unusual, below
+    /// `min_count`) or is folded into it with a count below the level's hit threshold: the
+    /// alert must fire the same for every such count. That it becomes a hit itself (an earlier
+    /// onset) is not excluded: the alert is then withdrawn ([`Detector::settle_early`]).
+    fn certain(&self, key: &SpikeKey, done: i64) -> Option<(SpikeAlert, i64)> {
+        let cfg = self.cfg;
+        let st = self.keys.get(key)?;
+        if st.firing.is_some() || st.early.is_some() {
+            return None;
+        }
+        let mut sim = Sim {
+            baseline: st.baseline,
+            launch: st.launch,
+            hits: st.hits,
+            hit_minutes: st.hit_minutes.clone(),
+        };
+        if let Some(last) = st.last_minute.filter(|&l| done > l + MINUTE) {
+            // The closed minutes since the last judged one had no row: 0 each.
+            let gap = (done - last) / MINUTE - 1;
+            for _ in 0..gap.min(200) {
+                sim.baseline.update(0.0, cfg.lambda);
+            }
+            sim.hits = sim.hits.checked_shl(gap.min(8) as u32).unwrap_or(0);
+        }
+        if let Some(fired) = self.fire_from(key, st, sim.clone(), done) {
+            return Some(fired);
+        }
+        // The first open minute as no hit, for every final count it can have as one.
+        let first = self.open.get(&done).and_then(|o| o.get(key));
+        let x_now = first.map_or(0, |o| o.x);
+        let published = st.published.or(first.and_then(|o| o.published));
+        let age = age_at(published, done);
+        let young = age.is_some_and(|a| a < cfg.young_minutes);
+        let unusual = |x: i64| {
+            own_z(&cfg, &sim.launch, &sim.baseline, young, x as f64).map(|o| o.0 >= cfg.z_threshold)
+        };
+        // Folded in: the counts from now up to the first unusual one (the own level must
+        // exist: without it every count is folded in, and none is bounded).
+        let mut upper = x_now;
+        while !unusual(upper)? {
+            upper += 1;
+            if upper - x_now > 10_000 {
+                return None;
+            }
+        }
+        let mut candidates: Vec<Option<i64>> = (x_now..upper).map(Some).collect();
+        if upper < cfg.min_count {
+            // Unusual below min_count: the level stays.
+            candidates.push(None);
+        }
+        let mut fired: Option<(SpikeAlert, i64)> = None;
+        for folded in candidates {
+            let mut next = sim.clone();
+            next.hits = (next.hits << 1) & window_mask(&cfg);
+            if let Some(x) = folded {
+                next.baseline.update(x as f64, cfg.lambda);
+                if young && age.is_some_and(|a| a >= 1) {
+                    next.launch.update(x as f64, cfg.lambda);
+                }
+            }
+            let oldest = done + MINUTE - (i64::from(cfg.window_minutes) - 1) * MINUTE;
+            next.hit_minutes.retain(|&h| h >= oldest);
+            let this = self.fire_from(key, st, next, done + MINUTE)?;
+            match &fired {
+                None => fired = Some(this),
+                Some((a, _))
+                    if a.alert_id == this.0.alert_id && a.window_start == this.0.window_start => {}
+                Some(_) => return None,
+            }
+        }
+        // Reported with the count so far.
+        fired
+    }
+
+    /// Judging the open minutes from `from` on with their counts so far, from state `sim`:
+    /// the alert fired and its onset if every minute up to the firing one is a hit against
+    /// the key's own level.
+    fn fire_from(
+        &self,
+        key: &SpikeKey,
+        st: &KeyState,
+        mut sim: Sim,
+        from: i64,
+    ) -> Option<(SpikeAlert, i64)> {
+        let cfg = self.cfg;
+        let mut m = from;
+        loop {
+            let o = self.open.get(&m)?.get(key)?;
+            let published = st.published.or(o.published);
+            let young = age_at(published, m).is_some_and(|a| a < cfg.young_minutes);
+            let own = own_z(&cfg, &sim.launch, &sim.baseline, young, o.x as f64)?;
+            if !(own.0 >= cfg.z_threshold && o.x >= cfg.min_count) {
+                return None;
+            }
+            sim.hits = ((sim.hits << 1) | 1) & window_mask(&cfg);
+            sim.hit_minutes.push(m);
+            let oldest = m - (i64::from(cfg.window_minutes) - 1) * MINUTE;
+            sim.hit_minutes.retain(|&h| h >= oldest);
+            if (fires_alone(&cfg, Some(own)) || sim.hits.count_ones() >= cfg.fire_hits)
+                && st.quiet_until.is_none_or(|q| m >= q)
+            {
+                let started = sim.hit_minutes.first().copied().unwrap_or(m);
+                let id = key.alert_id(started);
+                let a = key.alert(AlertState::Firing, &id, m, o.x, own, started, None);
+                return Some((a, started));
+            }
+            m += MINUTE;
         }
     }
 
@@ -379,7 +718,50 @@ impl Detector {
             self.judge_minute(m, rows, out);
             done = Some(m + MINUTE);
         }
-        self.meta.get_mut().done_below = Some(done.map_or(closed_below, |d| d.max(closed_below)));
+        let done_below = done.map_or(closed_below, |d| d.max(closed_below));
+        self.meta.get_mut().done_below = Some(done_below);
+        self.open = self.open.split_off(&done_below);
+        if !self.early.is_empty() {
+            self.settle_early(done_below, out);
+        }
+    }
+
+    /// Early alerts the closed minutes did not confirm, once their onset is out of every
+    /// window that could still fire them: withdrawn, RESOLVED with their end at their onset.
+    fn settle_early(&mut self, done_below: i64, out: &mut Vec<SpikeAlert>) {
+        let reach = i64::from(self.cfg.window_minutes) * MINUTE;
+        let mut settled: Vec<SpikeKey> = Vec::new();
+        for key in &self.early {
+            match self.keys.get(key).and_then(|st| st.early.as_ref()) {
+                None => settled.push(key.clone()),
+                Some(e) if done_below > e.minute.max(e.started_at + reach) => {
+                    settled.push(key.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        settled.sort_unstable();
+        for key in settled {
+            self.early.remove(&key);
+            let Some(st) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            let Some(e) = st.early.take() else {
+                continue;
+            };
+            let mut a = key.alert(
+                AlertState::Resolved,
+                &e.alert_id,
+                e.minute,
+                0,
+                (0.0, 0.0, 0.0),
+                e.started_at,
+                Some(e.started_at),
+            );
+            a.emitted_at = done_below;
+            out.push(a);
+            self.early_stats.withdrawn += 1;
+        }
     }
 
     fn judge_minute(&mut self, m: i64, rows: Map<String, AccountRows>, out: &mut Vec<SpikeAlert>) {
@@ -468,10 +850,7 @@ impl Detector {
             st.hits = st.hits.checked_shl(gap.min(8) as u32).unwrap_or(0);
         }
         st.last_minute = Some(m);
-        // Minutes of age: the minute of publication is age 0.
-        let age = st
-            .published
-            .map(|p| ((m - (p - p.rem_euclid(MINUTE))) / MINUTE).max(0));
+        let age = age_at(st.published, m);
         let is_post = key.content().is_some();
         let young = is_post && age.is_some_and(|a| a < cfg.young_minutes);
         // A post leaving its young period brings its level into the account's series.
@@ -494,26 +873,7 @@ impl Detector {
         // launch far above the account's usual launches), and from their fourth minute against
         // their own level since their first full minute, in counts (a launch that takes off
         // after its start: what a small account's few posts cannot show).
-        let counts_z = |r: &Ewma| {
-            let sigma = r.sigma();
-            let scale = sigma.max(r.mean.max(0.0).sqrt()).max(1.0);
-            ((xf - r.mean) / scale, r.mean, sigma)
-        };
-        // A launch level from a few minutes is itself uncertain: x − μ̂ varies by μ (Poisson)
-        // plus μ / n (the estimate's own error; n at most the EWMA's effective sample size).
-        let launch_z = |r: &Ewma| {
-            let n_eff = f64::from(r.n).min((2.0 - cfg.lambda) / cfg.lambda).max(1.0);
-            let mean = r.mean.max(0.0);
-            let scale = r.sigma().max((mean * (1.0 + 1.0 / n_eff)).sqrt()).max(1.0);
-            ((xf - r.mean) / scale, r.mean, r.sigma())
-        };
-        let own = if young {
-            (st.launch.n >= cfg.young_own_minutes).then(|| launch_z(&st.launch))
-        } else if st.baseline.n >= cfg.min_history_minutes {
-            Some(counts_z(&st.baseline))
-        } else {
-            None
-        };
+        let own = own_z(&cfg, &st.launch, &st.baseline, young, xf);
         let profile = if young {
             let a = age.unwrap_or(0) as usize;
             self.profiles
@@ -539,29 +899,16 @@ impl Detector {
         // baseline, and what keeps a firing alert up.
         let unusual_own = own.is_some_and(|o| o.0 >= cfg.z_threshold);
         let unusual = judged.is_some() && z >= cfg.z_threshold;
-        let window_mask = ((1u16 << cfg.window_minutes.min(8)) - 1) as u8;
-        st.hits = ((st.hits << 1) | u8::from(hit)) & window_mask;
+        st.hits = ((st.hits << 1) | u8::from(hit)) & window_mask(&cfg);
         if hit {
             st.hit_minutes.push(m);
         }
         let oldest = m - (i64::from(cfg.window_minutes) - 1) * MINUTE;
         st.hit_minutes.retain(|&h| h >= oldest);
-        let alert = |state: AlertState, id: &str, started: i64, ended: Option<i64>| SpikeAlert {
-            alert_id: id.to_owned(),
-            state,
-            account_id: key.account().to_owned(),
-            content_id: key.content().map(str::to_owned),
-            window_start: m,
-            window_end: m + MINUTE,
-            observed: x,
-            baseline_mean: mean,
-            baseline_stddev: sigma,
-            z_score: z,
-            started_at: started,
-            ended_at: ended,
-            revision: if state == AlertState::Firing { 1 } else { 2 },
-            emitted_at: m + MINUTE,
+        let alert = |state: AlertState, id: &str, started: i64, ended: Option<i64>| {
+            key.alert(state, id, m, x, (z, mean, sigma), started, ended)
         };
+        let alone = hit && fires_alone(&cfg, own);
         let mut absorb = !unusual_own;
         match &mut st.firing {
             Some(f) => {
@@ -590,14 +937,15 @@ impl Detector {
                 }
             }
             None => {
-                if st.hits.count_ones() >= cfg.fire_hits && st.quiet_until.is_none_or(|q| m >= q) {
+                if (alone || st.hits.count_ones() >= cfg.fire_hits)
+                    && st.quiet_until.is_none_or(|q| m >= q)
+                {
                     let started = st.hit_minutes.first().copied().unwrap_or(m);
-                    let id = format!(
-                        "{}/{}/{}",
-                        key.account(),
-                        key.content().unwrap_or("-"),
-                        started
-                    );
+                    let id = key.alert_id(started);
+                    if st.early.as_ref().is_some_and(|e| e.alert_id == id) {
+                        // The alert fired early: confirmed.
+                        st.early = None;
+                    }
                     out.push(alert(AlertState::Firing, &id, started, None));
                     st.firing = Some(Firing {
                         alert_id: id,
@@ -688,6 +1036,12 @@ impl Operator for Detector {
     }
 
     fn restored(&mut self) {
+        self.early = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.early.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
         self.hot = self
             .keys
             .iter()

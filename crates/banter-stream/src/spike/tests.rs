@@ -50,11 +50,224 @@ fn steady(n: usize) -> Vec<i64> {
     (0..n).map(|i| [2, 3, 4, 3, 2, 4][i % 6]).collect()
 }
 
+/// Posts only, by the 2-of-3 rule alone (`fire_alone_z` has tests of its own).
 fn cfg() -> SpikeConfig {
+    SpikeConfig {
+        accounts: false,
+        fire_alone_z: 0.0,
+        ..SpikeConfig::default()
+    }
+}
+
+/// Posts only, with the defaults (a hit at z ≥ 6 fires alone).
+fn cfg_alone() -> SpikeConfig {
     SpikeConfig {
         accounts: false,
         ..SpikeConfig::default()
     }
+}
+
+/// The count so far of post p's open minute `minute`.
+fn open(det: &mut Detector, minute: i64, x: i64) {
+    det.observe_open(&count(row("a", Some("p"), minute, x), None));
+}
+
+/// The steady series of 40 minutes, closed: baseline mean 3, scale max(σ, √3) = √3 (σ < 1),
+/// so a count of 12 is z ≈ 5.2 (a hit, not alone) and 15 is z ≈ 6.9 (alone).
+fn closed_steady(c: SpikeConfig) -> Detector {
+    let mut det = Detector::new(c);
+    assert!(run(&mut det, &steady(40)).is_empty());
+    assert_eq!(det.done_below(), Some(T0 + 40 * MINUTE));
+    det
+}
+
+#[test]
+fn a_hit_far_above_the_own_level_fires_alone_on_its_minute() {
+    let mut xs = steady(40);
+    xs.extend([30, 3, 3, 3, 3]);
+    xs.extend(steady(20));
+    let alerts = run(&mut Detector::new(cfg_alone()), &xs);
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[0].state, AlertState::Firing);
+    assert_eq!(
+        alerts[0].window_start,
+        T0 + 40 * MINUTE,
+        "no second hit needed"
+    );
+    assert_eq!(alerts[0].started_at, T0 + 40 * MINUTE);
+    assert_eq!(alerts[1].ended_at, Some(T0 + 41 * MINUTE));
+    // z 5.2 is a hit, not enough alone: one such minute does not fire.
+    let mut xs = steady(40);
+    xs.extend([12, 3, 3, 3, 3]);
+    assert!(run(&mut Detector::new(cfg_alone()), &xs).is_empty());
+}
+
+#[test]
+fn an_open_minute_certain_to_fire_fires_early_and_its_close_confirms_it() {
+    let mut det = closed_steady(cfg_alone());
+    let mut out = Vec::new();
+    open(&mut det, 40, 12);
+    assert_eq!(
+        det.fire_early(T0 + 40 * MINUTE + 20_000, &mut out),
+        0,
+        "z 5.2"
+    );
+    open(&mut det, 40, 15);
+    assert_eq!(det.fire_early(T0 + 40 * MINUTE + 30_000, &mut out), 1);
+    let e = out[0].clone();
+    assert_eq!(e.state, AlertState::Firing);
+    assert_eq!(e.revision, 0, "fired early");
+    assert_eq!(e.alert_id, format!("a/p/{}", T0 + 40 * MINUTE));
+    assert_eq!(
+        (e.window_start, e.started_at),
+        (T0 + 40 * MINUTE, T0 + 40 * MINUTE)
+    );
+    assert_eq!(e.observed, 15);
+    assert_eq!(e.emitted_at, T0 + 40 * MINUTE + 30_000);
+    assert!(e.z_score >= 6.0 && e.z_score < 8.0, "{e:?}");
+    // Nothing new: not again.
+    open(&mut det, 40, 18);
+    assert_eq!(det.fire_early(T0 + 40 * MINUTE + 40_000, &mut out), 0);
+    // The minute closes with 30: the same alert, revision 1, its final numbers.
+    det.observe(&count(row("a", Some("p"), 40, 30), None));
+    det.close(T0 + 41 * MINUTE, &mut out);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let f = &out[1];
+    assert_eq!((f.alert_id.as_str(), f.revision), (e.alert_id.as_str(), 1));
+    assert_eq!((f.window_start, f.observed), (T0 + 40 * MINUTE, 30));
+    // Settled once the onset is out of every window: nothing withdrawn.
+    for m in 41..45 {
+        det.observe(&count(row("a", Some("p"), m, 3), None));
+        det.close(T0 + (m + 1) * MINUTE, &mut out);
+    }
+    assert_eq!(
+        det.early_stats(),
+        EarlyStats {
+            fired: 1,
+            withdrawn: 0
+        }
+    );
+    assert!(out[2..]
+        .iter()
+        .all(|a| a.revision == 2 && a.ended_at == Some(T0 + 41 * MINUTE)));
+}
+
+#[test]
+fn two_open_hits_fire_early_by_two_of_three() {
+    let mut det = closed_steady(cfg_alone());
+    let mut out = Vec::new();
+    open(&mut det, 40, 12);
+    open(&mut det, 41, 11);
+    assert_eq!(det.fire_early(T0 + 41 * MINUTE + 30_000, &mut out), 1);
+    let e = &out[0];
+    assert_eq!(
+        (e.window_start, e.started_at, e.observed, e.revision),
+        (T0 + 41 * MINUTE, T0 + 40 * MINUTE, 11, 0),
+        "fires on the second hit with the first as onset"
+    );
+}
+
+#[test]
+fn the_first_open_minute_need_not_be_a_hit_when_no_final_count_of_it_changes_the_outcome() {
+    // Minute 40 is open with 3 so far (its end is past; only late deliveries can add to it),
+    // minute 41 has 20 so far. Whatever 40 ends with, short of a hit (up to 8, folded into the
+    // level; 8 moves it to mean 4, σ ≈ 2.1, where 20 is z ≈ 7.5; or 9, unusual below min_count
+    // 10, leaving it), 41 fires alone. 15 would not do: z ≈ 5.2 after a folded 8.
+    let mut det = closed_steady(cfg_alone());
+    let mut out = Vec::new();
+    open(&mut det, 40, 3);
+    open(&mut det, 41, 15);
+    assert_eq!(det.fire_early(T0 + 41 * MINUTE + 20_000, &mut out), 0);
+    open(&mut det, 41, 20);
+    assert_eq!(det.fire_early(T0 + 41 * MINUTE + 30_000, &mut out), 1);
+    assert_eq!(
+        (out[0].window_start, out[0].started_at),
+        (T0 + 41 * MINUTE, T0 + 41 * MINUTE)
+    );
+    // Closed: 40 ended with 7 (no hit), 41 with 25: confirmed.
+    det.observe(&count(row("a", Some("p"), 40, 7), None));
+    det.close(T0 + 41 * MINUTE, &mut out);
+    det.observe(&count(row("a", Some("p"), 41, 25), None));
+    det.close(T0 + 42 * MINUTE, &mut out);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(
+        (out[1].alert_id.as_str(), out[1].revision),
+        (out[0].alert_id.as_str(), 1)
+    );
+    // With 12 so far in 41 (z 5.2, a hit but not alone) nothing is certain: 40 could still
+    // become the second hit, or not.
+    let mut det = closed_steady(cfg_alone());
+    open(&mut det, 40, 3);
+    open(&mut det, 41, 12);
+    assert_eq!(
+        det.fire_early(T0 + 41 * MINUTE + 30_000, &mut Vec::new()),
+        0
+    );
+}
+
+#[test]
+fn an_early_alert_the_closed_minutes_do_not_confirm_is_withdrawn() {
+    // Counts only grow; a final count below the one shown stands for what early firing
+    // cannot see coming (a publication time learned later changes how a post is judged).
+    let mut det = closed_steady(cfg_alone());
+    let mut out = Vec::new();
+    open(&mut det, 40, 15);
+    assert_eq!(det.fire_early(T0 + 40 * MINUTE + 30_000, &mut out), 1);
+    let id = out[0].alert_id.clone();
+    for m in 40..44 {
+        det.observe(&count(row("a", Some("p"), m, 3), None));
+        det.close(T0 + (m + 1) * MINUTE, &mut out);
+        if m < 43 {
+            assert_eq!(out.len(), 1, "not before the onset is out of every window");
+        }
+    }
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let w = &out[1];
+    assert_eq!(
+        (w.alert_id.as_str(), w.state, w.revision),
+        (id.as_str(), AlertState::Resolved, 2)
+    );
+    assert_eq!(
+        (w.started_at, w.ended_at),
+        (T0 + 40 * MINUTE, Some(T0 + 40 * MINUTE))
+    );
+    assert_eq!(det.early_stats().withdrawn, 1);
+}
+
+#[test]
+fn an_early_alert_survives_a_restore_and_is_not_fired_again() {
+    let mut a = closed_steady(cfg_alone());
+    let mut out = Vec::new();
+    open(&mut a, 40, 15);
+    assert_eq!(a.fire_early(T0 + 40 * MINUTE + 30_000, &mut out), 1);
+    let mut b = Detector::new(cfg_alone());
+    restore_copy(&mut a, &mut b);
+    // The engine shows every open minute again after a restore.
+    open(&mut b, 40, 16);
+    assert_eq!(b.fire_early(T0 + 40 * MINUTE + 40_000, &mut out), 0);
+    b.observe(&count(row("a", Some("p"), 40, 30), None));
+    b.close(T0 + 41 * MINUTE, &mut out);
+    assert_eq!(
+        (out[1].alert_id.as_str(), out[1].revision),
+        (out[0].alert_id.as_str(), 1)
+    );
+    for m in 41..45 {
+        b.observe(&count(row("a", Some("p"), m, 3), None));
+        b.close(T0 + (m + 1) * MINUTE, &mut out);
+    }
+    assert_eq!(b.early_stats().withdrawn, 0);
+}
+
+#[test]
+fn accounts_do_not_fire_early() {
+    let mut det = Detector::new(SpikeConfig::default());
+    let mut out = Vec::new();
+    for (i, x) in steady(40).into_iter().enumerate() {
+        det.observe(&count(row("a", None, i as i64, x), None));
+        det.close(T0 + (i as i64 + 1) * MINUTE, &mut out);
+    }
+    det.observe_open(&count(row("a", None, 40, 40), None));
+    assert_eq!(det.fire_early(T0 + 40 * MINUTE + 30_000, &mut out), 0);
 }
 
 #[test]
