@@ -107,8 +107,9 @@ pub async fn topics_match(cfg: &Config, dir: &Path, timeout: Duration) -> Report
         orphans.first()
     );
     eprintln!(
-        "{} windows were shown provisionally, each replaced by its final row",
-        rollups.provisional.rollups.len()
+        "{} windows were shown provisionally, each replaced by its final row; {} spike alerts fired early, each confirmed",
+        rollups.provisional.rollups.len(),
+        alerts.records.iter().filter(|a| a.revision == 0).count()
     );
     report
 }
