@@ -5,7 +5,10 @@
 #     row is acknowledged by ClickHouse (rows/s).
 #  2. Latency: a live run (events at wall-clock time through ingest → stream → sink) for a few
 #     minutes; per MINUTE row, inserted_at - window_end: how long after a minute ends its
-#     numbers are visible in ClickHouse (includes the stream's 60 s out-of-orderness).
+#     numbers are visible in ClickHouse (includes the stream's 60 s out-of-orderness); the
+#     provisional rows' freshness; and, per spike the generator injected, when its post's alert
+#     was first visible in ClickHouse, early (revision 0) or at close (revision 1), after the
+#     spike's start (a run long enough for baselines: 10 minutes of history come first).
 #   benches/sink/run.sh [ACCOUNTS] [MINUTES] [LIVE_MINUTES]      (defaults 2000, 360, 4)
 #   BANTER_BENCH_LIVE_ACCOUNTS: accounts of the live run (1000: about 19 events/s)
 set -euo pipefail
@@ -61,10 +64,21 @@ samples=$(mktemp); provisional_sampler() {
   done
 }
 provisional_sampler & pids+=($!)
+# Alerts: when each (alert, revision) was first visible, sampled each second.
+alert_samples=$(mktemp); alert_sampler() {
+  while :; do
+    now=$(date +%s%3N)
+    curl -fsS "$ch" --data-binary "SELECT alert_id, revision, content_id, started_at_ms, ifNull(ended_at_ms, 0)
+      FROM $run.alerts FORMAT TabSeparated" 2>/dev/null | awk -v t="$now" '{print t "\t" $0}' >>"$alert_samples" || true
+    sleep 1
+  done
+}
+alert_sampler & pids+=($!)
+expected=$(mktemp)
 # Live: each event is sent at its time. The generator also sends late deliveries up to 50
 # minutes after the span; stop it when the span is over.
 timeout $((live * 60 + 10)) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
-  --accounts "${BANTER_BENCH_LIVE_ACCOUNTS:-1000}" --minutes "$live" --seed 9 2>&1 | tail -1 || true
+  --accounts "${BANTER_BENCH_LIVE_ACCOUNTS:-1000}" --minutes "$live" --seed 9 --expected "$expected" 2>&1 | tail -1 || true
 sleep 75 # the last minutes close (out-of-orderness + idle timeout)
 # First appearance of each final MINUTE row (revision >= 0) in ClickHouse relative to the end
 # of its minute.
@@ -108,4 +122,32 @@ for k, (end, _, ins) in rows.items():
             first[key] = (t, end)
 open_ = sum(1 for f, end in first.values() if f <= end)
 print(f"  MINUTE keys: {sys.argv[2]} final, {len(first)} shown provisionally, {open_} of them before their minute ended")
+PY
+echo "spike alerts: first visible in ClickHouse after the injected spike's start (sampled each second)"
+python3 - "$alert_samples" "$expected" <<'PY'
+import json, sys
+first = {}
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if len(f) != 6:
+        continue
+    t, aid, rev, content, started, ended = int(f[0]), f[1], int(f[2]), f[3], int(f[4]), int(f[5])
+    first[(aid, rev)] = min(first.get((aid, rev), t), t)
+    rows[aid] = (content, started, ended)
+spikes = json.load(open(sys.argv[2]))["expected"]["spikes"]
+M = 60000
+early, final, sent = [], [], []
+for s in spikes:
+    lo = s["start_ms"] - s["start_ms"] % M - 2 * M
+    ids = [a for a, (c, st, _) in rows.items() if c == s["content_id"] and lo <= st < s["end_ms"]]
+    e = [first[(a, 0)] for a in ids if (a, 0) in first]
+    f = [first[(a, 1)] for a in ids if (a, 1) in first]
+    if e: early.append(min(e) - s["start_ms"])
+    if f: final.append(min(f) - s["start_ms"])
+    if e or f: sent.append(min(e + f) - s["start_ms"])
+withdrawn = sum(1 for a, (c, st, en) in rows.items() if (a, 2) in first and (a, 1) not in first and en == st)
+q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))] / 1000 if v else float("nan")
+print(f"  {len(spikes)} injected spikes; {len(final)} with a post alert (revision 1), {len(early)} of them also early (revision 0); {withdrawn} early alerts withdrawn")
+print(f"  first alert of the spike: p50 {q(sent, 0.5):.0f} s, p90 {q(sent, 0.9):.0f} s after its start; the closed minute's alone: p50 {q(final, 0.5):.0f} s, p90 {q(final, 0.9):.0f} s")
 PY
