@@ -189,8 +189,9 @@ pub struct SpikeConfig {
     pub fire_hits: u32,
     /// See `fire_hits` (1 to 8).
     pub window_minutes: u32,
-    /// A hit this unusual against the key's own level (z at least this) fires on its own,
-    /// without waiting for `fire_hits`; 0 turns it off.
+    /// A hit this unusual against the key's own level (z at least this), with at least 1.5
+    /// times `min_count` interactions, fires on its own, without waiting for `fire_hits`; 0
+    /// turns it off.
     pub fire_alone_z: f64,
     /// Minutes in a row without a hit that resolve an alert.
     pub resolve_minutes: u32,

@@ -223,15 +223,19 @@ fn injected_spikes_fire_once_and_resolve() {
             .find(|a| a.alert_id == e.alert_id && a.state == AlertState::Firing)
             .unwrap_or_else(|| panic!("early alert not confirmed: {e:?}"));
         assert_eq!(
-            (e.window_start, e.started_at, e.content_id.as_ref()),
-            (
-                confirmed.window_start,
-                confirmed.started_at,
-                confirmed.content_id.as_ref()
-            ),
-            "fired early in its minute with its onset"
+            (e.started_at, e.content_id.as_ref()),
+            (confirmed.started_at, confirmed.content_id.as_ref()),
+            "fired early with its onset"
         );
-        assert!(e.observed <= confirmed.observed && e.z_score <= confirmed.z_score);
+        // The closed minutes fire it in the same minute (then with at least the count so far),
+        // or sooner: a minute's final count may make its hit fire alone.
+        assert!(
+            confirmed.window_start <= e.window_start,
+            "{e:?} {confirmed:?}"
+        );
+        if confirmed.window_start == e.window_start {
+            assert!(e.observed <= confirmed.observed && e.z_score <= confirmed.z_score);
+        }
         assert!(
             e.emitted_at < fired_at(confirmed),
             "early: before its minute closed"

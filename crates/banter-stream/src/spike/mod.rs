@@ -24,7 +24,8 @@
 //!   final judgment certain: counts only grow, z grows with the count, and a minute that is
 //!   unusual against the post's own level leaves that level as it is. So from the first open
 //!   minute on, while every open minute is already a hit against the post's own level, the
-//!   closed minutes will fire the same alert (same id, same onset) in the same minute. It is
+//!   closed minutes will fire the same alert (same id, same onset): in the same minute, or a
+//!   minute sooner when a minute's final count makes its hit fire alone. It is
 //!   sent at once with revision 0; the closed minute's FIRING (revision 1) confirms it. One that
 //!   is not confirmed (a publication time learned later) is withdrawn: RESOLVED with its end at
 //!   its onset. Accounts fire at close only: their count leaves out their young posts, whose
@@ -309,9 +310,13 @@ fn own_z(
     }
 }
 
-/// A hit whose z against the key's own level reaches `fire_alone_z`: it fires on its own.
-fn fires_alone(cfg: &SpikeConfig, own: Option<(f64, f64, f64)>) -> bool {
-    cfg.fire_alone_z > 0.0 && own.is_some_and(|o| o.0 >= cfg.fire_alone_z)
+/// A hit whose z against the key's own level reaches `fire_alone_z`, with at least 1.5 times
+/// `min_count` interactions (on a quiet key z is about the count itself, so z alone would let
+/// any minute at `min_count` fire): it fires on its own.
+fn fires_alone(cfg: &SpikeConfig, own: Option<(f64, f64, f64)>, x: i64) -> bool {
+    cfg.fire_alone_z > 0.0
+        && x >= cfg.min_count.saturating_mul(3) / 2
+        && own.is_some_and(|o| o.0 >= cfg.fire_alone_z)
 }
 
 /// What judging a key's minute found out about it.
@@ -538,7 +543,8 @@ impl Detector {
     /// From some open minute on, every minute up to the firing one must already be a hit
     /// against the key's own level: more input only raises a minute's z, and a minute unusual
     /// against the own level leaves that level as it was, so each stays a hit and the alert
-    /// fires in the same minute with the same onset. The minutes before that one are the
+    /// fires with the same onset (in the same minute, or sooner where a final count makes a
+    /// hit fire alone: with 2 of 3, the onset is then that hit). The minutes before that one are the
     /// first open minute alone: its end is past (the watermark trails by the out-of-orderness),
     /// so it only takes late deliveries. Its final count is at least the count so far; as long
     /// as it stays no hit it either leaves the own level as it was (unusual, below
@@ -606,8 +612,7 @@ impl Detector {
             let this = self.fire_from(key, st, next, done + MINUTE)?;
             match &fired {
                 None => fired = Some(this),
-                Some((a, _))
-                    if a.alert_id == this.0.alert_id && a.window_start == this.0.window_start => {}
+                Some((a, _)) if a.alert_id == this.0.alert_id => {}
                 Some(_) => return None,
             }
         }
@@ -639,7 +644,7 @@ impl Detector {
             sim.hit_minutes.push(m);
             let oldest = m - (i64::from(cfg.window_minutes) - 1) * MINUTE;
             sim.hit_minutes.retain(|&h| h >= oldest);
-            if (fires_alone(&cfg, Some(own)) || sim.hits.count_ones() >= cfg.fire_hits)
+            if (fires_alone(&cfg, Some(own), o.x) || sim.hits.count_ones() >= cfg.fire_hits)
                 && st.quiet_until.is_none_or(|q| m >= q)
             {
                 let started = sim.hit_minutes.first().copied().unwrap_or(m);
@@ -908,7 +913,7 @@ impl Detector {
         let alert = |state: AlertState, id: &str, started: i64, ended: Option<i64>| {
             key.alert(state, id, m, x, (z, mean, sigma), started, ended)
         };
-        let alone = hit && fires_alone(&cfg, own);
+        let alone = hit && fires_alone(&cfg, own, x);
         let mut absorb = !unusual_own;
         match &mut st.firing {
             Some(f) => {
