@@ -356,7 +356,7 @@ async fn a_spike_in_an_open_minute_alerts_before_it_closes_and_the_close_confirm
     let mut send = |t: i64| {
         n += 1;
         let mut e = EngagementEvent::new(
-            &format!("e-{n}"),
+            format!("e-{n}"),
             Platform::Instagram,
             Kind::Comment,
             Action::Add,
