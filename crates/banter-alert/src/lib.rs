@@ -239,21 +239,20 @@ impl Tracker {
                 // A RESOLVED may have come first (another partition is not involved: the key
                 // is the account, so this is a re-read): keep the later state. An alert fired
                 // early (revision 0, from an open minute's count so far) is replaced by its
-                // confirmation (revision 1, the closed minute's numbers), due when it was.
-                let due = match self.alerts.get(&a.alert_id) {
+                // confirmation (revision 1, the closed minute's numbers), sent at once with the
+                // severity it fired with: severity is a label, and Alertmanager would take
+                // another one for another alert.
+                let severity = match self.alerts.get(&a.alert_id) {
                     Some(t)
                         if t.alert.state == AlertState::Firing && t.alert.revision < a.revision =>
                     {
-                        t.due
+                        t.severity
                     }
                     Some(_) => return,
-                    None => now,
+                    None if a.z_score >= critical_z => "critical",
+                    None => "warning",
                 };
-                let severity = if a.z_score >= critical_z {
-                    "critical"
-                } else {
-                    "warning"
-                };
+                let due = now;
                 self.alerts.insert(
                     a.alert_id.clone(),
                     Tracked {
@@ -875,18 +874,16 @@ mod tests {
         );
         let later = now + Duration::from_secs(60);
         t.sent(&[due[0].0.clone()], later, None);
-        // The closed minute's FIRING: its numbers, the same alert, due when the early one was.
+        // The closed minute's FIRING: its numbers, sent at once, the same alert for
+        // Alertmanager (the severity label it fired with, though its z is critical now).
         let mut fin = alert(AlertState::Firing);
         fin.observed = 40;
         t.take(fin, 10.0, now);
-        assert!(
-            t.due(now, 0, &cfg).is_empty(),
-            "sent already; re-sent on schedule"
-        );
-        let due = t.due(later, 0, &cfg);
+        let due = t.due(now, 0, &cfg);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].1.labels["severity"], "critical");
+        assert_eq!(due[0].1.labels["severity"], "warning");
         assert!(due[0].1.annotations["description"].starts_with("40 interactions"));
+        t.sent(&[due[0].0.clone()], later, None);
         // The early one read again (a re-read) does not replace it.
         t.take(early, 10.0, now);
         let due = t.due(later, 0, &cfg);

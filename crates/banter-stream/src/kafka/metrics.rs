@@ -189,7 +189,7 @@ impl StreamMetrics {
         );
         r.register(
             "alerts",
-            "Spike alerts written, by state (FIRING, RESOLVED; FIRING_EARLY: fired from an open minute's count so far, revision 0)",
+            "Spike alerts written, by state (FIRING, RESOLVED; FIRING_EARLY: fired from an open minute's count so far, revision 0; WITHDRAWN: an early one not confirmed)",
             m.alerts.clone(),
         );
         r.register(

@@ -175,9 +175,13 @@ impl<'a> Transaction<'a> {
             let value = SpikeAlert::codec()
                 .encode(a)
                 .map_err(|e| encode("spike alert", &e))?;
-            // Revision 0: fired early, from an open minute's count so far.
+            // Revision 0: fired early, from an open minute's count so far; withdrawn: an early
+            // one the closed minutes did not confirm (resolved at its onset).
             let state = match (a.state, a.revision) {
                 (banter_model::AlertState::Firing, 0) => "FIRING_EARLY",
+                (banter_model::AlertState::Resolved, _) if a.ended_at == Some(a.started_at) => {
+                    "WITHDRAWN"
+                }
                 (s, _) => s.as_str(),
             };
             tracing::info!(alert = %a.alert_id, state, observed = a.observed, z = a.z_score, "spike alert");

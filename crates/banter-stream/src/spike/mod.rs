@@ -310,6 +310,27 @@ fn own_z(
     }
 }
 
+/// z of a young post's count `x` at `age` against the account's recent posts at that age, in
+/// log space, once `young_min_posts` were seen there: (z, typical count, σ of ln(1 + x)).
+fn profile_z(
+    cfg: &SpikeConfig,
+    profiles: &ChangelogMap<String, Vec<Ewma>>,
+    account: &str,
+    age: Option<i64>,
+    x: f64,
+) -> Option<(f64, f64, f64)> {
+    let a = age.unwrap_or(0) as usize;
+    profiles
+        .get(&account.to_owned())
+        .and_then(|v| v.get(a))
+        .filter(|e| e.n >= cfg.young_min_posts)
+        .map(|r| {
+            let sigma = r.sigma();
+            let z = ((x.max(0.0)).ln_1p() - r.mean) / sigma.max(cfg.young_log_spread);
+            (z, r.mean.exp_m1(), sigma)
+        })
+}
+
 /// A hit whose z against the key's own level reaches `fire_alone_z`, with at least 1.5 times
 /// `min_count` interactions (on a quiet key z is about the count itself, so z alone would let
 /// any minute at `min_count` fire): it fires on its own.
@@ -420,6 +441,17 @@ pub struct Detector {
     early: Set<SpikeKey>,
     /// Alerts fired early, and withdrawn, since this detector was made.
     early_stats: EarlyStats,
+}
+
+/// A final count of the first open minute that is no hit, as judging would take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Candidate {
+    /// Judged with this count, folded into the own level.
+    Folded(i64),
+    /// No row: a gap, 0 into the baseline only.
+    Gap,
+    /// Unusual against the own level but below `min_count`: the level stays.
+    Unusual,
 }
 
 /// What judging a key's open minutes would change, simulated for early firing.
@@ -554,7 +586,9 @@ impl Detector {
     fn certain(&self, key: &SpikeKey, done: i64) -> Option<(SpikeAlert, i64)> {
         let cfg = self.cfg;
         let st = self.keys.get(key)?;
-        if st.firing.is_some() || st.early.is_some() {
+        // With more than 2 hits to fire, a minute firing alone sooner than simulated could
+        // date the alert from an older hit.
+        if st.firing.is_some() || st.early.is_some() || cfg.fire_hits > 2 {
             return None;
         }
         let mut sim = Sim {
@@ -592,20 +626,39 @@ impl Detector {
                 return None;
             }
         }
-        let mut candidates: Vec<Option<i64>> = (x_now..upper).map(Some).collect();
+        // A young post's count can also be a hit against the account's posts at its age: no
+        // such count may be possible (z grows with the count: the largest one tells).
+        let largest = upper - 1;
+        if young
+            && largest >= cfg.min_count
+            && profile_z(&cfg, &self.profiles, key.account(), age, largest as f64)
+                .is_some_and(|p| p.0 >= cfg.z_threshold)
+        {
+            return None;
+        }
+        let mut candidates: Vec<Candidate> = (x_now..upper).map(Candidate::Folded).collect();
+        if first.is_none() && !st.is_hot() {
+            // No row at all: a key judged only when it has one sees the minute as a gap (0
+            // into the baseline, the launch level left), not as a judged 0.
+            candidates.push(Candidate::Gap);
+        }
         if upper < cfg.min_count {
             // Unusual below min_count: the level stays.
-            candidates.push(None);
+            candidates.push(Candidate::Unusual);
         }
         let mut fired: Option<(SpikeAlert, i64)> = None;
-        for folded in candidates {
+        for candidate in candidates {
             let mut next = sim.clone();
             next.hits = (next.hits << 1) & window_mask(&cfg);
-            if let Some(x) = folded {
-                next.baseline.update(x as f64, cfg.lambda);
-                if young && age.is_some_and(|a| a >= 1) {
-                    next.launch.update(x as f64, cfg.lambda);
+            match candidate {
+                Candidate::Folded(x) => {
+                    next.baseline.update(x as f64, cfg.lambda);
+                    if young && age.is_some_and(|a| a >= 1) {
+                        next.launch.update(x as f64, cfg.lambda);
+                    }
                 }
+                Candidate::Gap => next.baseline.update(0.0, cfg.lambda),
+                Candidate::Unusual => {}
             }
             let oldest = done + MINUTE - (i64::from(cfg.window_minutes) - 1) * MINUTE;
             next.hit_minutes.retain(|&h| h >= oldest);
@@ -880,16 +933,7 @@ impl Detector {
         // after its start: what a small account's few posts cannot show).
         let own = own_z(&cfg, &st.launch, &st.baseline, young, xf);
         let profile = if young {
-            let a = age.unwrap_or(0) as usize;
-            self.profiles
-                .get(&key.account().to_owned())
-                .and_then(|v| v.get(a))
-                .filter(|e| e.n >= cfg.young_min_posts)
-                .map(|r| {
-                    let sigma = r.sigma();
-                    let z = ((xf.max(0.0)).ln_1p() - r.mean) / sigma.max(cfg.young_log_spread);
-                    (z, r.mean.exp_m1(), sigma)
-                })
+            profile_z(&cfg, &self.profiles, key.account(), age, xf)
         } else {
             None
         };

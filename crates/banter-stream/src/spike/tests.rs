@@ -519,3 +519,22 @@ fn restoring_from_the_changelog_at_any_minute_continues_identically() {
         assert_eq!(before, expected, "restored after minute {cut}");
     }
 }
+
+#[test]
+fn nothing_fires_early_when_more_than_two_hits_are_needed() {
+    // With 3 of 3, a minute whose final count fires alone sooner than simulated could date
+    // the alert from an older hit: early firing stays off.
+    let mut det = closed_steady(SpikeConfig {
+        fire_hits: 3,
+        ..cfg_alone()
+    });
+    let mut out = Vec::new();
+    open(&mut det, 40, 30);
+    open(&mut det, 41, 30);
+    assert_eq!(det.fire_early(T0 + 41 * MINUTE + 30_000, &mut out), 0);
+    // The same counts with 2 of 3 fire.
+    let mut det = closed_steady(cfg_alone());
+    open(&mut det, 40, 30);
+    open(&mut det, 41, 30);
+    assert_eq!(det.fire_early(T0 + 41 * MINUTE + 30_000, &mut out), 1);
+}
