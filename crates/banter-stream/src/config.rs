@@ -191,7 +191,8 @@ pub struct SpikeConfig {
     pub window_minutes: u32,
     /// A hit this unusual against the key's own level (z at least this), with at least 1.5
     /// times `min_count` interactions, fires on its own, without waiting for `fire_hits`; 0
-    /// turns it off.
+    /// (the default: DESIGN.md's rule, under which one unusual minute does not page) turns it
+    /// off. 6 lets alerts come within a minute of a spike's start (BENCHMARKS.md).
     pub fire_alone_z: f64,
     /// Minutes in a row without a hit that resolve an alert.
     pub resolve_minutes: u32,
@@ -234,7 +235,7 @@ impl Default for SpikeConfig {
             min_count: 10,
             fire_hits: 2,
             window_minutes: 3,
-            fire_alone_z: 6.0,
+            fire_alone_z: 0.0,
             resolve_minutes: 3,
             cooldown_minutes: 15,
             young_minutes: 15,

@@ -336,9 +336,9 @@ async fn a_partition_behind_an_open_transaction_is_not_idle() {
 /// A post spikes in a minute the watermark has not closed: its alert goes out early, from the
 /// count so far (FIRING, revision 0), and the closed minute's FIRING (revision 1) with the same
 /// id and onset follows it on the alerts topic. Expected values from the rule (README "Early
-/// alerts"): 40 minutes around 3 a minute, then 20 in minute 40 (z about 9.8 against mean 3 and
-/// scale √3: a hit that fires alone at `spike.fire_alone_z` 6, whatever the still open minute
-/// 39 ends with short of a hit).
+/// alerts"): 40 minutes around 3 a minute, then 20 in minute 40 and 20 so far in minute 41
+/// (z about 9.8 each against mean 3 and scale √3): with both still open, two hits of three
+/// fire, onset minute 40.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spike_in_an_open_minute_alerts_before_it_closes_and_the_close_confirms_it() {
     use banter_model::{Action, Kind, Platform};
@@ -382,6 +382,9 @@ async fn a_spike_in_an_open_minute_alerts_before_it_closes_and_the_close_confirm
     for i in 0..20 {
         send(t0 + 40 * minute + 20_000 + i * 1_000);
     }
+    for i in 0..20 {
+        send(t0 + 41 * minute + i * 1_000);
+    }
     producer.flush(Duration::from_secs(10)).unwrap();
     let id = format!("acct-s/post-s/{}", t0 + 40 * minute);
     let stream = start_stream(&cfg, "a", &dir);
@@ -401,8 +404,8 @@ async fn a_spike_in_an_open_minute_alerts_before_it_closes_and_the_close_confirm
         "fired early, onset the spike's minute: {:?}",
         alerts.records
     );
-    // Event time moves on: minute 40 closes and its FIRING confirms the early one.
-    send(t0 + 42 * minute);
+    // Event time moves on: minute 41 closes and its FIRING confirms the early one.
+    send(t0 + 43 * minute);
     producer.flush(Duration::from_secs(10)).unwrap();
     wait_for(
         "the closed minute's FIRING",

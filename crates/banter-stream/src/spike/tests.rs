@@ -59,10 +59,11 @@ fn cfg() -> SpikeConfig {
     }
 }
 
-/// Posts only, with the defaults (a hit at z ≥ 6 fires alone).
+/// Posts only, a hit at z ≥ 6 firing alone (`spike.fire_alone_z`, off by default).
 fn cfg_alone() -> SpikeConfig {
     SpikeConfig {
         accounts: false,
+        fire_alone_z: 6.0,
         ..SpikeConfig::default()
     }
 }
