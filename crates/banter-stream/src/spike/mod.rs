@@ -468,6 +468,17 @@ fn window_mask(cfg: &SpikeConfig) -> u8 {
     ((1u16 << cfg.window_minutes.min(8)) - 1) as u8
 }
 
+/// Minute `m` judged, a hit or not: the hit bits (newest in bit 0) and the hit minutes of the
+/// last `window_minutes`.
+fn record_hit(cfg: &SpikeConfig, hits: &mut u8, hit_minutes: &mut Vec<i64>, m: i64, hit: bool) {
+    *hits = ((*hits << 1) | u8::from(hit)) & window_mask(cfg);
+    if hit {
+        hit_minutes.push(m);
+    }
+    let oldest = m - (i64::from(cfg.window_minutes) - 1) * MINUTE;
+    hit_minutes.retain(|&h| h >= oldest);
+}
+
 /// A post's count so far in a minute not judged yet.
 #[derive(Debug, Clone, Copy)]
 struct Open {
@@ -608,7 +619,16 @@ impl Detector {
         if let Some(fired) = self.fire_from(key, st, sim.clone(), done) {
             return Some(fired);
         }
-        // The first open minute as no hit, for every final count it can have as one.
+        // The first open minute as no hit, for every final count it can have as one; only
+        // worth it when the next one has a hit's count so far (every candidate needs it).
+        if self
+            .open
+            .get(&(done + MINUTE))
+            .and_then(|o| o.get(key))
+            .is_none_or(|o| o.x < cfg.min_count)
+        {
+            return None;
+        }
         let first = self.open.get(&done).and_then(|o| o.get(key));
         let x_now = first.map_or(0, |o| o.x);
         let published = st.published.or(first.and_then(|o| o.published));
@@ -649,7 +669,7 @@ impl Detector {
         let mut fired: Option<(SpikeAlert, i64)> = None;
         for candidate in candidates {
             let mut next = sim.clone();
-            next.hits = (next.hits << 1) & window_mask(&cfg);
+            record_hit(&cfg, &mut next.hits, &mut next.hit_minutes, done, false);
             match candidate {
                 Candidate::Folded(x) => {
                     next.baseline.update(x as f64, cfg.lambda);
@@ -660,8 +680,6 @@ impl Detector {
                 Candidate::Gap => next.baseline.update(0.0, cfg.lambda),
                 Candidate::Unusual => {}
             }
-            let oldest = done + MINUTE - (i64::from(cfg.window_minutes) - 1) * MINUTE;
-            next.hit_minutes.retain(|&h| h >= oldest);
             let this = self.fire_from(key, st, next, done + MINUTE)?;
             match &fired {
                 None => fired = Some(this),
@@ -693,10 +711,7 @@ impl Detector {
             if !(own.0 >= cfg.z_threshold && o.x >= cfg.min_count) {
                 return None;
             }
-            sim.hits = ((sim.hits << 1) | 1) & window_mask(&cfg);
-            sim.hit_minutes.push(m);
-            let oldest = m - (i64::from(cfg.window_minutes) - 1) * MINUTE;
-            sim.hit_minutes.retain(|&h| h >= oldest);
+            record_hit(&cfg, &mut sim.hits, &mut sim.hit_minutes, m, true);
             if (fires_alone(&cfg, Some(own), o.x) || sim.hits.count_ones() >= cfg.fire_hits)
                 && st.quiet_until.is_none_or(|q| m >= q)
             {
@@ -948,12 +963,7 @@ impl Detector {
         // baseline, and what keeps a firing alert up.
         let unusual_own = own.is_some_and(|o| o.0 >= cfg.z_threshold);
         let unusual = judged.is_some() && z >= cfg.z_threshold;
-        st.hits = ((st.hits << 1) | u8::from(hit)) & window_mask(&cfg);
-        if hit {
-            st.hit_minutes.push(m);
-        }
-        let oldest = m - (i64::from(cfg.window_minutes) - 1) * MINUTE;
-        st.hit_minutes.retain(|&h| h >= oldest);
+        record_hit(&cfg, &mut st.hits, &mut st.hit_minutes, m, hit);
         let alert = |state: AlertState, id: &str, started: i64, ended: Option<i64>| {
             key.alert(state, id, m, x, (z, mean, sigma), started, ended)
         };
