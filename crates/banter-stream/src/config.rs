@@ -196,6 +196,11 @@ pub struct SpikeConfig {
     pub fire_alone_z: f64,
     /// Minutes in a row without a hit that resolve an alert.
     pub resolve_minutes: u32,
+    /// While an alert fires, a minute at z of at least this (below `z_threshold`: hysteresis)
+    /// still counts as the spike: it keeps the alert up and stays out of the baseline. A spike
+    /// whose Poisson count dips in one minute is not resolved, nor is the dip folded into the
+    /// level it is judged against. `z_threshold` turns the hysteresis off.
+    pub resolve_z: f64,
     /// After a resolve, minutes in which the same account or post cannot fire again.
     pub cooldown_minutes: i64,
     /// Minutes of a post's life in which it is judged against the account's recent posts at
@@ -237,6 +242,7 @@ impl Default for SpikeConfig {
             window_minutes: 3,
             fire_alone_z: 0.0,
             resolve_minutes: 3,
+            resolve_z: 2.0,
             cooldown_minutes: 15,
             young_minutes: 15,
             min_history_minutes: 10,
@@ -262,6 +268,15 @@ impl Validate for SpikeConfig {
             p.push(invalid(
                 "spike.fire_alone_z",
                 "must be 0 (off) or a positive number",
+            ));
+        }
+        if !(self.resolve_z.is_finite()
+            && self.resolve_z >= 0.0
+            && self.resolve_z <= self.z_threshold)
+        {
+            p.push(invalid(
+                "spike.resolve_z",
+                "must be between 0 and spike.z_threshold",
             ));
         }
         if !(1..=8).contains(&self.window_minutes) {

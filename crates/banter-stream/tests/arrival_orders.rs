@@ -203,3 +203,31 @@ proptest! {
         );
     }
 }
+
+/// Cases proptest found (in the delivered order), each with one spike the detector got wrong.
+/// * Seed 65149: the spike (16.8 extra a minute on a post at about 3) dips to 11 in its 8th
+///   minute, z 2.84 against the post's level. Before `spike.resolve_z` the dip was "not
+///   unusual": folded into the level, which made the 9th minute's 16 not unusual either, and the
+///   alert ended 2 minutes before the spike.
+/// * Seed 94094: a spike of 32 a minute from the 5th minute of a post with 1 and 3
+///   interactions in its first minutes and none in the others. Its launch level counted only
+///   the minutes with a row (one), too few to judge by, so the spike became the launch level
+///   and was never detected; the minutes without a row count 0, as they do for a baseline.
+#[test]
+fn spikes_found_wrong_by_the_property_test_are_detected_and_resolved_after_their_end() {
+    for seed in [65149, 94094] {
+        let w = Workload::generate(WorkloadConfig {
+            seed,
+            accounts: 10,
+            duration_ms: 4 * 60 * MINUTE,
+            ..WorkloadConfig::default()
+        });
+        let events = arrivals(&w, &mut Rng(0), 0, 0, 0);
+        let report = compare(&Generated::of(&w), &run(&w, &events, &BTreeSet::new()));
+        assert!(
+            report.metrics.iter().all(|m| m.ok),
+            "seed {seed}, {} deliveries:\n{report}",
+            events.len()
+        );
+    }
+}

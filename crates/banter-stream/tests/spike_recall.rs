@@ -70,6 +70,8 @@ struct Score {
     to_topic: Vec<i64>,
     /// Spikes whose alert fired early.
     early: usize,
+    /// From the spike's end to its alert's end (`ended_at`, the first minute back to normal).
+    overrun: Vec<i64>,
 }
 
 fn score(spikes: &[Spike], alerts: &[SpikeAlert]) -> Score {
@@ -106,6 +108,7 @@ fn score(spikes: &[Spike], alerts: &[SpikeAlert]) -> Score {
         latencies: Vec::new(),
         to_topic: Vec::new(),
         early: 0,
+        overrun: Vec::new(),
     };
     for s in spikes {
         let mine: Vec<&&SpikeAlert> = firing
@@ -132,11 +135,13 @@ fn score(spikes: &[Spike], alerts: &[SpikeAlert]) -> Score {
             if mine.len() == 1 {
                 sc.once += 1;
             }
-            if resolved
+            let ended = resolved
                 .get(first.alert_id.as_str())
-                .and_then(|r| r.ended_at)
-                .is_some_and(|e| e >= s.end_ms - MINUTE)
-            {
+                .and_then(|r| r.ended_at);
+            if let Some(e) = ended {
+                sc.overrun.push(e - s.end_ms);
+            }
+            if ended.is_some_and(|e| e >= s.end_ms - MINUTE) {
                 sc.resolved_after += 1;
             } else {
                 eprintln!(
@@ -278,8 +283,9 @@ fn injected_spikes_fire_once_and_resolve() {
     let precision = sc.post_true as f64 / sc.post_alerts.max(1) as f64;
     let recall = sc.detected as f64 / sc.spikes.max(1) as f64;
     println!(
-        "deliveries {} spikes {} detected {} (recall {:.3}) once {} within 3 min {} resolved after end {}; post alerts {} true {} (precision {:.3}); account alerts {} true {}; minutes to fire p50 {:.0} p90 {:.0} max {:.0}",
+        "deliveries {} spikes {} detected {} (recall {:.3}) once {} within 3 min {} resolved after end {} (ended after the spike's end: p50 {:.0} p90 {:.0} max {:.0} min); post alerts {} true {} (precision {:.3}); account alerts {} true {}; minutes to fire p50 {:.0} p90 {:.0} max {:.0}",
         w.len(), sc.spikes, sc.detected, recall, sc.once, sc.within_3, sc.resolved_after,
+        pct_of(&sc.overrun, 0.5), pct_of(&sc.overrun, 0.9), pct_of(&sc.overrun, 1.0),
         sc.post_alerts, sc.post_true, precision, sc.account_alerts, sc.account_true,
         pct(0.5), pct(0.9), pct(1.0)
     );

@@ -189,6 +189,8 @@ mod tests {
                 "info,[",
                 "telemetry.log_level",
             ),
+            // Above the firing threshold (3): not a hysteresis.
+            ("BANTER_SPIKE__RESOLVE_Z", "3.5", "spike.resolve_z"),
         ];
         for (var, value, key) in cases {
             let err = Config::load(None, env(&[(var, value)]))

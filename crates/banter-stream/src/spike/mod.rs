@@ -6,17 +6,19 @@
 //! * **Firing.** z ≥ 3 with x ≥ 10 in 2 of the last 3 minutes fires; the onset is the first of
 //!   those hits. Hits do not feed the baseline (the spike would become its own baseline), unless
 //!   the alert has been firing longer than `max_firing_minutes`: then the level is the new normal.
-//! * **Resolving.** After `resolve_minutes` minutes in a row that are not unusual (z below the
-//!   threshold; `min_count` is for firing, so a spike that eases to a few interactions a
-//!   minute above a quiet baseline stays one alert) the alert resolves; no new alert for the
-//!   key during `cooldown_minutes`: one spike, one alert.
+//! * **Resolving.** After `resolve_minutes` minutes in a row back to normal (z below
+//!   `resolve_z`, 2, under the firing threshold: hysteresis, so a spike whose Poisson count dips
+//!   for a minute is neither resolved nor folded into its baseline; `min_count` is for firing,
+//!   so a spike that eases to a few interactions a minute above a quiet baseline stays one
+//!   alert) the alert resolves; no new alert for the key during `cooldown_minutes`: one spike,
+//!   one alert.
 //! * **Young posts.** A new post has no trend of its own: every launch would look like a spike.
 //!   For its first `young_minutes` a post is judged against the account's recent posts at the
 //!   same age (an EWMA across posts of ln(1 + count) in each minute of age, once
 //!   `young_min_posts` were seen; a launch about 20 times the account's usual), and from its
 //!   fourth minute also against its own level since its first full minute (an EWMA of its
-//!   counts, `young_own_minutes` of them: a launch that takes off, whatever the account's
-//!   history); the stronger evidence counts. The account's own series leaves out the posts in
+//!   counts, a minute without a row counting 0, `young_own_minutes` of them: a launch that
+//!   takes off, whatever the account's history); the stronger evidence counts. The account's own series leaves out the posts in
 //!   that period. After it, the post's own EWMA — fed from its first minute, its unusual
 //!   minutes left out — follows its decay.
 //! * **Early firing.** A post's alert also fires from the counts so far of the minutes not
@@ -285,6 +287,21 @@ fn launch_z(r: &Ewma, x: f64, lambda: f64) -> (f64, f64, f64) {
     let mean = r.mean.max(0.0);
     let scale = r.sigma().max((mean * (1.0 + 1.0 / n_eff)).sqrt()).max(1.0);
     ((x - r.mean) / scale, r.mean, r.sigma())
+}
+
+/// A post's minutes from `from` up to `to` (exclusive) without a row, in its young period from
+/// age 1: 0 each into its launch level, as every minute without a row counts 0.
+fn launch_zeros(cfg: &SpikeConfig, launch: &mut Ewma, published: Option<i64>, from: i64, to: i64) {
+    let Some(p) = published else {
+        return;
+    };
+    let p0 = p - p.rem_euclid(MINUTE);
+    let mut g = from.max(p0 + MINUTE);
+    let end = to.min(p0 + cfg.young_minutes * MINUTE);
+    while g < end {
+        launch.update(0.0, cfg.lambda);
+        g += MINUTE;
+    }
 }
 
 /// Minutes of age of a post published at `p` in minute `m` (the minute of publication is 0).
@@ -614,6 +631,12 @@ impl Detector {
             for _ in 0..gap.min(200) {
                 sim.baseline.update(0.0, cfg.lambda);
             }
+            // Judged with the first open minute's row, which may bring the publication time.
+            let published = st.published.or_else(|| {
+                let first = self.open.get(&done).and_then(|o| o.get(key));
+                first.and_then(|o| o.published)
+            });
+            launch_zeros(&cfg, &mut sim.launch, published, last + MINUTE, done);
             sim.hits = sim.hits.checked_shl(gap.min(8) as u32).unwrap_or(0);
         }
         if let Some(fired) = self.fire_from(key, st, sim.clone(), done) {
@@ -677,7 +700,10 @@ impl Detector {
                         next.launch.update(x as f64, cfg.lambda);
                     }
                 }
-                Candidate::Gap => next.baseline.update(0.0, cfg.lambda),
+                Candidate::Gap => {
+                    next.baseline.update(0.0, cfg.lambda);
+                    launch_zeros(&cfg, &mut next.launch, published, done, done + MINUTE);
+                }
                 Candidate::Unusual => {}
             }
             let this = self.fire_from(key, st, next, done + MINUTE)?;
@@ -914,7 +940,12 @@ impl Detector {
         if st.published.is_none() {
             st.published = published;
         }
-        // Minutes without a row since the last judged one count 0.
+        // Minutes without a row since the last judged one (a post: since its publication)
+        // count 0.
+        if key.content().is_some() {
+            let from = st.last_minute.map_or(i64::MIN, |l| l + MINUTE);
+            launch_zeros(&cfg, &mut st.launch, st.published, from, m);
+        }
         if let Some(last) = st.last_minute.filter(|&l| m > l + MINUTE) {
             let gap = (m - last) / MINUTE - 1;
             for _ in 0..gap.min(200) {
@@ -962,7 +993,8 @@ impl Detector {
         // Unusual against the key's own level (even below min_count): kept out of its
         // baseline, and what keeps a firing alert up.
         let unusual_own = own.is_some_and(|o| o.0 >= cfg.z_threshold);
-        let unusual = judged.is_some() && z >= cfg.z_threshold;
+        // While firing, the spike holds down to `resolve_z` (hysteresis).
+        let holds = judged.is_some() && z >= cfg.resolve_z.min(cfg.z_threshold);
         record_hit(&cfg, &mut st.hits, &mut st.hit_minutes, m, hit);
         let alert = |state: AlertState, id: &str, started: i64, ended: Option<i64>| {
             key.alert(state, id, m, x, (z, mean, sigma), started, ended)
@@ -971,9 +1003,10 @@ impl Detector {
         let mut absorb = !unusual_own;
         match &mut st.firing {
             Some(f) => {
-                // Firing holds while the minutes stay unusual, even below min_count (that
-                // floor is for firing): the spike is over when the count falls back.
-                if unusual {
+                // Firing holds while the minutes stay above `resolve_z`, even below
+                // min_count (that floor is for firing): the spike is over when the count
+                // falls back. Such minutes stay out of the baseline.
+                if holds {
                     f.below = 0;
                     absorb = m - f.started_at >= cfg.max_firing_minutes * MINUTE;
                 } else {
