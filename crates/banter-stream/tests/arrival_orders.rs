@@ -13,7 +13,11 @@
 //!   event ids, as the normalizer makes them), delivered in any order around the first;
 //! * events dated ahead of their receipt (a skewed clock): delivered up to 4 minutes before
 //!   their event time;
-//! * kills and hand-backs at any point.
+//! * kills and hand-backs at any point;
+//! * the open windows shown every few deliveries, or never, as `banter stream` shows them
+//!   every `stream.provisional_interval_ms`: provisional rows (replaced by the final ones, as
+//!   the highest revision of a row wins) and the posts' spike alerts fired early (each must be
+//!   confirmed or withdrawn).
 //!
 //! The same events in any such order give the same minutes, velocity, engagers, first-hour
 //! signals, time-to-N, funnels and conversations. Spike alerts are compared too when the case
@@ -108,8 +112,10 @@ fn arrivals(
 }
 
 /// Runs the pipeline over `events` as the Kafka runner does: committed batches, kills at
-/// `kills` (input positions) restoring from the last commit.
-fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>) -> Observed {
+/// `kills` (input positions) restoring from the last commit; with `show` above 0 the open
+/// windows are shown (provisional rows, early spike alerts) after every `show` events, by the
+/// clock of the last delivery.
+fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>, show: usize) -> Observed {
     let cfg = PipelineConfig::default();
     let matcher = || common::matcher(w);
     let mut p = Pipeline::new(&cfg, matcher());
@@ -148,6 +154,9 @@ fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>) -> Obs
             continue;
         }
         p.process(&events[i], i as i64, &mut batch);
+        if show > 0 && (i + 1) % show == 0 {
+            p.provisional(events[i].received_at, &mut batch);
+        }
         i += 1;
         in_batch += 1;
         if in_batch == BATCH || i == events.len() {
@@ -174,6 +183,7 @@ proptest! {
         flips in 0usize..25,
         ahead in 0usize..4,
         kills in prop::collection::vec(0.0f64..1.0, 0..3),
+        show in prop_oneof![Just(0usize), 1usize..60],
     ) {
         let w = Workload::generate(WorkloadConfig {
             seed,
@@ -185,7 +195,7 @@ proptest! {
         let events = arrivals(&w, &mut rng, jitter_s * 1000, flips, ahead);
         let kills: BTreeSet<usize> =
             kills.iter().map(|f| (f * events.len() as f64) as usize).collect();
-        let o = run(&w, &events, &kills);
+        let o = run(&w, &events, &kills, show);
         let report = compare(&Generated::of(&w), &o);
         let judged_as_delivered = jitter_s == 0 && flips == 0;
         let failing: Vec<&str> = report
@@ -198,7 +208,7 @@ proptest! {
         prop_assert!(
             failing.is_empty(),
             "seed {seed}, order {order}, jitter {jitter_s} s, {flips} flips, {ahead} ahead, \
-             kills at {kills:?}, {} deliveries:\n{report}",
+             kills at {kills:?}, shown every {show} events, {} deliveries:\n{report}",
             events.len()
         );
     }
@@ -223,7 +233,7 @@ fn spikes_found_wrong_by_the_property_test_are_detected_and_resolved_after_their
             ..WorkloadConfig::default()
         });
         let events = arrivals(&w, &mut Rng(0), 0, 0, 0);
-        let report = compare(&Generated::of(&w), &run(&w, &events, &BTreeSet::new()));
+        let report = compare(&Generated::of(&w), &run(&w, &events, &BTreeSet::new(), 0));
         assert!(
             report.metrics.iter().all(|m| m.ok),
             "seed {seed}, {} deliveries:\n{report}",
