@@ -194,12 +194,13 @@ pub struct SpikeConfig {
     /// (the default: DESIGN.md's rule, under which one unusual minute does not page) turns it
     /// off. 6 lets alerts come within a minute of a spike's start (BENCHMARKS.md).
     pub fire_alone_z: f64,
-    /// Minutes in a row without a hit that resolve an alert.
+    /// Minutes in a row back to normal (z below `resolve_z`) that resolve an alert.
     pub resolve_minutes: u32,
     /// While an alert fires, a minute at z of at least this (below `z_threshold`: hysteresis)
-    /// still counts as the spike: it keeps the alert up and stays out of the baseline. A spike
-    /// whose Poisson count dips in one minute is not resolved, nor is the dip folded into the
-    /// level it is judged against. `z_threshold` turns the hysteresis off.
+    /// still counts as the spike: it keeps the alert up and stays out of the baseline and a
+    /// young post's launch level. A spike whose Poisson count dips in one minute is not
+    /// resolved, nor is the dip folded into the level it is judged against. At or above
+    /// `z_threshold` (which it is capped at) the hysteresis is off.
     pub resolve_z: f64,
     /// After a resolve, minutes in which the same account or post cannot fire again.
     pub cooldown_minutes: i64,
@@ -270,13 +271,10 @@ impl Validate for SpikeConfig {
                 "must be 0 (off) or a positive number",
             ));
         }
-        if !(self.resolve_z.is_finite()
-            && self.resolve_z >= 0.0
-            && self.resolve_z <= self.z_threshold)
-        {
+        if !(self.resolve_z.is_finite() && self.resolve_z >= 0.0) {
             p.push(invalid(
                 "spike.resolve_z",
-                "must be between 0 and spike.z_threshold",
+                "must be a number of at least 0 (above spike.z_threshold: no hysteresis)",
             ));
         }
         if !(1..=8).contains(&self.window_minutes) {

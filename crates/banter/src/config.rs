@@ -189,8 +189,7 @@ mod tests {
                 "info,[",
                 "telemetry.log_level",
             ),
-            // Above the firing threshold (3): not a hysteresis.
-            ("BANTER_SPIKE__RESOLVE_Z", "3.5", "spike.resolve_z"),
+            ("BANTER_SPIKE__RESOLVE_Z", "-1", "spike.resolve_z"),
         ];
         for (var, value, key) in cases {
             let err = Config::load(None, env(&[(var, value)]))

@@ -203,7 +203,7 @@ impl StateKey for SpikeKey {
 struct Firing {
     alert_id: String,
     started_at: i64,
-    /// Minutes in a row without a hit.
+    /// Minutes in a row back to normal (z below `resolve_z`).
     below: u32,
     /// First of them.
     below_since: i64,
@@ -943,7 +943,9 @@ impl Detector {
         // Minutes without a row since the last judged one (a post: since its publication)
         // count 0.
         if key.content().is_some() {
-            let from = st.last_minute.map_or(i64::MIN, |l| l + MINUTE);
+            // A key seen the first time: the zeros of the minutes judged before (as its
+            // baseline's), not of minutes before the detector's first.
+            let from = st.last_minute.map_or(first_minute, |l| l + MINUTE);
             launch_zeros(&cfg, &mut st.launch, st.published, from, m);
         }
         if let Some(last) = st.last_minute.filter(|&l| m > l + MINUTE) {
@@ -995,6 +997,8 @@ impl Detector {
         let unusual_own = own.is_some_and(|o| o.0 >= cfg.z_threshold);
         // While firing, the spike holds down to `resolve_z` (hysteresis).
         let holds = judged.is_some() && z >= cfg.resolve_z.min(cfg.z_threshold);
+        // A firing spike's minute it holds: out of the baseline and the launch level.
+        let held = holds && st.firing.is_some();
         record_hit(&cfg, &mut st.hits, &mut st.hit_minutes, m, hit);
         let alert = |state: AlertState, id: &str, started: i64, ended: Option<i64>| {
             key.alert(state, id, m, x, (z, mean, sigma), started, ended)
@@ -1051,7 +1055,7 @@ impl Detector {
         if absorb {
             st.baseline.update(xf, cfg.lambda);
         }
-        if young && age.is_some_and(|a| a >= 1) && !unusual_own {
+        if young && age.is_some_and(|a| a >= 1) && !unusual_own && !held {
             st.launch.update(xf, cfg.lambda);
         }
         let hot = st.is_hot();

@@ -475,6 +475,60 @@ fn a_young_post_of_an_account_without_history_fires_when_its_launch_takes_off() 
 }
 
 #[test]
+fn a_young_posts_dip_during_its_spike_stays_out_of_its_launch_level() {
+    // The account's first post: about 3 a minute from its start (launch level 2.97 at age 6,
+    // scale max(σ, √(μ(1 + 1/n)), 1) ≈ 1.94), a spike from age 6 to 13 dipping to 8, 7, 8, 8
+    // (z 2.66, 2.13, 2.66, 2.66: held by `resolve_z` 2, so the level stays 2.97), back to 3 at
+    // age 14. Folding the first dip in would raise the level to 3.98 (σ 2.06), the next
+    // dips would fall to z 1.1–1.5, and the alert would end at age 8.
+    let xs = [
+        3, 3, 4, 2, 3, 3, 20, 22, 8, 7, 8, 8, 21, 20, 3, 2, 3, 4, 3, 2, 3,
+    ];
+    let published = T0 + 20 * MINUTE + 10_000;
+    let run_young = |c: SpikeConfig| {
+        let mut det = Detector::new(c);
+        let mut out = Vec::new();
+        for (age, &x) in xs.iter().enumerate() {
+            let minute = 20 + age as i64;
+            det.observe(&count(row("a", Some("p"), minute, x), Some(published)));
+            det.close(T0 + (minute + 1) * MINUTE, &mut out);
+        }
+        out
+    };
+    let out = run_young(cfg());
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(out[0].started_at, T0 + 26 * MINUTE, "onset at age 6");
+    assert_eq!(out[1].state, AlertState::Resolved);
+    assert_eq!(
+        out[1].ended_at,
+        Some(T0 + 34 * MINUTE),
+        "back to 3 at age 14"
+    );
+    let out = run_young(SpikeConfig {
+        resolve_z: 3.0,
+        ..cfg()
+    });
+    assert_eq!(out[1].ended_at, Some(T0 + 28 * MINUTE), "{out:#?}");
+}
+
+#[test]
+fn a_post_first_seen_on_a_fresh_detector_has_no_made_up_quiet_minutes() {
+    // The detector starts (a new deployment) with a post already 8 minutes old at 12 a
+    // minute. Its launch level holds only the minutes the detector saw: none before, so
+    // nothing to judge it by in its first 3 minutes, and 12 a minute is its level, not a
+    // spike. Zeros for ages 1–7 would make it z 12 at once.
+    let mut det = Detector::new(cfg());
+    let mut out = Vec::new();
+    let published = T0 + 20 * MINUTE;
+    for age in 8..15 {
+        let minute = 20 + age;
+        det.observe(&count(row("a", Some("p"), minute, 12), Some(published)));
+        det.close(T0 + (minute + 1) * MINUTE, &mut out);
+    }
+    assert!(out.is_empty(), "{out:#?}");
+}
+
+#[test]
 fn a_young_posts_minutes_without_interactions_count_0_in_its_launch_level() {
     // The account's first post: 1 interaction in its minute of publication, 3 at age 2, none at
     // ages 1, 3 and 4, then 26 and 28 a minute. Its launch level from age 1 is 0, 3, 0, 0:
