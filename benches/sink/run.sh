@@ -75,9 +75,10 @@ alert_samples=$(mktemp); alert_sampler() {
 }
 alert_sampler & pids+=($!)
 expected=$(mktemp)
-# Live: each event is sent at its time. The generator also sends late deliveries up to 50
+# Live: each event is sent when the wall clock reaches its time (the span starts on the next
+# minute: up to 60 s of waiting first). The generator also sends late deliveries up to 50
 # minutes after the span; stop it when the span is over.
-timeout $((live * 60 + 10)) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
+timeout $((live * 60 + 70)) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
   --accounts "${BANTER_BENCH_LIVE_ACCOUNTS:-1000}" --minutes "$live" --seed 9 --expected "$expected" 2>&1 | tail -1 || true
 sleep 75 # the last minutes close (out-of-orderness + idle timeout)
 # First appearance of each final MINUTE row (revision >= 0) in ClickHouse relative to the end

@@ -173,6 +173,17 @@ pub fn webhook_json(e: &EngagementEvent) -> Option<Value> {
     }
 }
 
+/// The instant at which the wall clock reads `epoch_ms` (now, for a time too far past).
+fn instant_at(epoch_ms: i64) -> Instant {
+    let (now, wall) = (Instant::now(), banter_runtime::now_ms());
+    let ahead = Duration::from_millis(epoch_ms.abs_diff(wall));
+    if epoch_ms >= wall {
+        now + ahead
+    } else {
+        now.checked_sub(ahead).unwrap_or(now)
+    }
+}
+
 /// Paces sending: `--rate` events per second, or live event time.
 struct Pacer {
     started: Instant,
@@ -226,8 +237,11 @@ pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     }
     let duration_ms = args.minutes * MINUTE;
     let now = banter_runtime::now_ms();
+    // The workload starts on a minute boundary (the generator aligns it): live, on the next
+    // one, so that event time is the wall clock (aligned down, every delivery went out up to
+    // a minute after its time, which added that much to every latency measured live).
     let start_ms = args.start_ms.unwrap_or(if args.live {
-        now
+        now - now.rem_euclid(MINUTE) + MINUTE
     } else {
         now - duration_ms - MINUTE
     });
@@ -269,9 +283,17 @@ pub async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         started: Instant::now(),
         sent: 0,
         rate: args.rate,
-        // Live: event time `start_ms` is now, and each delivery is sent when its time comes.
-        live_origin: args.live.then(|| (w.config.start_ms, Instant::now())),
+        // Live: each delivery is sent when the wall clock reaches its time.
+        live_origin: args
+            .live
+            .then(|| (w.config.start_ms, instant_at(w.config.start_ms))),
     };
+    if args.live {
+        eprintln!(
+            "generate: live, the first deliveries are due in {:.1} s",
+            (w.config.start_ms - banter_runtime::now_ms()).max(0) as f64 / 1000.0
+        );
+    }
     let began = Instant::now();
     match args.to {
         Output::Kafka => to_kafka(config, &w, &mut pacer).await?,
