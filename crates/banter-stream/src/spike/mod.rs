@@ -18,9 +18,9 @@
 //!   `young_min_posts` were seen; a launch about 20 times the account's usual), and from its
 //!   fourth minute also against its own level since its first full minute (an EWMA of its
 //!   counts, a minute without a row counting 0, `young_own_minutes` of them: a launch that
-//!   takes off, whatever the account's history); the stronger evidence counts. The account's own series leaves out the posts in
-//!   that period. After it, the post's own EWMA — fed from its first minute, its unusual
-//!   minutes left out — follows its decay.
+//!   takes off, whatever the account's history); the stronger evidence counts. The account's
+//!   own series leaves out the posts in that period. After it, the post's own EWMA — fed from
+//!   its first minute, its unusual minutes left out — follows its decay.
 //! * **Early firing.** A post's alert also fires from the counts so far of the minutes not
 //!   closed yet (the window engine's provisional MINUTE rows), when they already make the
 //!   final judgment certain: counts only grow, z grows with the count, and a minute that is
@@ -625,17 +625,15 @@ impl Detector {
             hits: st.hits,
             hit_minutes: st.hit_minutes.clone(),
         };
+        // The first open minute, judged next: its row may bring the publication time.
+        let first = self.open.get(&done).and_then(|o| o.get(key));
+        let published = st.published.or(first.and_then(|o| o.published));
         if let Some(last) = st.last_minute.filter(|&l| done > l + MINUTE) {
             // The closed minutes since the last judged one had no row: 0 each.
             let gap = (done - last) / MINUTE - 1;
             for _ in 0..gap.min(200) {
                 sim.baseline.update(0.0, cfg.lambda);
             }
-            // Judged with the first open minute's row, which may bring the publication time.
-            let published = st.published.or_else(|| {
-                let first = self.open.get(&done).and_then(|o| o.get(key));
-                first.and_then(|o| o.published)
-            });
             launch_zeros(&cfg, &mut sim.launch, published, last + MINUTE, done);
             sim.hits = sim.hits.checked_shl(gap.min(8) as u32).unwrap_or(0);
         }
@@ -652,9 +650,7 @@ impl Detector {
         {
             return None;
         }
-        let first = self.open.get(&done).and_then(|o| o.get(key));
         let x_now = first.map_or(0, |o| o.x);
-        let published = st.published.or(first.and_then(|o| o.published));
         let age = age_at(published, done);
         let young = age.is_some_and(|a| a < cfg.young_minutes);
         let unusual = |x: i64| {

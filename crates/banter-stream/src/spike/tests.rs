@@ -45,6 +45,21 @@ fn run(det: &mut Detector, xs: &[i64]) -> Vec<SpikeAlert> {
     out
 }
 
+/// Feeds post p, published at `published`, its counts by minute (`(minute, x)`, minutes in
+/// order), closing each minute.
+fn run_published(
+    det: &mut Detector,
+    published: i64,
+    rows: impl IntoIterator<Item = (i64, i64)>,
+) -> Vec<SpikeAlert> {
+    let mut out = Vec::new();
+    for (minute, x) in rows {
+        det.observe(&count(row("a", Some("p"), minute, x), Some(published)));
+        det.close(T0 + (minute + 1) * MINUTE, &mut out);
+    }
+    out
+}
+
 /// A steady series around 3 a minute.
 fn steady(n: usize) -> Vec<i64> {
     (0..n).map(|i| [2, 3, 4, 3, 2, 4][i % 6]).collect()
@@ -486,14 +501,8 @@ fn a_young_posts_dip_during_its_spike_stays_out_of_its_launch_level() {
     ];
     let published = T0 + 20 * MINUTE + 10_000;
     let run_young = |c: SpikeConfig| {
-        let mut det = Detector::new(c);
-        let mut out = Vec::new();
-        for (age, &x) in xs.iter().enumerate() {
-            let minute = 20 + age as i64;
-            det.observe(&count(row("a", Some("p"), minute, x), Some(published)));
-            det.close(T0 + (minute + 1) * MINUTE, &mut out);
-        }
-        out
+        let rows = xs.iter().enumerate().map(|(age, &x)| (20 + age as i64, x));
+        run_published(&mut Detector::new(c), published, rows)
     };
     let out = run_young(cfg());
     assert_eq!(out.len(), 2, "{out:#?}");
@@ -517,14 +526,8 @@ fn a_post_first_seen_on_a_fresh_detector_has_no_made_up_quiet_minutes() {
     // minute. Its launch level holds only the minutes the detector saw: none before, so
     // nothing to judge it by in its first 3 minutes, and 12 a minute is its level, not a
     // spike. Zeros for ages 1–7 would make it z 12 at once.
-    let mut det = Detector::new(cfg());
-    let mut out = Vec::new();
-    let published = T0 + 20 * MINUTE;
-    for age in 8..15 {
-        let minute = 20 + age;
-        det.observe(&count(row("a", Some("p"), minute, 12), Some(published)));
-        det.close(T0 + (minute + 1) * MINUTE, &mut out);
-    }
+    let rows = (8..15).map(|age| (20 + age, 12));
+    let out = run_published(&mut Detector::new(cfg()), T0 + 20 * MINUTE, rows);
     assert!(out.is_empty(), "{out:#?}");
 }
 
@@ -535,14 +538,8 @@ fn a_young_posts_minutes_without_interactions_count_0_in_its_launch_level() {
     // mean 0.384, σ 1.00 (n 4, enough to judge by), so 26 is z 25.6 and 28 z 27.6: it fires
     // at age 6 with the onset at age 5. Counting only the minutes with a row, the level had one
     // minute, too few to judge by, and the spike became the post's launch level.
-    let mut det = Detector::new(cfg());
-    let mut out = Vec::new();
-    let published = T0 + 20 * MINUTE + 10_000;
-    for (age, x) in [(0, 1), (2, 3), (5, 26), (6, 28)] {
-        let minute = 20 + age;
-        det.observe(&count(row("a", Some("p"), minute, x), Some(published)));
-        det.close(T0 + (minute + 1) * MINUTE, &mut out);
-    }
+    let rows = [(0, 1), (2, 3), (5, 26), (6, 28)].map(|(age, x)| (20 + age, x));
+    let out = run_published(&mut Detector::new(cfg()), T0 + 20 * MINUTE + 10_000, rows);
     assert_eq!(out.len(), 1, "{out:#?}");
     assert_eq!(out[0].state, AlertState::Firing);
     assert_eq!(
