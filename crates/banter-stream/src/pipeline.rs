@@ -364,10 +364,11 @@ impl Pipeline {
         let n = self.windows.provisional(now, &mut scratch);
         for o in scratch.drain(..) {
             if let Output::Rollup(r) = o {
-                if let Some(c) = r.content_id.as_deref() {
-                    if let Some(count) = MinuteCount::of(&r, self.windows.published_at(c)) {
-                        self.spikes.observe_open(&count);
-                    }
+                if let (Some(c), Some(mut count)) =
+                    (r.content_id.as_deref(), MinuteCount::of(&r, None))
+                {
+                    count.published_at = self.windows.published_at(c);
+                    self.spikes.observe_open(&count);
                 }
                 out.rollups.push(r);
             }
@@ -388,11 +389,15 @@ impl Pipeline {
         for o in self.scratch.drain(..) {
             match o {
                 Output::Rollup(r) => {
-                    let published = r
-                        .content_id
-                        .as_deref()
-                        .and_then(|c| self.windows.published_at(c));
-                    if let Some(count) = MinuteCount::of(&r, published) {
+                    if let Some(mut count) = MinuteCount::of(&r, None) {
+                        // The publication time (a name lookup) only for what the detector
+                        // judges: not for other windows' rows, nor for corrections.
+                        if !count.correction {
+                            count.published_at = r
+                                .content_id
+                                .as_deref()
+                                .and_then(|c| self.windows.published_at(c));
+                        }
                         self.spikes.observe(&count);
                     }
                     out.rollups.push(r);
