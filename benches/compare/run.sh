@@ -11,6 +11,18 @@
 # too, with --strict-flink; see below why not by default).
 #
 #   benches/compare/run.sh [--short] [--strict-flink] [ACCOUNTS MINUTES PARTITIONS]   (defaults 1000 360 6)
+#   benches/compare/run.sh --live [ACCOUNTS MINUTES PARTITIONS]                       (defaults 20000 10 6)
+#
+# --live: freshness instead of throughput. The three engines run at once, each from the same
+# topic into its own, while `banter generate --live` sends MINUTES of the workload at its
+# delivery times (event time is the wall clock); a read_committed follower per output topic
+# (Visible.java) notes when each window first became visible there. Reported per engine: the
+# MINUTE and VELOCITY_5M windows' first visibility after their end (p50, p90, p99, max), over
+# the windows every engine emitted that end at least two minutes before the input does (closed
+# by the input's own watermark: Flink's moves with the input only); CPU seconds and peak RSS
+# over the run. banter is
+# measured at its topic like the peers (its sink into ClickHouse adds about 2 s, see
+# BENCHMARKS.md), with provisional rows off as in the throughput runs.
 #
 # --short (CI, `cargo test -p banter --test compare`): 30 accounts x 60 minutes; checks the
 # counts, reports figures but asserts no speed. BANTER_COMPARE_BIN=path uses that banter binary
@@ -23,13 +35,14 @@ BANTER_SCRIPT=compare
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 cd "$ROOT"
-short=0 strict_flink=0
-while [ "${1:-}" = --short ] || [ "${1:-}" = --strict-flink ]; do
+short=0 strict_flink=0 live=0
+while [ "${1:-}" = --short ] || [ "${1:-}" = --strict-flink ] || [ "${1:-}" = --live ]; do
   [ "$1" = --short ] && short=1
   [ "$1" = --strict-flink ] && strict_flink=1
+  [ "$1" = --live ] && live=1
   shift
 done
-if [ "$short" = 1 ]; then def=(30 60 3); else def=(1000 360 6); fi
+if [ "$live" = 1 ]; then def=(20000 10 6); elif [ "$short" = 1 ]; then def=(30 60 3); else def=(1000 360 6); fi
 accounts="${1:-${def[0]}}"; minutes="${2:-${def[1]}}"; partitions="${3:-${def[2]}}"
 here="$ROOT/benches/compare"
 
@@ -76,11 +89,13 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 BANTER_KAFKA__TOPICS__ROLLUPS="$run.ks-rollups" "$bin" topics >>"$dir/topics.log"
 BANTER_KAFKA__TOPICS__ROLLUPS="$run.flink-rollups" "$bin" topics >>"$dir/topics.log"
 "$bin" migrate >"$dir/migrate.log"
-"$bin" generate --to kafka --accounts "$accounts" --minutes "$minutes" --seed 3 \
-  --expected "$dir/expected.json" >"$dir/generate.log" 2>&1 || die "generate failed: $(tail -3 "$dir/generate.log")"
-deliveries=$(sed -nE 's/.*sent ([0-9]+) deliveries.*/\1/p' "$dir/generate.log" | tail -1)
-[ -n "$deliveries" ] || die "no delivery count in $dir/generate.log"
-say "$deliveries deliveries in $run.events ($accounts accounts x $minutes minutes, $partitions partitions)"
+if [ "$live" = 0 ]; then
+  "$bin" generate --to kafka --accounts "$accounts" --minutes "$minutes" --seed 3 \
+    --expected "$dir/expected.json" >"$dir/generate.log" 2>&1 || die "generate failed: $(tail -3 "$dir/generate.log")"
+  deliveries=$(sed -nE 's/.*sent ([0-9]+) deliveries.*/\1/p' "$dir/generate.log" | tail -1)
+  [ -n "$deliveries" ] || die "no delivery count in $dir/generate.log"
+  say "$deliveries deliveries in $run.events ($accounts accounts x $minutes minutes, $partitions partitions)"
+fi
 
 # utime + stime of a process, in seconds; its peak RSS in MB.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
@@ -106,6 +121,48 @@ record() { # engine seconds cpu rss records
   awk -v e="$1" -v n="$deliveries" -v t="$2" -v c="$3" -v r="$4" -v o="$5" 'BEGIN {
     printf "%s\t%d\t%.2f\t%.0f\t%.2f\t%.2f\t%d\t%d\n", e, n, t, n / t, c, c * 1e6 / n, r, o }' >>"$results"
 }
+
+if [ "$live" = 1 ]; then
+  say "live: the three engines at once, $minutes minutes of $accounts accounts' traffic"
+  # The idle timeout at banter's default (30 s; 1 s above ends a backlog run quickly): a
+  # partition quiet that long moves its watermark on with the wall clock, in banter and in the
+  # Kafka Streams application alike.
+  idle_ms=30000
+  BANTER_STREAM__IDLE_TIMEOUT_MS=$idle_ms BANTER_HTTP__LISTEN=127.0.0.1:9481 "$bin" stream >"$dir/stream.log" 2>&1 &
+  stream=$!; pids+=("$stream")
+  "${java[@]}" -Dbanter.idle.ms=$idle_ms -cp "$cp" banter.compare.KsApp "$bootstrap" "$run.events" "$run.ks-rollups" \
+    "$run-ks" "$dir/ks-state" "$ROOT/schemas/avro" >"$dir/ks.log" 2>&1 & ks=$!; pids+=("$ks")
+  "${java[@]}" -cp "$here/flink/target/classes:$here/flink/target/lib/*" banter.compare.FlinkJob \
+    "$bootstrap" "$run.events" "$run.flink-rollups" "$run-flink" "$ROOT/schemas/avro" \
+    "$dir/flink-checkpoints" --live >"$dir/flink.log" 2>&1 & flink=$!; pids+=("$flink")
+  for t in banter:rollups kstreams:ks-rollups flink:flink-rollups; do
+    java -Xmx256m -cp "$cp" banter.compare.Visible "$bootstrap" "$run.${t#*:}" "$dir/visible-${t%%:*}.tsv" \
+      "$ROOT/schemas/avro" >"$dir/visible-${t%%:*}.log" 2>&1 & pids+=($!)
+  done
+  # The span starts on a minute at least 45 s away, so the JVMs are up before the first
+  # delivery is due.
+  now_ms=$(date +%s%3N); span_start=$(( (now_ms + 45000) / 60000 * 60000 + 60000 ))
+  span_end=$(( span_start + minutes * 60000 ))
+  # Deliveries the workload retries hours later would keep the generator going: it is stopped
+  # when the span has passed (exit 124).
+  rc=0
+  timeout $(( (span_end - now_ms) / 1000 + 10 )) "$bin" generate --to kafka --live --start-ms "$span_start" \
+    --accounts "$accounts" --minutes "$minutes" --seed 3 >"$dir/generate.log" 2>&1 || rc=$?
+  [ "$rc" = 0 ] || [ "$rc" = 124 ] || die "generate failed: $(tail -3 "$dir/generate.log")"
+  for p in "$stream" "$ks" "$flink"; do kill -0 "$p" 2>/dev/null || die "an engine exited: see $dir"; done
+  # The last windows closed by the input (ending a minute before it does) reach the topics
+  # within a few commits and checkpoints.
+  sleep 20
+  printf 'engine\tcpu_s\tpeak_rss_mb\n' >"$dir/live-resources.tsv"
+  for e in "banter stream:$stream" "Kafka Streams:$ks" "Flink:$flink"; do
+    printf '%s\t%s\t%s\n' "${e%%:*}" "$(cpu_s "${e##*:}")" "$(rss_mb "${e##*:}")" >>"$dir/live-resources.tsv"
+  done
+  column -t -s $'\t' "$dir/live-resources.tsv"
+  python3 "$here/visible.py" "$span_start" "$span_end" "banter stream=$dir/visible-banter.tsv" \
+    "Kafka Streams=$dir/visible-kstreams.tsv" "Flink=$dir/visible-flink.tsv" | tee "$dir/live.txt"
+  say "live results in $dir"
+  exit 0
+fi
 
 # (a) banter: the stream until its input is processed and committed, then the sink.
 say "banter stream"

@@ -2,7 +2,8 @@
 //! generated topic through `banter stream` + `banter sink` into ClickHouse, through the Kafka
 //! Streams application and through the Flink job (both built with Maven), each compared cell by
 //! cell with the generator's truth. Figures are printed, never asserted; the test fails when
-//! banter's or Kafka Streams' counts differ or the harness breaks, so it cannot rot.
+//! banter's or Kafka Streams' counts differ or the harness breaks, so it cannot rot. Then its
+//! live mode (`--live`), which measures how soon each engine's windows become visible.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,4 +37,32 @@ fn both_engines_count_what_the_generator_generated() {
     // Flink's watermark (the minimum over partitions) may count a delivery the design calls
     // too late: its comparison must have run, equal or not (run.sh says why).
     assert!(text.contains("Flink: "), "no comparison for Flink:\n{text}");
+
+    // The live mode (freshness), after the short one (they share ports): three minutes of a
+    // small workload through the three engines at once. Every engine must have made the same
+    // closed windows visible (visible.py fails otherwise); the latencies are printed only.
+    let out = Command::new("bash")
+        .arg(root.join("benches/compare/run.sh"))
+        .args(["--live", "100", "3", "3"])
+        .env("BANTER_COMPARE_BIN", env!("CARGO_BIN_EXE_banter"))
+        .current_dir(&root)
+        .output()
+        .expect("bash runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "benches/compare/run.sh --live failed:\n{text}"
+    );
+    for engine in ["banter stream", "Kafka Streams", "Flink"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("MINUTE") && l.contains(engine)),
+            "no MINUTE window visible for {engine}:\n{text}"
+        );
+    }
 }

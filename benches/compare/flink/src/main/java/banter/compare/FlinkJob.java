@@ -117,10 +117,13 @@ public final class FlinkJob {
   }
 
   public static void main(String[] args) throws Exception {
-    if (args.length != 6) {
-      System.err.println("usage: FlinkJob BOOTSTRAP INPUT OUTPUT GROUP SCHEMA_DIR CHECKPOINT_DIR");
+    if (args.length != 6 && !(args.length == 7 && args[6].equals("--live"))) {
+      System.err.println(
+          "usage: FlinkJob BOOTSTRAP INPUT OUTPUT GROUP SCHEMA_DIR CHECKPOINT_DIR [--live]");
       System.exit(2);
     }
+    // Live: the source is not bounded by the topic's end; the job runs until killed.
+    boolean live = args.length == 7;
     String bootstrap = args[0], input = args[1], output = args[2], group = args[3];
     String eventSchema = Files.readString(Path.of(args[4], "engagement_event.v1.avsc"));
     String rollupSchema = Files.readString(Path.of(args[4], "rollup.v1.avsc"));
@@ -134,16 +137,18 @@ public final class FlinkJob {
     StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(1, conf);
     env.enableCheckpointing(1000, CheckpointingMode.EXACTLY_ONCE);
 
-    KafkaSource<Event> source =
+    var sourceBuilder =
         KafkaSource.<Event>builder()
             .setBootstrapServers(bootstrap)
             .setTopics(input)
             .setGroupId(group)
             .setStartingOffsets(OffsetsInitializer.earliest())
-            .setBounded(OffsetsInitializer.latest())
             .setProperty("isolation.level", "read_committed")
-            .setDeserializer(new Events(eventSchema))
-            .build();
+            .setDeserializer(new Events(eventSchema));
+    if (!live) {
+      sourceBuilder.setBounded(OffsetsInitializer.latest());
+    }
+    KafkaSource<Event> source = sourceBuilder.build();
     WatermarkStrategy<Event> watermarks =
         WatermarkStrategy.<Event>forGenerator(c -> new SupportedTime())
             .withTimestampAssigner((e, ts) -> e.time);

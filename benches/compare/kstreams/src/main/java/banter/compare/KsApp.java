@@ -68,7 +68,8 @@ public final class KsApp {
   static final long OUT_OF_ORDERNESS = 60_000L;
   static final long LATENESS = 3_600_000L;
   static final long REDELIVERY = 36 * 3_600_000L;
-  static final long IDLE_MS = 1_000L;
+  /** banter's `stream.idle_timeout_ms`, as run.sh sets it (-Dbanter.idle.ms). */
+  static final long IDLE_MS = Long.getLong("banter.idle.ms", 1_000L);
 
   /** Watermarks of this instance's tasks: a quiet partition moves on to the busiest one's. */
   static final Map<Integer, Long> WATERMARKS = new ConcurrentHashMap<>();
