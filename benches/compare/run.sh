@@ -126,7 +126,8 @@ if [ "$live" = 1 ]; then
   say "live: the three engines at once, $minutes minutes of $accounts accounts' traffic"
   # The idle timeout at banter's default (30 s; 1 s above ends a backlog run quickly): a
   # partition quiet that long moves its watermark on with the wall clock, in banter and in the
-  # Kafka Streams application alike.
+  # Kafka Streams application (there only once every partition is read to its end). Under
+  # steady traffic neither fires; Flink's job has no such rule.
   idle_ms=30000
   BANTER_STREAM__IDLE_TIMEOUT_MS=$idle_ms BANTER_HTTP__LISTEN=127.0.0.1:9481 "$bin" stream >"$dir/stream.log" 2>&1 &
   stream=$!; pids+=("$stream")
@@ -135,14 +136,16 @@ if [ "$live" = 1 ]; then
   "${java[@]}" -cp "$here/flink/target/classes:$here/flink/target/lib/*" banter.compare.FlinkJob \
     "$bootstrap" "$run.events" "$run.flink-rollups" "$run-flink" "$ROOT/schemas/avro" \
     "$dir/flink-checkpoints" --live >"$dir/flink.log" 2>&1 & flink=$!; pids+=("$flink")
+  followers=()
   for t in banter:rollups kstreams:ks-rollups flink:flink-rollups; do
     java -Xmx256m -cp "$cp" banter.compare.Visible "$bootstrap" "$run.${t#*:}" "$dir/visible-${t%%:*}.tsv" \
-      "$ROOT/schemas/avro" >"$dir/visible-${t%%:*}.log" 2>&1 & pids+=($!)
+      "$ROOT/schemas/avro" >"$dir/visible-${t%%:*}.log" 2>&1 & followers+=($!); pids+=($!)
   done
   # The span starts on a minute at least 45 s away, so the JVMs are up before the first
   # delivery is due.
   now_ms=$(date +%s%3N); span_start=$(( (now_ms + 45000) / 60000 * 60000 + 60000 ))
   span_end=$(( span_start + minutes * 60000 ))
+  say "span: $span_start .. $span_end (event time = wall clock, ms)"
   # Deliveries the workload retries hours later would keep the generator going: it is stopped
   # when the span has passed (exit 124).
   rc=0
@@ -150,9 +153,11 @@ if [ "$live" = 1 ]; then
     --accounts "$accounts" --minutes "$minutes" --seed 3 >"$dir/generate.log" 2>&1 || rc=$?
   [ "$rc" = 0 ] || [ "$rc" = 124 ] || die "generate failed: $(tail -3 "$dir/generate.log")"
   for p in "$stream" "$ks" "$flink"; do kill -0 "$p" 2>/dev/null || die "an engine exited: see $dir"; done
-  # The last windows closed by the input (ending a minute before it does) reach the topics
+  # The last windows closed by the input (ending two minutes before it does) reach the topics
   # within a few commits and checkpoints.
   sleep 20
+  for p in "${followers[@]}"; do kill -0 "$p" 2>/dev/null || die "a follower exited: see $dir/visible-*.log"; done
+  kill "${followers[@]}" 2>/dev/null || true; wait "${followers[@]}" 2>/dev/null || true
   printf 'engine\tcpu_s\tpeak_rss_mb\n' >"$dir/live-resources.tsv"
   for e in "banter stream:$stream" "Kafka Streams:$ks" "Flink:$flink"; do
     printf '%s\t%s\t%s\n' "${e%%:*}" "$(cpu_s "${e##*:}")" "$(rss_mb "${e##*:}")" >>"$dir/live-resources.tsv"

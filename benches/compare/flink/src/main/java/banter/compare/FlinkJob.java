@@ -66,10 +66,10 @@ import org.apache.kafka.clients.consumer.ConsumerRecord;
  *       visible to read_committed readers when a checkpoint completes).
  *   <li>The source is bounded by the topic's end at start: the job ends when the input is
  *       processed and the last checkpoint has committed the output, then prints its CPU time
- *       and peak RSS.
+ *       and peak RSS. With --live it is not bounded and runs until killed.
  * </ul>
  *
- * <p>Usage: FlinkJob BOOTSTRAP INPUT OUTPUT GROUP SCHEMA_DIR CHECKPOINT_DIR
+ * <p>Usage: FlinkJob BOOTSTRAP INPUT OUTPUT GROUP SCHEMA_DIR CHECKPOINT_DIR [--live]
  */
 public final class FlinkJob {
   static final long MINUTE = 60_000L;

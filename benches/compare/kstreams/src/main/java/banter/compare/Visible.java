@@ -8,7 +8,6 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Properties;
 import java.util.Set;
-import org.apache.avro.AvroRuntimeException;
 import org.apache.avro.Schema;
 import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericRecord;
@@ -23,8 +22,8 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * and writes when each window first became visible there: one TSV line per window at its
  * first record, "received_ms kind account_id content_id window_start_ms window_end_ms"
  * (received_ms: the wall clock when the consumer got it, so after the producer's transaction
- * committed; content_id '' for the account). Later records of a window (corrections) are not
- * written. Records of other schemas are skipped.
+ * committed; content_id '' for the account), for MINUTE and VELOCITY_5M windows. Later records
+ * of a window (corrections) are not written. Records of other schemas are skipped.
  *
  * <p>Usage: Visible BOOTSTRAP TOPIC OUT SCHEMA_DIR
  */
@@ -39,6 +38,8 @@ public final class Visible {
     p.put("enable.auto.commit", "false");
     // A fetch returns as soon as there is a record, or after 50 ms: the follower adds little.
     p.put("fetch.max.wait.ms", "50");
+    // A minute's windows arrive at once: take them in few polls.
+    p.put("max.poll.records", "10000");
     Set<String> seen = new HashSet<>();
     try (KafkaConsumer<byte[], byte[]> c =
             new KafkaConsumer<>(p, new ByteArrayDeserializer(), new ByteArrayDeserializer());
@@ -55,12 +56,15 @@ public final class Visible {
           GenericRecord row;
           try {
             row = decoder.decode(r.value(), reuse);
-          } catch (AvroRuntimeException | java.io.IOException e) {
-            continue; // another record type on the topic
+          } catch (RuntimeException | java.io.IOException e) {
+            continue; // another record type on the topic (or no value)
           }
           reuse = row;
-          Object content = row.get("content_id");
           String window = row.get("window").toString();
+          if (!window.equals("MINUTE") && !window.equals("VELOCITY_5M")) {
+            continue;
+          }
+          Object content = row.get("content_id");
           String key =
               window
                   + "\t"
