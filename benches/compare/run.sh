@@ -20,9 +20,8 @@
 # MINUTE and VELOCITY_5M windows' first visibility after their end (p50, p90, p99, max), over
 # the windows every engine emitted that end at least two minutes before the input does (closed
 # by the input's own watermark: Flink's moves with the input only); CPU seconds and peak RSS
-# over the run. banter is
-# measured at its topic like the peers (its sink into ClickHouse adds about 2 s, see
-# BENCHMARKS.md), with provisional rows off as in the throughput runs.
+# over the run. banter is measured at its topic like the peers (its sink into ClickHouse adds
+# about 2 s, see BENCHMARKS.md), with provisional rows off as in the throughput runs.
 #
 # --short (CI, `cargo test -p banter --test compare`): 30 accounts x 60 minutes; checks the
 # counts, reports figures but asserts no speed. BANTER_COMPARE_BIN=path uses that banter binary
