@@ -8,12 +8,13 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn both_engines_count_what_the_generator_generated() {
+/// Runs `benches/compare/run.sh ARGS` with the test's banter binary; its output, after it
+/// succeeded.
+fn run(args: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = Command::new("bash")
         .arg(root.join("benches/compare/run.sh"))
-        .arg("--short")
+        .args(args)
         .env("BANTER_COMPARE_BIN", env!("CARGO_BIN_EXE_banter"))
         .current_dir(&root)
         .output()
@@ -26,8 +27,14 @@ fn both_engines_count_what_the_generator_generated() {
     eprintln!("{text}");
     assert!(
         out.status.success(),
-        "benches/compare/run.sh --short failed:\n{text}"
+        "benches/compare/run.sh {args:?} failed:\n{text}"
     );
+    text
+}
+
+#[test]
+fn both_engines_count_what_the_generator_generated() {
+    let text = run(&["--short"]);
     for engine in ["banter", "Kafka Streams"] {
         assert!(
             text.contains(&format!("{engine}: all ")),
@@ -41,23 +48,7 @@ fn both_engines_count_what_the_generator_generated() {
     // The live mode (freshness), after the short one (they share ports): three minutes of a
     // small workload through the three engines at once. Every engine must have made the same
     // closed windows visible (visible.py fails otherwise); the latencies are printed only.
-    let out = Command::new("bash")
-        .arg(root.join("benches/compare/run.sh"))
-        .args(["--live", "100", "3", "3"])
-        .env("BANTER_COMPARE_BIN", env!("CARGO_BIN_EXE_banter"))
-        .current_dir(&root)
-        .output()
-        .expect("bash runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "benches/compare/run.sh --live failed:\n{text}"
-    );
+    let text = run(&["--live", "100", "3", "3"]);
     for engine in ["banter stream", "Kafka Streams", "Flink"] {
         assert!(
             text.lines()

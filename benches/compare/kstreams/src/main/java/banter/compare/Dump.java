@@ -1,6 +1,5 @@
 package banter.compare;
 
-import java.io.File;
 import java.io.PrintWriter;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -8,14 +7,11 @@ import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.TreeMap;
-import org.apache.avro.Schema;
-import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericRecord;
 import org.apache.avro.message.BinaryMessageDecoder;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.common.TopicPartition;
-import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 
 /**
  * Reads a rollup topic from the beginning as a read_committed consumer up to its end and writes
@@ -27,22 +23,13 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  */
 public final class Dump {
   public static void main(String[] args) throws Exception {
-    Schema rollup = new Schema.Parser().parse(new File(args[3], "rollup.v1.avsc"));
-    BinaryMessageDecoder<GenericRecord> decoder =
-        new BinaryMessageDecoder<>(GenericData.get(), rollup);
+    BinaryMessageDecoder<GenericRecord> decoder = RollupTopic.decoder(args[3]);
     Properties p = new Properties();
-    p.put("bootstrap.servers", args[0]);
-    p.put("isolation.level", "read_committed");
-    p.put("enable.auto.commit", "false");
     p.put("max.poll.records", "5000");
     Map<String, Long> last = new TreeMap<>();
     long records = 0;
-    try (KafkaConsumer<byte[], byte[]> c =
-        new KafkaConsumer<>(p, new ByteArrayDeserializer(), new ByteArrayDeserializer())) {
-      List<TopicPartition> parts = new ArrayList<>();
-      c.partitionsFor(args[1]).forEach(i -> parts.add(new TopicPartition(args[1], i.partition())));
-      c.assign(parts);
-      c.seekToBeginning(parts);
+    try (KafkaConsumer<byte[], byte[]> c = RollupTopic.fromBeginning(args[0], args[1], p)) {
+      List<TopicPartition> parts = new ArrayList<>(c.assignment());
       Map<TopicPartition, Long> ends = c.endOffsets(parts);
       GenericRecord reuse = null;
       while (parts.stream().anyMatch(tp -> c.position(tp) < ends.get(tp))) {
@@ -50,16 +37,7 @@ public final class Dump {
           GenericRecord row = decoder.decode(r.value(), reuse);
           reuse = row;
           records++;
-          Object content = row.get("content_id");
-          String key =
-              row.get("window")
-                  + "\t"
-                  + row.get("account_id")
-                  + "\t"
-                  + (content == null ? "" : content.toString())
-                  + "\t"
-                  + row.get("window_start");
-          last.put(key, (Long) row.get("interactions"));
+          last.put(RollupTopic.windowKey(row), (Long) row.get("interactions"));
         }
       }
     }
