@@ -3,17 +3,19 @@
 #   (a) `banter stream` (release), then `banter sink` into ClickHouse, and
 #   (b) a Kafka Streams 4.1 application (kstreams/, Processor API, exactly_once_v2), and
 #   (c) a Flink 2.2 job on a local MiniCluster (flink/, event-time windows, checkpoints and a
-#       transactional Kafka sink),
-# one after the other, each pinned to one core (taskset -c 1). All three compute the 1-minute
+#       transactional Kafka sink), and
+#   (d) Feldera's dbsp 0.349 (dbsp/, one worker, driven through rdkafka, a Kafka transaction
+#       per step),
+# one after the other, each pinned to one core (taskset -c 1). All four compute the 1-minute
 # interaction counts per account and per post and the 5-minute hopping velocity, with 60 s
 # out-of-orderness and 1 h lateness; each result is compared cell by cell with the
-# generator's truth (compare.py), and a run fails if banter's or Kafka Streams' differ (Flink's
-# too, with --strict-flink; see below why not by default).
+# generator's truth (compare.py), and a run fails if banter's, Kafka Streams' or dbsp's differ
+# (Flink's too, with --strict-flink; see below why not by default).
 #
 #   benches/compare/run.sh [--short] [--strict-flink] [ACCOUNTS MINUTES PARTITIONS]   (defaults 1000 360 6)
 #   benches/compare/run.sh --live [ACCOUNTS MINUTES PARTITIONS]                       (defaults 20000 10 6)
 #
-# --live: freshness instead of throughput. The three engines run at once, each from the same
+# --live: freshness instead of throughput. The four engines run at once, each from the same
 # topic into its own, while `banter generate --live` sends MINUTES of the workload at its
 # delivery times (event time is the wall clock); a read_committed follower per output topic
 # (Visible.java) notes when each window first became visible there. Reported per engine: the
@@ -57,6 +59,10 @@ else
   cargo build --release --locked -p banter 2>&1 | tail -1
   bin="$ROOT/target/release/banter"
 fi
+say "building the dbsp engine (release, its own workspace)"
+cargo build --release --locked --manifest-path "$here/dbsp/Cargo.toml" --target-dir "$ROOT/target" 2>&1 | tail -1
+dbsp_bin="$ROOT/target/release/banter-compare-dbsp"
+[ -x "$dbsp_bin" ] || die "the dbsp engine did not build"
 for app in kstreams flink; do
   say "building the $app application (Maven)"
   (cd "$here/$app" && mvn -q -B package -DskipTests \
@@ -87,6 +93,7 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 # not create topics on use).
 BANTER_KAFKA__TOPICS__ROLLUPS="$run.ks-rollups" "$bin" topics >>"$dir/topics.log"
 BANTER_KAFKA__TOPICS__ROLLUPS="$run.flink-rollups" "$bin" topics >>"$dir/topics.log"
+BANTER_KAFKA__TOPICS__ROLLUPS="$run.dbsp-rollups" "$bin" topics >>"$dir/topics.log"
 # ClickHouse takes banter's rows in the throughput runs only (live, every engine stops at its topic).
 [ "$live" = 1 ] || "$bin" migrate >"$dir/migrate.log"
 if [ "$live" = 0 ]; then
@@ -123,7 +130,7 @@ record() { # engine seconds cpu rss records
 }
 
 if [ "$live" = 1 ]; then
-  say "live: the three engines at once, $minutes minutes of $accounts accounts' traffic"
+  say "live: the four engines at once, $minutes minutes of $accounts accounts' traffic"
   # The idle timeout at banter's default (30 s; 1 s above ends a backlog run quickly): a
   # partition quiet that long moves its watermark on with the wall clock, in banter and in the
   # Kafka Streams application (there only once every partition is read to its end). Under
@@ -136,8 +143,10 @@ if [ "$live" = 1 ]; then
   "${java[@]}" -cp "$here/flink/target/classes:$here/flink/target/lib/*" banter.compare.FlinkJob \
     "$bootstrap" "$run.events" "$run.flink-rollups" "$run-flink" "$ROOT/schemas/avro" \
     "$dir/flink-checkpoints" --live >"$dir/flink.log" 2>&1 & flink=$!; pids+=("$flink")
+  "$dbsp_bin" "$bootstrap" "$run.events" "$run.dbsp-rollups" "$run-dbsp" $idle_ms >"$dir/dbsp.log" 2>&1 &
+  db=$!; pids+=("$db")
   followers=()
-  for t in banter:rollups kstreams:ks-rollups flink:flink-rollups; do
+  for t in banter:rollups kstreams:ks-rollups flink:flink-rollups dbsp:dbsp-rollups; do
     java -Xmx256m -cp "$cp" banter.compare.Visible "$bootstrap" "$run.${t#*:}" "$dir/visible-${t%%:*}.tsv" \
       "$ROOT/schemas/avro" >"$dir/visible-${t%%:*}.log" 2>&1 & followers+=($!); pids+=($!)
   done
@@ -152,19 +161,20 @@ if [ "$live" = 1 ]; then
   timeout $(( (span_end - now_ms) / 1000 + 10 )) "$bin" generate --to kafka --live --start-ms "$span_start" \
     --accounts "$accounts" --minutes "$minutes" --seed 3 >"$dir/generate.log" 2>&1 || rc=$?
   [ "$rc" = 0 ] || [ "$rc" = 124 ] || die "generate failed: $(tail -3 "$dir/generate.log")"
-  for p in "$stream" "$ks" "$flink"; do kill -0 "$p" 2>/dev/null || die "an engine exited: see $dir"; done
+  for p in "$stream" "$ks" "$flink" "$db"; do kill -0 "$p" 2>/dev/null || die "an engine exited: see $dir"; done
   # The last windows closed by the input (ending two minutes before it does) reach the topics
   # within a few commits and checkpoints.
   sleep 20
   for p in "${followers[@]}"; do kill -0 "$p" 2>/dev/null || die "a follower exited: see $dir/visible-*.log"; done
   kill "${followers[@]}" 2>/dev/null || true; wait "${followers[@]}" 2>/dev/null || true
   printf 'engine\tcpu_s\tpeak_rss_mb\n' >"$dir/live-resources.tsv"
-  for e in "banter stream:$stream" "Kafka Streams:$ks" "Flink:$flink"; do
+  for e in "banter stream:$stream" "Kafka Streams:$ks" "Flink:$flink" "dbsp:$db"; do
     printf '%s\t%s\t%s\n' "${e%%:*}" "$(cpu_s "${e##*:}")" "$(rss_mb "${e##*:}")" >>"$dir/live-resources.tsv"
   done
   column -t -s $'\t' "$dir/live-resources.tsv"
   python3 "$here/visible.py" "$span_start" "$span_end" "banter stream=$dir/visible-banter.tsv" \
-    "Kafka Streams=$dir/visible-kstreams.tsv" "Flink=$dir/visible-flink.tsv" | tee "$dir/live.txt"
+    "Kafka Streams=$dir/visible-kstreams.tsv" "Flink=$dir/visible-flink.tsv" "dbsp=$dir/visible-dbsp.tsv" \
+    | tee "$dir/live.txt"
   say "live results in $dir"
   exit 0
 fi
@@ -251,12 +261,32 @@ say "Flink dropped $(sed -nE 's/^finished .*too_late=([0-9]+).*/\1/p' "$dir/flin
 if [ "$strict_flink" = 1 ] && ! grep -q '^Flink: all ' "$dir/flink.compare"; then die "Flink's counts differ"; fi
 record "Flink" "$f_time" "$f_cpu" "$f_rss" "$(awk '{print $1; exit}' "$dir/flink.dump")"
 
+# (d) dbsp, from the same topic with its own consumer group and output topic.
+say "dbsp"
+progress "$run-dbsp" dbsp
+start=$(date +%s.%N)
+taskset -c 1 "$dbsp_bin" "$bootstrap" "$run.events" "$run.dbsp-rollups" "$run-dbsp" 1000 >"$dir/dbsp.log" 2>&1 &
+db=$!; pids+=("$db")
+db_done() { kill -0 "$db" 2>/dev/null || die "the dbsp engine exited: $(tail -5 "$dir/dbsp.log")"
+  grep -q '^caught-up' "$dir/dbsp.log"; }
+until_ok 1800 "dbsp processing the input" db_done
+d_time=$(elapsed "$start"); d_cpu=$(cpu_s "$db"); d_rss=$(rss_mb "$db")
+kill "$sampler" 2>/dev/null || true
+dbsp_equal() {
+  timeout 300 "${java[@]}" -cp "$cp" banter.compare.Dump "$bootstrap" "$run.dbsp-rollups" "$dir/dbsp.tsv" "$ROOT/schemas/avro" \
+    >"$dir/dbsp.dump" 2>&1 \
+    && python3 "$here/compare.py" "$dir/expected.json" dbsp "$dir/dbsp.tsv" >"$dir/dbsp.compare" 2>&1; }
+until_ok 300 "dbsp's counts equal to the truth ($(cat "$dir/dbsp.compare" 2>/dev/null | head -4))" dbsp_equal
+cat "$dir/dbsp.compare"
+record "dbsp" "$d_time" "$d_cpu" "$d_rss" "$(awk '{print $1; exit}' "$dir/dbsp.dump")"
+kill "$db" 2>/dev/null || true; wait "$db" 2>/dev/null || true
+
 if [ "$short" = 0 ]; then
   venv="$STACK/compare-venv"
   [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" -q install 'matplotlib==3.11.2'; } \
     || die "cannot install matplotlib (PyPI) for the plot"
   "$venv/bin/python" "$here/plot.py" "$dir/progress.png" "banter stream=$dir/progress-banter.txt" \
-    "Kafka Streams=$dir/progress-kstreams.txt" "Flink=$dir/progress-flink.txt"
+    "Kafka Streams=$dir/progress-kstreams.txt" "Flink=$dir/progress-flink.txt" "dbsp=$dir/progress-dbsp.txt"
   say "plot: $dir/progress.png"
 fi
 say "results ($results)"
@@ -266,7 +296,7 @@ import csv, sys
 rows = {r["engine"]: r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t")}
 b = float(rows["banter stream"]["cpu_s_per_M"])
 bs = b + float(rows["banter sink"]["cpu_s_per_M"])
-for peer in ("Kafka Streams", "Flink"):
+for peer in ("Kafka Streams", "Flink", "dbsp"):
     p = float(rows[peer]["cpu_s_per_M"])
     print(f"events per CPU-second against {peer}: banter stream {p / b:.2f}x (topic to topic), "
           f"banter stream + sink into ClickHouse {p / bs:.2f}x")

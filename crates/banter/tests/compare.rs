@@ -1,8 +1,9 @@
 //! The side-by-side harness's short mode (`benches/compare/run.sh --short`): the same
 //! generated topic through `banter stream` + `banter sink` into ClickHouse, through the Kafka
-//! Streams application and through the Flink job (both built with Maven), each compared cell by
-//! cell with the generator's truth. Figures are printed, never asserted; the test fails when
-//! banter's or Kafka Streams' counts differ or the harness breaks, so it cannot rot. Then its
+//! Streams application, through the Flink job (both built with Maven) and through the dbsp
+//! engine (benches/compare/dbsp), each compared cell by cell with the generator's truth.
+//! Figures are printed, never asserted; the test fails when banter's, Kafka Streams' or dbsp's
+//! counts differ or the harness breaks, so it cannot rot. Then its
 //! live mode (`--live`), which measures how soon each engine's windows become visible.
 
 use std::path::Path;
@@ -33,9 +34,9 @@ fn run(args: &[&str]) -> String {
 }
 
 #[test]
-fn both_engines_count_what_the_generator_generated() {
+fn the_engines_count_what_the_generator_generated() {
     let text = run(&["--short"]);
-    for engine in ["banter", "Kafka Streams"] {
+    for engine in ["banter", "Kafka Streams", "dbsp"] {
         assert!(
             text.contains(&format!("{engine}: all ")),
             "no equal comparison for {engine}:\n{text}"
@@ -46,10 +47,10 @@ fn both_engines_count_what_the_generator_generated() {
     assert!(text.contains("Flink: "), "no comparison for Flink:\n{text}");
 
     // The live mode (freshness), after the short one (they share ports): three minutes of a
-    // small workload through the three engines at once. Every engine must have made the same
+    // small workload through the four engines at once. Every engine must have made the same
     // closed windows visible (visible.py fails otherwise); the latencies are printed only.
     let text = run(&["--live", "100", "3", "3"]);
-    for engine in ["banter stream", "Kafka Streams", "Flink"] {
+    for engine in ["banter stream", "Kafka Streams", "Flink", "dbsp"] {
         assert!(
             text.lines()
                 .any(|l| l.starts_with("MINUTE") && l.contains(engine)),
