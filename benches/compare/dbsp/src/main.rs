@@ -19,8 +19,11 @@
 //!   (minute, account) and (minute, post); the 5-minute velocity is a linear aggregate of the
 //!   minutes, each counted in the five windows containing it; two `window` operators release a
 //!   window once the watermark has passed its end, and again whenever a late event changes it
-//!   while it can still change. State below the lateness horizon is given back
-//!   (`integrate_trace_retain_keys`, `aggregate_linear_retain_keys`, the windows' own bounds).
+//!   while it can still change. The `distinct`'s events below the lateness horizon are given
+//!   back (`accumulate_integrate_trace_retain_keys`), and so are the windows' own traces. The
+//!   aggregates are not: dbsp 0.349's `aggregate_linear_retain_keys` bounds a trace its
+//!   aggregate does not read (the aggregate reads an accumulate trace of an internal stream),
+//!   so they keep every minute of a run and its memory grows with the input's span.
 //! * **Output**: every released window is written as a rollup record (the same Avro as banter's)
 //!   keyed by account; the records and the input offsets are committed in one Kafka
 //!   transaction per step (at most every 250 ms, banter's `stream.max_batch_ms`).
@@ -99,8 +102,9 @@ fn build(circuit: &mut RootCircuit) -> Result<Circuit> {
         )
     });
 
-    // Duplicates: one (minute, id) counts once; ids below the horizon are forgotten.
-    events.integrate_trace_retain_keys(&horizon, |e: &Event, h: &i64| e.0 >= *h);
+    // Duplicates: one (minute, id) counts once; ids below the horizon are forgotten (the
+    // accumulate trace is the one `distinct` reads at the top level).
+    events.accumulate_integrate_trace_retain_keys(&horizon, |e: &Event, h: &i64| e.0 >= *h);
     // (`distinct` is typed only without dbsp's backend-mode, which does not build: its
     // dynamic form, as Feldera's SQL compiler emits it.)
     let unique = events
@@ -340,7 +344,11 @@ fn main() -> Result<()> {
 
         // Windows are released once every partition's watermark has passed them.
         // A partition not read yet holds every window back (librdkafka may hand out one
-        // partition's backlog before the next one's), until the whole input has been read.
+        // partition's backlog before the next one's; in a live run a partition's first event
+        // may come after others'), until the input has been read to its end and been quiet
+        // for the idle timeout (an empty partition). A partition first read after that admits
+        // its events without a watermark, as in the Kafka Streams application, but a
+        // correction below `low` is then not written.
         let unseen = consumer
             .assignment()
             .context("assignment")?
@@ -351,7 +359,7 @@ fn main() -> Result<()> {
                     .get(&e.partition())
                     .is_none_or(|c| c.watermark.is_none())
             });
-        let lowest = if unseen && !caught_up {
+        let lowest = if unseen && !(caught_up && quiet >= idle_ms) {
             None
         } else {
             clocks.values().filter_map(|c| c.watermark).min()
@@ -390,7 +398,8 @@ fn main() -> Result<()> {
             }
         }
 
-        if fed || !rows.is_empty() {
+        // A step whose records were all dropped still commits their offsets.
+        if read > 0 || !rows.is_empty() {
             producer.begin_transaction().context("begin")?;
             for r in &rows {
                 buf.clear();
