@@ -122,6 +122,16 @@ progress() { # group engine
   taskset -c 0 java -Xmx256m -cp "$cp" banter.compare.Progress "$bootstrap" "$run.events" "$1" \
     "$dir/progress-$2.txt" >/dev/null 2>&1 & pids+=($!); sampler=$!
 }
+# An engine that prints "caught-up" once its committed offsets reach the input's end.
+caught_up() { # pid engine log
+  kill -0 "$1" 2>/dev/null || die "$2 exited: $(tail -5 "$3")"
+  grep -q '^caught-up' "$3"; }
+# Reads an engine's output topic (the last value of every window) and compares it with the
+# truth: $dir/NAME.dump (records read), NAME.tsv, NAME.compare.
+equal_to_truth() { # engine topic name
+  timeout 300 "${java[@]}" -cp "$cp" banter.compare.Dump "$bootstrap" "$run.$2" "$dir/$3.tsv" "$ROOT/schemas/avro" \
+    >"$dir/$3.dump" 2>&1 \
+    && python3 "$here/compare.py" "$dir/expected.json" "$1" "$dir/$3.tsv" >"$dir/$3.compare" 2>&1; }
 results="$dir/results.tsv"
 printf 'engine\tevents\tseconds\tevents_per_s\tcpu_s\tcpu_s_per_M\tpeak_rss_mb\toutput_records\n' >"$results"
 record() { # engine seconds cpu rss records
@@ -220,16 +230,11 @@ progress "$run-ks" kstreams
 start=$(date +%s.%N)
 taskset -c 1 "${java[@]}" -cp "$cp" banter.compare.KsApp "$bootstrap" "$run.events" "$run.ks-rollups" \
   "$run-ks" "$dir/ks-state" "$ROOT/schemas/avro" >"$dir/ks.log" 2>&1 & ks=$!; pids+=("$ks")
-ks_done() { kill -0 "$ks" 2>/dev/null || die "Kafka Streams exited: $(tail -5 "$dir/ks.log")"
-  grep -q '^caught-up' "$dir/ks.log"; }
-until_ok 1800 "Kafka Streams processing the input" ks_done
+until_ok 1800 "Kafka Streams processing the input" caught_up "$ks" "Kafka Streams" "$dir/ks.log"
 k_time=$(elapsed "$start"); k_cpu=$(cpu_s "$ks"); k_rss=$(rss_mb "$ks")
 kill "$sampler" 2>/dev/null || true
-ks_equal() {
-  timeout 300 "${java[@]}" -cp "$cp" banter.compare.Dump "$bootstrap" "$run.ks-rollups" "$dir/ks.tsv" "$ROOT/schemas/avro" \
-    >"$dir/ks.dump" 2>&1 \
-    && python3 "$here/compare.py" "$dir/expected.json" "Kafka Streams" "$dir/ks.tsv" >"$dir/ks.compare" 2>&1; }
-until_ok 300 "Kafka Streams' counts equal to the truth ($(cat "$dir/ks.compare" 2>/dev/null | head -4))" ks_equal
+until_ok 300 "Kafka Streams' counts equal to the truth ($(cat "$dir/ks.compare" 2>/dev/null | head -4))" \
+  equal_to_truth "Kafka Streams" ks-rollups ks
 cat "$dir/ks.compare"
 # Output records as the dump read them, the last minutes' rows included.
 record "Kafka Streams" "$k_time" "$k_cpu" "$k_rss" "$(awk '{print $1; exit}' "$dir/ks.dump")"
@@ -248,14 +253,10 @@ f_time=$(elapsed "$start")
 kill "$sampler" 2>/dev/null || true
 f_cpu=$(sed -nE 's/^finished cpu_s=([0-9.]+).*/\1/p' "$dir/flink.log"); f_rss=$(sed -nE 's/^finished .*rss_mb=([0-9]+).*/\1/p' "$dir/flink.log")
 [ -n "$f_cpu" ] || die "the Flink job printed no figures: $(tail -3 "$dir/flink.log")"
-flink_equal() {
-  timeout 300 "${java[@]}" -cp "$cp" banter.compare.Dump "$bootstrap" "$run.flink-rollups" "$dir/flink.tsv" "$ROOT/schemas/avro" \
-    >"$dir/flink.dump" 2>&1 \
-    && python3 "$here/compare.py" "$dir/expected.json" Flink "$dir/flink.tsv" >"$dir/flink.compare" 2>&1; }
 # Flink's watermark is the minimum over the partitions, moved every 200 ms: deliveries the
 # design calls too late (banter's and Kafka Streams' per-partition watermarks drop them) can
 # still be counted. Its differences are reported, and fail the run only with --strict-flink.
-for _ in 1 2 3; do flink_equal && break; sleep 2; done || true
+for _ in 1 2 3; do equal_to_truth Flink flink-rollups flink && break; sleep 2; done || true
 cat "$dir/flink.compare" 2>/dev/null || say "Flink's output could not be read: $(tail -3 "$dir/flink.dump" 2>/dev/null)"
 say "Flink dropped $(sed -nE 's/^finished .*too_late=([0-9]+).*/\1/p' "$dir/flink.log") deliveries as too late; the truth has $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["expected"]["too_late"]))' "$dir/expected.json")"
 if [ "$strict_flink" = 1 ] && ! grep -q '^Flink: all ' "$dir/flink.compare"; then die "Flink's counts differ"; fi
@@ -267,16 +268,11 @@ progress "$run-dbsp" dbsp
 start=$(date +%s.%N)
 taskset -c 1 "$dbsp_bin" "$bootstrap" "$run.events" "$run.dbsp-rollups" "$run-dbsp" 1000 >"$dir/dbsp.log" 2>&1 &
 db=$!; pids+=("$db")
-db_done() { kill -0 "$db" 2>/dev/null || die "the dbsp engine exited: $(tail -5 "$dir/dbsp.log")"
-  grep -q '^caught-up' "$dir/dbsp.log"; }
-until_ok 1800 "dbsp processing the input" db_done
+until_ok 1800 "dbsp processing the input" caught_up "$db" "the dbsp engine" "$dir/dbsp.log"
 d_time=$(elapsed "$start"); d_cpu=$(cpu_s "$db"); d_rss=$(rss_mb "$db")
 kill "$sampler" 2>/dev/null || true
-dbsp_equal() {
-  timeout 300 "${java[@]}" -cp "$cp" banter.compare.Dump "$bootstrap" "$run.dbsp-rollups" "$dir/dbsp.tsv" "$ROOT/schemas/avro" \
-    >"$dir/dbsp.dump" 2>&1 \
-    && python3 "$here/compare.py" "$dir/expected.json" dbsp "$dir/dbsp.tsv" >"$dir/dbsp.compare" 2>&1; }
-until_ok 300 "dbsp's counts equal to the truth ($(cat "$dir/dbsp.compare" 2>/dev/null | head -4))" dbsp_equal
+until_ok 300 "dbsp's counts equal to the truth ($(cat "$dir/dbsp.compare" 2>/dev/null | head -4))" \
+  equal_to_truth dbsp dbsp-rollups dbsp
 cat "$dir/dbsp.compare"
 record "dbsp" "$d_time" "$d_cpu" "$d_rss" "$(awk '{print $1; exit}' "$dir/dbsp.dump")"
 kill "$db" 2>/dev/null || true; wait "$db" 2>/dev/null || true

@@ -43,9 +43,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use banter_model::{
-    Action, Codec, EngagementEvent, EventTimeSource, Kind, Rollup, SmolStr, WindowKind,
-};
+use banter_model::{Codec, EngagementEvent, EventTimeSource, Rollup, SmolStr, WindowKind};
 use dbsp::dynamic::{DowncastTrait, DynData};
 use dbsp::operator::dynamic::distinct::DistinctFactories;
 use dbsp::typed_batch::{IndexedZSetReader, SpineSnapshot, TypedBox};
@@ -156,26 +154,13 @@ fn build(circuit: &mut RootCircuit) -> Result<Circuit> {
     })
 }
 
-/// DESIGN.md: interactions are COMMENT, LIVE_COMMENT, POST_REACTION, SHARE, STORY_REPLY and
-/// DM_IN from non-brand actors; ADD and UNHIDE count +1, REMOVE and HIDE -1, EDIT 0.
+/// DESIGN.md's interactions, by banter-model's definitions of the kinds that count and the
+/// actions' signs: none from the brand's own actors.
 fn delta(e: &EngagementEvent) -> i64 {
-    let counted = matches!(
-        e.kind,
-        Kind::Comment
-            | Kind::LiveComment
-            | Kind::PostReaction
-            | Kind::Share
-            | Kind::StoryReply
-            | Kind::DmIn
-    );
-    if e.is_brand_actor || !counted {
+    if e.is_brand_actor || !e.kind.is_interaction() {
         return 0;
     }
-    match e.action {
-        Action::Add | Action::Unhide => 1,
-        Action::Remove | Action::Hide => -1,
-        Action::Edit => 0,
-    }
+    e.action.count_delta()
 }
 
 /// One input partition's clock.
