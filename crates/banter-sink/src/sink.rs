@@ -29,6 +29,7 @@ use banter_model::{
 use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::{consumer_config, producer, KafkaContext};
 use banter_runtime::registry::Registry as SchemaRegistry;
+use smol_str::SmolStr;
 
 use crate::clickhouse::ClickHouse;
 use crate::config::SinkConfig;
@@ -136,8 +137,9 @@ impl SinkMetrics {
 /// A `rollups` row.
 #[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
 pub struct RollupRow {
-    account_id: String,
-    content_id: String,
+    // SmolStr like the record's: ids up to 23 bytes stay inline, no allocation per row.
+    account_id: SmolStr,
+    content_id: SmolStr,
     window_kind: Cow<'static, str>,
     window_start_ms: i64,
     window_end_ms: i64,
@@ -162,8 +164,8 @@ pub struct RollupRow {
 impl From<Rollup> for RollupRow {
     fn from(r: Rollup) -> Self {
         RollupRow {
-            account_id: r.account_id.to_string(),
-            content_id: r.content_id.as_deref().unwrap_or_default().to_owned(),
+            account_id: r.account_id,
+            content_id: r.content_id.unwrap_or_default(),
             window_kind: r.window.as_str().into(),
             window_start_ms: r.window_start,
             window_end_ms: r.window_end,
@@ -377,8 +379,8 @@ impl RollupRow {
     /// version does not know.
     pub fn into_rollup(self) -> Option<Rollup> {
         Some(Rollup {
-            account_id: self.account_id.into(),
-            content_id: nonempty(self.content_id).map(Into::into),
+            account_id: self.account_id,
+            content_id: (!self.content_id.is_empty()).then_some(self.content_id),
             window: WindowKind::parse(&self.window_kind)?,
             window_start: self.window_start_ms,
             window_end: self.window_end_ms,
@@ -536,37 +538,62 @@ impl From<DeadLetter> for DeadLetterRow {
 /// Where a Kafka record came from.
 #[derive(Clone, Copy)]
 struct Source<'a> {
-    topic: &'a str,
+    topic: &'a Arc<str>,
     partition: i32,
     offset: i64,
 }
 
-/// Decodes an Avro record into the row of its table, keeping where it came from.
+/// Decodes an Avro record into the row of its table, keeping where it came from: its payload
+/// is appended to `payloads`, the batch's one buffer of them.
 fn decode<R: AvroRecord, T: From<R>>(
     payload: &[u8],
     src: Source<'_>,
-    account: impl Fn(&R) -> String,
+    payloads: &mut Vec<u8>,
 ) -> Result<Pending<T>, String> {
     let r = R::codec().decode(payload).map_err(|e| e.to_string())?;
+    let start = payloads.len();
+    payloads.extend_from_slice(payload);
     Ok(Pending {
-        account_id: account(&r),
         row: r.into(),
-        topic: src.topic.to_owned(),
+        topic: src.topic.clone(),
         partition: src.partition,
         offset: src.offset,
-        payload: payload.to_vec(),
+        payload: start..payloads.len(),
     })
 }
 
 /// A row with where it came from, for dead-lettering it.
 struct Pending<T> {
     row: T,
-    account_id: String,
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
-    payload: Vec<u8>,
+    /// Where its payload is in the batch's buffer of payloads.
+    payload: std::ops::Range<usize>,
 }
+
+/// A row of a ClickHouse table the sink writes.
+trait SinkRow: clickhouse::Row + Serialize + Send + Sync + 'static {
+    /// The account its dead letter names, if any.
+    fn account_id(&self) -> &str;
+}
+
+macro_rules! sink_rows {
+    ($($t:ty),*) => {$(
+        impl SinkRow for $t {
+            fn account_id(&self) -> &str {
+                &self.account_id
+            }
+        }
+    )*};
+}
+sink_rows!(
+    RollupRow,
+    FunnelRow,
+    ConversationRow,
+    AlertRow,
+    DeadLetterRow
+);
 
 /// What ClickHouse's error means for the insert.
 #[derive(Debug, PartialEq, Eq)]
@@ -609,7 +636,7 @@ async fn insert_rows<T>(
     rows: &[Pending<T>],
 ) -> Result<(), clickhouse::error::Error>
 where
-    T: clickhouse::Row + Serialize + Send + Sync + 'static,
+    T: SinkRow,
     for<'a> T: clickhouse::RowWrite<Value<'a> = T>,
 {
     let mut insert = ch.client.insert::<T>(table).await?;
@@ -633,9 +660,15 @@ struct Writer<'a> {
 impl Writer<'_> {
     /// Inserts `rows`, retrying what can be retried and dead-lettering rows ClickHouse
     /// rejects. Returns when everything is either in ClickHouse or in the dead-letter topic.
-    async fn write<T>(&self, table: &'static str, rows: Vec<Pending<T>>) -> Result<(), SinkError>
+    /// `payloads` is the batch's buffer the rows' payloads are in.
+    async fn write<T>(
+        &self,
+        table: &'static str,
+        rows: &[Pending<T>],
+        payloads: &[u8],
+    ) -> Result<(), SinkError>
     where
-        T: clickhouse::Row + Serialize + Send + Sync + 'static,
+        T: SinkRow,
         for<'b> T: clickhouse::RowWrite<Value<'b> = T>,
     {
         if rows.is_empty() {
@@ -689,6 +722,7 @@ impl Writer<'_> {
                         tracing::warn!(table, topic = %p.topic, partition = p.partition, offset = p.offset, error = %e, "row rejected; dead-lettered");
                         self.dead_letter(
                             p,
+                            &payloads[p.payload.clone()],
                             "rejected",
                             format!("clickhouse rejected the row for {table}: {e}"),
                         )
@@ -706,13 +740,15 @@ impl Writer<'_> {
         Ok(())
     }
 
-    async fn dead_letter<T>(
+    async fn dead_letter<T: SinkRow>(
         &self,
         p: &Pending<T>,
+        payload: &[u8],
         reason: &str,
         detail: String,
     ) -> Result<(), SinkError> {
-        let (payload, detail) = DeadLetter::bounded_payload(&p.payload, &detail);
+        let (payload, detail) = DeadLetter::bounded_payload(payload, &detail);
+        let account_id = p.row.account_id();
         send_dead_letter(
             self.producer,
             self.registry,
@@ -721,10 +757,10 @@ impl Writer<'_> {
                 stage: Stage::Sink,
                 reason: reason.to_owned(),
                 detail,
-                source: Some(p.topic.clone()),
+                source: Some(p.topic.to_string()),
                 source_partition: Some(p.partition),
                 source_offset: Some(p.offset),
-                account_id: (!p.account_id.is_empty()).then(|| p.account_id.clone()),
+                account_id: (!account_id.is_empty()).then(|| account_id.to_owned()),
                 payload,
                 failed_at: banter_runtime::now_ms(),
             },
@@ -777,7 +813,7 @@ struct Batch {
     alerts: Vec<Pending<AlertRow>>,
     dead_letters: Vec<Pending<DeadLetterRow>>,
     /// (topic, partition) -> next offset.
-    offsets: BTreeMap<(String, i32), i64>,
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
     records: usize,
 }
 
@@ -958,19 +994,24 @@ pub async fn run(
         shutdown.clone(),
     )?;
     tracing::info!(group = %sc.group_id, ?topics, database = %ch.database, "sink started");
+    // The topics' names, shared by the rows that came from them (no copy per row).
+    let names: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(*t)).collect();
+    // The batch's payloads, one after the other (kept for dead-lettering a rejected row); the
+    // buffer is reused from batch to batch.
+    let mut payloads: Vec<u8> = Vec::new();
     loop {
         let mut batch = Batch::default();
-        let started = Instant::now();
-        let max_wait = Duration::from_millis(sc.max_batch_ms);
+        payloads.clear();
+        // One timer and one cancellation wait for the whole batch, not one per record.
+        let deadline = tokio::time::sleep(Duration::from_millis(sc.max_batch_ms));
+        tokio::pin!(deadline);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         while batch.records < sc.max_batch_rows {
-            let left = max_wait.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                break;
-            }
             let m = tokio::select! {
                 m = consumer.recv() => m,
-                () = tokio::time::sleep(left) => break,
-                () = shutdown.cancelled() => break,
+                () = &mut deadline => break,
+                () = &mut cancelled => break,
             };
             let m = match m {
                 Ok(m) => m,
@@ -993,7 +1034,10 @@ pub async fn run(
                     continue;
                 }
             };
-            let topic = m.topic().to_owned();
+            let topic = match names.iter().find(|n| ***n == *m.topic()) {
+                Some(n) => n.clone(),
+                None => Arc::from(m.topic()),
+            };
             let (partition, offset) = (m.partition(), m.offset());
             let raw = m.payload().unwrap_or_default();
             // A Confluent-framed record, read as the single-object one it carries.
@@ -1019,7 +1063,7 @@ pub async fn run(
             }
             batch.offsets.insert((topic.clone(), partition), offset + 1);
             batch.records += 1;
-            let undecodable = |e: String| (topic.clone(), partition, offset, raw.to_vec(), e);
+            let undecodable = |e: String| (topic.to_string(), partition, offset, raw.to_vec(), e);
             let src = Source {
                 topic: &topic,
                 partition,
@@ -1027,13 +1071,13 @@ pub async fn run(
             };
             // The rollups topic carries Rollup, FunnelRollup and ConversationRollup records:
             // the single-object header's fingerprint says which.
-            let fingerprint = (topic == k.topics.rollups)
+            let fingerprint = (*topic == *k.topics.rollups)
                 .then(|| banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload))
                 .flatten();
             let funnel = fingerprint == Some(FunnelRollup::codec().fingerprint());
             let conversation = fingerprint == Some(ConversationRollup::codec().fingerprint());
             let bad = if let Err(e) = &unframed {
-                if topic == k.topics.dlq {
+                if *topic == *k.topics.dlq {
                     // Not sent back to the dead-letter topic (it would loop).
                     metrics.undecodable.inc();
                     tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
@@ -1042,31 +1086,31 @@ pub async fn run(
                     Some(undecodable(e.clone()))
                 }
             } else if conversation {
-                decode::<ConversationRollup, _>(payload, src, |c| c.account_id.clone())
+                decode::<ConversationRollup, _>(payload, src, &mut payloads)
                     .map(|p| batch.conversations.push(p))
                     .err()
                     .map(undecodable)
             } else if funnel {
-                decode::<FunnelRollup, _>(payload, src, |f| f.account_id.clone())
+                decode::<FunnelRollup, _>(payload, src, &mut payloads)
                     .map(|p| batch.funnels.push(p))
                     .err()
                     .map(undecodable)
-            } else if topic == k.topics.rollups {
-                decode::<Rollup, _>(payload, src, |r| r.account_id.to_string())
+            } else if *topic == *k.topics.rollups {
+                decode::<Rollup, _>(payload, src, &mut payloads)
                     .map(|p| batch.rollups.push(p))
                     .err()
                     .map(undecodable)
-            } else if topic == k.topics.alerts {
-                decode::<SpikeAlert, _>(payload, src, |a| a.account_id.clone())
+            } else if *topic == *k.topics.alerts {
+                decode::<SpikeAlert, _>(payload, src, &mut payloads)
                     .map(|p| batch.alerts.push(p))
                     .err()
                     .map(undecodable)
             } else {
-                match decode::<DeadLetter, DeadLetterRow>(payload, src, |d| {
-                    d.account_id.clone().unwrap_or_default()
-                }) {
+                match decode::<DeadLetter, DeadLetterRow>(payload, src, &mut payloads) {
                     Ok(mut p) => {
-                        p.payload = Vec::new(); // the row holds it; no second copy
+                        // The row holds the payload; no second copy.
+                        payloads.truncate(p.payload.start);
+                        p.payload = p.payload.start..p.payload.start;
                         p.row.dlq_partition = partition;
                         p.row.dlq_offset = offset;
                         batch.dead_letters.push(p);
@@ -1102,20 +1146,14 @@ pub async fn run(
             }
         }
         if batch.records > 0 {
+            writer.write("rollups", &batch.rollups, &payloads).await?;
+            writer.write("funnels", &batch.funnels, &payloads).await?;
             writer
-                .write("rollups", std::mem::take(&mut batch.rollups))
+                .write("conversations", &batch.conversations, &payloads)
                 .await?;
+            writer.write("alerts", &batch.alerts, &payloads).await?;
             writer
-                .write("funnels", std::mem::take(&mut batch.funnels))
-                .await?;
-            writer
-                .write("conversations", std::mem::take(&mut batch.conversations))
-                .await?;
-            writer
-                .write("alerts", std::mem::take(&mut batch.alerts))
-                .await?;
-            writer
-                .write("dead_letters", std::mem::take(&mut batch.dead_letters))
+                .write("dead_letters", &batch.dead_letters, &payloads)
                 .await?;
             // Everything is in ClickHouse and nothing is committed: a crash here writes the
             // batch again after the restart (tests crash here on purpose).
