@@ -11,7 +11,9 @@
 //! `benches/mix` shared with `benches/engine.rs` (reactions, comments with replies and CTA keywords, story replies, DMs,
 //! mentions). It prints, per size, RSS before and after (the allocator `banter stream` uses,
 //! transparent huge pages included), the changelog bytes, and the growth per post between the
-//! two sizes. `BANTER_MEMORY_POSTS=N` runs one size only.
+//! two sizes. `BANTER_MEMORY_POSTS=N` runs one size only; `BANTER_MEMORY_MINUTES=M` feeds M
+//! minutes of event time instead of 70 (1440: posts active for a day, so that conversations'
+//! items, kept 24 h, reach their full size too).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stderr)]
 
@@ -28,7 +30,13 @@ static ALLOC: banter_alloc::HugePages = banter_alloc::HugePages;
 
 const T0: i64 = 1_764_000_000_000;
 const ACCOUNTS: u64 = 1_000;
-const MINUTES: u64 = 70;
+/// Minutes of event time fed: `BANTER_MEMORY_MINUTES`, 70 unless set.
+fn minutes() -> u64 {
+    std::env::var("BANTER_MEMORY_MINUTES").map_or(70, |m| {
+        m.parse()
+            .expect("BANTER_MEMORY_MINUTES: a number of minutes")
+    })
+}
 /// Each post gets one event every this many minutes.
 const EVERY_MINUTES: u64 = 5;
 
@@ -69,13 +77,13 @@ fn event(i: u64, posts: u64) -> EngagementEvent {
     e
 }
 
-/// Feeds `posts` active posts for MINUTES minutes of event time; prints one `result` line.
+/// Feeds `posts` active posts for [`minutes`] of event time; prints one `result` line.
 fn measure(posts: u64) {
     let matcher = mix::matcher(ACCOUNTS);
     let (before, _) = rss();
     let mut pipeline = Pipeline::new(&PipelineConfig::default(), matcher);
     let mut out = Outputs::default();
-    let n = posts * MINUTES / EVERY_MINUTES;
+    let n = posts * minutes() / EVERY_MINUTES;
     let t0 = Instant::now();
     for i in 0..n {
         pipeline.process(&event(i, posts), i as i64, &mut out);
@@ -146,7 +154,8 @@ fn main() {
     }
     let mb = |b: f64| b / 1e6;
     println!(
-        "memory of one partition's pipeline: active posts for {MINUTES} min of event time, an event per post every {EVERY_MINUTES} min, {ACCOUNTS} accounts"
+        "memory of one partition's pipeline: active posts for {} min of event time, an event per post every {EVERY_MINUTES} min, {ACCOUNTS} accounts",
+        minutes()
     );
     println!(
         "{:>10} {:>11} {:>9} {:>9} {:>10} {:>12} {:>14} {:>8}",
