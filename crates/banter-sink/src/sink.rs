@@ -1008,10 +1008,13 @@ pub async fn run(
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         while batch.records < sc.max_batch_rows {
+            // Biased, the deadline and the stop first: a backlog that keeps `recv` ready
+            // cannot stretch the batch past `max_batch_ms`.
             let m = tokio::select! {
-                m = consumer.recv() => m,
+                biased;
                 () = &mut deadline => break,
                 () = &mut cancelled => break,
+                m = consumer.recv() => m,
             };
             let m = match m {
                 Ok(m) => m,

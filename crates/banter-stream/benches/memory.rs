@@ -12,8 +12,11 @@
 //! mentions). It prints, per size, RSS before and after (the allocator `banter stream` uses,
 //! transparent huge pages included), the changelog bytes, and the growth per post between the
 //! two sizes. `BANTER_MEMORY_POSTS=N` runs one size only; `BANTER_MEMORY_MINUTES=M` feeds M
-//! minutes of event time instead of 70 (1440: posts active for a day, so that conversations'
-//! items, kept 24 h, reach their full size too).
+//! minutes of event time instead of 70 (1440: posts active for a day; conversations keep an
+//! item until its UTC day's window is final, the day plus the 24 h answer horizon, so over a
+//! day nothing is forgotten yet and a day is a lower bound of a steady state of several).
+//! Set it together with `BANTER_MEMORY_POSTS`: without it the 1,000,000-post size runs too,
+//! which for a day is 288 M events and about 70 GB.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stderr)]
 
