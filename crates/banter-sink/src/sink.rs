@@ -370,8 +370,8 @@ fn sketch(buckets: &[i32], counts: &[i64]) -> Vec<SketchBucket> {
         .collect()
 }
 
-fn nonempty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
+fn nonempty<S: AsRef<str>>(s: S) -> Option<S> {
+    (!s.as_ref().is_empty()).then_some(s)
 }
 
 impl RollupRow {
@@ -380,7 +380,7 @@ impl RollupRow {
     pub fn into_rollup(self) -> Option<Rollup> {
         Some(Rollup {
             account_id: self.account_id,
-            content_id: (!self.content_id.is_empty()).then_some(self.content_id),
+            content_id: nonempty(self.content_id),
             window: WindowKind::parse(&self.window_kind)?,
             window_start: self.window_start_ms,
             window_end: self.window_end_ms,

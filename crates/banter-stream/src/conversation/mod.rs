@@ -468,11 +468,7 @@ impl Conversations {
                 dm.id.clone(),
                 Item {
                     account: key.0.clone(),
-                    content: dm
-                        .story
-                        .as_deref()
-                        .filter(|s| !s.is_empty())
-                        .map(SmolStr::from),
+                    content: dm.story.clone().filter(|s| !s.is_empty()),
                     kind: if dm.story.is_some() {
                         ItemKind::StoryReply
                     } else {
