@@ -87,6 +87,11 @@ export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS=
   BANTER_INGEST__ACTOR_SALT=benchmark-salt-0123456789 BANTER_TELEMETRY__LOG_LEVEL=warn
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+# The workload's keyword CTA campaigns (cta.campaigns_file), as scripts/run.sh gives the main
+# job's stream: without them banter's funnels of keyword-triggered campaigns would do nothing.
+"$bin" generate --accounts "$accounts" --minutes "$minutes" --seed 3 --campaigns "$dir/campaigns.toml" \
+  --only-campaigns >"$dir/campaigns.log" 2>&1 || die "generate --campaigns failed: $(tail -3 "$dir/campaigns.log")"
+export BANTER_CTA__CAMPAIGNS_FILE="$dir/campaigns.toml"
 
 "$bin" topics >"$dir/topics.log"
 # The Kafka Streams application's output topic, made like the rollups topic (the broker does

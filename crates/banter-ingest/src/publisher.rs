@@ -194,7 +194,10 @@ impl Publisher {
                         .to_string(),
                 )
                 .set("queue.buffering.max.messages", "1000000")
-                .set("queue.buffering.max.kbytes", "1048576");
+                .set("queue.buffering.max.kbytes", "1048576")
+                // The transaction's commit fails if any of its records failed, and the request
+                // is answered only after the commit: reports of delivered records are not needed.
+                .set("delivery.report.only.error", "true");
             let context = KafkaContext::new(kafka);
             let producer: ThreadedProducer<KafkaContext> =
                 cfg.create_with_context(context.clone())?;

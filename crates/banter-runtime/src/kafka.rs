@@ -264,6 +264,11 @@ const OWN_PROPERTIES: &[(&str, &[&str], &str)] = &[
         &["false"],
         "offsets are committed with the output they produced",
     ),
+    (
+        "delivery.report.only.error",
+        &[],
+        "each producer sets it: a transactional one needs reports of failures only, the others wait for every report",
+    ),
 ];
 
 /// Checks `kafka.properties` without connecting: each name is one librdkafka knows and each
@@ -357,6 +362,8 @@ pub fn producer(
     producer_config(cfg, role)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
+        // Each send's future is completed by its delivery report.
+        .set("delivery.report.only.error", "false")
         .create_with_context(KafkaContext::new(cfg))
         .map_err(|source| KafkaSetupError::Client {
             what: "producer config",
@@ -389,7 +396,8 @@ impl<C: ProducerContext> DeliveryReports for BaseProducer<C> {
 }
 
 /// Waits until every record given to a transactional producer has its delivery report served
-/// (delivered or failed), up to `timeout`. Call it before `commit_transaction`.
+/// (delivered or failed; with `delivery.report.only.error`, until each is acknowledged or its
+/// failure served), up to `timeout`. Call it before `commit_transaction`.
 ///
 /// rdkafka's `flush`, which its `commit_transaction` runs first, asks librdkafka for a flush
 /// that does not wait and, while any record or report is still unserved, polls the event queue
@@ -917,18 +925,44 @@ mod tests {
             }
         };
         check_wait_delivered(&mock, &base, &send);
+
+        // As the stream's producer: reports of failures only. A delivered record leaves the
+        // in-flight count when the broker acknowledges it, with nothing to serve.
+        let mock = transactions_mock();
+        let quiet: BaseProducer<DefaultProducerContext> = transactional(&mock)
+            .set("delivery.report.only.error", "true")
+            .create()
+            .expect("producer");
+        let send = |n: u32| {
+            for i in 0..n {
+                quiet
+                    .send(BaseRecord::to("events").key("k").payload(&record(i)))
+                    .map_err(|(e, _)| e)
+                    .expect("send");
+            }
+        };
+        check_wait_delivered(&mock, &quiet, &send);
     }
 
     /// A record the broker refuses for good: the wait still ends (its report served), and the
-    /// transaction cannot commit but aborts.
+    /// transaction cannot commit but aborts; also with reports of failures only (the stream's
+    /// and the ingest's producers), where the transaction is what tells.
     #[test]
     fn a_failed_delivery_fails_the_commit_after_the_wait() {
+        for only_errors in ["false", "true"] {
+            a_failed_delivery_fails_the_commit(only_errors);
+        }
+    }
+
+    fn a_failed_delivery_fails_the_commit(only_errors: &str) {
         use rdkafka::producer::{BaseRecord, DefaultProducerContext};
         use rdkafka::types::RDKafkaApiKey;
         use rdkafka::types::RDKafkaRespErr;
         let mock = transactions_mock();
-        let producer: BaseProducer<DefaultProducerContext> =
-            transactional(&mock).create().expect("producer");
+        let producer: BaseProducer<DefaultProducerContext> = transactional(&mock)
+            .set("delivery.report.only.error", only_errors)
+            .create()
+            .expect("producer");
         producer
             .init_transactions(Duration::from_secs(30))
             .expect("init_transactions");

@@ -362,6 +362,15 @@ mod tests {
             ["kafka.properties.\"request.required.acks\""],
             "{err}"
         );
+        // Reports of failures only would leave the futures of the sink's and the alerter's
+        // sends waiting forever: each producer sets it itself.
+        let p = write("[kafka.properties]\n\"delivery.report.only.error\" = \"true\"\n");
+        let err = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert_eq!(
+            err.keys(),
+            ["kafka.properties.\"delivery.report.only.error\""],
+            "{err}"
+        );
         // A named setting's value in another case is the same value.
         let p = write("[kafka]\nsecurity_protocol = \"ssl\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n");
         Config::load(Some(&p), env(&[])).unwrap();
