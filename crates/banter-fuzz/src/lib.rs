@@ -18,7 +18,7 @@ use banter_model::{
     AvroRecord, ConversationRollup, DeadLetter, EngagementEvent, FunnelRollup, Rollup, SpikeAlert,
     Stage,
 };
-use banter_stream::changelog::Store;
+use banter_stream::changelog::{Changes, Store};
 use banter_stream::cta::Matcher;
 use banter_stream::{Checkpoint, Mark, Outputs, Pipeline, PipelineConfig, Saved, StreamSettings};
 
@@ -353,7 +353,7 @@ pub fn changelog(data: &[u8]) {
     if let Some(t) = p.max_event_time() {
         p.idle_advance(t.saturating_add(3_600_000), &mut out);
     }
-    let mut changes = Vec::new();
+    let mut changes = Changes::new();
     p.write_changes(&mut changes)
         .unwrap_or_else(|e| panic!("a restored pipeline cannot write its changelog: {e}"));
     let _ = p.checkpoint();
@@ -398,7 +398,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         all.alerts.append(&mut outs.alerts);
         outs.clear();
         if i % 500 == 499 {
-            let mut changes = Vec::new();
+            let mut changes = Changes::new();
             if p.write_changes(&mut changes).is_ok() {
                 for (store, c) in changes {
                     match c.value {

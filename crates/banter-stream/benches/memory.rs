@@ -94,13 +94,13 @@ fn measure(posts: u64) {
     }
     let took = t0.elapsed();
     let (after, peak) = rss();
-    let mut changes = Vec::new();
+    let mut changes = banter_stream::changelog::Changes::new();
     pipeline.write_changes(&mut changes).unwrap();
     let sizes = pipeline.state_sizes();
     let mut by_store = std::collections::BTreeMap::new();
-    for (store, c) in &changes {
+    for (store, c) in changes.iter() {
         *by_store.entry(format!("{store:?}")).or_insert(0usize) +=
-            c.key.len() + c.value.as_ref().map_or(0, Vec::len);
+            c.key.len() + c.value.map_or(0, <[u8]>::len);
     }
     let changelog: usize = by_store.values().sum();
     println!(

@@ -9,6 +9,9 @@
 //!   Rust strings), the key reads back as the same id.
 //! * **Values** are JSON (readable with any Kafka tool). A value that cannot be encoded is an
 //!   error that fails the batch ([`StateError::Encode`]): it is never written as nothing.
+//! * **Written in place:** a commit's entries go into one buffer ([`Changes`]); a key or value
+//!   is never a heap block of its own (a busy partition writes about one entry per input
+//!   event).
 //! * **Restore** takes the latest entry per key in any order ([`ChangelogMap::restore_entry`]);
 //!   a key or value that cannot be read names its store, table and key.
 
@@ -65,13 +68,149 @@ impl std::fmt::Display for Store {
     }
 }
 
-/// One changelog entry of a store: its key within the store and its value (None: deleted).
+/// One changelog entry of a store, owned: its key within the store and its value (None:
+/// deleted). What [`Changes`] hands out by value, for tests and tools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// The table's tag, then the key in [`StateKey`] form.
     pub key: Vec<u8>,
     /// JSON; None deletes the key.
     pub value: Option<Vec<u8>>,
+}
+
+/// One entry of [`Changes`], borrowed from its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeRef<'a> {
+    /// The table's tag, then the key in [`StateKey`] form.
+    pub key: &'a [u8],
+    /// JSON; None deletes the key.
+    pub value: Option<&'a [u8]>,
+}
+
+/// Changelog entries as operators write them: every key and value in one buffer, in order,
+/// each entry marked with its store. [`Changes::clear`] keeps the buffers' capacity, so the
+/// partitions of a commit reuse them. [`Changes::begin`] sets the store of the entries that
+/// follow (the pipeline calls it before each operator writes; the first store is
+/// [`Store::Windows`]).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    bytes: Vec<u8>,
+    entries: Vec<Span>,
+    store: Store,
+}
+
+/// Where an entry sits in [`Changes::bytes`]: key `start..key_end`, value `key_end..end`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    store: Store,
+    start: usize,
+    key_end: usize,
+    end: usize,
+    deleted: bool,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes {
+            bytes: Vec::new(),
+            entries: Vec::new(),
+            store: Store::Windows,
+        }
+    }
+}
+
+impl Changes {
+    /// No entries.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets the entries, keeping the buffers for the next ones.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.entries.clear();
+    }
+
+    /// The entries appended from now on belong to `store`.
+    pub fn begin(&mut self, store: Store) {
+        self.store = store;
+    }
+
+    /// The entries in the order written, with their stores.
+    pub fn iter(&self) -> impl Iterator<Item = (Store, ChangeRef<'_>)> + '_ {
+        self.entries.iter().map(|s| {
+            (
+                s.store,
+                ChangeRef {
+                    key: &self.bytes[s.start..s.key_end],
+                    value: (!s.deleted).then(|| &self.bytes[s.key_end..s.end]),
+                },
+            )
+        })
+    }
+
+    /// Appends an entry of `table`: its tag, the key's bytes (`key` appends them), then the
+    /// value as JSON (None: the key is deleted). A value that cannot be encoded leaves nothing
+    /// of the entry behind.
+    pub(crate) fn push<V: Serialize + ?Sized>(
+        &mut self,
+        table: TableId,
+        key: impl FnOnce(&mut Vec<u8>),
+        value: Option<&V>,
+    ) -> Result<(), StateError> {
+        let start = self.bytes.len();
+        self.bytes.push(table.tag);
+        key(&mut self.bytes);
+        let key_end = self.bytes.len();
+        if let Some(v) = value {
+            if let Err(e) = serde_json::to_writer(&mut self.bytes, v) {
+                self.bytes.truncate(start);
+                return Err(StateError::Encode {
+                    table: table.name,
+                    message: e.to_string(),
+                });
+            }
+        }
+        self.entries.push(Span {
+            store: self.store,
+            start,
+            key_end,
+            end: self.bytes.len(),
+            deleted: value.is_none(),
+        });
+        Ok(())
+    }
+}
+
+/// The entries, owned, with their stores.
+impl IntoIterator for Changes {
+    type Item = (Store, Change);
+    type IntoIter = std::vec::IntoIter<(Store, Change)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+            .map(|(store, c)| {
+                (
+                    store,
+                    Change {
+                        key: c.key.to_vec(),
+                        value: c.value.map(<[u8]>::to_vec),
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
 }
 
 /// State that cannot be written to or read from a changelog.
@@ -250,7 +389,8 @@ tuple_key!(A a, B b);
 tuple_key!(A a, B b, C c);
 tuple_key!(A a, B b, C c, D d);
 
-/// The bytes of `key` in table `tag`.
+/// The bytes of `key` in table `tag` (as [`Changes::push`] writes them).
+#[cfg(test)]
 pub(crate) fn encode_key<K: StateKey>(tag: u8, key: &K) -> Vec<u8> {
     let mut out = vec![tag];
     key.encode(&mut out);
@@ -311,13 +451,6 @@ impl Entry<'_> {
     pub fn unknown(&self) -> StateError {
         self.error("unknown table")
     }
-}
-
-fn encode_value<V: Serialize>(table: TableId, v: &V) -> Result<Vec<u8>, StateError> {
-    serde_json::to_vec(v).map_err(|e| StateError::Encode {
-        table: table.name,
-        message: e.to_string(),
-    })
 }
 
 /// A value and whether its key is listed as changed since the last write.
@@ -493,15 +626,9 @@ impl<K: Hash + Eq + Clone, V> ChangelogMap<K, V> {
 
 impl<K: Hash + Eq + Clone + StateKey, V: Serialize + DeserializeOwned> ChangelogMap<K, V> {
     /// The changes since the last call as changelog entries, appended to `out`.
-    pub fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    pub fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         let id = self.id;
-        self.drain_changes(|k, v| {
-            out.push(Change {
-                key: encode_key(id.tag, k),
-                value: v.map(|v| encode_value(id, v)).transpose()?,
-            });
-            Ok(())
-        })
+        self.drain_changes(|k, v| out.push(id, |b| k.encode(b), v))
     }
 
     /// Takes one entry of this table back (the latest of its key).
@@ -543,12 +670,9 @@ impl<V: Serialize + DeserializeOwned> ChangelogCell<V> {
     }
 
     /// The change since the last call, if any, as a changelog entry.
-    pub fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    pub fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         if std::mem::take(&mut self.changed) {
-            out.push(Change {
-                key: vec![self.id.tag],
-                value: Some(encode_value(self.id, &self.value)?),
-            });
+            out.push(self.id, |_| {}, Some(&self.value))?;
         }
         Ok(())
     }
@@ -599,8 +723,8 @@ mod tests {
     type Key = (String, WindowKind, i64);
 
     /// What a compacted changelog keeps: the latest value per key.
-    fn apply(log: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: Vec<Change>) {
-        for c in changes {
+    fn apply(log: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: Changes) {
+        for (_, c) in changes {
             match c.value {
                 Some(v) => log.insert(c.key, v),
                 None => log.remove(&c.key),
@@ -658,7 +782,7 @@ mod tests {
         m.insert(k("a"), vec![1]);
         m.get_mut(&k("a")).unwrap().push(2);
         m.get_or_insert_with(k("b"), Vec::new).push(3);
-        let mut out = Vec::new();
+        let mut out = Changes::new();
         m.write_changes(&mut out).unwrap();
         assert_eq!(out.len(), 2, "{out:?}");
         out.clear();
@@ -669,7 +793,7 @@ mod tests {
         m.retain(|_, v| v[0] != 3);
         m.write_changes(&mut out).unwrap();
         assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|c| c.value.is_none()));
+        assert!(out.iter().all(|(_, c)| c.value.is_none()));
         assert_eq!(m.len(), 0);
     }
 
@@ -693,13 +817,13 @@ mod tests {
                     _ => m.retain(|key, _| key.0 != ids[id]),
                 }
                 if writes[i] {
-                    let mut out = Vec::new();
+                    let mut out = Changes::new();
                     m.write_changes(&mut out).unwrap();
                     apply(&mut log, out);
                     prop_assert_eq!(contents(&restored(&log)), contents(&m));
                 }
             }
-            let mut out = Vec::new();
+            let mut out = Changes::new();
             m.write_changes(&mut out).unwrap();
             apply(&mut log, out);
             prop_assert_eq!(contents(&restored(&log)), contents(&m));
@@ -728,15 +852,87 @@ mod tests {
         assert!(m.restore_entry(&e).is_err());
         let mut c: ChangelogCell<i64> = ChangelogCell::new(T, 0);
         *c.get_mut() = 5;
-        let mut out = Vec::new();
+        let mut out = Changes::new();
         c.write_changes(&mut out).unwrap();
         c.write_changes(&mut out).unwrap();
         assert_eq!(
-            out,
-            vec![Change {
-                key: vec![b'x'],
-                value: Some(b"5".to_vec())
-            }]
+            out.into_iter().collect::<Vec<_>>(),
+            vec![(
+                Store::Windows,
+                Change {
+                    key: vec![b'x'],
+                    value: Some(b"5".to_vec())
+                }
+            )]
+        );
+    }
+
+    /// Entries written one after another into one buffer read back as each was written, with
+    /// the store begun before it; a value that cannot be encoded leaves nothing behind, and a
+    /// cleared buffer starts over.
+    #[test]
+    fn changes_share_one_buffer_and_read_back_entry_by_entry() {
+        struct Refuses;
+        impl Serialize for Refuses {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let mut out = Changes::new();
+        out.push(T, |b| "a".to_owned().encode(b), Some(&vec![1, 2]))
+            .unwrap();
+        out.begin(Store::Spikes);
+        out.push(T, |b| 7i64.encode(b), None::<&i64>).unwrap();
+        let err = out
+            .push(T, |b| "zzz".to_owned().encode(b), Some(&Refuses))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot encode test state"),
+            "{err}"
+        );
+        out.begin(Store::Conversations);
+        out.push(T, |_| {}, Some("é\"")).unwrap();
+        let got: Vec<(Store, ChangeRef<'_>)> = out.iter().collect();
+        let seven = encode_key(b'x', &7i64);
+        assert_eq!(
+            got,
+            [
+                (
+                    Store::Windows,
+                    ChangeRef {
+                        key: b"x\x01a",
+                        value: Some(b"[1,2]")
+                    }
+                ),
+                (
+                    Store::Spikes,
+                    ChangeRef {
+                        key: &seven,
+                        value: None
+                    }
+                ),
+                (
+                    Store::Conversations,
+                    ChangeRef {
+                        key: b"x",
+                        value: Some("\"é\\\"\"".as_bytes())
+                    }
+                ),
+            ]
+        );
+        assert_eq!(out.len(), 3);
+        out.clear();
+        assert!(out.is_empty());
+        out.push(T, |b| "b".to_owned().encode(b), Some(&1)).unwrap();
+        assert_eq!(
+            out.iter().collect::<Vec<_>>(),
+            [(
+                Store::Conversations,
+                ChangeRef {
+                    key: b"x\x01b",
+                    value: Some(b"1")
+                }
+            )]
         );
     }
 }

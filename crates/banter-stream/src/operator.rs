@@ -4,7 +4,7 @@
 //! after a restart. The window engine, the spike detector, the funnels and the conversations
 //! are operators; [`crate::pipeline::Pipeline`] composes them.
 
-use crate::changelog::{Change, Entry, StateError, Store};
+use crate::changelog::{Changes, Entry, StateError, Store};
 
 /// Where a partition's event time stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub trait Operator {
     ///
     /// # Errors
     /// A value that cannot be encoded: the batch must fail, not write less.
-    fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError>;
+    fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError>;
 
     /// Takes one entry of its store back (the latest of its key; entries come in any order).
     ///
@@ -59,10 +59,10 @@ pub trait Operator {
 /// latest entry per key) and restored into `into`.
 #[cfg(test)]
 pub(crate) fn restore_copy<O: Operator>(from: &mut O, into: &mut O) {
-    let mut changes = Vec::new();
+    let mut changes = Changes::new();
     from.write_changes(&mut changes).expect("encodable");
     let log: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-        changes.into_iter().map(|c| (c.key, c.value)).collect();
+        changes.into_iter().map(|(_, c)| (c.key, c.value)).collect();
     for (key, value) in &log {
         if let Some(value) = value {
             let entry = Entry {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use banter_model::{ConversationRollup, EngagementEvent, FunnelRollup, Rollup, SpikeAlert};
 
-use crate::changelog::{Change, Entry, StateError, Store};
+use crate::changelog::{Changes, Entry, StateError, Store};
 use crate::config::StreamSettings;
 use crate::conversation::{ConversationConfig, Conversations};
 use crate::cta::Matcher;
@@ -427,20 +427,15 @@ impl Pipeline {
     ///
     /// # Errors
     /// A value that cannot be encoded: the batch must fail rather than write less.
-    pub fn write_changes(&mut self, out: &mut Vec<(Store, Change)>) -> Result<(), StateError> {
-        let mut changes = Vec::new();
-        let mut take = |store: Store, changes: &mut Vec<Change>| {
-            out.extend(changes.drain(..).map(|c| (store, c)));
-        };
-        self.windows.write_changes(&mut changes)?;
-        take(Store::Windows, &mut changes);
-        self.spikes.write_changes(&mut changes)?;
-        take(Store::Spikes, &mut changes);
-        self.funnels.write_changes(&mut changes)?;
-        take(Store::Funnels, &mut changes);
-        self.conversations.write_changes(&mut changes)?;
-        take(Store::Conversations, &mut changes);
-        Ok(())
+    pub fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
+        out.begin(Store::Windows);
+        self.windows.write_changes(out)?;
+        out.begin(Store::Spikes);
+        self.spikes.write_changes(out)?;
+        out.begin(Store::Funnels);
+        self.funnels.write_changes(out)?;
+        out.begin(Store::Conversations);
+        self.conversations.write_changes(out)
     }
 
     /// What it saw.

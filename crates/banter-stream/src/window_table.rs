@@ -10,7 +10,9 @@ use banter_model::WindowKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::changelog::{Change, ChangelogCell, ChangelogMap, Entry, StateError, StateKey, TableId};
+use crate::changelog::{
+    ChangelogCell, ChangelogMap, Changes, Entry, StateError, StateKey, TableId,
+};
 use crate::table::Set;
 use crate::time::{window_len, Progress};
 
@@ -124,7 +126,7 @@ where
     W: Pending + Serialize + DeserializeOwned,
 {
     /// The changes since the last call, as changelog entries.
-    pub fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    pub fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         self.map.write_changes(out)?;
         self.progress.write_changes(out)
     }

@@ -130,7 +130,7 @@ fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>, show: 
             if p.replaying() {
                 return;
             }
-            let mut changes = Vec::new();
+            let mut changes = banter_stream::changelog::Changes::new();
             p.write_changes(&mut changes).unwrap();
             for (store, c) in changes {
                 match c.value {

@@ -48,7 +48,7 @@ fn largest(campaigns: &[Campaign], events: &[EngagementEvent]) -> Vec<(Store, us
         p.process(e, i as i64, &mut out);
         out.clear();
         if i % 500 == 499 || i + 1 == events.len() {
-            let mut changes = Vec::new();
+            let mut changes = banter_stream::changelog::Changes::new();
             p.write_changes(&mut changes).unwrap();
             for (store, c) in changes {
                 let n = c.value.map_or(0, |v| v.len()) + c.key.len();

@@ -322,10 +322,10 @@ proptest! {
         run(&mut whole, &evs[..k], 0, &idle_at, &mut before);
         let cp = whole.checkpoint();
         // The first-hour changelog up to k (latest value per key).
-        let mut changes = Vec::new();
+        let mut changes = banter_stream::changelog::Changes::new();
         whole.write_changes(&mut changes).unwrap();
         let posts: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            changes.into_iter().map(|c| (c.key, c.value)).collect();
+            changes.into_iter().map(|(_, c)| (c.key, c.value)).collect();
         let mut after = Vec::new();
         run(&mut whole, &evs, k, &idle_at, &mut after);
         whole.advance_watermark(i64::MAX / 2, &mut after);

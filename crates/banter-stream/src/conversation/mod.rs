@@ -32,7 +32,7 @@ use banter_model::{Action, ConversationRollup, EngagementEvent, Kind, WindowKind
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 
-use crate::changelog::{Change, ChangelogMap, Entry, StateError, Store, TableId};
+use crate::changelog::{ChangelogMap, Changes, Entry, StateError, Store, TableId};
 use crate::operator::{Operator, Time};
 use crate::quantile::Quantiles;
 use crate::time::{window_len, window_start, DAY};
@@ -679,7 +679,7 @@ impl Operator for Conversations {
         Conversations::advance(self, time.watermark, out);
     }
 
-    fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         self.items.write_changes(out)?;
         self.threads.write_changes(out)?;
         self.answers.write_changes(out)?;

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use banter_model::{Action, EngagementEvent, FunnelRollup, Kind, WindowKind};
 use serde::{Deserialize, Serialize};
 
-use crate::changelog::{Change, ChangelogMap, Entry, StateError, Store, TableId};
+use crate::changelog::{ChangelogMap, Changes, Entry, StateError, Store, TableId};
 use crate::cta::Matcher;
 use crate::operator::{Operator, Time};
 use crate::quantile::Quantiles;
@@ -748,7 +748,7 @@ impl Operator for Funnels {
         Funnels::advance(self, time.watermark, out);
     }
 
-    fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         self.actors.write_changes(out)?;
         self.waiting.write_changes(out)?;
         self.windows.write_changes(out)

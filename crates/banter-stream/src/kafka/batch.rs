@@ -17,6 +17,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::metrics::StreamMetrics;
 use super::partitions::{Partitions, Rebalance};
 use super::transaction::{dead_letter, BatchError, Topics, Transaction};
+use crate::changelog::Changes;
 use crate::config::StreamConfig;
 use crate::pipeline::{Fed, Outputs, PipelineStats};
 
@@ -370,7 +371,7 @@ impl Batcher<'_> {
     /// its transaction, and the commit.
     fn commit(&self, parts: &mut Partitions, mut tx: Transaction<'_>) -> Result<bool, BatchError> {
         let mut offsets = TopicPartitionList::new();
-        let mut changes = Vec::new();
+        let mut changes = Changes::new();
         for (p, part) in &mut parts.active {
             if !std::mem::take(&mut part.changed) {
                 continue;

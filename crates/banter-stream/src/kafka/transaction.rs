@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use super::checkpoints::{checkpoint_key, checkpoint_partition, store_key_into};
 use super::metrics::StreamMetrics;
-use crate::changelog::{Change, StateError, Store};
+use crate::changelog::{Changes, StateError};
 use crate::pipeline::Outputs;
 use crate::window::Checkpoint;
 
@@ -209,7 +209,7 @@ impl<'a> Transaction<'a> {
     pub fn checkpoint(
         &mut self,
         partition: i32,
-        changes: &[(Store, Change)],
+        changes: &Changes,
         checkpoint: &Checkpoint,
     ) -> Result<(), BatchError> {
         let topics = self.topics;
@@ -224,8 +224,8 @@ impl<'a> Transaction<'a> {
         let checkpoint = checkpoint_key(&topics.input, partition);
         let mut key = std::mem::take(&mut self.buf);
         let sent = changes.iter().try_for_each(|(store, c)| {
-            store_key_into(&mut key, &checkpoint, *store, &c.key);
-            self.send(&topics.checkpoints, target, &key, c.value.as_deref())
+            store_key_into(&mut key, &checkpoint, store, c.key);
+            self.send(&topics.checkpoints, target, &key, c.value)
         });
         self.buf = key;
         sent?;

@@ -43,7 +43,7 @@ use banter_model::{AlertState, Rollup, SmolStr, SpikeAlert, WindowKind};
 use serde::{Deserialize, Serialize};
 
 use crate::changelog::{
-    Change, ChangelogCell, ChangelogMap, Entry, KeyError, StateError, StateKey, Store, TableId,
+    ChangelogCell, ChangelogMap, Changes, Entry, KeyError, StateError, StateKey, Store, TableId,
 };
 use crate::operator::{Operator, Time};
 use crate::table::{Map, Set};
@@ -1112,7 +1112,7 @@ impl Operator for Detector {
         self.close(time.closed_below, out);
     }
 
-    fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         self.keys.write_changes(out)?;
         self.profiles.write_changes(out)?;
         self.meta.write_changes(out)

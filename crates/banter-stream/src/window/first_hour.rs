@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::counts::{publication, Counts};
 use super::{Engine, Mark, Output, Timer};
-use crate::changelog::{encode_key, Change, Entry, StateError, TableId};
+use crate::changelog::{Changes, Entry, StateError, StateKey as _, TableId};
 use crate::sketch::Sketch;
 use crate::time::MINUTE;
 
@@ -419,7 +419,7 @@ impl Engine {
 
     /// First-hour state changed since the last call, as changelog entries keyed by (content
     /// id, publication time).
-    pub(super) fn write_post_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    pub(super) fn write_post_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         // Forgotten posts no replay can reach any more: it starts at or after their offset.
         let start = self.restore_mark().map_or(self.next_offset, |m| m.offset);
         let gone: Vec<(u32, i64)> = self
@@ -434,24 +434,17 @@ impl Engine {
         }
         self.retired_until.retain(|_, until| *until > start);
         let names = &self.names;
-        self.retired.drain_changes(|&(c, p), from| {
-            let key = encode_key(RETIRED.tag, &(names.names[c as usize].to_string(), p));
-            let value = from.map(|f| f.to_string().into_bytes()); // JSON of an integer
-            out.push(Change { key, value });
-            Ok::<(), StateError>(())
-        })?;
-        self.posts.drain_changes(|&(c, p), post| {
-            let key = encode_key(POSTS.tag, &(names.names[c as usize].to_string(), p));
-            let value = match post {
-                Some(post) => Some(serde_json::to_vec(post).map_err(|e| StateError::Encode {
-                    table: POSTS.name,
-                    message: e.to_string(),
-                })?),
-                None => None,
-            };
-            out.push(Change { key, value });
-            Ok(())
-        })?;
+        // Keyed by (content id, publication time), written as that pair's key would be.
+        let key = |c: u32, p: i64| {
+            move |b: &mut Vec<u8>| {
+                names.names[c as usize].encode(b);
+                p.encode(b);
+            }
+        };
+        self.retired
+            .drain_changes(|&(c, p), from| out.push(RETIRED, key(c, p), from))?;
+        self.posts
+            .drain_changes(|&(c, p), post| out.push(POSTS, key(c, p), post))?;
         for c in std::mem::take(&mut self.forgotten_names) {
             self.names.release(c);
         }

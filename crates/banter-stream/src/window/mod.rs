@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use self::counts::{engager, velocity, Counts};
 use self::first_hour::{Held, Post};
 use self::names::{key, Key, Names};
-use crate::changelog::{Change, ChangelogMap, Entry, StateError, Store};
+use crate::changelog::{ChangelogMap, Changes, Entry, StateError, Store};
 use crate::operator::{Operator, Time};
 use crate::table::{prefetch_slot, Map, Table};
 use crate::time::minute_of;
@@ -956,7 +956,7 @@ impl Operator for Engine {
         self.idle_advance(time.watermark, out);
     }
 
-    fn write_changes(&mut self, out: &mut Vec<Change>) -> Result<(), StateError> {
+    fn write_changes(&mut self, out: &mut Changes) -> Result<(), StateError> {
         self.write_post_changes(out)?;
         self.delivered.write_changes(out)
     }
@@ -1284,14 +1284,14 @@ mod tests {
             for (i, e) in inputs.iter().enumerate() {
                 if restart_at == Some(i) {
                     let cp = engine.checkpoint();
-                    let mut changes = Vec::new();
+                    let mut changes = crate::changelog::Changes::new();
                     engine.write_changes(&mut changes).unwrap();
                     let mut restored = Engine::restored(WindowConfig::default(), &cp);
-                    for c in &changes {
-                        if let Some(value) = &c.value {
+                    for (_, c) in changes.iter() {
+                        if let Some(value) = c.value {
                             let entry = Entry {
                                 store: Store::Windows,
-                                key: &c.key,
+                                key: c.key,
                                 value,
                             };
                             restored.restore_entry(&entry).unwrap();
