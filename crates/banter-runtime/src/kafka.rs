@@ -431,8 +431,8 @@ pub fn wait_delivered<C: ProducerContext, P: Producer<C> + DeliveryReports>(
     Ok(())
 }
 
-/// Commits the open transaction once every record of it has its delivery report served
-/// ([`wait_delivered`], up to `wait`), then `commit_transaction` with `timeout`: every
+/// Commits the open transaction once every record of it is acknowledged or has its delivery
+/// report served ([`wait_delivered`], up to `wait`), then `commit_transaction` with `timeout`: every
 /// transactional commit of banter goes through here, so none sleeps in rdkafka's flush.
 ///
 /// # Errors

@@ -395,8 +395,8 @@ impl Batcher<'_> {
             self.producer
                 .send_offsets_to_transaction(&offsets, &group, SEND_OFFSETS_TIMEOUT)?;
         }
-        // The delivery reports served, then rdkafka's commit_transaction (its flush, then the
-        // commit), each with the timeout.
+        // Every record acknowledged (a failure's report served), then rdkafka's
+        // commit_transaction (its flush, then the commit), each with the timeout.
         let _stuck = self
             .watchdog
             .guard("commit_transaction", COMMIT_TIMEOUT * 2 + OVERRUN);

@@ -143,7 +143,7 @@ impl StreamMetrics {
         );
         r.register(
             "commit_seconds",
-            "Time of one committed transaction's end: input offsets sent, delivery reports served, commit",
+            "Time of one committed transaction's end: input offsets sent, every record acknowledged, commit",
             m.commit_seconds.clone(),
         );
         r.register(
