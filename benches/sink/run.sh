@@ -74,13 +74,39 @@ alert_samples=$(mktemp); alert_sampler() {
   done
 }
 alert_sampler & pids+=($!)
+# Where a final row's time goes besides the out-of-orderness: the stream's unread input and
+# how far its watermark trails the wall clock, sampled every 2 s (with the generator's
+# --progress below: how far the accepted input trailed its delivery times).
+lag_samples=$(mktemp); lag_sampler() {
+  while :; do
+    m=$(curl -fsS localhost:9476/metrics 2>/dev/null) || { sleep 2; continue; }
+    printf '%s\t%s\n' \
+      "$(awk '/^banter_stream_consumer_lag_records/ {s += $2} END {printf "%d", s}' <<<"$m")" \
+      "$(awk '/^banter_stream_watermark_lag_seconds/ {if ($2 > x) x = $2} END {printf "%.1f", x}' <<<"$m")" >>"$lag_samples"
+    sleep 2
+  done
+}
+lag_sampler & pids+=($!)
+progress=$(mktemp)
 expected=$(mktemp)
 # Live: each event is sent when the wall clock reaches its time (the span starts on the next
 # minute: up to 60 s of waiting first). The generator also sends late deliveries up to 50
 # minutes after the span; stop it when the span is over.
 timeout $((live * 60 + 70)) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
-  --accounts "${BANTER_BENCH_LIVE_ACCOUNTS:-1000}" --minutes "$live" --seed 9 --expected "$expected" 2>&1 | tail -1 || true
+  --accounts "${BANTER_BENCH_LIVE_ACCOUNTS:-1000}" --minutes "$live" --seed 9 --expected "$expected" \
+  --progress "$progress" 2>&1 | tail -1 || true
 sleep 75 # the last minutes close (out-of-orderness + idle timeout)
+echo "lag besides the out-of-orderness"
+python3 - "$progress" "$lag_samples" <<'PY'
+import sys
+q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))] if v else float("nan")
+behind = [int(w) - int(d) for w, d in (l.split() for l in open(sys.argv[1]) if len(l.split()) == 2)]
+behind = [b / 1000 for b in behind if b > -3_600_000]  # late deliveries are due hours later
+print(f"  generator + ingest: accepted input behind its delivery time p50 {q(behind, 0.5):.1f} s, p99 {q(behind, 0.99):.1f} s, max {max(behind, default=float('nan')):.1f} s ({len(behind)} requests)")
+rows = [l.split("\t") for l in open(sys.argv[2]) if l.strip()]
+lag = [int(r[0]) for r in rows]; wm = [float(r[1]) for r in rows if float(r[1]) > 0]
+print(f"  stream: unread input p50 {q(lag, 0.5)} records, max {max(lag, default=0)}; watermark behind the wall clock p50 {q(wm, 0.5):.1f} s, max {max(wm, default=float('nan')):.1f} s ({len(rows)} samples)")
+PY
 # First appearance of each final MINUTE row (revision >= 0) in ClickHouse relative to the end
 # of its minute.
 echo "final MINUTE rows: first visible, seconds after the minute's end"

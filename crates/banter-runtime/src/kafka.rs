@@ -371,10 +371,13 @@ pub fn producer(
         })
 }
 
-/// How a producer's delivery reports get served while [`wait_delivered`] waits for them.
+/// How a producer's delivery reports get served while [`wait_delivered`] waits for them (with
+/// `delivery.report.only.error`, only failures have one: a delivered record leaves the
+/// in-flight count when the broker acknowledges it).
 pub trait DeliveryReports {
     /// Serves a delivery report that is ready, if this caller is the one that serves them;
-    /// true when it served one (something may be ready right after it).
+    /// true when it served one or the in-flight count fell meanwhile (something may be ready
+    /// right after it).
     fn serve_ready(&self) -> bool;
 }
 

@@ -362,8 +362,8 @@ mod tests {
             ["kafka.properties.\"request.required.acks\""],
             "{err}"
         );
-        // Reports of failures only would leave the futures of the sink's and the alerter's
-        // sends waiting forever: each producer sets it itself.
+        // Reports of failures only would leave the futures of the sink's (and `banter
+        // generate`'s, the schema publisher's) sends waiting forever: each producer sets it itself.
         let p = write("[kafka.properties]\n\"delivery.report.only.error\" = \"true\"\n");
         let err = Config::load(Some(&p), env(&[])).unwrap_err();
         assert_eq!(
