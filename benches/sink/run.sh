@@ -115,17 +115,18 @@ print(f"  stream: unread input p50 {q(lag, 0.5)} records, max {max(lag, default=
 PY
 # First appearance of each final MINUTE row (revision >= 0) in ClickHouse relative to the end
 # of its minute.
+final_minutes() { # extra condition on the rows
+  curl -fsS "$ch" --data-binary "SELECT count() AS minute_rows, quantiles(0.5, 0.9, 0.99)(d) AS p50_p90_p99_seconds
+    FROM (SELECT min(toInt64(inserted_at)) - intDiv(any(window_end_ms), 1000) AS d FROM $run.rollups
+          WHERE window_kind = 'MINUTE' AND revision >= 0 $1
+          GROUP BY account_id, content_id, window_start_ms) FORMAT PrettyCompactMonoBlock"
+}
 echo "final MINUTE rows: first visible, seconds after the minute's end"
-curl -fsS "$ch" --data-binary "SELECT count() AS minute_rows, quantiles(0.5, 0.9, 0.99)(d) AS p50_p90_p99_seconds
-  FROM (SELECT min(toInt64(inserted_at)) - intDiv(any(window_end_ms), 1000) AS d FROM $run.rollups
-        WHERE window_kind = 'MINUTE' AND revision >= 0 GROUP BY account_id, content_id, window_start_ms) FORMAT PrettyCompactMonoBlock"
+final_minutes ""
 # The span's last two minutes close only once the input stops (the idle timeout after the
 # generator's last, late, deliveries): steady traffic closes the others.
 echo "  the minutes closed by later input (all but the span's last two):"
-curl -fsS "$ch" --data-binary "SELECT count() AS minute_rows, quantiles(0.5, 0.9, 0.99)(d) AS p50_p90_p99_seconds
-  FROM (SELECT min(toInt64(inserted_at)) - intDiv(any(window_end_ms), 1000) AS d FROM $run.rollups
-        WHERE window_kind = 'MINUTE' AND revision >= 0 AND window_end_ms <= $span_end - 120000
-        GROUP BY account_id, content_id, window_start_ms) FORMAT PrettyCompactMonoBlock"
+final_minutes "AND window_end_ms <= $span_end - 120000"
 # Provisional rows (revision < 0, stream.provisional_interval_ms): an event is visible once the
 # stream has shown its window (receipt -> emission: the stream's histogram, per emission, from
 # the earliest event it shows first) and the sink has inserted that row (emission -> visible:

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use banter_model::{AvroRecord, DeadLetter, EngagementEvent};
 use banter_runtime::config::KafkaConfig;
-use banter_runtime::kafka::{producer_config, KafkaContext};
+use banter_runtime::kafka::{transactional_config, KafkaContext};
 use banter_runtime::registry::Registry as SchemaRegistry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -177,9 +177,8 @@ impl Publisher {
                 ingest.transactional_id,
                 std::process::id()
             );
-            let mut cfg = producer_config(kafka, role);
-            cfg.set("transactional.id", &transactional_id)
-                .set("linger.ms", "2")
+            let mut cfg = transactional_config(kafka, role, &transactional_id);
+            cfg.set("linger.ms", "2")
                 // A publisher that dies in a transaction (its ids are new with every process)
                 // holds read_committed consumers of the partitions it wrote until the broker
                 // aborts it: keep that short. A live transaction sends for up to the publish
@@ -194,10 +193,7 @@ impl Publisher {
                         .to_string(),
                 )
                 .set("queue.buffering.max.messages", "1000000")
-                .set("queue.buffering.max.kbytes", "1048576")
-                // The transaction's commit fails if any of its records failed, and the request
-                // is answered only after the commit: reports of delivered records are not needed.
-                .set("delivery.report.only.error", "true");
+                .set("queue.buffering.max.kbytes", "1048576");
             let context = KafkaContext::new(kafka);
             let producer: ThreadedProducer<KafkaContext> =
                 cfg.create_with_context(context.clone())?;

@@ -355,22 +355,20 @@ mod tests {
             "[kafka.properties]\n\"acks\" = \"all\"\n\"isolation.level\" = \"read_committed\"\n",
         );
         Config::load(Some(&p), env(&[])).unwrap();
-        let p = write("[kafka.properties]\n\"request.required.acks\" = \"1\"\n");
-        let err = Config::load(Some(&p), env(&[])).unwrap_err();
-        assert_eq!(
-            err.keys(),
-            ["kafka.properties.\"request.required.acks\""],
-            "{err}"
-        );
         // Reports of failures only would leave the futures of the sink's (and `banter
-        // generate`'s, the schema publisher's) sends waiting forever: each producer sets it itself.
-        let p = write("[kafka.properties]\n\"delivery.report.only.error\" = \"true\"\n");
-        let err = Config::load(Some(&p), env(&[])).unwrap_err();
-        assert_eq!(
-            err.keys(),
-            ["kafka.properties.\"delivery.report.only.error\""],
-            "{err}"
-        );
+        // generate`'s, the schema publisher's) sends waiting forever: each producer sets it.
+        for (name, value) in [
+            ("request.required.acks", "1"),
+            ("delivery.report.only.error", "true"),
+        ] {
+            let p = write(&format!("[kafka.properties]\n\"{name}\" = \"{value}\"\n"));
+            let err = Config::load(Some(&p), env(&[])).unwrap_err();
+            assert_eq!(
+                err.keys(),
+                [format!("kafka.properties.\"{name}\"")],
+                "{err}"
+            );
+        }
         // A named setting's value in another case is the same value.
         let p = write("[kafka]\nsecurity_protocol = \"ssl\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n");
         Config::load(Some(&p), env(&[])).unwrap();

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banter_runtime::config::KafkaConfig;
-use banter_runtime::kafka::{base_config, consumer_config, producer_config, KafkaContext};
+use banter_runtime::kafka::{base_config, consumer_config, transactional_config, KafkaContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -150,17 +150,13 @@ pub fn run(
         .map_err(kafka("subscribe"))?;
     let transactional_id = format!("{}-{instance}", sc.group_id);
     let make_producer = || -> Result<BaseProducer<KafkaContext>, StreamError> {
-        let p: BaseProducer<KafkaContext> = producer_config(k, "stream")
-            .set("transactional.id", &transactional_id)
+        let p: BaseProducer<KafkaContext> = transactional_config(k, "stream", &transactional_id)
             .set(
                 "transaction.timeout.ms",
                 sc.transaction_timeout_ms.to_string(),
             )
             .set("linger.ms", "10")
             .set("queue.buffering.max.messages", "1000000")
-            // The transaction's commit fails if any of its records failed: a report for each
-            // delivered record (half a million a minute under load) would be served for nothing.
-            .set("delivery.report.only.error", "true")
             .create_with_context(KafkaContext::new(k))
             .map_err(kafka("producer config"))?;
         // Serves a token request (AWS_MSK_IAM) before init_transactions waits for the broker.
