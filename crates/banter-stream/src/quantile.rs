@@ -5,11 +5,16 @@
 //! [`MIN`] (0.01 s) count in a zero bucket. Sketches merge by adding bucket counts and support
 //! removal (a late correction takes a value back out); a week of seconds spans ~800 buckets at
 //! most, typically a few dozen.
+//!
+//! The buckets are a sorted vector (16 bytes a bucket, one heap block sized to them), not a
+//! B-tree (a node of about 150 bytes however few it holds): the conversation operator keeps two
+//! sketches per window for a day and more, most of them with a handful of buckets. Written as
+//! the map they were before, so a changelog reads the same either way.
 
 use std::collections::BTreeMap;
 
 use banter_model::{SketchBucket, ZERO_BUCKET};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Relative accuracy.
 pub const ALPHA: f64 = 0.01;
@@ -26,9 +31,41 @@ pub struct Quantiles {
     /// Values below [`MIN`].
     #[serde(default)]
     zero: u64,
-    /// Bucket index → count.
+    /// (bucket index, count), sorted by index, one entry per index, no zero counts.
     #[serde(default)]
-    buckets: BTreeMap<i32, u64>,
+    buckets: Buckets,
+}
+
+/// Sorted (bucket index, count) pairs, serialized as a map of index to count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Buckets(Vec<(i32, u64)>);
+
+impl Buckets {
+    /// The count of bucket `b`, inserted as 0 when absent.
+    fn entry(&mut self, b: i32) -> &mut u64 {
+        let i = match self.0.binary_search_by_key(&b, |e| e.0) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (b, 0));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
+impl Serialize for Buckets {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(b, n)| (b, n)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Buckets {
+    /// Through a map: whatever order and repetition the input has, the pairs come out sorted
+    /// with one count per index (the last one given, as a map reads it).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BTreeMap::<i32, u64>::deserialize(d).map(|m| Buckets(m.into_iter().collect()))
+    }
 }
 
 fn bucket(x: f64) -> i32 {
@@ -41,7 +78,7 @@ impl Quantiles {
         if x.is_nan() || x < MIN {
             self.zero += 1;
         } else {
-            *self.buckets.entry(bucket(x)).or_default() += 1;
+            *self.buckets.entry(bucket(x)) += 1;
         }
     }
 
@@ -51,10 +88,10 @@ impl Quantiles {
             self.zero = self.zero.saturating_sub(1);
         } else {
             let b = bucket(x);
-            if let Some(n) = self.buckets.get_mut(&b) {
-                *n -= 1;
-                if *n == 0 {
-                    self.buckets.remove(&b);
+            if let Ok(i) = self.buckets.0.binary_search_by_key(&b, |e| e.0) {
+                self.buckets.0[i].1 -= 1;
+                if self.buckets.0[i].1 == 0 {
+                    self.buckets.0.remove(i);
                 }
             }
         }
@@ -63,14 +100,14 @@ impl Quantiles {
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Quantiles) {
         self.zero += other.zero;
-        for (b, n) in &other.buckets {
-            *self.buckets.entry(*b).or_default() += n;
+        for &(b, n) in &other.buckets.0 {
+            *self.buckets.entry(b) += n;
         }
     }
 
     /// Values held.
     pub fn count(&self) -> u64 {
-        self.zero + self.buckets.values().sum::<u64>()
+        self.zero + self.buckets.0.iter().map(|e| e.1).sum::<u64>()
     }
 
     /// The q-quantile (0 ≤ q ≤ 1, nearest rank), None when empty.
@@ -86,10 +123,10 @@ impl Quantiles {
         }
         let mut seen = self.zero;
         let g = gamma();
-        for (b, c) in &self.buckets {
+        for &(b, c) in &self.buckets.0 {
             seen += c;
             if seen >= rank {
-                return Some(2.0 * g.powi(*b) / (g + 1.0));
+                return Some(2.0 * g.powi(b) / (g + 1.0));
             }
         }
         None
@@ -110,9 +147,9 @@ impl Quantiles {
                 count: count(self.zero),
             })
             .into_iter()
-            .chain(self.buckets.iter().map(|(b, n)| SketchBucket {
-                bucket: *b,
-                count: count(*n),
+            .chain(self.buckets.0.iter().map(|&(b, n)| SketchBucket {
+                bucket: b,
+                count: count(n),
             }))
             .collect()
     }
@@ -128,7 +165,7 @@ impl Quantiles {
             if b.bucket == ZERO_BUCKET {
                 q.zero += n;
             } else {
-                *q.buckets.entry(b.bucket).or_default() += n;
+                *q.buckets.entry(b.bucket) += n;
             }
         }
         q
@@ -188,6 +225,31 @@ mod tests {
         for q in [0.1, 0.5, 0.9, 1.0] {
             assert_eq!(back.quantile(q), both.quantile(q));
         }
+    }
+
+    #[test]
+    fn written_as_a_map_of_bucket_to_count() {
+        // 0.001 s is below MIN; 1 s is bucket 0; 2 s is ⌈ln 2 / ln γ⌉ = ⌈34.66⌉ = 35; 0.5 s
+        // is ⌈−34.66⌉ = −34.
+        let mut s = Quantiles::default();
+        for v in [2.0, 0.001, 1.0, 0.5, 2.0] {
+            s.add(v);
+        }
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"{"zero":1,"buckets":{"-34":1,"0":1,"35":2}}"#);
+        let back: Quantiles = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        // Any order and repetition reads back sorted, the last count of an index kept; the
+        // fields may be missing.
+        let read: Quantiles =
+            serde_json::from_str(r#"{"buckets":{"35":7,"-34":1,"0":1,"35":2}}"#).unwrap();
+        assert_eq!(read.count(), 4);
+        assert_eq!(read.to_buckets(), {
+            s.zero = 0;
+            s.to_buckets()
+        });
+        let empty: Quantiles = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, Quantiles::default());
     }
 
     #[test]
