@@ -6,7 +6,7 @@
 //! removal (a late correction takes a value back out); a week of seconds spans ~800 buckets at
 //! most, typically a few dozen.
 //!
-//! The buckets are a sorted vector (16 bytes a bucket, one heap block sized to them), not a
+//! The buckets are a sorted vector (16 bytes a bucket, one heap block growing with them), not a
 //! B-tree (a node of about 150 bytes however few it holds): the conversation operator keeps two
 //! sketches per window for a day and more, most of them with a handful of buckets. Written as
 //! the map they were before, so a changelog reads the same either way.
@@ -250,6 +250,55 @@ mod tests {
         });
         let empty: Quantiles = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, Quantiles::default());
+    }
+
+    /// The form the sketch had when its buckets were a B-tree: what older changelogs hold.
+    #[derive(Serialize)]
+    struct AsBTree {
+        zero: u64,
+        buckets: BTreeMap<i32, u64>,
+    }
+
+    #[test]
+    fn written_byte_for_byte_as_the_b_tree_was() {
+        let mut s = Quantiles::default();
+        let mut old = AsBTree {
+            zero: 0,
+            buckets: BTreeMap::new(),
+        };
+        let mut x = 0.37f64;
+        for i in 0..2_000 {
+            x = (x * 7919.0 + i as f64).rem_euclid(1000.0);
+            let v = (x / 1000.0).powi(6) * 1_000_000.0;
+            s.add(v);
+            if v < MIN {
+                old.zero += 1;
+            } else {
+                *old.buckets.entry(bucket(v)).or_default() += 1;
+            }
+            if i % 7 == 3 {
+                // Take one back now and then, so buckets also empty out.
+                s.remove(v);
+                if v < MIN {
+                    old.zero -= 1;
+                } else {
+                    let n = old.buckets.get_mut(&bucket(v)).unwrap();
+                    *n -= 1;
+                    if *n == 0 {
+                        old.buckets.remove(&bucket(v));
+                    }
+                }
+            }
+            if i % 97 == 0 {
+                let json = serde_json::to_string(&s).unwrap();
+                assert_eq!(json, serde_json::to_string(&old).unwrap());
+                assert_eq!(serde_json::from_str::<Quantiles>(&json).unwrap(), s);
+            }
+        }
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            serde_json::to_string(&old).unwrap()
+        );
     }
 
     #[test]

@@ -81,6 +81,12 @@ struct OptTime(i64);
 impl OptTime {
     const NONE: OptTime = OptTime(i64::MIN);
 
+    /// Event time `t`. Not asserted to be a valid one: a restored changelog may hold anything
+    /// (the fuzz target restores arbitrary entries), and `i64::MIN` from there reads as none.
+    fn some(t: i64) -> Self {
+        OptTime(t)
+    }
+
     fn get(self) -> Option<i64> {
         (self != Self::NONE).then_some(self.0)
     }
@@ -416,7 +422,7 @@ impl Conversations {
                 let root = match self.items.get(&parent).cloned() {
                     Some(old) if old.kind == ItemKind::Comment => {
                         let it = Item {
-                            answered: OptTime(old.answered.get().map_or(t, |a| a.min(t))),
+                            answered: OptTime::some(old.answered.get().map_or(t, |a| a.min(t))),
                             ..old.clone()
                         };
                         let root = it.thread.clone();
@@ -462,7 +468,7 @@ impl Conversations {
                     && old.first_response.get() != Some(first) =>
             {
                 let it = Item {
-                    first_response: OptTime(first),
+                    first_response: OptTime::some(first),
                     ..old.clone()
                 };
                 self.change(key.1.clone(), Some(old), Some(it), offset);
