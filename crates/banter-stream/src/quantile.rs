@@ -41,16 +41,28 @@ pub struct Quantiles {
 struct Buckets(Vec<(i32, u64)>);
 
 impl Buckets {
+    /// Where bucket `b` is (Ok) or would go (Err).
+    fn find(&self, b: i32) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&b, |e| e.0)
+    }
+
     /// The count of bucket `b`, inserted as 0 when absent.
     fn entry(&mut self, b: i32) -> &mut u64 {
-        let i = match self.0.binary_search_by_key(&b, |e| e.0) {
-            Ok(i) => i,
-            Err(i) => {
-                self.0.insert(i, (b, 0));
-                i
-            }
-        };
+        let i = self.find(b).unwrap_or_else(|i| {
+            self.0.insert(i, (b, 0));
+            i
+        });
         &mut self.0[i].1
+    }
+
+    /// One value less in bucket `b`, which goes when it empties; nothing when absent.
+    fn take_one(&mut self, b: i32) {
+        if let Ok(i) = self.find(b) {
+            self.0[i].1 -= 1;
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
+            }
+        }
     }
 }
 
@@ -87,13 +99,7 @@ impl Quantiles {
         if x.is_nan() || x < MIN {
             self.zero = self.zero.saturating_sub(1);
         } else {
-            let b = bucket(x);
-            if let Ok(i) = self.buckets.0.binary_search_by_key(&b, |e| e.0) {
-                self.buckets.0[i].1 -= 1;
-                if self.buckets.0[i].1 == 0 {
-                    self.buckets.0.remove(i);
-                }
-            }
+            self.buckets.take_one(bucket(x));
         }
     }
 

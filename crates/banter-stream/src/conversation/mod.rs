@@ -73,19 +73,14 @@ struct Item {
 
 /// An event time or none, in 8 bytes where an `Option<i64>` takes 16: an item is kept for a
 /// day and more, one per inbound comment, story reply and DM, so its size is most of what the
-/// operator holds. Events are validated to be after 2000, so `i64::MIN` is free to mean none.
-/// Written to the changelog as the option it stands for.
+/// operator holds. Events are validated to be after 2000, so `i64::MIN` is free to mean none
+/// (restored from a damaged changelog, it reads as none). Written to the changelog as the
+/// option it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct OptTime(i64);
 
 impl OptTime {
     const NONE: OptTime = OptTime(i64::MIN);
-
-    /// Event time `t`. Not asserted to be a valid one: a restored changelog may hold anything
-    /// (the fuzz target restores arbitrary entries), and `i64::MIN` from there reads as none.
-    fn some(t: i64) -> Self {
-        OptTime(t)
-    }
 
     fn get(self) -> Option<i64> {
         (self != Self::NONE).then_some(self.0)
@@ -422,7 +417,7 @@ impl Conversations {
                 let root = match self.items.get(&parent).cloned() {
                     Some(old) if old.kind == ItemKind::Comment => {
                         let it = Item {
-                            answered: OptTime::some(old.answered.get().map_or(t, |a| a.min(t))),
+                            answered: OptTime(old.answered.get().map_or(t, |a| a.min(t))),
                             ..old.clone()
                         };
                         let root = it.thread.clone();
@@ -468,7 +463,7 @@ impl Conversations {
                     && old.first_response.get() != Some(first) =>
             {
                 let it = Item {
-                    first_response: OptTime::some(first),
+                    first_response: OptTime(first),
                     ..old.clone()
                 };
                 self.change(key.1.clone(), Some(old), Some(it), offset);
