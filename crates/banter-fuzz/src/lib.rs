@@ -359,11 +359,10 @@ pub fn changelog(data: &[u8]) {
     let _ = p.checkpoint();
 }
 
-/// The seed corpus: real inputs of each target, from the fixtures and a generated workload.
-/// `(target, name, bytes)`.
-pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
-    let mut out = Vec::new();
-    // Avro: one record of each type, and its body alone.
+/// The seeds' generated workload (12 accounts, 6 hours, a campaign on every post with a CTA)
+/// run through a pipeline as `banter stream` runs it: the workload, every output, and the
+/// partition's whole saved state (changelog and checkpoint) after every `every` events.
+pub fn workload_run(every: usize) -> (banter_workload::Workload, Outputs, Vec<Saved>) {
     let w = banter_workload::Workload::generate(banter_workload::WorkloadConfig {
         accounts: 12,
         duration_ms: 6 * 60 * 60_000,
@@ -383,21 +382,16 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut p = Pipeline::new(&pipeline_config(), matcher);
     let mut outs = Outputs::default();
     let mut all = Outputs::default();
-    let mut checkpoints = Vec::new();
+    let mut logs = Vec::new();
     let mut log: Saved = Saved::default();
     for i in 0..w.len() {
-        let e = w.event(i);
-        if i < 8 {
-            let bytes = EngagementEvent::codec().encode(&e).unwrap_or_default();
-            out.push(("avro", format!("event-{i}"), [&[0x00], &bytes[..]].concat()));
-        }
-        p.process(&e, i as i64, &mut outs);
+        p.process(&w.event(i), i as i64, &mut outs);
         all.rollups.append(&mut outs.rollups);
         all.funnels.append(&mut outs.funnels);
         all.conversations.append(&mut outs.conversations);
         all.alerts.append(&mut outs.alerts);
         outs.clear();
-        if i % 500 == 499 {
+        if i % every == every - 1 {
             let mut changes = Changes::new();
             if p.write_changes(&mut changes).is_ok() {
                 for (store, c) in changes {
@@ -408,21 +402,40 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 }
             }
             log.checkpoint = Some(p.checkpoint());
-            // Small inputs fuzz faster: the checkpoint and a few entries of one store.
-            for store in Store::ALL {
-                let some = Saved {
-                    checkpoint: log.checkpoint.clone(),
-                    entries: log
-                        .entries
-                        .iter()
-                        .filter(|((s, _), _)| *s == store)
-                        .take(6)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                };
-                if !some.entries.is_empty() {
-                    checkpoints.push(saved_bytes(&some));
-                }
+            logs.push(log.clone());
+        }
+    }
+    (w, all, logs)
+}
+
+/// The seed corpus: real inputs of each target, from the fixtures and a generated workload.
+/// `(target, name, bytes)`.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let (w, all, logs) = workload_run(500);
+    // Avro: one record of each type, and its body alone.
+    for i in 0..8.min(w.len()) {
+        let bytes = EngagementEvent::codec()
+            .encode(&w.event(i))
+            .unwrap_or_default();
+        out.push(("avro", format!("event-{i}"), [&[0x00], &bytes[..]].concat()));
+    }
+    // Small inputs fuzz faster: the checkpoint and a few entries of one store.
+    let mut checkpoints = Vec::new();
+    for log in &logs {
+        for store in Store::ALL {
+            let some = Saved {
+                checkpoint: log.checkpoint.clone(),
+                entries: log
+                    .entries
+                    .iter()
+                    .filter(|((s, _), _)| *s == store)
+                    .take(6)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            if !some.entries.is_empty() {
+                checkpoints.push(saved_bytes(&some));
             }
         }
     }

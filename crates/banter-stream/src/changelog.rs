@@ -633,9 +633,20 @@ impl<K: Hash + Eq + Clone + StateKey, V: Serialize + DeserializeOwned> Changelog
 
     /// Takes one entry of this table back (the latest of its key).
     pub fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
+        self.restore_checked(entry, |_| Ok(()))
+    }
+
+    /// [`ChangelogMap::restore_entry`], refusing a value that `check` finds no operator
+    /// writes (a time or offset out of range), with its reason.
+    pub fn restore_checked(
+        &mut self,
+        entry: &Entry<'_>,
+        check: impl FnOnce(&V) -> Result<(), String>,
+    ) -> Result<(), StateError> {
         debug_assert_eq!(entry.tag(), self.id.tag);
         let k: K = entry.key()?;
         let v: V = entry.value()?;
+        check(&v).map_err(|e| entry.error(e))?;
         self.restore(k, v);
         Ok(())
     }
@@ -677,12 +688,19 @@ impl<V: Serialize + DeserializeOwned> ChangelogCell<V> {
         Ok(())
     }
 
-    /// Takes the value back from the changelog.
-    pub fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
+    /// Takes the value back from the changelog, refusing one that `check` finds no operator
+    /// writes (a time or offset out of range), with its reason.
+    pub fn restore_checked(
+        &mut self,
+        entry: &Entry<'_>,
+        check: impl FnOnce(&V) -> Result<(), String>,
+    ) -> Result<(), StateError> {
         if entry.key.len() != 1 {
             return Err(entry.error("bad key: bytes after the tag"));
         }
-        self.value = entry.value()?;
+        let v: V = entry.value()?;
+        check(&v).map_err(|e| entry.error(e))?;
+        self.value = v;
         Ok(())
     }
 

@@ -213,7 +213,7 @@ impl Pipeline {
     ///
     /// # Errors
     /// A checkpoint with times or offsets out of range ([`Checkpoint::check`]), or a changelog
-    /// entry that cannot be read back.
+    /// entry that cannot be read back or holds a time or offset no operator writes.
     pub fn restore(
         cfg: &PipelineConfig,
         matcher: Matcher,

@@ -74,9 +74,11 @@ impl Serialize for Buckets {
 
 impl<'de> Deserialize<'de> for Buckets {
     /// Through a map: whatever order and repetition the input has, the pairs come out sorted
-    /// with one count per index (the last one given, as a map reads it).
+    /// with one count per index (the last one given, as a map reads it), and a zero count
+    /// (never written; a damaged changelog) leaves its bucket out.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        BTreeMap::<i32, u64>::deserialize(d).map(|m| Buckets(m.into_iter().collect()))
+        BTreeMap::<i32, u64>::deserialize(d)
+            .map(|m| Buckets(m.into_iter().filter(|&(_, n)| n > 0).collect()))
     }
 }
 
@@ -87,10 +89,12 @@ fn bucket(x: f64) -> i32 {
 impl Quantiles {
     /// Adds a value (negative values count as zero).
     pub fn add(&mut self, x: f64) {
+        // Saturating: counts restored from a damaged changelog may be anything.
         if x.is_nan() || x < MIN {
-            self.zero += 1;
+            self.zero = self.zero.saturating_add(1);
         } else {
-            *self.buckets.entry(bucket(x)) += 1;
+            let n = self.buckets.entry(bucket(x));
+            *n = n.saturating_add(1);
         }
     }
 
@@ -105,15 +109,16 @@ impl Quantiles {
 
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Quantiles) {
-        self.zero += other.zero;
+        self.zero = self.zero.saturating_add(other.zero);
         for &(b, n) in &other.buckets.0 {
-            *self.buckets.entry(b) += n;
+            let c = self.buckets.entry(b);
+            *c = c.saturating_add(n);
         }
     }
 
     /// Values held.
     pub fn count(&self) -> u64 {
-        self.zero + self.buckets.0.iter().map(|e| e.1).sum::<u64>()
+        (self.buckets.0.iter()).fold(self.zero, |sum, e| sum.saturating_add(e.1))
     }
 
     /// The q-quantile (0 ≤ q ≤ 1, nearest rank), None when empty.
@@ -130,7 +135,7 @@ impl Quantiles {
         let mut seen = self.zero;
         let g = gamma();
         for &(b, c) in &self.buckets.0 {
-            seen += c;
+            seen = seen.saturating_add(c);
             if seen >= rank {
                 return Some(2.0 * g.powi(b) / (g + 1.0));
             }
@@ -169,9 +174,10 @@ impl Quantiles {
                 continue;
             }
             if b.bucket == ZERO_BUCKET {
-                q.zero += n;
+                q.zero = q.zero.saturating_add(n);
             } else {
-                *q.buckets.entry(b.bucket) += n;
+                let c = q.buckets.entry(b.bucket);
+                *c = c.saturating_add(n);
             }
         }
         q
@@ -329,5 +335,25 @@ mod tests {
         a.remove(0.0);
         assert_eq!(a.count(), 2);
         assert_eq!(Quantiles::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn damaged_counts_restore_without_overflow() {
+        // 2.0 is in bucket ⌈ln 2 / ln γ⌉ = ⌈34.66⌉ = 35 (γ = 1.01 / 0.99). A zero count is
+        // never written: it reads as no bucket, and taking 2.0 out of it takes nothing.
+        assert_eq!(bucket(2.0), 35);
+        let mut q: Quantiles = serde_json::from_str(r#"{"zero":0,"buckets":{"35":0}}"#).unwrap();
+        assert_eq!(q, Quantiles::default());
+        q.remove(2.0);
+        assert!(q.is_empty());
+        // Counts at u64's end saturate instead of wrapping.
+        let max = u64::MAX;
+        let json = format!(r#"{{"zero":{max},"buckets":{{"35":{max}}}}}"#);
+        let mut q: Quantiles = serde_json::from_str(&json).unwrap();
+        q.add(0.0);
+        q.add(2.0);
+        q.merge(&q.clone());
+        assert_eq!(q.count(), max);
+        assert_eq!(q.quantile(1.0), Some(0.0));
     }
 }

@@ -11,6 +11,31 @@ pub const HOUR: i64 = 60 * MINUTE;
 /// One day, in ms.
 pub const DAY: i64 = 24 * HOUR;
 
+/// Farthest a stored time may be from 1970 (about 285,000 years): far beyond any event time
+/// ([`banter_model::validate::MAX_EVENT_TIME_MS`]) and far enough from `i64`'s limits that
+/// window bounds and horizons computed from it cannot overflow.
+const MAX_ABS_TIME: i64 = 1 << 53;
+
+/// Refuses a restored time no engine writes (a damaged or forged checkpoint or changelog),
+/// naming `field`, rather than let it drive the arithmetic past `i64`'s range.
+pub(crate) fn check_time(field: &str, t: Option<i64>) -> Result<(), String> {
+    match t {
+        Some(t) if t.unsigned_abs() > MAX_ABS_TIME as u64 => {
+            Err(format!("{field} {t} is not a time an engine writes"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a restored input offset that is not a Kafka offset, naming `field`.
+pub(crate) fn check_offset(field: &str, o: i64) -> Result<(), String> {
+    if (0..=i64::MAX / 2).contains(&o) {
+        Ok(())
+    } else {
+        Err(format!("{field} {o} is not a Kafka offset"))
+    }
+}
+
 /// Start of the minute holding `t`.
 pub(crate) fn minute_of(t: i64) -> i64 {
     t - t.rem_euclid(MINUTE)
@@ -51,6 +76,12 @@ pub(crate) struct Moved {
 }
 
 impl Progress {
+    /// Refuses a restored progress no operator writes.
+    pub fn check(&self) -> Result<(), String> {
+        check_offset("next_offset", self.next_offset)?;
+        check_time("watermark", self.watermark)
+    }
+
     /// Whether input at `offset` is new (not applied before a restore); records it if so.
     pub fn accept(&mut self, offset: i64) -> bool {
         if offset < self.next_offset {

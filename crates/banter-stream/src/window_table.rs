@@ -143,7 +143,7 @@ where
     /// Takes one window, or the progress, back from the changelog.
     pub fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
         if entry.tag() == self.progress_tag {
-            return self.progress.restore_entry(entry);
+            return self.progress.restore_checked(entry, Progress::check);
         }
         let k: K = entry.key()?;
         let mut w: W = entry.value()?;

@@ -35,7 +35,7 @@ use smol_str::SmolStr;
 use crate::changelog::{ChangelogMap, Changes, Entry, StateError, Store, TableId};
 use crate::operator::{Operator, Time};
 use crate::quantile::Quantiles;
-use crate::time::{window_len, window_start, DAY};
+use crate::time::{check_time, window_len, window_start, DAY};
 use crate::window_table::{Pending, WindowTable};
 
 /// Parameters: the `conversation.*` section of the configuration, used as it is.
@@ -103,6 +103,12 @@ impl<'de> Deserialize<'de> for OptTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Option::<i64>::deserialize(d).map(OptTime::from)
     }
+}
+
+/// Refuses a restored (earliest, latest) answer time no operator writes.
+fn check_span(&(first, last): &(i64, i64)) -> Result<(), String> {
+    check_time("earliest answer", Some(first))?;
+    check_time("latest answer", Some(last))
 }
 
 /// Most DMs a thread keeps (the most recent); most moderation actions per comment.
@@ -724,11 +730,22 @@ impl Operator for Conversations {
 
     fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
         match entry.tag() {
-            t if t == ITEMS.tag => self.items.restore_entry(entry),
-            t if t == THREADS.tag => self.threads.restore_entry(entry),
-            t if t == ANSWERS.tag => self.answers.restore_entry(entry),
-            t if t == THREAD_FIRST.tag => self.thread_first.restore_entry(entry),
-            t if t == ACTIONS.tag => self.actions.restore_entry(entry),
+            t if t == ITEMS.tag => self.items.restore_checked(entry, |it| {
+                check_time("time", Some(it.time))?;
+                check_time("answered", it.answered.get())?;
+                check_time("first_response", it.first_response.get())
+            }),
+            t if t == THREADS.tag => self.threads.restore_checked(entry, |th| {
+                th.dms
+                    .iter()
+                    .try_for_each(|d| check_time("DM time", Some(d.time)))
+            }),
+            t if t == ANSWERS.tag => self.answers.restore_checked(entry, check_span),
+            t if t == THREAD_FIRST.tag => self.thread_first.restore_checked(entry, check_span),
+            t if t == ACTIONS.tag => self.actions.restore_checked(entry, |list| {
+                list.iter()
+                    .try_for_each(|a| check_time("action time", Some(a.0)))
+            }),
             _ if self.windows.holds(entry) => self.windows.restore_entry(entry),
             _ => Err(entry.unknown()),
         }

@@ -37,7 +37,7 @@ use crate::cta::Matcher;
 use crate::operator::{Operator, Time};
 use crate::quantile::Quantiles;
 use crate::table::Map;
-use crate::time::{window_len, window_start, DAY, HOUR};
+use crate::time::{check_time, window_len, window_start, DAY, HOUR};
 use crate::window_table::{Pending, WindowTable};
 
 #[cfg(test)]
@@ -756,8 +756,18 @@ impl Operator for Funnels {
 
     fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
         match entry.tag() {
-            t if t == ACTORS.tag => self.actors.restore_entry(entry),
-            t if t == WAITING.tag => self.waiting.restore_entry(entry),
+            t if t == ACTORS.tag => self.actors.restore_checked(entry, |af| {
+                af.triggers
+                    .iter()
+                    .try_for_each(|t| check_time("trigger time", Some(t.time)))?;
+                af.stages
+                    .iter()
+                    .try_for_each(|s| check_time("stage time", Some(s.time)))
+            }),
+            t if t == WAITING.tag => self.waiting.restore_checked(entry, |list| {
+                list.iter()
+                    .try_for_each(|w| check_time("waiting event time", Some(w.event.time)))
+            }),
             _ if self.windows.holds(entry) => self.windows.restore_entry(entry),
             _ => Err(entry.unknown()),
         }

@@ -47,7 +47,7 @@ use crate::changelog::{
 };
 use crate::operator::{Operator, Time};
 use crate::table::{Map, Set};
-use crate::time::MINUTE;
+use crate::time::{check_time, MINUTE};
 
 pub use crate::config::SpikeConfig;
 
@@ -245,6 +245,25 @@ struct Early {
 }
 
 impl KeyState {
+    /// Refuses a restored state with a time no detector writes.
+    fn check(&self) -> Result<(), String> {
+        check_time("last_minute", self.last_minute)?;
+        check_time("published", self.published)?;
+        check_time("quiet_until", self.quiet_until)?;
+        for &m in &self.hit_minutes {
+            check_time("hit minute", Some(m))?;
+        }
+        if let Some(f) = &self.firing {
+            check_time("firing.started_at", Some(f.started_at))?;
+            check_time("firing.below_since", Some(f.below_since))?;
+        }
+        if let Some(e) = &self.early {
+            check_time("early.started_at", Some(e.started_at))?;
+            check_time("early.minute", Some(e.minute))?;
+        }
+        Ok(())
+    }
+
     /// A key first seen now, after `quiet` judged minutes without interactions.
     fn new(quiet: u32) -> Self {
         KeyState {
@@ -1120,9 +1139,12 @@ impl Operator for Detector {
 
     fn restore_entry(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
         match entry.tag() {
-            t if t == KEYS.tag => self.keys.restore_entry(entry),
+            t if t == KEYS.tag => self.keys.restore_checked(entry, KeyState::check),
             t if t == PROFILES.tag => self.profiles.restore_entry(entry),
-            t if t == META.tag => self.meta.restore_entry(entry),
+            t if t == META.tag => self.meta.restore_checked(entry, |m| {
+                check_time("done_below", m.done_below)?;
+                check_time("first_minute", m.first_minute)
+            }),
             _ => Err(entry.unknown()),
         }
     }

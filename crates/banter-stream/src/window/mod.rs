@@ -58,6 +58,7 @@ use crate::changelog::{ChangelogMap, Changes, Entry, StateError, Store};
 use crate::operator::{Operator, Time};
 use crate::table::{prefetch_slot, Map, Table};
 use crate::time::minute_of;
+use crate::time::{check_offset, check_time};
 use banter_model::EventTimeSource;
 
 pub use crate::time::MINUTE;
@@ -104,11 +105,6 @@ impl Checkpoint {
     /// The layout this version writes and reads: typed changelog keys per store (2).
     pub const FORMAT: u32 = 2;
 
-    /// Farthest a stored time may be from 1970 (about 285,000 years): far beyond any event
-    /// time ([`banter_model::validate::MAX_EVENT_TIME_MS`]) and far enough from `i64`'s limits
-    /// that window bounds and horizons computed from it cannot overflow.
-    const MAX_ABS_TIME: i64 = 1 << 53;
-
     /// Checks that every time and offset is one an engine could have written: a damaged or
     /// forged checkpoint is refused at restore with the field named, rather than driving the
     /// engine's arithmetic past `i64`'s range.
@@ -116,19 +112,7 @@ impl Checkpoint {
     /// # Errors
     /// The first field out of range.
     pub fn check(&self) -> Result<(), String> {
-        let time = |field: &str, t: Option<i64>| match t {
-            Some(t) if t.unsigned_abs() > Self::MAX_ABS_TIME as u64 => {
-                Err(format!("{field} {t} is not a time an engine writes"))
-            }
-            _ => Ok(()),
-        };
-        let offset = |field: &str, o: i64| {
-            if (0..=i64::MAX / 2).contains(&o) {
-                Ok(())
-            } else {
-                Err(format!("{field} {o} is not a Kafka offset"))
-            }
-        };
+        let (time, offset) = (check_time, check_offset);
         offset("next_offset", self.next_offset)?;
         time("watermark", self.watermark)?;
         time("max_event_time", self.max_event_time)?;
