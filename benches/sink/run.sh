@@ -19,6 +19,22 @@ cargo build --release --locked -p banter 2>&1 | tail -1
 bin=target/release/banter
 ch=http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/
 metric() { curl -fsS "localhost:$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d", s}'; }
+# A histogram's count and p50 / p99 / max as bucket bounds (upper bounds of the true values).
+hist() { # port name what
+  curl -fsS "localhost:$1/metrics" | python3 -c '
+import sys, re
+name, what = sys.argv[1], sys.argv[2]
+b = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+           for m in re.finditer(r"^" + name + r"_bucket\{le=\"([^\"]+)\"\} (\S+)", sys.stdin.read(), re.M))
+n = b[-1][1] if b else 0
+def q(p): return next(le for le, c in b if c >= p * n) if n else float("nan")
+print(f"  {what} {n:.0f}: p50 <= {q(0.5):g}, p99 <= {q(0.99):g}, max <= {q(1.0):g} (bucket bounds)")' "$2" "$3"
+}
+# CPU seconds (user + system) of processes, and of the whole machine, from /proc.
+cpu_of() { # pid...
+  local t=0 p f; for p in "$@"; do f=$(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null) || continue; t=$(( t + ${f% *} + ${f#* } )); done; echo "$t"
+}
+machine_cpu() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 setup() { # run-name
   export BANTER_KAFKA__TOPICS__EVENTS="$1.events" BANTER_KAFKA__TOPICS__ROLLUPS="$1.rollups" \
     BANTER_KAFKA__TOPICS__DLQ="$1.dlq" BANTER_KAFKA__TOPICS__ALERTS="$1.alerts" \
@@ -50,8 +66,8 @@ fi
 echo "== latency (live, $live minutes) =="
 run="sinklive$(date +%s)"; setup "$run"
 export BANTER_STREAM__IDLE_TIMEOUT_MS=5000
-BANTER_HTTP__LISTEN=127.0.0.1:9478 $bin ingest & pids+=($!)
-role stream 9476; role sink 9477
+BANTER_HTTP__LISTEN=127.0.0.1:9478 $bin ingest & pids+=($!); ingest_pid=$!
+role stream 9476; stream_pid=${pids[-1]}; role sink 9477; sink_pid=${pids[-1]}
 sleep 1
 # Provisional rows are replaced by their final rows when ClickHouse merges parts, so they are
 # sampled while the run goes: each second, those inserted in the last 10 s.
@@ -96,11 +112,34 @@ expected=$(mktemp)
 live_accounts="${BANTER_BENCH_LIVE_ACCOUNTS:-1000}"
 now_ms=$(date +%s%3N); span_start=$(( (now_ms + 45000 + live_accounts / 2 + 59999) / 60000 * 60000 ))
 span_end=$(( span_start + live * 60000 ))
+# Where the CPU goes during the span: each role, the broker, ClickHouse, and the rest of the
+# machine (the generator, the samplers), sampled at the span's start and end.
+cpu_samples=$(mktemp); cpu_sampler() {
+  local at secs; for at in "$span_start" "$span_end"; do
+    secs=$(( (at - $(date +%s%3N)) / 1000 )); [ "$secs" -gt 0 ] && sleep "$secs"
+    echo "$(cpu_of $ingest_pid) $(cpu_of $stream_pid) $(cpu_of $sink_pid) $(cpu_of $(pgrep -f kafka.Kafka)) $(cpu_of $(pgrep -f clickhouse-server)) $(machine_cpu)" >>"$cpu_samples"
+  done
+}
+cpu_sampler & pids+=($!)
 timeout $(( (span_end - now_ms) / 1000 + 10 )) $bin generate --to webhook --url http://127.0.0.1:8082 --live \
   --start-ms "$span_start" --accounts "$live_accounts" --minutes "$live" --seed 9 --expected "$expected" \
   --progress "$progress" 2>&1 | tail -1 || true
 accepted=$(metric 9478 banter_ingest_events_accepted_total)
 echo "ingest accepted $accepted events in the $live-minute span (about $(( accepted / (live * 60) )) events/s)"
+python3 - "$cpu_samples" "$live" "$accepted" "$(getconf CLK_TCK)" "$(nproc)" <<'PY'
+import sys
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 6]
+if len(rows) == 2:
+    secs, tck = int(sys.argv[2]) * 60, int(sys.argv[4])
+    d = [(b - a) / tck for a, b in zip(*rows)]
+    names = ["ingest", "stream", "sink", "broker", "ClickHouse"]
+    rest = d[5] - sum(d[:5])
+    parts = ", ".join(f"{n} {v / secs:.2f}" for n, v in zip(names, d)) + f", the rest (generator, samplers) {rest / secs:.2f}"
+    print(f"CPU during the span, cores busy on average: {parts}; machine {d[5] / secs:.2f} of {sys.argv[5]}")
+    ev = int(sys.argv[3])
+    if ev:
+        print(f"  per 1,000 events accepted: stream {d[1] / ev * 1000:.3f} CPU-s, sink {d[2] / ev * 1000:.3f}, ClickHouse {d[4] / ev * 1000:.3f}")
+PY
 sleep 75 # the last minutes close (out-of-orderness + idle timeout)
 echo "lag besides the out-of-orderness"
 python3 - "$progress" "$lag_samples" <<'PY'
@@ -133,13 +172,12 @@ final_minutes "AND window_end_ms <= $span_end - 120000"
 # inserted_at, whole seconds, so its end plus 1 s: an upper bound, minus emitted_at, the
 # stream's clock at emission).
 echo "provisional rows: receipt -> emission (banter_stream_provisional_lag_seconds)"
-curl -fsS localhost:9476/metrics | python3 -c '
-import sys, re
-b = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
-           for m in re.finditer(r"^banter_stream_provisional_lag_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)", sys.stdin.read(), re.M))
-n = b[-1][1] if b else 0
-def q(p): return next(le for le, c in b if c >= p * n) if n else float("nan")
-print(f"  emissions {n:.0f}: p50 <= {q(0.5)} s, p99 <= {q(0.99)} s, max <= {q(1.0)} s (bucket bounds)")'
+hist 9476 banter_stream_provisional_lag_seconds emissions
+echo "what an emitted row waits for, seconds (the stream's transaction, the sink's insert)"
+hist 9476 banter_stream_batch_seconds "stream batches, commit included:"
+hist 9476 banter_stream_commit_seconds "stream commits:"
+hist 9477 banter_sink_insert_seconds "sink inserts:"
+hist 9477 banter_sink_batch_rows "sink batch rows, inserts:"
 minute_keys=$(curl -fsS "$ch" --data-binary "SELECT count() FROM (SELECT 1 FROM $run.rollups WHERE window_kind = 'MINUTE'
   AND revision >= 0 GROUP BY account_id, content_id, window_start_ms)")
 echo "provisional rows (sampled): emission -> visible in ClickHouse, and MINUTE keys shown before their minute ended"

@@ -1,8 +1,9 @@
-//! A damaged or forged changelog with numbers at the edge of `i64`: every number of every
-//! entry in the changelog seeds (real entries of every store, from a generated workload) is
-//! replaced in turn by `i64`'s limits and a few times no engine writes, and the partition is
-//! restored and run on. A restore may refuse the entry; what it must not do is overflow (test
-//! builds check arithmetic) or panic later on the state it took.
+//! A damaged or forged changelog with numbers at the edge of `i64`: every number of real
+//! entries of every table (a generated workload's changelog, at several points of its run) is
+//! replaced in turn by `i64`'s and `u64`'s limits, a time no engine writes and 0, and so is
+//! every 8 bytes of their keys; the partition is restored from each and run on. A restore may
+//! refuse the entry; what it must not do is overflow (test builds check arithmetic) or panic
+//! later on the state it took.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -81,27 +82,37 @@ fn numbers_at_the_edge_of_i64_in_a_restored_changelog_are_refused_or_held_withou
                 continue;
             }
             (*n, *last) = (*n + 1, at);
+            // Each number of the value replaced, then every 8 bytes of the key after its tag
+            // (where its times and offsets are, big-endian) set to i64's ends.
+            let mut variants: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
             for (start, end) in integers(value) {
                 for x in EXTREMES {
-                    let mut v = value[..start].to_vec();
-                    v.extend_from_slice(x.as_bytes());
-                    v.extend_from_slice(&value[end..]);
-                    let damaged = Saved {
-                        checkpoint: log.checkpoint.clone(),
-                        entries: [(key.clone(), v)].into(),
-                    };
-                    let input = banter_fuzz::saved_bytes(&damaged);
-                    runs += 1;
-                    let outcome = std::panic::catch_unwind(|| banter_fuzz::changelog(&input));
-                    if outcome.is_err() {
-                        failed.push(format!(
-                            "store {:?} table {}: number {} of {} set to {x}",
-                            key.0,
-                            key.1[0] as char,
-                            String::from_utf8_lossy(&value[start..end]),
-                            String::from_utf8_lossy(value),
-                        ));
-                    }
+                    let number = String::from_utf8_lossy(&value[start..end]);
+                    let v = [&value[..start], x.as_bytes(), &value[end..]].concat();
+                    variants.push((format!("number {number} set to {x}"), key.1.clone(), v));
+                }
+            }
+            for at in 1..key.1.len().saturating_sub(7) {
+                for x in [i64::MIN, i64::MAX] {
+                    let mut k = key.1.clone();
+                    k[at..at + 8].copy_from_slice(&x.to_be_bytes());
+                    variants.push((format!("key bytes {at}.. set to {x}"), k, value.clone()));
+                }
+            }
+            for (what, k, v) in variants {
+                let damaged = Saved {
+                    checkpoint: log.checkpoint.clone(),
+                    entries: [((key.0, k), v)].into(),
+                };
+                let input = banter_fuzz::saved_bytes(&damaged);
+                runs += 1;
+                if std::panic::catch_unwind(|| banter_fuzz::changelog(&input)).is_err() {
+                    failed.push(format!(
+                        "store {:?} table {}: {what}, in {}",
+                        key.0,
+                        key.1[0] as char,
+                        String::from_utf8_lossy(value),
+                    ));
                 }
             }
         }

@@ -14,7 +14,7 @@ use crate::changelog::{
     ChangelogCell, ChangelogMap, Changes, Entry, StateError, StateKey, TableId,
 };
 use crate::table::Set;
-use crate::time::{window_len, Progress};
+use crate::time::{check_time, window_len, Progress};
 
 /// A window aggregate that remembers whether it changed since it was last emitted (stored
 /// with it, so a restored window still gets emitted).
@@ -32,18 +32,26 @@ pub(crate) struct WindowTable<K, W> {
     progress_tag: u8,
     /// How long after its end a window takes changes.
     keep_ms: i64,
+    /// A window's kind and start, from its key.
+    span: fn(&K) -> (WindowKind, i64),
 }
 
 impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
-    /// Windows in table `windows`, the progress in table `progress`; a window takes changes
-    /// until the watermark is `keep_ms` past its end.
-    pub fn new(windows: TableId, progress: TableId, keep_ms: i64) -> Self {
+    /// Windows in table `windows` (their kind and start given by `span`), the progress in
+    /// table `progress`; a window takes changes until the watermark is `keep_ms` past its end.
+    pub fn new(
+        windows: TableId,
+        progress: TableId,
+        keep_ms: i64,
+        span: fn(&K) -> (WindowKind, i64),
+    ) -> Self {
         WindowTable {
             map: ChangelogMap::new(windows),
             pending: Set::default(),
             progress: ChangelogCell::new(progress, Progress::default()),
             progress_tag: progress.tag,
             keep_ms,
+            span,
         }
     }
 
@@ -86,12 +94,11 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
 
     /// Moves the watermark to `wm`. Entering a new minute, it emits (with `row`, given the
     /// watermark) the windows changed since their last emission; entering a new hour, it
-    /// forgets the windows that are final (their kind and start given by `span`). True when it
-    /// entered a new hour: the operator forgets what else can no longer change.
+    /// forgets the windows that are final. True when it entered a new hour: the operator
+    /// forgets what else can no longer change.
     pub fn advance<R>(
         &mut self,
         wm: i64,
-        span: impl Fn(&K) -> (WindowKind, i64),
         row: impl Fn(&K, &W, i64) -> R,
         out: &mut Vec<R>,
     ) -> bool {
@@ -110,7 +117,7 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
             }
         }
         if moved.hour {
-            let (progress, keep) = (*self.progress.get(), self.keep_ms);
+            let (progress, keep, span) = (*self.progress.get(), self.keep_ms, self.span);
             self.map.retain(|k, _| {
                 let (kind, start) = span(k);
                 !progress.is_final(start + window_len(kind), keep)
@@ -146,6 +153,7 @@ where
             return self.progress.restore_checked(entry, Progress::check);
         }
         let k: K = entry.key()?;
+        check_time("window start", Some((self.span)(&k).1)).map_err(|e| entry.error(e))?;
         let mut w: W = entry.value()?;
         if *w.pending() {
             self.pending.insert(k.clone());

@@ -293,7 +293,7 @@ impl Conversations {
             answers: ChangelogMap::new(ANSWERS),
             thread_first: ChangelogMap::new(THREAD_FIRST),
             actions: ChangelogMap::new(ACTIONS),
-            windows: WindowTable::new(WINDOWS, PROGRESS, cfg.answer_horizon_ms),
+            windows: WindowTable::new(WINDOWS, PROGRESS, cfg.answer_horizon_ms, |wk| (wk.2, wk.3)),
         }
     }
 
@@ -647,7 +647,7 @@ impl Conversations {
     /// Moves the watermark: entering a new minute, emits the windows that changed; entering
     /// a new hour, forgets what can no longer change.
     pub fn advance(&mut self, wm: i64, out: &mut Vec<ConversationRollup>) {
-        if self.windows.advance(wm, |wk| (wk.2, wk.3), Self::row, out) {
+        if self.windows.advance(wm, Self::row, out) {
             self.forget(wm);
         }
     }

@@ -268,7 +268,9 @@ impl Funnels {
             matcher,
             actors: ChangelogMap::new(ACTORS),
             waiting: ChangelogMap::new(WAITING),
-            windows: WindowTable::new(WINDOWS, PROGRESS, cfg.allowed_lateness_ms),
+            windows: WindowTable::new(WINDOWS, PROGRESS, cfg.allowed_lateness_ms, |wk| {
+                (wk.1, wk.2)
+            }),
             comments: Map::default(),
             clicks: Map::default(),
             stats: FunnelStats::default(),
@@ -629,7 +631,7 @@ impl Funnels {
     /// Moves the watermark. Entering a new minute, it emits the windows that changed since
     /// their last emission; entering a new hour, it forgets what no event can change any more.
     pub fn advance(&mut self, wm: i64, out: &mut Vec<FunnelRollup>) {
-        if self.windows.advance(wm, |wk| (wk.1, wk.2), Self::row, out) {
+        if self.windows.advance(wm, Self::row, out) {
             self.forget(wm);
         }
     }

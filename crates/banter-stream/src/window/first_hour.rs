@@ -10,7 +10,7 @@ use super::counts::{publication, Counts};
 use super::{Engine, Mark, Output, Timer};
 use crate::changelog::{Changes, Entry, StateError, StateKey as _, TableId};
 use crate::sketch::Sketch;
-use crate::time::MINUTE;
+use crate::time::{check_time, MINUTE};
 
 /// The engine's one changelog table: first-hour state by (content id, publication time).
 pub(super) const POSTS: TableId = TableId {
@@ -456,6 +456,9 @@ impl Engine {
     pub(super) fn restore_retired(&mut self, entry: &Entry<'_>) -> Result<(), StateError> {
         let (content, published): (String, i64) = entry.key()?;
         let from: i64 = entry.value()?;
+        check_time("publication time", Some(published))
+            .and(check_time("retired from", Some(from)))
+            .map_err(|e| entry.error(e))?;
         let c = self.names.intern(&content);
         if self.retired.get(&(c, published)).is_none() {
             self.names.retain(c);
@@ -473,6 +476,7 @@ impl Engine {
             return Err(entry.unknown());
         }
         let (content, published): (String, i64) = entry.key()?;
+        check_time("publication time", Some(published)).map_err(|e| entry.error(e))?;
         let post: Post = entry.value()?;
         let p = post.published_at;
         if p != published {
