@@ -28,11 +28,12 @@ b = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m
            for m in re.finditer(r"^" + name + r"_bucket\{le=\"([^\"]+)\"\} (\S+)", sys.stdin.read(), re.M))
 n = b[-1][1] if b else 0
 def q(p): return next(le for le, c in b if c >= p * n) if n else float("nan")
-print(f"  {what} {n:.0f}: p50 <= {q(0.5):g}, p99 <= {q(0.99):g}, max <= {q(1.0):g} (bucket bounds)")' "$2" "$3"
+print(f"  {what} {n:.0f}: p50 <= {q(0.5):g}, p99 <= {q(0.99):g}, max <= {q(1.0):g} (bucket bounds)")' "$2" "$3" || echo "  $3 not read"
 }
 # CPU seconds (user + system) of processes, and of the whole machine, from /proc.
 cpu_of() { # pid...
-  local t=0 p f; for p in "$@"; do f=$(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null) || continue; t=$(( t + ${f% *} + ${f#* } )); done; echo "$t"
+  local t=0 p; for p in "$@"; do  # utime and stime: fields 14 and 15, counted after the ")" ending the name
+    t=$(( t + $( { sed 's/.*) //' "/proc/$p/stat" 2>/dev/null || true; } | awk '{s = $12 + $13} END {print s + 0}') )); done; echo "$t"
 }
 machine_cpu() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 setup() { # run-name
@@ -134,11 +135,13 @@ if len(rows) == 2:
     d = [(b - a) / tck for a, b in zip(*rows)]
     names = ["ingest", "stream", "sink", "broker", "ClickHouse"]
     rest = d[5] - sum(d[:5])
-    parts = ", ".join(f"{n} {v / secs:.2f}" for n, v in zip(names, d)) + f", the rest (generator, samplers) {rest / secs:.2f}"
+    parts = ", ".join(f"{n} {v / secs:.2f}" for n, v in zip(names, d)) + f", the rest (generator, samplers, kernel) {rest / secs:.2f}"
     print(f"CPU during the span, cores busy on average: {parts}; machine {d[5] / secs:.2f} of {sys.argv[5]}")
     ev = int(sys.argv[3])
     if ev:
         print(f"  per 1,000 events accepted: stream {d[1] / ev * 1000:.3f} CPU-s, sink {d[2] / ev * 1000:.3f}, ClickHouse {d[4] / ev * 1000:.3f}")
+else:
+    print("CPU during the span: not sampled (the span's start or end was missed)")
 PY
 sleep 75 # the last minutes close (out-of-orderness + idle timeout)
 echo "lag besides the out-of-orderness"

@@ -16,15 +16,17 @@ use banter_stream::{Pipeline, PipelineConfig, Saved, StreamSettings};
 /// Entries of each table damaged.
 const PER_TABLE: usize = 8;
 
-/// What each number is replaced by: `i64`'s and `u64`'s ends, a time far beyond any event's,
-/// and 0 (a count that cannot be taken from).
-const EXTREMES: [&str; 6] = [
+/// What each number is replaced by: `i64`'s, `u64`'s and `u32`'s ends, a time far beyond any
+/// event's, 0 (a count that cannot be taken from) and 7 (past the last funnel stage, 5).
+const EXTREMES: [&str; 8] = [
     "-9223372036854775808",
     "-9223372036854775807",
     "9223372036854775807",
     "18446744073709551615",
+    "4294967295",
     "-4611686018427387904",
     "0",
+    "7",
 ];
 
 /// The byte ranges of the JSON integers in `json` (an optional minus and digits, not part of
@@ -76,7 +78,14 @@ fn numbers_at_the_edge_of_i64_in_a_restored_changelog_are_refused_or_held_withou
     // the run, each restored with the checkpoint of its point and nothing else.
     let mut tried: BTreeMap<(Store, u8), (usize, usize)> = BTreeMap::new();
     for (at, log) in logs.iter().enumerate() {
-        for (key, value) in &log.entries {
+        // Each point starts at another entry, so later points reach keys later in the order.
+        let skip = at * 7 % log.entries.len().max(1);
+        let entries = log
+            .entries
+            .iter()
+            .skip(skip)
+            .chain(log.entries.iter().take(skip));
+        for (key, value) in entries {
             let (n, last) = tried.entry((key.0, key.1[0])).or_insert((0, usize::MAX));
             if *n == PER_TABLE || *last == at {
                 continue;

@@ -27,6 +27,16 @@ pub(crate) fn check_time(field: &str, t: Option<i64>) -> Result<(), String> {
     }
 }
 
+/// Refuses a restored count (or sum) no operator reaches, naming `field`: within ±2^53, sums
+/// and increments of a few of them cannot overflow.
+pub(crate) fn check_count(field: &str, n: i64) -> Result<(), String> {
+    if n.unsigned_abs() > MAX_ABS_TIME as u64 {
+        Err(format!("{field} {n} is not a count an operator reaches"))
+    } else {
+        Ok(())
+    }
+}
+
 /// Refuses a restored input offset that is not a Kafka offset, naming `field`.
 pub(crate) fn check_offset(field: &str, o: i64) -> Result<(), String> {
     if (0..=i64::MAX / 2).contains(&o) {

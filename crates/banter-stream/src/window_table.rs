@@ -20,6 +20,8 @@ use crate::time::{check_time, window_len, Progress};
 /// with it, so a restored window still gets emitted).
 pub(crate) trait Pending {
     fn pending(&mut self) -> &mut bool;
+    /// Refuses a restored window with numbers no operator reaches.
+    fn check(&self) -> Result<(), String>;
 }
 
 /// Windows keyed by `K`, with an index of those changed since their last emission (so a
@@ -153,8 +155,13 @@ where
             return self.progress.restore_checked(entry, Progress::check);
         }
         let k: K = entry.key()?;
-        check_time("window start", Some((self.span)(&k).1)).map_err(|e| entry.error(e))?;
+        let (kind, start) = (self.span)(&k);
+        if !matches!(kind, WindowKind::Hour | WindowKind::Day) {
+            return Err(entry.error(format!("a {kind:?} window, not an HOUR or DAY one")));
+        }
+        check_time("window start", Some(start)).map_err(|e| entry.error(e))?;
         let mut w: W = entry.value()?;
+        w.check().map_err(|e| entry.error(e))?;
         if *w.pending() {
             self.pending.insert(k.clone());
         }

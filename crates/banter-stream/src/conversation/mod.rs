@@ -35,7 +35,7 @@ use smol_str::SmolStr;
 use crate::changelog::{ChangelogMap, Changes, Entry, StateError, Store, TableId};
 use crate::operator::{Operator, Time};
 use crate::quantile::Quantiles;
-use crate::time::{check_time, window_len, window_start, DAY};
+use crate::time::{check_count, check_offset, check_time, window_len, window_start, DAY};
 use crate::window_table::{Pending, WindowTable};
 
 /// Parameters: the `conversation.*` section of the configuration, used as it is.
@@ -188,6 +188,22 @@ struct Agg {
 impl Pending for Agg {
     fn pending(&mut self) -> &mut bool {
         &mut self.pending
+    }
+
+    fn check(&self) -> Result<(), String> {
+        [
+            self.inbound,
+            self.answered,
+            self.inbound_comments,
+            self.answered_comments,
+            self.story_replies,
+            self.dms,
+            self.roots,
+            self.replies,
+        ]
+        .into_iter()
+        .try_for_each(|n| check_count("window count", n))?;
+        check_offset("revision", self.revision)
     }
 }
 

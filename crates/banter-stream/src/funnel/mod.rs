@@ -37,7 +37,7 @@ use crate::cta::Matcher;
 use crate::operator::{Operator, Time};
 use crate::quantile::Quantiles;
 use crate::table::Map;
-use crate::time::{check_time, window_len, window_start, DAY, HOUR};
+use crate::time::{check_count, check_offset, check_time, window_len, window_start, DAY, HOUR};
 use crate::window_table::{Pending, WindowTable};
 
 #[cfg(test)]
@@ -154,6 +154,23 @@ struct WindowAgg {
 impl Pending for WindowAgg {
     fn pending(&mut self) -> &mut bool {
         &mut self.pending
+    }
+
+    fn check(&self) -> Result<(), String> {
+        (self.counts.iter()).try_for_each(|&n| check_count("window count", n))?;
+        // The sum of cents saturates: any value reads.
+        check_offset("revision", self.revision)
+    }
+}
+
+/// Refuses a restored stage event no operator writes (its time, or a stage other than 1–5).
+fn check_stage_event(s: &StageEvent) -> Result<(), String> {
+    check_time("stage time", Some(s.time))?;
+    check_count("cents", s.cents)?;
+    if (1..=5).contains(&s.stage) {
+        Ok(())
+    } else {
+        Err(format!("stage {} is not one of 1–5", s.stage))
     }
 }
 
@@ -762,13 +779,10 @@ impl Operator for Funnels {
                 af.triggers
                     .iter()
                     .try_for_each(|t| check_time("trigger time", Some(t.time)))?;
-                af.stages
-                    .iter()
-                    .try_for_each(|s| check_time("stage time", Some(s.time)))
+                af.stages.iter().try_for_each(check_stage_event)
             }),
             t if t == WAITING.tag => self.waiting.restore_checked(entry, |list| {
-                list.iter()
-                    .try_for_each(|w| check_time("waiting event time", Some(w.event.time)))
+                list.iter().try_for_each(|w| check_stage_event(&w.event))
             }),
             _ if self.windows.holds(entry) => self.windows.restore_entry(entry),
             _ => Err(entry.unknown()),

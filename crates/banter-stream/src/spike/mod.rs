@@ -1032,7 +1032,7 @@ impl Detector {
                     if f.below == 0 {
                         f.below_since = m;
                     }
-                    f.below += 1;
+                    f.below = f.below.saturating_add(1);
                 }
                 if f.below >= cfg.resolve_minutes {
                     out.push(alert(

@@ -10,7 +10,7 @@ use super::counts::{publication, Counts};
 use super::{Engine, Mark, Output, Timer};
 use crate::changelog::{Changes, Entry, StateError, StateKey as _, TableId};
 use crate::sketch::Sketch;
-use crate::time::{check_time, MINUTE};
+use crate::time::{check_count, check_offset, check_time, MINUTE};
 
 /// The engine's one changelog table: first-hour state by (content id, publication time).
 pub(super) const POSTS: TableId = TableId {
@@ -457,7 +457,7 @@ impl Engine {
         let (content, published): (String, i64) = entry.key()?;
         let from: i64 = entry.value()?;
         check_time("publication time", Some(published))
-            .and(check_time("retired from", Some(from)))
+            .and(check_offset("retired from", from))
             .map_err(|e| entry.error(e))?;
         let c = self.names.intern(&content);
         if self.retired.get(&(c, published)).is_none() {
@@ -478,6 +478,17 @@ impl Engine {
         let (content, published): (String, i64) = entry.key()?;
         check_time("publication time", Some(published)).map_err(|e| entry.error(e))?;
         let post: Post = entry.value()?;
+        [
+            post.first_15m,
+            post.first_60m,
+            post.late_events,
+            post.late_15,
+        ]
+        .into_iter()
+        .try_for_each(|n| check_count("first-hour count", n))
+        .and(check_offset("created", post.created))
+        .and(check_offset("revision", post.revision))
+        .map_err(|e| entry.error(e))?;
         let p = post.published_at;
         if p != published {
             return Err(entry.error(format!("publication time {p} under key {published}")));
