@@ -8,10 +8,14 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use banter_stream::changelog::Store;
 use banter_stream::cta::Matcher;
 use banter_stream::{Pipeline, PipelineConfig, Saved, StreamSettings};
+
+/// The workload's saved state every 100 events: made once for both tests.
+static LOGS: LazyLock<Vec<Saved>> = LazyLock::new(|| banter_fuzz::workload_run(100).2);
 
 /// Entries of each table damaged.
 const PER_TABLE: usize = 8;
@@ -72,7 +76,7 @@ fn integers(json: &[u8]) -> Vec<(usize, usize)> {
 
 #[test]
 fn numbers_at_the_edge_of_i64_in_a_restored_changelog_are_refused_or_held_without_overflow() {
-    let (_, _, logs) = banter_fuzz::workload_run(100);
+    let logs = &*LOGS;
     let (mut runs, mut failed) = (0usize, Vec::new());
     // Entries damaged per table (store and tag): a few of each, from different points of
     // the run, each restored with the checkpoint of its point and nothing else.
@@ -101,11 +105,11 @@ fn numbers_at_the_edge_of_i64_in_a_restored_changelog_are_refused_or_held_withou
                     variants.push((format!("number {number} set to {x}"), key.1.clone(), v));
                 }
             }
-            for at in 1..key.1.len().saturating_sub(7) {
+            for pos in 1..key.1.len().saturating_sub(7) {
                 for x in [i64::MIN, i64::MAX] {
                     let mut k = key.1.clone();
-                    k[at..at + 8].copy_from_slice(&x.to_be_bytes());
-                    variants.push((format!("key bytes {at}.. set to {x}"), k, value.clone()));
+                    k[pos..pos + 8].copy_from_slice(&x.to_be_bytes());
+                    variants.push((format!("key bytes {pos}.. set to {x}"), k, value.clone()));
                 }
             }
             for (what, k, v) in variants {
@@ -138,8 +142,7 @@ fn numbers_at_the_edge_of_i64_in_a_restored_changelog_are_refused_or_held_withou
 
 #[test]
 fn a_restored_time_out_of_range_is_refused_naming_the_entry_and_the_field() {
-    let (_, _, logs) = banter_fuzz::workload_run(500);
-    let log = logs.last().unwrap();
+    let log = LOGS.last().unwrap();
     // A conversation item (table `i`): an inbound comment, story reply or DM.
     let (key, value) = log
         .entries

@@ -16,13 +16,16 @@ pub const DAY: i64 = 24 * HOUR;
 /// window bounds and horizons computed from it cannot overflow.
 const MAX_ABS_TIME: i64 = 1 << 53;
 
+/// Whether `n` is farther from 0 than [`MAX_ABS_TIME`].
+fn out_of_range(n: i64) -> bool {
+    n.unsigned_abs() > MAX_ABS_TIME as u64
+}
+
 /// Refuses a restored time no engine writes (a damaged or forged checkpoint or changelog),
 /// naming `field`, rather than let it drive the arithmetic past `i64`'s range.
 pub(crate) fn check_time(field: &str, t: Option<i64>) -> Result<(), String> {
     match t {
-        Some(t) if t.unsigned_abs() > MAX_ABS_TIME as u64 => {
-            Err(format!("{field} {t} is not a time an engine writes"))
-        }
+        Some(t) if out_of_range(t) => Err(format!("{field} {t} is not a time an engine writes")),
         _ => Ok(()),
     }
 }
@@ -30,7 +33,7 @@ pub(crate) fn check_time(field: &str, t: Option<i64>) -> Result<(), String> {
 /// Refuses a restored count (or sum) no operator reaches, naming `field`: within ±2^53, sums
 /// and increments of a few of them cannot overflow.
 pub(crate) fn check_count(field: &str, n: i64) -> Result<(), String> {
-    if n.unsigned_abs() > MAX_ABS_TIME as u64 {
+    if out_of_range(n) {
         Err(format!("{field} {n} is not a count an operator reaches"))
     } else {
         Ok(())

@@ -57,8 +57,7 @@ use self::names::{key, Key, Names};
 use crate::changelog::{ChangelogMap, Changes, Entry, StateError, Store};
 use crate::operator::{Operator, Time};
 use crate::table::{prefetch_slot, Map, Table};
-use crate::time::minute_of;
-use crate::time::{check_offset, check_time};
+use crate::time::{check_offset, check_time, minute_of};
 use banter_model::EventTimeSource;
 
 pub use crate::time::MINUTE;
@@ -112,24 +111,23 @@ impl Checkpoint {
     /// # Errors
     /// The first field out of range.
     pub fn check(&self) -> Result<(), String> {
-        let (time, offset) = (check_time, check_offset);
-        offset("next_offset", self.next_offset)?;
-        time("watermark", self.watermark)?;
-        time("max_event_time", self.max_event_time)?;
+        check_offset("next_offset", self.next_offset)?;
+        check_time("watermark", self.watermark)?;
+        check_time("max_event_time", self.max_event_time)?;
         if let Some(m) = self.restore {
-            offset("restore.offset", m.offset)?;
+            check_offset("restore.offset", m.offset)?;
             if m.offset > self.next_offset {
                 return Err(format!(
                     "restore.offset {} is past next_offset {}",
                     m.offset, self.next_offset
                 ));
             }
-            time("restore.watermark", m.watermark)?;
-            time("restore.max_event_time", m.max_event_time)?;
+            check_time("restore.watermark", m.watermark)?;
+            check_time("restore.max_event_time", m.max_event_time)?;
         }
         for (o, wm) in &self.idle {
-            offset("idle offset", *o)?;
-            time("idle watermark", Some(*wm))?;
+            check_offset("idle offset", *o)?;
+            check_time("idle watermark", Some(*wm))?;
         }
         Ok(())
     }
