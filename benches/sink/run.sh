@@ -19,16 +19,21 @@ cargo build --release --locked -p banter 2>&1 | tail -1
 bin=target/release/banter
 ch=http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/
 metric() { curl -fsS "localhost:$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d", s}'; }
-# A histogram's count and p50 / p99 / max as bucket bounds (upper bounds of the true values).
-hist() { # port name what
+# A histogram's count and p50 / p99 / max as bucket bounds (upper bounds of the true values),
+# since the metrics in file BASE were read (the live span's start; empty: since the start).
+hist() { # port name what [BASE]
   curl -fsS "localhost:$1/metrics" | python3 -c '
 import sys, re
-name, what = sys.argv[1], sys.argv[2]
-b = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
-           for m in re.finditer(r"^" + name + r"_bucket\{le=\"([^\"]+)\"\} (\S+)", sys.stdin.read(), re.M))
+name, what, base = sys.argv[1], sys.argv[2], sys.argv[3]
+def buckets(text):
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^" + name + r"_bucket\{le=\"([^\"]+)\"\} (\S+)", text, re.M)}
+now = buckets(sys.stdin.read())
+before = buckets(open(base).read()) if base else {}
+b = sorted((float("inf") if le == "+Inf" else float(le), c - before.get(le, 0.0)) for le, c in now.items())
 n = b[-1][1] if b else 0
 def q(p): return next(le for le, c in b if c >= p * n) if n else float("nan")
-print(f"  {what} {n:.0f}: p50 <= {q(0.5):g}, p99 <= {q(0.99):g}, max <= {q(1.0):g} (bucket bounds)")' "$2" "$3" || echo "  $3 not read"
+print(f"  {what} {n:.0f}: p50 <= {q(0.5):g}, p99 <= {q(0.99):g}, max <= {q(1.0):g} (bucket bounds)")' "$2" "$3" "${4:-}" || echo "  $3 not read"
 }
 # CPU seconds (user + system) of processes, and of the whole machine, from /proc.
 cpu_of() { # pid...
@@ -115,9 +120,14 @@ now_ms=$(date +%s%3N); span_start=$(( (now_ms + 45000 + live_accounts / 2 + 5999
 span_end=$(( span_start + live * 60000 ))
 # Where the CPU goes during the span: each role, the broker, ClickHouse, and the rest of the
 # machine (the generator, the samplers), sampled at the span's start and end.
-cpu_samples=$(mktemp); cpu_sampler() {
+cpu_samples=$(mktemp); stream_at_start=$(mktemp); sink_at_start=$(mktemp); cpu_sampler() {
   local at secs; for at in "$span_start" "$span_end"; do
     secs=$(( (at - $(date +%s%3N)) / 1000 )); [ "$secs" -gt 0 ] && sleep "$secs"
+    # The histograms at the span's start: what the report counts from.
+    if [ "$at" = "$span_start" ]; then
+      curl -fsS localhost:9476/metrics >"$stream_at_start" || echo "  (the stream's metrics at the span's start not read: its histograms count from its start)"
+      curl -fsS localhost:9477/metrics >"$sink_at_start" || echo "  (the sink's metrics at the span's start not read: its histograms count from its start)"
+    fi
     echo "$(cpu_of $ingest_pid) $(cpu_of $stream_pid) $(cpu_of $sink_pid) $(cpu_of $(pgrep -f kafka.Kafka)) $(cpu_of $(pgrep -f clickhouse-server)) $(machine_cpu)" >>"$cpu_samples"
   done
 }
@@ -174,13 +184,18 @@ final_minutes "AND window_end_ms <= $span_end - 120000"
 # the earliest event it shows first) and the sink has inserted that row (emission -> visible:
 # inserted_at, whole seconds, so its end plus 1 s: an upper bound, minus emitted_at, the
 # stream's clock at emission).
-echo "provisional rows: receipt -> emission (banter_stream_provisional_lag_seconds)"
-hist 9476 banter_stream_provisional_lag_seconds emissions
-echo "what an emitted row waits for, seconds (the stream's transaction, the sink's insert)"
+echo "provisional rows: receipt -> emission (banter_stream_provisional_lag_seconds), from the span's start"
+hist 9476 banter_stream_provisional_lag_seconds emissions "$stream_at_start"
+echo "what an emitted row waits for, seconds (the stream's transaction, the sink's insert), from the span's start"
+hist 9476 banter_stream_batch_seconds "stream batches, commit included:" "$stream_at_start"
+hist 9476 banter_stream_commit_seconds "stream commits:" "$stream_at_start"
+wait_s=$(curl -fsS localhost:9476/metrics | awk '$1 == "banter_stream_output_wait_seconds_total" {print $2}' || true)
+echo "  stream batches waiting for room in the producer's queue, since the stream started: ${wait_s:-not read} s (banter_stream_output_wait_seconds_total)"
+hist 9477 banter_sink_insert_seconds "sink inserts:" "$sink_at_start"
+hist 9477 banter_sink_batch_rows "sink batch rows, inserts:" "$sink_at_start"
+echo "  the same since the stream and the sink started (the workload's first minutes included):"
 hist 9476 banter_stream_batch_seconds "stream batches, commit included:"
-hist 9476 banter_stream_commit_seconds "stream commits:"
 hist 9477 banter_sink_insert_seconds "sink inserts:"
-hist 9477 banter_sink_batch_rows "sink batch rows, inserts:"
 minute_keys=$(curl -fsS "$ch" --data-binary "SELECT count() FROM (SELECT 1 FROM $run.rollups WHERE window_kind = 'MINUTE'
   AND revision >= 0 GROUP BY account_id, content_id, window_start_ms)")
 echo "provisional rows (sampled): emission -> visible in ClickHouse, and MINUTE keys shown before their minute ended"

@@ -111,15 +111,19 @@ impl SchemaLookup {
         if known_anywhere(fp) {
             return false; // known: the record is bad for another reason
         }
-        {
-            let Ok(mut last) = self.last.lock() else {
-                return false;
-            };
-            if last.is_some_and(|t| t.elapsed() < self.min_interval) {
-                return false;
-            }
-            *last = Some(Instant::now());
+        // Held while the topic is read: another thread (the stream's partitions are processed
+        // on several) that meets the same new schema meanwhile waits for this read and finds
+        // the schema known, instead of finding the interval used and giving its record up.
+        let Ok(mut last) = self.last.lock() else {
+            return false;
+        };
+        if known_anywhere(fp) {
+            return true;
         }
+        if last.is_some_and(|t| t.elapsed() < self.min_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
         match self.refresh() {
             Ok(n) => tracing::info!(
                 schemas = n,

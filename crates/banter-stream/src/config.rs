@@ -52,6 +52,9 @@ pub struct StreamConfig {
     /// How often the windows still open are emitted as provisional rows (negative revision,
     /// replaced by the final row), in ms; 0: never.
     pub provisional_interval_ms: u64,
+    /// Threads a batch's partitions are shared out over (a partition's events stay on one);
+    /// 0: one per core.
+    pub threads: usize,
     /// Most input records in one transaction.
     pub max_batch_events: usize,
     /// Longest a batch waits for input before it is processed, in ms.
@@ -69,6 +72,16 @@ pub struct StreamConfig {
     pub max_poll_interval_ms: u64,
 }
 
+impl StreamConfig {
+    /// The threads a batch's partitions are shared out over: `threads`, or one per core.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        }
+    }
+}
+
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
@@ -80,6 +93,7 @@ impl Default for StreamConfig {
             redelivery_horizon_ms: 36 * 3_600_000,
             idle_timeout_ms: 30_000,
             provisional_interval_ms: 1000,
+            threads: 0,
             max_batch_events: 20_000,
             max_batch_ms: 250,
             transaction_timeout_ms: 10_000,
@@ -124,6 +138,12 @@ impl Validate for StreamConfig {
             p.push(invalid(
                 "stream.provisional_interval_ms",
                 "must be 0 (off) or between 100 and 3600000",
+            ));
+        }
+        if self.threads > 256 {
+            p.push(invalid(
+                "stream.threads",
+                "must be between 0 (one per core) and 256",
             ));
         }
         if self.max_batch_events == 0 {

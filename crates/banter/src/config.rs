@@ -190,6 +190,7 @@ mod tests {
                 "telemetry.log_level",
             ),
             ("BANTER_SPIKE__RESOLVE_Z", "-1", "spike.resolve_z"),
+            ("BANTER_STREAM__THREADS", "1000", "stream.threads"),
         ];
         for (var, value, key) in cases {
             let err = Config::load(None, env(&[(var, value)]))

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
@@ -15,8 +16,8 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::metrics::StreamMetrics;
-use super::partitions::{Partitions, Rebalance};
-use super::transaction::{dead_letter, BatchError, Topics, Transaction};
+use super::partitions::{Partition, Partitions, Rebalance};
+use super::transaction::{dead_letter, BatchError, Begun, Topics, Transaction};
 use crate::changelog::Changes;
 use crate::config::StreamConfig;
 use crate::pipeline::{Fed, Outputs, PipelineStats};
@@ -76,6 +77,31 @@ pub(super) fn position(positions: Option<&TopicPartitionList>, topic: &str, p: i
         .and_then(|e| e.offset().to_raw())
 }
 
+/// Partitions processed by one thread of a batch.
+type Lane<'p> = Vec<(i32, &'p mut Partition)>;
+
+/// `items` (weight, partition, what goes with it) in up to `threads` lanes, none empty: the
+/// heaviest first (equal weights by partition number, as one thread went through them before
+/// there were lanes), each to the lane with the least weight so far (ties: the first), so the
+/// same batch is always shared out the same way.
+fn lanes<T>(mut items: Vec<(usize, i32, T)>, threads: usize) -> Vec<Vec<(i32, T)>> {
+    items.sort_unstable_by_key(|&(n, p, _)| (std::cmp::Reverse(n), p));
+    let mut lanes: Vec<(usize, Vec<(i32, T)>)> = (0..threads.clamp(1, items.len().max(1)))
+        .map(|_| (0, Vec::new()))
+        .collect();
+    for (n, p, item) in items {
+        if let Some(lane) = lanes.iter_mut().min_by_key(|(load, _)| *load) {
+            lane.0 += n.max(1);
+            lane.1.push((p, item));
+        }
+    }
+    lanes
+        .into_iter()
+        .map(|(_, lane)| lane)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// What every batch is processed with.
 pub(super) struct Batcher<'a> {
     pub consumer: &'a BaseConsumer<Rebalance>,
@@ -91,6 +117,8 @@ pub(super) struct Batcher<'a> {
     /// Ends the role when a transaction call blocks past its own timeout (librdkafka 2.12's
     /// `send_offsets_to_transaction` can, while a group coordinator is down).
     pub watchdog: &'a Watchdog,
+    /// Threads a batch's partitions are shared out over (`stream.threads`).
+    pub threads: usize,
 }
 
 /// How long a transaction call may overrun its own bound before the watchdog ends the role.
@@ -102,7 +130,8 @@ impl Batcher<'_> {
     /// Processes `batch` and commits what it changed; false when nothing was written (no
     /// transaction).
     pub fn run(&self, parts: &mut Partitions, batch: &Batch) -> Result<bool, BatchError> {
-        let mut tx = Transaction::new(self.producer, self.topics, self.metrics);
+        let begun = Begun::default();
+        let mut tx = Transaction::new(self.producer, self.topics, self.metrics, &begun);
         let before: BTreeMap<i32, PipelineStats> = parts
             .active
             .iter()
@@ -122,22 +151,104 @@ impl Batcher<'_> {
         self.commit(parts, tx)
     }
 
-    /// The batch's events through their partitions' pipelines, decoded and prefetched
-    /// [`PREFETCH`] at a time into reused buffers.
+    /// The batch's events through their partitions' pipelines. Partitions share nothing, so
+    /// with more than one partition in the batch and more than one thread
+    /// ([`Batcher::threads`]) they are shared out over threads, the busiest first to the least
+    /// loaded, each thread writing its outputs into the transaction itself: a minute's close,
+    /// hundreds of thousands of rows in every partition at about the same time, takes a
+    /// fraction of the time. A partition's events go through its pipeline in their order
+    /// either way, and what is written does not depend on the threads.
     fn events(
         &self,
         parts: &mut Partitions,
         batch: &Batch,
         tx: &mut Transaction<'_>,
     ) -> Result<(), BatchError> {
+        let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
+        for (p, _, _) in batch.iter() {
+            *counts.entry(p).or_default() += 1;
+        }
+        let parts: Vec<(usize, i32, &mut Partition)> = parts
+            .active
+            .iter_mut()
+            .filter_map(|(p, part)| counts.get(p).map(|&n| (n, *p, part)))
+            .collect();
+        self.share_out(parts, tx, |lane, t, failed| {
+            self.lane(lane, batch, t, failed)
+        })
+    }
+
+    /// Runs `work` over `parts` (weight, partition, its state) shared out over up to
+    /// [`Batcher::threads`] threads ([`lanes`]); each thread writes into the transaction
+    /// through a writer of its own. Once a lane fails, `work` is told (its flag) so the others
+    /// can stop early: the batch is aborted anyway. The result is the first error, a Schema
+    /// Registry that cannot be asked before any other (the batch loop waits before trying it
+    /// again).
+    fn share_out<'p>(
+        &self,
+        parts: Vec<(usize, i32, &'p mut Partition)>,
+        tx: &mut Transaction<'_>,
+        work: impl Fn(&mut Lane<'p>, &mut Transaction<'_>, &AtomicBool) -> Result<(), BatchError> + Sync,
+    ) -> Result<(), BatchError> {
+        let failed = AtomicBool::new(false);
+        let run = |lane: &mut Lane<'p>, t: &mut Transaction<'_>| {
+            let r = work(lane, t, &failed);
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            r
+        };
+        let mut lanes = lanes(parts, self.threads).into_iter();
+        let Some(mut first) = lanes.next() else {
+            return Ok(());
+        };
+        let others: Vec<(Lane<'p>, Transaction<'_>)> = lanes.map(|l| (l, tx.another())).collect();
+        if others.is_empty() {
+            return run(&mut first, tx);
+        }
+        let run = &run;
+        std::thread::scope(|s| {
+            let running: Vec<_> = others
+                .into_iter()
+                .map(|(mut lane, mut t)| s.spawn(move || run(&mut lane, &mut t)))
+                .collect();
+            let mut result = run(&mut first, tx);
+            for r in running {
+                let r = r
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                result = match (result, r) {
+                    (Err(e @ BatchError::Registry(_)), _)
+                    | (_, Err(e @ BatchError::Registry(_))) => Err(e),
+                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+                    (Ok(()), Ok(())) => Ok(()),
+                };
+            }
+            result
+        })
+    }
+
+    /// The events of the batch's partitions in `lane`, decoded and prefetched [`PREFETCH`] at
+    /// a time into reused buffers; given up between chunks once another lane `failed`.
+    fn lane(
+        &self,
+        lane: &mut Lane<'_>,
+        batch: &Batch,
+        tx: &mut Transaction<'_>,
+        failed: &AtomicBool,
+    ) -> Result<(), BatchError> {
         let codec = EngagementEvent::codec();
         let mut out = Outputs::default();
         let mut events: Vec<EngagementEvent> = Vec::new();
         let mut decoded = Vec::new();
         let mut chunk = Vec::with_capacity(PREFETCH);
-        let mut batch = batch.iter().peekable();
+        let mine: Vec<i32> = lane.iter().map(|(p, _)| *p).collect();
+        let mut batch = batch.iter().filter(|(p, _, _)| mine.contains(p)).peekable();
         let now = Instant::now();
         while batch.peek().is_some() {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(()); // another lane failed: the batch is aborted
+            }
             chunk.clear();
             chunk.extend(batch.by_ref().take(PREFETCH));
             if events.len() < chunk.len() {
@@ -183,7 +294,7 @@ impl Batcher<'_> {
                     .iter()
                     .position(|m| m.0 != p)
                     .map_or(chunk.len(), |n| from + n);
-                if let Some(part) = parts.active.get(&p) {
+                if let Some((_, part)) = lane.iter().find(|(q, _)| *q == p) {
                     part.pipeline.prefetch(&events[from..to]);
                 }
                 from = to;
@@ -191,7 +302,7 @@ impl Batcher<'_> {
             for (((p, offset, payload), event), decoded) in
                 chunk.drain(..).zip(events.iter()).zip(decoded.drain(..))
             {
-                let Some(part) = parts.active.get_mut(&p) else {
+                let Some((_, part)) = lane.iter_mut().find(|(q, _)| *q == p) else {
                     continue;
                 };
                 if offset < part.pipeline.next_offset() {
@@ -338,50 +449,66 @@ impl Batcher<'_> {
             return Ok(());
         }
         let every = Duration::from_millis(self.config.provisional_interval_ms);
-        let mut out = Outputs::default();
-        for part in parts.active.values_mut() {
-            if part.shown_at.elapsed() < every {
-                continue;
-            }
-            part.shown_at = Instant::now();
-            let now = banter_runtime::now_ms();
-            let n = part.pipeline.provisional(now, &mut out);
-            if let Some(since) = part.unshown_since.take() {
+        // Shared out over the threads, one partition as heavy as another.
+        let due: Vec<(usize, i32, &mut Partition)> = parts
+            .active
+            .iter_mut()
+            .filter(|(_, part)| part.shown_at.elapsed() >= every)
+            .map(|(p, part)| (1, *p, part))
+            .collect();
+        self.share_out(due, tx, |lane, tx, _| {
+            let mut out = Outputs::default();
+            for (_, part) in lane.iter_mut() {
+                part.shown_at = Instant::now();
+                let now = banter_runtime::now_ms();
+                let n = part.pipeline.provisional(now, &mut out);
+                if let Some(since) = part.unshown_since.take() {
+                    if n > 0 {
+                        self.metrics
+                            .provisional_lag_seconds
+                            .observe((now - since).max(0) as f64 / 1000.0);
+                    }
+                }
                 if n > 0 {
-                    self.metrics
-                        .provisional_lag_seconds
-                        .observe((now - since).max(0) as f64 / 1000.0);
+                    self.metrics.provisional_rows.inc_by(n as u64);
+                }
+                if !out.alerts.is_empty() {
+                    part.changed = true;
+                }
+                if !out.is_empty() {
+                    tx.outputs(&out)?;
+                    out.clear();
                 }
             }
-            if n > 0 {
-                self.metrics.provisional_rows.inc_by(n as u64);
-            }
-            if !out.alerts.is_empty() {
-                part.changed = true;
-            }
-            if !out.is_empty() {
-                tx.outputs(&out)?;
-                out.clear();
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The changelogs, checkpoints and input offsets of the partitions the batch changed, in
     /// its transaction, and the commit.
     fn commit(&self, parts: &mut Partitions, mut tx: Transaction<'_>) -> Result<bool, BatchError> {
+        // The partitions' changelogs (a minute's close changes as many entries as it emits
+        // rows) shared out over the threads too.
+        let changed: Vec<(usize, i32, &mut Partition)> = parts
+            .active
+            .iter_mut()
+            .filter_map(|(p, part)| std::mem::take(&mut part.changed).then_some((1, *p, part)))
+            .collect();
         let mut offsets = TopicPartitionList::new();
-        let mut changes = Changes::new();
-        for (p, part) in &mut parts.active {
-            if !std::mem::take(&mut part.changed) {
-                continue;
-            }
-            let cp = part.pipeline.checkpoint();
-            changes.clear();
-            part.pipeline.write_changes(&mut changes)?;
-            tx.checkpoint(*p, &changes, &cp)?;
-            offsets.add_partition_offset(&self.topics.input, *p, Offset::Offset(cp.next_offset))?;
+        for (_, p, part) in &changed {
+            let next = Offset::Offset(part.pipeline.next_offset());
+            offsets.add_partition_offset(&self.topics.input, *p, next)?;
         }
+        self.share_out(changed, &mut tx, |lane, t, _| {
+            let mut changes = Changes::new();
+            for (p, part) in lane.iter_mut() {
+                let cp = part.pipeline.checkpoint();
+                changes.clear();
+                part.pipeline.write_changes(&mut changes)?;
+                t.checkpoint(*p, &changes, &cp)?;
+            }
+            Ok(())
+        })?;
         if !tx.is_open() {
             return Ok(false);
         }
@@ -405,5 +532,41 @@ impl Batcher<'_> {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lanes;
+
+    #[test]
+    fn a_batch_is_shared_out_by_weight_and_each_partition_goes_to_one_lane() {
+        // By hand: 50 to the first lane, 30 and 20 to the second (50 each), 10 to the first
+        // (a tie: the first), 5 to the second (60 against 50).
+        let items = vec![
+            (10, 3, 'd'),
+            (50, 0, 'a'),
+            (5, 4, 'e'),
+            (30, 1, 'b'),
+            (20, 2, 'c'),
+        ];
+        assert_eq!(
+            lanes(items.clone(), 2),
+            vec![vec![(0, 'a'), (3, 'd')], vec![(1, 'b'), (2, 'c'), (4, 'e')]]
+        );
+        // One thread (or 0, read as one): one lane, the heaviest first.
+        let one = vec![vec![(0, 'a'), (1, 'b'), (2, 'c'), (3, 'd'), (4, 'e')]];
+        assert_eq!(lanes(items.clone(), 1), one);
+        assert_eq!(lanes(items, 0), one);
+        // More threads than partitions: no empty lane. Equal weights in partition order.
+        assert_eq!(
+            lanes(vec![(1, 8, ()), (1, 7, ())], 8),
+            vec![vec![(7, ())], vec![(8, ())]]
+        );
+        assert_eq!(
+            lanes(vec![(1, 9, 'c'), (1, 2, 'a'), (1, 5, 'b')], 1),
+            vec![vec![(2, 'a'), (5, 'b'), (9, 'c')]]
+        );
+        assert!(lanes(Vec::<(usize, i32, ())>::new(), 2).is_empty());
     }
 }

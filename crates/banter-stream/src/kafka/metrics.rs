@@ -26,6 +26,7 @@ pub struct StreamMetrics {
     pub(super) transactions: Family<Vec<(String, String)>, Counter>,
     pub(super) batch_seconds: Histogram,
     pub(super) commit_seconds: Histogram,
+    pub(super) output_wait_seconds: Counter<f64, AtomicU64>,
     pub(super) provisional_rows: Counter,
     pub(super) provisional_lag_seconds: Histogram,
     pub(super) batch_events: Histogram,
@@ -64,6 +65,7 @@ impl StreamMetrics {
             transactions: Family::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            output_wait_seconds: Counter::default(),
             provisional_rows: Counter::default(),
             provisional_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
@@ -145,6 +147,11 @@ impl StreamMetrics {
             "commit_seconds",
             "Time of one committed transaction's end: input offsets sent, every record acknowledged, commit",
             m.commit_seconds.clone(),
+        );
+        r.register(
+            "output_wait_seconds",
+            "Time batches waited for room in the producer's queue (queue.buffering.max.messages or .kbytes), summed over a batch's threads: outputs faster than the broker takes them",
+            m.output_wait_seconds.clone(),
         );
         r.register(
             "provisional_rows",

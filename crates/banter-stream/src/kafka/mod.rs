@@ -184,7 +184,9 @@ pub fn run(
         .map_err(|e| StreamError::Registry(e.into()))?;
     }
     let mut producer = make_producer()?;
-    tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, "stream started");
+    // A batch's partitions are processed on up to this many threads (`stream.threads`).
+    let threads = sc.worker_threads();
+    tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, threads, "stream started");
     let topics = Topics {
         input: k.topics.events.clone(),
         rollups: k.topics.rollups.clone(),
@@ -257,6 +259,7 @@ pub fn run(
             metrics,
             schemas: &schemas,
             watchdog: &watchdog,
+            threads,
         };
         match batcher.run(&mut parts, &batch) {
             Ok(committed) => {

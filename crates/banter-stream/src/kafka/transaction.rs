@@ -3,7 +3,9 @@
 //! of the partitions the batch changed. A record that cannot be encoded fails the batch (it is
 //! retried from the checkpoint) rather than vanishing.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use banter_model::codec::Encoder;
 use banter_model::{
@@ -75,12 +77,21 @@ impl Topics {
     }
 }
 
-/// The open transaction of a batch, begun with its first record.
+/// Whether a batch's transaction was begun: shared by the threads that write into it, begun
+/// once, by whichever writes first.
+#[derive(Debug, Default)]
+pub(super) struct Begun {
+    open: AtomicBool,
+    lock: Mutex<()>,
+}
+
+/// A writer into the open transaction of a batch, which is begun with its first record. Each
+/// thread of a batch has its own (its encoder and buffer) over the batch's [`Begun`].
 pub(super) struct Transaction<'a> {
     producer: &'a BaseProducer<KafkaContext>,
     topics: &'a Topics,
     metrics: &'a StreamMetrics,
-    open: bool,
+    begun: &'a Begun,
     rollup_encoder: Encoder<'static, Rollup>,
     buf: Vec<u8>,
 }
@@ -90,20 +101,43 @@ impl<'a> Transaction<'a> {
         producer: &'a BaseProducer<KafkaContext>,
         topics: &'a Topics,
         metrics: &'a StreamMetrics,
+        begun: &'a Begun,
     ) -> Self {
         Transaction {
             producer,
             topics,
             metrics,
-            open: false,
+            begun,
             rollup_encoder: Rollup::codec().encoder(),
             buf: Vec::new(),
         }
     }
 
+    /// Another writer into the same transaction (for another thread).
+    pub fn another(&self) -> Transaction<'a> {
+        Transaction::new(self.producer, self.topics, self.metrics, self.begun)
+    }
+
     /// Whether anything was written.
     pub fn is_open(&self) -> bool {
-        self.open
+        self.begun.open.load(Ordering::Acquire)
+    }
+
+    /// Begins the transaction unless a writer did.
+    fn begin(&self) -> Result<(), KafkaError> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let _one = self
+            .begun
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.is_open() {
+            self.producer.begin_transaction()?;
+            self.begun.open.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Sends a record (no value: a tombstone), waiting while the producer's queue is full.
@@ -114,10 +148,7 @@ impl<'a> Transaction<'a> {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), KafkaError> {
-        if !self.open {
-            self.producer.begin_transaction()?;
-            self.open = true;
-        }
+        self.begin()?;
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
         if let Some(v) = value {
             rec = rec.payload(v);
@@ -125,16 +156,24 @@ impl<'a> Transaction<'a> {
         if let Some(p) = partition {
             rec = rec.partition(p);
         }
-        loop {
+        let mut full_since: Option<Instant> = None;
+        let result = loop {
             match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
+                Ok(()) => break Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    full_since.get_or_insert_with(Instant::now);
                     rec = r;
                     self.producer.poll(Duration::from_millis(50));
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => break Err(e),
             }
+        };
+        if let Some(since) = full_since {
+            self.metrics
+                .output_wait_seconds
+                .inc_by(since.elapsed().as_secs_f64());
         }
+        result
     }
 
     /// Writes one event's outputs: rollups, conversation rows, funnel rows, alerts.
