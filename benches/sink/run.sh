@@ -193,9 +193,6 @@ wait_s=$(curl -fsS localhost:9476/metrics | awk '$1 == "banter_stream_output_wai
 echo "  stream batches waiting for room in the producer's queue, since the stream started: ${wait_s:-not read} s (banter_stream_output_wait_seconds_total)"
 hist 9477 banter_sink_insert_seconds "sink inserts:" "$sink_at_start"
 hist 9477 banter_sink_batch_rows "sink batch rows, inserts:" "$sink_at_start"
-echo "  the same since the stream and the sink started (the workload's first minutes included):"
-hist 9476 banter_stream_batch_seconds "stream batches, commit included:"
-hist 9477 banter_sink_insert_seconds "sink inserts:"
 minute_keys=$(curl -fsS "$ch" --data-binary "SELECT count() FROM (SELECT 1 FROM $run.rollups WHERE window_kind = 'MINUTE'
   AND revision >= 0 GROUP BY account_id, content_id, window_start_ms)")
 echo "provisional rows (sampled): emission -> visible in ClickHouse, and MINUTE keys shown before their minute ended"
