@@ -50,7 +50,10 @@ setup() { # run-name
     BANTER_INGEST__LISTEN=127.0.0.1:8082 BANTER_TELEMETRY__LOG_LEVEL=warn
   $bin topics >/dev/null; $bin migrate >/dev/null
 }
-pids=(); trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done' EXIT
+# Every sample file goes in one scratch directory, removed on exit: the live run's samples of
+# provisional rows reach gigabytes.
+scratch=$(mktemp -d)
+pids=(); trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$scratch"' EXIT
 role() { BANTER_HTTP__LISTEN="127.0.0.1:$2" $bin "$1" & pids+=($!); for _ in $(seq 1 100); do curl -fsS -o /dev/null "localhost:$2/readyz" 2>/dev/null && return; sleep 0.1; done; }
 
 if [ "${BANTER_BENCH_SKIP_THROUGHPUT:-0}" != 1 ]; then
@@ -77,7 +80,7 @@ role stream 9476; stream_pid=${pids[-1]}; role sink 9477; sink_pid=${pids[-1]}
 sleep 1
 # Provisional rows are replaced by their final rows when ClickHouse merges parts, so they are
 # sampled while the run goes: each second, those inserted in the last 10 s.
-samples=$(mktemp); provisional_sampler() {
+samples=$(mktemp -p "$scratch"); provisional_sampler() {
   while :; do
     curl -fsS "$ch" --data-binary "SELECT account_id, content_id, window_kind, window_start_ms, window_end_ms, revision,
       emitted_at_ms, toInt64(inserted_at) FROM $run.rollups WHERE revision < 0 AND inserted_at >= now() - 10
@@ -87,7 +90,7 @@ samples=$(mktemp); provisional_sampler() {
 }
 provisional_sampler & pids+=($!)
 # Alerts: when each (alert, revision) was first visible, sampled each second.
-alert_samples=$(mktemp); alert_sampler() {
+alert_samples=$(mktemp -p "$scratch"); alert_sampler() {
   while :; do
     now=$(date +%s%3N)
     curl -fsS "$ch" --data-binary "SELECT alert_id, revision, content_id, started_at_ms, ifNull(ended_at_ms, 0)
@@ -99,7 +102,7 @@ alert_sampler & pids+=($!)
 # Where a final row's time goes besides the out-of-orderness: the stream's unread input and
 # how far its watermark trails the wall clock, sampled every 2 s (with the generator's
 # --progress below: how far the accepted input trailed its delivery times).
-lag_samples=$(mktemp); lag_sampler() {
+lag_samples=$(mktemp -p "$scratch"); lag_sampler() {
   while :; do
     m=$(curl -fsS localhost:9476/metrics 2>/dev/null) || { sleep 2; continue; }
     printf '%s\t%s\n' \
@@ -109,8 +112,8 @@ lag_samples=$(mktemp); lag_sampler() {
   done
 }
 lag_sampler & pids+=($!)
-progress=$(mktemp)
-expected=$(mktemp)
+progress=$(mktemp -p "$scratch")
+expected=$(mktemp -p "$scratch")
 # Live: each event is sent when the wall clock reaches its time. The span starts on the first
 # minute far enough away for the generator to make the workload first (it takes about 20 s
 # per 100,000 accounts; 50 s are allowed, plus 45 s). The generator also sends late
@@ -120,7 +123,7 @@ now_ms=$(date +%s%3N); span_start=$(( (now_ms + 45000 + live_accounts / 2 + 5999
 span_end=$(( span_start + live * 60000 ))
 # Where the CPU goes during the span: each role, the broker, ClickHouse, and the rest of the
 # machine (the generator, the samplers), sampled at the span's start and end.
-cpu_samples=$(mktemp); stream_at_start=$(mktemp); sink_at_start=$(mktemp); cpu_sampler() {
+cpu_samples=$(mktemp -p "$scratch"); stream_at_start=$(mktemp -p "$scratch"); sink_at_start=$(mktemp -p "$scratch"); cpu_sampler() {
   local at secs; for at in "$span_start" "$span_end"; do
     secs=$(( (at - $(date +%s%3N)) / 1000 )); [ "$secs" -gt 0 ] && sleep "$secs"
     # The histograms at the span's start: what the report counts from.
