@@ -135,6 +135,11 @@ impl<K: Hash + Eq, V> Table<K, V> {
         self.into_iter()
     }
 
+    /// Every entry in table order, the values to change.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
     pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
         self.entries.iter().map(|(k, _)| k)
     }
@@ -194,8 +199,14 @@ mod tests {
         assert_eq!(t.get(&(7, 7)).map(String::as_str), Some("xy"));
         assert!(!t.get_or_insert_with((7, 7), String::new).1);
         assert_eq!(t.iter().count(), 1_001);
+        for (k, v) in t.iter_mut() {
+            if k.0 == 12 {
+                v.push('!');
+            }
+        }
+        assert_eq!(t.get(&(12, -1)).map(String::as_str), Some("2!"));
         assert_eq!(t.keys().filter(|k| k.1 == -1).count(), 1_000);
-        assert_eq!(t.values().map(String::len).sum::<usize>(), 2 + 2890);
+        assert_eq!(t.values().map(String::len).sum::<usize>(), 2 + 2890 + 1);
         // Iteration follows the inserts only: two tables built alike iterate alike.
         let u = t.clone();
         assert!(t.iter().map(|(k, _)| *k).eq(u.iter().map(|(k, _)| *k)));

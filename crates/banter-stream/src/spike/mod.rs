@@ -106,12 +106,12 @@ pub enum SpikeKey {
     /// A post (declared first: within a minute, posts sort before their accounts).
     Post {
         /// The account.
-        account: String,
+        account: SmolStr,
         /// The post.
-        content: String,
+        content: SmolStr,
     },
     /// An account, all its interactions.
-    Account(String),
+    Account(SmolStr),
 }
 
 impl SpikeKey {
@@ -175,7 +175,8 @@ impl StateKey for SpikeKey {
         match self {
             SpikeKey::Post { account, content } => {
                 out.push(0);
-                (account.clone(), content.clone()).encode(out);
+                account.encode(out);
+                content.encode(out);
             }
             SpikeKey::Account(account) => {
                 out.push(1);
@@ -189,10 +190,10 @@ impl StateKey for SpikeKey {
         *input = rest;
         match variant {
             0 => Ok(SpikeKey::Post {
-                account: String::decode(input)?,
-                content: String::decode(input)?,
+                account: SmolStr::decode(input)?,
+                content: SmolStr::decode(input)?,
             }),
-            1 => Ok(SpikeKey::Account(String::decode(input)?)),
+            1 => Ok(SpikeKey::Account(SmolStr::decode(input)?)),
             _ => Err(KeyError("unknown spike key variant")),
         }
     }
@@ -463,11 +464,11 @@ pub struct Detector {
     profiles: ChangelogMap<String, Vec<Ewma>>,
     meta: ChangelogCell<Meta>,
     /// Counts by minute and account.
-    pending: BTreeMap<i64, Map<String, AccountRows>>,
+    pending: BTreeMap<i64, Map<SmolStr, AccountRows>>,
     /// Keys judged every minute, with or without a row: firing or with recent hits.
     hot: Set<SpikeKey>,
     /// Within one minute: the baselines of the account's posts that leave their young period.
-    joining: Map<(String, i64), Ewma>,
+    joining: Map<(SmolStr, i64), Ewma>,
     /// Posts' counts so far in the minutes not judged yet, by minute (early firing). Not
     /// state: after a restore the engine shows every open minute again.
     open: BTreeMap<i64, Map<SpikeKey, Open>>,
@@ -567,8 +568,8 @@ impl Detector {
             return;
         }
         let key = SpikeKey::Post {
-            account: c.account_id.to_string(),
-            content: content.to_string(),
+            account: c.account_id.clone(),
+            content: content.clone(),
         };
         let o = self
             .open
@@ -793,11 +794,11 @@ impl Detector {
         let minute = self.pending.entry(c.minute).or_default();
         match &c.content_id {
             None if self.cfg.enabled && self.cfg.accounts => {
-                minute.entry_ref(&*c.account_id).or_default().account = Some(w);
+                minute.entry(c.account_id.clone()).or_default().account = Some(w);
             }
             Some(content) if self.cfg.enabled && self.cfg.posts => {
                 minute
-                    .entry_ref(&*c.account_id)
+                    .entry(c.account_id.clone())
                     .or_default()
                     .posts
                     .push((content.clone(), w));
@@ -878,17 +879,16 @@ impl Detector {
         }
     }
 
-    fn judge_minute(&mut self, m: i64, rows: Map<String, AccountRows>, out: &mut Vec<SpikeAlert>) {
+    fn judge_minute(&mut self, m: i64, rows: Map<SmolStr, AccountRows>, out: &mut Vec<SpikeAlert>) {
         // Accounts are independent; within one, its posts (in a fixed order) come before the
         // account row: young posts are left out of the account's series.
-        let mut judged: Set<SpikeKey> = Set::default();
         for (account, mut a) in rows {
             a.posts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
             let mut young_sum = 0i64;
             for (content, w) in a.posts {
                 let key = SpikeKey::Post {
                     account: account.clone(),
-                    content: content.to_string(),
+                    content,
                 };
                 match self.judge(&key, m, w.x, w.published, out) {
                     Judged::Young => young_sum += w.x,
@@ -899,23 +899,18 @@ impl Detector {
                     }
                     Judged::Other => {}
                 }
-                if !self.hot.is_empty() {
-                    judged.insert(key);
-                }
             }
             if let Some(w) = a.account {
-                let key = SpikeKey::Account(account.clone());
+                let key = SpikeKey::Account(account);
                 self.judge(&key, m, w.x - young_sum, w.published, out);
-                if !self.hot.is_empty() {
-                    judged.insert(key);
-                }
             }
         }
-        // Hot keys without a row count 0, in a fixed order.
+        // Hot keys without a row (not judged in this minute yet) count 0, in a fixed order.
+        let keys = &self.keys;
         let mut hot: Vec<SpikeKey> = self
             .hot
             .iter()
-            .filter(|k| !judged.contains(*k))
+            .filter(|k| keys.get(k).is_none_or(|st| st.last_minute != Some(m)))
             .cloned()
             .collect();
         hot.sort_unstable();
