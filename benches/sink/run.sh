@@ -21,19 +21,19 @@ ch=http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/
 metric() { curl -fsS "localhost:$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d", s}'; }
 # A histogram's count and p50 / p99 / max as bucket bounds (upper bounds of the true values),
 # since the metrics in file BASE were read (the live span's start; empty: since the start).
-hist() { # port name what [BASE]
+hist() { # port name what [BASE [LABELS, e.g. phase="events"]]
   curl -fsS "localhost:$1/metrics" | python3 -c '
 import sys, re
-name, what, base = sys.argv[1], sys.argv[2], sys.argv[3]
+name, what, base, labels = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 def buckets(text):
     return {m.group(1): float(m.group(2))
-            for m in re.finditer(r"^" + name + r"_bucket\{le=\"([^\"]+)\"\} (\S+)", text, re.M)}
+            for m in re.finditer(r"^" + name + r"_bucket\{le=\"([^\"]+)\"" + ("," + re.escape(labels) if labels else "") + r"\} (\S+)", text, re.M)}
 now = buckets(sys.stdin.read())
 before = buckets(open(base).read()) if base else {}
 b = sorted((float("inf") if le == "+Inf" else float(le), c - before.get(le, 0.0)) for le, c in now.items())
 n = b[-1][1] if b else 0
 def q(p): return next(le for le, c in b if c >= p * n) if n else float("nan")
-print(f"  {what} {n:.0f}: p50 <= {q(0.5):g}, p99 <= {q(0.99):g}, max <= {q(1.0):g} (bucket bounds)")' "$2" "$3" "${4:-}" || echo "  $3 not read"
+print(f"  {what} {n:.0f}: p50 <= {q(0.5):g}, p99 <= {q(0.99):g}, max <= {q(1.0):g} (bucket bounds)")' "$2" "$3" "${4:-}" "${5:-}" || echo "  $3 not read"
 }
 # CPU seconds (user + system) of processes, and of the whole machine, from /proc.
 cpu_of() { # pid...
@@ -192,6 +192,9 @@ hist 9476 banter_stream_provisional_lag_seconds emissions "$stream_at_start"
 echo "what an emitted row waits for, seconds (the stream's transaction, the sink's insert), from the span's start"
 hist 9476 banter_stream_batch_seconds "stream batches, commit included:" "$stream_at_start"
 hist 9476 banter_stream_commit_seconds "stream commits:" "$stream_at_start"
+for phase in events outputs idle idle_advance provisional provisional_outputs changelog commit; do
+  hist 9476 banter_stream_batch_phase_seconds "  of which $phase$([ "${phase#provisional_}" = outputs ] && echo " (summed over threads)"):" "$stream_at_start" "phase=\"$phase\""
+done
 wait_s=$(curl -fsS localhost:9476/metrics | awk '$1 == "banter_stream_output_wait_seconds_total" {print $2}' || true)
 echo "  stream batches waiting for room in the producer's queue, since the stream started: ${wait_s:-not read} s (banter_stream_output_wait_seconds_total)"
 hist 9477 banter_sink_insert_seconds "sink inserts:" "$sink_at_start"

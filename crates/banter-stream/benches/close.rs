@@ -8,8 +8,10 @@
 //! it (windows, spike judging, funnels, conversations), its changelog written after every close
 //! and every 3,000 events as a batch's commit writes it; or, with `BANTER_CLOSE_ENGINE=1`, the
 //! window engine alone. For each close: its rows, the time of the event that closed it with
-//! the changelog write, and the rows' Avro encoding, then the median time per row over the
-//! closes after the first five minutes (the keys of a velocity window are all there by then).
+//! the changelog write, the rows' Avro encoding and the provisional showing after it (the
+//! pipeline shows its open windows every second of event time, as `banter stream` does each
+//! second), then the median time per row over the closes after the first five minutes (the
+//! keys of a velocity window are all there by then) and the time of the other showings.
 //!
 //! `cargo bench -p banter-stream --bench close` (`BANTER_CLOSE_MINUTES`, 15 by default).
 
@@ -46,6 +48,8 @@ struct Close {
     write: Duration,
     entries: usize,
     encode: Duration,
+    /// The first provisional showing after it: its time and rows.
+    show: Option<(Duration, usize)>,
 }
 
 fn main() {
@@ -61,6 +65,10 @@ fn main() {
     let mut buf = Vec::new();
     let mut closes: Vec<Close> = Vec::new();
     let mut rest = Duration::ZERO;
+    // Provisional showings, as `banter stream` makes them each second (of event time here):
+    // the time of each one not right after a close.
+    let mut shows: Vec<Duration> = Vec::new();
+    let mut just_closed = false;
     let n = minutes * PER_MINUTE;
     for i in 0..n {
         let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
@@ -104,13 +112,26 @@ fn main() {
         }
         let encode = encoding.elapsed();
         out.clear();
+        if !engine_only && (i + 1) % (PER_MINUTE / 60) == 0 {
+            let showing = Instant::now();
+            let n = pipeline.provisional(received, &mut out);
+            let took = showing.elapsed();
+            out.clear();
+            match closes.last_mut() {
+                Some(c) if just_closed => c.show = Some((took, n)),
+                _ => shows.push(took),
+            }
+            just_closed = false;
+        }
         if closed {
+            just_closed = true;
             closes.push(Close {
                 rows,
                 took,
                 write: took - processed,
                 entries: if engine_only { 0 } else { changes.len() },
                 encode,
+                show: None,
             });
         } else {
             rest += took + encode;
@@ -129,6 +150,21 @@ fn main() {
             c.write.as_secs_f64(),
             c.entries,
             c.encode.as_secs_f64()
+        );
+        if let Some((took, n)) = c.show {
+            eprintln!(
+                "  the next provisional showing: {n} rows, {:.3} s",
+                took.as_secs_f64()
+            );
+        }
+    }
+    shows.sort();
+    if let Some(m) = shows.get(shows.len() / 2) {
+        eprintln!(
+            "provisional showings not right after a close: {}, median {:.3} s, max {:.3} s",
+            shows.len(),
+            m.as_secs_f64(),
+            shows.last().map_or(0.0, Duration::as_secs_f64)
         );
     }
     eprintln!(

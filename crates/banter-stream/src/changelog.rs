@@ -460,9 +460,11 @@ struct Logged<V> {
     listed: bool,
 }
 
-/// A keyed table of operator state that records its changes as it mutates: every insert,
-/// mutable access and removal lists the key (once) for the next [`ChangelogMap::write_changes`].
-/// Iteration order depends only on the inserts (fixed-seed hashing).
+/// A keyed table of operator state that records its changes as it mutates: every insert and
+/// mutable access lists the key (once), every removal notes it, for the next
+/// [`ChangelogMap::write_changes`]. Iteration order differs between maps and processes (a
+/// random seed per map, see [`Table`]); so does the order of a write's entries, which no
+/// reader relies on.
 #[derive(Debug, Clone)]
 pub(crate) struct ChangelogMap<K, V> {
     id: TableId,
@@ -596,10 +598,11 @@ impl<K: Hash + Eq + Clone, V> ChangelogMap<K, V> {
     /// is the usual form.
     ///
     /// A key present now is written with its value, once; one removed and absent now is
-    /// written as a deletion. The present ones come in the order they were listed, or in
-    /// table order when so many changed that the whole table is walked
-    /// ([`WALK_WHEN_ONE_IN`]); no key has both a value and a deletion, so the order does not
-    /// matter to a restore.
+    /// written as a deletion. The present ones come about in the order they were first listed,
+    /// or in table order when so many changed that the whole table is walked
+    /// ([`WALK_WHEN_ONE_IN`]; the walk reads every slot's control byte, so a table emptied by
+    /// a large removal costs its capacity in bytes, not in lookups); no key has both a value
+    /// and a deletion, so the order does not matter to a restore.
     pub fn drain_changes<E>(
         &mut self,
         mut write: impl FnMut(&K, Option<&V>) -> Result<(), E>,
@@ -846,12 +849,13 @@ mod tests {
 
     proptest! {
         /// Whatever the operations, the changelog as compaction leaves it restores exactly the
-        /// map's contents, after every write. `others` keys written first make a write look up
-        /// the few keys changed since the last (with none, it walks the table).
+        /// map's contents, after every write, and a map restored from it part-way goes on
+        /// writing what the original would. `others` keys written first make most writes look
+        /// up the few keys changed since the last; with none, most walk the table.
         #[test]
         fn the_compacted_changelog_restores_the_map(
             others in 0usize..80,
-            ops in prop::collection::vec((0u8..4, 0usize..6, any::<i64>()), 1..60),
+            ops in prop::collection::vec((0u8..6, 0usize..6, any::<i64>()), 1..60),
             writes in prop::collection::vec(any::<bool>(), 60),
         ) {
             let ids = ["", "a", "a\u{1f}b", "b", "/", "é"];
@@ -869,7 +873,15 @@ mod tests {
                     0 => { m.insert(k, vec![v]); }
                     1 => { if let Some(x) = m.get_mut(&k) { x.push(v); } }
                     2 => { m.remove(&k); }
-                    _ => m.retain(|key, _| key.0 != ids[id]),
+                    3 => m.retain(|key, _| key.0 != ids[id]),
+                    4 => m.get_or_insert_with(k, Vec::new).push(v),
+                    _ => {
+                        // A restart: what was written is restored, the rest of the changes
+                        // are lost with the process (a batch's changes and outputs go
+                        // together), and the restored map goes on.
+                        m = restored(&log);
+                        m.forget_changes();
+                    }
                 }
                 if writes[i] {
                     let mut out = Changes::new();

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use banter_model::{AvroRecord, EngagementEvent, ValidationContext};
@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::metrics::StreamMetrics;
+use super::metrics::{Phases, StreamMetrics};
 use super::partitions::{Partition, Partitions, Rebalance};
 use super::transaction::{dead_letter, BatchError, Begun, Topics, Transaction};
 use crate::changelog::Changes;
@@ -137,10 +137,16 @@ impl Batcher<'_> {
             .iter()
             .map(|(p, part)| (*p, part.pipeline.stats()))
             .collect();
-        let processed = self
-            .events(parts, batch, &mut tx)
-            .and_then(|()| self.idle(parts, &mut tx))
-            .and_then(|()| self.provisional(parts, &mut tx));
+        let mut phases = Phases::default();
+        let started = Instant::now();
+        let processed = self.events(parts, batch, &mut tx, &phases.outputs);
+        phases.events = started.elapsed();
+        let processed =
+            processed.and_then(|()| self.idle(parts, &mut tx, &mut phases.idle_advance));
+        phases.idle = started.elapsed() - phases.events;
+        let processed =
+            processed.and_then(|()| self.provisional(parts, &mut tx, &phases.provisional_outputs));
+        phases.provisional = started.elapsed() - phases.events - phases.idle;
         for (p, part) in &parts.active {
             if let Some(b) = before.get(p) {
                 self.metrics.count(b, &part.pipeline.stats());
@@ -148,7 +154,11 @@ impl Batcher<'_> {
         }
         processed?;
         banter_runtime::pausepoint("stream.before_commit");
-        self.commit(parts, tx)
+        let committed = self.commit(parts, tx, &mut phases)?;
+        if committed {
+            self.metrics.phases(&phases);
+        }
+        Ok(committed)
     }
 
     /// The batch's events through their partitions' pipelines. Partitions share nothing, so
@@ -163,6 +173,7 @@ impl Batcher<'_> {
         parts: &mut Partitions,
         batch: &Batch,
         tx: &mut Transaction<'_>,
+        outputs: &AtomicU64,
     ) -> Result<(), BatchError> {
         let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
         for (p, _, _) in batch.iter() {
@@ -174,7 +185,7 @@ impl Batcher<'_> {
             .filter_map(|(p, part)| counts.get(p).map(|&n| (n, *p, part)))
             .collect();
         self.share_out(parts, tx, |lane, t, failed| {
-            self.lane(lane, batch, t, failed)
+            self.lane(lane, batch, t, failed, outputs)
         })
     }
 
@@ -236,6 +247,7 @@ impl Batcher<'_> {
         batch: &Batch,
         tx: &mut Transaction<'_>,
         failed: &AtomicBool,
+        outputs: &AtomicU64,
     ) -> Result<(), BatchError> {
         let codec = EngagementEvent::codec();
         let mut out = Outputs::default();
@@ -367,8 +379,13 @@ impl Batcher<'_> {
                     );
                     tx.dead_letter(&dl)?;
                 }
-                tx.outputs(&out)?;
-                out.clear();
+                if !out.is_empty() {
+                    let handing = Instant::now();
+                    tx.outputs(&out)?;
+                    let took = u64::try_from(handing.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    outputs.fetch_add(took, Ordering::Relaxed);
+                    out.clear();
+                }
             }
         }
         Ok(())
@@ -378,7 +395,12 @@ impl Batcher<'_> {
     /// up and quiet for `stream.idle_timeout_ms` move their watermark on: to the busiest
     /// partition's of this instance (event time moves on there), or with the wall clock from
     /// their own highest event time, whichever is later.
-    fn idle(&self, parts: &mut Partitions, tx: &mut Transaction<'_>) -> Result<(), BatchError> {
+    fn idle(
+        &self,
+        parts: &mut Partitions,
+        tx: &mut Transaction<'_>,
+        advancing: &mut Duration,
+    ) -> Result<(), BatchError> {
         let positions = self.consumer.position().ok();
         let idle_after = Duration::from_millis(self.config.idle_timeout_ms);
         let busiest = parts
@@ -421,6 +443,7 @@ impl Batcher<'_> {
                 _ => false,
             };
             if caught_up {
+                let started = Instant::now();
                 let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
                 let wm = met
                     .saturating_add(quiet_ms)
@@ -431,6 +454,7 @@ impl Batcher<'_> {
                 }
                 tx.outputs(&out)?;
                 out.clear();
+                *advancing += started.elapsed();
             }
         }
         Ok(())
@@ -444,6 +468,7 @@ impl Batcher<'_> {
         &self,
         parts: &mut Partitions,
         tx: &mut Transaction<'_>,
+        outputs: &AtomicU64,
     ) -> Result<(), BatchError> {
         if self.config.provisional_interval_ms == 0 {
             return Ok(());
@@ -476,7 +501,10 @@ impl Batcher<'_> {
                     part.changed = true;
                 }
                 if !out.is_empty() {
+                    let handing = Instant::now();
                     tx.outputs(&out)?;
+                    let took = u64::try_from(handing.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    outputs.fetch_add(took, Ordering::Relaxed);
                     out.clear();
                 }
             }
@@ -486,7 +514,13 @@ impl Batcher<'_> {
 
     /// The changelogs, checkpoints and input offsets of the partitions the batch changed, in
     /// its transaction, and the commit.
-    fn commit(&self, parts: &mut Partitions, mut tx: Transaction<'_>) -> Result<bool, BatchError> {
+    fn commit(
+        &self,
+        parts: &mut Partitions,
+        mut tx: Transaction<'_>,
+        phases: &mut Phases,
+    ) -> Result<bool, BatchError> {
+        let writing = Instant::now();
         // The partitions' changelogs (a minute's close changes as many entries as it emits
         // rows) shared out over the threads too.
         let changed: Vec<(usize, i32, &mut Partition)> = parts
@@ -509,6 +543,7 @@ impl Batcher<'_> {
             }
             Ok(())
         })?;
+        phases.changelog = writing.elapsed();
         if !tx.is_open() {
             return Ok(false);
         }
@@ -528,9 +563,10 @@ impl Batcher<'_> {
             .watchdog
             .guard("commit_transaction", COMMIT_TIMEOUT * 2 + OVERRUN);
         banter_runtime::kafka::commit_transaction(self.producer, COMMIT_TIMEOUT, COMMIT_TIMEOUT)?;
+        phases.commit = started.elapsed();
         self.metrics
             .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(phases.commit.as_secs_f64());
         Ok(true)
     }
 }

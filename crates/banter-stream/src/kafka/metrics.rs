@@ -11,6 +11,9 @@ use prometheus_client::registry::Registry;
 
 use crate::pipeline::{PipelineStats, StateSizes};
 
+/// Histograms by a label, made with their buckets.
+type HistogramFamily = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+
 /// The stream role's metrics.
 #[derive(Debug, Clone)]
 pub struct StreamMetrics {
@@ -26,6 +29,7 @@ pub struct StreamMetrics {
     pub(super) transactions: Family<Vec<(String, String)>, Counter>,
     pub(super) batch_seconds: Histogram,
     pub(super) commit_seconds: Histogram,
+    pub(super) batch_phase_seconds: HistogramFamily,
     pub(super) output_wait_seconds: Counter<f64, AtomicU64>,
     pub(super) provisional_rows: Counter,
     pub(super) provisional_lag_seconds: Histogram,
@@ -49,7 +53,51 @@ pub struct StreamMetrics {
     pub(super) funnel_entries: Gauge,
 }
 
+/// Where one batch's time went (`banter_stream_batch_phase_seconds`).
+#[derive(Debug, Default)]
+pub(super) struct Phases {
+    /// Decoding, the pipelines and handing their outputs to the producer.
+    pub events: std::time::Duration,
+    /// Of `events`, handing outputs to the producer, summed over the threads, in nanoseconds.
+    pub outputs: AtomicU64,
+    /// Idle partitions moved on: asking the broker whether they are caught up, and moving
+    /// those that are on.
+    pub idle: std::time::Duration,
+    /// Of `idle`, moving caught-up partitions on (what that closes, handed to the producer).
+    pub idle_advance: std::time::Duration,
+    /// Open windows shown.
+    pub provisional: std::time::Duration,
+    /// Of `provisional`, handing the rows to the producer, summed over the threads, in
+    /// nanoseconds.
+    pub provisional_outputs: AtomicU64,
+    /// Changelogs and checkpoints written.
+    pub changelog: std::time::Duration,
+    /// Offsets sent, every record acknowledged, the commit.
+    pub commit: std::time::Duration,
+}
+
 impl StreamMetrics {
+    /// Records a committed batch's phases.
+    pub(super) fn phases(&self, p: &Phases) {
+        let nanos = |a: &AtomicU64| {
+            std::time::Duration::from_nanos(a.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        for (phase, d) in [
+            ("events", p.events),
+            ("outputs", nanos(&p.outputs)),
+            ("idle", p.idle),
+            ("idle_advance", p.idle_advance),
+            ("provisional", p.provisional),
+            ("provisional_outputs", nanos(&p.provisional_outputs)),
+            ("changelog", p.changelog),
+            ("commit", p.commit),
+        ] {
+            self.batch_phase_seconds
+                .get_or_create(&vec![("phase".to_owned(), phase.to_owned())])
+                .observe(d.as_secs_f64());
+        }
+    }
+
     /// Registers the metrics under `banter_stream_…`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = StreamMetrics {
@@ -65,6 +113,9 @@ impl StreamMetrics {
             transactions: Family::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            batch_phase_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
             output_wait_seconds: Counter::default(),
             provisional_rows: Counter::default(),
             provisional_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
@@ -147,6 +198,11 @@ impl StreamMetrics {
             "commit_seconds",
             "Time of one committed transaction's end: input offsets sent, every record acknowledged, commit",
             m.commit_seconds.clone(),
+        );
+        r.register(
+            "batch_phase_seconds",
+            "Where a committed batch's time goes, by phase: events (decoded, through the pipelines, their outputs handed to the producer), outputs (of that, handing rows to the producer, summed over the batch's threads), idle (quiet partitions: the broker asked whether they are caught up, those that are moved on), idle_advance (of that, moving them on and what that closes), provisional (open windows shown), provisional_outputs (of that, handing rows to the producer, summed over the threads), changelog (state changes and checkpoints written), commit",
+            m.batch_phase_seconds.clone(),
         );
         r.register(
             "output_wait_seconds",
