@@ -121,6 +121,25 @@ pub(super) struct Batcher<'a> {
     pub threads: usize,
 }
 
+/// Hands `out` to the producer in the transaction, if it holds anything, and empties it; the
+/// time taken is added to `spent` (nanoseconds, summed over threads: a phase of
+/// `banter_stream_batch_phase_seconds`).
+fn hand_over(
+    tx: &mut Transaction<'_>,
+    out: &mut Outputs,
+    spent: &AtomicU64,
+) -> Result<(), BatchError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    tx.outputs(out)?;
+    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    spent.fetch_add(took, Ordering::Relaxed);
+    out.clear();
+    Ok(())
+}
+
 /// How long a transaction call may overrun its own bound before the watchdog ends the role.
 const OVERRUN: Duration = Duration::from_secs(30);
 const SEND_OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -379,13 +398,7 @@ impl Batcher<'_> {
                     );
                     tx.dead_letter(&dl)?;
                 }
-                if !out.is_empty() {
-                    let handing = Instant::now();
-                    tx.outputs(&out)?;
-                    let took = u64::try_from(handing.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    outputs.fetch_add(took, Ordering::Relaxed);
-                    out.clear();
-                }
+                hand_over(tx, &mut out, outputs)?;
             }
         }
         Ok(())
@@ -500,13 +513,7 @@ impl Batcher<'_> {
                 if !out.alerts.is_empty() {
                     part.changed = true;
                 }
-                if !out.is_empty() {
-                    let handing = Instant::now();
-                    tx.outputs(&out)?;
-                    let took = u64::try_from(handing.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    outputs.fetch_add(took, Ordering::Relaxed);
-                    out.clear();
-                }
+                hand_over(tx, &mut out, outputs)?;
             }
             Ok(())
         })
