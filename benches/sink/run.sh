@@ -11,6 +11,7 @@
 #     spike's start (a run long enough for baselines: 10 minutes of history come first).
 #   benches/sink/run.sh [ACCOUNTS] [MINUTES] [LIVE_MINUTES]      (defaults 2000, 360, 4)
 #   BANTER_BENCH_LIVE_ACCOUNTS: accounts of the live run (1000: about 19 events/s)
+#   BANTER_BENCH_LOG_LEVEL: the roles' log filter (default warn; e.g. warn,banter_stream::kafka::batch=debug)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 accounts="${1:-2000}"; minutes="${2:-360}"; live="${3:-4}"
@@ -21,8 +22,9 @@ ch=http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/
 metric() { curl -fsS "localhost:$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d", s}'; }
 # A histogram's count and p50 / p99 / max as bucket bounds (upper bounds of the true values),
 # since the metrics in file BASE were read (the live span's start; empty: since the start).
-hist() { # port name what [BASE [LABELS, e.g. phase="events"]]
-  curl -fsS "localhost:$1/metrics" | python3 -c '
+# NOW: a file of metrics read before (empty: read them now).
+hist() { # port name what [BASE [LABELS, e.g. phase="events" [NOW]]]
+  { if [ -n "${6:-}" ]; then cat "$6"; else curl -fsS "localhost:$1/metrics"; fi; } | python3 -c '
 import sys, re
 name, what, base, labels = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 def buckets(text):
@@ -47,7 +49,7 @@ setup() { # run-name
     BANTER_KAFKA__TOPICS__CHECKPOINTS="$1.checkpoints" BANTER_STREAM__GROUP_ID="$1" BANTER_SINK__GROUP_ID="$1-sink" \
     BANTER_STREAM__INSTANCE_ID=bench BANTER_CLICKHOUSE__DATABASE="$1" \
     BANTER_INGEST__ACTOR_SALT=benchmark-salt-0123456789 BANTER_INGEST__META_APP_SECRET=bench-secret \
-    BANTER_INGEST__LISTEN=127.0.0.1:8082 BANTER_TELEMETRY__LOG_LEVEL=warn
+    BANTER_INGEST__LISTEN=127.0.0.1:8082 BANTER_TELEMETRY__LOG_LEVEL="${BANTER_BENCH_LOG_LEVEL:-warn}"
   $bin topics >/dev/null; $bin migrate >/dev/null
 }
 # Every sample file goes in one scratch directory, removed on exit: the live run's samples of
@@ -123,13 +125,16 @@ now_ms=$(date +%s%3N); span_start=$(( (now_ms + 45000 + live_accounts / 2 + 5999
 span_end=$(( span_start + live * 60000 ))
 # Where the CPU goes during the span: each role, the broker, ClickHouse, and the rest of the
 # machine (the generator, the samplers), sampled at the span's start and end.
-cpu_samples=$(mktemp -p "$scratch"); stream_at_start=$(mktemp -p "$scratch"); sink_at_start=$(mktemp -p "$scratch"); cpu_sampler() {
+cpu_samples=$(mktemp -p "$scratch"); stream_at_start=$(mktemp -p "$scratch"); sink_at_start=$(mktemp -p "$scratch")
+stream_at_end=$(mktemp -p "$scratch"); cpu_sampler() {
   local at secs; for at in "$span_start" "$span_end"; do
     secs=$(( (at - $(date +%s%3N)) / 1000 )); [ "$secs" -gt 0 ] && sleep "$secs"
     # The histograms at the span's start: what the report counts from.
     if [ "$at" = "$span_start" ]; then
       curl -fsS localhost:9476/metrics >"$stream_at_start" || echo "  (the stream's metrics at the span's start not read: its histograms count from its start)"
       curl -fsS localhost:9477/metrics >"$sink_at_start" || echo "  (the sink's metrics at the span's start not read: its histograms count from its start)"
+    else # and at its end: the batches while input comes, apart from those closing the last minutes
+      curl -fsS localhost:9476/metrics >"$stream_at_end" || true
     fi
     echo "$(cpu_of $ingest_pid) $(cpu_of $stream_pid) $(cpu_of $sink_pid) $(cpu_of $(pgrep -f kafka.Kafka)) $(cpu_of $(pgrep -f clickhouse-server)) $(machine_cpu)" >>"$cpu_samples"
   done
@@ -182,19 +187,31 @@ final_minutes ""
 # generator's last, late, deliveries): steady traffic closes the others.
 echo "  the minutes closed by later input (all but the span's last two):"
 final_minutes "AND window_end_ms <= $span_end - 120000"
+# The stream's histograms over the span (input coming), and after it (input stopped: each
+# partition idle, the last minutes closed by moving its watermark on).
+stream_report() { # base now
+  hist 9476 banter_stream_provisional_lag_seconds "provisional rows, receipt -> emission (banter_stream_provisional_lag_seconds):" "$1" "" "$2"
+  hist 9476 banter_stream_batch_seconds "stream batches, commit included:" "$1" "" "$2"
+  hist 9476 banter_stream_commit_seconds "  their commits:" "$1" "" "$2"
+  for phase in events outputs idle idle_advance provisional provisional_outputs changelog; do
+    hist 9476 banter_stream_batch_phase_seconds "  of which $phase$([ "${phase#provisional_}" = outputs ] && echo " (summed over threads)"):" "$1" "phase=\"$phase\"" "$2"
+  done
+}
 # Provisional rows (revision < 0, stream.provisional_interval_ms): an event is visible once the
 # stream has shown its window (receipt -> emission: the stream's histogram, per emission, from
 # the earliest event it shows first) and the sink has inserted that row (emission -> visible:
 # inserted_at, whole seconds, so its end plus 1 s: an upper bound, minus emitted_at, the
-# stream's clock at emission).
-echo "provisional rows: receipt -> emission (banter_stream_provisional_lag_seconds), from the span's start"
-hist 9476 banter_stream_provisional_lag_seconds emissions "$stream_at_start"
-echo "what an emitted row waits for, seconds (the stream's transaction, the sink's insert), from the span's start"
-hist 9476 banter_stream_batch_seconds "stream batches, commit included:" "$stream_at_start"
-hist 9476 banter_stream_commit_seconds "stream commits:" "$stream_at_start"
-for phase in events outputs idle idle_advance provisional provisional_outputs changelog commit; do
-  hist 9476 banter_stream_batch_phase_seconds "  of which $phase$([ "${phase#provisional_}" = outputs ] && echo " (summed over threads)"):" "$stream_at_start" "phase=\"$phase\""
-done
+# stream's clock at emission). What an emitted row waits for: the stream's transaction, then
+# the sink's insert.
+if [ -s "$stream_at_end" ]; then
+  echo "the stream during the span (input coming), seconds:"
+  stream_report "$stream_at_start" "$stream_at_end"
+  echo "the stream after the span (input stopped, the last minutes closed by idle partitions), seconds:"
+  stream_report "$stream_at_end" ""
+else
+  echo "the stream from the span's start (its end's metrics not read), seconds:"
+  stream_report "$stream_at_start" ""
+fi
 wait_s=$(curl -fsS localhost:9476/metrics | awk '$1 == "banter_stream_output_wait_seconds_total" {print $2}' || true)
 echo "  stream batches waiting for room in the producer's queue, since the stream started: ${wait_s:-not read} s (banter_stream_output_wait_seconds_total)"
 hist 9477 banter_sink_insert_seconds "sink inserts:" "$sink_at_start"

@@ -407,7 +407,10 @@ impl Batcher<'_> {
     /// Replays that reached their end without input past it end; partitions that are caught
     /// up and quiet for `stream.idle_timeout_ms` move their watermark on: to the busiest
     /// partition's of this instance (event time moves on there), or with the wall clock from
-    /// their own highest event time, whichever is later.
+    /// their own highest event time, whichever is later. Which partitions move on is decided
+    /// here (the broker asked on this thread); moving them on, and the windows that closes
+    /// (when input stops everywhere, every partition's minute closes in the same batch), is
+    /// shared out over the threads as events are.
     fn idle(
         &self,
         parts: &mut Partitions,
@@ -421,7 +424,7 @@ impl Batcher<'_> {
             .values()
             .filter_map(|p| p.pipeline.watermark())
             .max();
-        let mut out = Outputs::default();
+        let mut to: BTreeMap<i32, i64> = BTreeMap::new();
         for (p, part) in &mut parts.active {
             let position = position(positions.as_ref(), &self.topics.input, *p);
             if let Some(pos) = position {
@@ -456,21 +459,44 @@ impl Batcher<'_> {
                 _ => false,
             };
             if caught_up {
-                let started = Instant::now();
                 let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
                 let wm = met
                     .saturating_add(quiet_ms)
                     .max(busiest.unwrap_or(i64::MIN));
-                part.pipeline.idle_advance(wm, &mut out);
+                tracing::debug!(
+                    partition = p,
+                    quiet_ms,
+                    from = ?part.pipeline.watermark(),
+                    to = wm,
+                    "idle partition moves on"
+                );
+                to.insert(*p, wm);
+            }
+        }
+        if to.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let handing = AtomicU64::new(0); // part of idle_advance
+        let moving: Vec<(usize, i32, &mut Partition)> = parts
+            .active
+            .iter_mut()
+            .filter(|(p, _)| to.contains_key(p))
+            .map(|(p, part)| (1, *p, part))
+            .collect();
+        let moved = self.share_out(moving, tx, |lane, t, _| {
+            let mut out = Outputs::default();
+            for (p, part) in lane.iter_mut() {
+                part.pipeline.idle_advance(to[p], &mut out);
                 if !out.is_empty() {
                     part.changed = true;
                 }
-                tx.outputs(&out)?;
-                out.clear();
-                *advancing += started.elapsed();
+                hand_over(t, &mut out, &handing)?;
             }
-        }
-        Ok(())
+            Ok(())
+        });
+        *advancing += started.elapsed();
+        moved
     }
 
     /// Every `stream.provisional_interval_ms`, each partition's open windows changed since
@@ -555,7 +581,7 @@ impl Batcher<'_> {
             return Ok(false);
         }
         let group = self.consumer.group_metadata().ok_or(BatchError::NoGroup)?;
-        let started = Instant::now();
+        let committing = Instant::now();
         if offsets.count() > 0 {
             let _stuck = self.watchdog.guard(
                 "send_offsets_to_transaction",
@@ -570,10 +596,9 @@ impl Batcher<'_> {
             .watchdog
             .guard("commit_transaction", COMMIT_TIMEOUT * 2 + OVERRUN);
         banter_runtime::kafka::commit_transaction(self.producer, COMMIT_TIMEOUT, COMMIT_TIMEOUT)?;
-        phases.commit = started.elapsed();
         self.metrics
             .commit_seconds
-            .observe(phases.commit.as_secs_f64());
+            .observe(committing.elapsed().as_secs_f64());
         Ok(true)
     }
 }

@@ -70,10 +70,9 @@ pub(super) struct Phases {
     /// Of `provisional`, handing the rows to the producer, summed over the threads, in
     /// nanoseconds.
     pub provisional_outputs: AtomicU64,
-    /// Changelogs and checkpoints written.
+    /// Changelogs and checkpoints written (the commit after it is
+    /// `banter_stream_commit_seconds`).
     pub changelog: std::time::Duration,
-    /// Offsets sent, every record acknowledged, the commit.
-    pub commit: std::time::Duration,
 }
 
 impl StreamMetrics {
@@ -90,7 +89,6 @@ impl StreamMetrics {
             ("provisional", p.provisional),
             ("provisional_outputs", nanos(&p.provisional_outputs)),
             ("changelog", p.changelog),
-            ("commit", p.commit),
         ] {
             self.batch_phase_seconds
                 .get_or_create(&vec![("phase".to_owned(), phase.to_owned())])
@@ -201,7 +199,7 @@ impl StreamMetrics {
         );
         r.register(
             "batch_phase_seconds",
-            "Where a committed batch's time goes, by phase: events (decoded, through the pipelines, their outputs handed to the producer), outputs (of that, handing rows to the producer, summed over the batch's threads), idle (quiet partitions: the broker asked whether they are caught up, those that are moved on), idle_advance (of that, moving them on and what that closes), provisional (open windows shown), provisional_outputs (of that, handing rows to the producer, summed over the threads), changelog (state changes and checkpoints written), commit",
+            "Where a committed batch's time goes, by phase: events (decoded, through the pipelines, their outputs handed to the producer), outputs (of that, handing rows to the producer, summed over the batch's threads), idle (quiet partitions: the broker asked whether they are caught up, those that are moved on), idle_advance (of that, moving them on and what that closes), provisional (open windows shown), provisional_outputs (of that, handing rows to the producer, summed over the threads), changelog (state changes and checkpoints written; the commit after it is banter_stream_commit_seconds)",
             m.batch_phase_seconds.clone(),
         );
         r.register(
