@@ -11,6 +11,7 @@
 #     spike's start (a run long enough for baselines: 10 minutes of history come first).
 #   benches/sink/run.sh [ACCOUNTS] [MINUTES] [LIVE_MINUTES]      (defaults 2000, 360, 4)
 #   BANTER_BENCH_LIVE_ACCOUNTS: accounts of the live run (1000: about 19 events/s)
+#   BANTER_BENCH_SKIP_THROUGHPUT=1 / BANTER_BENCH_SKIP_LATENCY=1: run only the other part
 #   BANTER_BENCH_LOG_LEVEL: the roles' log filter (default warn; e.g. warn,banter_stream::kafka::batch=debug)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -66,14 +67,24 @@ role stream 9476
 # Let the stream finish: its row counter stops moving.
 last=-1; while :; do sleep 2; r=$(metric 9476 banter_stream_rows_emitted_total); [ "$r" = "$last" ] && [ "$r" -gt 0 ] && break; last=$r; done
 echo "stream wrote $r rollup rows"
-start=$(date +%s.%N); role sink 9477
-while [ "$(metric 9477 banter_sink_rows_written_total)" -lt "$r" ]; do sleep 0.2; done
+ch_cpu0=$(cpu_of $(pgrep -f clickhouse-server)); machine0=$(machine_cpu)
+start=$(date +%s.%N); role sink 9477; sink_pid=${pids[-1]}
+first=""
+while :; do
+  w=$(metric 9477 banter_sink_rows_written_total)
+  [ -z "$first" ] && [ "$w" -gt 0 ] && first=$(date +%s.%N)
+  [ "$w" -ge "$r" ] && break
+  sleep 0.05
+done
 end=$(date +%s.%N)
-python3 -c "import sys; r,s,e=int(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]); print(f'sink: {r} rows in {e-s:.2f} s from process start: {r/(e-s):,.0f} rows/s')" "$r" "$start" "$end"
+python3 -c "import sys; r,s,e,f=int(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]),float(sys.argv[4]); print(f'sink: {r} rows in {e-s:.2f} s from process start: {r/(e-s):,.0f} rows/s ({e-f:.2f} s from the first rows in, {f-s:.2f} s before them: start, group join, first batch)')" "$r" "$start" "$end" "$first"
+python3 -c "import sys; t=int(sys.argv[1]); s,c,m=(int(a)/t for a in sys.argv[2:]); print(f'CPU seconds meanwhile: sink {s:.2f}, ClickHouse {c:.2f} (its background merges included), machine {m:.2f}')" \
+  "$(getconf CLK_TCK)" "$(cpu_of $sink_pid)" "$(( $(cpu_of $(pgrep -f clickhouse-server)) - ch_cpu0 ))" "$(( $(machine_cpu) - machine0 ))"
 curl -fsS localhost:9477/metrics | grep -E '^banter_sink_(insert_seconds|batch_rows)_(sum|count)'
 for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; pids=()
 fi
 
+[ "${BANTER_BENCH_SKIP_LATENCY:-0}" = 1 ] && exit 0
 echo "== latency (live, $live minutes) =="
 run="sinklive$(date +%s)"; setup "$run"
 export BANTER_STREAM__IDLE_TIMEOUT_MS=5000

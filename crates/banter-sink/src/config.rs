@@ -44,7 +44,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig {
             group_id: "banter-sink".into(),
-            max_batch_rows: 10_000,
+            max_batch_rows: 50_000,
             max_batch_ms: 1000,
             max_backoff_ms: 10_000,
             insert_timeout_ms: 30_000,
