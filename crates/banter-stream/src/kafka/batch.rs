@@ -122,20 +122,22 @@ pub(super) struct Batcher<'a> {
 }
 
 /// Hands `out` to the producer in the transaction, if it holds anything, and empties it; the
-/// time taken is added to `spent` (nanoseconds, summed over threads: a phase of
+/// time taken is added to `spent` when given (nanoseconds, summed over threads: a phase of
 /// `banter_stream_batch_phase_seconds`).
 fn hand_over(
     tx: &mut Transaction<'_>,
     out: &mut Outputs,
-    spent: &AtomicU64,
+    spent: Option<&AtomicU64>,
 ) -> Result<(), BatchError> {
     if out.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
     tx.outputs(out)?;
-    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    spent.fetch_add(took, Ordering::Relaxed);
+    if let Some(spent) = spent {
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        spent.fetch_add(took, Ordering::Relaxed);
+    }
     out.clear();
     Ok(())
 }
@@ -398,7 +400,7 @@ impl Batcher<'_> {
                     );
                     tx.dead_letter(&dl)?;
                 }
-                hand_over(tx, &mut out, outputs)?;
+                hand_over(tx, &mut out, Some(outputs))?;
             }
         }
         Ok(())
@@ -424,7 +426,9 @@ impl Batcher<'_> {
             .values()
             .filter_map(|p| p.pipeline.watermark())
             .max();
+        // The partitions to move on, and to which watermark.
         let mut to: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut moving: Vec<(usize, i32, &mut Partition)> = Vec::new();
         for (p, part) in &mut parts.active {
             let position = position(positions.as_ref(), &self.topics.input, *p);
             if let Some(pos) = position {
@@ -471,19 +475,13 @@ impl Batcher<'_> {
                     "idle partition moves on"
                 );
                 to.insert(*p, wm);
+                moving.push((1, *p, part));
             }
         }
-        if to.is_empty() {
+        if moving.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let handing = AtomicU64::new(0); // part of idle_advance
-        let moving: Vec<(usize, i32, &mut Partition)> = parts
-            .active
-            .iter_mut()
-            .filter(|(p, _)| to.contains_key(p))
-            .map(|(p, part)| (1, *p, part))
-            .collect();
         let moved = self.share_out(moving, tx, |lane, t, _| {
             let mut out = Outputs::default();
             for (p, part) in lane.iter_mut() {
@@ -491,11 +489,11 @@ impl Batcher<'_> {
                 if !out.is_empty() {
                     part.changed = true;
                 }
-                hand_over(t, &mut out, &handing)?;
+                hand_over(t, &mut out, None)?;
             }
             Ok(())
         });
-        *advancing += started.elapsed();
+        *advancing = started.elapsed();
         moved
     }
 
@@ -539,7 +537,7 @@ impl Batcher<'_> {
                 if !out.alerts.is_empty() {
                     part.changed = true;
                 }
-                hand_over(tx, &mut out, outputs)?;
+                hand_over(tx, &mut out, Some(outputs))?;
             }
             Ok(())
         })
