@@ -79,6 +79,7 @@ ch_url="http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/"
 # The peers compute final windows only: banter's provisional rows of open windows are off
 # here (BANTER_COMPARE_PROVISIONAL_MS=1000 turns them on), so every engine does the same work.
 export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS="$run.rollups" \
+  BANTER_KAFKA__TOPICS__PROVISIONAL="$run.provisional" \
   BANTER_KAFKA__TOPICS__DLQ="$run.dlq" BANTER_KAFKA__TOPICS__ALERTS="$run.alerts" \
   BANTER_KAFKA__TOPICS__CHECKPOINTS="$run.checkpoints" BANTER_KAFKA__TOPICS__PARTITIONS="$partitions" \
   BANTER_STREAM__GROUP_ID="$run-stream" BANTER_SINK__GROUP_ID="$run-sink" \

@@ -20,23 +20,33 @@ pub use banter_workload::check::RollupKey;
 
 /// The rollups topic read like a user would: the latest committed revision of every key
 /// (read with `read_committed`, as ClickHouse's `ReplacingMergeTree` keeps it). Provisional
-/// rows of open windows (negative revision) are kept apart: `observed` holds final rows.
+/// rows of open windows (negative revision), read from their own topic, are kept apart:
+/// `observed` holds final rows.
 pub struct Rollups {
     consumer: BaseConsumer,
+    /// The rollups topic, when provisional rows have a topic of their own (none may be on it).
+    finals_only: Option<String>,
     /// Window, funnel and conversation rows: the latest final row of each key.
     pub observed: Observed,
-    /// Provisional window rows (in `rollups`): the latest of each key.
+    /// Provisional window rows: the latest of each key.
     pub provisional: Observed,
     /// Final window rollup records read (every revision, provisional rows not counted).
     pub seen: usize,
 }
 
 impl Rollups {
-    /// A reader of the rollups topic from its beginning.
+    /// A reader of the rollups and provisional topics from their beginning.
     pub fn new(cfg: &Config) -> Self {
-        let consumer = from_beginning(cfg, &cfg.kafka.topics.rollups);
+        let t = &cfg.kafka.topics;
+        let separate = t.provisional != t.rollups;
+        let consumer = if separate {
+            from_beginning_all(cfg, &[&t.rollups, &t.provisional])
+        } else {
+            from_beginning(cfg, &t.rollups)
+        };
         Rollups {
             consumer,
+            finals_only: separate.then(|| t.rollups.clone()),
             observed: Observed::default(),
             provisional: Observed::default(),
             seen: 0,
@@ -70,6 +80,11 @@ impl Rollups {
                 .decode(payload)
                 .unwrap_or_else(|e| panic!("{e:?}"));
             if r.revision < 0 {
+                assert!(
+                    self.finals_only.as_deref() != Some(m.topic()),
+                    "a provisional row on the rollups topic {}: {r:?}",
+                    m.topic()
+                );
                 self.provisional.add_rollup(r);
                 continue;
             }
@@ -89,17 +104,24 @@ pub async fn clickhouse_rollups(ch: &ClickHouse) -> BTreeMap<RollupKey, Rollup> 
 
 /// A consumer of every partition of `topic` from the beginning, `read_committed`.
 pub fn from_beginning(cfg: &Config, topic: &str) -> BaseConsumer {
+    from_beginning_all(cfg, &[topic])
+}
+
+/// A consumer of every partition of each of `topics` from the beginning, `read_committed`.
+pub fn from_beginning_all(cfg: &Config, topics: &[&str]) -> BaseConsumer {
     let consumer: BaseConsumer =
         banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &unique("reader"))
             .create()
             .unwrap_or_else(|e| panic!("{e:?}"));
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e:?}"));
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e:?}"));
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        }
     }
     consumer.assign(&tpl).unwrap_or_else(|e| panic!("{e:?}"));
     consumer

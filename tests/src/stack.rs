@@ -192,6 +192,7 @@ pub async fn fresh_pipeline_config(name: &str) -> Config {
     cfg.kafka.topics.events = fresh_topic(&cfg, &format!("{name}.events"), 3).await;
     cfg.kafka.topics.dlq = fresh_topic(&cfg, &format!("{name}.dlq"), 1).await;
     cfg.kafka.topics.rollups = fresh_topic(&cfg, &format!("{name}.rollups"), 3).await;
+    cfg.kafka.topics.provisional = fresh_topic(&cfg, &format!("{name}.provisional"), 3).await;
     cfg.kafka.topics.alerts = fresh_topic(&cfg, &format!("{name}.alerts"), 1).await;
     cfg.kafka.topics.checkpoints = fresh_topic(&cfg, &format!("{name}.checkpoints"), 3).await;
     cfg.kafka.topics.schemas = fresh_topic(&cfg, &format!("{name}.schemas"), 1).await;

@@ -132,6 +132,7 @@ async fn pipeline_topics_are_created_once() {
     let prefix = unique("test.topics");
     cfg.kafka.topics.events = format!("{prefix}.events");
     cfg.kafka.topics.rollups = format!("{prefix}.rollups");
+    cfg.kafka.topics.provisional = format!("{prefix}.provisional");
     cfg.kafka.topics.alerts = format!("{prefix}.alerts");
     cfg.kafka.topics.dlq = format!("{prefix}.dlq");
     cfg.kafka.topics.checkpoints = format!("{prefix}.checkpoints");
@@ -154,9 +155,17 @@ async fn pipeline_topics_are_created_once() {
         .config
         .contains(&("cleanup.policy".into(), "compact".into())));
     assert_eq!(schemas.partitions, 1);
+    // Provisional rows: kept a day, not forever (the final rows replace them).
+    let provisional = specs
+        .iter()
+        .find(|s| s.name == cfg.kafka.topics.provisional)
+        .unwrap();
+    assert!(provisional
+        .config
+        .contains(&("retention.ms".into(), "86400000".into())));
 
     let first = ensure_topics(&cfg.kafka, &specs).await.unwrap();
-    assert_eq!(first.len(), 6);
+    assert_eq!(first.len(), 7);
     assert!(
         first.iter().all(|(_, o)| *o == TopicOutcome::Created),
         "{first:?}"

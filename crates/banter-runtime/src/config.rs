@@ -376,6 +376,10 @@ pub struct TopicsConfig {
     pub events: String,
     /// Rollups emitted by the stream processor.
     pub rollups: String,
+    /// Provisional rows of windows still open (negative revision, replaced by the final row):
+    /// a topic of their own, so that the sink shows them while it is still inserting a
+    /// minute's close from `rollups`. The same name as `rollups` puts them there instead.
+    pub provisional: String,
     /// Spike alerts.
     pub alerts: String,
     /// Dead letters from every stage.
@@ -449,6 +453,7 @@ impl Default for TopicsConfig {
         TopicsConfig {
             events: "banter.events.v1".into(),
             rollups: "banter.rollups.v1".into(),
+            provisional: "banter.rollups-provisional.v1".into(),
             alerts: "banter.alerts.v1".into(),
             dlq: "banter.dlq.v1".into(),
             checkpoints: "banter.stream-checkpoints.v1".into(),
@@ -705,6 +710,7 @@ impl Validate for KafkaConfig {
         for (key, name) in [
             ("kafka.topics.events", &k.topics.events),
             ("kafka.topics.rollups", &k.topics.rollups),
+            ("kafka.topics.provisional", &k.topics.provisional),
             ("kafka.topics.alerts", &k.topics.alerts),
             ("kafka.topics.dlq", &k.topics.dlq),
             ("kafka.topics.checkpoints", &k.topics.checkpoints),
@@ -741,10 +747,11 @@ impl Validate for KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// The record topics (what `wire_formats` may name): events, rollups, alerts, dead letters.
-    pub fn record_topics(&self) -> [&str; 4] {
+    /// The record topics (what `wire_formats` may name): events, rollups, provisional rows,
+    /// alerts, dead letters.
+    pub fn record_topics(&self) -> [&str; 5] {
         let t = &self.topics;
-        [&t.events, &t.rollups, &t.alerts, &t.dlq]
+        [&t.events, &t.rollups, &t.provisional, &t.alerts, &t.dlq]
     }
 
     /// The Confluent format needs a registry, and a topic with several record types (the

@@ -746,7 +746,7 @@ pub fn pipeline_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
         config,
     };
     let dlq_ms = (u64::from(t.dlq_retention_days) * 86_400_000).to_string();
-    vec![
+    let mut specs = vec![
         spec(&t.events, vec![]),
         spec(&t.rollups, vec![]),
         spec(&t.alerts, vec![]),
@@ -767,7 +767,17 @@ pub fn pipeline_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
             replication_factor: t.replication_factor,
             config: vec![("cleanup.policy".into(), "compact".into())],
         },
-    ]
+    ];
+    // Provisional rows matter until their window's final row replaces them (the
+    // out-of-orderness after the window's end; a late event's correction is final): a day
+    // covers a sink stopped for hours.
+    if t.provisional != t.rollups {
+        specs.push(spec(
+            &t.provisional,
+            vec![("retention.ms".into(), "86400000".into())],
+        ));
+    }
+    specs
 }
 
 /// Creates the topics that do not exist yet; idempotent.

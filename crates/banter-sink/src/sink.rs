@@ -920,6 +920,12 @@ fn watch_lag(
 
 /// Runs the sink until `shutdown`: the batch in hand is written and committed first.
 ///
+/// Two lanes, each a consumer of its own with its batches, inserts and commits: the rollups,
+/// alerts and dead letters; and the provisional rows (`kafka.topics.provisional`, group
+/// `<sink.group_id>-provisional`), so that a minute's close (hundreds of thousands of final
+/// rows at once) does not hold up the provisional rows emitted after it. With the provisional
+/// topic the same as the rollups topic, one lane reads both.
+///
 /// # Errors
 /// Kafka clients cannot be created, or ClickHouse refuses inserts for a reason retrying cannot
 /// fix (the error names the table; run `banter migrate`).
@@ -930,40 +936,25 @@ pub async fn run(
     metrics: SinkMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), SinkError> {
-    let mut config = consumer_config(k, "sink", &sc.group_id);
-    // With a backlog, librdkafka fills its queue (`queued.min.messages`) faster than the sink
-    // inserts, then waits `fetch.queue.backoff.ms` (1 s by default) before it fetches again:
-    // the sink, having emptied the queue meanwhile, stood idle up to a second at a time
-    // (benches/sink: 0.2-0.4 s stalls, a quarter of the time). Unless set in
-    // `kafka.properties`, it fetches again within 20 ms.
-    if !k.properties.contains_key("fetch.queue.backoff.ms") {
-        config.set("fetch.queue.backoff.ms", "20");
-    }
-    let consumer: StreamConsumer<KafkaContext> = config
-        // Retrying ClickHouse holds the batch without polling; stay in the group meanwhile.
-        .set("max.poll.interval.ms", "3600000")
-        // Static membership (KIP-345): a restarted sink takes its partitions back at once
-        // instead of waiting for its previous life's session to expire.
-        .set("group.instance.id", sc.instance())
-        .set("session.timeout.ms", sc.session_timeout_ms.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            (sc.session_timeout_ms / 5).max(100).to_string(),
-        )
-        .create_with_context(KafkaContext::new(k))
-        .map_err(|e| SinkError::Kafka {
-            what: "consumer config",
-            detail: e.to_string(),
-        })?;
-    let topics = [
-        k.topics.rollups.as_str(),
-        k.topics.alerts.as_str(),
-        k.topics.dlq.as_str(),
+    let topics = vec![
+        k.topics.rollups.clone(),
+        k.topics.alerts.clone(),
+        k.topics.dlq.clone(),
     ];
-    consumer.subscribe(&topics).map_err(|e| SinkError::Kafka {
-        what: "subscribe",
-        detail: e.to_string(),
-    })?;
+    let consumer = sink_consumer(k, sc, &sc.group_id, &topics)?;
+    let separate = k.topics.provisional != k.topics.rollups;
+    let provisional_group = format!("{}-provisional", sc.group_id);
+    let provisional_topics = vec![k.topics.provisional.clone()];
+    let provisional = if separate {
+        Some(sink_consumer(
+            k,
+            sc,
+            &provisional_group,
+            &provisional_topics,
+        )?)
+    } else {
+        None
+    };
     let producer = producer(k, "sink").map_err(|e| SinkError::Kafka {
         what: "producer",
         detail: e.to_string(),
@@ -998,194 +989,298 @@ pub async fn run(
     watch_lag(
         k,
         &sc.group_id,
-        topics.iter().map(|t| (*t).to_owned()).collect(),
+        topics.clone(),
         metrics.lag.clone(),
         shutdown.clone(),
     )?;
-    tracing::info!(group = %sc.group_id, ?topics, database = %ch.database, "sink started");
-    // The topics' names, shared by the rows that came from them (no copy per row).
-    let names: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(*t)).collect();
-    // The batch's payloads, one after the other (kept for dead-lettering a rejected row); the
-    // buffer is reused from batch to batch.
-    let mut payloads: Vec<u8> = Vec::new();
-    loop {
-        let mut batch = Batch::default();
-        payloads.clear();
-        // One timer and one cancellation wait for the whole batch, not one per record.
-        let deadline = tokio::time::sleep(Duration::from_millis(sc.max_batch_ms));
-        tokio::pin!(deadline);
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
-        while batch.records < sc.max_batch_rows {
-            // Biased, the deadline and the stop first: a backlog that keeps `recv` ready
-            // cannot stretch the batch past `max_batch_ms`.
-            let m = tokio::select! {
-                biased;
-                () = &mut deadline => break,
-                () = &mut cancelled => break,
-                m = consumer.recv() => m,
-            };
-            let m = match m {
-                Ok(m) => m,
-                // The consumer can no longer be used (the group fenced it: another sink joined
-                // under this instance id): what was not committed is redone by whoever holds
-                // the partitions; exit for a restart rather than hold them unread.
-                Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
-                    let why = banter_runtime::kafka::fatal_reason(consumer.client(), &e);
-                    return Err(SinkError::Kafka {
-                        what: "consumer",
-                        detail: format!(
-                            "{why}: the consumer can no longer be used; exiting so that a \
-                             supervisor restarts this sink (if another sink runs with the same \
-                             sink.instance_id, give each its own)"
-                        ),
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer");
-                    continue;
-                }
-            };
-            let topic = match names.iter().find(|n| ***n == *m.topic()) {
-                Some(n) => n.clone(),
-                None => Arc::from(m.topic()),
-            };
-            let (partition, offset) = (m.partition(), m.offset());
-            let raw = m.payload().unwrap_or_default();
-            // A Confluent-framed record, read as the single-object one it carries.
-            // A registry that cannot be asked holds the sink up (nothing of the record is
-            // decided, nothing committed) until it answers or the sink stops.
-            let unframed = match &registry {
-                Some(r) => match r.unframe_waiting(raw, &shutdown).await {
-                    Some(u) => u.map_err(String::from),
-                    None => break,
-                },
-                None => Ok(std::borrow::Cow::Borrowed(raw)),
-            };
-            let payload: &[u8] = match &unframed {
-                Ok(p) => p,
-                Err(_) => raw,
-            };
-            // A newer (or older) writer's record: its schema is on the schema topic (read
-            // once, then known to every decode below).
-            if banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload)
-                .is_some_and(|fp| !banter_model::codec::known_anywhere(fp))
-            {
-                schemas.resolve(payload);
-            }
-            batch.offsets.insert((topic.clone(), partition), offset + 1);
-            batch.records += 1;
-            let undecodable = |e: String| (topic.to_string(), partition, offset, raw.to_vec(), e);
-            let src = Source {
-                topic: &topic,
-                partition,
-                offset,
-            };
-            // The rollups topic carries Rollup, FunnelRollup and ConversationRollup records:
-            // the single-object header's fingerprint says which.
-            let fingerprint = (*topic == *k.topics.rollups)
-                .then(|| banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload))
-                .flatten();
-            let funnel = fingerprint == Some(FunnelRollup::codec().fingerprint());
-            let conversation = fingerprint == Some(ConversationRollup::codec().fingerprint());
-            let bad = if let Err(e) = &unframed {
-                if *topic == *k.topics.dlq {
-                    // Not sent back to the dead-letter topic (it would loop).
-                    metrics.undecodable.inc();
-                    tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
-                    None
-                } else {
-                    Some(undecodable(e.clone()))
-                }
-            } else if conversation {
-                decode::<ConversationRollup, _>(payload, src, &mut payloads)
-                    .map(|p| batch.conversations.push(p))
-                    .err()
-                    .map(undecodable)
-            } else if funnel {
-                decode::<FunnelRollup, _>(payload, src, &mut payloads)
-                    .map(|p| batch.funnels.push(p))
-                    .err()
-                    .map(undecodable)
-            } else if *topic == *k.topics.rollups {
-                decode::<Rollup, _>(payload, src, &mut payloads)
-                    .map(|p| batch.rollups.push(p))
-                    .err()
-                    .map(undecodable)
-            } else if *topic == *k.topics.alerts {
-                decode::<SpikeAlert, _>(payload, src, &mut payloads)
-                    .map(|p| batch.alerts.push(p))
-                    .err()
-                    .map(undecodable)
-            } else {
-                match decode::<DeadLetter, DeadLetterRow>(payload, src, &mut payloads) {
-                    Ok(mut p) => {
-                        // The row holds the payload; no second copy.
-                        payloads.truncate(p.payload.start);
-                        p.payload = p.payload.start..p.payload.start;
-                        p.row.dlq_partition = partition;
-                        p.row.dlq_offset = offset;
-                        batch.dead_letters.push(p);
+    if separate {
+        watch_lag(
+            k,
+            &provisional_group,
+            provisional_topics.clone(),
+            metrics.lag.clone(),
+            shutdown.clone(),
+        )?;
+    }
+    tracing::info!(group = %sc.group_id, ?topics, provisional = %k.topics.provisional, database = %ch.database, "sink started");
+    let lane = Lane {
+        k,
+        sc,
+        metrics: &metrics,
+        producer: &producer,
+        registry: registry.as_ref(),
+        schemas: &schemas,
+        writer: &writer,
+        shutdown: &shutdown,
+    };
+    match &provisional {
+        // Both lanes in this task: their inserts overlap while each waits for ClickHouse.
+        Some(provisional) => tokio::try_join!(
+            lane.run(&consumer, &topics),
+            lane.run(provisional, &provisional_topics)
+        )
+        .map(|((), ())| ()),
+        None => lane.run(&consumer, &topics).await,
+    }
+}
+
+/// A consumer of `topics` in `group` as the sink uses it.
+fn sink_consumer(
+    k: &KafkaConfig,
+    sc: &SinkConfig,
+    group: &str,
+    topics: &[String],
+) -> Result<StreamConsumer<KafkaContext>, SinkError> {
+    let mut config = consumer_config(k, "sink", group);
+    // With a backlog, librdkafka fills its queue (`queued.min.messages`) faster than the sink
+    // inserts, then waits `fetch.queue.backoff.ms` (1 s by default) before it fetches again:
+    // the sink, having emptied the queue meanwhile, stood idle up to a second at a time
+    // (benches/sink: 0.2-0.4 s stalls, a quarter of the time). Unless set in
+    // `kafka.properties`, it fetches again within 20 ms.
+    if !k.properties.contains_key("fetch.queue.backoff.ms") {
+        config.set("fetch.queue.backoff.ms", "20");
+    }
+    let consumer: StreamConsumer<KafkaContext> = config
+        // Retrying ClickHouse holds the batch without polling; stay in the group meanwhile.
+        .set("max.poll.interval.ms", "3600000")
+        // Static membership (KIP-345): a restarted sink takes its partitions back at once
+        // instead of waiting for its previous life's session to expire.
+        .set("group.instance.id", sc.instance())
+        .set("session.timeout.ms", sc.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (sc.session_timeout_ms / 5).max(100).to_string(),
+        )
+        .create_with_context(KafkaContext::new(k))
+        .map_err(|e| SinkError::Kafka {
+            what: "consumer config",
+            detail: e.to_string(),
+        })?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|e| SinkError::Kafka {
+        what: "subscribe",
+        detail: e.to_string(),
+    })?;
+    Ok(consumer)
+}
+
+/// What a lane of the sink shares with the other.
+struct Lane<'a> {
+    k: &'a KafkaConfig,
+    sc: &'a SinkConfig,
+    metrics: &'a SinkMetrics,
+    producer: &'a FutureProducer<KafkaContext>,
+    registry: Option<&'a Arc<SchemaRegistry>>,
+    schemas: &'a banter_runtime::schemas::SchemaLookup,
+    writer: &'a Writer<'a>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Lane<'_> {
+    /// Reads `consumer` (subscribed to `topics`) in batches into ClickHouse until `shutdown`:
+    /// each batch inserted, then its offsets committed.
+    async fn run(
+        &self,
+        consumer: &StreamConsumer<KafkaContext>,
+        topics: &[String],
+    ) -> Result<(), SinkError> {
+        let Lane {
+            k,
+            sc,
+            metrics,
+            producer,
+            registry,
+            schemas,
+            writer,
+            shutdown,
+        } = *self;
+        // The topics' names, shared by the rows that came from them (no copy per row).
+        let names: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
+        // The batch's payloads, one after the other (kept for dead-lettering a rejected row);
+        // the buffer is reused from batch to batch.
+        let mut payloads: Vec<u8> = Vec::new();
+        loop {
+            let mut batch = Batch::default();
+            payloads.clear();
+            // One timer and one cancellation wait for the whole batch, not one per record.
+            let deadline = tokio::time::sleep(Duration::from_millis(sc.max_batch_ms));
+            tokio::pin!(deadline);
+            let cancelled = shutdown.cancelled();
+            tokio::pin!(cancelled);
+            while batch.records < sc.max_batch_rows {
+                // Biased, the deadline and the stop first: a backlog that keeps `recv` ready
+                // cannot stretch the batch past `max_batch_ms`.
+                let m = tokio::select! {
+                    biased;
+                    () = &mut deadline => break,
+                    () = &mut cancelled => break,
+                    m = consumer.recv() => m,
+                };
+                let m = match m {
+                    Ok(m) => m,
+                    // The consumer can no longer be used (the group fenced it: another sink joined
+                    // under this instance id): what was not committed is redone by whoever holds
+                    // the partitions; exit for a restart rather than hold them unread.
+                    Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                        let why = banter_runtime::kafka::fatal_reason(consumer.client(), &e);
+                        return Err(SinkError::Kafka {
+                            what: "consumer",
+                            detail: format!(
+                                "{why}: the consumer can no longer be used; exiting so that a \
+                                 supervisor restarts this sink (if another sink runs with the same \
+                                 sink.instance_id, give each its own)"
+                            ),
+                        });
                     }
-                    // An undecodable dead letter is not sent back to the dead-letter topic
-                    // (it would loop); it is counted and logged.
                     Err(e) => {
+                        tracing::warn!(error = %e, "consumer");
+                        continue;
+                    }
+                };
+                let topic = match names.iter().find(|n| ***n == *m.topic()) {
+                    Some(n) => n.clone(),
+                    None => Arc::from(m.topic()),
+                };
+                let (partition, offset) = (m.partition(), m.offset());
+                let raw = m.payload().unwrap_or_default();
+                // A Confluent-framed record, read as the single-object one it carries.
+                // A registry that cannot be asked holds the sink up (nothing of the record is
+                // decided, nothing committed) until it answers or the sink stops.
+                let unframed = match registry {
+                    Some(r) => match r.unframe_waiting(raw, shutdown).await {
+                        Some(u) => u.map_err(String::from),
+                        None => break,
+                    },
+                    None => Ok(std::borrow::Cow::Borrowed(raw)),
+                };
+                let payload: &[u8] = match &unframed {
+                    Ok(p) => p,
+                    Err(_) => raw,
+                };
+                // A newer (or older) writer's record: its schema is on the schema topic (read
+                // once, then known to every decode below).
+                if banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload)
+                    .is_some_and(|fp| !banter_model::codec::known_anywhere(fp))
+                {
+                    schemas.resolve(payload);
+                }
+                batch.offsets.insert((topic.clone(), partition), offset + 1);
+                batch.records += 1;
+                let undecodable =
+                    |e: String| (topic.to_string(), partition, offset, raw.to_vec(), e);
+                let src = Source {
+                    topic: &topic,
+                    partition,
+                    offset,
+                };
+                // The rollups topic carries Rollup, FunnelRollup and ConversationRollup records:
+                // the single-object header's fingerprint says which; the provisional topic
+                // Rollup records.
+                let rollups = *topic == *k.topics.rollups || *topic == *k.topics.provisional;
+                let fingerprint = rollups
+                    .then(|| banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload))
+                    .flatten();
+                let funnel = fingerprint == Some(FunnelRollup::codec().fingerprint());
+                let conversation = fingerprint == Some(ConversationRollup::codec().fingerprint());
+                let bad = if let Err(e) = &unframed {
+                    if *topic == *k.topics.dlq {
+                        // Not sent back to the dead-letter topic (it would loop).
                         metrics.undecodable.inc();
                         tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
+                        None
+                    } else {
+                        Some(undecodable(e.clone()))
                     }
+                } else if conversation {
+                    decode::<ConversationRollup, _>(payload, src, &mut payloads)
+                        .map(|p| batch.conversations.push(p))
+                        .err()
+                        .map(undecodable)
+                } else if funnel {
+                    decode::<FunnelRollup, _>(payload, src, &mut payloads)
+                        .map(|p| batch.funnels.push(p))
+                        .err()
+                        .map(undecodable)
+                } else if rollups {
+                    decode::<Rollup, _>(payload, src, &mut payloads)
+                        .map(|p| batch.rollups.push(p))
+                        .err()
+                        .map(undecodable)
+                } else if *topic == *k.topics.alerts {
+                    decode::<SpikeAlert, _>(payload, src, &mut payloads)
+                        .map(|p| batch.alerts.push(p))
+                        .err()
+                        .map(undecodable)
+                } else {
+                    match decode::<DeadLetter, DeadLetterRow>(payload, src, &mut payloads) {
+                        Ok(mut p) => {
+                            // The row holds the payload; no second copy.
+                            payloads.truncate(p.payload.start);
+                            p.payload = p.payload.start..p.payload.start;
+                            p.row.dlq_partition = partition;
+                            p.row.dlq_offset = offset;
+                            batch.dead_letters.push(p);
+                        }
+                        // An undecodable dead letter is not sent back to the dead-letter topic
+                        // (it would loop); it is counted and logged.
+                        Err(e) => {
+                            metrics.undecodable.inc();
+                            tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
+                        }
+                    }
+                    None
+                };
+                if let Some((topic, partition, offset, payload, e)) = bad {
+                    metrics.undecodable.inc();
+                    send_dead_letter(
+                        producer,
+                        registry,
+                        &k.topics.dlq,
+                        DeadLetter {
+                            stage: Stage::Sink,
+                            reason: "undecodable".into(),
+                            detail: e,
+                            source: Some(topic),
+                            source_partition: Some(partition),
+                            source_offset: Some(offset),
+                            account_id: None,
+                            payload,
+                            failed_at: banter_runtime::now_ms(),
+                        },
+                    )
+                    .await?;
                 }
-                None
-            };
-            if let Some((topic, partition, offset, payload, e)) = bad {
-                metrics.undecodable.inc();
-                send_dead_letter(
-                    &producer,
-                    registry.as_ref(),
-                    &k.topics.dlq,
-                    DeadLetter {
-                        stage: Stage::Sink,
-                        reason: "undecodable".into(),
-                        detail: e,
-                        source: Some(topic),
-                        source_partition: Some(partition),
-                        source_offset: Some(offset),
-                        account_id: None,
-                        payload,
-                        failed_at: banter_runtime::now_ms(),
-                    },
-                )
-                .await?;
             }
-        }
-        if batch.records > 0 {
-            writer.write("rollups", &batch.rollups, &payloads).await?;
-            writer.write("funnels", &batch.funnels, &payloads).await?;
-            writer
-                .write("conversations", &batch.conversations, &payloads)
-                .await?;
-            writer.write("alerts", &batch.alerts, &payloads).await?;
-            writer
-                .write("dead_letters", &batch.dead_letters, &payloads)
-                .await?;
-            // Everything is in ClickHouse and nothing is committed: a crash here writes the
-            // batch again after the restart (tests crash here on purpose).
-            banter_runtime::failpoint("sink.before_commit");
-            let mut tpl = TopicPartitionList::new();
-            for ((t, p), o) in &batch.offsets {
-                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                    .map_err(|e| SinkError::Kafka {
-                        what: "offsets",
-                        detail: e.to_string(),
-                    })?;
+            if batch.records > 0 {
+                writer.write("rollups", &batch.rollups, &payloads).await?;
+                writer.write("funnels", &batch.funnels, &payloads).await?;
+                writer
+                    .write("conversations", &batch.conversations, &payloads)
+                    .await?;
+                writer.write("alerts", &batch.alerts, &payloads).await?;
+                writer
+                    .write("dead_letters", &batch.dead_letters, &payloads)
+                    .await?;
+                // Everything is in ClickHouse and nothing is committed: a crash here writes the
+                // batch again after the restart (tests crash here on purpose).
+                banter_runtime::failpoint("sink.before_commit");
+                let mut tpl = TopicPartitionList::new();
+                for ((t, p), o) in &batch.offsets {
+                    tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                        .map_err(|e| SinkError::Kafka {
+                            what: "offsets",
+                            detail: e.to_string(),
+                        })?;
+                }
+                // A failed commit (a rebalance) re-reads the batch elsewhere: idempotent rows.
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "offset commit failed; the batch may be written again");
+                }
             }
-            // A failed commit (a rebalance) re-reads the batch elsewhere: idempotent rows.
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(error = %e, "offset commit failed; the batch may be written again");
+            if shutdown.is_cancelled() {
+                tracing::info!("sink stopped");
+                return Ok(());
             }
-        }
-        if shutdown.is_cancelled() {
-            tracing::info!("sink stopped");
-            return Ok(());
         }
     }
 }

@@ -59,9 +59,67 @@ async fn generated_workload_lands_in_clickhouse_as_expected() {
     let t = rows.keys().map(|k| k.3).max().unwrap();
     dashboards_run_and_return_rows(&db, t).await;
     percentiles_over_a_range_are_those_of_every_item(&db, &dir).await;
-    stop(sink);
     stop(stream);
+    the_provisional_lane_took_every_provisional_row(&cfg).await;
+    stop(sink);
     db.drop_now(&cfg).await;
+}
+
+/// Provisional rows have a topic of their own (none is on the rollups topic: the reader in
+/// `clickhouse_match`'s comparison refuses them there), and the sink's second lane, a group of
+/// its own, inserted and committed every one of them: its committed offset on each partition
+/// is past the partition's last record. Call with the stream stopped.
+async fn the_provisional_lane_took_every_provisional_row(cfg: &banter::Config) {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+    let (cfg, topic) = (cfg.clone(), cfg.kafka.topics.provisional.clone());
+    tokio::task::spawn_blocking(move || {
+        // The last record of each partition, read to the end (nothing for 3 s).
+        let reader = from_beginning(&cfg, &topic);
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut rows = 0u64;
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(3) {
+            if let Some(m) = reader.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                let r = Rollup::codec().decode(m.payload().unwrap()).unwrap();
+                assert!(r.revision < 0, "a final row on {topic}: {r:?}");
+                last.insert(m.partition(), m.offset());
+                rows += 1;
+                quiet_since = Instant::now();
+            }
+        }
+        assert!(rows > 0, "no provisional rows on {topic}");
+        let group = format!("{}-provisional", cfg.sink.group_id);
+        let c = banter_sink::sink::lag_client(&cfg.kafka, &group).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut tpl = TopicPartitionList::new();
+            for p in last.keys() {
+                tpl.add_partition(&topic, *p);
+            }
+            let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+            let behind: Vec<(i32, Offset, i64)> = committed
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(o) if o > last[&e.partition()]))
+                .map(|e| (e.partition(), e.offset(), last[&e.partition()]))
+                .collect();
+            if behind.is_empty() {
+                eprintln!("{rows} provisional rows on {topic}, every one committed by {group}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{group} has not committed past the last provisional rows (partition, committed, last): {behind:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// The conversations dashboard's account table over the whole run: each account's median and

@@ -179,6 +179,7 @@ pub fn run(
                 banter_model::ConversationRollup::NAME,
             ],
         )
+        .and_then(|()| r.prepare(&k.topics.provisional, &[banter_model::Rollup::NAME]))
         .and_then(|()| r.prepare(&k.topics.alerts, &[banter_model::SpikeAlert::NAME]))
         .and_then(|()| r.prepare(&k.topics.dlq, &[banter_model::DeadLetter::NAME]))
         .map_err(|e| StreamError::Registry(e.into()))?;
@@ -190,6 +191,7 @@ pub fn run(
     let topics = Topics {
         input: k.topics.events.clone(),
         rollups: k.topics.rollups.clone(),
+        provisional: k.topics.provisional.clone(),
         alerts: k.topics.alerts.clone(),
         dlq: k.topics.dlq.clone(),
         checkpoints: k.topics.checkpoints.clone(),

@@ -51,6 +51,8 @@ impl BatchError {
 pub(super) struct Topics {
     pub input: String,
     pub rollups: String,
+    /// Where provisional rows go (may be `rollups`).
+    pub provisional: String,
     pub alerts: String,
     pub dlq: String,
     pub checkpoints: String,
@@ -176,7 +178,8 @@ impl<'a> Transaction<'a> {
         result
     }
 
-    /// Writes one event's outputs: rollups, conversation rows, funnel rows, alerts.
+    /// Writes one event's outputs: rollups (provisional ones, with a negative revision, to
+    /// their own topic), conversation rows, funnel rows, alerts.
     pub fn outputs(&mut self, out: &Outputs) -> Result<(), BatchError> {
         let topics = self.topics;
         for r in &out.rollups {
@@ -186,11 +189,14 @@ impl<'a> Transaction<'a> {
                 .map_err(|e| encode("rollup", &e))?;
             self.metrics.rows.inc();
             let buf = std::mem::take(&mut self.buf);
+            let topic = if r.revision < 0 {
+                &topics.provisional
+            } else {
+                &topics.rollups
+            };
             let sent = topics
-                .framed(&topics.rollups, "rollup", &buf)
-                .and_then(|v| {
-                    Ok(self.send(&topics.rollups, None, r.account_id.as_bytes(), Some(&v))?)
-                });
+                .framed(topic, "rollup", &buf)
+                .and_then(|v| Ok(self.send(topic, None, r.account_id.as_bytes(), Some(&v))?));
             self.buf = buf;
             sent?;
         }
