@@ -25,7 +25,6 @@ bin="$ROOT/target/release/banter"
 run="run$(date +%Y%m%d%H%M%S)"
 run_dir="$STACK/$run"; mkdir -p "$run_dir"
 export BANTER_KAFKA__TOPICS__EVENTS="banter.$run.events.v1" BANTER_KAFKA__TOPICS__ROLLUPS="banter.$run.rollups.v1" \
-  BANTER_KAFKA__TOPICS__PROVISIONAL="banter.$run.rollups-provisional.v1" \
   BANTER_KAFKA__TOPICS__ALERTS="banter.$run.alerts.v1" BANTER_KAFKA__TOPICS__DLQ="banter.$run.dlq.v1" \
   BANTER_KAFKA__TOPICS__CHECKPOINTS="banter.$run.stream-checkpoints.v1" \
   BANTER_STREAM__GROUP_ID="banter-stream-$run" BANTER_SINK__GROUP_ID="banter-sink-$run" \

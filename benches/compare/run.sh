@@ -79,7 +79,6 @@ ch_url="http://127.0.0.1:${BANTER_CLICKHOUSE_HTTP_PORT:-8123}/"
 # The peers compute final windows only: banter's provisional rows of open windows are off
 # here (BANTER_COMPARE_PROVISIONAL_MS=1000 turns them on), so every engine does the same work.
 export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS="$run.rollups" \
-  BANTER_KAFKA__TOPICS__PROVISIONAL="$run.provisional" \
   BANTER_KAFKA__TOPICS__DLQ="$run.dlq" BANTER_KAFKA__TOPICS__ALERTS="$run.alerts" \
   BANTER_KAFKA__TOPICS__CHECKPOINTS="$run.checkpoints" BANTER_KAFKA__TOPICS__PARTITIONS="$partitions" \
   BANTER_STREAM__GROUP_ID="$run-stream" BANTER_SINK__GROUP_ID="$run-sink" \
@@ -96,10 +95,10 @@ export BANTER_CTA__CAMPAIGNS_FILE="$dir/campaigns.toml"
 
 "$bin" topics >"$dir/topics.log"
 # The Kafka Streams application's output topic, made like the rollups topic (the broker does
-# not create topics on use).
-BANTER_KAFKA__TOPICS__ROLLUPS="$run.ks-rollups" "$bin" topics >>"$dir/topics.log"
-BANTER_KAFKA__TOPICS__ROLLUPS="$run.flink-rollups" "$bin" topics >>"$dir/topics.log"
-BANTER_KAFKA__TOPICS__ROLLUPS="$run.dbsp-rollups" "$bin" topics >>"$dir/topics.log"
+# not create topics on use; no provisional topic for the peers, which compute none).
+BANTER_KAFKA__TOPICS__ROLLUPS="$run.ks-rollups" BANTER_KAFKA__TOPICS__PROVISIONAL="$run.ks-rollups" "$bin" topics >>"$dir/topics.log"
+BANTER_KAFKA__TOPICS__ROLLUPS="$run.flink-rollups" BANTER_KAFKA__TOPICS__PROVISIONAL="$run.flink-rollups" "$bin" topics >>"$dir/topics.log"
+BANTER_KAFKA__TOPICS__ROLLUPS="$run.dbsp-rollups" BANTER_KAFKA__TOPICS__PROVISIONAL="$run.dbsp-rollups" "$bin" topics >>"$dir/topics.log"
 # ClickHouse takes banter's rows in the throughput runs only (live, every engine stops at its topic).
 [ "$live" = 1 ] || "$bin" migrate >"$dir/migrate.log"
 if [ "$live" = 0 ]; then

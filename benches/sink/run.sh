@@ -46,7 +46,6 @@ cpu_of() { # pid...
 machine_cpu() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 setup() { # run-name
   export BANTER_KAFKA__TOPICS__EVENTS="$1.events" BANTER_KAFKA__TOPICS__ROLLUPS="$1.rollups" \
-    BANTER_KAFKA__TOPICS__PROVISIONAL="$1.provisional" \
     BANTER_KAFKA__TOPICS__DLQ="$1.dlq" BANTER_KAFKA__TOPICS__ALERTS="$1.alerts" \
     BANTER_KAFKA__TOPICS__CHECKPOINTS="$1.checkpoints" BANTER_STREAM__GROUP_ID="$1" BANTER_SINK__GROUP_ID="$1-sink" \
     BANTER_STREAM__INSTANCE_ID=bench BANTER_CLICKHOUSE__DATABASE="$1" \

@@ -23,7 +23,6 @@ fi
 # benches/compare compute none): BANTER_BENCH_PROVISIONAL_MS=1000 measures them.
 run="bench$(date +%s)"
 export BANTER_KAFKA__TOPICS__EVENTS="$run.events" BANTER_KAFKA__TOPICS__ROLLUPS="$run.rollups" \
-  BANTER_KAFKA__TOPICS__PROVISIONAL="$run.provisional" \
   BANTER_KAFKA__TOPICS__DLQ="$run.dlq" BANTER_KAFKA__TOPICS__ALERTS="$run.alerts" \
   BANTER_KAFKA__TOPICS__CHECKPOINTS="$run.checkpoints" BANTER_KAFKA__TOPICS__PARTITIONS="$partitions" \
   BANTER_STREAM__GROUP_ID="$run" BANTER_STREAM__INSTANCE_ID=bench \

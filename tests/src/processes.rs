@@ -37,7 +37,7 @@ pub fn banter_cmd(cfg: &Config) -> Command {
     c.env("BANTER_KAFKA__BROKERS", &cfg.kafka.brokers)
         .env("BANTER_KAFKA__TOPICS__EVENTS", &t.events)
         .env("BANTER_KAFKA__TOPICS__ROLLUPS", &t.rollups)
-        .env("BANTER_KAFKA__TOPICS__PROVISIONAL", &t.provisional)
+        .env("BANTER_KAFKA__TOPICS__PROVISIONAL", t.provisional_topic())
         .env("BANTER_KAFKA__TOPICS__DLQ", &t.dlq)
         .env("BANTER_KAFKA__TOPICS__ALERTS", &t.alerts)
         .env("BANTER_KAFKA__TOPICS__CHECKPOINTS", &t.checkpoints)

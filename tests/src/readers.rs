@@ -38,9 +38,10 @@ impl Rollups {
     /// A reader of the rollups and provisional topics from their beginning.
     pub fn new(cfg: &Config) -> Self {
         let t = &cfg.kafka.topics;
-        let separate = t.provisional != t.rollups;
+        let provisional = t.provisional_topic();
+        let separate = provisional != t.rollups;
         let consumer = if separate {
-            from_beginning_all(cfg, &[&t.rollups, &t.provisional])
+            from_beginning_all(cfg, &[&t.rollups, &provisional])
         } else {
             from_beginning(cfg, &t.rollups)
         };
@@ -65,6 +66,16 @@ impl Rollups {
             let payload = m.payload().unwrap_or_default();
             let fingerprint = banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload);
             let conv = ConversationRollup::codec();
+            let on_rollups =
+                self.finals_only.is_none() || self.finals_only.as_deref() == Some(m.topic());
+            assert!(
+                on_rollups
+                    || fingerprint.is_none_or(
+                        |f| f != conv.fingerprint() && f != FunnelRollup::codec().fingerprint()
+                    ),
+                "a funnel or conversation row on the provisional topic {}",
+                m.topic()
+            );
             if fingerprint == Some(conv.fingerprint()) {
                 let c = conv.decode(payload).unwrap_or_else(|e| panic!("{e:?}"));
                 self.observed.add_conversation(c);
@@ -79,6 +90,14 @@ impl Rollups {
             let r = Rollup::codec()
                 .decode(payload)
                 .unwrap_or_else(|e| panic!("{e:?}"));
+            // The provisional topic holds provisional window rows and nothing else.
+            let on_provisional =
+                self.finals_only.is_some() && self.finals_only.as_deref() != Some(m.topic());
+            assert!(
+                !on_provisional || r.revision < 0,
+                "a final row on the provisional topic {}: {r:?}",
+                m.topic()
+            );
             if r.revision < 0 {
                 assert!(
                     self.finals_only.as_deref() != Some(m.topic()),

@@ -158,7 +158,7 @@ async fn pipeline_topics_are_created_once() {
     // Provisional rows: kept a day, not forever (the final rows replace them).
     let provisional = specs
         .iter()
-        .find(|s| s.name == cfg.kafka.topics.provisional)
+        .find(|s| s.name == cfg.kafka.topics.provisional_topic())
         .unwrap();
     assert!(provisional
         .config

@@ -378,7 +378,9 @@ pub struct TopicsConfig {
     pub rollups: String,
     /// Provisional rows of windows still open (negative revision, replaced by the final row):
     /// a topic of their own, so that the sink shows them while it is still inserting a
-    /// minute's close from `rollups`. The same name as `rollups` puts them there instead.
+    /// minute's close from `rollups`. Empty (the default): `<rollups>-provisional`, so that
+    /// deployments naming their own rollups topic do not share one; the same name as `rollups`
+    /// puts them there instead. Read it through [`TopicsConfig::provisional_topic`].
     pub provisional: String,
     /// Spike alerts.
     pub alerts: String,
@@ -448,12 +450,23 @@ impl Default for KafkaConfig {
     }
 }
 
+impl TopicsConfig {
+    /// Where provisional rows go: `provisional`, or `<rollups>-provisional` when it is empty.
+    pub fn provisional_topic(&self) -> String {
+        if self.provisional.is_empty() {
+            format!("{}-provisional", self.rollups)
+        } else {
+            self.provisional.clone()
+        }
+    }
+}
+
 impl Default for TopicsConfig {
     fn default() -> Self {
         TopicsConfig {
             events: "banter.events.v1".into(),
             rollups: "banter.rollups.v1".into(),
-            provisional: "banter.rollups-provisional.v1".into(),
+            provisional: String::new(),
             alerts: "banter.alerts.v1".into(),
             dlq: "banter.dlq.v1".into(),
             checkpoints: "banter.stream-checkpoints.v1".into(),
@@ -710,7 +723,7 @@ impl Validate for KafkaConfig {
         for (key, name) in [
             ("kafka.topics.events", &k.topics.events),
             ("kafka.topics.rollups", &k.topics.rollups),
-            ("kafka.topics.provisional", &k.topics.provisional),
+            ("kafka.topics.provisional", &k.topics.provisional_topic()),
             ("kafka.topics.alerts", &k.topics.alerts),
             ("kafka.topics.dlq", &k.topics.dlq),
             ("kafka.topics.checkpoints", &k.topics.checkpoints),
@@ -725,6 +738,28 @@ impl Validate for KafkaConfig {
                 p.push(invalid(
                     key,
                     format!("`{name}` is not a legal Kafka topic name"),
+                ));
+            }
+        }
+        // Provisional rows on the rollups topic, or a topic of their own: on any other the
+        // sink would read them as (or read its records as) what they are not.
+        let provisional = k.topics.provisional_topic();
+        if provisional != k.topics.rollups {
+            if let Some((other, _)) = [
+                ("kafka.topics.events", &k.topics.events),
+                ("kafka.topics.alerts", &k.topics.alerts),
+                ("kafka.topics.dlq", &k.topics.dlq),
+                ("kafka.topics.checkpoints", &k.topics.checkpoints),
+                ("kafka.topics.schemas", &k.topics.schemas),
+            ]
+            .into_iter()
+            .find(|(_, name)| **name == provisional)
+            {
+                p.push(invalid(
+                    "kafka.topics.provisional",
+                    format!(
+                        "`{provisional}` is {other}: give provisional rows a topic of their own, or the rollups topic's name"
+                    ),
                 ));
             }
         }
@@ -747,18 +782,24 @@ impl Validate for KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// The record topics (what `wire_formats` may name): events, rollups, provisional rows,
-    /// alerts, dead letters.
-    pub fn record_topics(&self) -> [&str; 5] {
+    /// The record topics (what `wire_formats` may name): events, rollups, provisional rows
+    /// (when not on the rollups topic), alerts, dead letters.
+    pub fn record_topics(&self) -> Vec<String> {
         let t = &self.topics;
-        [&t.events, &t.rollups, &t.provisional, &t.alerts, &t.dlq]
+        let mut topics = vec![t.events.clone(), t.rollups.clone()];
+        let provisional = t.provisional_topic();
+        if provisional != t.rollups {
+            topics.push(provisional);
+        }
+        topics.extend([t.alerts.clone(), t.dlq.clone()]);
+        topics
     }
 
     /// The Confluent format needs a registry, and a topic with several record types (the
     /// rollups topic: rollups, funnel and conversation rows) a subject per record type.
     fn check_wire_formats(&self, p: &mut Problems) {
         for topic in self.wire_formats.keys() {
-            if !self.record_topics().contains(&topic.as_str()) {
+            if !self.record_topics().contains(topic) {
                 p.push(invalid(
                     "kafka.wire_formats",
                     format!(
@@ -768,12 +809,12 @@ impl KafkaConfig {
                 ));
             }
         }
-        let confluent: Vec<&str> = self
+        let confluent: Vec<String> = self
             .record_topics()
             .into_iter()
             .filter(|t| {
                 self.wire_formats
-                    .get(*t)
+                    .get(t)
                     .copied()
                     .unwrap_or(self.wire_format)
                     == WireFormat::Confluent
@@ -802,7 +843,7 @@ impl KafkaConfig {
         }
         check_readable_file(p, "kafka.schema_registry.ca_file", &reg.ca_file);
         if reg.subject_strategy == SubjectStrategy::Topic
-            && confluent.contains(&self.topics.rollups.as_str())
+            && confluent.contains(&self.topics.rollups)
         {
             p.push(invalid(
                 "kafka.schema_registry.subject_strategy",
@@ -1054,6 +1095,46 @@ mod tests {
             "a shared section is checked: {err}"
         );
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn provisional_rows_get_a_topic_named_after_the_rollups_or_the_rollups_topic_itself() {
+        // Unset: after the rollups topic, so that deployments naming their own do not share one.
+        let c: TestConfig = load(
+            None,
+            env(&[("BANTER_KAFKA__TOPICS__ROLLUPS", "acme.rollups")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.kafka.topics.provisional_topic(),
+            "acme.rollups-provisional"
+        );
+        assert!(c
+            .kafka
+            .record_topics()
+            .contains(&"acme.rollups-provisional".to_owned()));
+        // On the rollups topic: listed once.
+        let c: TestConfig = load(
+            None,
+            env(&[("BANTER_KAFKA__TOPICS__PROVISIONAL", "banter.rollups.v1")]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.topics.provisional_topic(), "banter.rollups.v1");
+        assert_eq!(c.kafka.record_topics().len(), 4);
+        // Any other of banter's topics, or no legal name: refused, naming the key.
+        for (name, why) in [
+            ("banter.dlq.v1", "kafka.topics.dlq"),
+            ("banter.stream-checkpoints.v1", "kafka.topics.checkpoints"),
+            ("bad topic", "not a legal Kafka topic name"),
+        ] {
+            let err = load::<TestConfig>(None, env(&[("BANTER_KAFKA__TOPICS__PROVISIONAL", name)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`kafka.topics.provisional`") && err.contains(why),
+                "{name}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -771,9 +771,10 @@ pub fn pipeline_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
     // Provisional rows matter until their window's final row replaces them (the
     // out-of-orderness after the window's end; a late event's correction is final): a day
     // covers a sink stopped for hours.
-    if t.provisional != t.rollups {
+    let provisional = t.provisional_topic();
+    if provisional != t.rollups {
         specs.push(spec(
-            &t.provisional,
+            &provisional,
             vec![("retention.ms".into(), "86400000".into())],
         ));
     }

@@ -1,4 +1,5 @@
-//! `banter sink`: `banter.rollups.v1`, `banter.alerts.v1` and `banter.dlq.v1` into ClickHouse.
+//! `banter sink`: `banter.rollups.v1`, `banter.alerts.v1` and `banter.dlq.v1` into ClickHouse,
+//! and the provisional rows (`kafka.topics.provisional`) in a second lane of their own.
 //!
 //! * Batches by rows (`sink.max_batch_rows`) and time (`sink.max_batch_ms`): thousands of rows
 //!   and about one insert per second per table, as ClickHouse recommends.
@@ -121,7 +122,7 @@ impl SinkMetrics {
         );
         r.register(
             "consumer_lag_records",
-            "Records not yet committed by the sink's group (not yet in ClickHouse), by topic and partition",
+            "Records not yet committed by the sink's groups (not yet in ClickHouse), by topic and partition",
             m.lag.clone(),
         );
         m
@@ -884,6 +885,15 @@ fn watch_lag(
     std::thread::Builder::new()
         .name("sink-lag".into())
         .spawn(move || {
+            let labels = |topic: &str, partition: i32| {
+                vec![
+                    ("topic".to_owned(), topic.to_owned()),
+                    ("partition".to_owned(), partition.to_string()),
+                ]
+            };
+            // The partitions this thread has shown, per topic (another lane's thread shows
+            // its own topics in the same family).
+            let mut shown: BTreeMap<String, Vec<i32>> = BTreeMap::new();
             while !shutdown.is_cancelled() {
                 // Serves the client's events (a token for AWS_MSK_IAM).
                 let _ = c.poll(Duration::ZERO);
@@ -893,16 +903,18 @@ fn watch_lag(
                         Err(e) => {
                             // Not known: no value rather than a stale one that looks flat.
                             tracing::warn!(%topic, error = %e, "cannot read the sink's lag");
-                            lag.clear();
+                            for p in shown.remove(topic).unwrap_or_default() {
+                                lag.remove(&labels(topic, p));
+                            }
                             continue;
                         }
                     };
+                    let list = shown.entry(topic.clone()).or_default();
                     for (partition, n) in parts {
-                        lag.get_or_create(&vec![
-                            ("topic".to_owned(), topic.clone()),
-                            ("partition".to_owned(), partition.to_string()),
-                        ])
-                        .set(n);
+                        lag.get_or_create(&labels(topic, partition)).set(n);
+                        if !list.contains(&partition) {
+                            list.push(partition);
+                        }
                     }
                 }
                 let next = Instant::now() + every;
@@ -942,9 +954,9 @@ pub async fn run(
         k.topics.dlq.clone(),
     ];
     let consumer = sink_consumer(k, sc, &sc.group_id, &topics)?;
-    let separate = k.topics.provisional != k.topics.rollups;
+    let separate = k.topics.provisional_topic() != k.topics.rollups;
     let provisional_group = format!("{}-provisional", sc.group_id);
-    let provisional_topics = vec![k.topics.provisional.clone()];
+    let provisional_topics = vec![k.topics.provisional_topic()];
     let provisional = if separate {
         Some(sink_consumer(
             k,
@@ -975,17 +987,6 @@ pub async fn run(
                 detail,
             })?;
     }
-    let writer = Writer {
-        ch: &ch,
-        metrics: &metrics,
-        producer: &producer,
-        registry: registry.as_ref(),
-        dlq: &k.topics.dlq,
-        max_backoff: Duration::from_millis(sc.max_backoff_ms),
-        insert_timeout: Duration::from_millis(sc.insert_timeout_ms),
-        shutdown: &shutdown,
-    };
-    let schemas = banter_runtime::schemas::SchemaLookup::new(k);
     watch_lag(
         k,
         &sc.group_id,
@@ -1002,26 +1003,86 @@ pub async fn run(
             shutdown.clone(),
         )?;
     }
-    tracing::info!(group = %sc.group_id, ?topics, provisional = %k.topics.provisional, database = %ch.database, "sink started");
-    let lane = Lane {
-        k,
-        sc,
-        metrics: &metrics,
-        producer: &producer,
-        registry: registry.as_ref(),
+    tracing::info!(group = %sc.group_id, ?topics, provisional = %provisional_topics[0], database = %ch.database, "sink started");
+    let shared = Arc::new(Shared {
+        k: k.clone(),
+        sc: sc.clone(),
+        provisional: provisional_topics[0].clone(),
+        ch,
+        metrics,
+        producer,
+        registry,
+        shutdown,
+    });
+    // Each lane a task of its own: a lane filling a batch from a backlog, or committing, does
+    // not hold up the other.
+    let mut lanes = tokio::task::JoinSet::new();
+    lanes.spawn(lane(shared.clone(), consumer, topics, sc.group_id.clone()));
+    if let Some(c) = provisional {
+        lanes.spawn(lane(shared, c, provisional_topics, provisional_group));
+    }
+    while let Some(ended) = lanes.join_next().await {
+        let failed = match ended {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => SinkError::Kafka {
+                what: "sink lane",
+                detail: e.to_string(),
+            },
+        };
+        // The other lane's batch in hand is not committed: whoever reads next writes it again.
+        lanes.abort_all();
+        return Err(failed);
+    }
+    Ok(())
+}
+
+/// What the sink's lanes share.
+struct Shared {
+    k: KafkaConfig,
+    sc: SinkConfig,
+    /// Where provisional rows are (`kafka.topics.provisional`, resolved).
+    provisional: String,
+    ch: ClickHouse,
+    metrics: SinkMetrics,
+    producer: FutureProducer<KafkaContext>,
+    registry: Option<Arc<SchemaRegistry>>,
+    shutdown: CancellationToken,
+}
+
+/// One lane: `consumer` (of `topics`, in `group`) into ClickHouse until the stop.
+async fn lane(
+    shared: Arc<Shared>,
+    consumer: StreamConsumer<KafkaContext>,
+    topics: Vec<String>,
+    group: String,
+) -> Result<(), SinkError> {
+    let s = &*shared;
+    let writer = Writer {
+        ch: &s.ch,
+        metrics: &s.metrics,
+        producer: &s.producer,
+        registry: s.registry.as_ref(),
+        dlq: &s.k.topics.dlq,
+        max_backoff: Duration::from_millis(s.sc.max_backoff_ms),
+        insert_timeout: Duration::from_millis(s.sc.insert_timeout_ms),
+        shutdown: &s.shutdown,
+    };
+    let schemas = banter_runtime::schemas::SchemaLookup::new(&s.k);
+    Lane {
+        k: &s.k,
+        sc: &s.sc,
+        provisional: &s.provisional,
+        group: &group,
+        metrics: &s.metrics,
+        producer: &s.producer,
+        registry: s.registry.as_ref(),
         schemas: &schemas,
         writer: &writer,
-        shutdown: &shutdown,
-    };
-    match &provisional {
-        // Both lanes in this task: their inserts overlap while each waits for ClickHouse.
-        Some(provisional) => tokio::try_join!(
-            lane.run(&consumer, &topics),
-            lane.run(provisional, &provisional_topics)
-        )
-        .map(|((), ())| ()),
-        None => lane.run(&consumer, &topics).await,
+        shutdown: &s.shutdown,
     }
+    .run(&consumer, &topics)
+    .await
 }
 
 /// A consumer of `topics` in `group` as the sink uses it.
@@ -1064,10 +1125,14 @@ fn sink_consumer(
     Ok(consumer)
 }
 
-/// What a lane of the sink shares with the other.
+/// A lane's view of what it works with.
 struct Lane<'a> {
     k: &'a KafkaConfig,
     sc: &'a SinkConfig,
+    /// Where provisional rows are (`kafka.topics.provisional`, resolved).
+    provisional: &'a str,
+    /// The lane's consumer group (in its logs).
+    group: &'a str,
     metrics: &'a SinkMetrics,
     producer: &'a FutureProducer<KafkaContext>,
     registry: Option<&'a Arc<SchemaRegistry>>,
@@ -1087,6 +1152,8 @@ impl Lane<'_> {
         let Lane {
             k,
             sc,
+            provisional,
+            group,
             metrics,
             producer,
             registry,
@@ -1126,14 +1193,14 @@ impl Lane<'_> {
                         return Err(SinkError::Kafka {
                             what: "consumer",
                             detail: format!(
-                                "{why}: the consumer can no longer be used; exiting so that a \
+                                "{why}: the consumer of group {group} can no longer be used; exiting so that a \
                                  supervisor restarts this sink (if another sink runs with the same \
                                  sink.instance_id, give each its own)"
                             ),
                         });
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "consumer");
+                        tracing::warn!(group, error = %e, "consumer");
                         continue;
                     }
                 };
@@ -1176,7 +1243,7 @@ impl Lane<'_> {
                 // The rollups topic carries Rollup, FunnelRollup and ConversationRollup records:
                 // the single-object header's fingerprint says which; the provisional topic
                 // Rollup records.
-                let rollups = *topic == *k.topics.rollups || *topic == *k.topics.provisional;
+                let rollups = *topic == *k.topics.rollups || *topic == *provisional;
                 let fingerprint = rollups
                     .then(|| banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload))
                     .flatten();
@@ -1274,11 +1341,11 @@ impl Lane<'_> {
                 }
                 // A failed commit (a rebalance) re-reads the batch elsewhere: idempotent rows.
                 if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "offset commit failed; the batch may be written again");
+                    tracing::warn!(group, error = %e, "offset commit failed; the batch may be written again");
                 }
             }
             if shutdown.is_cancelled() {
-                tracing::info!("sink stopped");
+                tracing::info!(group, "sink lane stopped");
                 return Ok(());
             }
         }

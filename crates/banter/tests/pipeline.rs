@@ -65,33 +65,80 @@ async fn generated_workload_lands_in_clickhouse_as_expected() {
     db.drop_now(&cfg).await;
 }
 
-/// Provisional rows have a topic of their own (none is on the rollups topic: the reader in
-/// `clickhouse_match`'s comparison refuses them there), and the sink's second lane, a group of
-/// its own, inserted and committed every one of them: its committed offset on each partition
-/// is past the partition's last record. Call with the stream stopped.
+/// Provisional rows have a topic of their own (none is on the rollups topic, and nothing but
+/// provisional window rows is on theirs), and the sink's second lane, a group of its own,
+/// inserted and committed every one of them: its committed offset on each partition is past
+/// the partition's last record. Call with the stream stopped.
 async fn the_provisional_lane_took_every_provisional_row(cfg: &banter::Config) {
-    use rdkafka::consumer::Consumer;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
     use std::collections::BTreeMap;
     use std::time::Instant;
-    let (cfg, topic) = (cfg.clone(), cfg.kafka.topics.provisional.clone());
-    tokio::task::spawn_blocking(move || {
-        // The last record of each partition, read to the end (nothing for 3 s).
-        let reader = from_beginning(&cfg, &topic);
-        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut rows = 0u64;
-        let mut quiet_since = Instant::now();
-        while quiet_since.elapsed() < Duration::from_secs(3) {
-            if let Some(m) = reader.poll(Duration::from_millis(200)) {
-                let m = m.unwrap();
-                let r = Rollup::codec().decode(m.payload().unwrap()).unwrap();
-                assert!(r.revision < 0, "a final row on {topic}: {r:?}");
-                last.insert(m.partition(), m.offset());
-                rows += 1;
-                quiet_since = Instant::now();
+    /// Every record of `topic` (`read_committed`), read until each partition reports its end:
+    /// (partition, offset, payload).
+    fn read_all(cfg: &banter::Config, topic: &str) -> Vec<(i32, i64, Vec<u8>)> {
+        let c: BaseConsumer =
+            banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &unique("reader"))
+                .set("enable.partition.eof", "true")
+                .create()
+                .unwrap();
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        for p in &parts {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut at_end = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while at_end.len() < parts.len() {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: partitions {at_end:?} of {parts:?} read to their end within 60 s"
+            );
+            match c.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    out.push((m.partition(), m.offset(), m.payload().unwrap().to_vec()));
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
             }
         }
-        assert!(rows > 0, "no provisional rows on {topic}");
+        out
+    }
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let rollups = &cfg.kafka.topics.rollups;
+        let codec = Rollup::codec();
+        let on_rollups = read_all(&cfg, rollups);
+        let provisional_on_rollups = on_rollups
+            .iter()
+            .filter(|(_, _, v)| {
+                banter_model::codec::Codec::<Rollup>::peek_fingerprint(v)
+                    == Some(codec.fingerprint())
+            })
+            .filter(|(_, _, v)| codec.decode(v).unwrap().revision < 0)
+            .count();
+        assert_eq!(
+            provisional_on_rollups, 0,
+            "provisional rows on the rollups topic {rollups}"
+        );
+        let topic = cfg.kafka.topics.provisional_topic();
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        let records = read_all(&cfg, &topic);
+        for (p, offset, v) in &records {
+            let r = codec.decode(v).unwrap();
+            assert!(r.revision < 0, "a final row on {topic}: {r:?}");
+            last.insert(*p, *offset);
+        }
+        assert!(!records.is_empty(), "no provisional rows on {topic}");
         let group = format!("{}-provisional", cfg.sink.group_id);
         let c = banter_sink::sink::lag_client(&cfg.kafka, &group).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -108,7 +155,11 @@ async fn the_provisional_lane_took_every_provisional_row(cfg: &banter::Config) {
                 .map(|e| (e.partition(), e.offset(), last[&e.partition()]))
                 .collect();
             if behind.is_empty() {
-                eprintln!("{rows} provisional rows on {topic}, every one committed by {group}");
+                eprintln!(
+                    "{} provisional rows on {topic} (none among the {} records on {rollups}), every one committed by {group}",
+                    records.len(),
+                    on_rollups.len()
+                );
                 break;
             }
             assert!(

@@ -459,3 +459,24 @@ async fn an_instance_fenced_by_its_namesake_exits_and_nothing_is_lost() {
     topics_match(&cfg, &dir, Duration::from_secs(120)).await;
     stop(second);
 }
+
+/// A provisional topic that does not exist (an upgrade without `banter topics`, on a broker
+/// that creates no topics on use) would fail every transaction, final rows included: the
+/// stream stops at its start instead, naming the topic and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_provisional_topic_stops_the_stream_at_its_start_naming_the_key() {
+    let mut cfg = fresh_pipeline_config("stream-no-provisional").await;
+    let missing = unique("test.stream-no-provisional.missing");
+    cfg.kafka.topics.provisional = missing.clone();
+    let dir = test_dir("banter-stream-no-provisional");
+    let mut stream = start_stream(&cfg, "s1", &dir);
+    let status = stream
+        .exited_within(Duration::from_secs(60))
+        .expect("the stream exits within 60 s");
+    assert!(!status.success(), "{status:?}");
+    let log = std::fs::read_to_string(dir.join("s1.log")).unwrap();
+    assert!(
+        log.contains(&missing) && log.contains("kafka.topics.provisional"),
+        "{log}"
+    );
+}

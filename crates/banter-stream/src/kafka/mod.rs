@@ -68,6 +68,9 @@ pub enum StreamError {
     /// Checkpoints could not be read when partitions were assigned.
     #[error("cannot restore partitions: {0}")]
     Restore(String),
+    /// A topic the stream writes to is missing.
+    #[error("{0}")]
+    Topic(String),
     /// The campaigns file (`cta.campaigns_file`) cannot be used.
     #[error("cta.campaigns_file: {0}")]
     Campaigns(String),
@@ -117,6 +120,26 @@ pub fn run(
     // Serves a token request (AWS_MSK_IAM) before the metadata request needs it.
     let _ = reader.consumer.poll(Duration::ZERO);
     let checkpoint_partitions = reader.partitions().map_err(StreamError::Restore)?;
+    // Provisional rows on a topic that does not exist would fail every transaction, final
+    // rows and all (a broker that does not create topics on use): say so at the start.
+    let provisional = k.topics.provisional_topic();
+    if sc.provisional_interval_ms > 0 && provisional != k.topics.rollups {
+        let md = reader
+            .consumer
+            .fetch_metadata(Some(&provisional), reader.timeout)
+            .map_err(kafka("provisional topic metadata"))?;
+        if md
+            .topics()
+            .first()
+            .is_none_or(|t| t.partitions().is_empty())
+        {
+            return Err(StreamError::Topic(format!(
+                "the provisional rows' topic {provisional} (kafka.topics.provisional) does not \
+                 exist: run `banter topics`, or set kafka.topics.provisional to the rollups \
+                 topic's name, or stream.provisional_interval_ms = 0"
+            )));
+        }
+    }
     let mut campaigns =
         CampaignSource::open(&settings.cta.campaigns_file).map_err(StreamError::Campaigns)?;
     metrics.campaigns.set(campaigns.count() as i64);
@@ -179,7 +202,7 @@ pub fn run(
                 banter_model::ConversationRollup::NAME,
             ],
         )
-        .and_then(|()| r.prepare(&k.topics.provisional, &[banter_model::Rollup::NAME]))
+        .and_then(|()| r.prepare(&k.topics.provisional_topic(), &[banter_model::Rollup::NAME]))
         .and_then(|()| r.prepare(&k.topics.alerts, &[banter_model::SpikeAlert::NAME]))
         .and_then(|()| r.prepare(&k.topics.dlq, &[banter_model::DeadLetter::NAME]))
         .map_err(|e| StreamError::Registry(e.into()))?;
@@ -191,7 +214,7 @@ pub fn run(
     let topics = Topics {
         input: k.topics.events.clone(),
         rollups: k.topics.rollups.clone(),
-        provisional: k.topics.provisional.clone(),
+        provisional: k.topics.provisional_topic(),
         alerts: k.topics.alerts.clone(),
         dlq: k.topics.dlq.clone(),
         checkpoints: k.topics.checkpoints.clone(),
