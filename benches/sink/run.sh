@@ -13,6 +13,8 @@
 #   BANTER_BENCH_LIVE_ACCOUNTS: accounts of the live run (1000: about 19 events/s)
 #   BANTER_BENCH_SKIP_THROUGHPUT=1 / BANTER_BENCH_SKIP_LATENCY=1: run only the other part
 #   BANTER_BENCH_LOG_LEVEL: the roles' log filter (default warn; e.g. warn,banter_stream::kafka::batch=debug)
+#   BANTER_BENCH_ONE_LANE=1: provisional rows on the rollups topic, one sink lane (as before they
+#     had a topic of their own), to compare the two on one build
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 accounts="${1:-2000}"; minutes="${2:-360}"; live="${3:-4}"
@@ -51,6 +53,7 @@ setup() { # run-name
     BANTER_STREAM__INSTANCE_ID=bench BANTER_CLICKHOUSE__DATABASE="$1" \
     BANTER_INGEST__ACTOR_SALT=benchmark-salt-0123456789 BANTER_INGEST__META_APP_SECRET=bench-secret \
     BANTER_INGEST__LISTEN=127.0.0.1:8082 BANTER_TELEMETRY__LOG_LEVEL="${BANTER_BENCH_LOG_LEVEL:-warn}"
+  if [ "${BANTER_BENCH_ONE_LANE:-0}" = 1 ]; then export BANTER_KAFKA__TOPICS__PROVISIONAL="$1.rollups"; fi
   $bin topics >/dev/null; $bin migrate >/dev/null
 }
 # Every sample file goes in one scratch directory, removed on exit: the live run's samples of
