@@ -30,6 +30,10 @@ fn docker_config_parses_and_matches_the_defaults() {
     assert_eq!(cfg.kafka.topics.alerts, defaults.kafka.topics.alerts);
     assert_eq!(cfg.kafka.topics.dlq, defaults.kafka.topics.dlq);
     assert_eq!(
+        cfg.kafka.topics.provisional_topic(),
+        defaults.kafka.topics.provisional_topic()
+    );
+    assert_eq!(
         cfg.kafka.topics.partitions,
         defaults.kafka.topics.partitions
     );
