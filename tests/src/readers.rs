@@ -24,8 +24,9 @@ pub use banter_workload::check::RollupKey;
 /// `observed` holds final rows.
 pub struct Rollups {
     consumer: BaseConsumer,
-    /// The rollups topic, when provisional rows have a topic of their own (none may be on it).
-    finals_only: Option<String>,
+    /// The provisional rows' topic when it is not the rollups topic: provisional window rows
+    /// are there and nowhere else.
+    apart: Option<String>,
     /// Window, funnel and conversation rows: the latest final row of each key.
     pub observed: Observed,
     /// Provisional window rows: the latest of each key.
@@ -38,16 +39,14 @@ impl Rollups {
     /// A reader of the rollups and provisional topics from their beginning.
     pub fn new(cfg: &Config) -> Self {
         let t = &cfg.kafka.topics;
-        let provisional = t.provisional_topic();
-        let separate = provisional != t.rollups;
-        let consumer = if separate {
-            from_beginning_all(cfg, &[&t.rollups, &provisional])
-        } else {
-            from_beginning(cfg, &t.rollups)
+        let apart = t.separate_provisional_topic();
+        let consumer = match &apart {
+            Some(provisional) => from_beginning_all(cfg, &[&t.rollups, provisional]),
+            None => from_beginning(cfg, &t.rollups),
         };
         Rollups {
             consumer,
-            finals_only: separate.then(|| t.rollups.clone()),
+            apart,
             observed: Observed::default(),
             provisional: Observed::default(),
             seen: 0,
@@ -66,10 +65,9 @@ impl Rollups {
             let payload = m.payload().unwrap_or_default();
             let fingerprint = banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload);
             let conv = ConversationRollup::codec();
-            let on_rollups =
-                self.finals_only.is_none() || self.finals_only.as_deref() == Some(m.topic());
+            let on_provisional = self.apart.as_deref() == Some(m.topic());
             assert!(
-                on_rollups
+                !on_provisional
                     || fingerprint.is_none_or(
                         |f| f != conv.fingerprint() && f != FunnelRollup::codec().fingerprint()
                     ),
@@ -91,8 +89,6 @@ impl Rollups {
                 .decode(payload)
                 .unwrap_or_else(|e| panic!("{e:?}"));
             // The provisional topic holds provisional window rows and nothing else.
-            let on_provisional =
-                self.finals_only.is_some() && self.finals_only.as_deref() != Some(m.topic());
             assert!(
                 !on_provisional || r.revision < 0,
                 "a final row on the provisional topic {}: {r:?}",
@@ -100,7 +96,7 @@ impl Rollups {
             );
             if r.revision < 0 {
                 assert!(
-                    self.finals_only.as_deref() != Some(m.topic()),
+                    self.apart.is_none() || on_provisional,
                     "a provisional row on the rollups topic {}: {r:?}",
                     m.topic()
                 );

@@ -459,6 +459,12 @@ impl TopicsConfig {
             self.provisional.clone()
         }
     }
+
+    /// The provisional rows' topic when it is not the rollups topic (a topic to create, and
+    /// for the sink a lane of its own).
+    pub fn separate_provisional_topic(&self) -> Option<String> {
+        Some(self.provisional_topic()).filter(|t| *t != self.rollups)
+    }
 }
 
 impl Default for TopicsConfig {
@@ -720,15 +726,17 @@ impl Validate for KafkaConfig {
         if k.client_id.is_empty() {
             p.push(invalid("kafka.client_id", "must not be empty"));
         }
-        for (key, name) in [
+        let provisional = k.topics.provisional_topic();
+        let named = [
             ("kafka.topics.events", &k.topics.events),
             ("kafka.topics.rollups", &k.topics.rollups),
-            ("kafka.topics.provisional", &k.topics.provisional_topic()),
+            ("kafka.topics.provisional", &provisional),
             ("kafka.topics.alerts", &k.topics.alerts),
             ("kafka.topics.dlq", &k.topics.dlq),
             ("kafka.topics.checkpoints", &k.topics.checkpoints),
             ("kafka.topics.schemas", &k.topics.schemas),
-        ] {
+        ];
+        for (key, name) in named {
             let legal = !name.is_empty()
                 && name.len() <= 249
                 && name
@@ -743,18 +751,11 @@ impl Validate for KafkaConfig {
         }
         // Provisional rows on the rollups topic, or a topic of their own: on any other the
         // sink would read them as (or read its records as) what they are not.
-        let provisional = k.topics.provisional_topic();
         if provisional != k.topics.rollups {
-            if let Some((other, _)) = [
-                ("kafka.topics.events", &k.topics.events),
-                ("kafka.topics.alerts", &k.topics.alerts),
-                ("kafka.topics.dlq", &k.topics.dlq),
-                ("kafka.topics.checkpoints", &k.topics.checkpoints),
-                ("kafka.topics.schemas", &k.topics.schemas),
-            ]
-            .into_iter()
-            .find(|(_, name)| **name == provisional)
-            {
+            if let Some((other, _)) = named.into_iter().find(|(key, name)| {
+                !matches!(*key, "kafka.topics.rollups" | "kafka.topics.provisional")
+                    && **name == provisional
+            }) {
                 p.push(invalid(
                     "kafka.topics.provisional",
                     format!(
@@ -787,10 +788,7 @@ impl KafkaConfig {
     pub fn record_topics(&self) -> Vec<String> {
         let t = &self.topics;
         let mut topics = vec![t.events.clone(), t.rollups.clone()];
-        let provisional = t.provisional_topic();
-        if provisional != t.rollups {
-            topics.push(provisional);
-        }
+        topics.extend(t.separate_provisional_topic());
         topics.extend([t.alerts.clone(), t.dlq.clone()]);
         topics
     }

@@ -771,8 +771,7 @@ pub fn pipeline_topics(cfg: &KafkaConfig) -> Vec<TopicSpec> {
     // Provisional rows matter until their window's final row replaces them (the
     // out-of-orderness after the window's end; a late event's correction is final): a day
     // covers a sink stopped for hours.
-    let provisional = t.provisional_topic();
-    if provisional != t.rollups {
+    if let Some(provisional) = t.separate_provisional_topic() {
         specs.push(spec(
             &provisional,
             vec![("retention.ms".into(), "86400000".into())],

@@ -954,18 +954,15 @@ pub async fn run(
         k.topics.dlq.clone(),
     ];
     let consumer = sink_consumer(k, sc, &sc.group_id, &topics)?;
-    let separate = k.topics.provisional_topic() != k.topics.rollups;
+    // Provisional rows on a topic of their own: a lane of their own, in a group of its own.
     let provisional_group = format!("{}-provisional", sc.group_id);
-    let provisional_topics = vec![k.topics.provisional_topic()];
-    let provisional = if separate {
-        Some(sink_consumer(
-            k,
-            sc,
-            &provisional_group,
-            &provisional_topics,
-        )?)
-    } else {
-        None
+    let provisional = match k.topics.separate_provisional_topic() {
+        Some(topic) => {
+            let topics = vec![topic];
+            let c = sink_consumer(k, sc, &provisional_group, &topics)?;
+            Some((c, topics))
+        }
+        None => None,
     };
     let producer = producer(k, "sink").map_err(|e| SinkError::Kafka {
         what: "producer",
@@ -994,7 +991,7 @@ pub async fn run(
         metrics.lag.clone(),
         shutdown.clone(),
     )?;
-    if separate {
+    if let Some((_, provisional_topics)) = &provisional {
         watch_lag(
             k,
             &provisional_group,
@@ -1003,11 +1000,12 @@ pub async fn run(
             shutdown.clone(),
         )?;
     }
-    tracing::info!(group = %sc.group_id, ?topics, provisional = %provisional_topics[0], database = %ch.database, "sink started");
+    let provisional_topic = k.topics.provisional_topic();
+    tracing::info!(group = %sc.group_id, ?topics, provisional = %provisional_topic, database = %ch.database, "sink started");
     let shared = Arc::new(Shared {
         k: k.clone(),
         sc: sc.clone(),
-        provisional: provisional_topics[0].clone(),
+        provisional: provisional_topic,
         ch,
         metrics,
         producer,
@@ -1018,7 +1016,7 @@ pub async fn run(
     // not hold up the other.
     let mut lanes = tokio::task::JoinSet::new();
     lanes.spawn(lane(shared.clone(), consumer, topics, sc.group_id.clone()));
-    if let Some(c) = provisional {
+    if let Some((c, provisional_topics)) = provisional {
         lanes.spawn(lane(shared, c, provisional_topics, provisional_group));
     }
     while let Some(ended) = lanes.join_next().await {
@@ -1048,41 +1046,6 @@ struct Shared {
     producer: FutureProducer<KafkaContext>,
     registry: Option<Arc<SchemaRegistry>>,
     shutdown: CancellationToken,
-}
-
-/// One lane: `consumer` (of `topics`, in `group`) into ClickHouse until the stop.
-async fn lane(
-    shared: Arc<Shared>,
-    consumer: StreamConsumer<KafkaContext>,
-    topics: Vec<String>,
-    group: String,
-) -> Result<(), SinkError> {
-    let s = &*shared;
-    let writer = Writer {
-        ch: &s.ch,
-        metrics: &s.metrics,
-        producer: &s.producer,
-        registry: s.registry.as_ref(),
-        dlq: &s.k.topics.dlq,
-        max_backoff: Duration::from_millis(s.sc.max_backoff_ms),
-        insert_timeout: Duration::from_millis(s.sc.insert_timeout_ms),
-        shutdown: &s.shutdown,
-    };
-    let schemas = banter_runtime::schemas::SchemaLookup::new(&s.k);
-    Lane {
-        k: &s.k,
-        sc: &s.sc,
-        provisional: &s.provisional,
-        group: &group,
-        metrics: &s.metrics,
-        producer: &s.producer,
-        registry: s.registry.as_ref(),
-        schemas: &schemas,
-        writer: &writer,
-        shutdown: &s.shutdown,
-    }
-    .run(&consumer, &topics)
-    .await
 }
 
 /// A consumer of `topics` in `group` as the sink uses it.
@@ -1125,229 +1088,214 @@ fn sink_consumer(
     Ok(consumer)
 }
 
-/// A lane's view of what it works with.
-struct Lane<'a> {
-    k: &'a KafkaConfig,
-    sc: &'a SinkConfig,
-    /// Where provisional rows are (`kafka.topics.provisional`, resolved).
-    provisional: &'a str,
-    /// The lane's consumer group (in its logs).
-    group: &'a str,
-    metrics: &'a SinkMetrics,
-    producer: &'a FutureProducer<KafkaContext>,
-    registry: Option<&'a Arc<SchemaRegistry>>,
-    schemas: &'a banter_runtime::schemas::SchemaLookup,
-    writer: &'a Writer<'a>,
-    shutdown: &'a CancellationToken,
-}
-
-impl Lane<'_> {
-    /// Reads `consumer` (subscribed to `topics`) in batches into ClickHouse until `shutdown`:
-    /// each batch inserted, then its offsets committed.
-    async fn run(
-        &self,
-        consumer: &StreamConsumer<KafkaContext>,
-        topics: &[String],
-    ) -> Result<(), SinkError> {
-        let Lane {
-            k,
-            sc,
-            provisional,
-            group,
-            metrics,
-            producer,
-            registry,
-            schemas,
-            writer,
-            shutdown,
-        } = *self;
-        // The topics' names, shared by the rows that came from them (no copy per row).
-        let names: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
-        // The batch's payloads, one after the other (kept for dead-lettering a rejected row);
-        // the buffer is reused from batch to batch.
-        let mut payloads: Vec<u8> = Vec::new();
-        loop {
-            let mut batch = Batch::default();
-            payloads.clear();
-            // One timer and one cancellation wait for the whole batch, not one per record.
-            let deadline = tokio::time::sleep(Duration::from_millis(sc.max_batch_ms));
-            tokio::pin!(deadline);
-            let cancelled = shutdown.cancelled();
-            tokio::pin!(cancelled);
-            while batch.records < sc.max_batch_rows {
-                // Biased, the deadline and the stop first: a backlog that keeps `recv` ready
-                // cannot stretch the batch past `max_batch_ms`.
-                let m = tokio::select! {
-                    biased;
-                    () = &mut deadline => break,
-                    () = &mut cancelled => break,
-                    m = consumer.recv() => m,
-                };
-                let m = match m {
-                    Ok(m) => m,
-                    // The consumer can no longer be used (the group fenced it: another sink joined
-                    // under this instance id): what was not committed is redone by whoever holds
-                    // the partitions; exit for a restart rather than hold them unread.
-                    Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
-                        let why = banter_runtime::kafka::fatal_reason(consumer.client(), &e);
-                        return Err(SinkError::Kafka {
-                            what: "consumer",
-                            detail: format!(
-                                "{why}: the consumer of group {group} can no longer be used; exiting so that a \
-                                 supervisor restarts this sink (if another sink runs with the same \
-                                 sink.instance_id, give each its own)"
-                            ),
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(group, error = %e, "consumer");
-                        continue;
-                    }
-                };
-                let topic = match names.iter().find(|n| ***n == *m.topic()) {
-                    Some(n) => n.clone(),
-                    None => Arc::from(m.topic()),
-                };
-                let (partition, offset) = (m.partition(), m.offset());
-                let raw = m.payload().unwrap_or_default();
-                // A Confluent-framed record, read as the single-object one it carries.
-                // A registry that cannot be asked holds the sink up (nothing of the record is
-                // decided, nothing committed) until it answers or the sink stops.
-                let unframed = match registry {
-                    Some(r) => match r.unframe_waiting(raw, shutdown).await {
-                        Some(u) => u.map_err(String::from),
-                        None => break,
-                    },
-                    None => Ok(std::borrow::Cow::Borrowed(raw)),
-                };
-                let payload: &[u8] = match &unframed {
-                    Ok(p) => p,
-                    Err(_) => raw,
-                };
-                // A newer (or older) writer's record: its schema is on the schema topic (read
-                // once, then known to every decode below).
-                if banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload)
-                    .is_some_and(|fp| !banter_model::codec::known_anywhere(fp))
-                {
-                    schemas.resolve(payload);
+/// One lane: `consumer` (of `topics`, in `group`) into ClickHouse in batches until the stop:
+/// each batch inserted, then its offsets committed.
+async fn lane(
+    shared: Arc<Shared>,
+    consumer: StreamConsumer<KafkaContext>,
+    topics: Vec<String>,
+    group: String,
+) -> Result<(), SinkError> {
+    let s = &*shared;
+    let (k, sc, metrics, producer, shutdown) = (&s.k, &s.sc, &s.metrics, &s.producer, &s.shutdown);
+    let (provisional, group, registry) =
+        (s.provisional.as_str(), group.as_str(), s.registry.as_ref());
+    let writer = Writer {
+        ch: &s.ch,
+        metrics,
+        producer,
+        registry,
+        dlq: &k.topics.dlq,
+        max_backoff: Duration::from_millis(sc.max_backoff_ms),
+        insert_timeout: Duration::from_millis(sc.insert_timeout_ms),
+        shutdown,
+    };
+    let schemas = banter_runtime::schemas::SchemaLookup::new(k);
+    // The topics' names, shared by the rows that came from them (no copy per row).
+    let names: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
+    // The batch's payloads, one after the other (kept for dead-lettering a rejected row);
+    // the buffer is reused from batch to batch.
+    let mut payloads: Vec<u8> = Vec::new();
+    loop {
+        let mut batch = Batch::default();
+        payloads.clear();
+        // One timer and one cancellation wait for the whole batch, not one per record.
+        let deadline = tokio::time::sleep(Duration::from_millis(sc.max_batch_ms));
+        tokio::pin!(deadline);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        while batch.records < sc.max_batch_rows {
+            // Biased, the deadline and the stop first: a backlog that keeps `recv` ready
+            // cannot stretch the batch past `max_batch_ms`.
+            let m = tokio::select! {
+                biased;
+                () = &mut deadline => break,
+                () = &mut cancelled => break,
+                m = consumer.recv() => m,
+            };
+            let m = match m {
+                Ok(m) => m,
+                // The consumer can no longer be used (the group fenced it: another sink joined
+                // under this instance id): what was not committed is redone by whoever holds
+                // the partitions; exit for a restart rather than hold them unread.
+                Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                    let why = banter_runtime::kafka::fatal_reason(consumer.client(), &e);
+                    return Err(SinkError::Kafka {
+                        what: "consumer",
+                        detail: format!(
+                            "{why}: the consumer of group {group} can no longer be used; exiting so that a \
+                             supervisor restarts this sink (if another sink runs with the same \
+                             sink.instance_id, give each its own)"
+                        ),
+                    });
                 }
-                batch.offsets.insert((topic.clone(), partition), offset + 1);
-                batch.records += 1;
-                let undecodable =
-                    |e: String| (topic.to_string(), partition, offset, raw.to_vec(), e);
-                let src = Source {
-                    topic: &topic,
-                    partition,
-                    offset,
-                };
-                // The rollups topic carries Rollup, FunnelRollup and ConversationRollup records:
-                // the single-object header's fingerprint says which; the provisional topic
-                // Rollup records.
-                let rollups = *topic == *k.topics.rollups || *topic == *provisional;
-                let fingerprint = rollups
-                    .then(|| banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload))
-                    .flatten();
-                let funnel = fingerprint == Some(FunnelRollup::codec().fingerprint());
-                let conversation = fingerprint == Some(ConversationRollup::codec().fingerprint());
-                let bad = if let Err(e) = &unframed {
-                    if *topic == *k.topics.dlq {
-                        // Not sent back to the dead-letter topic (it would loop).
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "consumer");
+                    continue;
+                }
+            };
+            let topic = match names.iter().find(|n| ***n == *m.topic()) {
+                Some(n) => n.clone(),
+                None => Arc::from(m.topic()),
+            };
+            let (partition, offset) = (m.partition(), m.offset());
+            let raw = m.payload().unwrap_or_default();
+            // A Confluent-framed record, read as the single-object one it carries.
+            // A registry that cannot be asked holds the sink up (nothing of the record is
+            // decided, nothing committed) until it answers or the sink stops.
+            let unframed = match registry {
+                Some(r) => match r.unframe_waiting(raw, shutdown).await {
+                    Some(u) => u.map_err(String::from),
+                    None => break,
+                },
+                None => Ok(std::borrow::Cow::Borrowed(raw)),
+            };
+            let payload: &[u8] = match &unframed {
+                Ok(p) => p,
+                Err(_) => raw,
+            };
+            // A newer (or older) writer's record: its schema is on the schema topic (read
+            // once, then known to every decode below).
+            if banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload)
+                .is_some_and(|fp| !banter_model::codec::known_anywhere(fp))
+            {
+                schemas.resolve(payload);
+            }
+            batch.offsets.insert((topic.clone(), partition), offset + 1);
+            batch.records += 1;
+            let undecodable = |e: String| (topic.to_string(), partition, offset, raw.to_vec(), e);
+            let src = Source {
+                topic: &topic,
+                partition,
+                offset,
+            };
+            // The rollups topic carries Rollup, FunnelRollup and ConversationRollup records:
+            // the single-object header's fingerprint says which; the provisional topic
+            // Rollup records.
+            let rollups = *topic == *k.topics.rollups || *topic == *provisional;
+            let fingerprint = rollups
+                .then(|| banter_model::codec::Codec::<Rollup>::peek_fingerprint(payload))
+                .flatten();
+            let funnel = fingerprint == Some(FunnelRollup::codec().fingerprint());
+            let conversation = fingerprint == Some(ConversationRollup::codec().fingerprint());
+            let bad = if let Err(e) = &unframed {
+                if *topic == *k.topics.dlq {
+                    // Not sent back to the dead-letter topic (it would loop).
+                    metrics.undecodable.inc();
+                    tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
+                    None
+                } else {
+                    Some(undecodable(e.clone()))
+                }
+            } else if conversation {
+                decode::<ConversationRollup, _>(payload, src, &mut payloads)
+                    .map(|p| batch.conversations.push(p))
+                    .err()
+                    .map(undecodable)
+            } else if funnel {
+                decode::<FunnelRollup, _>(payload, src, &mut payloads)
+                    .map(|p| batch.funnels.push(p))
+                    .err()
+                    .map(undecodable)
+            } else if rollups {
+                decode::<Rollup, _>(payload, src, &mut payloads)
+                    .map(|p| batch.rollups.push(p))
+                    .err()
+                    .map(undecodable)
+            } else if *topic == *k.topics.alerts {
+                decode::<SpikeAlert, _>(payload, src, &mut payloads)
+                    .map(|p| batch.alerts.push(p))
+                    .err()
+                    .map(undecodable)
+            } else {
+                match decode::<DeadLetter, DeadLetterRow>(payload, src, &mut payloads) {
+                    Ok(mut p) => {
+                        // The row holds the payload; no second copy.
+                        payloads.truncate(p.payload.start);
+                        p.payload = p.payload.start..p.payload.start;
+                        p.row.dlq_partition = partition;
+                        p.row.dlq_offset = offset;
+                        batch.dead_letters.push(p);
+                    }
+                    // An undecodable dead letter is not sent back to the dead-letter topic
+                    // (it would loop); it is counted and logged.
+                    Err(e) => {
                         metrics.undecodable.inc();
                         tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
-                        None
-                    } else {
-                        Some(undecodable(e.clone()))
                     }
-                } else if conversation {
-                    decode::<ConversationRollup, _>(payload, src, &mut payloads)
-                        .map(|p| batch.conversations.push(p))
-                        .err()
-                        .map(undecodable)
-                } else if funnel {
-                    decode::<FunnelRollup, _>(payload, src, &mut payloads)
-                        .map(|p| batch.funnels.push(p))
-                        .err()
-                        .map(undecodable)
-                } else if rollups {
-                    decode::<Rollup, _>(payload, src, &mut payloads)
-                        .map(|p| batch.rollups.push(p))
-                        .err()
-                        .map(undecodable)
-                } else if *topic == *k.topics.alerts {
-                    decode::<SpikeAlert, _>(payload, src, &mut payloads)
-                        .map(|p| batch.alerts.push(p))
-                        .err()
-                        .map(undecodable)
-                } else {
-                    match decode::<DeadLetter, DeadLetterRow>(payload, src, &mut payloads) {
-                        Ok(mut p) => {
-                            // The row holds the payload; no second copy.
-                            payloads.truncate(p.payload.start);
-                            p.payload = p.payload.start..p.payload.start;
-                            p.row.dlq_partition = partition;
-                            p.row.dlq_offset = offset;
-                            batch.dead_letters.push(p);
-                        }
-                        // An undecodable dead letter is not sent back to the dead-letter topic
-                        // (it would loop); it is counted and logged.
-                        Err(e) => {
-                            metrics.undecodable.inc();
-                            tracing::warn!(%topic, partition, offset, error = %e, "undecodable dead letter skipped");
-                        }
-                    }
-                    None
-                };
-                if let Some((topic, partition, offset, payload, e)) = bad {
-                    metrics.undecodable.inc();
-                    send_dead_letter(
-                        producer,
-                        registry,
-                        &k.topics.dlq,
-                        DeadLetter {
-                            stage: Stage::Sink,
-                            reason: "undecodable".into(),
-                            detail: e,
-                            source: Some(topic),
-                            source_partition: Some(partition),
-                            source_offset: Some(offset),
-                            account_id: None,
-                            payload,
-                            failed_at: banter_runtime::now_ms(),
-                        },
-                    )
-                    .await?;
                 }
+                None
+            };
+            if let Some((topic, partition, offset, payload, e)) = bad {
+                metrics.undecodable.inc();
+                send_dead_letter(
+                    producer,
+                    registry,
+                    &k.topics.dlq,
+                    DeadLetter {
+                        stage: Stage::Sink,
+                        reason: "undecodable".into(),
+                        detail: e,
+                        source: Some(topic),
+                        source_partition: Some(partition),
+                        source_offset: Some(offset),
+                        account_id: None,
+                        payload,
+                        failed_at: banter_runtime::now_ms(),
+                    },
+                )
+                .await?;
             }
-            if batch.records > 0 {
-                writer.write("rollups", &batch.rollups, &payloads).await?;
-                writer.write("funnels", &batch.funnels, &payloads).await?;
-                writer
-                    .write("conversations", &batch.conversations, &payloads)
-                    .await?;
-                writer.write("alerts", &batch.alerts, &payloads).await?;
-                writer
-                    .write("dead_letters", &batch.dead_letters, &payloads)
-                    .await?;
-                // Everything is in ClickHouse and nothing is committed: a crash here writes the
-                // batch again after the restart (tests crash here on purpose).
-                banter_runtime::failpoint("sink.before_commit");
-                let mut tpl = TopicPartitionList::new();
-                for ((t, p), o) in &batch.offsets {
-                    tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                        .map_err(|e| SinkError::Kafka {
-                            what: "offsets",
-                            detail: e.to_string(),
-                        })?;
-                }
-                // A failed commit (a rebalance) re-reads the batch elsewhere: idempotent rows.
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    tracing::warn!(group, error = %e, "offset commit failed; the batch may be written again");
-                }
+        }
+        if batch.records > 0 {
+            writer.write("rollups", &batch.rollups, &payloads).await?;
+            writer.write("funnels", &batch.funnels, &payloads).await?;
+            writer
+                .write("conversations", &batch.conversations, &payloads)
+                .await?;
+            writer.write("alerts", &batch.alerts, &payloads).await?;
+            writer
+                .write("dead_letters", &batch.dead_letters, &payloads)
+                .await?;
+            // Everything is in ClickHouse and nothing is committed: a crash here writes the
+            // batch again after the restart (tests crash here on purpose).
+            banter_runtime::failpoint("sink.before_commit");
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), o) in &batch.offsets {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                    .map_err(|e| SinkError::Kafka {
+                        what: "offsets",
+                        detail: e.to_string(),
+                    })?;
             }
-            if shutdown.is_cancelled() {
-                tracing::info!(group, "sink lane stopped");
-                return Ok(());
+            // A failed commit (a rebalance) re-reads the batch elsewhere: idempotent rows.
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(group, error = %e, "offset commit failed; the batch may be written again");
             }
+        }
+        if shutdown.is_cancelled() {
+            tracing::info!(group, "sink lane stopped");
+            return Ok(());
         }
     }
 }

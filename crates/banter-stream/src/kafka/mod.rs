@@ -123,10 +123,11 @@ pub fn run(
     // Provisional rows on a topic that does not exist would fail every transaction, final
     // rows and all (a broker that does not create topics on use): say so at the start.
     let provisional = k.topics.provisional_topic();
-    if sc.provisional_interval_ms > 0 && provisional != k.topics.rollups {
+    let shown = sc.provisional_interval_ms > 0;
+    if let Some(apart) = k.topics.separate_provisional_topic().filter(|_| shown) {
         let md = reader
             .consumer
-            .fetch_metadata(Some(&provisional), reader.timeout)
+            .fetch_metadata(Some(&apart), reader.timeout)
             .map_err(kafka("provisional topic metadata"))?;
         if md
             .topics()
@@ -134,7 +135,7 @@ pub fn run(
             .is_none_or(|t| t.partitions().is_empty())
         {
             return Err(StreamError::Topic(format!(
-                "the provisional rows' topic {provisional} (kafka.topics.provisional) does not \
+                "the provisional rows' topic {apart} (kafka.topics.provisional) does not \
                  exist: run `banter topics`, or set kafka.topics.provisional to the rollups \
                  topic's name, or stream.provisional_interval_ms = 0"
             )));
@@ -202,7 +203,7 @@ pub fn run(
                 banter_model::ConversationRollup::NAME,
             ],
         )
-        .and_then(|()| r.prepare(&k.topics.provisional_topic(), &[banter_model::Rollup::NAME]))
+        .and_then(|()| r.prepare(&provisional, &[banter_model::Rollup::NAME]))
         .and_then(|()| r.prepare(&k.topics.alerts, &[banter_model::SpikeAlert::NAME]))
         .and_then(|()| r.prepare(&k.topics.dlq, &[banter_model::DeadLetter::NAME]))
         .map_err(|e| StreamError::Registry(e.into()))?;
@@ -214,7 +215,7 @@ pub fn run(
     let topics = Topics {
         input: k.topics.events.clone(),
         rollups: k.topics.rollups.clone(),
-        provisional: k.topics.provisional_topic(),
+        provisional,
         alerts: k.topics.alerts.clone(),
         dlq: k.topics.dlq.clone(),
         checkpoints: k.topics.checkpoints.clone(),
