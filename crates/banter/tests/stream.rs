@@ -177,7 +177,7 @@ async fn a_second_instance_joining_and_the_first_leaving_change_nothing() {
 /// watermark moved on in the meantime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_behind_an_open_transaction_is_not_idle() {
-    use banter_model::{Action, Kind, Platform, WindowKind};
+    use banter_model::WindowKind;
     use rdkafka::consumer::Consumer;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -186,18 +186,8 @@ async fn a_partition_behind_an_open_transaction_is_not_idle() {
     let topic = cfg.kafka.topics.events.clone();
     let t0: i64 = 1_764_000_000_000; // a minute's start
     let hour = 3_600_000;
-    let event = |id: &str, account: &str, t: i64| {
-        let mut e = EngagementEvent::new(
-            id,
-            Platform::Instagram,
-            Kind::Comment,
-            Action::Add,
-            account,
-            t,
-        );
-        e.content_id = Some(format!("post-{account}"));
-        EngagementEvent::codec().encode(&e).unwrap()
-    };
+    let event =
+        |id: &str, account: &str, t: i64| comment(id, account, &format!("post-{account}"), t);
     let plain: BaseProducer = banter_runtime::kafka::producer_config(&cfg.kafka, "test")
         .create()
         .unwrap();
@@ -341,7 +331,6 @@ async fn a_partition_behind_an_open_transaction_is_not_idle() {
 /// fire, onset minute 40.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spike_in_an_open_minute_alerts_before_it_closes_and_the_close_confirms_it() {
-    use banter_model::{Action, Kind, Platform};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
     let cfg = fresh_pipeline_config("stream-early-alert").await;
@@ -355,16 +344,7 @@ async fn a_spike_in_an_open_minute_alerts_before_it_closes_and_the_close_confirm
     let mut n = 0;
     let mut send = |t: i64| {
         n += 1;
-        let mut e = EngagementEvent::new(
-            format!("e-{n}"),
-            Platform::Instagram,
-            Kind::Comment,
-            Action::Add,
-            "acct-s",
-            t,
-        );
-        e.content_id = Some("post-s".to_owned());
-        let bytes = EngagementEvent::codec().encode(&e).unwrap();
+        let bytes = comment(&format!("e-{n}"), "acct-s", "post-s", t);
         producer
             .send(
                 BaseRecord::to(&topic)
@@ -479,4 +459,152 @@ async fn a_missing_provisional_topic_stops_the_stream_at_its_start_naming_the_ke
         log.contains(&missing) && log.contains("kafka.topics.provisional"),
         "{log}"
     );
+}
+
+/// Provisional rows go out the moment they are shown, outside the batch's transaction (the
+/// default, `stream.provisional_in_transaction = false`): with the stream stalled before its
+/// batch commits (the `stream.before_commit` pause point), the batch's events in an open
+/// minute are already readable (`read_committed`) as a provisional row, while the stream's
+/// committed input offset is still before them. Expected by hand: 3 events, then 4 more, all
+/// in one minute that nothing closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisional_rows_are_readable_before_their_batch_commits() {
+    use banter_model::WindowKind;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let cfg = fresh_pipeline_config("stream-provisional-apart").await;
+    let dir = test_dir("banter-stream-provisional-apart");
+    let topic = cfg.kafka.topics.events.clone();
+    let t0: i64 = 1_764_000_000_000; // a minute's start
+    let producer: BaseProducer = banter_runtime::kafka::producer_config(&cfg.kafka, "test")
+        .create()
+        .unwrap();
+    let mut n = 0;
+    let mut send = |count: usize| {
+        for _ in 0..count {
+            n += 1;
+            let bytes = comment(&format!("e-{n}"), "acct-v", "post-v", t0 + 1_000 * n);
+            producer
+                .send(
+                    BaseRecord::to(&topic)
+                        .partition(0)
+                        .key("acct-v")
+                        .payload(&bytes),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    };
+    let committed = {
+        let probe: BaseConsumer =
+            banter_runtime::kafka::consumer_config(&cfg.kafka, "test", &cfg.stream.group_id)
+                .create()
+                .unwrap();
+        let topic = topic.clone();
+        move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, 0);
+            let c = probe
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .unwrap();
+            match c.find_partition(&topic, 0).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            }
+        }
+    };
+    send(3);
+    let pause = dir.join("pause");
+    let stream = start_role_with(
+        &cfg,
+        "stream",
+        "a",
+        &dir,
+        &[
+            ("BANTER_FAILPOINTS", "stream.before_commit"),
+            ("BANTER_PAUSE_FILE", pause.to_str().unwrap()),
+            // Every batch shows what changed (batches are 250 ms apart when quiet).
+            ("BANTER_STREAM__PROVISIONAL_INTERVAL_MS", "100"),
+        ],
+    );
+    let key = (
+        "acct-v".to_owned(),
+        Some("post-v".to_owned()),
+        WindowKind::Minute,
+        t0,
+    );
+    let mut rollups = Rollups::new(&cfg);
+    // The revision of the open minute's provisional row once it counts `count`.
+    async fn shown(rollups: &mut Rollups, key: &RollupKey, count: i64, what: &str) -> i64 {
+        wait_for(what, Duration::from_secs(60), || {
+            rollups.poll();
+            let row = rollups.provisional.rollups.get(key);
+            std::future::ready(row.filter(|r| r.interactions == count).map(|r| r.revision))
+        })
+        .await
+    }
+    let first = shown(
+        &mut rollups,
+        &key,
+        3,
+        "the open minute's 3 events shown provisionally",
+    )
+    .await;
+    wait_for(
+        "the first 3 events committed",
+        Duration::from_secs(60),
+        || std::future::ready((committed() == 3).then_some(())),
+    )
+    .await;
+    // The next batch with a transaction stalls before its commit.
+    std::fs::write(&pause, b"").unwrap();
+    send(4);
+    let second = shown(
+        &mut rollups,
+        &key,
+        7,
+        "the 4 events of the stalled batch shown provisionally",
+    )
+    .await;
+    assert!(
+        first < second && second < 0,
+        "a later provisional row has a higher, still negative revision: {first}, {second}"
+    );
+    let log = std::fs::read_to_string(dir.join("a.log")).unwrap();
+    assert!(
+        log.contains("pausepoint stream.before_commit: paused")
+            && !log.contains("pausepoint stream.before_commit: resumed"),
+        "the batch is stalled before its commit: {log}"
+    );
+    assert_eq!(
+        committed(),
+        3,
+        "the stalled batch's input offsets are not committed"
+    );
+    // Resumed, the batch commits.
+    std::fs::remove_file(&pause).unwrap();
+    wait_for(
+        "the stalled batch committed",
+        Duration::from_secs(60),
+        || std::future::ready((committed() == 7).then_some(())),
+    )
+    .await;
+    stop(stream);
+}
+
+/// An Instagram comment on `post` of `account` at `t`, encoded as on the events topic.
+fn comment(id: &str, account: &str, post: &str, t: i64) -> Vec<u8> {
+    use banter_model::{Action, Kind, Platform};
+    let mut e = EngagementEvent::new(
+        id,
+        Platform::Instagram,
+        Kind::Comment,
+        Action::Add,
+        account,
+        t,
+    );
+    e.content_id = Some(post.to_owned());
+    EngagementEvent::codec().encode(&e).unwrap()
 }

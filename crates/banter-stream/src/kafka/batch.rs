@@ -17,6 +17,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::metrics::{Phases, StreamMetrics};
 use super::partitions::{Partition, Partitions, Rebalance};
+use super::showings::Showings;
 use super::transaction::{dead_letter, BatchError, Begun, Topics, Transaction};
 use crate::changelog::Changes;
 use crate::config::StreamConfig;
@@ -110,6 +111,9 @@ pub(super) struct Batcher<'a> {
     /// transaction.
     pub ends: &'a BaseConsumer<KafkaContext>,
     pub producer: &'a BaseProducer<KafkaContext>,
+    /// Where provisional rows go outside the transaction (`stream.provisional_in_transaction`
+    /// false); `None`: into it.
+    pub showings: Option<&'a Showings>,
     pub topics: &'a Topics,
     pub config: &'a StreamConfig,
     pub metrics: &'a StreamMetrics,
@@ -152,7 +156,13 @@ impl Batcher<'_> {
     /// transaction).
     pub fn run(&self, parts: &mut Partitions, batch: &Batch) -> Result<bool, BatchError> {
         let begun = Begun::default();
-        let mut tx = Transaction::new(self.producer, self.topics, self.metrics, &begun);
+        let mut tx = Transaction::new(
+            self.producer,
+            self.showings,
+            self.topics,
+            self.metrics,
+            &begun,
+        );
         let before: BTreeMap<i32, PipelineStats> = parts
             .active
             .iter()
@@ -174,7 +184,6 @@ impl Batcher<'_> {
             }
         }
         processed?;
-        banter_runtime::pausepoint("stream.before_commit");
         let committed = self.commit(parts, tx, &mut phases)?;
         if committed {
             self.metrics.phases(&phases);
@@ -498,9 +507,10 @@ impl Batcher<'_> {
     }
 
     /// Every `stream.provisional_interval_ms`, each partition's open windows changed since
-    /// the last time, as provisional rows in this batch's transaction (they change no state),
-    /// and the spike alerts their counts so far make certain (those change the detector's: the
-    /// partition's changes are written in the same transaction).
+    /// the last time, as provisional rows (they change no state: sent at once outside the
+    /// transaction, [`Batcher::showings`], or in it), and the spike alerts their counts so far
+    /// make certain (those change the detector's: in the transaction, with the partition's
+    /// changes).
     fn provisional(
         &self,
         parts: &mut Partitions,
@@ -578,6 +588,8 @@ impl Batcher<'_> {
         if !tx.is_open() {
             return Ok(false);
         }
+        // A stall is worst here: the transaction open, nothing of it committed.
+        banter_runtime::pausepoint("stream.before_commit");
         let group = self.consumer.group_metadata().ok_or(BatchError::NoGroup)?;
         let committing = Instant::now();
         if offsets.count() > 0 {

@@ -32,6 +32,7 @@ pub struct StreamMetrics {
     pub(super) batch_phase_seconds: HistogramFamily,
     pub(super) output_wait_seconds: Counter<f64, AtomicU64>,
     pub(super) provisional_rows: Counter,
+    pub(super) provisional_failed: Counter,
     pub(super) provisional_lag_seconds: Histogram,
     pub(super) batch_events: Histogram,
     pub(super) watermark_lag: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
@@ -116,6 +117,7 @@ impl StreamMetrics {
             }),
             output_wait_seconds: Counter::default(),
             provisional_rows: Counter::default(),
+            provisional_failed: Counter::default(),
             provisional_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             watermark_lag: Family::default(),
@@ -211,6 +213,11 @@ impl StreamMetrics {
             "provisional_rows",
             "Provisional rows of open windows emitted (stream.provisional_interval_ms)",
             m.provisional_rows.clone(),
+        );
+        r.register(
+            "provisional_failed",
+            "Provisional rows sent outside the batches' transactions (stream.provisional_in_transaction false) that the broker did not take; their final rows replace them",
+            m.provisional_failed.clone(),
         );
         r.register(
             "provisional_lag_seconds",

@@ -29,6 +29,7 @@ mod batch;
 mod checkpoints;
 mod metrics;
 mod partitions;
+mod showings;
 mod transaction;
 
 use std::collections::BTreeMap;
@@ -121,7 +122,8 @@ pub fn run(
     let _ = reader.consumer.poll(Duration::ZERO);
     let checkpoint_partitions = reader.partitions().map_err(StreamError::Restore)?;
     // Provisional rows on a topic that does not exist would fail every transaction, final
-    // rows and all (a broker that does not create topics on use): say so at the start.
+    // rows and all (stream.provisional_in_transaction), or every one of them would be lost
+    // (a broker that does not create topics on use): say so at the start.
     let provisional = k.topics.provisional_topic();
     let shown = sc.provisional_interval_ms > 0;
     if let Some(apart) = k.topics.separate_provisional_topic().filter(|_| shown) {
@@ -209,6 +211,11 @@ pub fn run(
         .map_err(|e| StreamError::Registry(e.into()))?;
     }
     let mut producer = make_producer()?;
+    // Provisional rows outside the transactions (`stream.provisional_in_transaction`).
+    let showings = (shown && !sc.provisional_in_transaction)
+        .then(|| showings::Showings::new(k, metrics.provisional_failed.clone()))
+        .transpose()
+        .map_err(kafka("provisional rows' producer config"))?;
     // A batch's partitions are processed on up to this many threads (`stream.threads`).
     let threads = sc.worker_threads();
     tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, threads, "stream started");
@@ -280,6 +287,7 @@ pub fn run(
             consumer: &consumer,
             ends: &ends,
             producer: &producer,
+            showings: showings.as_ref(),
             topics: &topics,
             config: sc,
             metrics,
@@ -316,6 +324,9 @@ pub fn run(
         }
     }
     tracing::info!("stream stopping");
+    if let Some(s) = &showings {
+        s.flush(Duration::from_secs(5));
+    }
     Ok(())
 }
 

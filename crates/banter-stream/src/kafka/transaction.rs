@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use super::checkpoints::{checkpoint_key, checkpoint_partition, store_key_into};
 use super::metrics::StreamMetrics;
+use super::showings::Showings;
 use crate::changelog::{Changes, StateError};
 use crate::pipeline::Outputs;
 use crate::window::Checkpoint;
@@ -89,8 +90,10 @@ pub(super) struct Begun {
 
 /// A writer into the open transaction of a batch, which is begun with its first record. Each
 /// thread of a batch has its own (its encoder and buffer) over the batch's [`Begun`].
+/// Provisional rows go to `showings` when given, outside the transaction ([`Showings`]).
 pub(super) struct Transaction<'a> {
     producer: &'a BaseProducer<KafkaContext>,
+    showings: Option<&'a Showings>,
     topics: &'a Topics,
     metrics: &'a StreamMetrics,
     begun: &'a Begun,
@@ -101,12 +104,14 @@ pub(super) struct Transaction<'a> {
 impl<'a> Transaction<'a> {
     pub fn new(
         producer: &'a BaseProducer<KafkaContext>,
+        showings: Option<&'a Showings>,
         topics: &'a Topics,
         metrics: &'a StreamMetrics,
         begun: &'a Begun,
     ) -> Self {
         Transaction {
             producer,
+            showings,
             topics,
             metrics,
             begun,
@@ -117,7 +122,13 @@ impl<'a> Transaction<'a> {
 
     /// Another writer into the same transaction (for another thread).
     pub fn another(&self) -> Transaction<'a> {
-        Transaction::new(self.producer, self.topics, self.metrics, self.begun)
+        Transaction::new(
+            self.producer,
+            self.showings,
+            self.topics,
+            self.metrics,
+            self.begun,
+        )
     }
 
     /// Whether anything was written.
@@ -143,6 +154,7 @@ impl<'a> Transaction<'a> {
     }
 
     /// Sends a record (no value: a tombstone), waiting while the producer's queue is full.
+    #[allow(clippy::result_large_err)] // the closure returns rdkafka's own send result
     fn send(
         &mut self,
         topic: &str,
@@ -158,28 +170,20 @@ impl<'a> Transaction<'a> {
         if let Some(p) = partition {
             rec = rec.partition(p);
         }
-        let mut full_since: Option<Instant> = None;
-        let result = loop {
-            match self.producer.send(rec) {
-                Ok(()) => break Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    full_since.get_or_insert_with(Instant::now);
-                    rec = r;
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => break Err(e),
-            }
-        };
-        if let Some(since) = full_since {
-            self.metrics
-                .output_wait_seconds
-                .inc_by(since.elapsed().as_secs_f64());
-        }
-        result
+        // Polling serves the delivery reports that make room.
+        send_waiting(
+            rec,
+            |r| self.producer.send(r),
+            || {
+                self.producer.poll(Duration::from_millis(50));
+            },
+            &self.metrics.output_wait_seconds,
+        )
     }
 
     /// Writes one event's outputs: rollups (provisional ones, with a negative revision, to
-    /// their own topic), conversation rows, funnel rows, alerts.
+    /// their own topic, through `showings` when given), conversation rows, funnel rows,
+    /// alerts.
     pub fn outputs(&mut self, out: &Outputs) -> Result<(), BatchError> {
         let topics = self.topics;
         for r in &out.rollups {
@@ -189,14 +193,19 @@ impl<'a> Transaction<'a> {
                 .map_err(|e| encode("rollup", &e))?;
             self.metrics.rows.inc();
             let buf = std::mem::take(&mut self.buf);
-            let topic = if r.revision < 0 {
-                &topics.provisional
+            let (topic, showings) = if r.revision < 0 {
+                (&topics.provisional, self.showings)
             } else {
-                &topics.rollups
+                (&topics.rollups, None)
             };
-            let sent = topics
-                .framed(topic, "rollup", &buf)
-                .and_then(|v| Ok(self.send(topic, None, r.account_id.as_bytes(), Some(&v))?));
+            let key = r.account_id.as_bytes();
+            let sent = topics.framed(topic, "rollup", &buf).and_then(|v| {
+                match showings {
+                    Some(s) => s.send(topic, key, &v, &self.metrics.output_wait_seconds),
+                    None => self.send(topic, None, key, Some(&v)),
+                }
+                .map_err(BatchError::from)
+            });
             self.buf = buf;
             sent?;
         }
@@ -282,6 +291,32 @@ impl<'a> Transaction<'a> {
         )?;
         Ok(())
     }
+}
+
+/// Hands `rec` to a producer through `send`, calling `wait` while the producer's queue is full;
+/// the time waited is added to `waited`.
+pub(super) fn send_waiting<'r>(
+    mut rec: BaseRecord<'r, [u8], [u8]>,
+    send: impl Fn(BaseRecord<'r, [u8], [u8]>) -> Result<(), (KafkaError, BaseRecord<'r, [u8], [u8]>)>,
+    wait: impl Fn(),
+    waited: &prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+) -> Result<(), KafkaError> {
+    let mut full_since: Option<Instant> = None;
+    let result = loop {
+        match send(rec) {
+            Ok(()) => break Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                full_since.get_or_insert_with(Instant::now);
+                rec = r;
+                wait();
+            }
+            Err((e, _)) => break Err(e),
+        }
+    };
+    if let Some(since) = full_since {
+        waited.inc_by(since.elapsed().as_secs_f64());
+    }
+    result
 }
 
 fn encode(what: &'static str, e: &banter_model::CodecError) -> BatchError {

@@ -1,0 +1,115 @@
+//! Provisional rows sent the moment they are shown, by an idempotent producer of their own,
+//! outside the batch's transaction (`stream.provisional_in_transaction = false`, the
+//! default).
+//!
+//! In the transaction, a provisional row could be read only once its batch committed: after
+//! the batch's changelog entries and the commit, several seconds when the batch closes a
+//! minute (as many changelog entries as final rows). Provisional rows change no state and are
+//! not part of the exactly-once argument: any final row replaces them
+//! (`ReplacingMergeTree(revision)`, revision ≥ 0 against `i64::MIN + offset`). What the
+//! transaction gave them is that they showed only counts that were committed; outside it they
+//! may show counts of a batch that is then aborted (it is processed again from its checkpoint,
+//! the same events in the same order, to the same counts) or of a fenced instance (the
+//! instance that took its partitions counts the same events). Early alerts change the
+//! detector's state and stay in the transaction.
+//!
+//! A row the broker does not take is counted (`banter_stream_provisional_failed_total`) and
+//! logged; the final row, in its transaction, replaces what it would have shown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use banter_runtime::config::KafkaConfig;
+use banter_runtime::kafka::{producer_config, KafkaContext};
+use prometheus_client::metrics::counter::Counter;
+
+use super::transaction::send_waiting;
+use rdkafka::client::OAuthToken;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+/// The client context of the provisional rows' producer: [`KafkaContext`]'s tokens, and the
+/// failed deliveries counted.
+pub(super) struct ShowingContext {
+    kafka: KafkaContext,
+    failed: Counter,
+    /// Failures logged so far (the first, then every 1,000th: a broker that is down fails
+    /// every row of every showing).
+    logged: AtomicU64,
+}
+
+impl rdkafka::ClientContext for ShowingContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.kafka.token().map_err(Into::into)
+    }
+}
+
+impl ProducerContext for ShowingContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        if let Err((e, m)) = result {
+            self.failed.inc();
+            let n = self.logged.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                tracing::warn!(error = %e, topic = m.topic(), failed = n + 1, "provisional rows not delivered (their final rows replace them)");
+            }
+        }
+    }
+}
+
+/// The producer provisional rows are sent with, outside the batches' transactions.
+pub(super) struct Showings {
+    producer: ThreadedProducer<ShowingContext>,
+}
+
+impl Showings {
+    /// An idempotent producer (`acks=all`, no transactions) whose own thread serves its
+    /// reports; `failed` counts the rows it could not deliver.
+    pub fn new(k: &KafkaConfig, failed: Counter) -> Result<Self, KafkaError> {
+        let producer = producer_config(k, "stream-provisional")
+            .set("linger.ms", "10")
+            .set("message.timeout.ms", "30000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("delivery.report.only.error", "true")
+            .create_with_context(ShowingContext {
+                kafka: KafkaContext::new(k),
+                failed,
+                logged: AtomicU64::new(0),
+            })?;
+        Ok(Showings { producer })
+    }
+
+    /// Hands a row to the producer, waiting while its queue is full; the time waited is added
+    /// to `waited`.
+    #[allow(clippy::result_large_err)] // the closure returns rdkafka's own send result
+    pub fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        waited: &Counter<f64, AtomicU64>,
+    ) -> Result<(), KafkaError> {
+        let rec = BaseRecord::to(topic).key(key).payload(value);
+        // The producer's own thread serves its queue.
+        send_waiting(
+            rec,
+            |r| self.producer.send(r),
+            || std::thread::sleep(Duration::from_millis(10)),
+            waited,
+        )
+    }
+
+    /// Waits up to `timeout` for the rows handed over to be delivered (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "provisional rows not flushed at shutdown (their final rows replace them)");
+        }
+    }
+}
