@@ -15,8 +15,8 @@
 #   BANTER_BENCH_LOG_LEVEL: the roles' log filter (default warn; e.g. warn,banter_stream::kafka::batch=debug)
 #   BANTER_BENCH_ONE_LANE=1: provisional rows on the rollups topic, one sink lane (as before they
 #     had a topic of their own), to compare the two on one build
-#   BANTER_STREAM__PROVISIONAL_IN_TRANSACTION=true: provisional rows in the batch's transaction (as
-#     before they had a producer of their own), to compare the two on one build
+#   BANTER_STREAM__PROVISIONAL_IN_TRANSACTION=false: provisional rows sent at once by a producer
+#     of their own, outside the batch's transaction (the default is in it), to compare the two
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 accounts="${1:-2000}"; minutes="${2:-360}"; live="${3:-4}"

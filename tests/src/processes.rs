@@ -43,6 +43,10 @@ pub fn banter_cmd(cfg: &Config) -> Command {
         .env("BANTER_KAFKA__TOPICS__CHECKPOINTS", &t.checkpoints)
         .env("BANTER_KAFKA__TOPICS__SCHEMAS", &t.schemas)
         .env("BANTER_STREAM__GROUP_ID", &cfg.stream.group_id)
+        .env(
+            "BANTER_STREAM__PROVISIONAL_IN_TRANSACTION",
+            cfg.stream.provisional_in_transaction.to_string(),
+        )
         .env("BANTER_SINK__GROUP_ID", &cfg.sink.group_id)
         .env("BANTER_SINK__MAX_BATCH_MS", "300")
         .env("BANTER_SINK__MAX_BACKOFF_MS", "2000")

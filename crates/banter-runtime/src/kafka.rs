@@ -267,7 +267,7 @@ const OWN_PROPERTIES: &[(&str, &[&str], &str)] = &[
     (
         "delivery.report.only.error",
         &[],
-        "each producer sets it: a transactional one needs reports of failures only (transactional_config), the others wait for every report",
+        "each producer sets it: a transactional one needs reports of failures only (transactional_config), the stream's provisional rows count failures only, the others wait for every report",
     ),
 ];
 

@@ -52,9 +52,11 @@ pub struct StreamConfig {
     /// How often the windows still open are emitted as provisional rows (negative revision,
     /// replaced by the final row), in ms; 0: never.
     pub provisional_interval_ms: u64,
-    /// Provisional rows in the batch's transaction (read once it commits, which only
-    /// committed counts do) instead of sent at once by a producer of their own (false, the
-    /// default: seen seconds sooner after a minute's close; they change no state either way).
+    /// Provisional rows in the batch's transaction (true, the default: read once it commits,
+    /// so they show committed counts only), or, on a topic of their own, sent at once by a
+    /// producer of their own (false: not kept waiting by a minute's close while it writes its
+    /// changelog and commits; they may show counts of a batch that is then aborted). They
+    /// change no state either way.
     pub provisional_in_transaction: bool,
     /// Threads a batch's partitions are shared out over (a partition's events stay on one);
     /// 0: one per core.
@@ -97,7 +99,7 @@ impl Default for StreamConfig {
             redelivery_horizon_ms: 36 * 3_600_000,
             idle_timeout_ms: 30_000,
             provisional_interval_ms: 1000,
-            provisional_in_transaction: false,
+            provisional_in_transaction: true,
             threads: 0,
             max_batch_events: 20_000,
             max_batch_ms: 250,

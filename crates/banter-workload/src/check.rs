@@ -268,18 +268,24 @@ pub mod names {
     pub const TOO_LATE: &str = "too late dead-lettered";
 }
 
-/// Compares `o` with the truth of `x`.
-pub fn compare(x: &Generated, o: &Observed) -> Report {
-    let e = &x.expected;
-    let last_minute = e
+/// Windows of `x` ending by this time (ms) are closed by event time alone: the input's last
+/// minute closes them. Later ones close only once the input stops (an idle watermark).
+pub fn closed_by(x: &Generated) -> i64 {
+    let last_minute = x
+        .expected
         .account_minutes
         .values()
         .flat_map(|m| m.keys())
         .max()
         .copied()
         .unwrap_or(i64::MIN / 2);
-    // Windows ending by here are closed by event time alone.
-    let end = last_minute - MINUTE;
+    last_minute - MINUTE
+}
+
+/// Compares `o` with the truth of `x`.
+pub fn compare(x: &Generated, o: &Observed) -> Report {
+    let e = &x.expected;
+    let end = closed_by(x);
     let mut metrics = Vec::new();
     metrics.extend(minutes(x, o, end));
     metrics.extend(first_hour(x, o, end));

@@ -461,31 +461,44 @@ async fn a_missing_provisional_topic_stops_the_stream_at_its_start_naming_the_ke
     );
 }
 
-/// Provisional rows go out the moment they are shown, outside the batch's transaction (the
-/// default, `stream.provisional_in_transaction = false`): with the stream stalled before its
+/// Provisional rows go out the moment they are shown, outside the batch's transaction, with
+/// `stream.provisional_in_transaction = false`: with the stream stalled before its
 /// batch commits (the `stream.before_commit` pause point), the batch's events in an open
 /// minute are already readable (`read_committed`) as a provisional row, while the stream's
-/// committed input offset is still before them. Expected by hand: 3 events, then 4 more, all
-/// in one minute that nothing closes.
+/// committed input offset is still before them; resumed, the minute's final row replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisional_rows_are_readable_before_their_batch_commits() {
+    stalled_batch_with_provisional_rows(false).await;
+}
+
+/// With `stream.provisional_in_transaction = true` (the default) the same stalled batch shows
+/// nothing new until it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisional_rows_in_the_transaction_wait_for_its_commit() {
+    stalled_batch_with_provisional_rows(true).await;
+}
+
+/// Expected by hand: 3 events in a minute, then 4 more in it while the stream is stalled
+/// before its next commit, then one 5 minutes later that closes the minute: provisional rows
+/// counting 3, then up to 7 (the 4 may come in more than one batch: the stalled one holds 1
+/// to 4 of them), the final row 7.
+async fn stalled_batch_with_provisional_rows(in_transaction: bool) {
     use banter_model::WindowKind;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::{Offset, TopicPartitionList};
 
-    let cfg = fresh_pipeline_config("stream-provisional-apart").await;
-    let dir = test_dir("banter-stream-provisional-apart");
+    let mut cfg = fresh_pipeline_config("stream-provisional-stalled").await;
+    cfg.stream.provisional_in_transaction = in_transaction;
+    let dir = test_dir("banter-stream-provisional-stalled");
     let topic = cfg.kafka.topics.events.clone();
     let t0: i64 = 1_764_000_000_000; // a minute's start
     let producer: BaseProducer = banter_runtime::kafka::producer_config(&cfg.kafka, "test")
         .create()
         .unwrap();
-    let mut n = 0;
-    let mut send = |count: usize| {
-        for _ in 0..count {
-            n += 1;
-            let bytes = comment(&format!("e-{n}"), "acct-v", "post-v", t0 + 1_000 * n);
+    let send = |ts: &[i64]| {
+        for t in ts {
+            let bytes = comment(&format!("e-{t}"), "acct-v", "post-v", *t);
             producer
                 .send(
                     BaseRecord::to(&topic)
@@ -515,7 +528,7 @@ async fn provisional_rows_are_readable_before_their_batch_commits() {
             }
         }
     };
-    send(3);
+    send(&[t0 + 1_000, t0 + 2_000, t0 + 3_000]);
     let pause = dir.join("pause");
     let stream = start_role_with(
         &cfg,
@@ -536,22 +549,24 @@ async fn provisional_rows_are_readable_before_their_batch_commits() {
         t0,
     );
     let mut rollups = Rollups::new(&cfg);
-    // The revision of the open minute's provisional row once it counts `count`.
-    async fn shown(rollups: &mut Rollups, key: &RollupKey, count: i64, what: &str) -> i64 {
+    // The open minute's provisional row once `enough` says so: (count, revision).
+    async fn shown(
+        rollups: &mut Rollups,
+        key: &RollupKey,
+        what: &str,
+        enough: impl Fn(i64) -> bool,
+    ) -> (i64, i64) {
         wait_for(what, Duration::from_secs(60), || {
             rollups.poll();
             let row = rollups.provisional.rollups.get(key);
-            std::future::ready(row.filter(|r| r.interactions == count).map(|r| r.revision))
+            std::future::ready(
+                row.filter(|r| enough(r.interactions))
+                    .map(|r| (r.interactions, r.revision)),
+            )
         })
         .await
     }
-    let first = shown(
-        &mut rollups,
-        &key,
-        3,
-        "the open minute's 3 events shown provisionally",
-    )
-    .await;
+    let (_, first) = shown(&mut rollups, &key, "the 3 events shown", |n| n == 3).await;
     wait_for(
         "the first 3 events committed",
         Duration::from_secs(60),
@@ -560,37 +575,63 @@ async fn provisional_rows_are_readable_before_their_batch_commits() {
     .await;
     // The next batch with a transaction stalls before its commit.
     std::fs::write(&pause, b"").unwrap();
-    send(4);
-    let second = shown(
-        &mut rollups,
-        &key,
-        7,
-        "the 4 events of the stalled batch shown provisionally",
+    send(&[t0 + 4_000, t0 + 5_000, t0 + 6_000, t0 + 7_000]);
+    let log = || std::fs::read_to_string(dir.join("a.log")).unwrap();
+    wait_for(
+        "the stream stalled before its commit",
+        Duration::from_secs(60),
+        || {
+            std::future::ready(
+                log()
+                    .contains("pausepoint stream.before_commit: paused")
+                    .then_some(()),
+            )
+        },
     )
     .await;
+    if in_transaction {
+        // Nothing new is readable while the batch is not committed. A bounded look: the
+        // other test sees the row within this time.
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            rollups.poll();
+        }
+        let row = &rollups.provisional.rollups[&key];
+        assert_eq!(row.interactions, 3, "a row of the stalled batch: {row:?}");
+    } else {
+        let (count, second) = shown(
+            &mut rollups,
+            &key,
+            "the stalled batch's events shown",
+            |n| n > 3,
+        )
+        .await;
+        assert!(count <= 7, "{count} events shown of 7");
+        assert!(
+            first < second && second < 0,
+            "a later provisional row has a higher, still negative revision: {first}, {second}"
+        );
+    }
     assert!(
-        first < second && second < 0,
-        "a later provisional row has a higher, still negative revision: {first}, {second}"
-    );
-    let log = std::fs::read_to_string(dir.join("a.log")).unwrap();
-    assert!(
-        log.contains("pausepoint stream.before_commit: paused")
-            && !log.contains("pausepoint stream.before_commit: resumed"),
-        "the batch is stalled before its commit: {log}"
+        !log().contains("pausepoint stream.before_commit: resumed"),
+        "the stream is still stalled"
     );
     assert_eq!(
         committed(),
         3,
         "the stalled batch's input offsets are not committed"
     );
-    // Resumed, the batch commits.
+    // Resumed, the batch commits and shows the rest; a later event closes the minute.
     std::fs::remove_file(&pause).unwrap();
-    wait_for(
-        "the stalled batch committed",
-        Duration::from_secs(60),
-        || std::future::ready((committed() == 7).then_some(())),
-    )
+    shown(&mut rollups, &key, "the 7 events shown", |n| n == 7).await;
+    send(&[t0 + 5 * 60_000]);
+    let closed = wait_for("the minute's final row", Duration::from_secs(60), || {
+        rollups.poll();
+        std::future::ready(rollups.rows().get(&key).map(|r| r.interactions))
+    })
     .await;
+    assert_eq!(closed, 7, "the final row counts every event");
+    assert_eq!(committed(), 8, "every event committed");
     stop(stream);
 }
 

@@ -152,8 +152,8 @@ const SEND_OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Batcher<'_> {
-    /// Processes `batch` and commits what it changed; false when nothing was written (no
-    /// transaction).
+    /// Processes `batch` and commits what it changed; false when nothing was written into a
+    /// transaction (provisional rows sent outside one do not count).
     pub fn run(&self, parts: &mut Partitions, batch: &Batch) -> Result<bool, BatchError> {
         let begun = Begun::default();
         let mut tx = Transaction::new(

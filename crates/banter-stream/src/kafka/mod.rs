@@ -2,7 +2,9 @@
 //! per assigned input partition, exactly once.
 //!
 //! * **Exactly once.** Input is read in batches; each batch is one Kafka transaction holding
-//!   the rows, alerts and dead letters it caused, the changelog entries and [`Checkpoint`] of
+//!   the rows, alerts and dead letters it caused (with `stream.provisional_in_transaction =
+//!   false` its provisional rows of open windows are sent outside it, as they are shown:
+//!   [`showings`]), the changelog entries and [`Checkpoint`] of
 //!   every partition it changed (topic `kafka.topics.checkpoints`, compacted; see
 //!   [`checkpoints`]) and the input offsets (`send_offsets_to_transaction`, fenced by the group
 //!   generation, KIP-447). Either all of it is visible to `read_committed` readers or none of
@@ -121,9 +123,9 @@ pub fn run(
     // Serves a token request (AWS_MSK_IAM) before the metadata request needs it.
     let _ = reader.consumer.poll(Duration::ZERO);
     let checkpoint_partitions = reader.partitions().map_err(StreamError::Restore)?;
-    // Provisional rows on a topic that does not exist would fail every transaction, final
-    // rows and all (stream.provisional_in_transaction), or every one of them would be lost
-    // (a broker that does not create topics on use): say so at the start.
+    // Provisional rows on a topic that does not exist would be lost, every one of them, or
+    // with stream.provisional_in_transaction fail every transaction, final rows and all (a
+    // broker that does not create topics on use): say so at the start.
     let provisional = k.topics.provisional_topic();
     let shown = sc.provisional_interval_ms > 0;
     if let Some(apart) = k.topics.separate_provisional_topic().filter(|_| shown) {
@@ -211,11 +213,15 @@ pub fn run(
         .map_err(|e| StreamError::Registry(e.into()))?;
     }
     let mut producer = make_producer()?;
-    // Provisional rows outside the transactions (`stream.provisional_in_transaction`).
-    let showings = (shown && !sc.provisional_in_transaction)
-        .then(|| showings::Showings::new(k, metrics.provisional_failed.clone()))
-        .transpose()
-        .map_err(kafka("provisional rows' producer config"))?;
+    // Provisional rows outside the transactions (`stream.provisional_in_transaction`), on a
+    // topic of their own only: on the rollups topic they would be read no sooner.
+    let apart =
+        shown && !sc.provisional_in_transaction && k.topics.separate_provisional_topic().is_some();
+    let make_showings = || {
+        showings::Showings::new(k, metrics.provisional_failed.clone())
+            .map_err(kafka("provisional rows' producer config"))
+    };
+    let mut showings = apart.then(make_showings).transpose()?;
     // A batch's partitions are processed on up to this many threads (`stream.threads`).
     let threads = sc.worker_threads();
     tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, threads, "stream started");
@@ -317,6 +323,10 @@ pub fn run(
                 // A registry that cannot be asked is not asked again at once.
                 registry_down = matches!(e, transaction::BatchError::Registry(_));
             }
+        }
+        if showings.as_ref().is_some_and(showings::Showings::is_broken) {
+            tracing::warn!("the provisional rows' producer failed fatally; making a new one");
+            showings = Some(make_showings()?);
         }
         if last_gauges.elapsed() >= Duration::from_secs(5) {
             last_gauges = Instant::now();

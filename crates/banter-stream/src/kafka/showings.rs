@@ -1,6 +1,6 @@
 //! Provisional rows sent the moment they are shown, by an idempotent producer of their own,
-//! outside the batch's transaction (`stream.provisional_in_transaction = false`, the
-//! default).
+//! outside the batch's transaction (`stream.provisional_in_transaction = false`; by default
+//! they are in it).
 //!
 //! In the transaction, a provisional row could be read only once its batch committed: after
 //! the batch's changelog entries and the commit, several seconds when the batch closes a
@@ -13,30 +13,47 @@
 //! instance that took its partitions counts the same events). Early alerts change the
 //! detector's state and stay in the transaction.
 //!
-//! A row the broker does not take is counted (`banter_stream_provisional_failed_total`) and
-//! logged; the final row, in its transaction, replaces what it would have shown.
+//! Nothing here fails a batch: a row the producer refuses (its queue full, the topic unknown,
+//! the producer failed fatally, after which it is made anew) or the broker does not take
+//! within `message.timeout.ms` (30 s of librdkafka's retries) is counted
+//! (`banter_stream_provisional_failed_total`) and logged, and the next showing of its key, or
+//! its final row in its transaction, replaces what it would have shown.
+//!
+//! Only with a topic of their own: on the rollups topic a `read_committed` reader stops at the
+//! first open transaction's records (a minute's close writes final rows to every partition
+//! before the showing), so rows sent outside it would be read no sooner.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use banter_runtime::config::KafkaConfig;
 use banter_runtime::kafka::{producer_config, KafkaContext};
 use prometheus_client::metrics::counter::Counter;
 
-use super::transaction::send_waiting;
 use rdkafka::client::OAuthToken;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 /// The client context of the provisional rows' producer: [`KafkaContext`]'s tokens, and the
-/// failed deliveries counted.
+/// failed rows counted.
 pub(super) struct ShowingContext {
     kafka: KafkaContext,
     failed: Counter,
     /// Failures logged so far (the first, then every 1,000th: a broker that is down fails
     /// every row of every showing).
     logged: AtomicU64,
+}
+
+impl ShowingContext {
+    /// Counts a row that was not delivered; logs the first, then every 1,000th.
+    fn failed(&self, error: &KafkaError, topic: &str) {
+        self.failed.inc();
+        let n = self.logged.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(1000) {
+            tracing::warn!(%error, topic, failed = n + 1, "provisional rows not delivered (their final rows replace them)");
+        }
+    }
 }
 
 impl rdkafka::ClientContext for ShowingContext {
@@ -55,11 +72,7 @@ impl ProducerContext for ShowingContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
         if let Err((e, m)) = result {
-            self.failed.inc();
-            let n = self.logged.fetch_add(1, Ordering::Relaxed);
-            if n.is_multiple_of(1000) {
-                tracing::warn!(error = %e, topic = m.topic(), failed = n + 1, "provisional rows not delivered (their final rows replace them)");
-            }
+            self.failed(e, m.topic());
         }
     }
 }
@@ -67,6 +80,8 @@ impl ProducerContext for ShowingContext {
 /// The producer provisional rows are sent with, outside the batches' transactions.
 pub(super) struct Showings {
     producer: ThreadedProducer<ShowingContext>,
+    /// The producer failed fatally (its idempotence broken): it is to be made anew.
+    broken: AtomicBool,
 }
 
 impl Showings {
@@ -83,27 +98,28 @@ impl Showings {
                 failed,
                 logged: AtomicU64::new(0),
             })?;
-        Ok(Showings { producer })
+        Ok(Showings {
+            producer,
+            broken: AtomicBool::new(false),
+        })
     }
 
-    /// Hands a row to the producer, waiting while its queue is full; the time waited is added
-    /// to `waited`.
-    #[allow(clippy::result_large_err)] // the closure returns rdkafka's own send result
-    pub fn send(
-        &self,
-        topic: &str,
-        key: &[u8],
-        value: &[u8],
-        waited: &Counter<f64, AtomicU64>,
-    ) -> Result<(), KafkaError> {
-        let rec = BaseRecord::to(topic).key(key).payload(value);
-        // The producer's own thread serves its queue.
-        send_waiting(
-            rec,
-            |r| self.producer.send(r),
-            || std::thread::sleep(Duration::from_millis(10)),
-            waited,
-        )
+    /// Hands a row to the producer. One it refuses is counted, not waited for: a full queue
+    /// (1,000,000 rows) means the broker has not been taking them, and a batch does not wait
+    /// for rows that are to be replaced.
+    pub fn send(&self, topic: &str, key: &[u8], value: &[u8]) {
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key).payload(value);
+        if let Err((e, _)) = self.producer.send(rec) {
+            if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+                self.broken.store(true, Ordering::Relaxed);
+            }
+            self.producer.context().failed(&e, topic);
+        }
+    }
+
+    /// Whether the producer failed fatally and is to be made anew.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
     }
 
     /// Waits up to `timeout` for the rows handed over to be delivered (at shutdown).

@@ -1,5 +1,6 @@
 //! One batch's Kafka transaction and what goes into it: the pipelines' outputs (rollups,
-//! funnel and conversation rows, alerts), dead letters, the changelog entries and checkpoints
+//! funnel and conversation rows, alerts; provisional rows only when they are not sent apart,
+//! [`super::showings`]), dead letters, the changelog entries and checkpoints
 //! of the partitions the batch changed. A record that cannot be encoded fails the batch (it is
 //! retried from the checkpoint) rather than vanishing.
 
@@ -154,7 +155,6 @@ impl<'a> Transaction<'a> {
     }
 
     /// Sends a record (no value: a tombstone), waiting while the producer's queue is full.
-    #[allow(clippy::result_large_err)] // the closure returns rdkafka's own send result
     fn send(
         &mut self,
         topic: &str,
@@ -170,15 +170,24 @@ impl<'a> Transaction<'a> {
         if let Some(p) = partition {
             rec = rec.partition(p);
         }
-        // Polling serves the delivery reports that make room.
-        send_waiting(
-            rec,
-            |r| self.producer.send(r),
-            || {
-                self.producer.poll(Duration::from_millis(50));
-            },
-            &self.metrics.output_wait_seconds,
-        )
+        let mut full_since: Option<Instant> = None;
+        let result = loop {
+            match self.producer.send(rec) {
+                Ok(()) => break Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    full_since.get_or_insert_with(Instant::now);
+                    rec = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => break Err(e),
+            }
+        };
+        if let Some(since) = full_since {
+            self.metrics
+                .output_wait_seconds
+                .inc_by(since.elapsed().as_secs_f64());
+        }
+        result
     }
 
     /// Writes one event's outputs: rollups (provisional ones, with a negative revision, to
@@ -201,10 +210,11 @@ impl<'a> Transaction<'a> {
             let key = r.account_id.as_bytes();
             let sent = topics.framed(topic, "rollup", &buf).and_then(|v| {
                 match showings {
-                    Some(s) => s.send(topic, key, &v, &self.metrics.output_wait_seconds),
-                    None => self.send(topic, None, key, Some(&v)),
+                    // Never fails the batch: a row it cannot hand over is counted.
+                    Some(s) => s.send(topic, key, &v),
+                    None => self.send(topic, None, key, Some(&v))?,
                 }
-                .map_err(BatchError::from)
+                Ok(())
             });
             self.buf = buf;
             sent?;
@@ -291,32 +301,6 @@ impl<'a> Transaction<'a> {
         )?;
         Ok(())
     }
-}
-
-/// Hands `rec` to a producer through `send`, calling `wait` while the producer's queue is full;
-/// the time waited is added to `waited`.
-pub(super) fn send_waiting<'r>(
-    mut rec: BaseRecord<'r, [u8], [u8]>,
-    send: impl Fn(BaseRecord<'r, [u8], [u8]>) -> Result<(), (KafkaError, BaseRecord<'r, [u8], [u8]>)>,
-    wait: impl Fn(),
-    waited: &prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
-) -> Result<(), KafkaError> {
-    let mut full_since: Option<Instant> = None;
-    let result = loop {
-        match send(rec) {
-            Ok(()) => break Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                full_since.get_or_insert_with(Instant::now);
-                rec = r;
-                wait();
-            }
-            Err((e, _)) => break Err(e),
-        }
-    };
-    if let Some(since) = full_since {
-        waited.inc_by(since.elapsed().as_secs_f64());
-    }
-    result
 }
 
 fn encode(what: &'static str, e: &banter_model::CodecError) -> BatchError {
