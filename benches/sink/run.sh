@@ -16,7 +16,8 @@
 #   BANTER_BENCH_ONE_LANE=1: provisional rows on the rollups topic, one sink lane (as before they
 #     had a topic of their own), to compare the two on one build
 #   BANTER_STREAM__PROVISIONAL_IN_TRANSACTION=false: provisional rows sent at once by a producer
-#     of their own, outside the batch's transaction (the default is in it), to compare the two
+#     of their own, outside the batch's transaction (the default is in it; not with
+#     BANTER_BENCH_ONE_LANE, where they share the rollups topic), to compare the two
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 accounts="${1:-2000}"; minutes="${2:-360}"; live="${3:-4}"
@@ -217,7 +218,7 @@ stream_report() { # base now
 # stream has shown its window (receipt -> emission: the stream's histogram, per emission, from
 # the earliest event it shows first) and the sink has inserted that row (emission -> visible:
 # inserted_at, whole seconds, so its end plus 1 s: an upper bound, minus emitted_at, the
-# stream's clock at emission). What an emitted row waits for: the stream's transaction, then
+# stream's clock at emission). What an emitted row waits for: the stream's transaction (by default), then
 # the sink's insert.
 if [ -s "$stream_at_end" ]; then
   echo "the stream during the span (input coming), seconds:"

@@ -86,7 +86,6 @@ pub fn pausepoint(name: &str) {
     }
 }
 
-/// `s` percent-encoded for a URL path segment or query value (RFC 3986 unreserved characters
 /// The UTC calendar date and time of `secs` seconds since the epoch: (year, month, day,
 /// hour, minute, second), by Howard Hinnant's days-to-civil algorithm.
 pub fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
@@ -104,6 +103,7 @@ pub fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     (y, m, d, sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
+/// `s` percent-encoded for a URL path segment or query value (RFC 3986 unreserved characters
 /// kept, everything else as `%XX` of its UTF-8 bytes).
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

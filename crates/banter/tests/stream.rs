@@ -590,8 +590,9 @@ async fn stalled_batch_with_provisional_rows(in_transaction: bool) {
     )
     .await;
     if in_transaction {
-        // Nothing new is readable while the batch is not committed. A bounded look: the
-        // other test sees the row within this time.
+        // Nothing new is readable while the batch is not committed: a bounded look of 3 s
+        // (the stalled batch, 250 ms or more after the last showing, shows the changed key;
+        // apart, the other test reads it while stalled).
         let until = std::time::Instant::now() + Duration::from_secs(3);
         while std::time::Instant::now() < until {
             rollups.poll();

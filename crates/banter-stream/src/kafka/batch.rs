@@ -112,7 +112,7 @@ pub(super) struct Batcher<'a> {
     pub ends: &'a BaseConsumer<KafkaContext>,
     pub producer: &'a BaseProducer<KafkaContext>,
     /// Where provisional rows go outside the transaction (`stream.provisional_in_transaction`
-    /// false); `None`: into it.
+    /// false, and a topic of their own); `None`: into it (also with provisional rows off).
     pub showings: Option<&'a Showings>,
     pub topics: &'a Topics,
     pub config: &'a StreamConfig,

@@ -222,7 +222,7 @@ impl StreamMetrics {
         );
         r.register(
             "provisional_failed",
-            "Provisional rows sent outside the batches' transactions (stream.provisional_in_transaction false) that the broker did not take; their final rows replace them",
+            "Provisional rows sent outside the batches' transactions (stream.provisional_in_transaction false) that the producer refused or the broker did not take within 30 s; their final rows replace them",
             m.provisional_failed.clone(),
         );
         r.register(

@@ -3,8 +3,8 @@
 //!
 //! * **Exactly once.** Input is read in batches; each batch is one Kafka transaction holding
 //!   the rows, alerts and dead letters it caused (with `stream.provisional_in_transaction =
-//!   false` its provisional rows of open windows are sent outside it, as they are shown:
-//!   [`showings`]), the changelog entries and [`Checkpoint`] of
+//!   false` and a topic of their own, its provisional rows of open windows are sent outside
+//!   it, as they are shown: [`showings`]), the changelog entries and [`Checkpoint`] of
 //!   every partition it changed (topic `kafka.topics.checkpoints`, compacted; see
 //!   [`checkpoints`]) and the input offsets (`send_offsets_to_transaction`, fenced by the group
 //!   generation, KIP-447). Either all of it is visible to `read_committed` readers or none of
@@ -123,9 +123,10 @@ pub fn run(
     // Serves a token request (AWS_MSK_IAM) before the metadata request needs it.
     let _ = reader.consumer.poll(Duration::ZERO);
     let checkpoint_partitions = reader.partitions().map_err(StreamError::Restore)?;
-    // Provisional rows on a topic that does not exist would be lost, every one of them, or
-    // with stream.provisional_in_transaction fail every transaction, final rows and all (a
-    // broker that does not create topics on use): say so at the start.
+    // On a broker that does not create topics on use, provisional rows on a topic that does
+    // not exist would fail every transaction, final rows and all (in the transaction, the
+    // default), or all be lost (stream.provisional_in_transaction = false): say so at the
+    // start.
     let provisional = k.topics.provisional_topic();
     let shown = sc.provisional_interval_ms > 0;
     if let Some(apart) = k.topics.separate_provisional_topic().filter(|_| shown) {
@@ -222,6 +223,9 @@ pub fn run(
             .map_err(kafka("provisional rows' producer config"))
     };
     let mut showings = apart.then(make_showings).transpose()?;
+    if shown && !sc.provisional_in_transaction && !apart {
+        tracing::warn!(topic = %provisional, "stream.provisional_in_transaction = false has no effect: provisional rows share the rollups topic, so they stay in the transactions");
+    }
     // A batch's partitions are processed on up to this many threads (`stream.threads`).
     let threads = sc.worker_threads();
     tracing::info!(%transactional_id, group = %sc.group_id, input = %k.topics.events, threads, "stream started");

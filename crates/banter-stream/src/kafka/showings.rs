@@ -2,13 +2,13 @@
 //! outside the batch's transaction (`stream.provisional_in_transaction = false`; by default
 //! they are in it).
 //!
-//! In the transaction, a provisional row could be read only once its batch committed: after
-//! the batch's changelog entries and the commit, several seconds when the batch closes a
-//! minute (as many changelog entries as final rows). Provisional rows change no state and are
-//! not part of the exactly-once argument: any final row replaces them
-//! (`ReplacingMergeTree(revision)`, revision ≥ 0 against `i64::MIN + offset`). What the
-//! transaction gave them is that they showed only counts that were committed; outside it they
-//! may show counts of a batch that is then aborted (it is processed again from its checkpoint,
+//! In the transaction, a provisional row can be read only once its batch commits: after the
+//! batch's changelog entries and the commit, a second or more when the batch closes a minute
+//! (as many changelog entries as final rows; up to several seconds on a slow close).
+//! Provisional rows change no state and are not part of the exactly-once argument: any final
+//! row replaces them (`ReplacingMergeTree(revision)`, revision ≥ 0 against
+//! `i64::MIN + offset`). What the transaction gives them is that they show only counts that
+//! were committed; outside it they may show counts of a batch that is then aborted (it is processed again from its checkpoint,
 //! the same events in the same order, to the same counts) or of a fenced instance (the
 //! instance that took its partitions counts the same events). Early alerts change the
 //! detector's state and stay in the transaction.
