@@ -129,10 +129,12 @@ pub fn run(
     // start.
     let provisional = k.topics.provisional_topic();
     let shown = sc.provisional_interval_ms > 0;
-    if let Some(apart) = k.topics.separate_provisional_topic().filter(|_| shown) {
+    // Provisional rows shown, on a topic of their own.
+    let separate = k.topics.separate_provisional_topic().filter(|_| shown);
+    if let Some(apart) = &separate {
         let md = reader
             .consumer
-            .fetch_metadata(Some(&apart), reader.timeout)
+            .fetch_metadata(Some(apart), reader.timeout)
             .map_err(kafka("provisional topic metadata"))?;
         if md
             .topics()
@@ -216,8 +218,7 @@ pub fn run(
     let mut producer = make_producer()?;
     // Provisional rows outside the transactions (`stream.provisional_in_transaction`), on a
     // topic of their own only: on the rollups topic they would be read no sooner.
-    let apart =
-        shown && !sc.provisional_in_transaction && k.topics.separate_provisional_topic().is_some();
+    let apart = separate.is_some() && !sc.provisional_in_transaction;
     let make_showings = || {
         showings::Showings::new(k, metrics.provisional_failed.clone())
             .map_err(kafka("provisional rows' producer config"))

@@ -23,7 +23,7 @@
 //! first open transaction's records (a minute's close writes final rows to every partition
 //! before the showing), so rows sent outside it would be read no sooner.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use banter_runtime::config::KafkaConfig;
@@ -40,16 +40,13 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 pub(super) struct ShowingContext {
     kafka: KafkaContext,
     failed: Counter,
-    /// Failures logged so far (the first, then every 1,000th: a broker that is down fails
-    /// every row of every showing).
-    logged: AtomicU64,
 }
 
 impl ShowingContext {
-    /// Counts a row that was not delivered; logs the first, then every 1,000th.
+    /// Counts a row that was not delivered; logs the first, then every 1,000th (a broker that
+    /// is down fails every row of every showing).
     fn failed(&self, error: &KafkaError, topic: &str) {
-        self.failed.inc();
-        let n = self.logged.fetch_add(1, Ordering::Relaxed);
+        let n = self.failed.inc();
         if n.is_multiple_of(1000) {
             tracing::warn!(%error, topic, failed = n + 1, "provisional rows not delivered (their final rows replace them)");
         }
@@ -96,7 +93,6 @@ impl Showings {
             .create_with_context(ShowingContext {
                 kafka: KafkaContext::new(k),
                 failed,
-                logged: AtomicU64::new(0),
             })?;
         Ok(Showings {
             producer,
