@@ -15,6 +15,7 @@
 //! * **Restore** takes the latest entry per key in any order ([`ChangelogMap::restore_entry`]);
 //!   a key or value that cannot be read names its store, table and key.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 
 use banter_model::WindowKind;
@@ -545,13 +546,22 @@ impl<K: Hash + Eq + Clone, V> ChangelogMap<K, V> {
         }
     }
 
-    /// The value of `k`, one made by `make` when there is none; recorded as changed.
-    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
-        let (l, _) = self.entries.get_or_insert_with(k.clone(), || Logged {
+    /// The value of `k`, one made by `make` when there is none; recorded as changed. The key
+    /// is cloned only to be inserted or listed, not for a value already changed since the
+    /// last write (most updates of a hot key).
+    pub fn get_or_insert_with<Q>(&mut self, k: &Q, make: impl FnOnce() -> V) -> &mut V
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let (l, _) = self.entries.get_or_insert_cloned(k, || Logged {
             value: make(),
             listed: false,
         });
-        Self::list(&mut self.changed, &k, l);
+        if !l.listed {
+            l.listed = true;
+            self.changed.push(k.to_owned());
+        }
         &mut l.value
     }
 
@@ -831,7 +841,7 @@ mod tests {
         let k = |s: &str| (s.to_owned(), WindowKind::Day, 0);
         m.insert(k("a"), vec![1]);
         m.get_mut(&k("a")).unwrap().push(2);
-        m.get_or_insert_with(k("b"), Vec::new).push(3);
+        m.get_or_insert_with(&k("b"), Vec::new).push(3);
         let mut out = Changes::new();
         m.write_changes(&mut out).unwrap();
         assert_eq!(out.len(), 2, "{out:?}");
@@ -874,7 +884,7 @@ mod tests {
                     1 => { if let Some(x) = m.get_mut(&k) { x.push(v); } }
                     2 => { m.remove(&k); }
                     3 => m.retain(|key, _| key.0 != ids[id]),
-                    4 => m.get_or_insert_with(k, Vec::new).push(v),
+                    4 => m.get_or_insert_with(&k, Vec::new).push(v),
                     _ => {
                         // A restart: what was written is restored, the rest of the changes
                         // are lost with the process (a batch's changes and outputs go

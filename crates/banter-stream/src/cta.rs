@@ -11,6 +11,8 @@
 //! The funnel that follows a trigger (private reply, read, engaged, click, conversion) is in
 //! [`crate::funnel`]; campaigns come from a TOML file ([`load_campaigns`]).
 
+use std::borrow::Cow;
+
 use banter_model::{EngagementEvent, Kind};
 use serde::{Deserialize, Serialize};
 
@@ -100,9 +102,30 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The words of `text` as [`words`] gives them, borrowed where lower-casing changes nothing (a
+/// word of ASCII lower-case letters and digits, most of them), so matching an event's text
+/// allocates one list rather than a string per word.
+fn text_words(text: &str) -> Vec<Cow<'_, str>> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            if !w.is_ascii() {
+                Cow::Owned(w.to_lowercase())
+            } else if w.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(w.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(w)
+            }
+        })
+        .collect()
+}
+
 /// Whether `phrase` (already split into words) occurs in `text` as whole consecutive words.
-fn contains_phrase(text: &[String], phrase: &[String]) -> bool {
-    !phrase.is_empty() && text.windows(phrase.len()).any(|w| w == phrase)
+fn contains_phrase(text: &[Cow<'_, str>], phrase: &[String]) -> bool {
+    !phrase.is_empty()
+        && text
+            .windows(phrase.len())
+            .any(|w| w.iter().zip(phrase).all(|(a, b)| **a == **b))
 }
 
 /// Matches events against the configured campaigns.
@@ -176,7 +199,7 @@ impl Matcher {
         }
         let text = e.text.as_deref()?;
         let list = self.campaigns.get(&e.account_id)?;
-        let w = words(text);
+        let w = text_words(text);
         list.iter()
             .find(|(c, kws)| {
                 let in_scope = match &c.scope {
@@ -277,6 +300,30 @@ mod tests {
         e.content_id = post.map(str::to_owned);
         e.text = Some(text.into());
         e
+    }
+
+    #[test]
+    fn an_events_words_are_the_keywords_words() {
+        // The words matched against (borrowed where lower-casing changes nothing) are those
+        // the keywords are split into, for ASCII, mixed case and scripts whose lower case
+        // depends on the word (Greek final sigma) or takes more characters (dotted I).
+        for text in [
+            "",
+            "free guide",
+            "Free GUIDE, please!",
+            "abc123 DEF456 g7",
+            "ΟΔΟΣ οδός Σοφία",
+            "İstanbul KİTAP",
+            "straße STRASSE",
+            "🔥guide🔥 ÉCOLE école",
+            "a_b-c.d/e",
+        ] {
+            let got: Vec<String> = text_words(text).into_iter().map(Cow::into_owned).collect();
+            assert_eq!(got, words(text), "{text:?}");
+        }
+        let borrowed = text_words("free Guide");
+        assert!(matches!(borrowed[0], Cow::Borrowed("free")));
+        assert!(matches!(borrowed[1], Cow::Owned(_)));
     }
 
     #[test]

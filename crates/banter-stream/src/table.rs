@@ -8,6 +8,7 @@
 //! does not depend on it, only the order of rows within one batch does, which readers do not
 //! rely on (each row carries its key and revision).
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 /// Hash maps with a random seed.
@@ -118,6 +119,30 @@ impl<K: Hash + Eq, V> Table<K, V> {
         }
     }
 
+    /// As [`Table::get_or_insert_with`] for a borrowed key, cloned only to be inserted (a key
+    /// found costs no clone, and no reference count touched for shared strings).
+    pub(crate) fn get_or_insert_cloned<Q>(
+        &mut self,
+        k: &Q,
+        make: impl FnOnce() -> V,
+    ) -> (&mut V, bool)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let h = self.hasher.hash_one(k);
+        let hasher = &self.hasher;
+        match self
+            .entries
+            .entry(h, |(x, _)| x.borrow() == k, |(x, _)| hasher.hash_one(x))
+        {
+            hashbrown::hash_table::Entry::Occupied(e) => (&mut e.into_mut().1, false),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                (&mut e.insert((k.to_owned(), make())).into_mut().1, true)
+            }
+        }
+    }
+
     /// The value of `k`, a default one inserted when there is none.
     pub(crate) fn entry_or_default(&mut self, k: K) -> &mut V
     where
@@ -198,6 +223,12 @@ mod tests {
         t.entry_or_default((7, 7)).push('y');
         assert_eq!(t.get(&(7, 7)).map(String::as_str), Some("xy"));
         assert!(!t.get_or_insert_with((7, 7), String::new).1);
+        assert!(!t.get_or_insert_cloned(&(7, 7), String::new).1);
+        let (v, inserted) = t.get_or_insert_cloned(&(8, 8), || "z".to_owned());
+        assert!(inserted);
+        assert_eq!(v, "z");
+        assert_eq!(t.remove(&(8, 8)).as_deref(), Some("z"));
+        assert_eq!(t.get(&(7, 7)).map(String::as_str), Some("xy"));
         assert_eq!(t.iter().count(), 1_001);
         for (k, v) in t.iter_mut() {
             if k.0 == 12 {

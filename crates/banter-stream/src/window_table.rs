@@ -85,7 +85,7 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
     /// Window `k` to change (made by `make` when new): it is emitted at the next minute and
     /// written to the changelog.
     pub fn update(&mut self, k: &K, make: impl FnOnce() -> W) -> &mut W {
-        let w = self.map.get_or_insert_with(k.clone(), make);
+        let w = self.map.get_or_insert_with(k, make);
         let p = w.pending();
         if !*p {
             *p = true;

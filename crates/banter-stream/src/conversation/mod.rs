@@ -361,8 +361,7 @@ impl Conversations {
                 let root_key = (account.clone(), thread.clone());
                 if let Some(a) = answered {
                     fold(
-                        self.thread_first
-                            .get_or_insert_with(root_key.clone(), || (a, a)),
+                        self.thread_first.get_or_insert_with(&root_key, || (a, a)),
                         a,
                     );
                 }
@@ -384,7 +383,7 @@ impl Conversations {
                 let Some(id) = nonempty(&e.object_id) else {
                     return;
                 };
-                let list = self.actions.get_or_insert_with(id.clone(), Vec::new);
+                let list = self.actions.get_or_insert_with(&id, Vec::new);
                 let i = list.partition_point(|a| *a <= (t, e.action));
                 if list.len() < MAX_ACTIONS {
                     list.insert(i, (t, e.action));
@@ -420,9 +419,7 @@ impl Conversations {
                             .unwrap_or_default()
                     }),
                 };
-                let th = self
-                    .threads
-                    .get_or_insert_with(key.clone(), Thread::default);
+                let th = self.threads.get_or_insert_with(&key, Thread::default);
                 let i = th.dms.partition_point(|d| *d < dm);
                 if th.dms.get(i) == Some(&dm) {
                     return;
@@ -448,7 +445,7 @@ impl Conversations {
                     }
                     Some(_) => None,
                     None => {
-                        fold(self.answers.get_or_insert_with(parent, || (t, t)), t);
+                        fold(self.answers.get_or_insert_with(&parent, || (t, t)), t);
                         None
                     }
                 };
@@ -460,10 +457,7 @@ impl Conversations {
                 });
                 if let Some(root) = root {
                     let key = (account, root);
-                    fold(
-                        self.thread_first.get_or_insert_with(key.clone(), || (t, t)),
-                        t,
-                    );
+                    fold(self.thread_first.get_or_insert_with(&key, || (t, t)), t);
                     self.update_root(&key, offset);
                 }
             }
@@ -571,7 +565,16 @@ impl Conversations {
     fn change(&mut self, id: SmolStr, old: Option<Item>, new: Option<Item>, offset: i64) {
         let before = old.as_ref().and_then(contribution);
         let after = new.as_ref().and_then(contribution);
-        match new.clone() {
+        // The windows' keys (account, then "" and the content when it has one), taken only
+        // when the contribution moves.
+        let keys = (before != after)
+            .then(|| new.as_ref().or(old.as_ref()))
+            .flatten()
+            .map(|it| {
+                let content = it.content.clone().filter(|c| !c.is_empty());
+                (it.account.clone(), [Some(SmolStr::default()), content])
+            });
+        match new {
             Some(it) => {
                 self.items.insert(id, it);
             }
@@ -579,24 +582,18 @@ impl Conversations {
                 self.items.remove(&id);
             }
         }
-        if before == after {
-            return;
-        }
-        let Some(it) = new.or(old) else {
+        let Some((account, contents)) = keys else {
             return;
         };
-        let keys: Vec<SmolStr> = std::iter::once(SmolStr::default())
-            .chain(it.content.clone().filter(|c| !c.is_empty()))
-            .collect();
         for (sign, c) in [(-1i64, before), (1, after)] {
             let Some(c) = c else { continue };
-            for content in &keys {
+            for content in contents.iter().flatten() {
                 for kind in [WindowKind::Hour, WindowKind::Day] {
                     let start = window_start(kind, c.time);
                     if self.windows.is_final(kind, start) {
                         continue;
                     }
-                    let wk = (it.account.clone(), content.clone(), kind, start);
+                    let wk = (account.clone(), content.clone(), kind, start);
                     let w = self.windows.update(&wk, Agg::default);
                     w.inbound += sign;
                     w.answered += sign * i64::from(c.answered);

@@ -385,14 +385,16 @@ impl Funnels {
         if e.action != Action::Add {
             return;
         }
-        let actor = e.actor_id.clone().filter(|a| !a.is_empty());
-        let account = e.account_id.clone();
+        // The ids are copied only for an event that triggers or is a stage (most are neither).
+        let actor = || e.actor_id.clone().filter(|a| !a.is_empty());
+        let account = || e.account_id.clone();
         let inbound =
             matches!(e.kind, Kind::Comment | Kind::StoryReply | Kind::DmIn) && !e.is_brand_actor;
         if let Some(c) = inbound.then(|| self.matcher.trigger(e)).flatten() {
-            let Some(actor) = actor else {
+            let Some(actor) = actor() else {
                 return;
             };
+            let account = account();
             self.stats.triggers += 1;
             let campaign = c.id.clone();
             let key = (account, actor);
@@ -433,6 +435,7 @@ impl Funnels {
             Kind::Conversion => 5,
             _ => return,
         };
+        let (account, actor) = (account(), actor());
         let event = StageEvent {
             time: e.event_time,
             stage,
@@ -529,7 +532,7 @@ impl Funnels {
 
     /// Holds `event` until what it waits for arrives (or the lateness passes).
     fn wait(&mut self, key: WaitKey, account: String, actor: Option<String>, event: StageEvent) {
-        let list = self.waiting.get_or_insert_with(key, Vec::new);
+        let list = self.waiting.get_or_insert_with(&key, Vec::new);
         if list.len() < MAX_WAITING {
             list.push(Waiting {
                 event,

@@ -944,9 +944,7 @@ impl Detector {
         };
         // A key seen for the first time had no interactions in the minutes judged before.
         let quiet = u32::try_from((m - first_minute) / MINUTE).unwrap_or(u32::MAX);
-        let st = self
-            .keys
-            .get_or_insert_with(key.clone(), || KeyState::new(quiet));
+        let st = self.keys.get_or_insert_with(key, || KeyState::new(quiet));
         if st.published.is_none() {
             st.published = published;
         }
@@ -1071,11 +1069,9 @@ impl Detector {
         let hot = st.is_hot();
         if young {
             let a = age.unwrap_or(0) as usize;
-            let prof = self
-                .profiles
-                .get_or_insert_with(key.account().to_owned(), || {
-                    vec![Ewma::default(); cfg.young_minutes.max(0) as usize]
-                });
+            let prof = self.profiles.get_or_insert_with(key.account(), || {
+                vec![Ewma::default(); cfg.young_minutes.max(0) as usize]
+            });
             if let Some(e) = prof.get_mut(a) {
                 e.update(xf.max(0.0).ln_1p(), cfg.lambda);
             }
