@@ -389,15 +389,9 @@ impl Pipeline {
         for o in self.scratch.drain(..) {
             match o {
                 Output::Rollup(r) => {
-                    if let Some(mut count) = MinuteCount::of(&r, None) {
-                        // The publication time (a name lookup) only for what the detector
-                        // judges: not for other windows' rows, nor for corrections.
-                        if !count.correction {
-                            count.published_at = r
-                                .content_id
-                                .as_deref()
-                                .and_then(|c| self.windows.published_at(c));
-                        }
+                    if let Some(count) = MinuteCount::of(&r, None) {
+                        // The detector asks for a post's publication time (a name lookup) when
+                        // it judges the post for the first time, below.
                         self.spikes.observe(&count);
                     }
                     out.rollups.push(r);
@@ -408,7 +402,11 @@ impl Pipeline {
             }
         }
         if let Some(closed_below) = self.windows.closed_below() {
-            self.spikes.close(closed_below, &mut out.alerts);
+            // The engine's state of this step, the one the rows were emitted in.
+            let windows = &self.windows;
+            let published_at = |c: &str| windows.published_at(c);
+            self.spikes
+                .close_with(closed_below, &published_at, &mut out.alerts);
         }
         if let Some(wm) = self.windows.watermark() {
             self.funnels.advance(wm, &mut out.funnels);

@@ -808,8 +808,23 @@ impl Detector {
         true
     }
 
-    /// Judges every minute before `closed_below` (the engine's: all their rows were observed).
+    /// Judges every minute before `closed_below` (the engine's: all their rows were observed),
+    /// with the publication times the rows came with.
     pub fn close(&mut self, closed_below: i64, out: &mut Vec<SpikeAlert>) {
+        self.close_with(closed_below, &|_| None, out);
+    }
+
+    /// As [`Detector::close`], asking `published_at` for the publication time of a post the
+    /// detector does not know one of yet (and its row did not bring): a post's time is looked
+    /// up once, when first judged, rather than for each of its rows. `published_at` must
+    /// answer as it would have when the rows were observed (the engine's state of the same
+    /// step: rows of a minute are observed and judged in the step that closes it).
+    pub fn close_with(
+        &mut self,
+        closed_below: i64,
+        published_at: &dyn Fn(&str) -> Option<i64>,
+        out: &mut Vec<SpikeAlert>,
+    ) {
         let mut done = self.meta.get().done_below;
         if done.is_some_and(|d| closed_below <= d) {
             return;
@@ -830,7 +845,7 @@ impl Detector {
                 break;
             }
             let rows = self.pending.remove(&m).unwrap_or_default();
-            self.judge_minute(m, rows, out);
+            self.judge_minute(m, rows, published_at, out);
             done = Some(m + MINUTE);
         }
         let done_below = done.map_or(closed_below, |d| d.max(closed_below));
@@ -879,7 +894,13 @@ impl Detector {
         }
     }
 
-    fn judge_minute(&mut self, m: i64, rows: Map<SmolStr, AccountRows>, out: &mut Vec<SpikeAlert>) {
+    fn judge_minute(
+        &mut self,
+        m: i64,
+        rows: Map<SmolStr, AccountRows>,
+        published_at: &dyn Fn(&str) -> Option<i64>,
+        out: &mut Vec<SpikeAlert>,
+    ) {
         // Accounts are independent; within one, its posts (in a fixed order) come before the
         // account row: young posts are left out of the account's series.
         for (account, mut a) in rows {
@@ -890,7 +911,7 @@ impl Detector {
                     account: account.clone(),
                     content,
                 };
-                match self.judge(&key, m, w.x, w.published, out) {
+                match self.judge(&key, m, w.x, w.published, published_at, out) {
                     Judged::Young => young_sum += w.x,
                     Judged::Joins(b) => {
                         let e = self.joining.entry((account.clone(), m)).or_default();
@@ -902,7 +923,7 @@ impl Detector {
             }
             if let Some(w) = a.account {
                 let key = SpikeKey::Account(account);
-                self.judge(&key, m, w.x - young_sum, w.published, out);
+                self.judge(&key, m, w.x - young_sum, w.published, published_at, out);
             }
         }
         // Hot keys without a row (not judged in this minute yet) count 0, in a fixed order.
@@ -915,7 +936,7 @@ impl Detector {
             .collect();
         hot.sort_unstable();
         for key in hot {
-            self.judge(&key, m, 0, None, out);
+            self.judge(&key, m, 0, None, &|_| None, out);
         }
         // Levels of joining posts whose account has no row this minute: the account's next
         // row would see them anyway; nothing to carry over.
@@ -925,13 +946,15 @@ impl Detector {
         }
     }
 
-    /// Judges key's minute m with count x.
+    /// Judges key's minute m with count x; a post's publication time, when the key has none
+    /// yet, is `published` or else `published_at` of its content.
     fn judge(
         &mut self,
         key: &SpikeKey,
         m: i64,
         x: i64,
         published: Option<i64>,
+        published_at: &dyn Fn(&str) -> Option<i64>,
         out: &mut Vec<SpikeAlert>,
     ) -> Judged {
         let cfg = self.cfg;
@@ -946,7 +969,7 @@ impl Detector {
         let quiet = u32::try_from((m - first_minute) / MINUTE).unwrap_or(u32::MAX);
         let st = self.keys.get_or_insert_with(key, || KeyState::new(quiet));
         if st.published.is_none() {
-            st.published = published;
+            st.published = published.or_else(|| key.content().and_then(published_at));
         }
         // Minutes without a row since the last judged one (a post: since its publication)
         // count 0.
