@@ -391,7 +391,7 @@ impl Pipeline {
                 Output::Rollup(r) => {
                     if let Some(count) = MinuteCount::of(&r, None) {
                         // The detector asks for a post's publication time (a name lookup) when
-                        // it judges the post for the first time, below.
+                        // it judges a post whose time it does not know yet, below.
                         self.spikes.observe(&count);
                     }
                     out.rollups.push(r);

@@ -815,8 +815,9 @@ impl Detector {
     }
 
     /// As [`Detector::close`], asking `published_at` for the publication time of a post the
-    /// detector does not know one of yet (and its row did not bring): a post's time is looked
-    /// up once, when first judged, rather than for each of its rows. `published_at` must
+    /// detector does not know one of yet (and its row did not bring): looked up when judged
+    /// until known (once for a post the engine knows the time of, on its first judgment),
+    /// rather than for each row routed. `published_at` must
     /// answer as it would have when the rows were observed (the engine's state of the same
     /// step: rows of a minute are observed and judged in the step that closes it).
     pub fn close_with(
