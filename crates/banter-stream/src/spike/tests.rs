@@ -490,6 +490,51 @@ fn a_young_post_of_an_account_without_history_fires_when_its_launch_takes_off() 
 }
 
 #[test]
+fn a_publication_time_asked_for_when_judged_is_the_one_rows_would_bring() {
+    // The launch of `a_young_post_of_an_account_without_history_fires_when_its_launch_takes_off`
+    // (onset at 6 minutes old), its rows without a publication time: the detector asks for it
+    // when it judges the post, until it knows it, and alerts as when the rows bring it.
+    let published = T0 + 20 * MINUTE + 30_000;
+    let xs = [
+        2, 4, 3, 5, 4, 3, 41, 38, 45, 40, 36, 44, 39, 4, 3, 2, 3, 2, 1, 2, 1,
+    ];
+    let feed = |brought: Option<i64>, lookup: &dyn Fn(&str) -> Option<i64>| {
+        let mut det = Detector::new(SpikeConfig::default());
+        let mut out = Vec::new();
+        for (i, &x) in xs.iter().enumerate() {
+            let minute = 20 + i as i64;
+            det.observe(&count(row("a", Some("p"), minute, x), brought));
+            det.close_with(T0 + (minute + 1) * MINUTE, lookup, &mut out);
+        }
+        out
+    };
+    let brought = feed(Some(published), &|_| {
+        panic!("asked though the rows brought it")
+    });
+    assert_eq!(brought[0].started_at, T0 + 26 * MINUTE, "{brought:#?}");
+    let asked = std::cell::Cell::new(0);
+    let lookup = |c: &str| {
+        assert_eq!(c, "p");
+        asked.set(asked.get() + 1);
+        Some(published)
+    };
+    assert_eq!(feed(None, &lookup), brought);
+    assert_eq!(asked.get(), 1, "asked once: known after its first judgment");
+    // Unknown to the lookup too: asked at every judgment, and judged as a post of unknown age.
+    asked.set(0);
+    let unknown = |_: &str| {
+        asked.set(asked.get() + 1);
+        None
+    };
+    assert_eq!(
+        feed(None, &unknown),
+        feed(None, &|_| None),
+        "no answer is as no lookup"
+    );
+    assert_eq!(asked.get(), xs.len());
+}
+
+#[test]
 fn a_young_posts_dip_during_its_spike_stays_out_of_its_launch_level() {
     // The account's first post: about 3 a minute from its start (launch level 2.97 at age 6,
     // scale max(σ, √(μ(1 + 1/n)), 1) ≈ 1.94), a spike from age 6 to 13 dipping to 8, 7, 8, 8
