@@ -554,7 +554,7 @@ impl<K: Hash + Eq + Clone, V> ChangelogMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let (l, _) = self.entries.get_or_insert_cloned(k, || Logged {
+        let (l, _) = self.entries.get_or_insert_with(k, || Logged {
             value: make(),
             listed: false,
         });

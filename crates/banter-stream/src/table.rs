@@ -104,24 +104,9 @@ impl<K: Hash + Eq, V> Table<K, V> {
     }
 
     /// The value of `k`, one made by `make` inserted when there is none; whether it was
-    /// inserted.
-    pub(crate) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> (&mut V, bool) {
-        let h = self.hash(&k);
-        let hasher = &self.hasher;
-        match self
-            .entries
-            .entry(h, |(x, _)| *x == k, |(x, _)| hasher.hash_one(x))
-        {
-            hashbrown::hash_table::Entry::Occupied(e) => (&mut e.into_mut().1, false),
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                (&mut e.insert((k, make())).into_mut().1, true)
-            }
-        }
-    }
-
-    /// As [`Table::get_or_insert_with`] for a borrowed key, cloned only to be inserted (a key
-    /// found costs no clone, and no reference count touched for shared strings).
-    pub(crate) fn get_or_insert_cloned<Q>(
+    /// inserted. The key is borrowed and cloned only to be inserted (a key found costs no
+    /// clone, and no reference count touched for shared strings).
+    pub(crate) fn get_or_insert_with<Q>(
         &mut self,
         k: &Q,
         make: impl FnOnce() -> V,
@@ -146,9 +131,10 @@ impl<K: Hash + Eq, V> Table<K, V> {
     /// The value of `k`, a default one inserted when there is none.
     pub(crate) fn entry_or_default(&mut self, k: K) -> &mut V
     where
+        K: Clone,
         V: Default,
     {
-        self.get_or_insert_with(k, V::default).0
+        self.get_or_insert_with(&k, V::default).0
     }
 
     /// Keeps the entries `keep` says to keep.
@@ -222,9 +208,8 @@ mod tests {
         t.entry_or_default((7, 7)).push('x');
         t.entry_or_default((7, 7)).push('y');
         assert_eq!(t.get(&(7, 7)).map(String::as_str), Some("xy"));
-        assert!(!t.get_or_insert_with((7, 7), String::new).1);
-        assert!(!t.get_or_insert_cloned(&(7, 7), String::new).1);
-        let (v, inserted) = t.get_or_insert_cloned(&(8, 8), || "z".to_owned());
+        assert!(!t.get_or_insert_with(&(7, 7), String::new).1);
+        let (v, inserted) = t.get_or_insert_with(&(8, 8), || "z".to_owned());
         assert!(inserted);
         assert_eq!(v, "z");
         assert_eq!(t.remove(&(8, 8)).as_deref(), Some("z"));
