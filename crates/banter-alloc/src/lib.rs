@@ -39,6 +39,27 @@ pub fn prefetch<T>(r: &T) {
     let _ = r;
 }
 
+/// Starts loading every cache line of `*r` (a value larger than one line, read field by field
+/// a little later) and returns at once; see [`prefetch`].
+#[inline(always)]
+pub fn prefetch_all<T>(r: &T) {
+    let start = std::ptr::from_ref(r).cast::<u8>();
+    let mut at = 0;
+    while at < std::mem::size_of::<T>() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `prefetch`; `start + at` stays inside `*r`, a valid reference, so the
+        // offset is in bounds of one allocation.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                start.add(at).cast::<i8>(),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = start;
+        at += 64;
+    }
+}
+
 /// The huge page size (x86-64 and aarch64 with 4 KiB base pages): blocks at least this large
 /// are advised.
 pub const HUGE_PAGE: usize = 2 << 20;

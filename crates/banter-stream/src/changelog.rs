@@ -592,6 +592,11 @@ impl<K: Hash + Eq + Clone, V> ChangelogMap<K, V> {
         self.entries.values().map(|l| &l.value)
     }
 
+    /// Starts loading the slot of the key `q` stands for (see [`Table::prefetch_as`]).
+    pub fn prefetch_as<Q: Hash + ?Sized>(&self, q: &Q) {
+        self.entries.prefetch_as(q);
+    }
+
     /// The key and value in the slot `k` most likely sits in, found without reading any slot
     /// (see [`Table::likely_slot`]), for prefetching the parts of the value that will be used
     /// (it may be another key's). Starts fetching the slot's change mark, which a change of

@@ -288,10 +288,11 @@ impl Pipeline {
         self.windows.published_at(content)
     }
 
-    /// Starts fetching the window state `events` will touch (see [`Engine::prefetch`]); changes
-    /// nothing.
+    /// Starts fetching the window and conversation state `events` will touch (see
+    /// [`Engine::prefetch`], [`Conversations::prefetch`]); changes nothing.
     pub fn prefetch(&self, events: &[EngagementEvent]) {
         self.windows.prefetch(events);
+        self.conversations.prefetch(events);
     }
 
     /// Processes one event read at `offset`; appends what it causes to `out` (nothing while

@@ -13,7 +13,6 @@ use serde::Serialize;
 use crate::changelog::{
     ChangelogCell, ChangelogMap, Changes, Entry, StateError, StateKey, TableId,
 };
-use crate::table::Set;
 use crate::time::{check_time, window_len, Progress};
 
 /// A window aggregate that remembers whether it changed since it was last emitted (stored
@@ -24,12 +23,15 @@ pub(crate) trait Pending {
     fn check(&self) -> Result<(), String>;
 }
 
-/// Windows keyed by `K`, with an index of those changed since their last emission (so a
+/// Windows keyed by `K`, with a list of those changed since their last emission (so a
 /// minute's emission does not scan every window), and the operator's progress.
 #[derive(Debug, Clone)]
 pub(crate) struct WindowTable<K, W> {
     map: ChangelogMap<K, W>,
-    pending: Set<K>,
+    /// The windows whose pending mark was set since the last emission, each listed when its
+    /// mark is set (so once while it is set; a key restored twice may be listed twice, and
+    /// is emitted once, as its mark is cleared at its first emission).
+    pending: Vec<K>,
     progress: ChangelogCell<Progress>,
     progress_tag: u8,
     /// How long after its end a window takes changes.
@@ -49,7 +51,7 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
     ) -> Self {
         WindowTable {
             map: ChangelogMap::new(windows),
-            pending: Set::default(),
+            pending: Vec::new(),
             progress: ChangelogCell::new(progress, Progress::default()),
             progress_tag: progress.tag,
             keep_ms,
@@ -82,6 +84,12 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
             .is_final(start + window_len(kind), self.keep_ms)
     }
 
+    /// Starts loading the slot of the window `q` stands for (see
+    /// [`crate::table::Table::prefetch_as`]).
+    pub fn prefetch_as<Q: Hash + ?Sized>(&self, q: &Q) {
+        self.map.prefetch_as(q);
+    }
+
     /// Window `k` to change (made by `make` when new): it is emitted at the next minute and
     /// written to the changelog.
     pub fn update(&mut self, k: &K, make: impl FnOnce() -> W) -> &mut W {
@@ -89,7 +97,7 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
         let p = w.pending();
         if !*p {
             *p = true;
-            self.pending.insert(k.clone());
+            self.pending.push(k.clone());
         }
         w
     }
@@ -111,12 +119,15 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
             return false;
         };
         if moved.minute {
-            for k in std::mem::take(&mut self.pending) {
+            let mut pending = std::mem::take(&mut self.pending);
+            for k in pending.drain(..) {
                 if let Some(w) = self.map.get_mut(&k) {
-                    *w.pending() = false;
-                    out.push(row(&k, w, wm));
+                    if std::mem::take(w.pending()) {
+                        out.push(row(&k, w, wm));
+                    }
                 }
             }
+            self.pending = pending;
         }
         if moved.hour {
             let (progress, keep, span) = (*self.progress.get(), self.keep_ms, self.span);
@@ -163,7 +174,7 @@ where
         let mut w: W = entry.value()?;
         w.check().map_err(|e| entry.error(e))?;
         if *w.pending() {
-            self.pending.insert(k.clone());
+            self.pending.push(k.clone());
         }
         self.map.restore(k, w);
         Ok(())

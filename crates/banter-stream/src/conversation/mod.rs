@@ -337,10 +337,52 @@ impl Conversations {
         true
     }
 
+    /// Starts fetching into the cache, and changes nothing, the state that applying `events`
+    /// will look up first: a comment's item slot and its four windows, the item an answer
+    /// names, a DM's thread. Items are kept a day and windows a day past their end, so these
+    /// tables are large and each lookup is a cache miss; started for a batch at once, the
+    /// misses overlap (as [`crate::Engine::prefetch`] does for the windows). Purely an
+    /// optimization: what is applied is the same with or without it.
+    pub fn prefetch(&self, events: &[EngagementEvent]) {
+        fn nonempty(s: &Option<String>) -> Option<&str> {
+            s.as_deref().filter(|s| !s.is_empty())
+        }
+        for e in events {
+            let account = e.account_id.as_str();
+            match (e.kind, e.action) {
+                (Kind::Comment, Action::Add) if !e.is_brand_actor => {
+                    let Some(id) = nonempty(&e.object_id) else {
+                        continue;
+                    };
+                    self.items.prefetch_as(id);
+                    for content in [Some(""), nonempty(&e.content_id)].into_iter().flatten() {
+                        for kind in [WindowKind::Hour, WindowKind::Day] {
+                            let start = window_start(kind, e.event_time);
+                            self.windows.prefetch_as(&(account, content, kind, start));
+                        }
+                    }
+                }
+                (Kind::BrandReply | Kind::PrivateReplySent, Action::Add) => {
+                    if let Some(parent) = nonempty(&e.parent_id) {
+                        self.items.prefetch_as(parent);
+                    }
+                }
+                (Kind::StoryReply | Kind::DmIn | Kind::DmOut, Action::Add) => {
+                    let thread = nonempty(&e.thread_id)
+                        .or_else(|| nonempty(&e.actor_id))
+                        .unwrap_or_default();
+                    self.threads.prefetch_as(&(account, thread));
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn apply(&mut self, e: &EngagementEvent, offset: i64) {
         let t = e.event_time;
-        // Ids as SmolStr (inline up to 23 bytes): one allocation less per item, DM and key.
-        let account = SmolStr::from(e.account_id.as_str());
+        // Ids as SmolStr (inline up to 23 bytes): one allocation less per item, DM and key;
+        // made only for the events that keep them.
+        let account = || SmolStr::from(e.account_id.as_str());
         let nonempty =
             |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(SmolStr::from);
         match (e.kind, e.action) {
@@ -358,6 +400,7 @@ impl Conversations {
                 let reply = parent.is_some();
                 // Answers that came before it: its own, and its thread's first.
                 let answered = self.answers.remove(&id).map(|a| a.0);
+                let account = account();
                 let root_key = (account.clone(), thread.clone());
                 if let Some(a) = answered {
                     fold(
@@ -403,7 +446,7 @@ impl Conversations {
                     return; // the brand's own story reply, or a user's echo: not a DM here
                 }
                 let key = (
-                    account,
+                    account(),
                     nonempty(&e.thread_id)
                         .or_else(|| nonempty(&e.actor_id))
                         .unwrap_or_default(),
@@ -456,7 +499,7 @@ impl Conversations {
                         .flatten()
                 });
                 if let Some(root) = root {
-                    let key = (account, root);
+                    let key = (account(), root);
                     fold(self.thread_first.get_or_insert_with(&key, || (t, t)), t);
                     self.update_root(&key, offset);
                 }
