@@ -71,12 +71,41 @@ fn set(dst: &mut String, s: &str) {
     dst.push_str(s);
 }
 
-/// Overwrites an optional string, keeping the buffer when both are present.
+/// Most buffers [`SPARE`] keeps, and the largest it keeps (a long text's is let go).
+const MAX_SPARE: usize = 32;
+const MAX_SPARE_CAPACITY: usize = 1024;
+
+thread_local! {
+    /// Empty buffers of optional strings an event did not have: events of mixed kinds have
+    /// different fields, so decoding one into the buffers of the last would otherwise free
+    /// the buffers of the fields it lacks and allocate for those it has (about three of each
+    /// per event in a realistic mix).
+    static SPARE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Overwrites an optional string, keeping the buffer when both are present, taking a spare
+/// one when only `s` is, and keeping `dst`'s as a spare when only `dst` is.
 fn set_opt(dst: &mut Option<String>, s: Option<&str>) {
     match (dst.as_mut(), s) {
         (Some(d), Some(s)) => set(d, s),
-        (None, Some(s)) => *dst = Some(s.to_owned()),
-        (_, None) => *dst = None,
+        (None, Some(s)) => {
+            let mut b = SPARE
+                .with_borrow_mut(Vec::pop)
+                .unwrap_or_else(|| String::with_capacity(s.len()));
+            b.push_str(s);
+            *dst = Some(b);
+        }
+        (Some(_), None) => {
+            if let Some(mut b) = dst.take().filter(|b| b.capacity() <= MAX_SPARE_CAPACITY) {
+                b.clear();
+                SPARE.with_borrow_mut(|spare| {
+                    if spare.len() < MAX_SPARE {
+                        spare.push(b);
+                    }
+                });
+            }
+        }
+        (None, None) => {}
     }
 }
 
