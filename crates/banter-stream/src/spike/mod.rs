@@ -903,28 +903,46 @@ impl Detector {
         out: &mut Vec<SpikeAlert>,
     ) {
         // Accounts are independent; within one, its posts (in a fixed order) come before the
-        // account row: young posts are left out of the account's series.
+        // account row: young posts are left out of the account's series. The keys are listed
+        // first, so that each key's state can be fetched a few keys ahead of judging it (one
+        // cache miss per key otherwise, waited for in turn).
+        // An account's own entry comes after its posts, None when it has no row: its young
+        // posts' sum then goes nowhere.
+        let mut keys: Vec<(SpikeKey, Option<Waiting>)> = Vec::new();
         for (account, mut a) in rows {
             a.posts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
-            let mut young_sum = 0i64;
             for (content, w) in a.posts {
-                let key = SpikeKey::Post {
-                    account: account.clone(),
-                    content,
-                };
-                match self.judge(&key, m, w.x, w.published, published_at, out) {
-                    Judged::Young => young_sum += w.x,
-                    Judged::Joins(b) => {
-                        let e = self.joining.entry((account.clone(), m)).or_default();
-                        e.mean += b.mean;
-                        e.var += b.var;
-                    }
-                    Judged::Other => {}
-                }
+                let account = account.clone();
+                keys.push((SpikeKey::Post { account, content }, Some(w)));
             }
-            if let Some(w) = a.account {
-                let key = SpikeKey::Account(account);
-                self.judge(&key, m, w.x - young_sum, w.published, published_at, out);
+            keys.push((SpikeKey::Account(account), a.account));
+        }
+        const AHEAD: usize = 8;
+        let mut young_sum = 0i64;
+        for i in 0..keys.len() {
+            if let Some((ahead, _)) = keys.get(i + AHEAD) {
+                self.keys.prefetch_as(ahead);
+            }
+            let (key, w) = &keys[i];
+            match (key, w) {
+                (SpikeKey::Post { account, .. }, Some(w)) => {
+                    match self.judge(key, m, w.x, w.published, published_at, out) {
+                        Judged::Young => young_sum += w.x,
+                        Judged::Joins(b) => {
+                            let e = self.joining.entry((account.clone(), m)).or_default();
+                            e.mean += b.mean;
+                            e.var += b.var;
+                        }
+                        Judged::Other => {}
+                    }
+                }
+                (SpikeKey::Account(_), w) => {
+                    if let Some(w) = w {
+                        self.judge(key, m, w.x - young_sum, w.published, published_at, out);
+                    }
+                    young_sum = 0;
+                }
+                (SpikeKey::Post { .. }, None) => {}
             }
         }
         // Hot keys without a row (not judged in this minute yet) count 0, in a fixed order.
