@@ -39,25 +39,37 @@ pub fn prefetch<T>(r: &T) {
     let _ = r;
 }
 
-/// Starts loading every cache line of `*r` (a value larger than one line, read field by field
-/// a little later) and returns at once; see [`prefetch`].
+/// Starts loading every cache line `*r` spans (a value larger than one line, read field by
+/// field a little later) and returns at once; see [`prefetch`].
 #[inline(always)]
 pub fn prefetch_all<T>(r: &T) {
     let start = std::ptr::from_ref(r).cast::<u8>();
-    let mut at = 0;
-    while at < std::mem::size_of::<T>() {
+    let (first, lines) = lines_spanned(start.addr(), std::mem::size_of::<T>());
+    let mut line = start.wrapping_sub(start.addr() - first);
+    for _ in 0..lines {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `prefetch`; `start + at` stays inside `*r`, a valid reference, so the
-        // offset is in bounds of one allocation.
+        // SAFETY: PREFETCHT0 is an SSE instruction, part of every x86-64 CPU. A prefetch
+        // never faults and changes no memory, whatever the address; `line` is computed with
+        // wrapping arithmetic and never dereferenced.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                start.add(at).cast::<i8>(),
+                line.cast::<i8>(),
             );
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = start;
-        at += 64;
+        line = line.wrapping_add(CACHE_LINE);
     }
+}
+
+/// The cache line size of x86-64 CPUs.
+const CACHE_LINE: usize = 64;
+
+/// The address of the cache line holding byte `addr`, and how many lines the `size` bytes
+/// from it touch (bytes that start inside a line may touch one more than their size alone
+/// needs; an empty value, one).
+fn lines_spanned(addr: usize, size: usize) -> (usize, usize) {
+    let first = addr - addr % CACHE_LINE;
+    let last = addr + size.max(1) - 1;
+    (first, (last - first) / CACHE_LINE + 1)
 }
 
 /// The huge page size (x86-64 and aarch64 with 4 KiB base pages): blocks at least this large
@@ -120,6 +132,21 @@ unsafe impl GlobalAlloc for HugePages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_is_fetched_from_the_line_of_its_first_byte_to_that_of_its_last() {
+        // 136 bytes (a conversation item's slot) from the start of a line: three lines.
+        assert_eq!(lines_spanned(6400, 136), (6400, 3));
+        // The same from byte 60 of a line: bytes 6460..6596 touch four.
+        assert_eq!(lines_spanned(6460, 136), (6400, 4));
+        assert_eq!(lines_spanned(6463, 1), (6400, 1));
+        assert_eq!(lines_spanned(6463, 2), (6400, 2));
+        assert_eq!(lines_spanned(6400, 64), (6400, 1));
+        assert_eq!(lines_spanned(6400, 0), (6400, 1));
+        let v = [0u64; 40];
+        prefetch_all(&v);
+        prefetch_all(&());
+    }
 
     #[test]
     fn large_and_small_blocks_work_as_the_system_allocator() {

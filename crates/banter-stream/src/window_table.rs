@@ -29,8 +29,9 @@ pub(crate) trait Pending {
 pub(crate) struct WindowTable<K, W> {
     map: ChangelogMap<K, W>,
     /// The windows whose pending mark was set since the last emission, each listed when its
-    /// mark is set (so once while it is set; a key restored twice may be listed twice, and
-    /// is emitted once, as its mark is cleared at its first emission).
+    /// mark is set (so once while it is set). A key restored twice (outside the restore's
+    /// contract of one latest entry per key) may be listed twice: emission takes the mark,
+    /// so it is emitted once, or not at all when its last restored entry was not pending.
     pending: Vec<K>,
     progress: ChangelogCell<Progress>,
     progress_tag: u8,

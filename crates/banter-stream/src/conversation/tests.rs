@@ -404,9 +404,11 @@ fn an_item_is_written_with_its_times_as_null_or_a_number_and_read_back() {
     assert!(size_of::<Item>() <= 104, "{}", size_of::<Item>());
 }
 
-/// A changelog topic is compacted only now and then: a restore may read a window's entry
-/// several times, each written while it was waiting for its emission. The window is emitted
-/// once, with its latest counts.
+/// A restore gives each key its latest entry (`Operator::restore_entry`'s contract, which the
+/// checkpoint reader keeps by collecting entries by key). Given a window's entries more than
+/// once, each written while it waited for its emission, the window is still emitted once,
+/// with the counts of the last: pending windows are listed, not kept in a set, and the list
+/// relies on each window's pending mark.
 #[test]
 fn a_window_restored_from_several_entries_is_emitted_once() {
     let mut a = Conversations::new(ConversationConfig::default());
