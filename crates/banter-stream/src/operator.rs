@@ -63,7 +63,17 @@ pub(crate) fn restore_copy<O: Operator>(from: &mut O, into: &mut O) {
     from.write_changes(&mut changes).expect("encodable");
     let log: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
         changes.into_iter().map(|(_, c)| (c.key, c.value)).collect();
-    for (key, value) in &log {
+    restore_log(into, &log);
+}
+
+/// For tests: restores `into` from changelog entries (key, value or None for a deletion) in
+/// the order given, each key as often as it comes.
+#[cfg(test)]
+pub(crate) fn restore_log<'a, O: Operator>(
+    into: &mut O,
+    log: impl IntoIterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+) {
+    for (key, value) in log {
         if let Some(value) = value {
             let entry = Entry {
                 store: O::STORE,

@@ -16,6 +16,11 @@ pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState
 /// Hash sets with a random seed.
 pub(crate) type Set<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
 
+/// How many entries ahead a walk over a list of keys fetches the slot it will read (the
+/// spike detector's judged keys, the pending windows' emission): enough for a miss to land
+/// before its entry is reached.
+pub(crate) const FETCH_AHEAD: usize = 8;
+
 /// Starts loading the slot of `table` an entry of hash `h` most likely sits in (see
 /// [`Table::likely_slot`]) and returns at once.
 pub(crate) fn prefetch_slot<T>(table: &hashbrown::HashTable<T>, h: u64) {

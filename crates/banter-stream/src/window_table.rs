@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::changelog::{
     ChangelogCell, ChangelogMap, Changes, Entry, StateError, StateKey, TableId,
 };
+use crate::table::FETCH_AHEAD;
 use crate::time::{check_time, window_len, Progress};
 
 /// A window aggregate that remembers whether it changed since it was last emitted (stored
@@ -122,10 +123,9 @@ impl<K: Hash + Eq + Clone, W: Pending> WindowTable<K, W> {
         if moved.minute {
             // Each window's slot is fetched a few windows ahead of its emission (one cache
             // miss each otherwise, waited for in turn).
-            const AHEAD: usize = 8;
             let mut pending = std::mem::take(&mut self.pending);
             for i in 0..pending.len() {
-                if let Some(ahead) = pending.get(i + AHEAD) {
+                if let Some(ahead) = pending.get(i + FETCH_AHEAD) {
                     self.map.prefetch_as(ahead);
                 }
                 let k = &pending[i];

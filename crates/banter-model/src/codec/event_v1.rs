@@ -71,8 +71,9 @@ fn set(dst: &mut String, s: &str) {
     dst.push_str(s);
 }
 
-/// Most buffers [`SPARE`] keeps, and the largest it keeps (a long text's is let go).
+/// Most buffers [`SPARE`] keeps.
 const MAX_SPARE: usize = 32;
+/// The largest buffer [`SPARE`] keeps, in bytes (a long text's is let go).
 const MAX_SPARE_CAPACITY: usize = 1024;
 
 thread_local! {

@@ -293,6 +293,18 @@ fn moderated(actions: &[(i64, Action)]) -> bool {
             .is_some_and(|a| a.1 == Action::Hide)
 }
 
+/// An optional id of an event, None when absent or empty.
+fn nonempty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// The DM thread of a DM or story reply: its thread id, else its actor, else "".
+fn dm_thread(e: &EngagementEvent) -> &str {
+    nonempty(&e.thread_id)
+        .or_else(|| nonempty(&e.actor_id))
+        .unwrap_or_default()
+}
+
 /// Folds time `t` into an (earliest, latest) pair.
 fn fold(v: &mut (i64, i64), t: i64) {
     v.0 = v.0.min(t);
@@ -344,9 +356,6 @@ impl Conversations {
     /// misses overlap (as [`crate::Engine::prefetch`] does for the windows). Purely an
     /// optimization: what is applied is the same with or without it.
     pub fn prefetch(&self, events: &[EngagementEvent]) {
-        fn nonempty(s: &Option<String>) -> Option<&str> {
-            s.as_deref().filter(|s| !s.is_empty())
-        }
         for e in events {
             let account = e.account_id.as_str();
             match (e.kind, e.action) {
@@ -368,10 +377,7 @@ impl Conversations {
                     }
                 }
                 (Kind::StoryReply | Kind::DmIn | Kind::DmOut, Action::Add) => {
-                    let thread = nonempty(&e.thread_id)
-                        .or_else(|| nonempty(&e.actor_id))
-                        .unwrap_or_default();
-                    self.threads.prefetch_as(&(account, thread));
+                    self.threads.prefetch_as(&(account, dm_thread(e)));
                 }
                 _ => {}
             }
@@ -383,18 +389,17 @@ impl Conversations {
         // Ids as SmolStr (inline up to 23 bytes): one allocation less per item, DM and key;
         // made only for the events that keep them.
         let account = || SmolStr::from(e.account_id.as_str());
-        let nonempty =
-            |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(SmolStr::from);
+        let smol = |s: &Option<String>| nonempty(s).map(SmolStr::from);
         match (e.kind, e.action) {
             (Kind::Comment, Action::Add) if !e.is_brand_actor => {
-                let Some(id) = nonempty(&e.object_id) else {
+                let Some(id) = smol(&e.object_id) else {
                     return;
                 };
                 if self.items.contains_key(&id) {
                     return;
                 }
-                let parent = nonempty(&e.parent_id);
-                let thread = nonempty(&e.thread_id)
+                let parent = smol(&e.parent_id);
+                let thread = smol(&e.thread_id)
                     .or_else(|| parent.clone())
                     .unwrap_or_else(|| id.clone());
                 let reply = parent.is_some();
@@ -423,7 +428,7 @@ impl Conversations {
                 self.update_root(&root_key, offset);
             }
             (Kind::Comment, Action::Remove | Action::Hide | Action::Unhide) => {
-                let Some(id) = nonempty(&e.object_id) else {
+                let Some(id) = smol(&e.object_id) else {
                     return;
                 };
                 let list = self.actions.get_or_insert_with(&id, Vec::new);
@@ -445,15 +450,10 @@ impl Conversations {
                 if e.is_brand_actor != out {
                     return; // the brand's own story reply, or a user's echo: not a DM here
                 }
-                let key = (
-                    account(),
-                    nonempty(&e.thread_id)
-                        .or_else(|| nonempty(&e.actor_id))
-                        .unwrap_or_default(),
-                );
+                let key = (account(), SmolStr::from(dm_thread(e)));
                 let dm = Dm {
                     time: t,
-                    id: nonempty(&e.object_id).unwrap_or_else(|| SmolStr::from(&e.event_id)),
+                    id: smol(&e.object_id).unwrap_or_else(|| SmolStr::from(&e.event_id)),
                     out,
                     story: (e.kind == Kind::StoryReply).then(|| {
                         e.content_id
@@ -472,7 +472,7 @@ impl Conversations {
                 self.rederive(&key, offset);
             }
             (Kind::BrandReply | Kind::PrivateReplySent, Action::Add) => {
-                let Some(parent) = nonempty(&e.parent_id) else {
+                let Some(parent) = smol(&e.parent_id) else {
                     return;
                 };
                 // The comment's own first answer.
@@ -495,7 +495,7 @@ impl Conversations {
                 // The first answer in the thread: the root named, or the answered comment's.
                 let root = root.or_else(|| {
                     (e.kind == Kind::BrandReply)
-                        .then(|| nonempty(&e.thread_id))
+                        .then(|| smol(&e.thread_id))
                         .flatten()
                 });
                 if let Some(root) = root {

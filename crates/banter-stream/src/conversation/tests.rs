@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::operator::restore_copy;
+use crate::operator::{restore_copy, restore_log};
 use crate::time::{HOUR, MINUTE};
 use banter_model::Platform;
 
@@ -427,16 +427,7 @@ fn a_window_restored_from_several_entries_is_emitted_once() {
         log.extend(changes.into_iter().map(|(_, c)| (c.key, c.value)));
     }
     let mut b = Conversations::new(ConversationConfig::default());
-    for (key, value) in &log {
-        let Some(value) = value else { continue };
-        let entry = Entry {
-            store: Store::Conversations,
-            key,
-            value,
-        };
-        b.restore_entry(&entry).expect("restorable");
-    }
-    b.restored();
+    restore_log(&mut b, log.iter().map(|(k, v)| (k, v)));
     let (mut want, mut got) = (Vec::new(), Vec::new());
     a.advance(T0 + 11 * MINUTE, &mut want);
     b.advance(T0 + 11 * MINUTE, &mut got);

@@ -46,7 +46,7 @@ use crate::changelog::{
     ChangelogCell, ChangelogMap, Changes, Entry, KeyError, StateError, StateKey, Store, TableId,
 };
 use crate::operator::{Operator, Time};
-use crate::table::{Map, Set};
+use crate::table::{Map, Set, FETCH_AHEAD};
 use crate::time::{check_time, MINUTE};
 
 pub use crate::config::SpikeConfig;
@@ -917,10 +917,9 @@ impl Detector {
             }
             keys.push((SpikeKey::Account(account), a.account));
         }
-        const AHEAD: usize = 8;
         let mut young_sum = 0i64;
         for i in 0..keys.len() {
-            if let Some((ahead, _)) = keys.get(i + AHEAD) {
+            if let Some((ahead, _)) = keys.get(i + FETCH_AHEAD) {
                 self.keys.prefetch_as(ahead);
             }
             let (key, w) = &keys[i];
