@@ -62,6 +62,11 @@ impl<K: Hash + Eq, V> Table<K, V> {
         self.entries.len()
     }
 
+    /// How many entries fit without growing.
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
     pub(crate) fn get(&self, k: &K) -> Option<&V> {
         self.entries
             .find(self.hash(k), |(x, _)| x == k)
@@ -140,6 +145,11 @@ impl<K: Hash + Eq, V> Table<K, V> {
         V: Default,
     {
         self.get_or_insert_with(&k, V::default).0
+    }
+
+    /// Removes every entry, keeping the room.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
     }
 
     /// Keeps the entries `keep` says to keep.

@@ -908,7 +908,8 @@ impl Detector {
         // cache miss per key otherwise, waited for in turn).
         // An account's own entry comes after its posts, None when it has no row: its young
         // posts' sum then goes nowhere.
-        let mut keys: Vec<(SpikeKey, Option<Waiting>)> = Vec::new();
+        let mut keys: Vec<(SpikeKey, Option<Waiting>)> =
+            Vec::with_capacity(rows.values().map(|a| a.posts.len() + 1).sum());
         for (account, mut a) in rows {
             a.posts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
             for (content, w) in a.posts {

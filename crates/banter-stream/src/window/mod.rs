@@ -332,6 +332,9 @@ pub struct Engine {
     timers: BTreeSet<(i64, Timer, u32, i64)>,
     /// The size of the last minute closed: what a new minute's tables start with.
     sizes: MinuteSizes,
+    /// Scratch for a close's velocity sums, empty between closes; it keeps the room of the
+    /// largest velocity window closed (its sketches' heap is freed by each close).
+    velocity_sums: Table<Key, Counts>,
     /// Open windows' counts changed by input from this offset on were not shown in a
     /// provisional row yet (0 after a restore: every open window is shown again).
     shown_below: i64,
@@ -373,6 +376,7 @@ impl Engine {
             id_seed: random_seed(),
             timers: BTreeSet::new(),
             sizes: MinuteSizes::default(),
+            velocity_sums: Table::default(),
             shown_below: 0,
             stats: Stats::default(),
         }
@@ -405,7 +409,7 @@ impl Engine {
     }
 
     /// Estimated heap bytes of the state: keys and counts of panes, dedup ids, posts and their
-    /// per-minute counts, timers. Walks the whole state: call it for metrics, not per event.
+    /// per-minute counts, timers, and the room kept for a close's velocity sums. Walks the whole state: call it for metrics, not per event.
     pub fn state_bytes(&self) -> usize {
         use std::mem::size_of;
         // Hash tables and B-trees cost about one word per entry on top of the entry.
@@ -440,7 +444,9 @@ impl Engine {
             .sum::<usize>();
         let retired = self.retired.len() * (size_of::<((u32, i64), i64)>() + 16)
             + self.retired_until.len() * (size_of::<(u32, i64)>() + 8);
-        panes + seen + posts + held + retired + self.names.heap_bytes()
+        // The close's scratch: one control byte per slot on top of the entry.
+        let scratch = self.velocity_sums.capacity() * (size_of::<(Key, Counts)>() + 1);
+        panes + seen + posts + held + retired + scratch + self.names.heap_bytes()
     }
 
     fn seen_entries(&self) -> usize {
@@ -799,16 +805,17 @@ impl Engine {
                     )));
                 }
             }
-            // The velocity window ending at m + 1 min sums the panes m - 4 .. m (about as many keys
-            // as one minute: sized like the last one, no growing step by step).
-            let mut sums: Table<Key, Counts> = Table::with_capacity(self.sizes.pane);
+            // The velocity window ending at m + 1 min sums the panes m - 4 .. m, in a table kept
+            // from close to close: a fresh one grew by rehashing and had its pages zeroed by the
+            // kernel at every close (a sixth of a close with many sparse keys).
+            let sums = &mut self.velocity_sums;
             for (&p, pane) in self.panes.range(m - 4 * MINUTE..=m) {
                 let j = (m + MINUTE - p) / MINUTE;
                 for (&k, c) in &pane.counts {
                     sums.entry_or_default(k).add_counts(c, j);
                 }
             }
-            for (&k, sum) in &sums {
+            for (&k, sum) in &*sums {
                 out.push(Output::Rollup(velocity(
                     &self.names,
                     k,
@@ -817,6 +824,7 @@ impl Engine {
                     wm,
                 )));
             }
+            sums.clear();
         }
         self.stats.rows += (out.len() - before) as u64;
         if self.closed_below.is_none_or(|c| closed_to > c) {
