@@ -62,6 +62,11 @@ impl<K: Hash + Eq, V> Table<K, V> {
         self.entries.len()
     }
 
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// How many entries fit without growing.
     pub(crate) fn capacity(&self) -> usize {
         self.entries.capacity()

@@ -332,8 +332,9 @@ pub struct Engine {
     timers: BTreeSet<(i64, Timer, u32, i64)>,
     /// The size of the last minute closed: what a new minute's tables start with.
     sizes: MinuteSizes,
-    /// Scratch for a close's velocity sums, empty between closes; it keeps the room of the
-    /// largest velocity window closed (its sketches' heap is freed by each close).
+    /// Scratch for a close's velocity sums (no engagers: the sums' sketches stay empty),
+    /// empty between closes; it keeps the room of the last velocity windows closed, given back
+    /// when a window needs less than a quarter of it.
     velocity_sums: Table<Key, Counts>,
     /// Open windows' counts changed by input from this offset on were not shown in a
     /// provisional row yet (0 after a restore: every open window is shown again).
@@ -409,7 +410,8 @@ impl Engine {
     }
 
     /// Estimated heap bytes of the state: keys and counts of panes, dedup ids, posts and their
-    /// per-minute counts, timers, and the room kept for a close's velocity sums. Walks the whole state: call it for metrics, not per event.
+    /// per-minute counts, timers, and the room kept for a close's velocity sums. Walks the
+    /// whole state: call it for metrics, not per event.
     pub fn state_bytes(&self) -> usize {
         use std::mem::size_of;
         // Hash tables and B-trees cost about one word per entry on top of the entry.
@@ -444,8 +446,9 @@ impl Engine {
             .sum::<usize>();
         let retired = self.retired.len() * (size_of::<((u32, i64), i64)>() + 16)
             + self.retired_until.len() * (size_of::<(u32, i64)>() + 8);
-        // The close's scratch: one control byte per slot on top of the entry.
-        let scratch = self.velocity_sums.capacity() * (size_of::<(Key, Counts)>() + 1);
+        // The close's scratch: its buckets (the capacity is 7/8 of them), each an entry and a
+        // control byte.
+        let scratch = self.velocity_sums.capacity() * 8 / 7 * (size_of::<(Key, Counts)>() + 1);
         panes + seen + posts + held + retired + scratch + self.names.heap_bytes()
     }
 
@@ -807,7 +810,8 @@ impl Engine {
             }
             // The velocity window ending at m + 1 min sums the panes m - 4 .. m, in a table kept
             // from close to close: a fresh one grew by rehashing and had its pages zeroed by the
-            // kernel at every close (a sixth of a close with many sparse keys).
+            // kernel at every close (a sixth of a close with many sparse keys). A window that
+            // needs less than a quarter of its room (after a burst, a catch-up) gives it back.
             let sums = &mut self.velocity_sums;
             for (&p, pane) in self.panes.range(m - 4 * MINUTE..=m) {
                 let j = (m + MINUTE - p) / MINUTE;
@@ -824,7 +828,11 @@ impl Engine {
                     wm,
                 )));
             }
+            let used = sums.len();
             sums.clear();
+            if used < sums.capacity() / 4 {
+                *sums = Table::with_capacity(used);
+            }
         }
         self.stats.rows += (out.len() - before) as u64;
         if self.closed_below.is_none_or(|c| closed_to > c) {
@@ -975,7 +983,7 @@ mod tests {
     use banter_model::{Action, Kind, Platform};
 
     use super::*;
-    use crate::time::DAY;
+    use crate::time::{DAY, HOUR};
 
     const T0: i64 = 1_764_000_000_000;
 
@@ -1020,6 +1028,64 @@ mod tests {
             });
             assert!(bad.check().unwrap_err().contains("past next_offset"));
         }
+    }
+
+    #[test]
+    fn velocity_rows_after_a_burst_are_those_without_it_and_the_room_is_given_back() {
+        // 2,000 posts with one reaction each in minute 0 (a burst), then one post with a
+        // reaction every 30 s for ten minutes. The windows ending from minute 6 on hold no
+        // burst pane: their rows are those of an engine that never saw the burst, though the
+        // close's sums table that served the burst is reused, and its room is given back.
+        let run = |burst: bool| {
+            let mut engine = Engine::new(WindowConfig::default());
+            let mut out = Vec::new();
+            let mut offset = 0;
+            let mut feed = |engine: &mut Engine, id: String, post: String, t: i64| {
+                let mut e = reaction(&id, t, t);
+                e.content_id = Some(post);
+                e.content_published_at = Some(T0 - HOUR);
+                engine.process(&e, offset, &mut out);
+                offset += 1;
+            };
+            if burst {
+                for i in 0..2_000 {
+                    feed(&mut engine, format!("b{i}"), format!("p{i}"), T0 + i * 10);
+                }
+            }
+            let mut largest = 0;
+            for i in 0..20 {
+                let t = T0 + MINUTE + i * 30_000;
+                feed(&mut engine, format!("q{i}"), "q".to_owned(), t);
+                largest = largest.max(engine.velocity_sums.capacity());
+            }
+            assert!(
+                engine.velocity_sums.is_empty(),
+                "the sums are emptied after a close"
+            );
+            let late: Vec<(Option<smol_str::SmolStr>, i64, i64)> = out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Rollup(r)
+                        if r.window == WindowKind::Velocity5m
+                            && r.window_end >= T0 + 6 * MINUTE =>
+                    {
+                        Some((r.content_id.clone(), r.window_end, r.interactions))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (late, largest, engine.velocity_sums.capacity())
+        };
+        let (plain, _, _) = run(false);
+        let (after_burst, largest, last) = run(true);
+        assert!(!plain.is_empty());
+        let sorted = |mut v: Vec<_>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(after_burst), sorted(plain));
+        assert!(largest >= 2_000, "the burst's windows had {largest} room");
+        assert!(last < 500, "the room kept after the burst: {last}");
     }
 
     /// The MINUTE rows of `out` as (minute, interactions, emitted_at).
