@@ -229,11 +229,16 @@ const DELIVERED: crate::changelog::TableId = crate::changelog::TableId {
     name: "delivery-timed event id",
 };
 
-/// One minute of panes: the counts per key and the mark of the event that created it.
+/// One minute of panes: the counts per key, the mark of the event that created it, and, while
+/// the minute is open, the keys changed since the last provisional showing.
 #[derive(Debug, Clone)]
 struct Pane {
     counts: Table<Key, Counts>,
     mark: Mark,
+    /// The keys whose counts input from [`Engine::shown_below`] on changed, each once (in the
+    /// order they changed): what the next showing shows, without scanning the whole minute.
+    /// Emptied by each showing and freed when the minute closes.
+    changed: Vec<Key>,
 }
 
 /// The dedup ids of one event minute. An `event_id` includes its event time, so a duplicate
@@ -409,7 +414,8 @@ impl Engine {
         self.max_event_time
     }
 
-    /// Estimated heap bytes of the state: keys and counts of panes, dedup ids, posts and their
+    /// Estimated heap bytes of the state: keys and counts of panes (and the open ones' lists of
+    /// keys changed since the last showing), dedup ids, posts and their
     /// per-minute counts, timers, and the room kept for a close's velocity sums. Walks the
     /// whole state: call it for metrics, not per event.
     pub fn state_bytes(&self) -> usize {
@@ -420,7 +426,12 @@ impl Engine {
             .values()
             .flat_map(|p| p.counts.iter())
             .map(|(_, c)| size_of::<Key>() + size_of::<Counts>() + c.engagers.heap_bytes() + 8)
-            .sum();
+            .sum::<usize>()
+            + self
+                .panes
+                .values()
+                .map(|p| p.changed.capacity() * size_of::<Key>())
+                .sum::<usize>();
         let seen: usize = self
             .seen_by_minute
             .values()
@@ -545,7 +556,8 @@ impl Engine {
     /// watermark has not closed, and the VELOCITY_5M rows of the windows that minute is in,
     /// up to the one ending with the latest minute that has input, stamped
     /// `emitted_at` (the caller's clock: these rows are not a function of the input alone).
-    /// Returns how many. Nothing here changes what the engine emits later.
+    /// Returns how many. Nothing here changes what the engine emits later. Its cost follows the
+    /// keys changed, not the open minutes' keys: each open pane lists its keys as they change.
     pub fn provisional(&mut self, emitted_at: i64, out: &mut Vec<Output>) -> usize {
         let since = self.shown_below;
         self.shown_below = self.next_offset;
@@ -557,11 +569,12 @@ impl Engine {
         // (window end, key): the velocity windows a changed pane is in, up to the one ending
         // with the latest minute that has input (later ones are in the future).
         let mut windows: BTreeSet<(i64, Key)> = BTreeSet::new();
-        for (&m, pane) in self.panes.range(open..) {
-            for (&k, c) in &pane.counts {
-                if c.revision < since {
+        for (&m, pane) in self.panes.range_mut(open..) {
+            for k in pane.changed.drain(..) {
+                let Some(c) = pane.counts.get(&k) else {
                     continue;
-                }
+                };
+                debug_assert!(c.revision >= since, "a key changed since the last showing");
                 out.push(Output::Rollup(c.rollup(
                     &self.names,
                     k,
@@ -705,15 +718,28 @@ impl Engine {
         let pane = self.panes.entry(minute).or_insert_with(|| Pane {
             counts: Table::with_capacity(size),
             mark,
+            changed: Vec::new(),
         });
+        // A key of an open minute joins the next showing when this event is the first since the
+        // last one to change it (its revision, the highest offset counted, crosses the line).
+        let shown_below = self.shown_below;
+        let shows = !late && offset >= shown_below;
         for k in std::iter::once(account).chain(post) {
             match pane.counts.get_mut(&k) {
-                Some(c) => c.add(e, actor, offset, late_by),
+                Some(c) => {
+                    if shows && c.revision < shown_below {
+                        pane.changed.push(k);
+                    }
+                    c.add(e, actor, offset, late_by);
+                }
                 None => {
                     let mut c = Counts::default();
                     c.add(e, actor, offset, late_by);
                     pane.counts.insert_new(k, c);
                     self.names.retain_key(k);
+                    if shows {
+                        pane.changed.push(k);
+                    }
                 }
             }
         }
@@ -796,7 +822,7 @@ impl Engine {
             // Rows come in the maps' order, not sorted (sorting would cost more than the rest of
             // the close): the same rows in every run; after a restore, names may be interned
             // under other ids and one watermark step's rows come in another order.
-            if let Some(pane) = self.panes.get(&m) {
+            if let Some(pane) = self.panes.get_mut(&m) {
                 for (&k, c) in &pane.counts {
                     out.push(Output::Rollup(c.rollup(
                         &self.names,
@@ -807,6 +833,8 @@ impl Engine {
                         wm,
                     )));
                 }
+                // Closed: never shown again (a late event's correction is final).
+                pane.changed = Vec::new();
             }
             // The velocity window ending at m + 1 min sums the panes m - 4 .. m, in a table kept
             // from close to close: a fresh one grew by rehashing and had its pages zeroed by the
@@ -1294,6 +1322,113 @@ mod tests {
         );
         assert_eq!(with, without);
         assert!(with.values().all(|(_, rev, _)| *rev >= 0));
+    }
+
+    #[test]
+    fn each_showing_holds_every_open_window_changed_since_the_last_once_with_its_counts() {
+        // Reactions of 5 accounts on 11 posts, up to 130 s out of order (some late for a closed
+        // minute), some redelivered, shown at irregular steps. Expected from the definitions
+        // alone: the watermark is the highest event time less 60 s; a minute is open while the
+        // watermark's minute has not passed it; a showing holds the MINUTE row of every (open
+        // minute, account or post) that counted an event since the last showing, once, with all
+        // its distinct events so far, and the velocity windows (5 one-minute panes) containing
+        // it, up to the one ending with the latest minute that has input.
+        type Cell = (i64, String, Option<String>);
+        let mut e = Engine::new(WindowConfig::default());
+        let mut out = Vec::new();
+        let mut events: Vec<EngagementEvent> = Vec::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut ids: BTreeMap<Cell, usize> = BTreeMap::new();
+        let mut changed: BTreeSet<Cell> = BTreeSet::new();
+        let mut max_t = i64::MIN;
+        let mut latest = i64::MIN;
+        let mut showings = 0;
+        for i in 0..900_i64 {
+            let received = T0 + i * 1_500;
+            let ev = if i % 13 == 7 {
+                // A redelivery of an earlier event: a duplicate.
+                events[(i as usize * 7) % events.len()].clone()
+            } else {
+                let back = [0, 45_000, 5_000, 130_000, 20_000, 70_000][(i % 6) as usize];
+                let post = i % 11;
+                let mut ev = reaction(&format!("e{i}"), received - back, received);
+                ev.account_id = format!("a{}", post % 5);
+                ev.content_id = Some(format!("p{post}"));
+                ev
+            };
+            events.push(ev.clone());
+            let fresh = seen.insert(ev.event_id.clone());
+            assert_eq!(e.process(&ev, i, &mut out), fresh, "event {i}");
+            out.clear();
+            max_t = max_t.max(ev.event_time);
+            if fresh {
+                let m = minute_of(ev.event_time);
+                latest = latest.max(m);
+                for cell in [
+                    (m, ev.account_id.clone(), None),
+                    (m, ev.account_id.clone(), ev.content_id.clone()),
+                ] {
+                    *ids.entry(cell.clone()).or_default() += 1;
+                    changed.insert(cell);
+                }
+            }
+            if i % 7 != 3 && i % 5 != 0 {
+                continue;
+            }
+            showings += 1;
+            let open = minute_of(max_t - 60_000);
+            let mut expected: BTreeMap<(WindowKind, Cell), i64> = BTreeMap::new();
+            for (m, a, c) in std::mem::take(&mut changed) {
+                if m < open {
+                    continue;
+                }
+                expected.insert(
+                    (WindowKind::Minute, (m, a.clone(), c.clone())),
+                    ids[&(m, a.clone(), c.clone())] as i64,
+                );
+                for end in (1..=5)
+                    .map(|j| m + j * MINUTE)
+                    .filter(|&end| end <= latest + MINUTE)
+                {
+                    let sum = (1..=5)
+                        .map(|j| {
+                            ids.get(&(end - j * MINUTE, a.clone(), c.clone()))
+                                .copied()
+                                .unwrap_or(0)
+                        })
+                        .sum::<usize>();
+                    expected.insert(
+                        (
+                            WindowKind::Velocity5m,
+                            (end - 5 * MINUTE, a.clone(), c.clone()),
+                        ),
+                        sum as i64,
+                    );
+                }
+            }
+            let n = e.provisional(i, &mut out);
+            let mut shown: BTreeMap<(WindowKind, Cell), i64> = BTreeMap::new();
+            for o in out.drain(..) {
+                let Output::Rollup(r) = o else { continue };
+                let cell = (
+                    r.window_start,
+                    r.account_id.to_string(),
+                    r.content_id.as_deref().map(str::to_owned),
+                );
+                assert!(
+                    shown.insert((r.window, cell), r.interactions).is_none(),
+                    "shown once, showing at {i}"
+                );
+            }
+            assert_eq!(n, shown.len());
+            assert_eq!(shown, expected, "the showing after event {i}");
+            assert!(
+                e.panes.values().all(|p| p.changed.is_empty()),
+                "no list of changed keys is left after a showing (closed minutes have none)"
+            );
+        }
+        assert!(showings > 200);
+        assert!(e.stats().late > 0 && e.stats().duplicates > 0);
     }
 
     #[test]
