@@ -161,10 +161,10 @@ fn main() {
     shows.sort();
     if let Some(m) = shows.get(shows.len() / 2) {
         eprintln!(
-            "provisional showings not right after a close: {}, median {:.3} s, max {:.3} s",
+            "provisional showings not right after a close: {}, median {:.1} ms, max {:.1} ms",
             shows.len(),
-            m.as_secs_f64(),
-            shows.last().map_or(0.0, Duration::as_secs_f64)
+            m.as_secs_f64() * 1e3,
+            shows.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
         );
     }
     eprintln!(
