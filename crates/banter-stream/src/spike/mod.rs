@@ -590,16 +590,28 @@ impl Detector {
     /// 0, the rest as the closed minute's FIRING will have it, but for the count and z so far.
     /// Returns how many.
     pub fn fire_early(&mut self, now: i64, out: &mut Vec<SpikeAlert>) -> usize {
-        let mut keys: Vec<SpikeKey> = self.touched.drain().collect();
+        let touched = std::mem::take(&mut self.touched);
         let Some(done) = self.done_below() else {
+            self.touched = touched;
+            self.touched.clear();
             return 0;
         };
-        keys.sort_unstable();
+        // Whether a key fires depends on its own state only: judge them in any order, then
+        // fire the few that do in the keys' order (sorting every touched key cost a fifth of
+        // this).
+        let mut fired: Vec<(SpikeKey, SpikeAlert, i64)> = touched
+            .iter()
+            .filter_map(|key| {
+                self.certain(key, done)
+                    .map(|(a, started)| (key.clone(), a, started))
+            })
+            .collect();
+        // The set's room is kept for the next showing.
+        self.touched = touched;
+        self.touched.clear();
+        fired.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         let mut n = 0;
-        for key in keys {
-            let Some((mut a, started)) = self.certain(&key, done) else {
-                continue;
-            };
+        for (key, mut a, started) in fired {
             a.revision = 0;
             a.emitted_at = now;
             if let Some(st) = self.keys.get_mut(&key) {
