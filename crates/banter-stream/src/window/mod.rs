@@ -649,7 +649,9 @@ impl Engine {
 
     /// Processes one event read at `offset`; appends what it causes to `out`. Returns whether
     /// the event counted: false for a duplicate or an event too late (what follows the windows,
-    /// funnels and conversations, takes only counted events).
+    /// funnels and conversations, takes only counted events). Offsets must increase from call
+    /// to call (the pipeline skips input below [`Engine::next_offset`]): revisions and the
+    /// provisional showings' lists of changed keys rely on it.
     pub fn process(&mut self, e: &EngagementEvent, offset: i64, out: &mut Vec<Output>) -> bool {
         if !self.replay_idle.is_empty() {
             self.repeat_idle(offset, out);
@@ -722,7 +724,7 @@ impl Engine {
             changed: Vec::new(),
         });
         // A key of an open minute joins the next showing when this event is the first since the
-        // last one to change it (its revision, the highest offset counted, crosses the line).
+        // last showing to change it (offsets increase, as the pipeline feeds them) (its revision, the highest offset counted, crosses the line).
         let shown_below = self.shown_below;
         let shows = !late && offset >= shown_below;
         for k in std::iter::once(account).chain(post) {
@@ -1347,8 +1349,8 @@ mod tests {
         for i in 0..900_i64 {
             let received = T0 + i * 1_500;
             let ev = if i % 13 == 7 {
-                // A redelivery of an earlier event: a duplicate.
-                events[(i as usize * 7) % events.len()].clone()
+                // A redelivery of one of the last few events: a duplicate.
+                events[i as usize - 1 - (i as usize % 5)].clone()
             } else {
                 let back = [0, 45_000, 5_000, 130_000, 20_000, 70_000][(i % 6) as usize];
                 let post = i % 11;
