@@ -724,7 +724,8 @@ impl Engine {
             changed: Vec::new(),
         });
         // A key of an open minute joins the next showing when this event is the first since the
-        // last showing to change it (offsets increase, as the pipeline feeds them) (its revision, the highest offset counted, crosses the line).
+        // last showing to change it: its revision, the highest offset counted, crosses the line
+        // (offsets increase, as the pipeline feeds them).
         let shown_below = self.shown_below;
         let shows = !late && offset >= shown_below;
         for k in std::iter::once(account).chain(post) {
