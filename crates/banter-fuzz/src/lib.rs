@@ -361,8 +361,10 @@ pub fn changelog(data: &[u8]) {
 
 /// The seeds' generated workload (12 accounts, 6 hours, a campaign on every post with a CTA)
 /// run through a pipeline as `banter stream` runs it: the workload, every output, and the
-/// partition's whole saved state (changelog and checkpoint) after every `every` events.
-pub fn workload_run(every: usize) -> (banter_workload::Workload, Outputs, Vec<Saved>) {
+/// partition's whole saved state (changelog and checkpoint) after every `every` events, its
+/// values binary, or as JSON with `json` (as checkpoint format 2 wrote them; restore reads
+/// both).
+pub fn workload_run(every: usize, json: bool) -> (banter_workload::Workload, Outputs, Vec<Saved>) {
     let w = banter_workload::Workload::generate(banter_workload::WorkloadConfig {
         accounts: 12,
         duration_ms: 6 * 60 * 60_000,
@@ -392,7 +394,11 @@ pub fn workload_run(every: usize) -> (banter_workload::Workload, Outputs, Vec<Sa
         all.alerts.append(&mut outs.alerts);
         outs.clear();
         if i % every == every - 1 {
-            let mut changes = Changes::new();
+            let mut changes = if json {
+                Changes::with_json_values()
+            } else {
+                Changes::new()
+            };
             if p.write_changes(&mut changes).is_ok() {
                 for (store, c) in changes {
                     match c.value {
@@ -412,7 +418,7 @@ pub fn workload_run(every: usize) -> (banter_workload::Workload, Outputs, Vec<Sa
 /// `(target, name, bytes)`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
-    let (w, all, logs) = workload_run(500);
+    let (w, all, logs) = workload_run(500, false);
     // Avro: one record of each type, and its body alone.
     for i in 0..8.min(w.len()) {
         let bytes = EngagementEvent::codec()

@@ -47,6 +47,8 @@ struct Close {
     /// Of `took`, the changelog write.
     write: Duration,
     entries: usize,
+    /// The entries' keys and values.
+    bytes: usize,
     encode: Duration,
     /// The first provisional showing after it: its time and rows.
     show: Option<(Duration, usize)>,
@@ -65,6 +67,8 @@ fn main() {
     let mut buf = Vec::new();
     let mut closes: Vec<Close> = Vec::new();
     let mut rest = Duration::ZERO;
+    // The changelog writes between closes (every 3,000 events): time, entries, bytes.
+    let mut writes = (Duration::ZERO, 0usize, 0usize);
     // Provisional showings, as `banter stream` makes them each second (of event time here):
     // the time of each one not right after a close.
     let mut shows: Vec<Duration> = Vec::new();
@@ -105,6 +109,20 @@ fn main() {
             pipeline.write_changes(&mut changes).unwrap();
         }
         let took = started.elapsed();
+        let wrote = !engine_only && (closed || i % 3_000 == 0);
+        let bytes: usize = if wrote {
+            changes
+                .iter()
+                .map(|(_, c)| c.key.len() + c.value.map_or(0, <[u8]>::len))
+                .sum()
+        } else {
+            0
+        };
+        if wrote && !closed {
+            writes.0 += took - processed;
+            writes.1 += changes.len();
+            writes.2 += bytes;
+        }
         let encoding = Instant::now();
         for r in &out.rollups {
             buf.clear();
@@ -130,6 +148,7 @@ fn main() {
                 took,
                 write: took - processed,
                 entries: if engine_only { 0 } else { changes.len() },
+                bytes,
                 encode,
                 show: None,
             });
@@ -144,11 +163,12 @@ fn main() {
     };
     for c in &closes {
         eprintln!(
-            "close: {} rows, {what} {:.3} s (the changelog write {:.3} s, {} entries), encoding {:.3} s",
+            "close: {} rows, {what} {:.3} s (the changelog write {:.3} s, {} entries, {:.1} MB), encoding {:.3} s",
             c.rows,
             c.took.as_secs_f64(),
             c.write.as_secs_f64(),
             c.entries,
+            c.bytes as f64 / 1e6,
             c.encode.as_secs_f64()
         );
         if let Some((took, n)) = c.show {
@@ -168,10 +188,22 @@ fn main() {
         );
     }
     eprintln!(
-        "the other {} events: {:.1} s",
+        "the other {} events: {:.1} s, of which changelog writes {:.2} s ({} entries, {:.1} MB)",
         n - closes.len() as u64,
-        rest.as_secs_f64()
+        rest.as_secs_f64(),
+        writes.0.as_secs_f64(),
+        writes.1,
+        writes.2 as f64 / 1e6
     );
+    let mut close_writes: Vec<f64> = closes
+        .iter()
+        .skip(5)
+        .map(|c| c.write.as_secs_f64() * 1e3)
+        .collect();
+    close_writes.sort_by(f64::total_cmp);
+    if let Some(m) = close_writes.get(close_writes.len() / 2) {
+        eprintln!("the changelog write of a close: median {m:.0} ms");
+    }
     let mut per_row: Vec<f64> = closes
         .iter()
         .skip(5)

@@ -7,8 +7,15 @@
 //!   table's key in a binary form ([`StateKey`]): strings length-prefixed, numbers fixed-width.
 //!   Whatever bytes an id holds (a separator, a slash, invalid UTF-8 is impossible: ids are
 //!   Rust strings), the key reads back as the same id.
-//! * **Values** are JSON (readable with any Kafka tool). A value that cannot be encoded is an
-//!   error that fails the batch ([`StateError::Encode`]): it is never written as nothing.
+//! * **Values are binary:** a marker byte ([`BINARY_V1`]) and then the value in
+//!   [`postcard`]'s layout (integers as varints, fields in declaration order, no names). JSON,
+//!   which versions before checkpoint format 3 wrote, still reads back: no JSON text starts
+//!   with the marker. JSON was about half of a close's changelog write and five times the
+//!   bytes (a spike key's state: about 250 bytes of JSON, 50 binary). The layout has no field
+//!   names, so a stored type whose fields change needs a new marker that reads the old layout
+//!   too: `tests/changelogs/` holds a changelog of every format, with an entry of every
+//!   table, that each version must restore. A value that cannot be encoded is an error that
+//!   fails the batch ([`StateError::Encode`]): it is never written as nothing.
 //! * **Written in place:** a commit's entries go into one buffer ([`Changes`]); a key or value
 //!   is never a heap block of its own (a busy partition writes about one entry per input
 //!   event).
@@ -75,7 +82,7 @@ impl std::fmt::Display for Store {
 pub struct Change {
     /// The table's tag, then the key in [`StateKey`] form.
     pub key: Vec<u8>,
-    /// JSON; None deletes the key.
+    /// [`BINARY_V1`], then the value's bytes; None deletes the key.
     pub value: Option<Vec<u8>>,
 }
 
@@ -84,7 +91,7 @@ pub struct Change {
 pub struct ChangeRef<'a> {
     /// The table's tag, then the key in [`StateKey`] form.
     pub key: &'a [u8],
-    /// JSON; None deletes the key.
+    /// [`BINARY_V1`], then the value's bytes; None deletes the key.
     pub value: Option<&'a [u8]>,
 }
 
@@ -98,6 +105,8 @@ pub struct Changes {
     bytes: Vec<u8>,
     entries: Vec<Span>,
     store: Store,
+    /// Values as JSON ([`Changes::with_json_values`]).
+    json: bool,
 }
 
 /// Where an entry sits in [`Changes::bytes`]: key `start..key_end`, value `key_end..end`.
@@ -116,6 +125,7 @@ impl Default for Changes {
             bytes: Vec::new(),
             entries: Vec::new(),
             store: Store::Windows,
+            json: false,
         }
     }
 }
@@ -124,6 +134,15 @@ impl Changes {
     /// No entries.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No entries; values are to be written as JSON, as checkpoint format 2 wrote them
+    /// (restore reads both): for tests and tools that read or alter values by hand.
+    pub fn with_json_values() -> Self {
+        Changes {
+            json: true,
+            ..Self::default()
+        }
     }
 
     /// The entries held.
@@ -161,8 +180,8 @@ impl Changes {
     }
 
     /// Appends an entry of `table`: its tag, the key's bytes (`key` appends them), then the
-    /// value as JSON (None: the key is deleted). A value that cannot be encoded leaves nothing
-    /// of the entry behind.
+    /// value, [`BINARY_V1`] and its bytes (None: the key is deleted). A value that cannot be
+    /// encoded leaves nothing of the entry behind.
     pub(crate) fn push<V: Serialize + ?Sized>(
         &mut self,
         table: TableId,
@@ -174,11 +193,18 @@ impl Changes {
         key(&mut self.bytes);
         let key_end = self.bytes.len();
         if let Some(v) = value {
-            if let Err(e) = serde_json::to_writer(&mut self.bytes, v) {
+            let written = if self.json {
+                serde_json::to_writer(&mut self.bytes, v).map_err(|e| e.to_string())
+            } else {
+                self.bytes.push(BINARY_V1);
+                postcard::serialize_with_flavor(v, Append(&mut self.bytes))
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(message) = written {
                 self.bytes.truncate(start);
                 return Err(StateError::Encode {
                     table: table.name,
-                    message: e.to_string(),
+                    message,
                 });
             }
         }
@@ -190,6 +216,44 @@ impl Changes {
             deleted: value.is_none(),
         });
         Ok(())
+    }
+}
+
+/// The first byte of a value in the binary layout, version 1 (postcard). JSON texts start
+/// with whitespace, `{`, `[`, `"`, `-`, a digit, `t`, `f` or `n`; this is none of those, nor
+/// a byte that starts a UTF-8 character.
+pub const BINARY_V1: u8 = 0xB1;
+
+/// postcard's output appended to a buffer that holds other entries before it.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.0.push(b);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, b: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(b);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// A value's bytes read back: the binary layout after its marker, else JSON.
+pub(crate) fn decode_value<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, String> {
+    match bytes.split_first() {
+        Some((&BINARY_V1, rest)) => match postcard::take_from_bytes(rest) {
+            Ok((v, [])) => Ok(v),
+            Ok((_, left)) => Err(format!("{} bytes left after the value", left.len())),
+            Err(e) => Err(format!("binary value: {e}")),
+        },
+        _ => serde_json::from_slice(bytes).map_err(|e| format!("JSON value: {e}")),
     }
 }
 
@@ -443,9 +507,9 @@ impl Entry<'_> {
             .map_err(|e| self.error(format!("bad key: {e}")))
     }
 
-    /// The value read as `V`.
+    /// The value read as `V`, binary or (written before format 3) JSON.
     pub(crate) fn value<V: DeserializeOwned>(&self) -> Result<V, StateError> {
-        serde_json::from_slice(self.value).map_err(|e| self.error(e.to_string()))
+        decode_value(self.value).map_err(|e| self.error(e))
     }
 
     /// The error for a tag no table of the store has.
@@ -943,9 +1007,63 @@ mod tests {
                 Store::Windows,
                 Change {
                     key: vec![b'x'],
-                    value: Some(b"5".to_vec())
+                    // 5 as a zigzag varint
+                    value: Some(vec![BINARY_V1, 10])
                 }
             )]
+        );
+    }
+
+    /// Values are written binary after their marker and read back from that or from the JSON
+    /// earlier versions wrote; a binary value cut short, with bytes left over or of another
+    /// type is refused with what is wrong, as damaged JSON is.
+    #[test]
+    fn values_read_back_binary_or_as_json_and_damage_is_named() {
+        type V = (Option<i64>, Vec<(i32, u64)>, String, bool, f64);
+        let v: V = (
+            Some(-3),
+            vec![(-7, u64::MAX), (0, 1)],
+            "é\u{1f}".into(),
+            true,
+            -0.5,
+        );
+        let mut out = Changes::new();
+        out.push(T, |_| {}, Some(&v)).unwrap();
+        let bytes = out.iter().next().unwrap().1.value.unwrap().to_vec();
+        assert_eq!(bytes[0], BINARY_V1);
+        assert!(bytes.len() < serde_json::to_vec(&v).unwrap().len());
+        assert_eq!(decode_value::<V>(&bytes).unwrap(), v);
+        let json = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode_value::<V>(&json).unwrap(), v);
+        let mut as_json = Changes::with_json_values();
+        as_json.push(T, |_| {}, Some(&v)).unwrap();
+        assert_eq!(as_json.iter().next().unwrap().1.value, Some(&json[..]));
+        let short = decode_value::<V>(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(short.starts_with("binary value: "), "{short}");
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            decode_value::<V>(&long).unwrap_err(),
+            "1 bytes left after the value"
+        );
+        assert!(decode_value::<String>(&[BINARY_V1, 2, 0xff, 0xfe]).is_err());
+        assert!(decode_value::<V>(b"{")
+            .unwrap_err()
+            .starts_with("JSON value: "));
+        assert!(decode_value::<V>(&[]).is_err());
+        let mut m: ChangelogMap<Key, Vec<i64>> = ChangelogMap::new(T);
+        let good = encode_key(T.tag, &("a".to_owned(), WindowKind::Hour, 1));
+        let err = m
+            .restore_entry(&Entry {
+                store: Store::Spikes,
+                key: &good,
+                value: &[BINARY_V1, 5, 1],
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("spikes changelog entry x\\x01a") && err.contains("binary value"),
+            "{err}"
         );
     }
 
@@ -983,7 +1101,8 @@ mod tests {
                     Store::Windows,
                     ChangeRef {
                         key: b"x\x01a",
-                        value: Some(b"[1,2]")
+                        // the length, then 1 and 2 as zigzag varints
+                        value: Some(&[BINARY_V1, 2, 2, 4])
                     }
                 ),
                 (
@@ -997,7 +1116,7 @@ mod tests {
                     Store::Conversations,
                     ChangeRef {
                         key: b"x",
-                        value: Some("\"é\\\"\"".as_bytes())
+                        value: Some(&[BINARY_V1, 3, 0xc3, 0xa9, b'"'])
                     }
                 ),
             ]
@@ -1012,7 +1131,7 @@ mod tests {
                 Store::Conversations,
                 ChangeRef {
                     key: b"x\x01b",
-                    value: Some(b"1")
+                    value: Some(&[BINARY_V1, 2])
                 }
             )]
         );

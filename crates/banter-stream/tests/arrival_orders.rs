@@ -31,6 +31,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use banter_model::{Action, EngagementEvent, Kind};
+use banter_stream::changelog::Store;
+use banter_stream::window::Checkpoint;
 use banter_stream::{Outputs, Pipeline, PipelineConfig, Saved, DAY, MINUTE};
 use banter_workload::check::{compare, names, Observed};
 use banter_workload::{Generated, Workload, WorkloadConfig};
@@ -116,6 +118,20 @@ fn arrivals(
 /// windows are shown (provisional rows, early spike alerts) after every `show` events, by the
 /// clock of the last delivery.
 fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>, show: usize) -> Observed {
+    run_with(w, events, kills, show, None, |_, _| {})
+}
+
+/// [`run`], a kill restoring from `restore_from` when given (a changelog an earlier run
+/// committed), telling `committed` what was committed after each batch (the input position
+/// after it).
+fn run_with(
+    w: &Workload,
+    events: &[EngagementEvent],
+    kills: &BTreeSet<usize>,
+    show: usize,
+    restore_from: Option<&Saved>,
+    mut committed: impl FnMut(usize, &Saved),
+) -> Observed {
     let cfg = PipelineConfig::default();
     let matcher = || common::matcher(w);
     let mut p = Pipeline::new(&cfg, matcher());
@@ -148,7 +164,8 @@ fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>, show: 
             // Killed: the open batch is lost; the partition comes back from the last commit.
             batch.clear();
             in_batch = 0;
-            let (restored, from) = Pipeline::restore(&cfg, matcher(), &saved).unwrap();
+            let (restored, from) =
+                Pipeline::restore(&cfg, matcher(), restore_from.unwrap_or(&saved)).unwrap();
             p = restored;
             i = from.map_or(0, |f| f as usize);
             continue;
@@ -162,6 +179,7 @@ fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>, show: 
         if in_batch == BATCH || i == events.len() {
             p.end_replay_at(i as i64);
             commit(&mut p, &mut batch, &mut saved, &mut observed);
+            committed(i, &saved);
             in_batch = 0;
         }
     }
@@ -240,4 +258,115 @@ fn spikes_found_wrong_by_the_property_test_are_detected_and_resolved_after_their
             events.len()
         );
     }
+}
+
+/// A partition's changelog and checkpoint as each checkpoint format wrote them
+/// (`tests/changelogs/format<N>.txt`: 2, values as JSON; 3, values binary) restore into a
+/// pipeline that goes on as if never stopped: every metric as the generator's truth has it.
+/// Each file is what a run of this workload committed at the batch whose state had entries of
+/// the most tables (the most entries among those); a version that changes a stored type's layout without a new marker cannot
+/// read them. `BANTER_BLESS=1` writes the
+/// current format's file (only when it is new: the files of released formats stay as written).
+#[test]
+fn changelogs_of_every_format_restore_and_go_on() {
+    let w = Workload::generate(WorkloadConfig {
+        seed: 20_261_207,
+        accounts: 6,
+        duration_ms: 4 * 60 * MINUTE,
+        cta_share: 0.5,
+        spike_share: 0.5,
+        ..WorkloadConfig::default()
+    });
+    let events = arrivals(&w, &mut Rng(0), 0, 0, 0);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/changelogs");
+    let current = dir.join(format!("format{}.txt", Checkpoint::FORMAT));
+    if std::env::var("BANTER_BLESS").is_ok_and(|v| v == "1") && !current.exists() {
+        let mut most = ((0, 0), String::new());
+        run_with(&w, &events, &BTreeSet::new(), 0, None, |_, saved| {
+            let tables: BTreeSet<(Store, u8)> =
+                saved.entries.keys().map(|(s, k)| (*s, k[0])).collect();
+            if (tables.len(), saved.entries.len()) > most.0 {
+                most = ((tables.len(), saved.entries.len()), write_saved(saved));
+            }
+        });
+        let text = most.1;
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&current, text).unwrap();
+    }
+    let never_stopped = run(&w, &events, &BTreeSet::new(), 0);
+    let mut formats = Vec::new();
+    for file in std::fs::read_dir(&dir).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let saved = read_saved(&std::fs::read_to_string(&path).unwrap());
+        let cp = saved.checkpoint.as_ref().unwrap();
+        assert_eq!(name, format!("format{}.txt", cp.format));
+        Checkpoint::readable(cp.format).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stores: BTreeSet<Store> = saved.entries.keys().map(|(s, _)| *s).collect();
+        assert_eq!(
+            stores.len(),
+            Store::ALL.len(),
+            "{name}: every store has entries"
+        );
+        let at = BTreeSet::from([cp.next_offset as usize]);
+        let restored = run_with(&w, &events, &at, 0, Some(&saved), |_, _| {});
+        // Spike detection itself is measured by `spike_recall`.
+        let report = compare(&Generated::of(&w), &restored);
+        assert!(
+            report
+                .metrics
+                .iter()
+                .all(|m| m.ok || m.name == names::SPIKES || m.name == names::SPIKE_PRECISION),
+            "restored from {name}:\n{report}"
+        );
+        // Row for row and alert for alert as a run never stopped (the dedup seed, which is
+        // the checkpoint's, changes no output).
+        assert_eq!(
+            format!("{restored:#?}"),
+            format!("{never_stopped:#?}"),
+            "restored from {name}"
+        );
+        formats.push(cp.format);
+    }
+    formats.sort_unstable();
+    assert_eq!(
+        formats,
+        (2..=Checkpoint::FORMAT).collect::<Vec<_>>(),
+        "a file per format this version reads (BANTER_BLESS=1 writes the current one)"
+    );
+}
+
+/// A committed state as text: the checkpoint's JSON, then one line per entry (store, key and
+/// value in hex).
+fn write_saved(saved: &Saved) -> String {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut text = format!(
+        "checkpoint {}\n",
+        serde_json::to_string(saved.checkpoint.as_ref().unwrap()).unwrap()
+    );
+    for ((store, k), v) in &saved.entries {
+        text += &format!("{} {} {}\n", store.name(), hex(k), hex(v));
+    }
+    text
+}
+
+fn read_saved(text: &str) -> Saved {
+    let unhex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut saved = Saved::default();
+    for line in text.lines() {
+        if let Some(cp) = line.strip_prefix("checkpoint ") {
+            saved.checkpoint = Some(serde_json::from_str(cp).unwrap());
+        } else {
+            let mut f = line.split(' ');
+            let (store, k, v) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            let store = Store::from_name(store).unwrap();
+            saved.entries.insert((store, unhex(k)), unhex(v));
+        }
+    }
+    saved
 }

@@ -157,18 +157,8 @@ impl CheckpointReader {
                                     || format!("{}/{}@{}", self.topic, m.partition(), m.offset());
                                 let cp: Checkpoint = serde_json::from_slice(v)
                                     .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
-                                if cp.format != Checkpoint::FORMAT {
-                                    return Err(format!(
-                                        "checkpoint at {} has format {}, this version reads format {} \
-                                         (it was written by an earlier banter): point \
-                                         kafka.topics.checkpoints at a new topic (the stream starts \
-                                         over from the committed offsets without long-lived state) \
-                                         or run the version that wrote it",
-                                        at(),
-                                        cp.format,
-                                        Checkpoint::FORMAT
-                                    ));
-                                }
+                                Checkpoint::readable(cp.format)
+                                    .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
                                 found.entry(p).or_default().checkpoint = Some(cp);
                             }
                         }

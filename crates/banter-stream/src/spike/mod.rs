@@ -231,8 +231,9 @@ struct KeyState {
     /// left out.
     #[serde(default)]
     launch: Ewma,
-    /// An alert fired early and not confirmed yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// An alert fired early and not confirmed yet (always written: the binary layout has no
+    /// absent fields).
+    #[serde(default)]
     early: Option<Early>,
 }
 
@@ -590,24 +591,22 @@ impl Detector {
     /// 0, the rest as the closed minute's FIRING will have it, but for the count and z so far.
     /// Returns how many.
     pub fn fire_early(&mut self, now: i64, out: &mut Vec<SpikeAlert>) -> usize {
-        let touched = std::mem::take(&mut self.touched);
         let Some(done) = self.done_below() else {
-            self.touched = touched;
             self.touched.clear();
             return 0;
         };
         // Whether a key fires depends on its own state only: judge them in any order, then
         // fire the few that do in the keys' order (sorting every touched key cost a fifth of
         // this).
-        let mut fired: Vec<(SpikeKey, SpikeAlert, i64)> = touched
+        let mut fired: Vec<(SpikeKey, SpikeAlert, i64)> = self
+            .touched
             .iter()
             .filter_map(|key| {
                 self.certain(key, done)
                     .map(|(a, started)| (key.clone(), a, started))
             })
             .collect();
-        // The set's room is kept for the next showing.
-        self.touched = touched;
+        // The set keeps its room for the next showing.
         self.touched.clear();
         fired.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         let mut n = 0;

@@ -101,8 +101,27 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The layout this version writes and reads: typed changelog keys per store (2).
-    pub const FORMAT: u32 = 2;
+    /// The layout this version writes: typed changelog keys per store (2), values binary (3).
+    pub const FORMAT: u32 = 3;
+
+    /// Whether this version reads a checkpoint of `format` and its changelogs: formats 2 and
+    /// 3 (format 2's JSON values read back as they are); the error says what to do otherwise.
+    pub fn readable(format: u32) -> Result<(), String> {
+        match format {
+            2..=Self::FORMAT => Ok(()),
+            f if f > Self::FORMAT => Err(format!(
+                "format {f} was written by a later banter, this version reads formats 2 to {}: \
+                 run that version or a later one",
+                Self::FORMAT
+            )),
+            f => Err(format!(
+                "format {f} was written by an earlier banter, this version reads formats 2 to \
+                 {}: point kafka.topics.checkpoints at a new topic (the stream starts over from \
+                 the committed offsets without long-lived state) or run the version that wrote it",
+                Self::FORMAT
+            )),
+        }
+    }
 
     /// Checks that every time and offset is one an engine could have written: a damaged or
     /// forged checkpoint is refused at restore with the field named, rather than driving the
@@ -1433,6 +1452,26 @@ mod tests {
         }
         assert!(showings > 200);
         assert!(e.stats().late > 0 && e.stats().duplicates > 0);
+    }
+
+    /// Formats 2 and 3 are read; older ones are refused saying to start a new checkpoint
+    /// topic, newer ones saying to run the version that wrote them.
+    #[test]
+    fn checkpoints_of_formats_2_and_3_are_read_and_others_refused_saying_what_to_do() {
+        assert_eq!(Checkpoint::FORMAT, 3);
+        assert!(Checkpoint::readable(2).is_ok() && Checkpoint::readable(3).is_ok());
+        for old in [0, 1] {
+            let e = Checkpoint::readable(old).unwrap_err();
+            assert!(
+                e.contains("earlier banter") && e.contains("kafka.topics.checkpoints"),
+                "{e}"
+            );
+        }
+        let e = Checkpoint::readable(4).unwrap_err();
+        assert!(
+            e.starts_with("format 4 was written by a later banter"),
+            "{e}"
+        );
     }
 
     #[test]
