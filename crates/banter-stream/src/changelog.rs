@@ -11,9 +11,10 @@
 //!   [`postcard`]'s layout (integers as varints, fields in declaration order, no names). JSON,
 //!   which versions before checkpoint format 3 wrote, still reads back: no JSON text starts
 //!   with the marker. JSON was about half of a close's changelog write and five times the
-//!   bytes (a spike key's state: about 250 bytes of JSON, 50 binary). The layout has no field
-//!   names, so a stored type whose fields change needs a new marker that reads the old layout
-//!   too: `tests/changelogs/` holds a changelog of every format, with an entry of every
+//!   bytes (a spike key's state: about 250 bytes of JSON, 50 binary). The layout has no names:
+//!   fields, tuple members and enum variants are known by their position (`#[serde(rename)]`
+//!   protects nothing), so a stored type whose fields or variants change or move needs a new
+//!   marker that reads the old layout too: `tests/changelogs/` holds a changelog of every format, with an entry of every
 //!   table, that each version must restore. A value that cannot be encoded is an error that
 //!   fails the batch ([`StateError::Encode`]): it is never written as nothing.
 //! * **Written in place:** a commit's entries go into one buffer ([`Changes`]); a key or value
@@ -82,7 +83,8 @@ impl std::fmt::Display for Store {
 pub struct Change {
     /// The table's tag, then the key in [`StateKey`] form.
     pub key: Vec<u8>,
-    /// [`BINARY_V1`], then the value's bytes; None deletes the key.
+    /// The value's bytes ([`BINARY_V1`] and postcard's, or JSON from
+    /// [`Changes::with_json_values`]); None deletes the key.
     pub value: Option<Vec<u8>>,
 }
 
@@ -91,7 +93,8 @@ pub struct Change {
 pub struct ChangeRef<'a> {
     /// The table's tag, then the key in [`StateKey`] form.
     pub key: &'a [u8],
-    /// [`BINARY_V1`], then the value's bytes; None deletes the key.
+    /// The value's bytes ([`BINARY_V1`] and postcard's, or JSON from
+    /// [`Changes::with_json_values`]); None deletes the key.
     pub value: Option<&'a [u8]>,
 }
 
@@ -136,8 +139,9 @@ impl Changes {
         Self::default()
     }
 
-    /// No entries; values are to be written as JSON, as checkpoint format 2 wrote them
-    /// (restore reads both): for tests and tools that read or alter values by hand.
+    /// No entries; values are to be written as JSON, as checkpoint format 2 did (restore reads
+    /// both; a field format 2 left out when empty is written as `null`): for tests and tools
+    /// that read or alter values by hand.
     pub fn with_json_values() -> Self {
         Changes {
             json: true,
@@ -245,13 +249,23 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 }
 
-/// A value's bytes read back: the binary layout after its marker, else JSON.
+/// A value's bytes read back: the binary layout after its marker, else JSON. postcard's
+/// errors say little (a type's own refusal comes out as "Serde Deserialization Error"), so a
+/// refusal names the type expected and the value's length.
 pub(crate) fn decode_value<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, String> {
+    let what = std::any::type_name::<V>();
     match bytes.split_first() {
         Some((&BINARY_V1, rest)) => match postcard::take_from_bytes(rest) {
             Ok((v, [])) => Ok(v),
-            Ok((_, left)) => Err(format!("{} bytes left after the value", left.len())),
-            Err(e) => Err(format!("binary value: {e}")),
+            Ok((_, left)) => Err(format!(
+                "binary value of {} bytes: {} bytes left after its {what}",
+                rest.len(),
+                left.len()
+            )),
+            Err(e) => Err(format!(
+                "binary value of {} bytes does not read as {what}: {e}",
+                rest.len()
+            )),
         },
         _ => serde_json::from_slice(bytes).map_err(|e| format!("JSON value: {e}")),
     }
@@ -1039,12 +1053,22 @@ mod tests {
         as_json.push(T, |_| {}, Some(&v)).unwrap();
         assert_eq!(as_json.iter().next().unwrap().1.value, Some(&json[..]));
         let short = decode_value::<V>(&bytes[..bytes.len() - 1]).unwrap_err();
-        assert!(short.starts_with("binary value: "), "{short}");
+        assert!(
+            short.starts_with(&format!(
+                "binary value of {} bytes does not read as (",
+                bytes.len() - 2
+            )),
+            "{short}"
+        );
         let mut long = bytes.clone();
         long.push(0);
-        assert_eq!(
-            decode_value::<V>(&long).unwrap_err(),
-            "1 bytes left after the value"
+        let left = decode_value::<V>(&long).unwrap_err();
+        assert!(
+            left.starts_with(&format!(
+                "binary value of {} bytes: 1 bytes left",
+                long.len() - 1
+            )),
+            "{left}"
         );
         assert!(decode_value::<String>(&[BINARY_V1, 2, 0xff, 0xfe]).is_err());
         assert!(decode_value::<V>(b"{")
@@ -1062,7 +1086,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("spikes changelog entry x\\x01a") && err.contains("binary value"),
+            err.starts_with("spikes changelog entry x\\x01a\\x04")
+                && err
+                    .contains(": binary value of 2 bytes does not read as alloc::vec::Vec<i64>: "),
             "{err}"
         );
     }

@@ -114,8 +114,9 @@ fn check_span(&(first, last): &(i64, i64)) -> Result<(), String> {
 /// Most DMs a thread keeps (the most recent); most moderation actions per comment.
 const MAX_THREAD_DMS: usize = 1_000;
 /// Most bytes a thread's changelog value may take ([`Thread::bytes`], an upper bound of its
-/// JSON, which its binary form never exceeds): under Kafka's 1 MB record limit also when every id is as long as validation allows
-/// (512 bytes; a story reply carries two), where 1,000 DMs would not be.
+/// JSON, which its binary form never exceeds): under Kafka's 1 MB record limit also when
+/// every id is as long as validation allows (512 bytes; a story reply carries two), where
+/// 1,000 DMs would not be.
 const MAX_THREAD_BYTES: usize = 900 * 1024;
 const MAX_ACTIONS: usize = 16;
 

@@ -16,6 +16,13 @@ use crate::changelog::Store;
 use crate::pipeline::Saved;
 use crate::window::Checkpoint;
 
+/// A checkpoint's format alone (0: written before the field existed).
+#[derive(serde::Deserialize)]
+struct Format {
+    #[serde(default)]
+    format: u32,
+}
+
 /// The key of an input partition's checkpoint.
 pub(super) fn checkpoint_key(input: &str, partition: i32) -> String {
     format!("{input}/{partition}")
@@ -155,9 +162,12 @@ impl CheckpointReader {
                             if let Some(v) = m.payload() {
                                 let at =
                                     || format!("{}/{}@{}", self.topic, m.partition(), m.offset());
-                                let cp: Checkpoint = serde_json::from_slice(v)
+                                // The format first: a later one's fields may not parse here.
+                                let format: Format = serde_json::from_slice(v)
                                     .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
-                                Checkpoint::readable(cp.format)
+                                Checkpoint::readable(format.format)
+                                    .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
+                                let cp: Checkpoint = serde_json::from_slice(v)
                                     .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
                                 found.entry(p).or_default().checkpoint = Some(cp);
                             }

@@ -709,3 +709,67 @@ fn nothing_fires_early_when_more_than_two_hits_are_needed() {
     open(&mut det, 41, 30);
     assert_eq!(det.fire_early(T0 + 41 * MINUTE + 30_000, &mut out), 1);
 }
+
+/// A key's state with every field set (a firing alert, one fired early) in the changelog's
+/// binary layout, pinned: these bytes are what format 3 wrote, and a version that changes
+/// `KeyState`, `Ewma`, `Firing` or `Early` must still read them (a new marker for a new
+/// layout). The changelog fixtures (`tests/changelogs/`) hold no firing or early alert.
+#[test]
+fn a_key_state_with_every_field_set_keeps_its_binary_layout() {
+    let st = KeyState {
+        baseline: Ewma {
+            mean: 2.5,
+            var: 0.75,
+            n: 7,
+        },
+        last_minute: Some(T0),
+        published: Some(T0 - 60 * MINUTE),
+        hits: 0b101,
+        hit_minutes: vec![T0 - 2 * MINUTE, T0],
+        firing: Some(Firing {
+            alert_id: "a1".into(),
+            started_at: T0 - 2 * MINUTE,
+            below: 1,
+            below_since: T0,
+        }),
+        joined: true,
+        quiet_until: Some(T0 + 10 * MINUTE),
+        launch: Ewma {
+            mean: 1.0,
+            var: 0.0,
+            n: 3,
+        },
+        early: Some(Early {
+            alert_id: "a2".into(),
+            started_at: T0 + MINUTE,
+            minute: T0 + MINUTE,
+        }),
+    };
+    let mut out = Changes::new();
+    out.push(KEYS, |_| {}, Some(&st)).unwrap();
+    let bytes = out.iter().next().unwrap().1.value.unwrap().to_vec();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex, PINNED_KEY_STATE,
+        "the layout of a spike key's state changed"
+    );
+    assert_eq!(crate::changelog::decode_value::<KeyState>(&bytes), Ok(st));
+}
+
+/// The marker; mean 2.5 and variance 0.75 as their bits (varints), n 7; Some and the times
+/// as zigzag varints; ...; the early alert's id "a2" (`02 61 32`) and its two times.
+const PINNED_KEY_STATE: &str = concat!(
+    "b1",
+    "808080808080808240",
+    "80808080808080f43f",
+    "07",
+    "0180a0bfe9d666",
+    "0180e687e6d666",
+    "05",
+    "0280cdb0e9d66680a0bfe9d666",
+    "0102613180cdb0e9d6660180a0bfe9d666",
+    "01",
+    "0180bf88ead666",
+    "80808080808080f83f0003",
+    "01026132c0c9c6e9d666c0c9c6e9d666",
+);
