@@ -10,13 +10,14 @@
 //! * **Values are binary:** a marker byte ([`BINARY_V1`]) and then the value in
 //!   [`postcard`]'s layout (integers as varints, fields in declaration order, no names). JSON,
 //!   which versions before checkpoint format 3 wrote, still reads back: no JSON text starts
-//!   with the marker. JSON was about half of a close's changelog write and five times the
-//!   bytes (a spike key's state: about 250 bytes of JSON, 50 binary). The layout has no names:
+//!   with the marker. JSON was about half of a close's changelog write and three to five times
+//!   the bytes (a spike key's state: about 250 bytes of JSON, 50 binary). The layout has no names:
 //!   fields, tuple members and enum variants are known by their position (`#[serde(rename)]`
 //!   protects nothing), so a stored type whose fields or variants change or move needs a new
-//!   marker that reads the old layout too: `tests/changelogs/` holds a changelog of every format, with an entry of every
-//!   table, that each version must restore. A value that cannot be encoded is an error that
-//!   fails the batch ([`StateError::Encode`]): it is never written as nothing.
+//!   marker that reads the old layout too: `tests/changelogs/` holds a changelog of every
+//!   format, with an entry of every table, that each version must restore. A value that
+//!   cannot be encoded is an error that fails the batch ([`StateError::Encode`]): it is never
+//!   written as nothing.
 //! * **Written in place:** a commit's entries go into one buffer ([`Changes`]); a key or value
 //!   is never a heap block of its own (a busy partition writes about one entry per input
 //!   event).
@@ -184,8 +185,8 @@ impl Changes {
     }
 
     /// Appends an entry of `table`: its tag, the key's bytes (`key` appends them), then the
-    /// value, [`BINARY_V1`] and its bytes (None: the key is deleted). A value that cannot be
-    /// encoded leaves nothing of the entry behind.
+    /// value, [`BINARY_V1`] and its bytes, or JSON ([`Changes::with_json_values`]) (None: the
+    /// key is deleted). A value that cannot be encoded leaves nothing of the entry behind.
     pub(crate) fn push<V: Serialize + ?Sized>(
         &mut self,
         table: TableId,
@@ -258,12 +259,12 @@ pub(crate) fn decode_value<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, Strin
         Some((&BINARY_V1, rest)) => match postcard::take_from_bytes(rest) {
             Ok((v, [])) => Ok(v),
             Ok((_, left)) => Err(format!(
-                "binary value of {} bytes: {} bytes left after its {what}",
+                "binary value of {} bytes after its marker: {} left after its {what}",
                 rest.len(),
                 left.len()
             )),
             Err(e) => Err(format!(
-                "binary value of {} bytes does not read as {what}: {e}",
+                "binary value of {} bytes after its marker does not read as {what}: {e}",
                 rest.len()
             )),
         },
@@ -1055,7 +1056,7 @@ mod tests {
         let short = decode_value::<V>(&bytes[..bytes.len() - 1]).unwrap_err();
         assert!(
             short.starts_with(&format!(
-                "binary value of {} bytes does not read as (",
+                "binary value of {} bytes after its marker does not read as (",
                 bytes.len() - 2
             )),
             "{short}"
@@ -1065,7 +1066,7 @@ mod tests {
         let left = decode_value::<V>(&long).unwrap_err();
         assert!(
             left.starts_with(&format!(
-                "binary value of {} bytes: 1 bytes left",
+                "binary value of {} bytes after its marker: 1 left",
                 long.len() - 1
             )),
             "{left}"
@@ -1088,7 +1089,7 @@ mod tests {
         assert!(
             err.starts_with("spikes changelog entry x\\x01a\\x04")
                 && err
-                    .contains(": binary value of 2 bytes does not read as alloc::vec::Vec<i64>: "),
+                    .contains(": binary value of 2 bytes after its marker does not read as alloc::vec::Vec<i64>: "),
             "{err}"
         );
     }

@@ -121,9 +121,9 @@ fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>, show: 
     run_with(w, events, kills, show, None, |_, _| {})
 }
 
-/// [`run`], the first kill restoring from `restore_from` when given (a changelog an earlier
-/// run committed; the commits after it are laid over it, as compaction would, and later
-/// kills restore from that), telling `committed` what was committed after each batch (the input position
+/// [`run`], the first kill restoring from `restore_from` when given (a changelog an
+/// earlier run committed; the commits after it are laid over it, as compaction would, and
+/// later kills restore from that), telling `committed` what was committed after each batch (the input position
 /// after it).
 fn run_with(
     w: &Workload,
@@ -267,9 +267,9 @@ fn spikes_found_wrong_by_the_property_test_are_detected_and_resolved_after_their
 /// (`tests/changelogs/format<N>.txt`: 2, values as JSON; 3, values binary) restore into a
 /// pipeline that goes on as if never stopped: every metric as the generator's truth has it.
 /// Each file is what a run of this workload committed at the batch whose state had entries of
-/// the most tables (the most entries among those); a version that changes a stored type's layout without a new marker cannot
-/// read them. `BANTER_BLESS=1` writes the
-/// current format's file (only when it is new: the files of released formats stay as written).
+/// the most tables (the most entries among those); a version that changes a stored type's
+/// layout without a new marker cannot read them. `BANTER_BLESS=1` writes the current format's
+/// file (only when it is new: the files of released formats stay as written).
 #[test]
 fn changelogs_of_every_format_restore_and_go_on() {
     let w = Workload::generate(WorkloadConfig {
@@ -315,8 +315,39 @@ fn changelogs_of_every_format_restore_and_go_on() {
         // with the later commits laid over it (format 2's JSON values and binary ones mixed).
         let at = cp.next_offset as usize;
         assert!(at + 200 < events.len(), "{name}: committed before the end");
-        let at = BTreeSet::from([at, at + 150]);
-        let restored = run_with(&w, &events, &at, 0, Some(&saved), |_, _| {});
+        let kills = BTreeSet::from([at, at + 150]);
+        // What the second kill restores from: the file's entries (its dedup seed) with commits
+        // of the restored run laid over them.
+        let mut laid_over: Option<Saved> = None;
+        let restored = run_with(&w, &events, &kills, 0, Some(&saved), |i, s| {
+            if i > at && i <= at + 150 {
+                laid_over = Some(s.clone());
+            }
+        });
+        let laid_over = laid_over.expect("commits between the kills");
+        let seed = |s: &Saved| s.checkpoint.as_ref().unwrap().id_seed;
+        assert_eq!(seed(&laid_over), seed(&saved), "{name}: laid over the file");
+        assert!(laid_over.checkpoint.as_ref().unwrap().next_offset as usize > at);
+        let binary = |s: &Saved| {
+            s.entries
+                .values()
+                .filter(|v| v.first() == Some(&banter_stream::changelog::BINARY_V1))
+                .count()
+        };
+        if cp.format == 2 {
+            let b = binary(&laid_over);
+            assert!(
+                binary(&saved) == 0 && b > 0,
+                "{name}: binary values laid over JSON"
+            );
+            assert!(b < laid_over.entries.len(), "{name}: JSON values left");
+        } else {
+            assert_eq!(
+                binary(&laid_over),
+                laid_over.entries.len(),
+                "{name}: all binary"
+            );
+        }
         // Spike detection itself is measured by `spike_recall`.
         let report = compare(&Generated::of(&w), &restored);
         assert!(
@@ -343,7 +374,7 @@ fn changelogs_of_every_format_restore_and_go_on() {
     );
 }
 
-/// The tables of checkpoint format 3, by store and tag.
+/// The tables every fixture holds, by store and tag (those of formats 2 and 3).
 const TABLES: [(Store, char); 17] = [
     (Store::Windows, 'd'),
     (Store::Windows, 'f'),

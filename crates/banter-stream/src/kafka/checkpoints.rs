@@ -23,6 +23,14 @@ struct Format {
     format: u32,
 }
 
+/// A checkpoint record's value read, its format first: one this version does not read is
+/// refused as such, even where its fields would not parse here.
+fn parse_checkpoint(v: &[u8]) -> Result<Checkpoint, String> {
+    let format: Format = serde_json::from_slice(v).map_err(|e| e.to_string())?;
+    Checkpoint::readable(format.format)?;
+    serde_json::from_slice(v).map_err(|e| e.to_string())
+}
+
 /// The key of an input partition's checkpoint.
 pub(super) fn checkpoint_key(input: &str, partition: i32) -> String {
     format!("{input}/{partition}")
@@ -162,12 +170,7 @@ impl CheckpointReader {
                             if let Some(v) = m.payload() {
                                 let at =
                                     || format!("{}/{}@{}", self.topic, m.partition(), m.offset());
-                                // The format first: a later one's fields may not parse here.
-                                let format: Format = serde_json::from_slice(v)
-                                    .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
-                                Checkpoint::readable(format.format)
-                                    .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
-                                let cp: Checkpoint = serde_json::from_slice(v)
+                                let cp = parse_checkpoint(v)
                                     .map_err(|e| format!("checkpoint at {}: {e}", at()))?;
                                 found.entry(p).or_default().checkpoint = Some(cp);
                             }
@@ -195,6 +198,31 @@ impl CheckpointReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A later format is refused for its format, not for fields it no longer has; an earlier
+    /// one likewise; formats 2 and 3 parse.
+    #[test]
+    fn a_checkpoint_is_refused_for_its_format_before_its_fields_are_read() {
+        let later = parse_checkpoint(br#"{"format":4,"offsets":{"next":5}}"#).unwrap_err();
+        assert!(
+            later.starts_with("format 4 was written by a later banter"),
+            "{later}"
+        );
+        let earlier = parse_checkpoint(br#"{"next_offset":5}"#).unwrap_err();
+        assert!(
+            earlier.starts_with("format 0 was written by an earlier banter"),
+            "{earlier}"
+        );
+        for f in [2, 3] {
+            let cp = parse_checkpoint(
+                format!(r#"{{"format":{f},"next_offset":5,"restore":null,"idle":[],"watermark":null,"max_event_time":null}}"#)
+                    .as_bytes(),
+            )
+            .unwrap();
+            assert_eq!((cp.format, cp.next_offset), (f, 5));
+        }
+        assert!(parse_checkpoint(b"{").is_err());
+    }
 
     #[test]
     fn keys_of_the_checkpoint_topic_read_back_whatever_the_entry_key_holds() {
