@@ -104,12 +104,12 @@ fn main() {
         let rows = out.rollups.len();
         let closed = rows > 1_000;
         let processed = started.elapsed();
-        if !engine_only && (closed || i % 3_000 == 0) {
+        let wrote = !engine_only && (closed || i % 3_000 == 0);
+        if wrote {
             changes.clear();
             pipeline.write_changes(&mut changes).unwrap();
         }
         let took = started.elapsed();
-        let wrote = !engine_only && (closed || i % 3_000 == 0);
         let bytes: usize = if wrote {
             changes
                 .iter()

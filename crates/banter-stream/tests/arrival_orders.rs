@@ -123,8 +123,8 @@ fn run(w: &Workload, events: &[EngagementEvent], kills: &BTreeSet<usize>, show: 
 
 /// [`run`], the first kill restoring from `restore_from` when given (a changelog an
 /// earlier run committed; the commits after it are laid over it, as compaction would, and
-/// later kills restore from that), telling `committed` what was committed after each batch (the input position
-/// after it).
+/// later kills restore from that), telling `committed` what was committed after each batch
+/// (the input position after it).
 fn run_with(
     w: &Workload,
     events: &[EngagementEvent],
